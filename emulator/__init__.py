@@ -1,0 +1,16 @@
+"""falq's offline fal emulator: fal's queue protocol for the four Qwen-Image-2 endpoints.
+
+Start one in-process for tests and benchmarks with :class:`~emulator.server.EmulatorServer`,
+or from a shell with ``python -m emulator --port 8790`` (``falq emulator``).
+
+Example::
+
+    from emulator import EmulatorServer
+    with EmulatorServer(latency="uniform:0.1,0.3", concurrency=4) as emu:
+        print(emu.url)   # http://127.0.0.1:<port>
+"""
+
+from emulator.config import EmulatorConfig
+from emulator.server import EmulatorServer, main, run
+
+__all__ = ["EmulatorConfig", "EmulatorServer", "main", "run"]

@@ -1,0 +1,291 @@
+"""Starlette routes of the emulator: fal's queue protocol, files, storage, admin.
+
+Queue routes (``Authorization: Key ...`` required):
+
+* ``POST /{owner}/{app}/{path}`` submit (``?fal_webhook=URL``)
+* ``GET  /{owner}/{app}[/{path}]/requests/{id}/status[/]`` (``?logs=1|0|true|false``)
+* ``GET  /{owner}/{app}[/{path}]/requests/{id}/status/stream`` (SSE)
+* ``GET  /{owner}/{app}[/{path}]/requests/{id}[/]`` result
+* ``PUT  /{owner}/{app}[/{path}]/requests/{id}/cancel``
+
+Other routes: ``GET /files/{name}``, ``GET /.well-known/jwks.json``, the storage upload
+routes of :mod:`emulator.storage`, and ``/_emulator/{config,reset,requests,health}``.
+
+Example::
+
+    app = create_app(EmulatorConfig(latency="0"))   # any ASGI server can serve it
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pydantic
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from emulator.config import EmulatorConfig
+from emulator.core import Emulator
+from emulator.faults import FaultMiddleware
+from emulator.state import COMPLETED, IN_QUEUE, RequestRecord
+from shared.endpoints import ENDPOINTS
+
+APPS = {e.app for e in ENDPOINTS.values()}
+LOCKED_DETAIL = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+
+
+def _json(code: int, body: Any, rid: str | None = None, headers: dict[str, str] | None = None) -> Response:
+    hdrs = dict(headers or {})
+    if rid:
+        hdrs["x-fal-request-id"] = rid
+    return Response(json.dumps(body, separators=(",", ":")), code, hdrs, media_type="application/json")
+
+
+def _base(request: Request, emu: Emulator) -> str:
+    emu.outputs.own_netlocs.add(request.url.netloc)
+    return emu.config.public_url or str(request.base_url).rstrip("/")
+
+
+def _emu(request: Request) -> Emulator:
+    emu: Emulator = request.app.state.emulator
+    return emu
+
+
+def _auth(request: Request, emu: Emulator) -> tuple[str | None, Response | None]:
+    """The API key, or a 401 answer."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    key = key.strip()
+    if scheme.lower() not in ("key", "bearer") or not key:
+        return None, _json(401, {"detail": "Missing or malformed Authorization header (expected 'Key <FAL_KEY>')"})
+    accepted = emu.config.accepted_keys
+    if accepted is not None and key not in accepted:
+        return None, _json(401, {"detail": "Invalid API key"})
+    return key, None
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+async def queue_call(request: Request) -> Response:
+    """Dispatch every queue-protocol path (one catch-all keeps routing cheap)."""
+    emu = _emu(request)
+    parts = [p for p in request.url.path.split("/") if p]
+    idx = len(parts) - 1 - parts[::-1].index("requests") if "requests" in parts[2:] else -1
+    prefix = "/".join(parts[:idx] if idx >= 0 else parts)
+    if idx < 0:
+        if request.method != "POST" or prefix not in ENDPOINTS:
+            return _json(404, {"detail": f"Application '{prefix}' not found"})
+        key, denied = _auth(request, emu)
+        if denied is not None or key is None:
+            return denied or _json(401, {})
+        return await _submit(request, emu, prefix, key)
+    if prefix not in APPS and prefix not in ENDPOINTS:
+        return _json(404, {"detail": f"Application '{prefix}' not found"})
+    tail = parts[idx + 1 :]
+    if not tail:
+        return _json(404, {"detail": "Not found"})
+    rid, action = tail[0], "/".join(tail[1:])
+    key, denied = _auth(request, emu)
+    if denied is not None:
+        return denied
+    rec = emu.records.get(rid)
+    if rec is None or rec.app != "/".join(prefix.split("/")[:2]):
+        return _json(404, {"status": "NOT_FOUND", "detail": f"Request {rid} not found"}, rid)
+    method = request.method
+    if action == "" and method == "GET":
+        code, body, headers = emu.result(rec)
+        return _json(code, body, rid, headers)
+    if action == "status" and method == "GET":
+        body = emu.status_body(rec, _truthy(request.query_params.get("logs")))
+        return _json(200 if rec.state == COMPLETED else 202, body, rid)
+    if action == "status/stream" and method == "GET":
+        return _stream(request, emu, rec)
+    if action == "cancel" and method == "PUT":
+        code, body = emu.cancel(rec)
+        return _json(code, body, rid)
+    return _json(405 if action in ("", "status", "status/stream", "cancel") else 404, {"detail": "Not found"}, rid)
+
+
+async def _submit(request: Request, emu: Emulator, endpoint: str, key: str) -> Response:
+    if key in emu.config.locked_keys:
+        emu.stats.rejected_submits["locked"] += 1
+        return _json(402, {"detail": LOCKED_DETAIL})
+    body = await request.body()
+    headers = {k.lower(): v for k, v in request.headers.items()}
+    rec = emu.submit(endpoint, body, key, headers, request.query_params.get("fal_webhook"), _base(request, emu))
+    position = emu.queue_of(rec).position(rec) if rec.state == IN_QUEUE else 0
+    answer: dict[str, Any] = {
+        "status": "IN_QUEUE",
+        "request_id": rec.id,
+        **emu.urls(rec),
+        "queue_position": position,
+        "gateway_request_id": rec.id,
+        "logs": None,
+        "metrics": {},
+    }
+    return _json(200, answer, rec.id)
+
+
+def _stream(request: Request, emu: Emulator, rec: RequestRecord) -> Response:
+    with_logs = _truthy(request.query_params.get("logs"))
+
+    async def frames() -> AsyncIterator[bytes]:
+        last, last_sent = "", 0.0
+        while True:
+            text = json.dumps(emu.status_body(rec, with_logs), separators=(",", ":"))
+            now = time.monotonic()
+            if text != last or now - last_sent >= emu.config.stream_interval_s:
+                yield f"data: {text}\n\n".encode()
+                last, last_sent = text, now
+            if rec.state == COMPLETED:
+                return
+            was_queued = rec.state == IN_QUEUE
+            await emu.wait_change(rec, emu.config.stream_interval_s)
+            if was_queued and rec.state == IN_QUEUE:
+                await emu.wait_change(rec, 0.1)  # coalesce bursts of queue movement
+
+    headers = {"x-fal-request-id": rec.id, "cache-control": "no-cache", "x-accel-buffering": "no"}
+    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+# --- files and storage ------------------------------------------------------------------
+
+
+async def get_file(request: Request) -> Response:
+    emu = _emu(request)
+    found = await emu.outputs.file_bytes(request.path_params["name"])
+    if found is None:
+        return _json(404, {"detail": "File not found"})
+    data, content_type = found
+    return Response(
+        b"" if request.method == "HEAD" else data,
+        200,
+        media_type=content_type,
+        headers={"content-length": str(len(data))},
+    )
+
+
+async def upload_initiate(request: Request) -> Response:
+    emu = _emu(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    content_type = str(body.get("content_type") or "application/octet-stream")
+    token, name = emu.files.open_upload(body.get("file_name"), content_type)
+    base = _base(request, emu)
+    return _json(200, {"upload_url": f"{base}/storage/upload/put/{token}", "file_url": f"{base}/files/{name}"})
+
+
+async def upload_put(request: Request) -> Response:
+    emu = _emu(request)
+    name = emu.files.complete_upload(
+        request.path_params["token"], await request.body(), request.headers.get("content-type")
+    )
+    if name is None:
+        return _json(404, {"detail": "Unknown upload URL"})
+    return _json(200, {"file_url": f"{_base(request, emu)}/files/{name}"})
+
+
+async def storage_token(request: Request) -> Response:
+    emu = _emu(request)
+    expires = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    return _json(
+        200,
+        {
+            "token": "emulator-cdn-token",
+            "token_type": "Bearer",
+            "base_url": _base(request, emu),
+            "expires_at": expires,
+        },
+    )
+
+
+async def cdn_upload(request: Request) -> Response:
+    emu = _emu(request)
+    name = emu.files.new_name(request.headers.get("x-fal-file-name") or "upload.bin")
+    emu.files.put_bytes(name, await request.body(), request.headers.get("content-type", "application/octet-stream"))
+    return _json(200, {"access_url": f"{_base(request, emu)}/files/{name}"})
+
+
+# --- admin ---------------------------------------------------------------------------------
+
+
+async def jwks(request: Request) -> Response:
+    return _json(200, _emu(request).signer.jwks(), headers={"cache-control": "max-age=3600"})
+
+
+async def get_config(request: Request) -> Response:
+    return _json(200, _emu(request).config.model_dump())
+
+
+async def set_config(request: Request) -> Response:
+    emu = _emu(request)
+    try:
+        changes = await request.json()
+        if not isinstance(changes, dict):
+            raise ValueError("expected a JSON object")
+        emu.set_config(emu.config.updated(changes))
+    except pydantic.ValidationError as exc:
+        return _json(422, {"detail": json.loads(exc.json(include_url=False))})
+    except ValueError as exc:
+        return _json(422, {"detail": str(exc)})
+    return _json(200, emu.config.model_dump())
+
+
+async def reset(request: Request) -> Response:
+    _emu(request).reset()
+    return _json(200, {"ok": True})
+
+
+async def list_requests(request: Request) -> Response:
+    since = request.query_params.get("since")
+    try:
+        since_f = float(since) if since else None
+    except ValueError:
+        return _json(422, {"detail": "since must be a unix time (float)"})
+    return _json(200, _emu(request).introspect(since_f))
+
+
+async def health(request: Request) -> Response:
+    return _json(200, {"ok": True})
+
+
+def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None = None) -> Starlette:
+    """Build the ASGI app. ``app.state.emulator`` is the :class:`Emulator` behind it."""
+    emu = emulator or Emulator(config)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await emu.aclose()
+
+    routes = [
+        Route("/.well-known/jwks.json", jwks, methods=["GET"]),
+        Route("/_emulator/config", get_config, methods=["GET"]),
+        Route("/_emulator/config", set_config, methods=["POST"]),
+        Route("/_emulator/reset", reset, methods=["POST"]),
+        Route("/_emulator/requests", list_requests, methods=["GET"]),
+        Route("/_emulator/health", health, methods=["GET"]),
+        Route("/storage/upload/initiate", upload_initiate, methods=["POST"]),
+        Route("/storage/upload/put/{token}", upload_put, methods=["PUT"]),
+        Route("/storage/auth/token", storage_token, methods=["POST"]),
+        Route("/files/upload", cdn_upload, methods=["POST"]),
+        Route("/files/{name:path}", get_file, methods=["GET", "HEAD"]),
+        Route("/{path:path}", queue_call, methods=["GET", "POST", "PUT"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(FaultMiddleware, emulator=emu)])
+    app.state.emulator = emu
+    return app

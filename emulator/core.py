@@ -1,0 +1,388 @@
+"""The emulated fal queue: submit, schedule under a per-key concurrency cap, run, finish.
+
+Everything is event-driven on the server's asyncio loop: a request waiting in a queue
+costs nothing until a slot frees up, an in-progress request is one task sleeping through
+its sampled latency (appending log lines on the way), and images are rendered in a
+thread pool. Failures finish ``COMPLETED`` with ``error``/``error_type``, as fal does.
+
+Example::
+
+    emu = Emulator(EmulatorConfig(latency="0"))
+    rec = emu.submit("fal-ai/qwen-image-2/text-to-image", b'{"prompt":"x"}', "key", {}, None,
+                     "http://127.0.0.1:8790")      # inside the running loop
+    await emu.wait_change(rec, 1.0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import hashlib
+import json
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from emulator import webhooks
+from emulator.config import EmulatorConfig
+from emulator.faults import FaultInjector
+from emulator.outputs import OutputMaker
+from emulator.render import Renderer
+from emulator.state import COMPLETED, IN_PROGRESS, IN_QUEUE, KeyQueue, RequestRecord, Stats
+from emulator.storage import FileStore
+from shared.errors import InvalidInput
+from shared.schemas import validate_input
+
+CANCELLED_BODY = {"detail": "Request was cancelled", "error_type": "client_cancelled"}
+DISCONNECTED_BODY = {"detail": "Runner disconnected", "error_type": "runner_disconnected"}
+TIMEOUT_BODY = {"detail": "Request timed out before it started", "error_type": "request_timeout"}
+VALIDATION_ERROR_TYPE = "validation_error"
+RECORDED_HEADER_PREFIXES = ("x-falq-", "x-fal-")
+
+
+def key_hash(key: str) -> str:
+    """A short non-reversible id of an API key, safe to show."""
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def _log_entry(message: str, level: str = "INFO") -> dict[str, str]:
+    return {"message": message, "level": level, "source": "USER", "timestamp": datetime.now(UTC).isoformat()}
+
+
+def _detail_from_invalid(exc: InvalidInput) -> list[dict[str, Any]]:
+    out = []
+    for err in exc.errors:
+        loc: list[str | int] = ["body"]
+        for part in err.field.split(".") if err.field and err.field != "input" else []:
+            loc.append(int(part) if part.isdigit() else part)
+        kind = "missing" if err.message == "is required" else "value_error"
+        out.append({"loc": loc, "msg": err.message, "type": kind})
+    return out
+
+
+class Emulator:
+    """The queue engine behind the HTTP routes. Create it once per server.
+
+    Must be used from one asyncio loop (the server's); ``config`` may be replaced at any
+    time through :meth:`set_config`.
+    """
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.faults = FaultInjector(self.config)
+        self.renderer = Renderer(self.config.render_cache_size)
+        self.files = FileStore()
+        self.signer = webhooks.WebhookSigner()
+        self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-render")
+        self.rng = random.Random()
+        self.outputs = OutputMaker(self.files, self.renderer, self.executor)
+        self._http: httpx.AsyncClient | None = None
+        self._background: set[asyncio.Task[Any]] = set()
+        self.generation = 0
+        self._clear()
+
+    def _clear(self) -> None:
+        self.records: dict[str, RequestRecord] = {}
+        self.order: list[RequestRecord] = []
+        self._times: list[float] = []
+        self.queues: dict[str, KeyQueue] = {}
+        self.stats = Stats()
+
+    # --- configuration ------------------------------------------------------------------
+
+    def set_config(self, config: EmulatorConfig) -> None:
+        """Swap the config; reschedules every key (the concurrency cap may have grown)."""
+        old = self.config
+        self.config = config
+        self.faults.configure(config, reseed=config.fault_seed != old.fault_seed)
+        self.renderer.cache_size = config.render_cache_size
+        for kh in list(self.queues):
+            self._schedule(kh)
+
+    def reset(self) -> None:
+        """Forget every request, file and counter; running requests are abandoned."""
+        self.generation += 1
+        for rec in self.records.values():
+            if rec.task is not None and not rec.task.done():
+                rec.task.cancel()
+            if rec.timeout_handle is not None:
+                rec.timeout_handle.cancel()
+        self._clear()
+        self.files.clear()
+        self.renderer.clear()
+        self.faults.configure(self.config, reseed=True)
+
+    async def aclose(self) -> None:
+        self.reset()
+        for task in list(self._background):
+            task.cancel()
+        if self._http is not None:
+            await self._http.aclose()
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- submit --------------------------------------------------------------------------
+
+    def submit(
+        self,
+        endpoint: str,
+        body: bytes,
+        key: str,
+        headers: dict[str, str],
+        webhook_url: str | None,
+        base_url: str,
+    ) -> RequestRecord:
+        """Accept a submission (validation happens later, as on fal) and queue it."""
+        rid = str(uuid.uuid4())
+        rec = RequestRecord.new(rid, endpoint, key_hash(key))
+        rec.key_suffix = key[-4:] if len(key) >= 8 else ""
+        rec.generation = self.generation
+        rec.base_url = self.config.public_url or base_url
+        rec.webhook_url = webhook_url
+        rec.headers = {k: v for k, v in headers.items() if k.startswith(RECORDED_HEADER_PREFIXES)}
+        rec.priority = "low" if headers.get("x-fal-queue-priority", "").strip().lower() == "low" else "normal"
+        try:
+            rec.input = json.loads(body) if body else None
+        except (ValueError, UnicodeDecodeError):
+            rec.input = {"_raw": body[:1000].decode("utf-8", "replace")}
+            rec.parse_error = {"detail": [{"loc": ["body"], "msg": "Body is not valid JSON", "type": "json_invalid"}]}
+        timeout = headers.get("x-fal-request-timeout")
+        with contextlib.suppress(ValueError):
+            rec.start_timeout_s = float(timeout) if timeout else None
+        rec.inject_error = self.faults.draw_completed_error()
+        self.records[rid] = rec
+        self.order.append(rec)
+        self._times.append(rec.submitted_at)
+        queue = self.queue_of(rec)
+        queue.push(rec)
+        if rec.start_timeout_s is not None and rec.start_timeout_s > 0:
+            loop = asyncio.get_running_loop()
+            rec.timeout_handle = loop.call_later(rec.start_timeout_s, self._start_timeout, rec)
+        self._schedule(rec.key_hash)
+        return rec
+
+    def queue_of(self, rec: RequestRecord) -> KeyQueue:
+        q = self.queues.get(rec.key_hash)
+        if q is None:
+            q = self.queues[rec.key_hash] = KeyQueue()
+        return q
+
+    def urls(self, rec: RequestRecord) -> dict[str, str]:
+        base = f"{rec.base_url}/{rec.app}/requests/{rec.id}"
+        return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
+
+    def status_body(self, rec: RequestRecord, with_logs: bool) -> dict[str, Any]:
+        """The status JSON as fal sends it (``queue_position`` only while IN_QUEUE)."""
+        body: dict[str, Any] = {"status": rec.state, "request_id": rec.id, **self.urls(rec)}
+        body["logs"] = list(rec.logs) if with_logs and rec.state != IN_QUEUE else None
+        if rec.state == IN_QUEUE:
+            body["queue_position"] = self.queue_of(rec).position(rec)
+        elif rec.state == COMPLETED:
+            body["metrics"] = {"inference_time": rec.inference_time} if rec.inference_time is not None else {}
+            if rec.error is not None:
+                body["error"] = rec.error
+                body["error_type"] = rec.error_type
+        return body
+
+    # --- scheduling ----------------------------------------------------------------------
+
+    def _schedule(self, kh: str) -> None:
+        queue = self.queues.get(kh)
+        if queue is None:
+            return
+        limit = self.config.concurrency
+        while limit == 0 or queue.in_progress < limit:
+            rec = queue.pop()
+            if rec is None:
+                return
+            self._start(rec, queue)
+
+    def _start(self, rec: RequestRecord, queue: KeyQueue) -> None:
+        if rec.timeout_handle is not None:
+            rec.timeout_handle.cancel()
+            rec.timeout_handle = None
+        rec.state = IN_PROGRESS
+        rec.started_at = time.time()
+        self.stats.started(queue)
+        rec.task = asyncio.get_running_loop().create_task(self._run(rec, queue))
+        rec.notify()
+
+    def _start_timeout(self, rec: RequestRecord) -> None:
+        if rec.state != IN_QUEUE or rec.generation != self.generation:
+            return
+        self.queue_of(rec).remove(rec)
+        rec.timeout_handle = None
+        self._complete(
+            rec,
+            504,
+            TIMEOUT_BODY,
+            "Request timed out",
+            "request_timeout",
+            {"X-Fal-Request-Timeout-Type": "user"},
+        )
+
+    async def _run(self, rec: RequestRecord, queue: KeyQueue) -> None:
+        t0 = time.monotonic()
+        try:
+            await self._execute(rec, t0)
+        except asyncio.CancelledError:
+            if not rec.cancelled or rec.generation != self.generation:
+                raise
+            rec.inference_time = time.monotonic() - t0
+            self._complete(rec, 499, CANCELLED_BODY, "Request was cancelled", "client_cancelled")
+        except Exception as exc:  # a bug or an unreadable input: fail the request, not the server
+            rec.inference_time = time.monotonic() - t0
+            body = {"detail": f"Internal error: {type(exc).__name__}: {exc}", "error_type": "internal_error"}
+            self._complete(rec, 500, body, "Internal error", "internal_error")
+        finally:
+            if rec.generation == self.generation:
+                self.stats.finished(queue)
+                self._schedule(rec.key_hash)
+
+    async def _execute(self, rec: RequestRecord, t0: float) -> None:
+        if rec.parse_error is not None:  # body was not JSON
+            await asyncio.sleep(0.01)
+            self._fail_validation(rec, rec.parse_error)
+            return
+        try:
+            parsed = validate_input(rec.endpoint, rec.input)
+        except InvalidInput as exc:
+            await asyncio.sleep(0.01)
+            self._fail_validation(rec, {"detail": _detail_from_invalid(exc)})
+            return
+        latency = self.config.latency_dist().sample(self.rng)
+        self._log(rec, f"Starting {rec.endpoint} (emulated)")
+        if rec.inject_error:
+            await asyncio.sleep(latency / 2)
+            rec.inference_time = time.monotonic() - t0
+            self._complete(rec, 503, DISCONNECTED_BODY, "Runner disconnected", "runner_disconnected")
+            return
+        steps = self.config.log_steps
+        for i in range(steps):
+            await asyncio.sleep(latency / (steps + 1))
+            self._log(rec, f"step {i + 1}/{steps}")
+        seed = parsed.seed if parsed.seed is not None else self.rng.randint(0, 2**31 - 1)
+        rec.seed = seed
+        tiny = self.config.tiny_max_px if self.config.tiny_images else 0
+        output, notes = await self.outputs.make(parsed, rec.endpoint, rec.base_url, seed=seed, tiny_max_px=tiny)
+        for note in notes:
+            self._log(rec, note, "WARN")
+        remaining = latency - (time.monotonic() - t0)
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        rec.inference_time = round(time.monotonic() - t0, 4)
+        self._complete(rec, 200, output, None, None)
+
+    def _fail_validation(self, rec: RequestRecord, body: dict[str, Any]) -> None:
+        rec.inference_time = 0.01
+        self._complete(rec, 422, body, "Invalid status code: 422", VALIDATION_ERROR_TYPE)
+
+    def _log(self, rec: RequestRecord, message: str, level: str = "INFO") -> None:
+        rec.logs.append(_log_entry(message, level))
+        rec.notify()
+
+    # --- completion, cancel, result --------------------------------------------------------
+
+    def _complete(
+        self,
+        rec: RequestRecord,
+        code: int,
+        body: Any,
+        error: str | None,
+        error_type: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        rec.state = COMPLETED
+        rec.completed_at = time.time()
+        rec.result_status, rec.result_body = code, body
+        rec.error, rec.error_type = error, error_type
+        rec.result_headers = dict(headers or {})
+        if error_type:
+            rec.result_headers["X-Fal-Error-Type"] = error_type
+        rec.notify()
+        if rec.webhook_url:
+            ok = code == 200
+            err = None if ok else f"Invalid status code: {code}"
+            payload = webhooks.payload(rec.id, ok, body, err)
+            self._spawn(self._deliver_webhook(rec, payload))
+
+    async def _deliver_webhook(self, rec: RequestRecord, payload: dict[str, Any]) -> None:
+        if self._http is None:
+            self._http = httpx.AsyncClient()
+        cfg = self.config
+        assert rec.webhook_url is not None
+        rec.webhook_history = await webhooks.deliver(
+            self._http,
+            self.signer,
+            rec.webhook_url,
+            rec.id,
+            cfg.webhook_user_id,
+            payload,
+            attempts=cfg.webhook_attempts,
+            first_delay_s=cfg.webhook_retry_delay_s,
+            timeout_s=cfg.webhook_timeout_s,
+        )
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def cancel(self, rec: RequestRecord) -> tuple[int, dict[str, Any]]:
+        """fal's cancel: 202 CANCELLATION_REQUESTED while pending, else 400 ALREADY_COMPLETED."""
+        if rec.state == COMPLETED:
+            return 400, {"status": "ALREADY_COMPLETED"}
+        if rec.state == IN_QUEUE:
+            self.queue_of(rec).remove(rec)
+            if rec.timeout_handle is not None:
+                rec.timeout_handle.cancel()
+            rec.cancelled = True
+            self._complete(rec, 499, CANCELLED_BODY, "Request was cancelled", "client_cancelled")
+        elif not rec.cancelled:
+            rec.cancelled = True
+            if rec.task is not None:
+                rec.task.cancel()
+        return 202, {"status": "CANCELLATION_REQUESTED"}
+
+    def result(self, rec: RequestRecord) -> tuple[int, Any, dict[str, str]]:
+        if rec.state != COMPLETED:
+            return 400, {"detail": "Request is still in progress"}, {}
+        return rec.result_status or 500, rec.result_body, rec.result_headers
+
+    async def wait_change(self, rec: RequestRecord, timeout: float) -> None:
+        """Return when ``rec`` changes (state, logs, queue position) or after ``timeout`` s."""
+        waiters = [asyncio.ensure_future(rec.changed().wait())]
+        if rec.state == IN_QUEUE:
+            waiters.append(asyncio.ensure_future(self.queue_of(rec).changed.wait()))
+        try:
+            await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+
+    # --- introspection -------------------------------------------------------------------
+
+    def introspect(self, since: float | None = None) -> dict[str, Any]:
+        start = bisect.bisect_left(self._times, since) if since is not None else 0
+        reqs = [r.summary() for r in self.order[start:]]
+        per_key = {kh: q.peak for kh, q in self.queues.items()}
+        return {
+            "now": time.time(),
+            "requests": reqs,
+            "peak_in_flight": {"overall": self.stats.peak_in_flight, "per_key": per_key},
+            "in_flight": {
+                "overall": self.stats.in_progress,
+                "per_key": {kh: q.in_progress for kh, q in self.queues.items()},
+            },
+            "queued": {kh: len(q) for kh, q in self.queues.items()},
+            "rejected": dict(self.stats.rejected),
+            "rejected_submits": dict(self.stats.rejected_submits),
+            "faults": dict(self.stats.faults),
+            "counts": dict(self.stats.calls),
+            "total_requests": len(self.order),
+        }

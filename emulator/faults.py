@@ -1,0 +1,150 @@
+"""Fault injection: 5xx, 429, dropped connections and slow answers, drawn per call.
+
+Faults act at the ingress, before routing, like a misbehaving gateway in front of fal:
+
+* ``5xx``: an nginx-style HTML error page (502/503/504 by default) **without**
+  ``x-fal-request-id``, the shape fal-client treats as a retryable ingress error;
+* ``429``: ``{"detail": ...}``, with ``Retry-After`` on a share of them;
+* ``drop``: the response starts (200, ``content-length: 1000``) and the connection closes
+  after a few body bytes; httpx raises ``httpx.RemoteProtocolError`` ("peer closed
+  connection without sending complete message body");
+* ``slow``: the answer is delayed by ``slow_s`` and then served normally.
+
+A faulted submit never creates a request. The per-request ``completed_error`` fault is
+drawn at submit time by :meth:`FaultInjector.draw_completed_error`.
+
+Example::
+
+    >>> inj = FaultInjector(EmulatorConfig(fail_429=1.0, fault_seed=1))
+    >>> inj.draw("status")
+    '429'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import TYPE_CHECKING
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from emulator.config import CallKind, EmulatorConfig
+
+if TYPE_CHECKING:
+    from emulator.core import Emulator
+
+_REASONS = {
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Temporarily Unavailable",
+    504: "Gateway Time-out",
+}
+
+
+class FaultInjector:
+    """Seedable draws of faults; one RNG for every call so a seed replays a run."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.fault_seed)
+
+    def configure(self, config: EmulatorConfig, reseed: bool = False) -> None:
+        self.config = config
+        if reseed:
+            self.rng = random.Random(config.fault_seed)
+
+    def draw(self, kind: CallKind) -> str | None:
+        """The fault for one call of ``kind``: ``drop``, ``5xx``, ``429``, ``slow`` or None."""
+        cfg = self.config
+        if kind not in cfg.fault_calls:
+            return None
+        for name, rate in (
+            ("drop", cfg.drop),
+            ("5xx", cfg.fail_5xx),
+            ("429", cfg.fail_429),
+            ("slow", cfg.slow),
+        ):
+            if rate > 0 and self.rng.random() < rate:
+                return name
+        return None
+
+    def draw_completed_error(self) -> bool:
+        rate = self.config.completed_error
+        return rate > 0 and self.rng.random() < rate
+
+
+def classify(method: str, path: str) -> CallKind | None:
+    """Which kind of queue/file call a request is, or None for admin/storage routes."""
+    if path.startswith(("/_emulator", "/.well-known", "/storage/")):
+        return None
+    if path.startswith("/files/"):
+        return "file" if method in ("GET", "HEAD") and path != "/files/upload" else None
+    p = path.rstrip("/")
+    if "/requests/" in p:
+        if p.endswith("/cancel"):
+            return "cancel" if method == "PUT" else None
+        if p.endswith("/status/stream"):
+            return "stream"
+        if p.endswith("/status"):
+            return "status"
+        return "result"
+    return "submit" if method == "POST" and p.count("/") >= 2 else None
+
+
+async def _send_simple(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class FaultMiddleware:
+    """ASGI middleware counting queue/file calls and injecting the configured faults."""
+
+    def __init__(self, app: ASGIApp, emulator: Emulator) -> None:
+        self.app = app
+        self.emulator = emulator
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        kind = classify(scope["method"], scope["path"])
+        if kind is None:
+            await self.app(scope, receive, send)
+            return
+        emu = self.emulator
+        emu.stats.calls[kind] += 1
+        fault = emu.faults.draw(kind)
+        if fault is None:
+            await self.app(scope, receive, send)
+            return
+        emu.stats.faults[fault] += 1
+        if fault == "slow":
+            await asyncio.sleep(emu.config.slow_s)
+            await self.app(scope, receive, send)
+            return
+        emu.stats.rejected[fault] += 1
+        if kind == "submit":
+            emu.stats.rejected_submits[fault] += 1
+        if fault == "drop":
+            start = {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"1000")],
+            }
+            await send(start)
+            await send({"type": "http.response.body", "body": b'{"status": "IN_', "more_body": True})
+            return  # uvicorn closes the transport: the client sees an incomplete body
+        if fault == "5xx":
+            code = emu.faults.rng.choice(emu.config.fail_5xx_codes)
+            reason = _REASONS.get(code, "Server Error")
+            page = (
+                f"<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} "
+                f"{reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+            )
+            await _send_simple(send, code, page.encode(), [(b"content-type", b"text/html")])
+            return
+        headers = [(b"content-type", b"application/json")]
+        if emu.faults.rng.random() < emu.config.retry_after_rate:
+            headers.append((b"retry-after", str(emu.config.retry_after_s).encode()))
+        await _send_simple(send, 429, b'{"detail":"Too many requests (emulated rate limit)"}', headers)

@@ -1,0 +1,11 @@
+"""falq's producer side: the Python API, the ``falq`` CLI and bulk pipelines.
+
+Example::
+
+    from producers import Falq
+    job = Falq().generate("a red fox")
+"""
+
+from producers.client import Falq, JobHandle, JobRequest, JobTimeout
+
+__all__ = ["Falq", "JobHandle", "JobRequest", "JobTimeout"]

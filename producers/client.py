@@ -1,0 +1,249 @@
+"""The Python API producers use: validate, enqueue, and find out what happened.
+
+Example::
+
+    from producers import Falq
+
+    falq = Falq()                                   # configured from FALQ_* / FAL_KEY
+    job = falq.generate("a red fox in the snow", image_size="landscape_16_9", seed=7)
+    rec = job.wait(timeout=300)                     # the final JobRecord
+    for image in job.result():
+        print(image["key"], image["presigned_url"])
+
+Every input is validated with the shared schemas *before* anything touches Redis, so a
+rejected call leaves Redis and the queues exactly as they were.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from shared.dispatch import publish
+from shared.endpoints import ENDPOINTS, get_endpoint
+from shared.errors import FieldError, InvalidInput, JobNotFound
+from shared.jobstore import JobStore
+from shared.records import STATES, TERMINAL, JobRecord, Lane
+from shared.schemas import validate_input
+from shared.settings import Settings, get_settings
+
+TEXT_TO_IMAGE = {"standard": "fal-ai/qwen-image-2/text-to-image", "pro": "fal-ai/qwen-image-2/pro/text-to-image"}
+EDIT = {"standard": "fal-ai/qwen-image-2/edit", "pro": "fal-ai/qwen-image-2/pro/edit"}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One validated job, ready to enqueue (used by bulk pipelines)."""
+
+    endpoint: str
+    input: dict[str, Any]
+    lane: Lane = "interactive"
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] | None = None
+    callback_url: str | None = None
+
+
+class JobTimeout(TimeoutError):
+    """``wait`` ran out of time; the job goes on."""
+
+
+class Falq:
+    """A producer's handle on falq.
+
+    Parameters:
+        settings: falq settings; by default read from the environment.
+        redis_client: a Redis client to reuse (by default one is built from settings).
+        celery_app: a Celery app to publish with (by default one is built from settings).
+    """
+
+    def __init__(self, settings: Settings | None = None, *, redis_client: Any = None,
+                 celery_app: Celery | None = None) -> None:
+        from workers.context import redis_client as make_redis
+
+        self.settings = settings or get_settings()
+        self.redis = redis_client or make_redis(self.settings.redis_url)
+        self.store = JobStore(self.redis, prefix=self.settings.key_prefix, ttl_s=self.settings.record_ttl_s)
+        self._app = celery_app
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            from workers.app import make_app
+
+            self._app = make_app(self.settings)
+        return self._app
+
+    # --- enqueue ---------------------------------------------------------------------------------
+    def generate(self, prompt: str, *, pro: bool = False, lane: Lane = "interactive",
+                 idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
+                 callback_url: str | None = None, **fields: Any) -> JobHandle:
+        """Enqueue a text-to-image job. ``fields`` are the schema's fields (seed, image_size...)."""
+        endpoint = TEXT_TO_IMAGE["pro" if pro else "standard"]
+        return self.submit(endpoint, {"prompt": prompt, **fields}, lane=lane, idempotency_key=idempotency_key,
+                           metadata=metadata, callback_url=callback_url)
+
+    def edit(self, prompt: str, images: Iterable[Any], *, pro: bool = False, lane: Lane = "interactive",
+             idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
+             callback_url: str | None = None, flatten_alpha: bool = False, **fields: Any) -> JobHandle:
+        """Enqueue an edit job. ``images`` are URLs, data URIs, local paths or bytes."""
+        from producers.inputs import prepare_images
+
+        endpoint = EDIT["pro" if pro else "standard"]
+        urls = prepare_images(list(images), self.settings, flatten_alpha=flatten_alpha)
+        return self.submit(endpoint, {"prompt": prompt, "image_urls": urls, **fields}, lane=lane,
+                           idempotency_key=idempotency_key, metadata=metadata, callback_url=callback_url)
+
+    def validate(self, endpoint: str, data: Any, *, lane: str = "interactive",
+                 callback_url: str | None = None) -> JobRequest:
+        """Validate without enqueueing; raises :class:`InvalidInput`."""
+        spec = get_endpoint(endpoint)
+        model = validate_input(spec.id, data, max_num_images=self.settings.max_num_images)
+        errors = []
+        if lane not in ("interactive", "bulk"):
+            errors.append(FieldError("lane", f"must be 'interactive' or 'bulk', not {lane!r}"))
+        if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
+            errors.append(FieldError("callback_url", "must be an http(s) URL"))
+        if errors:
+            raise InvalidInput(errors)
+        payload = model.model_dump(mode="json", exclude_none=True)
+        return JobRequest(spec.id, payload, lane, callback_url=callback_url)  # type: ignore[arg-type]
+
+    def submit(self, endpoint: str, data: dict[str, Any], *, lane: Lane = "interactive",
+               idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
+               callback_url: str | None = None) -> JobHandle:
+        """Validate and enqueue one job; with a known ``idempotency_key``, return that job."""
+        req = self.validate(endpoint, data, lane=lane, callback_url=callback_url)
+        if idempotency_key is not None:
+            _check_key(idempotency_key)
+        rec = self._record(req, metadata)
+        rec, created = self.store.create(rec, idempotency_key)
+        if created or not self.store.is_published(rec.id):
+            publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
+            self.store.mark_published([rec.id])
+        return JobHandle(self, rec.id)
+
+    def submit_many(self, requests: list[JobRequest]) -> list[tuple[str, bool]]:
+        """Enqueue validated requests with pipelined Redis writes.
+
+        Returns ``(job_id, created)`` per request; a request whose idempotency key names an
+        existing job is not enqueued again (its message is re-sent only if it never was).
+        """
+        recs = [self._record(r, r.metadata) for r in requests]
+        owners = self.store.create_many([(rec, req.idempotency_key) for rec, req in
+                                         zip(recs, requests, strict=True)])
+        created = [o == rec.id for o, rec in zip(owners, recs, strict=True)]
+        flags = self.store.published_flags(owners)
+        to_publish = [(owner, rec) for owner, rec, done in zip(owners, recs, flags, strict=True) if not done]
+        if to_publish:
+            # A job that already existed keeps its own lane and endpoint.
+            existing_ids = sorted({owner for owner, rec in to_publish if owner != rec.id})
+            existing = {
+                job_id: found
+                for job_id, found in zip(existing_ids, self.store.get_many(existing_ids), strict=True)
+                if found is not None
+            }
+            with self.app.producer_or_acquire() as producer:
+                for owner, rec in to_publish:
+                    src = existing.get(owner, rec)
+                    publish(self.app, self.settings, owner, lane=src.lane, endpoint=src.endpoint, producer=producer)
+            self.store.mark_published([owner for owner, _ in to_publish])
+        return list(zip(owners, created, strict=True))
+
+    def _record(self, req: JobRequest, metadata: dict[str, Any] | None) -> JobRecord:
+        spec = ENDPOINTS[req.endpoint]
+        n = int(req.input.get("num_images", 1))
+        return JobRecord.new(
+            endpoint=req.endpoint, input=req.input, lane=req.lane, metadata=dict(metadata or {}),
+            callback_url=req.callback_url, cost_estimate=round(self.settings.price_for(spec.tier) * n, 6),
+        )
+
+    # --- look up ---------------------------------------------------------------------------------
+    def job(self, job_id: str) -> JobHandle:
+        """A handle on an existing job; raises :class:`JobNotFound`."""
+        self.store.get(job_id)
+        return JobHandle(self, job_id)
+
+    def jobs(self, state: str | None = None, *, limit: int = 100, since: float | None = None) -> list[JobRecord]:
+        """Records by state (or all), newest first."""
+        if state is not None and state not in STATES:
+            raise InvalidInput([FieldError("state", f"must be one of {', '.join(STATES)}")])
+        return self.store.find(state, limit=limit, since=since)
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Ask for a job to be cancelled; returns the record as it stands.
+
+        A job no worker has picked up is cancelled at once (it will never be submitted);
+        one at fal is cancelled there by its worker, which then ends it ``cancelled``.
+        """
+        self.store.get(job_id)
+        self.store.request_cancel(job_id)
+        lease_holder = self.redis.get(f"{self.settings.key_prefix}:lease:{job_id}")
+
+        def change(r: JobRecord) -> bool:
+            if r.terminal:
+                return False
+            r.cancel_requested = True
+            if r.state == "queued" and lease_holder is None:
+                r.move("cancelled")
+            return True
+
+        return self.store.update(job_id, change)
+
+
+class JobHandle:
+    """A job seen from the producer side.
+
+    Example::
+
+        job = falq.generate("a lighthouse at dusk")
+        job.status()          # 'queued', 'in_progress', ...
+        job.wait(timeout=120) # JobRecord once terminal
+    """
+
+    def __init__(self, client: Falq, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"JobHandle({self.id!r})"
+
+    def record(self) -> JobRecord:
+        return self.client.store.get(self.id)
+
+    def status(self) -> str:
+        return self.record().state
+
+    def wait(self, timeout: float | None = None, *, poll_s: float = 0.2) -> JobRecord:
+        """Block until the job is terminal; raise :class:`JobTimeout` after ``timeout`` s."""
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = poll_s
+        while True:
+            rec = self.record()
+            if rec.state in TERMINAL:
+                return rec
+            if end is not None and time.monotonic() >= end:
+                raise JobTimeout(f"job {self.id} still {rec.state} after {timeout}s")
+            time.sleep(delay)
+            delay = min(2.0, delay * 1.3)
+
+    def result(self, *, expires_s: int | None = None) -> list[dict[str, Any]]:
+        """The outputs with their S3 locations and presigned GET URLs."""
+        from shared.storage import Storage
+
+        rec = self.record()
+        if rec.state != "completed":
+            raise JobNotFound(f"job {self.id} has no result: it is {rec.state}")
+        storage = Storage(self.client.settings)
+        return [{**img.model_dump(), "presigned_url": storage.presign(img.key, expires_s)} for img in rec.outputs]
+
+    def cancel(self) -> JobRecord:
+        return self.client.cancel(self.id)
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not 1 <= len(key) <= 200 or any(c.isspace() for c in key):
+        raise InvalidInput([FieldError("idempotency_key", "must be 1-200 characters without whitespace")])

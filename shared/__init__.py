@@ -1,0 +1,1 @@
+"""falq's shared package: settings, schemas, errors, job records, the fal client and storage."""

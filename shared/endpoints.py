@@ -1,0 +1,50 @@
+"""The four Qwen-Image-2 endpoints falq knows, and what differs between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.errors import FieldError, InvalidInput
+from shared.schemas import EditInput, TextToImageInput
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One fal endpoint.
+
+    Parameters:
+        id: fal's endpoint id, e.g. ``fal-ai/qwen-image-2/edit``.
+        input_model: the pydantic model of its input.
+        tier: ``standard`` or ``pro``; selects the price in settings.
+        kind: ``text-to-image`` or ``edit``.
+    """
+
+    id: str
+    input_model: type[TextToImageInput] | type[EditInput]
+    tier: str
+    kind: str
+
+    @property
+    def app(self) -> str:
+        """``owner/app``: the base fal uses for status, result and cancel URLs."""
+        return "/".join(self.id.split("/")[:2])
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    e.id: e
+    for e in (
+        Endpoint("fal-ai/qwen-image-2/text-to-image", TextToImageInput, "standard", "text-to-image"),
+        Endpoint("fal-ai/qwen-image-2/pro/text-to-image", TextToImageInput, "pro", "text-to-image"),
+        Endpoint("fal-ai/qwen-image-2/edit", EditInput, "standard", "edit"),
+        Endpoint("fal-ai/qwen-image-2/pro/edit", EditInput, "pro", "edit"),
+    )
+}
+
+
+def get_endpoint(endpoint: str) -> Endpoint:
+    """Look up an endpoint id; raise :class:`InvalidInput` naming the known ones if unknown."""
+    try:
+        return ENDPOINTS[endpoint]
+    except (KeyError, TypeError):
+        known = ", ".join(ENDPOINTS)
+        raise InvalidInput([FieldError("endpoint", f"unknown endpoint {endpoint!r}; known: {known}")]) from None

@@ -1,0 +1,229 @@
+"""falq's exception hierarchy.
+
+Errors are types, never strings matched later. Everything falq raises on purpose derives
+from :class:`FalqError` and falls in exactly one of three families:
+
+* :class:`InvalidInput` -- the caller sent something falq will not accept. Nothing was
+  enqueued or changed. Carries one :class:`FieldError` per problem.
+* :class:`RetryableError` -- a transient failure (network, 429, 5xx, S3 hiccup). The
+  same step may be tried again; ``retry_after`` is a server hint in seconds, if any.
+* :class:`PermanentError` -- trying again cannot help (422 from fal, 401/403, a hostile
+  answer). The job ends ``failed`` with this message.
+
+Example::
+
+    try:
+        client.generate(prompt="")
+    except InvalidInput as exc:
+        for err in exc.errors:
+            print(err.field, err.message)   # prompt  must not be empty
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class FalqError(Exception):
+    """Base class of every error falq raises deliberately."""
+
+    #: Short machine-readable name recorded on jobs (``error.type``).
+    kind: str = "error"
+
+    @property
+    def retryable(self) -> bool:
+        return isinstance(self, RetryableError)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One rejected field: where (dotted path) and which rule, in plain words."""
+
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class InvalidInput(FalqError, ValueError):
+    """Input rejected before anything was enqueued.
+
+    Parameters:
+        errors: one entry per violated rule.
+        where: optional prefix such as ``"line 12"`` for bulk files.
+    """
+
+    kind = "invalid_input"
+
+    def __init__(self, errors: list[FieldError], where: str = "") -> None:
+        self.errors = list(errors)
+        self.where = where
+        prefix = f"{where}: " if where else ""
+        super().__init__(prefix + "; ".join(str(e) for e in self.errors))
+
+
+class RetryableError(FalqError):
+    """A transient failure; the step may be retried.
+
+    Parameters:
+        message: what happened (never contains secrets).
+        retry_after: seconds the server asked us to wait, if it said so.
+        reason: short label used in metrics (``http_429``, ``transport``, ...).
+    """
+
+    kind = "retryable"
+
+    def __init__(self, message: str, *, retry_after: float | None = None, reason: str = "") -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.reason = reason or self.kind
+
+
+class PermanentError(FalqError):
+    """A failure that retrying cannot fix; the job fails with this message."""
+
+    kind = "permanent"
+
+
+# --- fal -------------------------------------------------------------------------------
+
+
+class FalError(FalqError):
+    """Mixin for errors that came from talking to fal."""
+
+
+class FalTransientError(RetryableError, FalError):
+    """fal (or the network in front of it) failed transiently: 408/409/429/5xx, resets."""
+
+    kind = "fal_transient"
+
+
+class FalRejected(PermanentError, FalError):
+    """fal refused the request for good (422 validation, 400, 404 ...).
+
+    ``status_code`` is the HTTP code; ``detail`` is fal's own message.
+    """
+
+    kind = "fal_rejected"
+
+    def __init__(self, message: str, *, status_code: int | None = None, detail: object = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.detail = detail
+
+
+class FalAuthError(PermanentError, FalError):
+    """401/403: the key is wrong or lacks permission. The message names only the key's suffix."""
+
+    kind = "fal_auth"
+
+
+class FalAccountLocked(RetryableError, FalError):
+    """402 or a locked account: submissions for this key pause until an operator acts."""
+
+    kind = "fal_account_locked"
+
+
+class FalBadAnswer(PermanentError, FalError):
+    """fal answered something that does not follow its protocol (non-JSON, missing fields)."""
+
+    kind = "fal_bad_answer"
+
+
+class FalRequestFailed(FalError):
+    """A request fal finished as COMPLETED with an ``error``.
+
+    Whether it is worth a new attempt depends on ``error_type`` (see
+    :data:`TRANSIENT_ERROR_TYPES`); the classification is done by :func:`fal_failure`.
+    """
+
+    kind = "fal_request_failed"
+
+    def __init__(self, message: str, *, error_type: str | None = None, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.status_code = status_code
+
+
+class FalRequestFailedTransient(FalRequestFailed, RetryableError):
+    kind = "fal_request_failed_transient"
+
+    def __init__(self, message: str, *, error_type: str | None = None, status_code: int | None = None) -> None:
+        RetryableError.__init__(self, message, reason=f"completed_{error_type}")
+        self.error_type = error_type
+        self.status_code = status_code
+
+
+class FalRequestFailedPermanent(FalRequestFailed, PermanentError):
+    kind = "fal_request_failed"
+
+
+#: Infrastructure error types fal documents as transient (request-errors page): a new
+#: attempt may succeed. Anything else reported on a COMPLETED request is final.
+TRANSIENT_ERROR_TYPES = frozenset(
+    {
+        "request_timeout",
+        "startup_timeout",
+        "runner_scheduling_failure",
+        "runner_connection_timeout",
+        "runner_disconnected",
+        "runner_connection_refused",
+        "runner_connection_error",
+        "runner_incomplete_response",
+        "runner_server_error",
+        "internal_error",
+    }
+)
+
+
+def fal_failure(message: str, error_type: str | None, status_code: int | None = None) -> FalRequestFailed:
+    """Build the right :class:`FalRequestFailed` subclass for a COMPLETED-with-error answer."""
+    if error_type in TRANSIENT_ERROR_TYPES:
+        return FalRequestFailedTransient(message, error_type=error_type, status_code=status_code)
+    return FalRequestFailedPermanent(message, error_type=error_type, status_code=status_code)
+
+
+# --- storage / mirroring -----------------------------------------------------------------
+
+
+class StorageTransientError(RetryableError):
+    """S3 (or the fal media host) failed transiently; mirroring is retried."""
+
+    kind = "storage_transient"
+
+
+class MirrorRejected(PermanentError):
+    """An output image falq refuses to copy: host not allowlisted, too big, not an image."""
+
+    kind = "mirror_rejected"
+
+
+class StorageError(PermanentError):
+    """S3 refused for good (access denied, no such bucket and creation not permitted)."""
+
+    kind = "storage"
+
+
+# --- jobs --------------------------------------------------------------------------------
+
+
+class JobNotFound(FalqError, KeyError):
+    """No job record with this id (never existed, or expired)."""
+
+    kind = "job_not_found"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "job not found"
+
+
+class DeadlineExceeded(PermanentError):
+    """fal did not finish the request within the configured deadline."""
+
+    kind = "deadline_exceeded"
+
+
+class AttemptsExhausted(PermanentError):
+    """Every allowed attempt failed transiently."""
+
+    kind = "attempts_exhausted"

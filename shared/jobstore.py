@@ -1,0 +1,255 @@
+"""Job records in Redis: create (idempotently), read, compare-and-set save, list by state.
+
+Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
+
+* ``{p}:job:{id}`` -- hash ``{state, version, doc, published}``; ``doc`` is the record JSON.
+* ``{p}:state:{state}`` -- sorted set of job ids by last update, one per state.
+* ``{p}:created`` -- sorted set of all job ids by creation time.
+* ``{p}:idem:{key}`` -- idempotency key -> job id.
+* ``{p}:cancel:{id}`` -- set when a producer asked to cancel.
+
+Every write is a compare-and-set on ``version`` done in Lua, so a worker and a producer
+(cancel, retry) can never overwrite each other's changes: the loser reloads and reapplies.
+Non-terminal records never expire (that would lose a job); terminal ones expire after
+``FALQ_RECORD_TTL_S``.
+
+Example::
+
+    store = JobStore(redis.Redis.from_url(url), prefix="falq", ttl_s=86400)
+    rec, created = store.create(JobRecord.new(endpoint=..., input={...}), idempotency_key="k1")
+    store.update(rec.id, lambda r: r.move("cancelled"))
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import redis
+
+from shared.errors import JobNotFound
+from shared.records import STATES, TERMINAL, JobRecord
+
+# Creates a record unless its idempotency key already names a live job. Returns the id of
+# the job that now owns the key (ours or the existing one).
+_CREATE = """
+local job_key, idem_key = KEYS[1], KEYS[2]
+local id, doc, created_at, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if idem_key ~= '' then
+  local existing = redis.call('GET', idem_key)
+  if existing and redis.call('EXISTS', prefix .. ':job:' .. existing) == 1 then
+    return existing
+  end
+  redis.call('SET', idem_key, id)
+end
+if redis.call('EXISTS', job_key) == 1 then return id end
+redis.call('HSET', job_key, 'version', '1', 'state', 'queued', 'doc', doc, 'published', '0')
+redis.call('ZADD', prefix .. ':state:queued', created_at, id)
+redis.call('ZADD', prefix .. ':created', created_at, id)
+return id
+"""
+
+# Compare-and-set save. Returns 1 on success, 0 on a version conflict, -1 if the record is gone.
+_SAVE = """
+local job_key, idem_key = KEYS[1], KEYS[2]
+local expected, new_version, state, doc, ts, id, prefix, ttl =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local cur = redis.call('HMGET', job_key, 'version', 'state')
+if not cur[1] then return -1 end
+if cur[1] ~= expected then return 0 end
+redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
+if cur[2] ~= state then redis.call('ZREM', prefix .. ':state:' .. cur[2], id) end
+redis.call('ZADD', prefix .. ':state:' .. state, ts, id)
+if ttl > 0 then
+  redis.call('EXPIRE', job_key, ttl)
+  if idem_key ~= '' then redis.call('EXPIRE', idem_key, ttl) end
+else
+  redis.call('PERSIST', job_key)
+  if idem_key ~= '' then redis.call('PERSIST', idem_key) end
+end
+return 1
+"""
+
+
+class Conflict(Exception):
+    """Someone else saved the record since it was read; reload and reapply."""
+
+
+class JobStore:
+    """Reads and writes job records.
+
+    Parameters:
+        client: a ``redis.Redis`` (``decode_responses=False``).
+        prefix: key prefix shared by every falq process of one deployment.
+        ttl_s: how long terminal records are kept.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "falq", ttl_s: int = 7 * 24 * 3600) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.ttl_s = ttl_s
+        self._create = client.register_script(_CREATE)
+        self._save = client.register_script(_SAVE)
+
+    # --- keys ----------------------------------------------------------------------------
+    def job_key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def idem_key(self, key: str | None) -> str:
+        return f"{self.prefix}:idem:{key}" if key else ""
+
+    def cancel_key(self, job_id: str) -> str:
+        return f"{self.prefix}:cancel:{job_id}"
+
+    # --- create ----------------------------------------------------------------------------
+    def create(self, rec: JobRecord, idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
+        """Store a new queued record; with a known idempotency key return the existing job.
+
+        Returns ``(record, created)``.
+        """
+        rec.idempotency_key = idempotency_key
+        rec.version = 1
+        owner = self._create(
+            keys=[self.job_key(rec.id), self.idem_key(idempotency_key)],
+            args=[rec.id, rec.model_dump_json(), rec.created_at, self.prefix],
+        )
+        owner_id = owner.decode() if isinstance(owner, bytes) else str(owner)
+        if owner_id == rec.id:
+            return rec, True
+        return self.get(owner_id), False
+
+    def create_many(self, items: list[tuple[JobRecord, str | None]]) -> list[str]:
+        """Pipelined :meth:`create` for bulk enqueue; returns the owning job id per item."""
+        pipe = self.r.pipeline(transaction=False)
+        for rec, key in items:
+            rec.idempotency_key = key
+            rec.version = 1
+            self._create(
+                keys=[self.job_key(rec.id), self.idem_key(key)],
+                args=[rec.id, rec.model_dump_json(), rec.created_at, self.prefix],
+                client=pipe,
+            )
+        return [o.decode() if isinstance(o, bytes) else str(o) for o in pipe.execute()]
+
+    def mark_published(self, job_ids: Iterable[str]) -> None:
+        """Record that a broker message exists for these jobs (see :meth:`unpublished`)."""
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hset(self.job_key(job_id), "published", "1")
+        pipe.execute()
+
+    def is_published(self, job_id: str) -> bool:
+        return self.r.hget(self.job_key(job_id), "published") == b"1"
+
+    def published_flags(self, job_ids: list[str]) -> list[bool]:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hget(self.job_key(job_id), "published")
+        return [v == b"1" for v in pipe.execute()]
+
+    # --- read --------------------------------------------------------------------------------
+    def get(self, job_id: str) -> JobRecord:
+        raw = self.r.hmget(self.job_key(job_id), "doc", "version")
+        if raw[0] is None:
+            raise JobNotFound(f"no job with id {job_id!r} (never enqueued, or its record expired)")
+        rec = JobRecord.model_validate_json(raw[0])
+        rec.version = int(raw[1] or 0)
+        return rec
+
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        pipe = self.r.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.hmget(self.job_key(job_id), "doc", "version")
+        out: list[JobRecord | None] = []
+        for doc, version in pipe.execute():
+            if doc is None:
+                out.append(None)
+                continue
+            rec = JobRecord.model_validate_json(doc)
+            rec.version = int(version or 0)
+            out.append(rec)
+        return out
+
+    def exists(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.job_key(job_id)))
+
+    # --- write ---------------------------------------------------------------------------------
+    def save(self, rec: JobRecord) -> None:
+        """Compare-and-set: write ``rec`` if nobody saved since it was read.
+
+        Raises :class:`Conflict` on a concurrent change and :class:`JobNotFound` if the
+        record was deleted meanwhile.
+        """
+        expected = rec.version
+        rec.version = expected + 1
+        rec.updated_at = time.time()
+        ttl = self.ttl_s if rec.state in TERMINAL else 0
+        res = self._save(
+            keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key)],
+            args=[expected, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.id, self.prefix, ttl],
+        )
+        if res == 1:
+            return
+        rec.version = expected
+        if res == -1:
+            raise JobNotFound(f"job {rec.id} was deleted while it ran")
+        raise Conflict(rec.id)
+
+    def update(self, job_id: str, change: Callable[[JobRecord], Any], *, tries: int = 20) -> JobRecord:
+        """Load, apply ``change`` and save, retrying on conflicts. Returns the saved record."""
+        for _ in range(tries):
+            rec = self.get(job_id)
+            if change(rec) is False:
+                return rec
+            try:
+                self.save(rec)
+                return rec
+            except Conflict:
+                continue
+        raise Conflict(job_id)
+
+    def request_cancel(self, job_id: str) -> None:
+        self.r.set(self.cancel_key(job_id), b"1", ex=max(self.ttl_s, 3600))
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(self.cancel_key(job_id)))
+
+    # --- list ----------------------------------------------------------------------------------
+    def ids_in_state(self, state: str, *, limit: int = 100, since: float | None = None) -> list[str]:
+        key = f"{self.prefix}:state:{state}"
+        lo = since if since is not None else "-inf"
+        raw = self.r.zrevrangebyscore(key, "+inf", lo, start=0, num=limit)
+        return [x.decode() for x in raw]
+
+    def find(self, state: str | None = None, *, limit: int = 100, since: float | None = None) -> list[JobRecord]:
+        """Records in ``state`` (or all), newest first. Expired ids are pruned on the way."""
+        if state is None:
+            lo = since if since is not None else "-inf"
+            ids = [x.decode() for x in self.r.zrevrangebyscore(f"{self.prefix}:created", "+inf", lo, 0, limit)]
+        else:
+            ids = self.ids_in_state(state, limit=limit, since=since)
+        recs = self.get_many(ids)
+        gone = [i for i, r in zip(ids, recs, strict=True) if r is None]
+        if gone:
+            self._prune(gone, state)
+        return [r for r in recs if r is not None]
+
+    def counts(self) -> dict[str, int]:
+        pipe = self.r.pipeline(transaction=False)
+        for s in STATES:
+            pipe.zcard(f"{self.prefix}:state:{s}")
+        return dict(zip(STATES, pipe.execute(), strict=True))
+
+    def iter_ids(self, state: str, batch: int = 500) -> Iterator[str]:
+        key = f"{self.prefix}:state:{state}"
+        for member, _ in self.r.zscan_iter(key, count=batch):
+            yield member.decode()
+
+    def _prune(self, ids: list[str], state: str | None) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.zrem(f"{self.prefix}:created", i)
+            for s in [state] if state else STATES:
+                pipe.zrem(f"{self.prefix}:state:{s}", i)
+        pipe.execute()

@@ -1,0 +1,60 @@
+"""Logging setup with secret redaction.
+
+falq never formats a secret into a message on purpose; this filter is the second line of
+defence: any log record whose text contains the fal key, an AWS secret or a configured
+password has it replaced by ``[REDACTED]`` before a handler sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from shared.settings import Settings
+
+
+class RedactSecrets(logging.Filter):
+    """Masks the given secret values in every record passing through a handler."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s and len(s) >= 6]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.secrets:
+            return True
+        msg = record.getMessage()
+        if any(s in msg for s in self.secrets):
+            for s in self.secrets:
+                msg = msg.replace(s, "[REDACTED]")
+            record.msg, record.args = msg, ()
+        if record.exc_text and any(s in record.exc_text for s in self.secrets):
+            for s in self.secrets:
+                record.exc_text = record.exc_text.replace(s, "[REDACTED]")
+        return True
+
+
+def secret_values(settings: Settings) -> list[str]:
+    values = []
+    for name in ("fal_key", "aws_secret_access_key", "aws_session_token", "callback_secret"):
+        secret = getattr(settings, name, None)
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    for extra in ("flower_password",):
+        secret = getattr(settings, extra, None)
+        if secret is not None:
+            values.append(secret.get_secret_value())
+    return values
+
+
+def setup_logging(level: str, settings: Settings) -> None:
+    """Configure the root logger once, with the redaction filter on its handler."""
+    root = logging.getLogger()
+    if not root.handlers:
+        handler: logging.Handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    root.setLevel(level.upper())
+    for handler in root.handlers:
+        handler.addFilter(RedactSecrets(secret_values(settings)))
+    for noisy in ("httpx", "httpcore", "botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

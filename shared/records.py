@@ -1,0 +1,158 @@
+"""The job record: what falq knows about one job, as stored in Redis.
+
+A job's id is also its Celery task id, so Flower and falq name a job alike. The record
+holds everything a person needs to know what happened: the validated input, the state
+with a timestamp per state, fal's request ids, every error, fal's metrics and logs tail,
+and where the output images live in our bucket.
+
+Example::
+
+    rec = JobRecord.new(endpoint="fal-ai/qwen-image-2/text-to-image",
+                        input={"prompt": "a red fox"}, cost_estimate=0.035)
+    rec.state      # 'queued'
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+State = Literal["queued", "submitting", "in_queue", "in_progress", "mirroring", "completed", "failed", "cancelled"]
+STATES: tuple[State, ...] = (
+    "queued",
+    "submitting",
+    "in_queue",
+    "in_progress",
+    "mirroring",
+    "completed",
+    "failed",
+    "cancelled",
+)
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+#: States in which a fal request may be outstanding (submitted and not finished).
+AT_FAL: frozenset[str] = frozenset({"submitting", "in_queue", "in_progress"})
+Lane = Literal["interactive", "bulk"]
+LOGS_TAIL = 20
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+class ErrorInfo(BaseModel):
+    """One error in a job's history."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: str
+    message: str
+    retryable: bool
+    attempt: int = 0
+    at: float = Field(default_factory=time.time)
+
+
+class Submission(BaseModel):
+    """One request fal accepted for this job (each one is billed when it succeeds)."""
+
+    attempt: int
+    request_id: str
+    submitted_at: float
+
+
+class StoredImage(BaseModel):
+    """One output image as copied into our bucket."""
+
+    index: int
+    bucket: str
+    key: str
+    size: int
+    sha256: str
+    content_type: str
+    width: int
+    height: int
+    #: Host the image was fetched from (never the full URL, which may carry tokens).
+    source_host: str = ""
+
+
+class JobRecord(BaseModel):
+    """Everything falq records about one job. ``version`` guards concurrent writers."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str
+    endpoint: str
+    input: dict[str, Any]
+    lane: Lane = "interactive"
+    state: State = "queued"
+    #: Why a non-terminal job is waiting, e.g. ``"budget"``; None when it is not paused.
+    paused: str | None = None
+    timestamps: dict[str, float] = Field(default_factory=dict)
+    created_at: float = Field(default_factory=time.time)
+    updated_at: float = Field(default_factory=time.time)
+    version: int = 0
+
+    attempts: int = 0
+    request_id: str | None = None
+    status_url: str | None = None
+    response_url: str | None = None
+    cancel_url: str | None = None
+    submitted_at: float | None = None
+    submissions: list[Submission] = Field(default_factory=list)
+
+    errors: list[ErrorInfo] = Field(default_factory=list)
+    inference_time: float | None = None
+    queue_wait: float | None = None
+    logs: list[str] = Field(default_factory=list)
+    fal_completed_at: float | None = None
+    outputs: list[StoredImage] = Field(default_factory=list)
+    seed: int | None = None
+    cost_estimate: float = 0.0
+
+    idempotency_key: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    callback_url: str | None = None
+    cancel_requested: bool = False
+
+    @classmethod
+    def new(cls, *, endpoint: str, input: dict[str, Any], job_id: str | None = None, **kw: Any) -> JobRecord:
+        now = time.time()
+        return cls(id=job_id or new_job_id(), endpoint=endpoint, input=input, timestamps={"queued": now},
+                   created_at=now, updated_at=now, **kw)
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        """The last error, if any."""
+        return self.errors[-1] if self.errors else None
+
+    def move(self, state: State) -> None:
+        """Enter ``state`` now (records the timestamp of the state)."""
+        now = time.time()
+        self.state = state
+        self.timestamps[state] = now
+        self.updated_at = now
+
+    def add_error(self, exc: BaseException, *, retryable: bool | None = None) -> ErrorInfo:
+        from shared.errors import FalqError
+
+        kind = exc.kind if isinstance(exc, FalqError) else type(exc).__name__
+        retry = retryable if retryable is not None else (isinstance(exc, FalqError) and exc.retryable)
+        info = ErrorInfo(type=kind, message=str(exc)[:2000], retryable=retry, attempt=self.attempts)
+        self.errors = [*self.errors, info][-50:]
+        return info
+
+    def add_logs(self, lines: list[str]) -> None:
+        if lines:
+            self.logs = [*self.logs, *lines][-LOGS_TAIL:]
+
+    def public(self) -> dict[str, Any]:
+        """The record as JSON-able data for CLIs, callbacks and the API."""
+        data = self.model_dump(mode="json")
+        data["error"] = self.error.model_dump(mode="json") if self.error else None
+        return data

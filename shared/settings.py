@@ -1,0 +1,135 @@
+"""The one settings object of falq, read from the environment (and an optional ``.env``).
+
+Every knob is a ``FALQ_*`` variable, except the names the ecosystem already owns:
+``FAL_KEY`` (as fal's clients read it) and the standard AWS credential variables.
+Secrets are :class:`pydantic.SecretStr`, so they print as ``**********`` everywhere.
+
+Example::
+
+    >>> from shared.settings import Settings
+    >>> s = Settings(fal_key="k", redis_url="redis://127.0.0.1:6399/0")
+    >>> s.broker_url            # follows the Redis URL unless set
+    'redis://127.0.0.1:6399/0'
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_FAL_QUEUE_URL = "https://queue.fal.run"
+#: fal's media hosts. Output images are fetched only from these (plus configured extras).
+DEFAULT_MEDIA_HOSTS = "fal.media,*.fal.media,fal.run,*.fal.run,storage.googleapis.com"
+
+
+class Settings(BaseSettings):
+    """All of falq's configuration. See the README's configuration table for each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FALQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- fal ---------------------------------------------------------------------------
+    fal_key: SecretStr | None = Field(None, validation_alias=AliasChoices("FAL_KEY", "fal_key"))
+    fal_queue_url: str = DEFAULT_FAL_QUEUE_URL
+    #: fal's REST host, used for storage uploads of local edit images.
+    fal_rest_url: str = "https://rest.fal.ai"
+    fal_http_timeout_s: float = 30.0
+    #: Hosts output images may be fetched from (comma separated; ``*.`` matches subdomains).
+    media_hosts: str = DEFAULT_MEDIA_HOSTS
+    #: Allow fetching media from private/loopback addresses (tests and the emulator only).
+    allow_private_media: bool = False
+    max_image_bytes: int = 64 * 1024 * 1024
+
+    # --- Redis / broker ----------------------------------------------------------------
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None
+    queue_interactive: str = "falq.interactive"
+    queue_bulk: str = "falq.bulk"
+    key_prefix: str = "falq"
+
+    # --- S3 ----------------------------------------------------------------------------
+    s3_endpoint_url: str | None = None
+    s3_bucket: str = "falq"
+    s3_prefix: str = "falq"
+    s3_region: str = Field("us-east-1", validation_alias=AliasChoices("FALQ_S3_REGION", "AWS_DEFAULT_REGION"))
+    s3_create_bucket: bool = True
+    s3_addressing_style: str = "auto"
+    aws_access_key_id: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
+    aws_session_token: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SESSION_TOKEN"))
+    presign_expiry_s: int = 3600
+    #: Objects this size or smaller are buffered in memory while mirrored; larger spill to disk.
+    mirror_memory_bytes: int = 2 * 1024 * 1024
+
+    # --- jobs & workers ----------------------------------------------------------------
+    max_num_images: int = 4
+    price_standard: float = 0.035
+    price_pro: float = 0.075
+    record_ttl_s: int = 7 * 24 * 3600
+    max_attempts: int = 8
+    #: fal must finish an attempt within this many seconds of its submission.
+    job_deadline_s: float = 900.0
+    #: One visibility timeout for broker, result backend and our step budget (seconds).
+    visibility_timeout_s: int = 600
+    #: Seconds a worker keeps a job lease without renewing it; a dead worker's job is
+    #: taken over after this long.
+    lease_ttl_s: float = 20.0
+    worker_concurrency: int = 1000
+    retry_base_s: float = 1.0
+    retry_max_s: float = 60.0
+    poll_min_s: float = 0.5
+    poll_max_s: float = 5.0
+    #: Use fal's SSE status stream (falls back to polling when unavailable).
+    use_status_stream: bool = True
+    #: How local edit images reach fal: ``fal`` (upload to fal storage) or ``data-uri``.
+    input_upload: Literal["fal", "data-uri"] = "fal"
+    callback_secret: SecretStr | None = None
+
+    @field_validator("fal_queue_url", "fal_rest_url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.broker_url:
+            self.broker_url = self.redis_url
+        return self
+
+    # --- derived -----------------------------------------------------------------------
+    @property
+    def broker(self) -> str:
+        return self.broker_url or self.redis_url
+
+    def media_host_list(self) -> list[str]:
+        return [h.strip().lower() for h in self.media_hosts.split(",") if h.strip()]
+
+    def price_for(self, tier: str) -> float:
+        return self.price_pro if tier == "pro" else self.price_standard
+
+    def fal_key_value(self) -> str | None:
+        return self.fal_key.get_secret_value() if self.fal_key else None
+
+    def key_suffix(self) -> str:
+        """The last 4 characters of the fal key: enough to tell keys apart, never the key."""
+        key = self.fal_key_value()
+        return f"...{key[-4:]}" if key and len(key) > 8 else "(unset)" if not key else "...(short)"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings as a dict with secrets masked (for ``falq config`` and logs)."""
+        return self.model_dump(mode="json")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment between runs)."""
+    get_settings.cache_clear()

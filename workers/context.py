@@ -1,0 +1,83 @@
+"""The clients one worker process shares between all the jobs it runs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import cached_property
+
+import httpx
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from shared.falclient import FalClient
+from shared.jobstore import JobStore
+from shared.records import JobRecord
+from shared.settings import Settings
+from shared.storage import Storage
+from workers.admission import Admission, Unlimited
+from workers.lease import LeaseKeeper
+
+log = logging.getLogger("falq.worker")
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A Redis client that rides out a Redis restart instead of failing the step."""
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=15,
+        socket_connect_timeout=5,
+        health_check_interval=15,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class WorkerContext:
+    """Redis, the job store, leases, fal, S3 and admission for one worker process.
+
+    Parameters:
+        settings: falq settings.
+        admission: the submit gate (global limits); unlimited by default.
+    """
+
+    def __init__(self, settings: Settings, admission: Admission | None = None) -> None:
+        self.settings = settings
+        self.redis = redis_client(settings.redis_url)
+        self.store = JobStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s)
+        self.leases = LeaseKeeper(self.redis, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s)
+        self.admission = admission or Unlimited()
+        self.shutting_down = threading.Event()
+        self._bucket_ready = False
+
+    @cached_property
+    def fal(self) -> FalClient:
+        return FalClient(self.settings, max_connections=max(100, self.settings.worker_concurrency * 2))
+
+    @cached_property
+    def media_http(self) -> httpx.Client:
+        # Separate from the fal client: never follows redirects by itself (see
+        # workers.download) and has its own, longer read timeout for big images.
+        return httpx.Client(
+            timeout=httpx.Timeout(60.0, connect=10.0, pool=60.0),
+            follow_redirects=False,
+            limits=httpx.Limits(
+                max_connections=max(100, self.settings.worker_concurrency), max_keepalive_connections=64
+            ),
+        )
+
+    @cached_property
+    def storage(self) -> Storage:
+        return Storage(self.settings)
+
+    def ensure_bucket(self) -> None:
+        if not self._bucket_ready:
+            self.storage.ensure_bucket()
+            self._bucket_ready = True
+
+    def notify_finished(self, rec: JobRecord) -> None:
+        """Hook run once a job reached a terminal state (callbacks attach here)."""
+        from workers.callbacks import schedule_callback
+
+        schedule_callback(self, rec)

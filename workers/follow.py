@@ -1,0 +1,106 @@
+"""Following a submitted request until fal finishes it, without polling hard.
+
+The SSE status stream is used first: fal pushes each change, so a finished request is
+noticed at once (the mirror-latency goal depends on it) and a waiting job costs one idle
+connection, not a poll loop. When the stream is unavailable the follower polls with
+backoff (``FALQ_POLL_MIN_S`` growing to ``FALQ_POLL_MAX_S``): never fal-client's 10 polls
+per second.
+
+Example::
+
+    outcome = Follower(fal, settings).follow(rec.status_url, should_stop=lambda: None,
+                                             on_status=print)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from shared.errors import RetryableError
+from shared.falclient import FalClient, Status, StreamUnsupported
+from shared.settings import Settings
+from workers.backoff import backoff_delay
+
+#: Returned by ``should_stop`` to end following early: "cancel", "deadline", "step", ...
+StopReason = str
+
+
+class Follower:
+    """Follows one request by its ``status_url``.
+
+    Parameters:
+        fal: the fal client.
+        settings: polling bounds and whether to use the status stream.
+        on_error: called with every transient error met while following (for the record).
+    """
+
+    def __init__(self, fal: FalClient, settings: Settings, on_error: Callable[[Exception], None] | None = None) -> None:
+        self.fal = fal
+        self.settings = settings
+        self.on_error = on_error or (lambda exc: None)
+
+    def follow(
+        self,
+        status_url: str,
+        *,
+        should_stop: Callable[[], StopReason | None],
+        on_status: Callable[[Status], None],
+        slice_s: float = 5.0,
+    ) -> Status | StopReason:
+        """Return the COMPLETED status, or the reason ``should_stop`` gave for stopping.
+
+        ``slice_s`` bounds how long the follower goes without asking ``should_stop``.
+        """
+        use_stream = self.settings.use_status_stream
+        poll = self.settings.poll_min_s
+        failures = 0
+        while True:
+            reason = should_stop()
+            if reason:
+                return reason
+            try:
+                if use_stream:
+                    for st in self.fal.stream_status(status_url, read_timeout=slice_s):
+                        failures = 0
+                        on_status(st)
+                        if st.done:
+                            return st
+                        reason = should_stop()
+                        if reason:
+                            return reason
+                    continue  # closed or quiet for slice_s: check and reconnect
+                st = self.fal.status(status_url)
+                failures = 0
+                on_status(st)
+                if st.done:
+                    return st
+                reason = _sleep(poll, should_stop)
+                if reason:
+                    return reason
+                poll = min(self.settings.poll_max_s, poll * 1.5)
+            except StreamUnsupported:
+                use_stream = False
+            except RetryableError as exc:
+                self.on_error(exc)
+                failures += 1
+                delay = backoff_delay(
+                    failures, base_s=self.settings.retry_base_s / 2, max_s=min(30.0, self.settings.retry_max_s),
+                    retry_after=exc.retry_after,
+                )
+                reason = _sleep(delay, should_stop)
+                if reason:
+                    return reason
+
+
+def _sleep(seconds: float, should_stop: Callable[[], StopReason | None]) -> StopReason | None:
+    """Sleep in slices of at most a second, waking early when asked to stop."""
+    end = time.monotonic() + seconds
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(1.0, left))
+        reason = should_stop()
+        if reason:
+            return reason

@@ -1,0 +1,147 @@
+"""Per-job leases: at most one worker works on a job at any moment.
+
+A delivery of a job first takes the job's lease (``SET NX PX``). One keeper per worker
+process renews every lease it holds in a single pipelined Lua call every third of the
+lease time, and on the same round trip learns which of its jobs a producer asked to
+cancel. A worker that dies stops renewing, so its jobs become free within
+``FALQ_LEASE_TTL_S`` and the redelivered message takes over.
+
+Example::
+
+    keeper = LeaseKeeper(redis_client, prefix="falq", ttl_s=20)
+    lease = keeper.acquire(job_id)
+    if lease:
+        try: ...
+        finally: keeper.release(lease)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+
+import redis
+
+log = logging.getLogger("falq.lease")
+
+_RENEW = """
+local ok = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+    ok = ok + 1
+  end
+end
+return ok
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    job_id: str
+    token: str
+
+
+class LeaseKeeper:
+    """Takes, renews and releases job leases for one worker process.
+
+    Parameters:
+        client: Redis connection.
+        prefix: falq key prefix.
+        ttl_s: lease lifetime; a dead holder's jobs are free again after this long.
+    """
+
+    def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: float) -> None:
+        self.r = client
+        self.prefix = prefix
+        self.ttl_ms = int(ttl_s * 1000)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._held: dict[str, str] = {}
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}:lease:{job_id}"
+
+    def acquire(self, job_id: str) -> Lease | None:
+        """Take the job's lease, or return None if a live worker holds it."""
+        token = f"{self.owner}:{uuid.uuid4().hex[:8]}"
+        if not self.r.set(self.key(job_id), token, nx=True, px=self.ttl_ms):
+            return None
+        with self._lock:
+            self._held[job_id] = token
+        self._ensure_running()
+        return Lease(job_id, token)
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            self._held.pop(lease.job_id, None)
+            self._cancelled.discard(lease.job_id)
+        try:
+            self._release(keys=[self.key(lease.job_id)], args=[lease.token])
+        except redis.RedisError:
+            log.warning("could not release lease of %s; it expires by itself", lease.job_id)
+
+    def still_held(self, lease: Lease) -> bool:
+        with self._lock:
+            return self._held.get(lease.job_id) == lease.token
+
+    def cancel_seen(self, job_id: str) -> bool:
+        """True once the keeper saw a cancel request for this job (no Redis call)."""
+        return job_id in self._cancelled
+
+    def holder(self, job_id: str) -> str | None:
+        raw = self.r.get(self.key(job_id))
+        return raw.decode() if raw else None
+
+    # --- background renewal -------------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            # Under gevent this is a greenlet (threading is monkey-patched): one per process.
+            self._thread = threading.Thread(target=self._loop, name="falq-lease-keeper", daemon=True)
+            self._thread.start()
+
+    def renew_now(self) -> None:
+        with self._lock:
+            held = dict(self._held)
+        if not held:
+            return
+        ids = list(held)
+        pipe = self.r.pipeline(transaction=False)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            self._renew(
+                keys=[self.key(j) for j in chunk], args=[self.ttl_ms, *[held[j] for j in chunk]], client=pipe
+            )
+        for j in ids:
+            pipe.exists(f"{self.prefix}:cancel:{j}")
+        results = pipe.execute()
+        flags = results[-len(ids):]
+        with self._lock:
+            for j, flag in zip(ids, flags, strict=True):
+                if flag:
+                    self._cancelled.add(j)
+
+    def _loop(self) -> None:
+        interval = self.ttl_ms / 3000
+        while not self._stop.wait(interval):
+            try:
+                self.renew_now()
+            except redis.RedisError as exc:
+                # Keep trying: if Redis is back before the TTL runs out, nobody noticed.
+                log.warning("lease renewal failed: %s", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
