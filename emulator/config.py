@@ -53,17 +53,14 @@ def parse_latency(spec: str) -> Latency:
     """Parse a latency spec string; raise ValueError with the accepted forms when invalid."""
     text = spec.strip().lower()
     kind, _, args = text.partition(":") if ":" in text else ("fixed", "", text)
+    forms = "use 0, N, fixed:N, uniform:LO,HI, lognormal:MU,SIGMA or normal:MEAN,SD (seconds)"
     try:
         nums = [float(x) for x in args.split(",")] if args else []
     except ValueError:
-        raise ValueError(f"bad latency {spec!r}: numbers expected") from None
-    if any(math.isnan(n) or math.isinf(n) for n in nums):
-        raise ValueError(f"bad latency {spec!r}: finite numbers expected")
+        raise ValueError(f"bad latency {spec!r}: {forms}") from None
     want = {"fixed": 1, "uniform": 2, "lognormal": 2, "normal": 2}
-    if kind not in want or len(nums) != want[kind]:
-        raise ValueError(
-            f"bad latency {spec!r}; use 0, N, fixed:N, uniform:LO,HI, lognormal:MU,SIGMA or normal:MEAN,SD"
-        )
+    if kind not in want or len(nums) != want[kind] or not all(math.isfinite(n) for n in nums):
+        raise ValueError(f"bad latency {spec!r}: {forms}")
     if kind == "fixed" and nums[0] < 0:
         raise ValueError("fixed latency must be >= 0")
     if kind == "uniform" and not 0 <= nums[0] <= nums[1]:

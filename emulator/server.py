@@ -37,8 +37,11 @@ class _QuietDrops(logging.Filter):
         return "without completing response" not in record.getMessage()
 
 
+_QUIET = _QuietDrops()
+
+
 def _uvicorn_config(app: Any, log_level: str) -> uvicorn.Config:
-    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
+    logging.getLogger("uvicorn.error").addFilter(_QUIET)  # idempotent: same filter object
     return uvicorn.Config(
         app,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",

@@ -178,7 +178,7 @@ class DevStack:
             "AWS_DEFAULT_REGION": "us-east-1",
             "FALQ_MEDIA_HOSTS": emu_host,
             "FALQ_ALLOW_PRIVATE_MEDIA": "true",
-            "FALQ_VISIBILITY_TIMEOUT_S": "60",
+            "FALQ_VISIBILITY_TIMEOUT_S": "30",
             "FALQ_LEASE_TTL_S": "6",
             "FALQ_RETRY_BASE_S": "0.2",
             "FALQ_RETRY_MAX_S": "3",

@@ -80,8 +80,8 @@ def check_input_image(data: bytes, *, allow_alpha: bool = False) -> ImageInfo:
     return info
 
 
-def parse_data_uri(uri: str) -> tuple[str | None, bytes]:
-    """Split a base64 data URI into (mime, bytes). Raises ValueError if malformed."""
+def parse_data_uri(uri: str, max_bytes: int = MAX_INPUT_BYTES) -> tuple[str | None, bytes]:
+    """Split a base64 data URI into (mime, bytes). Raises ValueError if malformed or too big."""
     m = _DATA_URI.match(uri[:256])
     if not m:
         raise ValueError("is not a well-formed data URI (expected data:<mime>;base64,<data>)")
@@ -89,8 +89,8 @@ def parse_data_uri(uri: str) -> tuple[str | None, bytes]:
         raise ValueError("data URI must be base64-encoded (data:<mime>;base64,...)")
     payload = uri[m.end():]
     # base64 inflates by 4/3: refuse before decoding anything absurdly large.
-    if len(payload) > (MAX_INPUT_BYTES * 4) // 3 + 8:
-        raise ValueError(f"data URI holds more than 10 MB ({MAX_INPUT_BYTES} bytes)")
+    if len(payload) > (max_bytes * 4) // 3 + 8:
+        raise ValueError(f"data URI holds more than {max_bytes // (1024 * 1024)} MB ({max_bytes} bytes)")
     try:
         data = base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):

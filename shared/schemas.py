@@ -201,7 +201,7 @@ def format_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     """Turn pydantic errors into plain-words :class:`FieldError` entries."""
     out: list[FieldError] = []
     for err in exc.errors(include_url=False):
-        loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+        loc = [str(p) for i, p in enumerate(err["loc"]) if not _is_union_tag(err["loc"], i)]
         field = ".".join(([prefix] if prefix else []) + loc)
         msg = _plain(err)
         entry = FieldError(field, msg)
@@ -210,12 +210,10 @@ def format_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     return out
 
 
-def _is_union_tag(part: object) -> bool:
-    # pydantic names union branches in the location ("ImageSize", "literal[...]"); a user
-    # thinks in field names, so drop them.
-    return isinstance(part, str) and (
-        part in ("preset", "custom") or part[:1].isupper() or part.startswith(("literal[", "function-"))
-    )
+def _is_union_tag(loc: tuple[int | str, ...], i: int) -> bool:
+    # image_size's discriminator puts its branch tag right after the field; a user thinks in
+    # field names, so drop only that tag.
+    return i == 1 and loc[0] == "image_size" and loc[i] in ("preset", "custom")
 
 
 def _plain(err: Any) -> str:

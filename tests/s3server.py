@@ -163,6 +163,7 @@ def media_server(png: bytes | None = None) -> Iterator[MediaServer]:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        request_queue_size = 128  # the default 5 drops handshakes under concurrent clients
 
         def handle_error(self, request: object, client_address: object) -> None:
             pass  # the /reset and /endless routes break connections on purpose

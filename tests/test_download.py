@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 import respx
-from s3server import MediaServer, make_png, media_server
 
 from shared.errors import MirrorRejected, StorageTransientError
 from shared.settings import Settings
+from tests.s3server import MediaServer, make_png, media_server
 from workers.download import _retry_after, check_media_url, host_allowed, open_media
 
 

@@ -11,13 +11,13 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from s3server import MediaServer, make_png, media_server, moto_s3, s3_settings
 
 from shared.errors import MirrorRejected, StorageTransientError
 from shared.images import to_data_uri
 from shared.records import StoredImage
 from shared.settings import Settings
 from shared.storage import Storage
+from tests.s3server import MediaServer, make_png, media_server, moto_s3, s3_settings
 from workers.mirror import mirror_image, mirror_outputs
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"

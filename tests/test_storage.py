@@ -13,10 +13,10 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
-from s3server import moto_s3, s3_settings
 
 from shared.errors import StorageError, StorageTransientError
 from shared.storage import Storage, get_storage, reset_storage
+from tests.s3server import moto_s3, s3_settings
 
 SECRET = "test-secret-value-never-printed"
 

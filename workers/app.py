@@ -30,6 +30,16 @@ def make_app(settings: Settings | None = None) -> Celery:
         # Fixed queue order instead of round-robin: a worker that listens on both lanes
         # always drains the interactive queue first.
         "queue_order_strategy": "priority",
+        # kombu sweeps for messages whose worker died only every interval x throttle
+        # seconds (100 s by default) and restores 10 per sweep. Sweep every few seconds and
+        # restore a whole dead worker's worth at once, so recovery takes about the
+        # visibility timeout, not many minutes.
+        "unacked_restore_interval": max(1, min(10, s.visibility_timeout_s // 6)),
+        "unacked_restore_throttle": 1,
+        "unacked_restore_limit": max(1000, s.worker_concurrency * 2),
+        # A worker killed while holding the restore mutex must not block restores for
+        # kombu's default 5 minutes.
+        "unacked_mutex_expire": 30,
     }
     app.conf.update(
         broker_transport_options=transport,

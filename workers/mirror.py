@@ -197,7 +197,7 @@ def mirror_outputs(
 
 def _read_data_uri(uri: str, sink: _Sink, settings: Settings) -> str | None:
     try:
-        mime, data = parse_data_uri(uri)
+        mime, data = parse_data_uri(uri, max_bytes=settings.max_image_bytes)
     except ValueError as exc:
         raise MirrorRejected(f"output image data URI rejected: {exc}") from None
     if len(data) > settings.max_image_bytes:

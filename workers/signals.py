@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import worker_shutting_down
+from celery.signals import worker_ready, worker_shutting_down
 
 
 def install() -> None:
     worker_shutting_down.connect(_on_shutdown, weak=False)
+    worker_ready.connect(_on_ready, weak=False)
+
+
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    from workers.app import app
+    from workers.recovery import start_sweeper
+
+    interval = app.conf.broker_transport_options.get("unacked_restore_interval", 10)
+    start_sweeper(app, float(interval))
 
 
 def _on_shutdown(**_: Any) -> None:
