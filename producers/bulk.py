@@ -225,11 +225,7 @@ def _validate(entries: list[Entry], rejects: list[Reject], falq: Falq, fkey: str
 
 def validate_all(falq: Falq, endpoint: Any, data: Any, *, lane: Any = "interactive",
                  callback_url: Any = None) -> tuple[JobRequest | None, list[FieldError]]:
-    """:meth:`Falq.validate`, but reporting every error at once.
-
-    ``Falq.validate`` stops at the first failing group (the schema), so a bad ``lane`` or
-    ``callback_url`` would only show up on the next try; probing them again with a
-    minimal valid input of the endpoint reports them together.
+    """:meth:`Falq.validate` returning ``(request, errors)`` instead of raising.
 
     Example::
 
@@ -239,17 +235,7 @@ def validate_all(falq: Falq, endpoint: Any, data: Any, *, lane: Any = "interacti
     try:
         return falq.validate(endpoint, data, lane=lane, callback_url=callback_url), []
     except InvalidInput as exc:
-        errors = list(exc.errors)
-    if any(e.field == "endpoint" for e in errors):
-        return None, errors
-    minimal: dict[str, Any] = {"prompt": "x"}
-    if "edit" in str(endpoint):
-        minimal["image_urls"] = ["https://placeholder.invalid/image.png"]
-    try:
-        falq.validate(endpoint, minimal, lane=lane, callback_url=callback_url)
-    except InvalidInput as exc:
-        errors += [e for e in exc.errors if e not in errors]
-    return None, errors
+        return None, list(exc.errors)
 
 
 def _canonical(obj: dict[str, Any], endpoint: Any) -> str:

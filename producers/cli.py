@@ -237,13 +237,10 @@ def emulator(args: tuple[str, ...]) -> int:
 @cli.command(context_settings=_PASSTHROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def flower(args: tuple[str, ...]) -> int:
-    """Run Flower on falq's broker (celery -A workers.app flower ARGS).
+    """Run Flower for falq (auth on by default; see ``falq flower --help``)."""
+    from ops.flower import main as flower_main
 
-    Authentication options are passed through as Flower's own (e.g. --basic-auth); the
-    deployment's policy for them is described in the operations notes.
-    """
-    os.execvp(sys.executable, [sys.executable, "-m", "celery", "-A", "workers.app", "flower", *args])
-    return EXIT_FAILED  # not reached
+    return flower_main(list(args))
 
 
 cli.add_command(bulk)

@@ -99,15 +99,21 @@ class Falq:
 
     def validate(self, endpoint: str, data: Any, *, lane: str = "interactive",
                  callback_url: str | None = None) -> JobRequest:
-        """Validate without enqueueing; raises :class:`InvalidInput`."""
-        spec = get_endpoint(endpoint)
-        model = validate_input(spec.id, data, max_num_images=self.settings.max_num_images)
-        errors = []
+        """Validate without enqueueing; raises :class:`InvalidInput` listing every problem."""
+        errors: list[FieldError] = []
+        model = None
+        try:
+            spec = get_endpoint(endpoint)
+            model = validate_input(spec.id, data, max_num_images=self.settings.max_num_images)
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
         if lane not in ("interactive", "bulk"):
             errors.append(FieldError("lane", f"must be 'interactive' or 'bulk', not {lane!r}"))
-        if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
+        if callback_url is not None and not (
+            isinstance(callback_url, str) and callback_url.startswith(("http://", "https://"))
+        ):
             errors.append(FieldError("callback_url", "must be an http(s) URL"))
-        if errors:
+        if errors or model is None:
             raise InvalidInput(errors)
         payload = model.model_dump(mode="json", exclude_none=True)
         return JobRequest(spec.id, payload, lane, callback_url=callback_url)  # type: ignore[arg-type]

@@ -40,6 +40,10 @@ def prepare_images(images: list[Any], settings: Settings, *, flatten_alpha: bool
 def _prepare(item: Any, settings: Settings, flatten_alpha: bool) -> str:
     if isinstance(item, str) and item[:8].lower().startswith(("http://", "https://", "data:")):
         return item
+    if isinstance(item, str) and _has_scheme(item) and not Path(item).exists():
+        from shared.schemas import check_image_url
+
+        return check_image_url(item)  # raises ValueError naming the scheme
     if isinstance(item, bytes | bytearray):
         data, name = bytes(item), "image"
     elif isinstance(item, str | os.PathLike):
@@ -72,6 +76,11 @@ def _prepare(item: Any, settings: Settings, flatten_alpha: bool) -> str:
         return fal.upload(data, mime, f"{stem}.{EXTENSIONS[mime]}")
     finally:
         fal.close()
+
+
+def _has_scheme(value: str) -> bool:
+    head, sep, _ = value.partition(":")
+    return bool(sep) and len(head) > 1 and head.replace("+", "").replace(".", "").replace("-", "").isalnum()
 
 
 def _flatten(data: bytes) -> bytes:

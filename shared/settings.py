@@ -89,6 +89,12 @@ class Settings(BaseSettings):
     input_upload: Literal["fal", "data-uri"] = "fal"
     callback_secret: SecretStr | None = None
 
+    # --- Flower ------------------------------------------------------------------------
+    flower_user: str = "falq"
+    flower_password: SecretStr | None = None
+    #: Bounded in-memory task history (Flower's default of 100,000 grows without need).
+    flower_max_tasks: int = 10000
+
     @field_validator("fal_queue_url", "fal_rest_url")
     @classmethod
     def _strip(cls, v: str) -> str:

@@ -125,7 +125,9 @@ def images(tmp_path: Path) -> dict[str, str]:
         "text": str(tmp_path / "notes.png"),
         "dir": str(tmp_path / "folder"),
         "missing": str(tmp_path / "missing.png"),
-        "locked": str(locked),
+        # root reads any file whatever its mode; /proc/self/mem is a regular file that even
+        # root cannot read() from the start, so the "cannot be read" path is exercised for real.
+        "locked": "/proc/self/mem" if os.geteuid() == 0 else str(locked),
     }
 
 
@@ -185,8 +187,6 @@ INVALID: list[tuple[str, list[str], list[str]]] = [
 def test_invalid_input_is_rejected_and_redis_untouched(
     env: Env, images: dict[str, str], argv: list[str], expected: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if "{locked}" in argv and os.geteuid() == 0:
-        pytest.skip("root reads files whatever their mode")
     args = [a.format(**images) if "{" in a and len(a) < 200 else a for a in argv]
     before = env.snapshot()
     code, out, err = run(capsys, *args)
@@ -336,10 +336,25 @@ def test_cancel_and_jobs(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
 def test_service_commands_delegate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     calls: list[tuple[str, list[str]]] = []
     monkeypatch.setattr(os, "execvp", lambda file, args: calls.append((file, list(args))))
+    flower_env: list[dict[str, str]] = []
+    monkeypatch.setattr(os, "execvpe", lambda file, args, env: (calls.append((file, list(args))),
+                                                              flower_env.append(env)))
     main(["worker", "--concurrency", "5", "--help"])
-    main(["flower", "--port", "5555"])
     assert calls[0] == (sys.executable, [sys.executable, "-m", "workers", "--concurrency", "5", "--help"])
-    assert calls[1][1] == [sys.executable, "-m", "celery", "-A", "workers.app", "flower", "--port", "5555"]
+    # Flower refuses to start open unless told to ...
+    monkeypatch.delenv("FALQ_FLOWER_PASSWORD", raising=False)
+    reset_settings()
+    assert main(["flower", "--port", "5555"]) == 2
+    assert "refusing to start without authentication" in capsys.readouterr().err
+    main(["flower", "--port", "5555", "--unauthenticated"])
+    assert calls[1][1][:6] == [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]
+    assert "--port=5555" in calls[1][1] and "FLOWER_BASIC_AUTH" not in flower_env[0]
+    # ... and with a password, basic auth goes through the environment, never argv.
+    monkeypatch.setenv("FALQ_FLOWER_PASSWORD", "flower-pass-xyz")
+    reset_settings()
+    main(["flower"])
+    assert flower_env[1]["FLOWER_BASIC_AUTH"] == "falq:flower-pass-xyz"
+    assert not any("flower-pass-xyz" in a for a in calls[2][1])
     import emulator.server
 
     seen: list[list[str]] = []

@@ -86,7 +86,8 @@ def test_sigkill_mid_batch_loses_nothing_and_pays_nothing_twice(clean_stack: Dev
     clean_stack.kill_worker(first)
     clean_stack.start_worker(concurrency=30)
     recs = [j.wait(180) for j in jobs]
-    assert all(r.state == "completed" for r in recs), [(r.id, r.state, r.errors) for r in recs if r.state != "completed"]
+    unfinished = [(r.id, r.state, r.errors) for r in recs if r.state != "completed"]
+    assert not unfinished, unfinished
     subs = emulator_submissions(clean_stack)
     for rec in recs:
         n = len(subs.get(rec.id, []))

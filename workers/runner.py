@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shared.errors import (
+    TRANSIENT_ERROR_TYPES,
     AttemptsExhausted,
     DeadlineExceeded,
     FalqError,
+    FalRequestFailed,
     FalRequestFailedTransient,
     JobNotFound,
     PermanentError,
@@ -267,8 +269,7 @@ class _Step:
             return Outcome(False, 0.0)
         self.ctx.admission.release(self.rec)
         if result.error:
-            exc = fal_failure(f"fal finished the request with an error: {result.error}", result.error_type)
-            return self._failed_attempt(exc)
+            return self._failed_attempt(self._failure_detail(result))
         done_at = time.time()
 
         def completed(r: JobRecord) -> None:
@@ -280,6 +281,22 @@ class _Step:
 
         self.commit(completed)
         return None
+
+    def _failure_detail(self, status: Status) -> FalqError:
+        """fal's own account of a failed request: the result call carries the app's error body
+        (e.g. the 422 field errors); the status only says "Invalid status code: 422"."""
+        fallback = fal_failure(f"fal finished the request with an error: {status.error}", status.error_type)
+        if not self.rec.response_url:
+            return fallback
+        try:
+            self.ctx.fal.result(self.rec.response_url)
+        except FalRequestFailed as exc:
+            if status.error_type in TRANSIENT_ERROR_TYPES and not isinstance(exc, FalRequestFailedTransient):
+                return fallback  # the status said transient; trust it over a vague result code
+            return exc
+        except FalqError:
+            return fallback
+        return fallback
 
     def _failed_attempt(self, exc: FalqError) -> Outcome | None:
         """fal finished an attempt with an error: a new attempt if transient, else fail."""
