@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.storage import Storage
 from workers.admission import Admission, Unlimited
 from workers.lease import LeaseKeeper
+from workers.middleware import Middleware
 
 log = logging.getLogger("falq.worker")
 
@@ -48,6 +49,7 @@ class WorkerContext:
         self.store = JobStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s)
         self.leases = LeaseKeeper(self.redis, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s)
         self.admission = admission or Unlimited()
+        self.middleware: list[Middleware] = []
         self.shutting_down = threading.Event()
         self._bucket_ready = False
 

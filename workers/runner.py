@@ -117,15 +117,28 @@ class _Step:
     def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False) -> None:
         """Apply ``change`` and save; on a concurrent write, reload and apply it again."""
         for _ in range(50):
+            old_state, old_errors = self.rec.state, len(self.rec.errors)
             change(self.rec)
             try:
                 self.ctx.store.save(self.rec)
+                self._notify(old_state, old_errors)
                 return
             except Conflict:
                 self.rec = self.ctx.store.get(self.rec.id)
                 if self.rec.terminal and not allow_terminal:
                     raise _Stop() from None
         raise Conflict(self.rec.id)
+
+    def _notify(self, old_state: str, old_errors: int) -> None:
+        rec = self.rec
+        for mw in self.ctx.middleware:
+            try:
+                if rec.state != old_state:
+                    mw.after_transition(rec, old_state, rec.state)
+                for err in rec.errors[old_errors:] if len(rec.errors) > old_errors else []:
+                    mw.after_error(rec, err)
+            except Exception:  # a hook must never break a job
+                log.exception("middleware %s failed", type(mw).__name__)
 
     # --- driving --------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -190,7 +203,7 @@ class _Step:
         if wait is not None:
             paused = self.rec.paused
             self.commit(lambda r: setattr(r, "paused", paused))
-            return self._wait(wait)
+            return self._wait(wait, reason=paused or "limit")
 
         def start_attempt(r: JobRecord) -> None:
             r.attempts += 1
@@ -340,15 +353,20 @@ class _Step:
         return DONE
 
     # --- endings --------------------------------------------------------------------------------
-    def _wait(self, delay: float) -> Outcome | None:
+    def _wait(self, delay: float, reason: str = "retry") -> Outcome | None:
         """Wait in place when the step has time (cheap under gevent), else re-publish later."""
+        for mw in self.ctx.middleware:
+            try:
+                mw.after_wait(self.rec, reason, delay)
+            except Exception:
+                log.exception("middleware %s failed", type(mw).__name__)
         if delay <= 30 and time.monotonic() + delay < self.ends_at:
             end = time.monotonic() + delay
             while time.monotonic() < end:
                 time.sleep(min(1.0, end - time.monotonic()))
-                reason = self.stop_reason()
-                if reason in ("cancel", "shutdown", "lease"):
-                    return self._cancel() if reason == "cancel" else Outcome(False, max(0.0, end - time.monotonic()))
+                stop = self.stop_reason()
+                if stop in ("cancel", "shutdown", "lease"):
+                    return self._cancel() if stop == "cancel" else Outcome(False, max(0.0, end - time.monotonic()))
             return None
         return Outcome(False, delay)
 
