@@ -293,7 +293,7 @@ class Storage:
         try:
             pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
             for page in pages:
-                objs = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                objs: list[Any] = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if objs:
                     self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objs, "Quiet": True})
                     deleted += len(objs)
