@@ -182,6 +182,9 @@ class DevStack:
             "FALQ_LEASE_TTL_S": "6",
             "FALQ_RETRY_BASE_S": "0.2",
             "FALQ_RETRY_MAX_S": "3",
+            # The stack is a test bed: limits are opted into by the tests that measure them.
+            "FALQ_RATE_PER_S": "100000",
+            "FALQ_MAX_OUTSTANDING": "100000",
         }
         env.update(self.extra_env)
         env.update(extra)

@@ -27,6 +27,9 @@ import click
 
 from producers.bulk import parse_image_size, validate_all
 from producers.cli_bulk import bulk
+from producers.cli_limits import errors_view
+from producers.cli_limits import register as register_limit_commands
+from producers.cli_ops import metrics, top
 from producers.cli_output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -201,10 +204,11 @@ def cancel(job_id: str, as_json: bool) -> int:
 @click.option("--state", metavar="STATE", help=f"Only jobs in this state ({', '.join(STATES)}).")
 @click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most N jobs.")
 @click.option("--since", metavar="T", help="Only newer than T: 30s, 10m, 2h, 1d, an ISO time or epoch seconds.")
-@click.option("--json", "as_json", is_flag=True, help="Print the records as a JSON array.")
+@click.option("--errors", "show_errors", is_flag=True, help="Also list each job's full error history.")
+@click.option("--json", "as_json", is_flag=True, help="Print the records (with their error history) as JSON.")
 @handle_errors
-def jobs(state: str | None, limit: int, since: str | None, as_json: bool) -> int:
-    """List jobs, newest first."""
+def jobs(state: str | None, limit: int, since: str | None, show_errors: bool, as_json: bool) -> int:
+    """List jobs, newest first (`--state failed --errors`: the dead letters and why)."""
     since_ts = parse_since(since) if since is not None else None
     recs = make_client().jobs(state, limit=limit, since=since_ts)
     if as_json:
@@ -213,6 +217,8 @@ def jobs(state: str | None, limit: int, since: str | None, as_json: bool) -> int
         click.echo("no jobs", err=True)
     else:
         stdout().print(jobs_table(recs))
+        if show_errors:
+            stdout().print(errors_view(recs))
     return EXIT_OK
 
 
@@ -244,6 +250,9 @@ def flower(args: tuple[str, ...]) -> int:
 
 
 cli.add_command(bulk)
+register_limit_commands(cli)  # falq limits | budget | retry
+cli.add_command(top)
+cli.add_command(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:

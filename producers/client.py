@@ -199,6 +199,46 @@ class Falq:
 
         return self.store.update(job_id, change)
 
+    # --- dead letters ----------------------------------------------------------------------------
+    def retry(self, job_ids: Iterable[str]) -> list[JobRecord]:
+        """Run failed jobs again, as new attempts of the same jobs; returns their records.
+
+        A failed job goes back to ``queued`` with its request fields cleared; its ``errors``
+        and ``submissions`` keep the whole history, and ``retry_from`` restarts the attempt
+        limit. Jobs not in ``failed`` are returned unchanged. Raises :class:`JobNotFound`
+        for an unknown id (before anything is changed).
+        """
+        ids = list(dict.fromkeys(job_ids))
+        for job_id in ids:
+            self.store.get(job_id)
+
+        applied = {"last": False}  # set by the last (successful) run of `again`
+
+        def again(r: JobRecord) -> bool:
+            applied["last"] = r.state == "failed"
+            if r.state != "failed":
+                return False
+            r.retry_from = r.attempts
+            r.request_id = r.status_url = r.response_url = r.cancel_url = None
+            r.submitted_at = r.fal_completed_at = r.queue_wait = r.inference_time = None
+            r.outputs, r.seed, r.paused, r.cancel_requested = [], None, None, False
+            r.move("queued")
+            return True
+
+        out = []
+        for job_id in ids:
+            rec = self.store.update(job_id, again)
+            if applied["last"]:
+                self.redis.delete(self.store.cancel_key(job_id))
+                publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
+                self.store.mark_published([rec.id])
+            out.append(rec)
+        return out
+
+    def retry_failed(self, since: float | None = None, *, limit: int = 100_000) -> list[JobRecord]:
+        """:meth:`retry` every failed job (that failed after ``since``, epoch seconds)."""
+        return self.retry(self.store.ids_in_state("failed", limit=limit, since=since))
+
 
 class JobHandle:
     """A job seen from the producer side.

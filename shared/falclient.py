@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -41,6 +42,11 @@ from shared.settings import Settings
 
 _RETRYABLE_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
 _MAX_JSON_BYTES = 8 * 1024 * 1024
+#: Largest answer body falq reads from fal (sync_mode results carry images as data URIs).
+_MAX_BODY_BYTES = _MAX_JSON_BYTES * 8
+#: httpx's timeouts are per read, so a body trickling a byte at a time never times out.
+#: A whole answer must arrive within this many times ``fal_http_timeout_s``.
+_BODY_DEADLINE_FACTOR = 2.0
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,8 @@ class FalClient:
             url += "?" + urlencode({"fal_webhook": webhook_url})
         resp = self._call("POST", url, json=payload, headers=headers)
         body = self._json(resp)
+        if not isinstance(body, dict):
+            raise FalBadAnswer("fal's submit answer is not a JSON object")
         try:
             return Submitted(
                 request_id=_str(body, "request_id"),
@@ -123,7 +131,7 @@ class FalClient:
 
     def status(self, status_url: str, *, logs: bool = True) -> Status:
         resp = self._call("GET", status_url, params={"logs": "1" if logs else "0"})
-        return parse_status(self._json(resp))
+        return self._status_of(resp.content)
 
     def stream_status(self, status_url: str, *, logs: bool = True, read_timeout: float = 30.0) -> Iterator[Status]:
         """Yield statuses from fal's SSE stream until the server closes it.
@@ -149,21 +157,31 @@ class FalClient:
                 if "text/event-stream" not in resp.headers.get("content-type", ""):
                     raise StreamUnsupported("status stream is not text/event-stream")
                 data: list[str] = []
-                for line in resp.iter_lines():
-                    if len(line) > _MAX_JSON_BYTES:
-                        raise FalBadAnswer("status stream sent an oversized event")
+                size = 0
+                quiet_until = time.monotonic() + read_timeout
+                for line in _bounded_lines(resp.iter_bytes(), _MAX_JSON_BYTES):
                     if line.startswith("data:"):
                         data.append(line[5:].lstrip())
+                        size += len(line)
+                        if size > _MAX_JSON_BYTES:
+                            raise FalBadAnswer("status stream sent an oversized event")
                     elif line == "" and data:
-                        yield parse_status(_loads("\n".join(data)))
-                        data = []
+                        yield self._status_of("\n".join(data))
+                        data, size = [], 0
+                        quiet_until = time.monotonic() + read_timeout
+                    if time.monotonic() > quiet_until:
+                        # Bytes keep coming but no status (comments, noise): end like a quiet
+                        # stream, so the caller checks cancel/deadline and reconnects.
+                        return
                 if data:
-                    yield parse_status(_loads("\n".join(data)))
+                    yield self._status_of("\n".join(data))
         except httpx.ReadTimeout:
             # Nothing new within read_timeout: end quietly, the caller reconnects.
             return
         except httpx.TransportError as exc:
             raise FalTransientError(f"status stream: {type(exc).__name__}", reason="transport") from None
+        except UnicodeDecodeError:
+            raise FalBadAnswer("status stream sent bytes that are not UTF-8") from None
 
     def result(self, response_url: str) -> dict[str, Any]:
         """GET the output. A failed request raises the right :class:`FalRequestFailed`."""
@@ -177,6 +195,7 @@ class FalClient:
             self._raise_for_status(resp)
         # The request ran and failed: the app's status and error body come back here.
         error_type, detail = _error_info(resp)
+        detail = self.scrub(detail)
         if resp.status_code == 400 and "in progress" in detail.lower():
             raise FalTransientError("result requested before completion", reason="not_ready")
         if error_type is None and resp.status_code >= 500:
@@ -228,20 +247,31 @@ class FalClient:
         headers: dict[str, str] | None = None,
         check: bool = True,
     ) -> httpx.Response:
+        limit_s = self.settings.fal_http_timeout_s * _BODY_DEADLINE_FACTOR
         try:
             with self.http.stream(
                 method, url, json=json, params=params, headers={**self._auth, **(headers or {})}
             ) as resp:
+                deadline = time.monotonic() + limit_s
                 declared = resp.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > _MAX_JSON_BYTES * 8:
-                    raise FalBadAnswer(f"fal answered {declared} bytes for a {method}; refusing")
+                if declared and declared.isdigit() and int(declared) > _MAX_BODY_BYTES:
+                    raise FalBadAnswer(
+                        f"fal's answer to {method} declares {declared} bytes, over the {_MAX_BODY_BYTES}-byte limit;"
+                        " refusing"
+                    )
                 chunks: list[bytes] = []
                 total = 0
                 for chunk in resp.iter_bytes():
                     total += len(chunk)
                     # sync_mode results carry images as data URIs; anything bigger is hostile.
-                    if total > _MAX_JSON_BYTES * 8:
-                        raise FalBadAnswer(f"fal's answer to {method} exceeded {_MAX_JSON_BYTES * 8} bytes")
+                    if total > _MAX_BODY_BYTES:
+                        raise FalBadAnswer(f"fal's answer to {method} exceeded the {_MAX_BODY_BYTES}-byte limit")
+                    if time.monotonic() > deadline:
+                        raise FalTransientError(
+                            f"fal's answer to {method} {_safe(url)} was still arriving after {limit_s:.0f}s"
+                            " (slow or endless body); giving up on it",
+                            reason="slow_answer",
+                        )
                     chunks.append(chunk)
                 resp._content = b"".join(chunks)
         except httpx.TransportError as exc:
@@ -253,6 +283,7 @@ class FalClient:
     def _raise_for_status(self, resp: httpx.Response) -> None:
         code = resp.status_code
         _, detail = _error_info(resp)
+        detail = self.scrub(detail)
         where = f"{resp.request.method} {_safe(str(resp.request.url))}"
         if code in (401, 403):
             raise FalAuthError(
@@ -270,7 +301,22 @@ class FalClient:
         raise FalRejected(f"fal answered {code} on {where}: {detail}", status_code=code, detail=detail)
 
     def _json(self, resp: httpx.Response) -> Any:
-        return _loads(resp.content)
+        try:
+            return _loads(resp.content)
+        except FalBadAnswer as exc:  # the snippet of the body may echo what we sent
+            raise FalBadAnswer(self.scrub(str(exc))) from None
+
+    def _status_of(self, raw: bytes | str) -> Status:
+        try:
+            return parse_status(_loads(raw))
+        except FalBadAnswer as exc:
+            raise FalBadAnswer(self.scrub(str(exc))) from None
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the fal key masked: fal's error texts go into job records, and a
+        server that echoes the Authorization header must not put the key there."""
+        key = self.settings.fal_key_value()
+        return text.replace(key, "[REDACTED]") if key and len(key) >= 6 else text
 
 
 class StreamUnsupported(Exception):
@@ -297,6 +343,21 @@ def parse_status(body: Any) -> Status:
         error=str(body["error"])[:2000] if body.get("error") else None,
         error_type=str(body["error_type"])[:100] if body.get("error_type") else None,
     )
+
+
+def _bounded_lines(chunks: Iterator[bytes], max_line: int) -> Iterator[str]:
+    """Split a byte stream into text lines (LF or CRLF), never buffering a line longer than
+    ``max_line`` bytes: httpx's ``iter_lines`` would hold an endless line in memory."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            yield line.removesuffix(b"\r").decode("utf-8")
+        if len(buf) > max_line:
+            raise FalBadAnswer("status stream sent an oversized line")
+    if buf:
+        yield buf.removesuffix(b"\r").decode("utf-8")
 
 
 def _loads(raw: bytes | str) -> Any:

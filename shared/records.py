@@ -95,6 +95,9 @@ class JobRecord(BaseModel):
     version: int = 0
 
     attempts: int = 0
+    #: ``attempts`` when the job was last retried by hand (``falq retry``); the attempt limit
+    #: counts from here, while ``errors`` and ``submissions`` keep the whole history.
+    retry_from: int = 0
     request_id: str | None = None
     status_url: str | None = None
     response_url: str | None = None

@@ -89,11 +89,39 @@ class Settings(BaseSettings):
     input_upload: Literal["fal", "data-uri"] = "fal"
     callback_secret: SecretStr | None = None
 
+    # --- global limits (one fal account, shared by every worker; see shared/limits.py) --
+    #: Submissions per second per fal key (0 = unlimited). Seeds ``{prefix}:limits:config``.
+    rate_per_s: float = Field(10.0, ge=0)
+    #: Token bucket burst: 1 keeps every one-second window within ``rate_per_s``.
+    rate_burst: int = Field(1, ge=1)
+    #: Tokens are paced this fraction below the rate, so the send check rarely has to wait.
+    rate_headroom: float = Field(0.01, ge=0, le=0.5)
+    #: Check each POST against the log of arrivals, so no 1-second window *at fal* exceeds
+    #: the rate even when workers send late. Costs about submit-RTT/1 s of throughput.
+    rate_strict: bool = True
+    #: Requests outstanding at fal per key (0 = unlimited): a little above fal's concurrency.
+    max_outstanding: int = Field(44, ge=0)
+    #: Optional caps per endpoint, e.g. ``{"fal-ai/qwen-image-2/pro/edit": 4}`` (JSON).
+    max_outstanding_per_endpoint: dict[str, int] | None = None
+    #: A dead worker's slots are free again after this many seconds (renewed every third).
+    slot_lease_s: float = Field(15.0, gt=0)
+    #: Daily budget in USD per UTC day (unset: none). Seeds the runtime configuration.
+    budget_daily: float | None = Field(None, ge=0)
+    #: How long a 402 / locked answer pauses all submissions of the key (renewed by each 402).
+    locked_pause_s: float = Field(300.0, gt=0)
+    #: How often a job paused for budget or a locked account asks again (jittered).
+    pause_poll_s: float = Field(10.0, gt=0)
+
     # --- Flower ------------------------------------------------------------------------
     flower_user: str = "falq"
     flower_password: SecretStr | None = None
     #: Bounded in-memory task history (Flower's default of 100,000 grows without need).
     flower_max_tasks: int = 10000
+
+    # --- metrics (``falq metrics``, ``falq top``) ---------------------------------------
+    #: Bearer token the metrics exporter requires (also accepted as a basic-auth password).
+    metrics_token: SecretStr | None = None
+    metrics_port: int = 9808
 
     @field_validator("fal_queue_url", "fal_rest_url")
     @classmethod

@@ -29,7 +29,7 @@ def _setting_env_names() -> set[str]:
 
 def test_services_and_persistence() -> None:
     services = _compose()["services"]
-    assert {"redis", "s3", "worker", "flower", "emulator"} <= services.keys()
+    assert {"redis", "s3", "worker", "flower", "emulator", "metrics", "prometheus", "grafana"} <= services.keys()
     redis_cmd = services["redis"]["command"]
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     assert services["emulator"]["profiles"] == ["dev"]
@@ -76,9 +76,117 @@ def test_every_falq_environment_variable_is_a_setting() -> None:
 def test_no_secret_is_hard_coded() -> None:
     # Secrets come from the operator's .env; a missing one stops compose with a message.
     text = (ROOT / "docker-compose.yml").read_text()
-    for var in re.findall(r"\$\{((?:REDIS_PASSWORD|S3_SECRET_KEY|FALQ_FLOWER_PASSWORD)[^}]*)\}", text):
+    secrets = "REDIS_PASSWORD|S3_SECRET_KEY|FALQ_FLOWER_PASSWORD|FALQ_METRICS_TOKEN|GRAFANA_ADMIN_PASSWORD"
+    for var in re.findall(rf"\$\{{((?:{secrets})[^}}]*)\}}", text):
         assert ":?" in var, var
     for name, svc in _compose()["services"].items():
         for var, value in (svc.get("environment") or {}).items():
-            if any(w in var for w in ("PASSWORD", "SECRET", "FAL_KEY")):
+            if any(w in var for w in ("PASSWORD", "SECRET", "FAL_KEY", "TOKEN")):
                 assert str(value).startswith("${"), (name, var)
+
+
+# --- operations: Prometheus, Grafana, the exporter ---------------------------------------------
+
+
+def _exporter_metric_names() -> set[str]:
+    """Every sample name `falq metrics` can emit, from a snapshot with every figure present."""
+    from ops.exporter import counters, gauges, histograms
+    from shared.metrics import HISTOGRAMS, Histogram, Snapshot
+    from shared.records import STATES
+
+    kinds = ["finished|completed|e", "transition|a|b", "retry|r", "failure|r", "waits|r", "wait_s|r", "spend|e"]
+    snap = Snapshot(taken_at=0.0, states=dict.fromkeys(STATES, 1), counters=dict.fromkeys(kinds, 1.0),
+                    histograms={h: {"e": Histogram()} for h in HISTOGRAMS}, minutes={},
+                    queue_depth={"bulk": 1}, unacked=0, limiter_slots={"k": 1}, outstanding_cap=10,
+                    spend_today=1.0, spend_source="estimate")
+    names = {"falq_redis_up"}
+    for family in [*gauges(snap), *counters(snap), *histograms(snap)]:
+        names.update(s.name for s in family.samples)
+    return names
+
+
+def _flower_metric_names() -> set[str]:
+    import flower.events
+
+    source = Path(flower.events.__file__).read_text()
+    base = set(re.findall(r"['\"](flower_[a-z_]+)['\"]", source))
+    return base | {f"{n}_{suffix}" for n in base for suffix in ("bucket", "sum", "count")}
+
+
+def test_monitoring_services_are_wired() -> None:
+    services = _compose()["services"]
+    assert {"metrics", "prometheus", "grafana"} <= services.keys()
+    # Listening inside the container on all interfaces, published on the host's loopback only.
+    assert "--address=0.0.0.0" in services["flower"]["command"]
+    assert services["metrics"]["command"][:3] == ["metrics", "--address", "0.0.0.0"]
+    for name in ("flower", "prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    assert "ports" not in services["metrics"]  # only Prometheus, on the compose network, scrapes it
+
+
+def test_prometheus_scrapes_flower_and_the_exporter_with_its_token() -> None:
+    compose = _compose()
+    services = compose["services"]
+    prom = yaml.safe_load((ROOT / "ops" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    assert set(jobs) == {"flower", "falq"}
+    for job in jobs.values():
+        for target in job["static_configs"][0]["targets"]:
+            host, port = target.split(":")
+            assert host in services, target
+            assert port in " ".join(map(str, services[host]["command"])), target
+    auth = jobs["falq"]["authorization"]
+    assert auth["type"] == "Bearer"
+    secret = auth["credentials_file"].removeprefix("/run/secrets/")
+    assert secret in services["prometheus"]["secrets"]
+    assert compose["secrets"][secret]["environment"] == "FALQ_METRICS_TOKEN"
+    assert "FALQ_METRICS_TOKEN" in _setting_env_names()
+
+
+def test_grafana_provisioning_and_dashboard_are_consistent() -> None:
+    services = _compose()["services"]
+    mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"] if v.startswith("."))
+    provisioning = ROOT / "ops/grafana/provisioning"
+    assert mounts["./ops/grafana/provisioning"] == "/etc/grafana/provisioning"
+    datasource = yaml.safe_load((provisioning / "datasources/prometheus.yml").read_text())["datasources"][0]
+    assert datasource["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards/falq.yml").read_text())["providers"][0]
+    assert mounts["./ops/grafana/dashboards"] == provider["options"]["path"]
+    home = services["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "ops/grafana/dashboards" / Path(home).relative_to(provider["options"]["path"])).is_file()
+
+    import json
+
+    dashboard = json.loads((ROOT / "ops/grafana/dashboards/falq.json").read_text())
+    known = _exporter_metric_names() | _flower_metric_names()
+    used: set[str] = set()
+    titles = []
+    for panel in dashboard["panels"]:
+        titles.append(panel["title"])
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
+        for target in panel["targets"]:
+            names = set(re.findall(r"\b((?:falq|flower)_[a-z_]+)", target["expr"]))
+            assert names, target["expr"]
+            expr = target["expr"]
+            assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+            assert names <= known, (panel["title"], names - known)
+            used |= names
+    # What the issue asks the dashboard to show.
+    for metric in ("falq_jobs_finished_total", "falq_jobs", "falq_queue_depth", "falq_fal_outstanding",
+                   "falq_fal_outstanding_cap", "falq_retries_total", "falq_spend_today_dollars",
+                   "falq_fal_queue_wait_seconds_bucket", "falq_fal_inference_seconds_bucket",
+                   "falq_mirror_seconds_bucket", "falq_job_duration_seconds_bucket", "falq_waits_total",
+                   "flower_events_total", "flower_task_runtime_seconds_bucket"):
+        assert metric in used, metric
+    assert len(titles) == len(set(titles))
+
+
+def test_every_required_variable_is_in_env_example() -> None:
+    text = (ROOT / "docker-compose.yml").read_text()
+    required = set(re.findall(r"\$\{([A-Z_]+):\?", text))
+    example = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
+               if "=" in line and not line.startswith("#")}
+    assert {"FALQ_METRICS_TOKEN", "GRAFANA_ADMIN_PASSWORD"} <= required
+    assert required <= example, required - example

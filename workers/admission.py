@@ -26,8 +26,14 @@ class Admission:
     def admit(self, rec: JobRecord) -> float | None:
         return None
 
+    def sending(self, rec: JobRecord) -> None:
+        """Called right before the submit POST (after the attempt was counted); may wait briefly."""
+
     def submitted(self, rec: JobRecord) -> None:
         """Called once fal accepted the job's request."""
+
+    def following(self, rec: JobRecord) -> None:
+        """Called when a step starts following the job's request at fal (again after a redelivery)."""
 
     def release(self, rec: JobRecord) -> None:
         """Called when the job's request is no longer outstanding at fal."""

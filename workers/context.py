@@ -23,16 +23,24 @@ from workers.middleware import Middleware
 log = logging.getLogger("falq.worker")
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A Redis client that rides out a Redis restart instead of failing the step."""
-    return redis.Redis.from_url(
+def redis_client(url: str, *, max_connections: int = 64) -> redis.Redis:
+    """A Redis client that rides out a Redis restart instead of failing the step.
+
+    A blocking pool: when every connection is busy, a caller waits for one (up to 30 s)
+    instead of failing -- redis-py's default pool raises at 100 connections, which a
+    gevent worker with 1,000 jobs in flight would hit.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=30,
         socket_timeout=15,
         socket_connect_timeout=5,
         health_check_interval=15,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
     )
+    return redis.Redis(connection_pool=pool)
 
 
 class WorkerContext:
@@ -45,7 +53,7 @@ class WorkerContext:
 
     def __init__(self, settings: Settings, admission: Admission | None = None) -> None:
         self.settings = settings
-        self.redis = redis_client(settings.redis_url)
+        self.redis = redis_client(settings.redis_url, max_connections=settings.worker_concurrency + 64)
         self.store = JobStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s)
         self.leases = LeaseKeeper(self.redis, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s)
         self.admission = admission or Unlimited()

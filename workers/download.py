@@ -266,6 +266,12 @@ def _unwrap(addr: _IP) -> _IP:
 
 
 def _is_public(addr: _IP) -> bool:
+    if isinstance(addr, ipaddress.IPv6Address):
+        # 6to4 (2002::/16) and Teredo (2001::/32) embed an IPv4 address that Python calls
+        # global whatever it is; 2002:7f00:1:: is "127.0.0.1" to a 6to4 relay.
+        embedded = [addr.sixtofour, *(addr.teredo or ())]
+        if any(v4 is not None and not _is_public(v4) for v4 in embedded):
+            return False
     return not (
         addr.is_private
         or addr.is_loopback

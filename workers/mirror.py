@@ -6,7 +6,8 @@ SHA-256, MD5 and size are computed. Then:
 
 * the first bytes are sniffed: anything that is not really JPEG/PNG/WEBP (an HTML error
   page served as ``image/png``, say) is a :class:`MirrorRejected` naming what was found;
-* Pillow reads width and height from the headers only;
+* Pillow reads width and height from the headers only, then verifies the file's structure
+  (a truncated PNG is refused);
 * the object key gets the extension of the *sniffed* type, so the key, its ContentType
   and the bytes always agree;
 * the key is HEADed first: an object whose ``sha256`` metadata equals ours is left alone,
@@ -215,6 +216,15 @@ def _dimensions(fileobj: IO[bytes], what: str) -> tuple[int, int]:
             width, height = img.size
     except Exception as exc:  # Pillow raises many types (incl. DecompressionBombError)
         raise MirrorRejected(f"{what} is not a readable image ({type(exc).__name__})") from None
+    fileobj.seek(0)
+    try:
+        # The headers of a truncated file still parse. verify() walks the file's structure
+        # without decoding pixels (for PNG: every chunk's CRC up to IEND), so a cut-off or
+        # corrupted PNG is refused instead of stored. (For JPEG it checks little.)
+        with Image.open(fileobj) as img:
+            img.verify()
+    except Exception as exc:
+        raise MirrorRejected(f"{what} is truncated or corrupt ({type(exc).__name__}: {str(exc)[:80]})") from None
     return int(width), int(height)
 
 

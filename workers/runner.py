@@ -23,10 +23,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
+
 from shared.errors import (
     TRANSIENT_ERROR_TYPES,
     AttemptsExhausted,
     DeadlineExceeded,
+    FalAccountLocked,
     FalqError,
     FalRequestFailed,
     FalRequestFailedTransient,
@@ -196,13 +199,15 @@ class _Step:
                 r.move("queued")
 
             self.commit(written_off)
-        if rec.attempts >= self.s.max_attempts:
+        if rec.attempts - rec.retry_from >= self.s.max_attempts:
             last = rec.error.message if rec.error else "none"
             return self._fail(AttemptsExhausted(f"gave up after {rec.attempts} attempts; last error: {last}"))
+        was_paused = self.rec.paused
         wait = self.ctx.admission.admit(self.rec)
         if wait is not None:
             paused = self.rec.paused
-            self.commit(lambda r: setattr(r, "paused", paused))
+            if paused != was_paused:  # a waiting job writes its record only when the reason changes
+                self.commit(lambda r: setattr(r, "paused", paused))
             return self._wait(wait, reason=paused or "limit")
 
         def start_attempt(r: JobRecord) -> None:
@@ -216,6 +221,7 @@ class _Step:
         self.commit(start_attempt)
         attempt = self.rec.attempts
         headers = {"X-Falq-Job-Id": self.rec.id, "X-Falq-Attempt": str(attempt)}
+        self.ctx.admission.sending(self.rec)
         try:
             sub = self.ctx.fal.submit(self.rec.endpoint, self.rec.input, headers=headers)
         except RetryableError as exc:
@@ -240,17 +246,33 @@ class _Step:
                 r.move("in_queue")
 
         # The first thing after fal accepted: record the request id, even onto a record
-        # that was cancelled meanwhile (so the cancel below reaches fal).
-        self.commit(accepted, allow_terminal=True)
+        # that was cancelled meanwhile (so the cancel below reaches fal). Losing it would
+        # mean paying for a second generation, so ride out a Redis outage here.
+        self._commit_persistently(accepted, sub.request_id)
         self.ctx.admission.submitted(self.rec)
         if self.rec.terminal:
             self._cancel_at_fal()
             return DONE
         return None
 
+    def _commit_persistently(self, change: Callable[[JobRecord], object], request_id: str) -> None:
+        delay, end = 0.2, time.monotonic() + max(60.0, self.s.lease_ttl_s * 3)
+        while True:
+            try:
+                self.commit(change, allow_terminal=True)
+                return
+            except redis.RedisError as exc:
+                if time.monotonic() > end:
+                    log.error("job %s: fal accepted request %s but Redis is unreachable (%s); the next delivery "
+                              "will count a new attempt", self.rec.id, request_id, type(exc).__name__)
+                    raise
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
+
     # --- follow ---------------------------------------------------------------------------------
     def _follow(self) -> Outcome | None:
         assert self.rec.status_url
+        self.ctx.admission.following(self.rec)
         pending_logs: list[str] = []
 
         def on_status(st: Status) -> None:
@@ -415,6 +437,8 @@ def _note(exc: Exception) -> Callable[[JobRecord], object]:
 def _requeue_with(exc: Exception) -> Callable[[JobRecord], object]:
     def change(r: JobRecord) -> None:
         r.add_error(exc)
+        if isinstance(exc, FalAccountLocked):
+            r.attempts -= 1  # fal refused before creating a request: not an attempt (the key pauses)
         r.move("queued")
 
     return change

@@ -21,10 +21,12 @@ log = logging.getLogger("falq.tasks")
 def get_context() -> WorkerContext:
     """The process's worker context, built on first use (after gevent patched the process)."""
     from workers.limits_admission import build_admission
+    from workers.metrics import MetricsMiddleware
 
     settings = get_settings()
     ctx = WorkerContext(settings)
     ctx.admission = build_admission(ctx)
+    ctx.middleware.append(MetricsMiddleware(ctx.redis, settings.key_prefix))
     return ctx
 
 

@@ -1,0 +1,216 @@
+"""The chaos scenario: every fault at once, then an audit of what falq promised.
+
+Faults, all during one run:
+
+* the emulator answers 10% of calls with 5xx, 5% with 429, drops 2% of connections,
+  slows 2% down and finishes 2% of requests COMPLETED-with-error (transient);
+* S3 fails a share of writes (503 SlowDown or a dropped connection) through a proxy;
+* a worker process is SIGKILLed every few seconds and a new one started;
+* Redis (with AOF, as in production) is killed and restarted once mid-run.
+
+The audit checks: every job terminal; every completed job's images in S3 with the
+recorded sha256; fal submissions per job never above the attempts the job recorded; no
+job lost; every failure explained. :func:`run` returns the figures; :func:`table`
+renders them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from ops.stack import DevStack
+from tests.chaos.s3_faults import S3FaultProxy
+
+ENDPOINTS = [
+    "fal-ai/qwen-image-2/text-to-image",
+    "fal-ai/qwen-image-2/pro/text-to-image",
+    "fal-ai/qwen-image-2/edit",
+    "fal-ai/qwen-image-2/pro/edit",
+]
+EMULATOR_FAULTS = {"fail_5xx": 0.10, "fail_429": 0.05, "drop": 0.02, "slow": 0.02, "completed_error": 0.02}
+
+
+@dataclass
+class Report:
+    jobs: int = 0
+    states: dict[str, int] = field(default_factory=dict)
+    lost: int = 0
+    unexplained_failures: int = 0
+    images_checked: int = 0
+    images_bad: int = 0
+    submissions: int = 0
+    paid_twice: int = 0
+    over_attempts: int = 0
+    multi_submission_jobs: int = 0
+    worker_kills: int = 0
+    redis_restarts: int = 0
+    s3_faults: dict[str, int] = field(default_factory=dict)
+    emulator_faults: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (self.lost == 0 and self.unexplained_failures == 0 and self.images_bad == 0
+                and self.over_attempts == 0 and self.states.get("terminal_missing", 0) == 0)
+
+
+def _edit_source() -> str:
+    from shared.images import to_data_uri
+
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 400), (30, 90, 160)).save(buf, "PNG")
+    return to_data_uri(buf.getvalue(), "image/png")
+
+
+def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency: int = 100,
+        s3_failure_rate: float = 0.1, timeout_s: float = 600.0, seed: int = 7) -> Report:
+    """Run the scenario with ``n_jobs`` jobs; returns the audit."""
+    from producers import Falq
+    from producers.client import JobRequest
+    from shared.storage import Storage
+
+    rng = random.Random(seed)
+    report = Report(jobs=n_jobs)
+    env = {"FALQ_VISIBILITY_TIMEOUT_S": "20", "FALQ_LEASE_TTL_S": "4", "FALQ_MAX_ATTEMPTS": "10",
+           "FALQ_RETRY_BASE_S": "0.2", "FALQ_RETRY_MAX_S": "2", "FALQ_SLOT_LEASE_S": "5"}
+    emulator = {"latency": "uniform:0.2,1.5", "concurrency": 40, "tiny_images": True, "fault_seed": seed}
+    t0 = time.monotonic()
+    with DevStack(aof=True, emulator=emulator, env=env) as stack, \
+            S3FaultProxy(stack.s3.url, put_failure_rate=s3_failure_rate, seed=seed) as proxy:
+        stack.extra_env["FALQ_S3_ENDPOINT_URL"] = proxy.url  # workers write through the proxy
+        direct = stack.settings(FALQ_S3_ENDPOINT_URL=stack.s3.url)
+        falq = Falq(direct)
+        Storage(direct).ensure_bucket()
+        source = _edit_source()
+        requests = []
+        for i in range(n_jobs):
+            endpoint = ENDPOINTS[i % 4]
+            data: dict[str, Any] = {"prompt": f"chaos {i}", "seed": i}
+            if "edit" in endpoint:
+                data["image_urls"] = [source]
+            requests.append(JobRequest(endpoint, falq.validate(endpoint, data).input,
+                                       lane="bulk" if i % 2 else "interactive"))
+        job_ids = [job_id for job_id, _ in falq.submit_many(requests)]
+        stack.emu.configure(**EMULATOR_FAULTS)
+        procs = [stack.start_worker(concurrency=concurrency) for _ in range(workers)]
+        stop = threading.Event()
+
+        def killer() -> None:
+            restarted = False
+            while not stop.wait(kill_every_s):
+                victim = rng.choice([p for p in procs if p.poll() is None] or procs)
+                stack.kill_worker(victim, signal.SIGKILL)
+                procs.remove(victim)
+                report.worker_kills += 1
+                procs.append(stack.start_worker(concurrency=concurrency))
+                done = falq.store.counts()
+                finished = done["completed"] + done["failed"] + done["cancelled"]
+                if not restarted and finished >= n_jobs // 3:
+                    stack.redis.restart()
+                    report.redis_restarts += 1
+                    restarted = True
+
+        chaos = threading.Thread(target=killer, daemon=True)
+        chaos.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                counts = falq.store.counts()
+            except Exception:  # Redis is restarting
+                time.sleep(0.5)
+                continue
+            if counts["completed"] + counts["failed"] + counts["cancelled"] >= n_jobs:
+                break
+            time.sleep(1.0)
+        stop.set()
+        chaos.join(30)
+        stack.emu.configure(fail_5xx=0, fail_429=0, drop=0, slow=0, completed_error=0)
+        report.seconds = time.monotonic() - t0
+        _audit(report, stack, falq, Storage(direct), job_ids)
+        report.s3_faults = dict(proxy.injected)
+    return report
+
+
+def _audit(report: Report, stack: DevStack, falq: Any, storage: Any, job_ids: list[str]) -> None:
+    from tests.conftest import emulator_submissions
+
+    records = falq.store.get_many(job_ids)
+    subs = emulator_submissions(stack)
+    snapshot = stack.emu.requests(since=time.time() + 3600)
+    report.emulator_faults = dict(snapshot.get("faults") or snapshot.get("rejected") or {})
+    states: dict[str, int] = {}
+    for job_id, rec in zip(job_ids, records, strict=True):
+        if rec is None:
+            report.lost += 1
+            report.failures.append(f"{job_id}: record missing")
+            continue
+        states[rec.state] = states.get(rec.state, 0) + 1
+        if not rec.terminal:
+            states["terminal_missing"] = states.get("terminal_missing", 0) + 1
+            report.failures.append(f"{job_id}: still {rec.state} ({_where(stack, job_id)}; "
+                                   f"attempts {rec.attempts}, last error {rec.error})")
+        n = len(subs.get(job_id, []))
+        report.submissions += n
+        if n > rec.attempts:
+            report.over_attempts += 1
+            report.failures.append(f"{job_id}: {n} submissions > {rec.attempts} attempts")
+        if n > 1:
+            report.multi_submission_jobs += 1
+        if rec.state == "failed" and not (rec.error and rec.error.message):
+            report.unexplained_failures += 1
+        if rec.state == "completed":
+            for img in rec.outputs:
+                report.images_checked += 1
+                data = storage.get_bytes(img.key)
+                if hashlib.sha256(data).hexdigest() != img.sha256 or len(data) != img.size:
+                    report.images_bad += 1
+                    report.failures.append(f"{job_id}: image {img.key} differs from its record")
+    report.states = states
+
+
+def _where(stack: DevStack, job_id: str) -> str:
+    """Where the broker holds messages of a stuck job (for the failure report)."""
+    import redis
+
+    r = redis.Redis.from_url(stack.redis.url)
+    found = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key)
+        if kind == b"list" and any(job_id.encode() in m for m in r.lrange(key, 0, -1)):
+            found.append(f"queue {key.decode(errors='replace')}")
+        elif kind == b"hash" and key == b"unacked":
+            found += ["unacked" for v in r.hvals(key) if job_id.encode() in v]
+    lease = r.get(f"falq:lease:{job_id}")
+    found.append(f"lease {'held' if lease else 'free'}")
+    return ", ".join(found) or "no message anywhere"
+
+
+def table(r: Report) -> str:
+    rows = [
+        ("jobs enqueued", r.jobs),
+        ("completed / failed / cancelled",
+         f"{r.states.get('completed', 0)} / {r.states.get('failed', 0)} / {r.states.get('cancelled', 0)}"),
+        ("not terminal", r.states.get("terminal_missing", 0)),
+        ("lost (no record)", r.lost),
+        ("failures without an explanation", r.unexplained_failures),
+        ("images checked in S3 / sha256 mismatches", f"{r.images_checked} / {r.images_bad}"),
+        ("fal submissions (accepted)", r.submissions),
+        ("jobs with submissions > attempts", r.over_attempts),
+        ("jobs submitted more than once (each a recorded new attempt)", r.multi_submission_jobs),
+        ("worker SIGKILLs / Redis restarts", f"{r.worker_kills} / {r.redis_restarts}"),
+        ("S3 write faults injected", ", ".join(f"{k} {v}" for k, v in sorted(r.s3_faults.items()))),
+        ("emulator faults injected", ", ".join(f"{k} {v}" for k, v in sorted(r.emulator_faults.items()))),
+        ("duration", f"{r.seconds:.0f}s"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

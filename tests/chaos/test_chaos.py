@@ -1,0 +1,35 @@
+"""The chaos suite: `make chaos` runs the full scenario; `make test` runs a quick variant."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.chaos.scenario import run, table
+
+
+def _check(report_text: str, report: object) -> None:
+    print("\n" + report_text)
+    r = report
+    assert r.lost == 0, r.failures[:20]  # type: ignore[attr-defined]
+    assert r.states.get("terminal_missing", 0) == 0, r.failures[:20]  # type: ignore[attr-defined]
+    assert r.over_attempts == 0, r.failures[:20]  # type: ignore[attr-defined]
+    assert r.images_bad == 0, r.failures[:20]  # type: ignore[attr-defined]
+    assert r.unexplained_failures == 0  # type: ignore[attr-defined]
+    assert r.states.get("completed", 0) >= 0.95 * r.jobs  # type: ignore[attr-defined]
+    assert r.worker_kills >= 1 and r.redis_restarts == 1  # type: ignore[attr-defined]
+    assert sum(r.s3_faults.values()) > 0 and sum(r.emulator_faults.values()) > 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.timeout(420)
+def test_chaos_quick() -> None:
+    report = run(int(os.environ.get("FALQ_CHAOS_QUICK_JOBS", "160")), kill_every_s=5.0, timeout_s=300)
+    _check(table(report), report)
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(1800)
+def test_chaos_full() -> None:
+    report = run(int(os.environ.get("FALQ_CHAOS_JOBS", "1200")), kill_every_s=4.0, workers=3, timeout_s=1500)
+    _check(table(report), report)
