@@ -46,6 +46,7 @@ from workers.context import WorkerContext
 from workers.follow import Follower
 from workers.lease import Lease
 from workers.mirror_step import mirror_outputs_for
+from workers.reaper import mark_seen
 
 log = logging.getLogger("falq.runner")
 
@@ -92,6 +93,7 @@ class Runner:
             return DONE
         if rec.terminal:
             return DONE
+        mark_seen(self.ctx.redis, self.s, job_id)  # a sign of life for workers.reaper
         lease = self.ctx.leases.acquire(job_id)
         if lease is None:
             # Another live delivery works on it. Come back later as a watchdog, so the job

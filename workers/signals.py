@@ -14,10 +14,14 @@ def install() -> None:
 
 def _on_ready(sender: Any = None, **_: Any) -> None:
     from workers.app import app
+    from workers.reaper import start_reaper
     from workers.recovery import start_sweeper
+    from workers.tasks import get_context
 
     interval = app.conf.broker_transport_options.get("unacked_restore_interval", 10)
     start_sweeper(app, float(interval))
+    ctx = get_context()
+    start_reaper(app, ctx.store, ctx.settings)
 
 
 def _on_shutdown(**_: Any) -> None:

@@ -1,0 +1,105 @@
+"""The safety net under the broker: re-publish jobs whose message was lost.
+
+kombu's Redis transport takes a message off its queue (``BRPOP``) and only then records it
+as unacked (``HSET``) in a second round trip. A worker killed between the two loses the
+message for good: neither the queue nor the unacked index holds it any more (the
+loss Celery users report on ``kill -9``, see the team kit's task-queue-peers.md §3). A
+Redis restart can drop a message in flight the same way. falq's job records are the
+source of truth, so one worker at a time (a Redis lock) periodically looks for jobs that
+are not finished and show no sign of life, and re-publishes them:
+
+* every delivery of a job sets ``{p}:seen:{id}`` for one visibility timeout, and a job
+  being worked on holds its lease; a started job with neither has no message anywhere
+  that could still run it;
+* a job never started (``queued``) may simply be waiting behind a backlog, so it is only
+  considered lost when its lane's queue is empty.
+
+A duplicate message is harmless (the lease and the record's state make it a no-op), so
+erring towards re-publishing costs a little work, never a second fal submission.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import redis
+from celery import Celery
+
+from shared.dispatch import publish, queue_for
+from shared.jobstore import JobStore
+from shared.records import TERMINAL
+from shared.settings import Settings
+
+log = logging.getLogger("falq.reaper")
+
+ACTIVE_STATES = ("queued", "submitting", "in_queue", "in_progress", "mirroring")
+
+
+def seen_key(prefix: str, job_id: str) -> str:
+    return f"{prefix}:seen:{job_id}"
+
+
+def mark_seen(r: redis.Redis, settings: Settings, job_id: str) -> None:
+    """Record that a message of ``job_id`` was just delivered."""
+    r.set(seen_key(settings.key_prefix, job_id), b"1", ex=max(1, int(settings.visibility_timeout_s)))
+
+
+def queue_depth(r: redis.Redis, queue: str) -> int:
+    """Messages waiting in a Redis-broker queue, priority sub-queues included."""
+    names = [queue] + [f"{queue}\x06\x16{n}" for n in range(1, 10)]
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    return int(sum(pipe.execute()))
+
+
+def reap_once(app: Celery, store: JobStore, settings: Settings, *, batch: int = 1000) -> list[str]:
+    """One pass: re-publish every job that looks orphaned; returns their ids."""
+    r = store.r
+    stale_before = time.time() - settings.visibility_timeout_s
+    depths = {lane: queue_depth(r, queue_for(lane, settings)) for lane in ("interactive", "bulk")}
+    reaped: list[str] = []
+    for state in ACTIVE_STATES:
+        ids = [x.decode() for x in r.zrangebyscore(f"{store.prefix}:state:{state}", "-inf", stale_before,
+                                                   start=0, num=batch)]
+        if not ids:
+            continue
+        pipe = r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(f"{store.prefix}:lease:{job_id}")
+            pipe.exists(seen_key(store.prefix, job_id))
+        flags = pipe.execute()
+        candidates = [j for i, j in enumerate(ids) if not flags[2 * i] and not flags[2 * i + 1]]
+        for rec in store.get_many(candidates):
+            if rec is None or rec.state in TERMINAL or not store.is_published(rec.id):
+                continue
+            if rec.state == "queued" and depths.get(rec.lane, 0) > 0:
+                continue  # may still be waiting its turn in the backlog
+            mark_seen(r, settings, rec.id)  # one re-publish per visibility timeout at most
+            publish(app, settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
+            reaped.append(rec.id)
+    if reaped:
+        log.warning("re-published %d job(s) whose broker message was lost: %s", len(reaped),
+                    ", ".join(reaped[:10]))
+    return reaped
+
+
+def start_reaper(app: Celery, store: JobStore, settings: Settings) -> threading.Thread:
+    """Run :func:`reap_once` about every third of the visibility timeout, one worker at a time."""
+    interval = max(2.0, settings.visibility_timeout_s / 3)
+
+    def loop() -> None:
+        stop = threading.Event()
+        lock_key = f"{settings.key_prefix}:reaper:lock"
+        while not stop.wait(interval):
+            try:
+                if store.r.set(lock_key, b"1", nx=True, ex=max(1, int(interval))):
+                    reap_once(app, store, settings)
+            except Exception as exc:  # Redis may be restarting; try next round
+                log.warning("reaper pass failed: %s", type(exc).__name__)
+
+    thread = threading.Thread(target=loop, name="falq-reaper", daemon=True)
+    thread.start()
+    return thread
