@@ -40,7 +40,7 @@ from shared.errors import (
 )
 from shared.falclient import Status
 from shared.jobstore import Conflict
-from shared.records import AT_FAL, JobRecord, State, Submission
+from shared.records import AT_FAL, LOGS_TAIL, JobRecord, State, Submission
 from workers.backoff import backoff_delay
 from workers.context import WorkerContext
 from workers.follow import Follower
@@ -276,9 +276,14 @@ class _Step:
         assert self.rec.status_url
         self.ctx.admission.following(self.rec)
         pending_logs: list[str] = []
+        logs_seen = [0]
 
         def on_status(st: Status) -> None:
-            pending_logs.extend(st.logs[-5:])
+            # fal sends every log line so far with each status; keep only the new ones.
+            fresh = st.logs[logs_seen[0]:] if len(st.logs) >= logs_seen[0] else st.logs
+            logs_seen[0] = len(st.logs)
+            pending_logs.extend(fresh)
+            del pending_logs[:-LOGS_TAIL]
             new = _STATE_OF.get(st.status)
             if new and new != self.rec.state and not st.done:
                 logs = list(pending_logs)
