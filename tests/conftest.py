@@ -31,6 +31,18 @@ BASELINE_EMULATOR = {
 }
 
 
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A bare redis-server of this module's own (no S3, no emulator); yields its URL."""
+    from ops.stack import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[DevStack]:
     with DevStack() as st:

@@ -9,10 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,40 +20,13 @@ import pytest
 import redis
 from PIL import Image
 
+from ops.stack import free_port
 from producers.cli import main
 from shared.errors import PermanentError
 from shared.records import JobRecord, StoredImage
 from shared.settings import Settings, get_settings, reset_settings
 
 SECRET = "fal-secret-key-never-printed-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    try:
-        for _ in range(100):
-            try:
-                if client.ping():
-                    break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("redis-server did not start")
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        client.close()
-        proc.terminate()
-        proc.wait(10)
 
 
 @dataclass
@@ -364,7 +334,7 @@ def test_service_commands_delegate(monkeypatch: pytest.MonkeyPatch, capsys: pyte
 
 def test_unreachable_redis_is_reported_without_credentials(monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setenv("FALQ_REDIS_URL", f"redis://:hunter2-secret@127.0.0.1:{_free_port()}/0")
+    monkeypatch.setenv("FALQ_REDIS_URL", f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0")
     monkeypatch.setenv("FAL_KEY", SECRET)
     reset_settings()
     try:
