@@ -23,7 +23,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     transport = {
         # One visibility timeout everywhere. A message not acked within it is handed to
         # another worker, so it must exceed the longest step (a step is capped at half of
-        # it, see workers.runner) and the longest countdown we publish (capped likewise).
+        # it, see workers.step) and the longest countdown we publish (capped likewise).
         # Recovery after a SIGKILL takes at most this long, so it is minutes, not Celery's
         # default hour.
         "visibility_timeout": s.visibility_timeout_s,
@@ -85,6 +85,12 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_redirect_stdouts=False,
         broker_heartbeat=30,
     )
+    if s.broker.split("://", 1)[0] in ("redis", "rediss"):
+        # kombu's Redis transport ends the worker on a queue item it cannot decode (random
+        # bytes, JSON that is not an envelope); this one logs and drops it.
+        from workers.broker import TRANSPORT
+
+        app.conf.broker_transport = TRANSPORT
     return app
 
 

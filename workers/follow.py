@@ -17,10 +17,21 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shared.errors import RetryableError
+from shared.errors import (
+    TRANSIENT_ERROR_TYPES,
+    FalqError,
+    FalRequestFailed,
+    FalRequestFailedTransient,
+    RetryableError,
+    fal_failure,
+)
 from shared.falclient import FalClient, Status, StreamUnsupported
+from shared.records import LOGS_TAIL, JobRecord, State
 from shared.settings import Settings
 from workers.backoff import backoff_delay
+from workers.step import Outcome, StepBase
+
+_STATE_OF = {"IN_QUEUE": "in_queue", "IN_PROGRESS": "in_progress"}
 
 #: Returned by ``should_stop`` to end following early: "cancel", "deadline", "step", ...
 StopReason = str
@@ -104,3 +115,75 @@ def _sleep(seconds: float, should_stop: Callable[[], StopReason | None]) -> Stop
         reason = should_stop()
         if reason:
             return reason
+
+
+class FollowPhase(StepBase):
+    """Following a submitted request in a step: state changes, logs, completion or failure."""
+
+    def _follow(self) -> Outcome | None:
+        assert self.rec.status_url
+        self.ctx.admission.following(self.rec)
+        pending_logs: list[str] = []
+        logs_seen = [0]
+
+        def on_status(st: Status) -> None:
+            # fal sends every log line so far with each status; keep only the new ones.
+            fresh = st.logs[logs_seen[0]:] if len(st.logs) >= logs_seen[0] else st.logs
+            logs_seen[0] = len(st.logs)
+            pending_logs.extend(fresh)
+            del pending_logs[:-LOGS_TAIL]
+            new = _STATE_OF.get(st.status)
+            if new and new != self.rec.state and not st.done:
+                logs = list(pending_logs)
+                pending_logs.clear()
+
+                def moved(r: JobRecord, new: State = new) -> None:  # type: ignore[assignment]
+                    if new == "in_progress" and r.submitted_at and r.queue_wait is None:
+                        r.queue_wait = time.time() - r.submitted_at
+                    r.add_logs(logs)
+                    r.move(new)
+
+                self.commit(moved)
+
+        def on_error(exc: Exception) -> None:
+            self.commit(lambda r: r.add_error(exc))
+
+        result = Follower(self.ctx.fal, self.s, on_error=on_error).follow(
+            self.rec.status_url, should_stop=self.stop_reason, on_status=on_status
+        )
+        if not isinstance(result, Status):
+            if result == "cancel":
+                return self._cancel()
+            if result == "deadline":
+                return self._deadline()
+            return Outcome(False, 0.0)
+        self.ctx.admission.release(self.rec)
+        if result.error:
+            return self._failed_attempt(self._failure_detail(result))
+        done_at = time.time()
+
+        def completed(r: JobRecord) -> None:
+            r.add_logs(pending_logs)
+            inference = result.metrics.get("inference_time")
+            r.inference_time = float(inference) if isinstance(inference, int | float) else None
+            r.fal_completed_at = done_at
+            r.move("mirroring")
+
+        self.commit(completed)
+        return None
+
+    def _failure_detail(self, status: Status) -> FalqError:
+        """fal's own account of a failed request: the result call carries the app's error body
+        (e.g. the 422 field errors); the status only says "Invalid status code: 422"."""
+        fallback = fal_failure(f"fal finished the request with an error: {status.error}", status.error_type)
+        if not self.rec.response_url:
+            return fallback
+        try:
+            self.ctx.fal.result(self.rec.response_url)
+        except FalRequestFailed as exc:
+            if status.error_type in TRANSIENT_ERROR_TYPES and not isinstance(exc, FalRequestFailedTransient):
+                return fallback  # the status said transient; trust it over a vague result code
+            return exc
+        except FalqError:
+            return fallback
+        return fallback

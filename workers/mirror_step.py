@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from shared.errors import FalBadAnswer
+from shared.errors import FalBadAnswer, FalRequestFailedTransient, PermanentError, RetryableError
 from shared.records import JobRecord, StoredImage
 from shared.schemas import GenerateOutput
+from workers.backoff import backoff_delay
 from workers.context import WorkerContext
 from workers.mirror import mirror_image
+from workers.step import DONE, Outcome, StepBase, _note
 
 
 def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord) -> tuple[GenerateOutput, list[StoredImage]]:
@@ -46,3 +48,34 @@ def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord) -> tuple[GenerateOutp
             )
         )
     return output, stored
+
+
+class MirrorPhase(StepBase):
+    """Mirroring in a step: transient trouble is retried, a failed request starts a new attempt."""
+
+    def _mirror(self) -> Outcome | None:
+        try:
+            output, images = mirror_outputs_for(self.ctx, self.rec)
+        except RetryableError as exc:
+            if isinstance(exc, FalRequestFailedTransient):
+                return self._failed_attempt(exc)
+            self.commit(_note(exc))
+            since = self.rec.timestamps.get("mirroring", 0.0)
+            tries = sum(1 for e in self.rec.errors if e.at >= since)
+            if tries >= self.s.max_attempts * 2:
+                return self._fail(exc, prefix=f"mirroring failed {tries} times: ")
+            return self._wait(backoff_delay(tries, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s,
+                                            retry_after=exc.retry_after))
+        except PermanentError as exc:
+            if hasattr(exc, "error_type"):  # the request itself failed (FalRequestFailed)
+                return self._failed_attempt(exc)
+            return self._fail(exc)
+
+        def completed(r: JobRecord) -> None:
+            r.outputs = images
+            r.seed = output.seed
+            r.move("completed")
+
+        self.commit(completed)
+        self.ctx.notify_finished(self.rec)
+        return DONE

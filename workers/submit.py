@@ -1,0 +1,113 @@
+"""Where a job gets submitted to fal: the submit phase of a step.
+
+The attempt counter is persisted *before* the POST and fal's ``request_id`` right after
+it, so a delivery that dies anywhere in between is counted as an attempt (never more
+submissions at fal than attempts on the record) and a delivery that finds a
+``request_id`` follows that request instead of paying for another generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import redis
+
+from shared.errors import AttemptsExhausted, PermanentError, RetryableError
+from shared.records import JobRecord, Submission
+from workers.backoff import backoff_delay
+from workers.step import DONE, Outcome, StepBase, _requeue_with
+
+log = logging.getLogger("falq.runner")
+
+
+class SubmitInterrupted(RetryableError):
+    """A delivery died between counting an attempt and recording fal's answer."""
+
+    kind = "submit_interrupted"
+
+
+class SubmitPhase(StepBase):
+    """Admission, the POST, and recording what fal answered."""
+
+    def _submit(self) -> Outcome | None:
+        rec = self.rec
+        if rec.state == "submitting":
+
+            def written_off(r: JobRecord) -> None:
+                r.add_error(SubmitInterrupted(
+                    f"attempt {r.attempts}: the worker stopped during submit; outcome unknown, starting a new attempt"
+                ))
+                r.move("queued")
+
+            self.commit(written_off)
+        if rec.attempts - rec.retry_from >= self.s.max_attempts:
+            last = rec.error.message if rec.error else "none"
+            return self._fail(AttemptsExhausted(f"gave up after {rec.attempts} attempts; last error: {last}"))
+        was_paused = self.rec.paused
+        wait = self.ctx.admission.admit(self.rec)
+        if wait is not None:
+            paused = self.rec.paused
+            if paused != was_paused:  # a waiting job writes its record only when the reason changes
+                self.commit(lambda r: setattr(r, "paused", paused))
+            return self._wait(wait, reason=paused or "limit")
+
+        def start_attempt(r: JobRecord) -> None:
+            r.attempts += 1
+            r.paused = None
+            r.request_id = r.status_url = r.response_url = r.cancel_url = None
+            r.submitted_at = None
+            r.move("submitting")
+
+        # Persisted before the POST: a crash from here on counts this attempt.
+        self.commit(start_attempt)
+        attempt = self.rec.attempts
+        headers = {"X-Falq-Job-Id": self.rec.id, "X-Falq-Attempt": str(attempt)}
+        self.ctx.admission.sending(self.rec)
+        try:
+            sub = self.ctx.fal.submit(self.rec.endpoint, self.rec.input, headers=headers)
+        except RetryableError as exc:
+            self.ctx.admission.release(self.rec)
+            self.commit(_requeue_with(exc))
+            return self._wait(backoff_delay(
+                attempt - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s, retry_after=exc.retry_after
+            ))
+        except PermanentError as exc:
+            self.ctx.admission.release(self.rec)
+            return self._fail(exc)
+        now = time.time()
+
+        def accepted(r: JobRecord) -> None:
+            r.request_id, r.status_url = sub.request_id, sub.status_url
+            r.response_url, r.cancel_url = sub.response_url, sub.cancel_url
+            r.submitted_at = now
+            if not any(s.request_id == sub.request_id for s in r.submissions):
+                r.submissions = [*r.submissions, Submission(attempt=attempt, request_id=sub.request_id,
+                                                            submitted_at=now)]
+            if not r.terminal:
+                r.move("in_queue")
+
+        # The first thing after fal accepted: record the request id, even onto a record
+        # that was cancelled meanwhile (so the cancel below reaches fal). Losing it would
+        # mean paying for a second generation, so ride out a Redis outage here.
+        self._commit_persistently(accepted, sub.request_id)
+        self.ctx.admission.submitted(self.rec)
+        if self.rec.terminal:
+            self._cancel_at_fal()
+            return DONE
+        return None
+
+    def _commit_persistently(self, change: Callable[[JobRecord], object], request_id: str) -> None:
+        delay, end = 0.2, time.monotonic() + max(60.0, self.s.lease_ttl_s * 3)
+        while True:
+            try:
+                self.commit(change, allow_terminal=True)
+                return
+            except redis.RedisError as exc:
+                if time.monotonic() > end:
+                    log.error("job %s: fal accepted request %s but Redis is unreachable (%s); the next delivery "
+                              "will count a new attempt", self.rec.id, request_id, type(exc).__name__)
+                    raise
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
