@@ -26,7 +26,7 @@ test: install lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check shared workers producers emulator ops tests
+	$(BIN)/ruff check shared workers producers emulator ops gateway tests
 
 typecheck: install
 	$(BIN)/mypy
@@ -36,3 +36,11 @@ chaos: install
 
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+
+## make bench: the full benchmark the README reports (falq beside its references; table + docs/bench.png).
+bench: install
+	$(BIN)/python -m ops.bench
+
+## make bench-quick: the same scenarios scaled down, under two minutes.
+bench-quick: install
+	$(BIN)/python -m ops.bench --quick

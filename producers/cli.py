@@ -357,3 +357,5 @@ def _finish(falq: Falq, job_id: str, timeout: float | None, out: str | None, as_
 
 
 __all__ = ["EXIT_INVALID", "cli", "main"]
+cli.add_command(__import__("gateway.cli", fromlist=["api"]).api)  # falq api: the HTTP gateway (gateway/)
+cli.add_command(__import__("ops.bench.cli", fromlist=["bench"]).bench)  # falq bench: benchmarks (ops/bench/)

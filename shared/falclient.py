@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -39,13 +39,14 @@ from shared.errors import (
     fal_failure,
 )
 from shared.settings import Settings
+from shared.sse import bounded_lines
 
+T = TypeVar("T")
 _RETRYABLE_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
 _MAX_JSON_BYTES = 8 * 1024 * 1024
-#: Largest answer body falq reads from fal (sync_mode results carry images as data URIs).
-_MAX_BODY_BYTES = _MAX_JSON_BYTES * 8
-#: httpx's timeouts are per read, so a body trickling a byte at a time never times out.
-#: A whole answer must arrive within this many times ``fal_http_timeout_s``.
+_MAX_BODY_BYTES = _MAX_JSON_BYTES * 8  # sync_mode results carry images as data URIs
+#: httpx's timeouts are per read, so a trickling body never times out: a whole answer must
+#: arrive within this many times ``fal_http_timeout_s``.
 _BODY_DEADLINE_FACTOR = 2.0
 
 
@@ -159,7 +160,7 @@ class FalClient:
                 data: list[str] = []
                 size = 0
                 quiet_until = time.monotonic() + read_timeout
-                for line in _bounded_lines(resp.iter_bytes(), _MAX_JSON_BYTES):
+                for line in bounded_lines(resp.iter_bytes(), _MAX_JSON_BYTES):
                     if line.startswith("data:"):
                         data.append(line[5:].lstrip())
                         size += len(line)
@@ -255,10 +256,8 @@ class FalClient:
                 deadline = time.monotonic() + limit_s
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > _MAX_BODY_BYTES:
-                    raise FalBadAnswer(
-                        f"fal's answer to {method} declares {declared} bytes, over the {_MAX_BODY_BYTES}-byte limit;"
-                        " refusing"
-                    )
+                    raise FalBadAnswer(f"fal's answer to {method} declares {declared} bytes, over the "
+                                       f"{_MAX_BODY_BYTES}-byte limit; refusing")
                 chunks: list[bytes] = []
                 total = 0
                 for chunk in resp.iter_bytes():
@@ -267,11 +266,8 @@ class FalClient:
                     if total > _MAX_BODY_BYTES:
                         raise FalBadAnswer(f"fal's answer to {method} exceeded the {_MAX_BODY_BYTES}-byte limit")
                     if time.monotonic() > deadline:
-                        raise FalTransientError(
-                            f"fal's answer to {method} {_safe(url)} was still arriving after {limit_s:.0f}s"
-                            " (slow or endless body); giving up on it",
-                            reason="slow_answer",
-                        )
+                        raise FalTransientError(f"fal's answer to {method} {_safe(url)} was still arriving after "
+                                                f"{limit_s:.0f}s (slow or endless body)", reason="slow_answer")
                     chunks.append(chunk)
                 resp._content = b"".join(chunks)
         except httpx.TransportError as exc:
@@ -301,22 +297,22 @@ class FalClient:
         raise FalRejected(f"fal answered {code} on {where}: {detail}", status_code=code, detail=detail)
 
     def _json(self, resp: httpx.Response) -> Any:
-        try:
-            return _loads(resp.content)
-        except FalBadAnswer as exc:  # the snippet of the body may echo what we sent
-            raise FalBadAnswer(self.scrub(str(exc))) from None
+        return self._parsed(resp.content, lambda body: body)
 
     def _status_of(self, raw: bytes | str) -> Status:
+        return self._parsed(raw, parse_status)
+
+    def _parsed(self, raw: bytes | str, parse: Callable[[Any], T]) -> T:
         try:
-            return parse_status(_loads(raw))
-        except FalBadAnswer as exc:
+            return parse(_loads(raw))
+        except FalBadAnswer as exc:  # a snippet of the answer may echo what we sent
             raise FalBadAnswer(self.scrub(str(exc))) from None
 
     def scrub(self, text: str) -> str:
         """``text`` with the fal key masked: fal's error texts go into job records, and a
         server that echoes the Authorization header must not put the key there."""
         key = self.settings.fal_key_value()
-        return text  # TEMP-NOSCRUB
+        return text.replace(key, "[REDACTED]") if key and len(key) >= 6 else text
 
 
 class StreamUnsupported(Exception):
@@ -343,21 +339,6 @@ def parse_status(body: Any) -> Status:
         error=str(body["error"])[:2000] if body.get("error") else None,
         error_type=str(body["error_type"])[:100] if body.get("error_type") else None,
     )
-
-
-def _bounded_lines(chunks: Iterator[bytes], max_line: int) -> Iterator[str]:
-    """Split a byte stream into text lines (LF or CRLF), never buffering a line longer than
-    ``max_line`` bytes: httpx's ``iter_lines`` would hold an endless line in memory."""
-    buf = b""
-    for chunk in chunks:
-        buf += chunk
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            yield line.removesuffix(b"\r").decode("utf-8")
-        if len(buf) > max_line:
-            raise FalBadAnswer("status stream sent an oversized line")
-    if buf:
-        yield buf.removesuffix(b"\r").decode("utf-8")
 
 
 def _loads(raw: bytes | str) -> Any:

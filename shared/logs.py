@@ -1,13 +1,15 @@
 """Logging setup with secret redaction.
 
 falq never formats a secret into a message on purpose; this filter is the second line of
-defence: any log record whose text contains the fal key, an AWS secret or a configured
-password has it replaced by ``[REDACTED]`` before a handler sees it.
+defence: any log record whose text contains the fal key, an AWS secret, a configured
+password or token, or the password of the Redis/broker URL has it replaced by
+``[REDACTED]`` before a handler sees it.
 """
 
 from __future__ import annotations
 
 import logging
+from urllib.parse import unquote, urlsplit
 
 from shared.settings import Settings
 
@@ -34,15 +36,20 @@ class RedactSecrets(logging.Filter):
 
 
 def secret_values(settings: Settings) -> list[str]:
+    """Every secret value falq knows: keys, tokens, passwords, and passwords inside URLs."""
     values = []
-    for name in ("fal_key", "aws_secret_access_key", "aws_session_token", "callback_secret"):
+    for name in ("fal_key", "aws_secret_access_key", "aws_session_token", "callback_secret", "flower_password",
+                 "metrics_token"):
         secret = getattr(settings, name, None)
         if secret is not None:
             values.append(secret.get_secret_value())
-    for extra in ("flower_password",):
-        secret = getattr(settings, extra, None)
-        if secret is not None:
-            values.append(secret.get_secret_value())
+    for url in (settings.redis_url, settings.broker_url or ""):
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            values.append(unquote(password))
     return values
 
 

@@ -29,10 +29,6 @@ from tests.hostile_fal import HostileFal
 pytestmark = pytest.mark.timeout(240)
 
 MAX_IMAGE = 5 * 1024 * 1024
-#: Cases that pass only once workers/runner.py fails a job on a PermanentError raised while
-#: following (today it escapes the step, the task's catch-all re-publishes the job, and the
-#: job only ends at FALQ_JOB_DEADLINE_S as "deadline_exceeded"). Remove the mark with the fix.
-RUNNER_FIX = pytest.mark.xfail(strict=True, reason="runner: permanent errors while following are not failed")
 
 
 @dataclass(frozen=True)
@@ -92,8 +88,6 @@ CASES = [
     Case("media-https-localhost", ("localhost", "non-public address"), strict=True),
     Case("media-plain-http", ("plain http", "not allowed"), strict=True),
 ]
-NEEDS_RUNNER_FIX = {"stream-bad-json", "stream-unknown-status", "stream-not-utf8", "stream-endless-line",
-                    "status-unknown", "status-nonjson", "status-list"}
 
 
 @dataclass
@@ -142,6 +136,7 @@ def run(stack: DevStack) -> Iterator[Run]:
     r = redis.Redis.from_url(stack.redis.url)
     r.flushall()
     r.close()
+    stack.extra_env.clear()
     reset_settings()
     with HostileFal() as fal:
         main = stack.start_worker(concurrency=80, env=hostile_env(fal), loglevel="INFO")
@@ -170,8 +165,7 @@ def run(stack: DevStack) -> Iterator[Run]:
             reset_settings()
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=[RUNNER_FIX] if c.name in NEEDS_RUNNER_FIX else [])
-                                  for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name) for c in CASES])
 def test_hostile_answer_fails_the_job_plainly(run: Run, case: Case) -> None:
     rec = run.records[case.name]
     assert rec.state == "failed", (rec.state, [e.message for e in rec.errors])

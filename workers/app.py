@@ -10,6 +10,8 @@ one job from working at once.
 
 from __future__ import annotations
 
+import ssl
+
 from celery import Celery
 from kombu import Queue
 
@@ -85,12 +87,18 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_redirect_stdouts=False,
         broker_heartbeat=30,
     )
-    if s.broker.split("://", 1)[0] in ("redis", "rediss"):
+    scheme = s.broker.split("://", 1)[0]
+    if scheme in ("redis", "rediss"):
         # kombu's Redis transport ends the worker on a queue item it cannot decode (random
         # bytes, JSON that is not an envelope); this one logs and drops it.
         from workers.broker import TRANSPORT
 
         app.conf.broker_transport = TRANSPORT
+        if scheme == "rediss":
+            # kombu switches TLS on by itself only for the transport *named* "rediss", which
+            # the line above replaces. Turn it on here, verifying the server's certificate as
+            # redis-py does for job records; ssl_* parameters in the URL take precedence.
+            app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app
 
 

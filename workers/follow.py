@@ -22,6 +22,7 @@ from shared.errors import (
     FalqError,
     FalRequestFailed,
     FalRequestFailedTransient,
+    PermanentError,
     RetryableError,
     fal_failure,
 )
@@ -148,9 +149,16 @@ class FollowPhase(StepBase):
         def on_error(exc: Exception) -> None:
             self.commit(lambda r: r.add_error(exc))
 
-        result = Follower(self.ctx.fal, self.s, on_error=on_error).follow(
-            self.rec.status_url, should_stop=self.stop_reason, on_status=on_status
-        )
+        try:
+            result = Follower(self.ctx.fal, self.s, on_error=on_error).follow(
+                self.rec.status_url, should_stop=self.stop_reason, on_status=on_status
+            )
+        except PermanentError as exc:
+            # fal answered something unusable while we followed it (non-JSON, an unknown status,
+            # an oversized event). Left to escape, it would reach the task's catch-all and the
+            # job would loop until its deadline: stop paying for the request and fail the job.
+            self._cancel_at_fal()
+            return self._fail(exc)
         if not isinstance(result, Status):
             if result == "cancel":
                 return self._cancel()

@@ -1,0 +1,150 @@
+"""The gateway's ASGI app: fal's queue protocol and falq's REST routes over one falq deployment.
+
+Example::
+
+    app = create_app(Settings(), GatewaySettings(api_keys="k1"))   # serve with any ASGI server
+    app = create_app(settings, gsettings, unauthenticated=True)    # local use only
+
+Layers, outermost first: ``x-fal-request-id`` on every answer, API-key check (401), fal's
+client-proxy convention (:mod:`gateway.proxy`), the routes. Typed errors become answers in
+one place (:func:`_handlers`): ``Unprocessable`` / ``InvalidInput`` -> 422, ``JobNotFound``
+-> 404 ``NOT_FOUND``, Redis, broker or S3 trouble -> 503 (never a stack trace, never a secret).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway import fal_routes, limits_routes, rest_routes
+from gateway.auth import ApiKeys, AuthMiddleware
+from gateway.config import GatewaySettings
+from gateway.core import Gateway, RequestIdMiddleware, Unprocessable, json_response
+from gateway.hooks import HookDispatcher
+from gateway.openapi import build_document
+from gateway.proxy import FalProxyMiddleware
+from gateway.views import validation_detail
+from gateway.webhooks import fal_webhook
+from producers.client import Falq
+from shared.errors import InvalidInput, JobNotFound, StorageError, StorageTransientError
+from shared.settings import Settings
+from shared.webhooks import WebhookVerifier, settings_jwks_url
+
+log = logging.getLogger("falq.gateway")
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(200, build_document())
+
+
+def _handlers() -> dict[Any, Any]:
+    async def unprocessable(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Unprocessable)
+        return json_response(422, {"detail": exc.detail})
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, InvalidInput)
+        return json_response(422, {"detail": validation_detail(exc)})
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        job_id = request.path_params.get("job_id")
+        return json_response(404, {"status": "NOT_FOUND", "detail": str(exc)}, job_id)
+
+    async def unavailable(request: Request, exc: Exception) -> Response:
+        log.warning("%s %s: backend unavailable (%s)", request.method, request.url.path, type(exc).__name__)
+        return json_response(503, {"detail": f"falq is temporarily unavailable ({type(exc).__name__})"},
+                             headers={"retry-after": "1"})
+
+    return {Unprocessable: unprocessable, InvalidInput: invalid, JobNotFound: not_found,
+            redis.RedisError: unavailable, OperationalError: unavailable, StorageTransientError: unavailable,
+            StorageError: unavailable}
+
+
+def routes() -> list[Route]:
+    r, lim = rest_routes, limits_routes
+    return [
+        Route("/healthz", r.healthz, methods=["GET"]),
+        Route("/readyz", r.readyz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/_falq/fal-webhook", fal_webhook, methods=["POST"]),
+        Route("/v1/jobs", r.list_jobs, methods=["GET"]),
+        Route("/v1/jobs", r.create_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}", r.get_job, methods=["GET"]),
+        Route("/v1/jobs/{job_id}/cancel", r.cancel_job, methods=["POST"]),
+        Route("/v1/jobs/{job_id}/retry", r.retry_job, methods=["POST"]),
+        Route("/v1/bulk", r.bulk, methods=["POST"]),
+        Route("/v1/retry-failed", r.retry_failed, methods=["POST"]),
+        Route("/v1/limits", lim.get_limits, methods=["GET"]),
+        Route("/v1/limits", lim.put_limits, methods=["PUT"]),
+        Route("/v1/budget", lim.get_budget, methods=["GET"]),
+        Route("/v1/budget", lim.put_budget, methods=["PUT"]),
+        Route("/{path:path}", fal_routes.queue_call, methods=["GET", "POST", "PUT"]),
+    ]
+
+
+def create_app(
+    settings: Settings | None = None,
+    gsettings: GatewaySettings | None = None,
+    *,
+    unauthenticated: bool = False,
+    falq: Falq | None = None,
+    verifier: WebhookVerifier | None = None,
+    dispatch_hooks: bool = True,
+) -> Starlette:
+    """Build the gateway.
+
+    Parameters:
+        settings: falq's settings (default: from the environment).
+        gsettings: the gateway's settings; API keys come from ``gsettings.api_keys``.
+        unauthenticated: serve without API keys (refused otherwise when none are configured).
+        falq: a producer client to reuse.
+        verifier: the fal webhook verifier (default: fal's JWKS or ``FALQ_FAL_JWKS_URL``).
+        dispatch_hooks: run the ``fal_webhook`` delivery task in this process.
+
+    Raises :class:`gateway.config.GatewayConfigError` when no key is configured and
+    ``unauthenticated`` is false. ``app.state.gateway`` is the :class:`Gateway`.
+    """
+    settings = settings or Settings()
+    gsettings = gsettings or GatewaySettings()
+    keys = ApiKeys(None if unauthenticated else gsettings.key_list())
+    gw = Gateway(settings, gsettings, falq=falq)
+    hooks = HookDispatcher(gw)
+    jwks = gsettings.fal_jwks_url or settings_jwks_url(settings)
+    verifier = verifier or WebhookVerifier(gw.store.r, jwks_url=jwks, prefix=settings.key_prefix)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(hooks.run(stop)) if dispatch_hooks else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, 5)
+            await hooks.aclose()
+
+    app = Starlette(
+        routes=routes(),
+        lifespan=lifespan,
+        exception_handlers=_handlers(),
+        middleware=[Middleware(RequestIdMiddleware), Middleware(AuthMiddleware, keys=keys),
+                    Middleware(FalProxyMiddleware)],
+    )
+    app.state.gateway = gw
+    app.state.hooks = hooks
+    app.state.verifier = verifier
+    return app

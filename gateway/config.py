@@ -1,0 +1,49 @@
+"""The gateway's own settings (``FALQ_API_KEYS`` ...), read like every other falq setting.
+
+They live here rather than in :mod:`shared.settings` because only ``falq api`` reads them;
+everything else (Redis, S3, limits, the callback secret) comes from the shared
+:class:`~shared.settings.Settings`.
+
+| Variable | Default | Meaning |
+|---|---|---|
+| ``FALQ_API_KEYS`` | unset | comma-separated falq API keys callers present as ``Authorization: Key <k>`` |
+| ``FALQ_GATEWAY_PUBLIC_URL`` | unset | base URL put into ``status_url`` etc. (default: the request's own) |
+| ``FALQ_FAL_JWKS_URL`` | fal's JWKS | public keys of fal's webhook signatures (the receiver) |
+| ``FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE`` | ``false`` | let ``fal_webhook`` target private/loopback hosts (tests) |
+| ``FALQ_GATEWAY_HOOK_POLL_S`` | ``0.5`` | how often finished jobs are checked for pending ``fal_webhook`` deliveries |
+
+Example::
+
+    >>> GatewaySettings(api_keys="k1, k2").key_list()
+    ['k1', 'k2']
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import PermanentError
+
+
+class GatewayConfigError(PermanentError):
+    """The gateway cannot start as configured (e.g. no API keys and not ``--unauthenticated``)."""
+
+    kind = "gateway_config"
+
+
+class GatewaySettings(BaseSettings):
+    """Settings only the HTTP gateway reads. Secrets print as ``**********``."""
+
+    model_config = SettingsConfigDict(env_prefix="FALQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    api_keys: SecretStr | None = None
+    gateway_public_url: str | None = None
+    fal_jwks_url: str | None = None
+    gateway_webhook_allow_private: bool = False
+    gateway_hook_poll_s: float = Field(0.5, gt=0, le=60)
+
+    def key_list(self) -> list[str]:
+        """The configured API keys (empty entries dropped)."""
+        raw = self.api_keys.get_secret_value() if self.api_keys else ""
+        return [k.strip() for k in raw.split(",") if k.strip()]

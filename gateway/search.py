@@ -1,0 +1,131 @@
+"""Job listing and search for ``GET /v1/jobs``: by state, time window and metadata.
+
+Redis keeps two kinds of index (:mod:`shared.jobstore`): ``{p}:created`` (every job by
+creation time) and ``{p}:state:{state}`` (by last update). A search walks the right index
+newest first, in pages, and keeps the records whose metadata matches. Metadata is not
+indexed, so a walk stops after :data:`SCAN_CAP` records and says so (``truncated``);
+``next_until`` continues a listing where the last page ended.
+
+Example::
+
+    q = JobQuery(state="completed", metadata={"batch": "b7"}, limit=50)
+    page = search(store, q)        # {"jobs": [...], "count": n, "truncated": False, "next_until": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.errors import FieldError, InvalidInput
+from shared.jobstore import JobStore
+from shared.records import STATES, JobRecord
+
+SCAN_CAP = 20_000
+PAGE = 500
+MAX_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """A parsed listing request. ``since`` is inclusive, ``until`` exclusive (epoch seconds)."""
+
+    state: str | None = None
+    since: float | None = None
+    until: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    endpoint: str | None = None
+    limit: int = 100
+
+
+def parse_query(params: dict[str, str] | Any) -> JobQuery:
+    """Build a :class:`JobQuery` from query parameters; raise :class:`InvalidInput` listing every problem.
+
+    ``since``/``until`` accept epoch seconds, ISO date-times (UTC unless they say) or durations
+    ago (``30s``, ``10m``, ``2h``, ``1d``); ``metadata.KEY=VALUE`` filters on metadata.
+    """
+    errors: list[FieldError] = []
+    state = params.get("state") or None
+    if state is not None and state not in STATES:
+        errors.append(FieldError("state", f"must be one of {', '.join(STATES)}"))
+    since = _time(params.get("since"), "since", errors)
+    until = _time(params.get("until"), "until", errors)
+    limit = 100
+    raw_limit = params.get("limit")
+    if raw_limit is not None:
+        if raw_limit.strip().isdigit() and 1 <= int(raw_limit) <= MAX_LIMIT:
+            limit = int(raw_limit)
+        else:
+            errors.append(FieldError("limit", f"must be an integer from 1 to {MAX_LIMIT}"))
+    meta = {k.removeprefix("metadata."): v for k, v in params.items() if k.startswith("metadata.")}
+    if any(not k for k in meta):
+        errors.append(FieldError("metadata", "use metadata.KEY=VALUE"))
+    if errors:
+        raise InvalidInput(errors)
+    return JobQuery(state=state, since=since, until=until, metadata=meta, endpoint=params.get("endpoint") or None,
+                    limit=limit)
+
+
+def _time(text: str | None, name: str, errors: list[FieldError]) -> float | None:
+    if text is None or not text.strip():
+        return None
+    from producers.cli_output import parse_since
+
+    try:
+        value = parse_since(text)
+    except (InvalidInput, OverflowError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        errors.append(FieldError(name, "must be epoch seconds, an ISO date/time or a duration (30s, 10m, 2h, 1d)"))
+        return None
+    return value
+
+
+def matches(rec: JobRecord, q: JobQuery) -> bool:
+    """Whether ``rec`` passes the query's endpoint and metadata filters."""
+    if q.endpoint is not None and rec.endpoint != q.endpoint:
+        return False
+    for key, want in q.metadata.items():
+        if key not in rec.metadata:
+            return False
+        have = rec.metadata[key]
+        if not (str(have) == want or json.dumps(have, separators=(",", ":")) == want):
+            return False
+    return True
+
+
+def search(store: JobStore, q: JobQuery) -> dict[str, Any]:
+    """One page of matching records, newest first (see module docs for the fields)."""
+    index = f"{store.prefix}:state:{q.state}" if q.state else f"{store.prefix}:created"
+    hi: str | float = f"({q.until!r}" if q.until is not None else "+inf"
+    lo: str | float = q.since if q.since is not None else "-inf"
+    found: list[JobRecord] = []
+    scanned, offset, last_score, more = 0, 0, None, True
+    while len(found) < q.limit and scanned < SCAN_CAP:
+        rows = store.r.zrevrangebyscore(index, hi, lo, start=offset, num=PAGE, withscores=True)
+        if not rows:
+            more = False
+            break
+        offset += len(rows)
+        ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in rows]
+        consumed_all = True
+        for i, ((_, score), rec) in enumerate(zip(rows, store.get_many(ids), strict=True)):
+            scanned += 1
+            last_score = float(score)
+            if rec is not None and matches(rec, q):
+                found.append(rec)
+                if len(found) >= q.limit:
+                    consumed_all = i == len(rows) - 1
+                    break
+        if len(rows) < PAGE and consumed_all:
+            more = False
+            break
+    return {
+        "jobs": [r.public() for r in found],
+        "count": len(found),
+        "scanned": scanned,
+        "truncated": more and len(found) < q.limit,
+        "next_until": last_score if more else None,
+    }

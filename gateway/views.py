@@ -1,0 +1,145 @@
+"""falq's job records as fal's queue protocol shows them: status bodies, results, errors.
+
+Pure functions (no I/O), so the mapping is easy to test and read in one place:
+
+========================================  ==============  =====================================
+falq state                                fal status      extra
+========================================  ==============  =====================================
+queued, submitting, in_queue              ``IN_QUEUE``    ``queue_position``
+in_progress, mirroring                    ``IN_PROGRESS`` ``logs`` (the record's logs tail)
+completed                                 ``COMPLETED``   ``metrics.inference_time``
+failed, cancelled                         ``COMPLETED``   ``error``, ``error_type``
+========================================  ==============  =====================================
+
+A failed or cancelled job's *result* answers with an error status as fal's does: 422 for
+validation failures, 499 when cancelled, 504 past the deadline, 503 when every attempt
+failed transiently, 500 otherwise -- always with ``detail`` and ``X-Fal-Error-Type``.
+
+Example::
+
+    status_body(rec, urls, position=3, with_logs=False)
+    # {'status': 'IN_QUEUE', 'request_id': ..., 'queue_position': 3, 'logs': None, ...}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shared.endpoints import ENDPOINTS
+from shared.errors import FieldError, InvalidInput
+from shared.records import JobRecord
+
+IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
+FAL_STATUS = {
+    "queued": IN_QUEUE, "submitting": IN_QUEUE, "in_queue": IN_QUEUE,
+    "in_progress": IN_PROGRESS, "mirroring": IN_PROGRESS,
+    "completed": COMPLETED, "failed": COMPLETED, "cancelled": COMPLETED,
+}
+APPS = frozenset(e.app for e in ENDPOINTS.values())
+_HTTP_422 = re.compile(r"\(422\)|answered 422|status code:? 422")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a failed or cancelled job answers on fal's result route."""
+
+    status_code: int
+    error_type: str
+    message: str
+    detail: Any
+
+
+def app_of(endpoint: str) -> str:
+    """``owner/app`` of an endpoint id: the base of its status, result and cancel URLs."""
+    return "/".join(endpoint.split("/")[:2])
+
+
+def queue_urls(base: str, rec: JobRecord) -> dict[str, str]:
+    """``status_url``, ``response_url`` and ``cancel_url`` of a job, pointing at the gateway."""
+    root = f"{base}/{app_of(rec.endpoint)}/requests/{rec.id}"
+    return {"response_url": root, "status_url": f"{root}/status", "cancel_url": f"{root}/cancel"}
+
+
+def log_entries(rec: JobRecord) -> list[dict[str, str]]:
+    """The record's logs tail as fal log objects (the line's own time is not kept: the record's is used)."""
+    stamp = dt.datetime.fromtimestamp(rec.updated_at, dt.UTC).isoformat()
+    return [{"message": line, "level": "INFO", "source": "USER", "timestamp": stamp} for line in rec.logs]
+
+
+def failure(rec: JobRecord) -> Failure | None:
+    """The error a finished-but-unsuccessful job reports, or None when it did not fail."""
+    if rec.state == "cancelled":
+        return Failure(499, "client_cancelled", "Request was cancelled", "Request was cancelled")
+    if rec.state != "failed":
+        return None
+    err = rec.error
+    kind, message = (err.type, err.message) if err else ("internal_error", "the job failed")
+    if kind == "invalid_input" or _HTTP_422.search(message):
+        return Failure(422, "validation_error", message,
+                       [{"loc": ["body"], "msg": message, "type": "value_error"}])
+    if kind == "deadline_exceeded":
+        return Failure(504, "request_timeout", message, message)
+    if kind == "attempts_exhausted" or (err is not None and err.retryable):
+        return Failure(503, "runner_scheduling_failure", message, message)
+    return Failure(500, kind if kind != "permanent" else "internal_error", message, message)
+
+
+def status_body(rec: JobRecord, urls: dict[str, str], *, position: int, with_logs: bool) -> dict[str, Any]:
+    """fal's status object for a job (what ``GET .../status`` and each SSE frame carry)."""
+    status = FAL_STATUS[rec.state]
+    body: dict[str, Any] = {"status": status, "request_id": rec.id, **urls,
+                            "logs": log_entries(rec) if with_logs else None}
+    if status == IN_QUEUE:
+        body["queue_position"] = position
+    if status == COMPLETED:
+        body["metrics"] = {"inference_time": rec.inference_time} if rec.inference_time is not None else {}
+        fail = failure(rec)
+        if fail is not None:
+            body["error"] = fail.message
+            body["error_type"] = fail.error_type
+    return body
+
+
+def result_body(rec: JobRecord, presign: Callable[[str], str]) -> dict[str, Any]:
+    """fal's output shape for a completed job, image URLs replaced by presigned S3 URLs.
+
+    Each image also carries ``s3`` (bucket, key, sha256) so callers can address the copy
+    directly. ``presign`` turns an object key into a GET URL.
+    """
+    images = [{
+        "url": presign(img.key),
+        "content_type": img.content_type,
+        "file_name": posixpath.basename(img.key),
+        "file_size": img.size,
+        "width": img.width,
+        "height": img.height,
+        "s3": {"bucket": img.bucket, "key": img.key, "sha256": img.sha256},
+    } for img in sorted(rec.outputs, key=lambda i: i.index)]
+    return {"images": images, "seed": rec.seed}
+
+
+def error_result(fail: Failure) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """``(status, body, headers)`` of the result route for a failed job."""
+    headers = {"x-fal-error-type": fail.error_type}
+    if fail.status_code == 422:
+        headers["x-fal-retryable"] = "false"
+        return 422, {"detail": fail.detail}, headers
+    return fail.status_code, {"detail": fail.detail, "error_type": fail.error_type}, headers
+
+
+def validation_detail(exc: InvalidInput, root: str = "body") -> list[dict[str, Any]]:
+    """fal's 422 ``detail`` entries (``loc``, ``msg``, ``type``) for falq's field errors."""
+    return [_entry(err, [root]) for err in exc.errors]
+
+
+def _entry(err: FieldError, loc: list[str | int]) -> dict[str, Any]:
+    loc = list(loc)
+    for part in err.field.split(".") if err.field and err.field != "input" else []:
+        loc.append(int(part) if part.isdigit() else part)
+    kind = "missing" if err.message == "is required" else "value_error"
+    return {"loc": loc, "msg": err.message, "type": kind}

@@ -1,0 +1,69 @@
+"""Reference 2, what a user writes without falq: fal's official ``fal-client``, one asyncio
+process, an ``asyncio.Semaphore`` for concurrency; no durability, no S3 copy, no limits.
+
+Run by the harness in its own process (so its CPU does not compete inside the harness)::
+
+    python -m ops.bench.falclient_script --url EMULATOR --n 500 --concurrency 200 --out r.json
+
+``fal_client`` is pointed at the emulator through its module globals, as
+``tests/test_emulator_clients.py`` does, and otherwise runs unchanged (``subscribe``, which
+polls the status every 0.1 s). ``--sequential`` runs one job at a time (latency). The JSON
+written has the wall time, this process' CPU seconds, and per request its id and the
+epoch time its result was in hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
+
+
+async def _run(n: int, concurrency: int, sequential: bool, payload: dict[str, Any]) -> list[dict[str, Any]]:
+    import fal_client
+
+    client = fal_client.AsyncClient(key=os.environ.get("FAL_KEY"))
+    sem = asyncio.Semaphore(1 if sequential else concurrency)
+    out: list[dict[str, Any]] = []
+
+    async def one(i: int) -> None:
+        async with sem:
+            t0 = time.time()
+            handle = await client.submit(ENDPOINT, {**payload, "prompt": f"fal-client {i}", "seed": i})
+            await handle.get()
+            out.append({"request_id": handle.request_id, "started": t0, "done_at": time.time()})
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ops.bench.falclient_script", description=__doc__)
+    p.add_argument("--url", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--concurrency", type=int, default=100)
+    p.add_argument("--sequential", action="store_true")
+    p.add_argument("--payload", default="{}", help="extra input fields (JSON)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+
+    import fal_client.client as fal_client_module
+
+    fal_client_module.QUEUE_URL_FORMAT = f"{a.url}/"  # type: ignore[attr-defined]
+    fal_client_module.REST_URL = a.url  # type: ignore[attr-defined]
+    fal_client_module.CDN_URL = a.url  # type: ignore[attr-defined]
+    t0, c0 = time.monotonic(), time.process_time()
+    results = asyncio.run(_run(a.n, a.concurrency, a.sequential, json.loads(a.payload)))
+    doc = {"elapsed_s": time.monotonic() - t0, "cpu_s": time.process_time() - c0, "results": results}
+    with open(a.out, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,16 @@
+"""One module per scenario; each has ``NAME`` and ``run(h: Harness) -> list[Row]``.
+
+:data:`SCENARIOS` is the order of a full run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+
+from ops.bench.harness import Harness
+from ops.bench.model import Row
+from ops.bench.scenarios import cost, enqueue, inflight, limiter, mirror, overhead, saturation
+
+_MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost]
+SCENARIOS: dict[str, Callable[[Harness], list[Row]]] = {m.NAME: m.run for m in _MODULES}
