@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     retry_max_s: float = 60.0
     poll_min_s: float = 0.5
     poll_max_s: float = 5.0
+    #: Public URL of the gateway's ``/_falq/fal-webhook``: fal pushes completions there and
+    #: workers wait for them instead of following each request (unset: always follow).
+    fal_webhook_url: str | None = None
+    #: How long after submit a worker waits for fal's webhook before following the request.
+    fal_webhook_wait_s: float = 120.0
     #: Use fal's SSE status stream (falls back to polling when unavailable).
     use_status_stream: bool = True
     #: How local edit images reach fal: ``fal`` (upload to fal storage) or ``data-uri``.

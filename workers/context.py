@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import httpx
 import redis
@@ -18,6 +19,9 @@ from shared.settings import Settings
 from shared.storage import Storage
 from workers.admission import Admission, Unlimited
 from workers.lease import LeaseKeeper
+
+if TYPE_CHECKING:
+    from workers.falhooks import FalHookWaiter
 from workers.middleware import Middleware
 
 log = logging.getLogger("falq.worker")
@@ -76,6 +80,12 @@ class WorkerContext:
                 max_connections=max(100, self.settings.worker_concurrency), max_keepalive_connections=64
             ),
         )
+
+    @cached_property
+    def falhooks(self) -> FalHookWaiter:
+        from workers.falhooks import FalHookWaiter
+
+        return FalHookWaiter(self.redis, prefix=self.settings.key_prefix)
 
     @cached_property
     def storage(self) -> Storage:

@@ -150,7 +150,8 @@ class FollowPhase(StepBase):
             self.commit(lambda r: r.add_error(exc))
 
         try:
-            result = Follower(self.ctx.fal, self.s, on_error=on_error).follow(
+            pushed = self._await_webhook() if self.s.fal_webhook_url else None
+            result = pushed or Follower(self.ctx.fal, self.s, on_error=on_error).follow(
                 self.rec.status_url, should_stop=self.stop_reason, on_status=on_status
             )
         except PermanentError as exc:
@@ -178,6 +179,26 @@ class FollowPhase(StepBase):
             r.move("mirroring")
 
         self.commit(completed)
+        return None
+
+    def _await_webhook(self) -> Status | str | None:
+        """fal's pushed completion (see :mod:`workers.falhooks`), a stop reason, or None once
+        ``FALQ_FAL_WEBHOOK_WAIT_S`` passed without one (the request is then followed)."""
+        request_id = self.rec.request_id
+        assert request_id
+        until = (self.rec.submitted_at or time.time()) + self.s.fal_webhook_wait_s
+        while time.time() < until:
+            reason = self.stop_reason()
+            if reason:
+                return reason
+            doc = self.ctx.falhooks.wait(request_id, timeout=min(1.0, max(0.05, until - time.time())))
+            if doc is not None:
+                if doc["status"] == "OK":
+                    return Status("COMPLETED")
+                error = str(doc.get("error") or "fal reported an error")
+                detail = doc.get("payload")
+                error_type = detail.get("error_type") if isinstance(detail, dict) else None
+                return Status("COMPLETED", error=error, error_type=error_type)
         return None
 
     def _failure_detail(self, status: Status) -> FalqError:

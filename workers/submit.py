@@ -66,7 +66,8 @@ class SubmitPhase(StepBase):
         headers = {"X-Falq-Job-Id": self.rec.id, "X-Falq-Attempt": str(attempt)}
         self.ctx.admission.sending(self.rec)
         try:
-            sub = self.ctx.fal.submit(self.rec.endpoint, self.rec.input, headers=headers)
+            sub = self.ctx.fal.submit(self.rec.endpoint, self.rec.input, headers=headers,
+                                     webhook_url=self.s.fal_webhook_url)
         except RetryableError as exc:
             self.ctx.admission.release(self.rec)
             self.commit(_requeue_with(exc))
