@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import redis
+from pydantic import ValidationError
 
 from shared.errors import JobNotFound
 from shared.records import STATES, TERMINAL, JobRecord
@@ -153,7 +154,11 @@ class JobStore:
         raw = self.r.hmget(self.job_key(job_id), "doc", "version")
         if raw[0] is None:
             raise JobNotFound(f"no job with id {job_id!r} (never enqueued, or its record expired)")
-        rec = JobRecord.model_validate_json(raw[0])
+        try:
+            rec = JobRecord.model_validate_json(raw[0])
+        except ValidationError:
+            # A record that no longer parses cannot be run; treat it as gone rather than loop on it.
+            raise JobNotFound(f"job {job_id!r} has a corrupt record") from None
         rec.version = int(raw[1] or 0)
         return rec
 

@@ -159,8 +159,22 @@ class Settings(BaseSettings):
         return f"...{key[-4:]}" if key and len(key) > 8 else "(unset)" if not key else "...(short)"
 
     def redacted(self) -> dict[str, Any]:
-        """Settings as a dict with secrets masked (for ``falq config`` and logs)."""
-        return self.model_dump(mode="json")
+        """Settings as a dict with secrets masked, URL passwords included (for logs and CLIs)."""
+        data = self.model_dump(mode="json")
+        for name in ("redis_url", "broker_url"):
+            if isinstance(data.get(name), str):
+                data[name] = mask_url_password(data[name])
+        return data
+
+
+def mask_url_password(url: str) -> str:
+    """``redis://user:secret@host/0`` -> ``redis://user:****@host/0``."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in creds:
+        return url
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{host}"
 
 
 @lru_cache(maxsize=1)

@@ -158,6 +158,7 @@ def test_record_deleted_under_a_running_job(clean_stack: DevStack, falq: Any) ->
     worker = clean_stack.start_worker(concurrency=5, loglevel="INFO")
     job = falq.generate("deleted while it runs")
     wait_for(lambda: job.status() == "in_progress", 30, what="job in progress at fal")
+    request_id = job.record().request_id
     r = redis.Redis.from_url(clean_stack.redis.url)
     key = f"falq:job:{job.id}"
     assert r.delete(key) == 1
@@ -168,6 +169,9 @@ def test_record_deleted_under_a_running_job(clean_stack: DevStack, falq: Any) ->
     assert not r.exists(key), "the deleted record was recreated"
     assert worker.poll() is None
     assert "crashed" not in logs()
+    # nobody wants the result any more: the request was cancelled at fal, not left to be billed
+    fal_side = {x["request_id"]: x for x in clean_stack.emu.requests()["requests"]}[request_id]
+    assert fal_side["cancelled"] is True
     wait_for(lambda: _queues_drained(r), 15, what="the deleted job's message acked, not re-published")
     # the next job runs normally
     clean_stack.emu.configure(latency="fixed:0.2")

@@ -66,6 +66,7 @@ class LeaseKeeper:
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._held: dict[str, str] = {}
         self._cancelled: set[str] = set()
+        self._deleted: set[str] = set()
         self._lock = threading.Lock()
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
@@ -89,6 +90,7 @@ class LeaseKeeper:
         with self._lock:
             self._held.pop(lease.job_id, None)
             self._cancelled.discard(lease.job_id)
+            self._deleted.discard(lease.job_id)
         try:
             self._release(keys=[self.key(lease.job_id)], args=[lease.token])
         except redis.RedisError:
@@ -101,6 +103,10 @@ class LeaseKeeper:
     def cancel_seen(self, job_id: str) -> bool:
         """True once the keeper saw a cancel request for this job (no Redis call)."""
         return job_id in self._cancelled
+
+    def deleted_seen(self, job_id: str) -> bool:
+        """True once the keeper saw the job's record gone (deleted under a running job)."""
+        return job_id in self._deleted
 
     def holder(self, job_id: str) -> str | None:
         raw = self.r.get(self.key(job_id))
@@ -127,12 +133,15 @@ class LeaseKeeper:
             )
         for j in ids:
             pipe.exists(f"{self.prefix}:cancel:{j}")
+            pipe.exists(f"{self.prefix}:job:{j}")
         results = pipe.execute()
-        flags = results[-len(ids):]
+        flags = results[-2 * len(ids):]
         with self._lock:
-            for j, flag in zip(ids, flags, strict=True):
-                if flag:
+            for i, j in enumerate(ids):
+                if flags[2 * i]:
                     self._cancelled.add(j)
+                if not flags[2 * i + 1]:
+                    self._deleted.add(j)
 
     def _loop(self) -> None:
         interval = self.ttl_ms / 3000

@@ -76,6 +76,11 @@ class _Step(SubmitPhase, FollowPhase, MirrorPhase):
             return self._loop()
         except Stop:
             return DONE
+        except JobNotFound:
+            # The record was deleted under us: nobody wants this result any more, so stop
+            # paying for it at fal before dropping the job.
+            self._cancel_at_fal()
+            raise
 
     def _loop(self) -> Outcome:
         if self.ctx.store.cancel_requested(self.rec.id) or self.rec.cancel_requested:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.errors import DeadlineExceeded, FalAccountLocked, FalqError, FalRequestFailedTransient
+from shared.errors import DeadlineExceeded, FalAccountLocked, FalqError, FalRequestFailedTransient, JobNotFound
 from shared.jobstore import Conflict
 from shared.records import AT_FAL, JobRecord
 from shared.settings import Settings
@@ -89,6 +89,8 @@ class StepBase:
     def stop_reason(self) -> str | None:
         if self.ctx.leases.cancel_seen(self.rec.id):
             return "cancel"
+        if self.ctx.leases.deleted_seen(self.rec.id):
+            raise JobNotFound(f"job {self.rec.id} was deleted while it ran")
         if self.ctx.shutting_down.is_set():
             return "shutdown"
         if not self.ctx.leases.still_held(self.lease):

@@ -27,6 +27,11 @@ from ops.stack import ROOT, DevStack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+#: falq's production defaults where the DevStack (a test bed) shortens them. A step is capped
+#: at half the visibility timeout; the test bed's 30 s would end steps following a 5-15 s
+#: request at fal and re-publish them, which is not how falq runs in production.
+PRODUCTION_ENV = {"FALQ_VISIBILITY_TIMEOUT_S": "600", "FALQ_LEASE_TTL_S": "20"}
+
 #: A fast, fault-free emulator; scenarios override what they measure.
 BASELINE_EMULATOR: dict[str, Any] = {
     "latency": "0", "concurrency": 0, "log_steps": 0, "tiny_images": True, "fail_5xx": 0.0, "fail_429": 0.0,
@@ -92,6 +97,7 @@ class Harness:
         self.stack = stack
         self.quick = quick
         self.sizes = dict(sizes or {})
+        self.production = dict(PRODUCTION_ENV)
         self.redis = redis.Redis.from_url(stack.redis.url)
         self.others: list[subprocess.Popen[bytes]] = []
         self._falq: Any = None
@@ -127,12 +133,12 @@ class Harness:
         if self._falq is None:
             from producers import Falq
 
-            self._falq = Falq(self.stack.settings())
+            self._falq = Falq(self.stack.settings(**self.production))
         return self._falq
 
     def env(self, **extra: str) -> dict[str, str]:
         """The full environment of a child process on this stack."""
-        return {**os.environ, **self.stack.env(**extra), "PYTHONUNBUFFERED": "1",
+        return {**os.environ, **self.stack.env(**{**self.production, **extra}), "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
     def start_falq_workers(self, n: int, concurrency: int, env: dict[str, str] | None = None,
