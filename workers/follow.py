@@ -179,6 +179,7 @@ class FollowPhase(StepBase):
             r.move("mirroring")
 
         self.commit(completed)
+        self.fresh_mirror = True
         return None
 
     def _await_webhook(self) -> Status | str | None:

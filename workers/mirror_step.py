@@ -13,7 +13,8 @@ from workers.mirror import mirror_image
 from workers.step import DONE, Outcome, StepBase, _note
 
 
-def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord) -> tuple[GenerateOutput, list[StoredImage]]:
+def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
+                       first_try: bool = False) -> tuple[GenerateOutput, list[StoredImage]]:
     """Fetch the result of ``rec``'s request and mirror every image; idempotent.
 
     The result is fetched again on every try rather than stored: with ``sync_mode`` it
@@ -45,6 +46,7 @@ def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord) -> tuple[GenerateOutp
                 request_id=rec.request_id,
                 index=index,
                 expected_format=fmt,
+                check_existing=not first_try,
             )
         )
     return output, stored
@@ -55,8 +57,9 @@ class MirrorPhase(StepBase):
 
     def _mirror(self) -> Outcome | None:
         try:
-            output, images = mirror_outputs_for(self.ctx, self.rec)
+            output, images = mirror_outputs_for(self.ctx, self.rec, first_try=self.fresh_mirror)
         except RetryableError as exc:
+            self.fresh_mirror = False
             if isinstance(exc, FalRequestFailedTransient):
                 return self._failed_attempt(exc)
             self.commit(_note(exc))

@@ -58,6 +58,8 @@ class StepBase:
         self.rec = rec
         self.lease = lease
         self.ends_at = time.monotonic() + self.s.visibility_timeout_s / 2
+        #: True when this step itself moved the job into ``mirroring`` (no copy can exist yet).
+        self.fresh_mirror = False
 
     # --- persistence ----------------------------------------------------------------------------
     def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False) -> None:
