@@ -19,7 +19,7 @@ install: $(STAMP)
 
 ## make demo: start Redis, S3, the fal emulator and a worker locally; run real jobs; save the images.
 demo: install
-	$(BIN)/python -m ops.demo
+	$(BIN)/python -m ops.demo $(ARGS)
 
 ## make test: lint, type-check and run the whole default suite (starts its own servers).
 test: install lint typecheck

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
     parser.add_argument("--out", default="demo-output", help="where to save the images (default demo-output/)")
     parser.add_argument("--bulk", type=int, default=6, help="how many bulk-lane jobs to add (default 6)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep everything running afterwards, with Flower, until Ctrl-C")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -39,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     from shared.storage import Storage
 
     print("falq demo: starting Redis, S3 (moto), the fal emulator and 2 workers ...", flush=True)
-    with DevStack(emulator={"latency": "uniform:1,3", "concurrency": 4}) as stack:
+    # Realistic limits for a small fal account: 4 slots at fal, a few more outstanding.
+    with DevStack(emulator={"latency": "uniform:1,3", "concurrency": 4},
+                  env={"FALQ_MAX_OUTSTANDING": "6", "FALQ_RATE_PER_S": "10"}) as stack:
         for _ in range(2):
             stack.start_worker(concurrency=50)
         settings = stack.settings()
@@ -90,7 +94,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{done}/{len(records)} jobs completed in {time.monotonic() - t0:.1f}s; "
               f"{saved} images copied from S3 into {out}/")
         print("Open them with any image viewer; each one shows the prompt, endpoint and seed that made it.")
+        print("\nWhat `falq top` shows for this run (jobs/min, states, latency percentiles, spend):")
+        from ops.top import run as top
+
+        top(settings, once=True)
+        if args.keep:
+            _keep_running(stack)
+        else:
+            print("(run `make demo ARGS=--keep` to keep the stack up and look at it in Flower and `falq top`)")
         return 0 if done == len(records) else 1
+
+
+def _keep_running(stack: DevStack) -> None:
+    """Leave the stack up with Flower in front of it until Ctrl-C, printing how to look at it."""
+    import os
+    import secrets
+    import subprocess
+
+    from ops.stack import ROOT, free_port
+
+    password = secrets.token_urlsafe(12)
+    port = free_port()
+    env = {**os.environ, **stack.env(), "FALQ_FLOWER_PASSWORD": password}
+    flower = subprocess.Popen([sys.executable, "-m", "producers", "flower", "--port", str(port)], cwd=ROOT,
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exports = " ".join(f"{k}={v}" for k, v in stack.env().items() if k.startswith(("FALQ_REDIS", "FALQ_KEY")))
+    print(f"\nFlower:     http://127.0.0.1:{port}/tasks   (user falq, password {password})")
+    print(f"falq top:   {exports} .venv/bin/falq top")
+    print("Press Ctrl-C to stop everything.")
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        flower.terminate()
+        flower.wait(10)
 
 
 if __name__ == "__main__":
