@@ -231,10 +231,12 @@ class DevStack:
                 proc.kill()
                 proc.wait(5)
 
-    def stop_workers(self) -> None:
+    def stop_workers(self, *, kill: bool = False) -> None:
+        """Stop every worker: a warm shutdown (SIGTERM), or at once with ``kill`` (tests that
+        throw the whole state away anyway)."""
         for proc in self.workers:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+                proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         deadline = time.monotonic() + 20
         for proc in self.workers:
             try:
