@@ -14,13 +14,8 @@ Example::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
-import socket
 import sys
-import threading
-import time
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -28,6 +23,7 @@ import uvicorn
 
 from emulator.app import create_app
 from emulator.config import EmulatorConfig
+from shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
 
 
 class _QuietDrops(logging.Filter):
@@ -42,33 +38,7 @@ _QUIET = _QuietDrops()
 
 def _uvicorn_config(app: Any, log_level: str) -> uvicorn.Config:
     logging.getLogger("uvicorn.error").addFilter(_QUIET)  # idempotent: same filter object
-    return uvicorn.Config(
-        app,
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
-        access_log=False,
-        log_level=log_level,
-        lifespan="on",
-        timeout_keep_alive=30,
-        timeout_graceful_shutdown=2,
-        backlog=4096,
-    )
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(4096)
-    sock.set_inheritable(True)
-    return sock
-
-
-def _url(host: str, sock: socket.socket) -> str:
-    port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}"
+    return uvicorn_config(app, log_level)
 
 
 def run(
@@ -78,13 +48,13 @@ def run(
     log_level: str = "warning",
 ) -> None:
     """Serve the emulator in the foreground until interrupted; prints the base URL first."""
-    sock = _bind(host, port)
-    print(f"falq fal emulator listening on {_url(host, sock)}", flush=True)
+    sock = bind(host, port)
+    print(f"falq fal emulator listening on {base_url(host, sock)}", flush=True)
     server = uvicorn.Server(_uvicorn_config(create_app(config), log_level))
     server.run(sockets=[sock])
 
 
-class EmulatorServer:
+class EmulatorServer(BackgroundServer):
     """The emulator on a free port in a background thread, for tests and benchmarks.
 
     Parameters:
@@ -115,44 +85,9 @@ class EmulatorServer:
     ) -> None:
         base = config or EmulatorConfig()
         self.config = base.updated(overrides) if overrides else base
-        self.host = host
-        self.port = port
-        self.log_level = log_level
-        self.app = create_app(self.config)
+        super().__init__(create_app(self.config), host=host, port=port, log_level=log_level, name="falq-emulator")
+        logging.getLogger("uvicorn.error").addFilter(_QUIET)  # the drops are on purpose
         self.emulator = self.app.state.emulator
-        self.url = ""
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, timeout_s: float = 10.0) -> EmulatorServer:
-        """Start serving; returns once the server accepts connections."""
-        sock = _bind(self.host, self.port)
-        self.url = _url(self.host, sock)
-        self._server = uvicorn.Server(_uvicorn_config(self.app, self.log_level))
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="falq-emulator", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("emulator failed to start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop serving and wait for the thread."""
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        self._server = self._thread = None
-
-    def __enter__(self) -> EmulatorServer:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
 
     # --- conveniences over the admin routes (thread-safe: they go through HTTP) ---
 

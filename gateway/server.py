@@ -14,21 +14,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import threading
-import time
-from types import TracebackType
 from typing import Any
 
 import uvicorn
 
-# The emulator's socket and uvicorn helpers: one way to bind and serve in the code base.
-from emulator.server import _bind, _url, _uvicorn_config
 from gateway.app import create_app
 from gateway.config import GatewayConfigError, GatewaySettings
+
+# The emulator's socket and uvicorn helpers: one way to bind and serve in the code base.
+from shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
 from shared.settings import Settings
 
 
-class GatewayServer:
+class GatewayServer(BackgroundServer):
     """The gateway on a free port in a background thread (tests, notebooks).
 
     Parameters:
@@ -44,38 +42,8 @@ class GatewayServer:
                  port: int = 0, log_level: str = "warning", **gateway: Any) -> None:
         gs = GatewaySettings(_env_file=None, api_keys=",".join(api_keys) if api_keys else None,  # type: ignore[call-arg]
                              **gateway)
-        self.app = create_app(settings, gs, unauthenticated=api_keys is None)
-        self.host, self.port, self.log_level = host, port, log_level
-        self.url = ""
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, timeout_s: float = 10.0) -> GatewayServer:
-        sock = _bind(self.host, self.port)
-        self.url = _url(self.host, sock)
-        self._server = uvicorn.Server(_uvicorn_config(self.app, self.log_level))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="falq-gateway",
-                                        daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("gateway failed to start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self, timeout_s: float = 10.0) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-        self._server = self._thread = None
-
-    def __enter__(self) -> GatewayServer:
-        return self.start()
-
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+        super().__init__(create_app(settings, gs, unauthenticated=api_keys is None), host=host, port=port,
+                         log_level=log_level, name="falq-gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"falq api: invalid settings: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     try:
-        sock = _bind(args.host, args.port)
+        sock = bind(args.host, args.port)
     except OSError as exc:
         print(f"falq api: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     auth = "unauthenticated" if args.unauthenticated else "API keys required"
-    print(f"falq gateway listening on {_url(args.host, sock)} ({auth})", flush=True)
+    print(f"falq gateway listening on {base_url(args.host, sock)} ({auth})", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(_uvicorn_config(app, args.log_level)).run(sockets=[sock])
+        uvicorn.Server(uvicorn_config(app, args.log_level)).run(sockets=[sock])
     return 0
