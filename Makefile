@@ -1,10 +1,10 @@
 # falq: the two commands a newcomer needs are `make demo` and `make test`.
-PY ?= python3.11
+PY ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit chaos bench bench-quick clean
+.PHONY: install demo test redis-server lint typecheck unit chaos bench bench-quick clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -18,11 +18,20 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 ## make demo: start Redis, S3, the fal emulator and a worker locally; run real jobs; save the images.
-demo: install
+demo: install redis-server
 	$(BIN)/python -m ops.demo $(ARGS)
 
+# The demo and the tests start their own redis-server; on a bare Debian machine (as root) it is
+# installed from Debian's packages, elsewhere the message says what to install.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing redis-server from Debian's packages"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "falq needs redis-server on PATH (Debian: apt-get install redis-server)"; exit 1; fi; }
+
 ## make test: lint, type-check and run the whole default suite (starts its own servers).
-test: install lint typecheck
+test: install redis-server lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
