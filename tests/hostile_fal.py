@@ -22,7 +22,6 @@ import asyncio
 import io
 import json
 import os
-import threading
 import time
 import uuid
 from collections import Counter
@@ -30,13 +29,12 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from emulator.server import _bind, _url, _uvicorn_config
+from shared.asgi import BackgroundServer
 
 HTML = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
 #: Upper bound of any endless body this server sends (the client must stop long before).
@@ -117,8 +115,7 @@ class HostileFal:
             Route("/hostile/requests/{rid}", self.result, methods=["GET"]),
             Route("/{path:path}", self.submit, methods=["POST"]),
         ])
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._server: BackgroundServer | None = None
 
     @property
     def netloc(self) -> str:
@@ -126,26 +123,15 @@ class HostileFal:
 
     # --- lifecycle ------------------------------------------------------------------------
     def start(self) -> HostileFal:
-        sock = _bind("127.0.0.1", 0)
-        self.url = _url("127.0.0.1", sock)
-        self.port = int(sock.getsockname()[1])
-        self._server = uvicorn.Server(_uvicorn_config(self.app, "critical"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="hostile-fal", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("hostile fal failed to start")
-            time.sleep(0.01)
+        self._server = BackgroundServer(self.app, log_level="critical", name="hostile-fal").start()
+        self.url = self._server.url
+        self.port = int(self.url.rsplit(":", 1)[1])
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        self._server = self._thread = None
+            self._server.stop()
+        self._server = None
 
     def __enter__(self) -> HostileFal:
         return self.start()
