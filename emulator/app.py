@@ -11,6 +11,19 @@ Queue routes (``Authorization: Key ...`` required):
 Other routes: ``GET /files/{name}``, ``GET /.well-known/jwks.json``, the storage upload
 routes of :mod:`emulator.storage`, and ``/_emulator/{config,reset,requests,health}``.
 
+Answers that follow the live service (``shared/reference/fal-queue-protocol.md`` §10):
+
+* a locked key's submit: 403 ``{"detail": "User is locked. Reason: Exhausted balance. ..."}``
+  (``locked_status``; 402 is the legacy option), no request id, nothing created;
+* a prompt with ``moderation_submit_marker``: 422 ``content_policy_violation`` at submit,
+  nothing created; a moderated request's result: the same 422 with ``x-fal-request-id``
+  and ``X-Fal-Error-Type: content_policy_violation``;
+* a successful result: 200 with ``x-fal-billable-units`` (images billed); an expired one:
+  404 ``{"detail": "Request result not found or expired"}``;
+* the status stream (``stream_mode="live"``): a ``data:`` event per change carrying only
+  new log entries (the first event: the polled-logs window), ``: ping`` comments every
+  ``stream_heartbeat_s`` in between, closed after COMPLETED.
+
 Example::
 
     app = create_app(EmulatorConfig(latency="0"))   # any ASGI server can serve it
@@ -33,13 +46,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from emulator.config import EmulatorConfig
-from emulator.core import Emulator
-from emulator.faults import FaultMiddleware
+from emulator.core import LOCKED_DETAIL, Emulator
+from emulator.faults import SUBMIT_500_BODY, SUBMIT_500_SCOPE_KEY, FaultMiddleware
 from emulator.state import COMPLETED, IN_QUEUE, RequestRecord
 from shared.endpoints import ENDPOINTS
 
 APPS = {e.app for e in ENDPOINTS.values()}
-LOCKED_DETAIL = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
+__all__ = ["LOCKED_DETAIL", "create_app", "queue_call"]
 
 
 def _json(code: int, body: Any, rid: str | None = None, headers: dict[str, str] | None = None) -> Response:
@@ -117,12 +130,17 @@ async def queue_call(request: Request) -> Response:
 
 
 async def _submit(request: Request, emu: Emulator, endpoint: str, key: str) -> Response:
-    if key in emu.config.locked_keys:
-        emu.stats.rejected_submits["locked"] += 1
-        return _json(402, {"detail": LOCKED_DETAIL})
     body = await request.body()
+    refusal = emu.submit_refusal(key, body)
+    if refusal is not None:  # locked account or submit-time moderation: nothing is created
+        return _json(*refusal)
     headers = {k.lower(): v for k, v in request.headers.items()}
     rec = emu.submit(endpoint, body, key, headers, request.query_params.get("fal_webhook"), _base(request, emu))
+    if request.scope.get(SUBMIT_500_SCOPE_KEY):
+        # The ambiguous failure: the request exists and runs, but the answer is a 500 that
+        # names it. fal-client never retries this (fal may have created the request).
+        emu.stats.faults["submit_500_created"] += 1
+        return _json(500, SUBMIT_500_BODY, rec.id)
     position = emu.queue_of(rec).position(rec) if rec.state == IN_QUEUE else 0
     answer: dict[str, Any] = {
         "status": "IN_QUEUE",
@@ -138,11 +156,44 @@ async def _submit(request: Request, emu: Emulator, endpoint: str, key: str) -> R
 
 def _stream(request: Request, emu: Emulator, rec: RequestRecord) -> Response:
     with_logs = _truthy(request.query_params.get("logs"))
+    legacy = emu.config.stream_mode == "legacy"  # fixed for the connection's life
+
+    async def live() -> AsyncIterator[bytes]:
+        """fal's stream: an event per change, new logs only, ``: ping`` while quiet.
+
+        The first event of a connection carries the polled-logs window, so a client that
+        reconnects may see entries again and must deduplicate (by timestamp and message).
+        """
+        sent = 0  # rec.logs[:sent] went out on this connection (or predate its window)
+        last: tuple[str, int | None] | None = None
+        last_sent = time.monotonic()
+        while True:
+            position = emu.queue_of(rec).position(rec) if rec.state == IN_QUEUE else None
+            key = (rec.state, position)
+            new_logs = with_logs and rec.state != IN_QUEUE and len(rec.logs) > sent
+            if last is None or key != last or new_logs:
+                body = emu.status_body(rec, False)
+                if with_logs and rec.state != IN_QUEUE:
+                    body["logs"] = emu.log_window(rec) if last is None else list(rec.logs[sent:])
+                    sent = len(rec.logs)
+                last, last_sent = key, time.monotonic()
+                yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
+                if rec.state == COMPLETED:
+                    return
+            elif time.monotonic() - last_sent >= emu.config.stream_heartbeat_s:
+                last_sent = time.monotonic()
+                yield b": ping\n\n"
+            was_queued = rec.state == IN_QUEUE
+            wait = max(0.005, emu.config.stream_heartbeat_s - (time.monotonic() - last_sent))
+            await emu.wait_change(rec, wait)
+            if was_queued and rec.state == IN_QUEUE:
+                await emu.wait_change(rec, min(0.1, wait))  # coalesce bursts of queue movement
 
     async def frames() -> AsyncIterator[bytes]:
+        """The emulator's old stream: a full frame (all logs) at least every stream_interval_s."""
         last, last_sent = "", 0.0
         while True:
-            text = json.dumps(emu.status_body(rec, with_logs), separators=(",", ":"))
+            text = json.dumps(emu.status_body(rec, with_logs, window=False), separators=(",", ":"))
             now = time.monotonic()
             if text != last or now - last_sent >= emu.config.stream_interval_s:
                 yield f"data: {text}\n\n".encode()
@@ -155,7 +206,7 @@ def _stream(request: Request, emu: Emulator, rec: RequestRecord) -> Response:
                 await emu.wait_change(rec, 0.1)  # coalesce bursts of queue movement
 
     headers = {"x-fal-request-id": rec.id, "cache-control": "no-cache", "x-accel-buffering": "no"}
-    return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(frames() if legacy else live(), media_type="text/event-stream", headers=headers)
 
 
 # --- files and storage ------------------------------------------------------------------

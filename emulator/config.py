@@ -3,6 +3,13 @@
 Every field can be changed at runtime through ``POST /_emulator/config`` (a partial JSON
 update, validated as a whole), so one running emulator can serve a whole chaos run.
 
+The defaults follow the live fal service as far as the public evidence goes (see
+``shared/reference/fal-queue-protocol.md`` section 10): a locked account is a 403, status
+streams stay quiet between changes, polled logs are a moving window, results expire,
+outputs have realistic sizes. The behaviours an older emulator had are kept behind named
+options (``locked_status=402``, ``stream_mode="legacy"``, ``status_logs_window=0``,
+``small_images=True``) for the tests that need them.
+
 Example::
 
     >>> cfg = EmulatorConfig(latency="uniform:1,3", concurrency=2, fail_429=0.1)
@@ -76,18 +83,52 @@ class EmulatorConfig(BaseModel):
     Parameters (all optional):
         latency: inference time distribution (see :func:`parse_latency`), default ``fixed:1``.
         concurrency: max requests IN_PROGRESS per key; 0 means unlimited (fal: 2..40).
-        log_steps: "step i/N" log lines appended while a request is IN_PROGRESS.
+        log_steps: "step i/N" log lines appended while a request is IN_PROGRESS (default
+            12, so that with the "Starting" line a request logs more than
+            ``status_logs_window`` entries and the window is visible).
         accepted_keys: if set, only these keys pass auth (else any non-empty key).
-        locked_keys: keys whose submissions get 402 "User is locked".
+        locked_keys: keys whose submissions are refused as a locked account ("User is
+            locked. Reason: Exhausted balance. ..."); no request is created.
+        locked_status: the status code of that refusal: 403 as the live service answers
+            (default), or 402, what this emulator answered before (legacy).
+        moderation_marker: a prompt containing it (default ``[[moderate]]``) runs and then
+            finishes COMPLETED with ``error_type`` ``content_policy_violation``; its result
+            answers 422 with fal's content-checker body.
+        moderation_submit_marker: a prompt containing it (default ``[[moderate:submit]]``)
+            is refused at submit with that 422 body; no request is created.
+        moderation_rate: per-request rate of that moderation outcome for any prompt, drawn
+            at submit from the fault RNG (default 0).
         fail_5xx / fail_429 / drop / slow: per-call fault rates in [0, 1], applied to the
             call kinds in ``fault_calls``; ``slow`` delays the answer by ``slow_s``.
+        submit_500_created: per-submit rate of the ambiguous failure: the request IS
+            created and runs, but the submit answers 500 ``{"detail": "Internal server
+            error"}`` with its ``x-fal-request-id`` (fal may have created the request).
         completed_error: per-request rate of finishing COMPLETED with ``runner_disconnected``.
         fault_seed: seeds the fault RNG (None: random).
+        fault_calls: the call kinds the per-call faults apply to (default: all).
         retry_after_rate: share of injected 429s that carry ``Retry-After: retry_after_s``.
         fail_5xx_codes: status codes drawn for injected 5xx (nginx-style, no x-fal-request-id).
+        small_images: render the old flat-colour backgrounds (25-55 KB per 1 MP PNG)
+            instead of realistic-size textured ones (about 1.7 MB), for fast tests.
         tiny_images: render at most ``tiny_max_px`` per side (about 1 KB files) for benchmarks.
         render_cache_size: LRU entries of rendered images.
-        stream_interval_s: SSE heartbeat: a frame at least this often while waiting.
+        render_cache_mb: byte bound of that cache in MiB (0: entries only); a realistic
+            1 MP PNG is about 1.7 MB, so 128 entries alone could hold over 200 MB.
+        stream_mode: ``live`` (default): the status stream sends a ``data:`` event only when
+            the state, queue position or logs change, new log entries only, and a ``: ping``
+            comment every ``stream_heartbeat_s`` while nothing changes. ``legacy``: a data
+            frame at least every ``stream_interval_s``, each with every log entry.
+        stream_heartbeat_s: live mode: seconds between ``: ping`` comments (fal: about 15).
+        stream_interval_s: legacy mode: a frame at least this often while waiting.
+        status_logs_window: polled status with ``logs=1`` returns the most recent this many
+            log entries (default 10); 0 returns all of them (legacy).
+        result_retention_s: how long a result stays readable after completion when the
+            submit opted out of payload storage (``X-Fal-Store-IO: 0``) or used
+            ``sync_mode``, for result bodies under 10 KB (fal docs: 1 hour).
+        result_retention_large_s: the same for result bodies of 10 KB or more (fal: 6 min).
+        payload_retention_s: how long results stay readable otherwise, with fal's payload
+            storage on (the default there: 30 days). Expiry is computed at GET time from
+            the current config, so shrinking these on a running emulator expires results.
         webhook_*: delivery attempts, first retry delay (doubles), per-attempt timeout, user id.
         public_url: base URL put in returned URLs (default: the Host the client used).
     """
@@ -96,24 +137,37 @@ class EmulatorConfig(BaseModel):
 
     latency: str = "fixed:1"
     concurrency: int = Field(40, ge=0)
-    log_steps: int = Field(5, ge=0, le=1000)
+    log_steps: int = Field(12, ge=0, le=1000)
     accepted_keys: list[str] | None = None
     locked_keys: list[str] = Field(default_factory=list)
+    locked_status: Literal[402, 403] = 403
+    moderation_marker: str = Field("[[moderate]]", min_length=1)
+    moderation_submit_marker: str = Field("[[moderate:submit]]", min_length=1)
+    moderation_rate: Rate = Field(0.0, ge=0, le=1)
     fail_5xx: Rate = Field(0.0, ge=0, le=1)
     fail_429: Rate = Field(0.0, ge=0, le=1)
     drop: Rate = Field(0.0, ge=0, le=1)
     slow: Rate = Field(0.0, ge=0, le=1)
     slow_s: float = Field(2.0, ge=0)
+    submit_500_created: Rate = Field(0.0, ge=0, le=1)
     completed_error: Rate = Field(0.0, ge=0, le=1)
     fault_seed: int | None = None
     fault_calls: list[CallKind] = Field(default_factory=lambda: list(CALL_KINDS))
     retry_after_rate: Rate = Field(0.5, ge=0, le=1)
     retry_after_s: int = Field(1, ge=0)
     fail_5xx_codes: list[int] = Field(default_factory=lambda: [502, 503, 504])
+    small_images: bool = False
     tiny_images: bool = False
     tiny_max_px: int = Field(64, ge=1, le=512)
     render_cache_size: int = Field(128, ge=0)
+    render_cache_mb: int = Field(256, ge=0)
+    stream_mode: Literal["live", "legacy"] = "live"
+    stream_heartbeat_s: float = Field(15.0, gt=0, le=300)
     stream_interval_s: float = Field(1.0, gt=0, le=30)
+    status_logs_window: int = Field(10, ge=0)
+    result_retention_s: float = Field(3600.0, ge=0)
+    result_retention_large_s: float = Field(360.0, ge=0)
+    payload_retention_s: float = Field(30 * 24 * 3600.0, ge=0)
     webhook_attempts: int = Field(4, ge=1, le=20)
     webhook_retry_delay_s: float = Field(0.5, ge=0)
     webhook_timeout_s: float = Field(15.0, gt=0)

@@ -3,7 +3,13 @@
 Everything is event-driven on the server's asyncio loop: a request waiting in a queue
 costs nothing until a slot frees up, an in-progress request is one task sleeping through
 its sampled latency (appending log lines on the way), and images are rendered in a
-thread pool. Failures finish ``COMPLETED`` with ``error``/``error_type``, as fal does.
+thread pool. Failures finish ``COMPLETED`` with ``error``/``error_type``, as fal does;
+that includes a moderated prompt (``content_policy_violation``, result 422) and a request
+dropped unbilled because no runner started it within ``X-Fal-Request-Timeout``.
+
+Results expire as fal documents (see :meth:`Emulator.result_expired`), and a successful
+result carries ``x-fal-billable-units``. ``X-Fal-Queue-Priority: low`` requests wait
+behind every normal request of the key (:class:`~emulator.state.KeyQueue`).
 
 Example::
 
@@ -24,7 +30,7 @@ import random
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -34,16 +40,48 @@ from emulator.config import EmulatorConfig
 from emulator.faults import FaultInjector
 from emulator.outputs import OutputMaker
 from emulator.render import Renderer
-from emulator.state import COMPLETED, IN_PROGRESS, IN_QUEUE, KeyQueue, RequestRecord, Stats
+from emulator.state import COMPLETED, IN_PROGRESS, IN_QUEUE, Client, KeyQueue, RequestRecord, Stats
 from emulator.storage import FileStore
 from shared.errors import InvalidInput
 from shared.schemas import validate_input
 
+LOCKED_DETAIL = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
 CANCELLED_BODY = {"detail": "Request was cancelled", "error_type": "client_cancelled"}
 DISCONNECTED_BODY = {"detail": "Runner disconnected", "error_type": "runner_disconnected"}
 TIMEOUT_BODY = {"detail": "Request timed out before it started", "error_type": "request_timeout"}
+EXPIRED_BODY = {"detail": "Request result not found or expired"}
 VALIDATION_ERROR_TYPE = "validation_error"
+MODERATION_ERROR_TYPE = "content_policy_violation"
 RECORDED_HEADER_PREFIXES = ("x-falq-", "x-fal-")
+# fal: "If the result is 10 KB or larger, fal keeps it for 6 minutes". Whether fal means
+# 10,000 or 10,240 bytes, and whether it measures the JSON as sent, is not documented; we
+# take the JSON body as the emulator sends it and 10 KiB.
+LARGE_RESULT_BYTES = 10 * 1024
+
+
+def moderation_body(prompt: Any) -> dict[str, Any]:
+    """fal's 422 body for content the checker flagged (shape from fal's error reference).
+
+    The category is fixed: the emulator has no checker, and ``sexual`` is the category the
+    reference shows; clients must not depend on it.
+    """
+    return {
+        "detail": [
+            {
+                "loc": ["body", "prompt"],
+                "msg": "The content was flagged by a content checker.",
+                "type": MODERATION_ERROR_TYPE,
+                "url": "https://docs.fal.ai/errors#content_policy_violation",
+                "input": prompt,
+                "categories": ["sexual"],
+            }
+        ]
+    }
+
+
+def _prompt_of(data: Any) -> str | None:
+    prompt = data.get("prompt") if isinstance(data, dict) else None
+    return prompt if isinstance(prompt, str) else None
 
 
 def key_hash(key: str) -> str:
@@ -51,8 +89,20 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def _log_entry(message: str, level: str = "INFO") -> dict[str, str]:
-    return {"message": message, "level": level, "source": "USER", "timestamp": datetime.now(UTC).isoformat()}
+def _log_entry(message: str, level: str = "INFO", after: str | None = None) -> dict[str, str]:
+    """A fal log entry stamped now, at microsecond precision and strictly after ``after``.
+
+    Clients deduplicate a moving window of logs by (timestamp, message), so two entries of
+    one request must never share a timestamp; ``timespec`` keeps the format fixed (plain
+    ``isoformat`` drops the fraction when it happens to be zero).
+    """
+    now = datetime.now(UTC)
+    if after is not None:
+        previous = datetime.fromisoformat(after)
+        if now <= previous:
+            now = previous + timedelta(microseconds=1)
+    stamp = now.isoformat(timespec="microseconds")
+    return {"message": message, "level": level, "source": "USER", "timestamp": stamp}
 
 
 def _detail_from_invalid(exc: InvalidInput) -> list[dict[str, Any]]:
@@ -76,7 +126,7 @@ class Emulator:
     def __init__(self, config: EmulatorConfig | None = None) -> None:
         self.config = config or EmulatorConfig()
         self.faults = FaultInjector(self.config)
-        self.renderer = Renderer(self.config.render_cache_size)
+        self.renderer = Renderer(self.config.render_cache_size, self.config.render_cache_mb * 2**20)
         self.files = FileStore()
         self.signer = webhooks.WebhookSigner()
         self.executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="emulator-render")
@@ -102,6 +152,7 @@ class Emulator:
         self.config = config
         self.faults.configure(config, reseed=config.fault_seed != old.fault_seed)
         self.renderer.cache_size = config.render_cache_size
+        self.renderer.cache_bytes = config.render_cache_mb * 2**20
         for kh in list(self.queues):
             self._schedule(kh)
 
@@ -137,7 +188,11 @@ class Emulator:
         webhook_url: str | None,
         base_url: str,
     ) -> RequestRecord:
-        """Accept a submission (validation happens later, as on fal) and queue it."""
+        """Accept a submission (validation happens later, as on fal) and queue it.
+
+        Refusals that create no request (locked key, submit-time moderation) are the
+        caller's job: see :meth:`submit_refusal`.
+        """
         rid = str(uuid.uuid4())
         rec = RequestRecord.new(rid, endpoint, key_hash(key))
         rec.key_suffix = key[-4:] if len(key) >= 8 else ""
@@ -154,7 +209,12 @@ class Emulator:
         timeout = headers.get("x-fal-request-timeout")
         with contextlib.suppress(ValueError):
             rec.start_timeout_s = float(timeout) if timeout else None
+        rec.store_io = headers.get("x-fal-store-io", "").strip().lower() not in ("0", "false")
+        rec.sync_mode = isinstance(rec.input, dict) and rec.input.get("sync_mode") is True
         rec.inject_error = self.faults.draw_completed_error()
+        prompt = _prompt_of(rec.input)
+        marked = prompt is not None and self.config.moderation_marker in prompt
+        rec.moderated = marked or self.faults.draw_moderation()
         self.records[rid] = rec
         self.order.append(rec)
         self._times.append(rec.submitted_at)
@@ -166,6 +226,45 @@ class Emulator:
         self._schedule(rec.key_hash)
         return rec
 
+    def submit_refusal(self, key: str, body: bytes) -> tuple[int, dict[str, Any]] | None:
+        """The answer to a submit refused before any request exists, or None to accept it.
+
+        A locked key gets ``locked_status`` (403 live, 402 legacy) with fal's lock text; a
+        prompt with ``moderation_submit_marker`` gets the moderation 422. Neither carries a
+        request id, and neither is billed.
+        """
+        cfg = self.config
+        if key in cfg.locked_keys:
+            self.stats.rejected_submits["locked"] += 1
+            return cfg.locked_status, {"detail": LOCKED_DETAIL}
+        if cfg.moderation_submit_marker.encode() in body:  # cheap pre-check before parsing
+            try:
+                prompt = _prompt_of(json.loads(body))
+            except (ValueError, UnicodeDecodeError):
+                prompt = None
+            if prompt is not None and cfg.moderation_submit_marker in prompt:
+                self.stats.rejected_submits["moderated"] += 1
+                self.stats.moderations["submit"] += 1
+                return 422, moderation_body(prompt)
+        return None
+
+    def note_call(self, rid: str | None, kind: str, client: Client | None) -> None:
+        """Connection accounting: one HTTP call of ``kind`` on request ``rid`` from ``client``.
+
+        ``client`` is the ASGI ``scope["client"]`` (host, port); uvicorn gives one per TCP
+        connection, so the distinct tuples count connections. Faulted calls count too (a
+        client's retries are calls it made); calls on unknown ids (404s, refused submits)
+        only count towards the global connection set.
+        """
+        if client is not None:
+            self.stats.clients.add(client)
+        rec = self.records.get(rid) if rid else None
+        if rec is None:
+            return
+        rec.calls[kind] += 1
+        if client is not None:
+            rec.clients.add(client)
+
     def queue_of(self, rec: RequestRecord) -> KeyQueue:
         q = self.queues.get(rec.key_hash)
         if q is None:
@@ -176,10 +275,24 @@ class Emulator:
         base = f"{rec.base_url}/{rec.app}/requests/{rec.id}"
         return {"response_url": base, "status_url": f"{base}/status", "cancel_url": f"{base}/cancel"}
 
-    def status_body(self, rec: RequestRecord, with_logs: bool) -> dict[str, Any]:
-        """The status JSON as fal sends it (``queue_position`` only while IN_QUEUE)."""
+    def log_window(self, rec: RequestRecord) -> list[dict[str, str]]:
+        """The logs a polled status shows: the most recent ``status_logs_window`` entries.
+
+        fal's polled status returns a moving window of recent logs, not the whole list
+        (fal-ai/fal ``cli/api.py``, commit ``11e50141``); its size there is not documented,
+        10 is our guess. 0 returns every entry (the emulator's old behaviour).
+        """
+        window = self.config.status_logs_window
+        return list(rec.logs[-window:] if window else rec.logs)
+
+    def status_body(self, rec: RequestRecord, with_logs: bool, window: bool = True) -> dict[str, Any]:
+        """The status JSON as fal sends it (``queue_position`` only while IN_QUEUE).
+
+        ``window=False`` puts every log entry in (the legacy stream's frames).
+        """
         body: dict[str, Any] = {"status": rec.state, "request_id": rec.id, **self.urls(rec)}
-        body["logs"] = list(rec.logs) if with_logs and rec.state != IN_QUEUE else None
+        logs = (self.log_window(rec) if window else list(rec.logs)) if with_logs else None
+        body["logs"] = logs if rec.state != IN_QUEUE else None
         if rec.state == IN_QUEUE:
             body["queue_position"] = self.queue_of(rec).position(rec)
         elif rec.state == COMPLETED:
@@ -268,8 +381,19 @@ class Emulator:
             self._log(rec, f"step {i + 1}/{steps}")
         seed = parsed.seed if parsed.seed is not None else self.rng.randint(0, 2**31 - 1)
         rec.seed = seed
+        if rec.moderated:
+            # fal's checker usually judges the generated image, so the request runs its
+            # full time and is then refused; nothing is rendered or billed.
+            remaining = latency - (time.monotonic() - t0)
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            rec.inference_time = round(time.monotonic() - t0, 4)
+            self.stats.moderations["completed"] += 1
+            self._complete(rec, 422, moderation_body(parsed.prompt), "Invalid status code: 422", MODERATION_ERROR_TYPE)
+            return
         tiny = self.config.tiny_max_px if self.config.tiny_images else 0
-        output, notes = await self.outputs.make(parsed, rec.endpoint, rec.base_url, seed=seed, tiny_max_px=tiny)
+        output, notes = await self.outputs.make(parsed, rec.endpoint, rec.base_url, seed=seed, tiny_max_px=tiny,
+                                                small=self.config.small_images)  # fmt: skip
         for note in notes:
             self._log(rec, note, "WARN")
         remaining = latency - (time.monotonic() - t0)
@@ -283,7 +407,7 @@ class Emulator:
         self._complete(rec, 422, body, "Invalid status code: 422", VALIDATION_ERROR_TYPE)
 
     def _log(self, rec: RequestRecord, message: str, level: str = "INFO") -> None:
-        rec.logs.append(_log_entry(message, level))
+        rec.logs.append(_log_entry(message, level, rec.logs[-1]["timestamp"] if rec.logs else None))
         rec.notify()
 
     # --- completion, cancel, result --------------------------------------------------------
@@ -302,8 +426,14 @@ class Emulator:
         rec.result_status, rec.result_body = code, body
         rec.error, rec.error_type = error, error_type
         rec.result_headers = dict(headers or {})
+        rec.result_size = len(json.dumps(body, separators=(",", ":")))
         if error_type:
             rec.result_headers["X-Fal-Error-Type"] = error_type
+        if code == 200:
+            # fal reports what it billed in this header on inference answers (seen in
+            # public code that logs it); for these endpoints a unit is one image.
+            images = body.get("images") if isinstance(body, dict) else None
+            rec.result_headers["x-fal-billable-units"] = str(len(images) if isinstance(images, list) else 1)
         rec.notify()
         if rec.webhook_url:
             ok = code == 200
@@ -349,9 +479,41 @@ class Emulator:
                 rec.task.cancel()
         return 202, {"status": "CANCELLATION_REQUESTED"}
 
+    def retention_s(self, rec: RequestRecord) -> float:
+        """How long ``rec``'s result stays readable after completion, under the current config.
+
+        fal (https://fal.ai/docs/inference-api/queue/result): 1 hour, 6 minutes for results
+        of 10 KB or more, or the payload storage period when that is on, which is the
+        default (30 days). Opting out (``X-Fal-Store-IO: 0``) or ``sync_mode`` ("not kept in
+        request history") gets the short classes.
+        """
+        cfg = self.config
+        if rec.store_io and not rec.sync_mode:
+            return cfg.payload_retention_s
+        return cfg.result_retention_large_s if rec.result_size >= LARGE_RESULT_BYTES else cfg.result_retention_s
+
+    def result_expired(self, rec: RequestRecord, now: float | None = None) -> bool:
+        """Whether the retention of a completed request's result has run out.
+
+        Computed at GET time from the current config, so a test can shrink retention on a
+        running emulator and see results expire.
+        """
+        if rec.completed_at is None:
+            return False
+        return (time.time() if now is None else now) - rec.completed_at >= self.retention_s(rec)
+
     def result(self, rec: RequestRecord) -> tuple[int, Any, dict[str, str]]:
+        """The result answer: code, body, extra headers (the caller adds x-fal-request-id).
+
+        An expired result answers 404 ``{"detail": "Request result not found or
+        expired"}``. Evidence for that exact answer is thin: fal documents the retention
+        but not the answer after it; a 404 with a detail is what its queue gives for an
+        unknown result, so we assume that. Status keeps answering COMPLETED.
+        """
         if rec.state != COMPLETED:
             return 400, {"detail": "Request is still in progress"}, {}
+        if self.result_expired(rec):
+            return 404, dict(EXPIRED_BODY), {}
         return rec.result_status or 500, rec.result_body, rec.result_headers
 
     async def wait_change(self, rec: RequestRecord, timeout: float) -> None:
@@ -383,6 +545,8 @@ class Emulator:
             "rejected": dict(self.stats.rejected),
             "rejected_submits": dict(self.stats.rejected_submits),
             "faults": dict(self.stats.faults),
+            "moderations": dict(self.stats.moderations),
+            "connections_total": len(self.stats.clients),
             "counts": dict(self.stats.calls),
             "total_requests": len(self.order),
         }

@@ -3,15 +3,25 @@
 Faults act at the ingress, before routing, like a misbehaving gateway in front of fal:
 
 * ``5xx``: an nginx-style HTML error page (502/503/504 by default) **without**
-  ``x-fal-request-id``, the shape fal-client treats as a retryable ingress error;
+  ``x-fal-request-id``, on any call kind, the shape fal's edge sends and fal-client treats
+  as a retryable ingress error (its ``_is_ingress_error`` looks for "nginx" in the body);
 * ``429``: ``{"detail": ...}``, with ``Retry-After`` on a share of them;
 * ``drop``: the response starts (200, ``content-length: 1000``) and the connection closes
   after a few body bytes; httpx raises ``httpx.RemoteProtocolError`` ("peer closed
   connection without sending complete message body");
 * ``slow``: the answer is delayed by ``slow_s`` and then served normally.
 
-A faulted submit never creates a request. The per-request ``completed_error`` fault is
-drawn at submit time by :meth:`FaultInjector.draw_completed_error`.
+A faulted submit never creates a request, with one deliberate exception:
+``submit_500_created`` lets the submit through, so the request IS created and runs, and
+then answers 500 ``{"detail": "Internal server error"}`` **with** ``x-fal-request-id``:
+the case where fal may have created the request and a client must not blindly resubmit.
+The per-request ``completed_error`` and ``moderation_rate`` draws happen at submit time
+(:meth:`FaultInjector.draw_completed_error`, :meth:`FaultInjector.draw_moderation`).
+
+The middleware also does the connection accounting for benchmarks: every queue call is
+attributed to its request id (from the path, or for a submit from the answer's
+``x-fal-request-id``) together with its ASGI ``scope["client"]``, see
+:meth:`emulator.core.Emulator.note_call`.
 
 Example::
 
@@ -26,12 +36,15 @@ import asyncio
 import random
 from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from emulator.config import CallKind, EmulatorConfig
 
 if TYPE_CHECKING:
     from emulator.core import Emulator
+
+SUBMIT_500_SCOPE_KEY = "falq.submit_500_created"  # set on the ASGI scope, read by the submit route
+SUBMIT_500_BODY = {"detail": "Internal server error"}
 
 _REASONS = {
     500: "Internal Server Error",
@@ -68,9 +81,21 @@ class FaultInjector:
                 return name
         return None
 
-    def draw_completed_error(self) -> bool:
-        rate = self.config.completed_error
+    def _chance(self, rate: float) -> bool:
+        # No draw at rate 0, so adding a fault kind does not shift the replay of old seeds.
         return rate > 0 and self.rng.random() < rate
+
+    def draw_completed_error(self) -> bool:
+        """Whether a new request finishes with ``runner_disconnected``."""
+        return self._chance(self.config.completed_error)
+
+    def draw_moderation(self) -> bool:
+        """Whether a new request is moderated (``moderation_rate``)."""
+        return self._chance(self.config.moderation_rate)
+
+    def draw_submit_500(self) -> bool:
+        """Whether a submit that passed the per-call faults gets the created-then-500 answer."""
+        return "submit" in self.config.fault_calls and self._chance(self.config.submit_500_created)
 
 
 def classify(method: str, path: str) -> CallKind | None:
@@ -89,6 +114,22 @@ def classify(method: str, path: str) -> CallKind | None:
             return "status"
         return "result"
     return "submit" if method == "POST" and p.count("/") >= 2 else None
+
+
+def request_id_in_path(path: str) -> str | None:
+    """The id after the last ``requests`` segment of a queue path, if any."""
+    parts = [p for p in path.split("/") if p]
+    if "requests" not in parts:
+        return None
+    i = len(parts) - 1 - parts[::-1].index("requests")
+    return parts[i + 1] if i + 1 < len(parts) else None
+
+
+def _client(scope: Scope) -> tuple[str, int] | None:
+    client = scope.get("client")
+    if not client:
+        return None
+    return str(client[0]), int(client[1])
 
 
 async def _send_simple(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
@@ -114,8 +155,16 @@ class FaultMiddleware:
             return
         emu = self.emulator
         emu.stats.calls[kind] += 1
+        client = _client(scope)
+        if kind == "submit":
+            emu.note_call(None, kind, client)  # the id is only known from the answer
+            send = self._attributing(send, client)
+        elif kind != "file":
+            emu.note_call(request_id_in_path(scope["path"]), kind, client)
         fault = emu.faults.draw(kind)
         if fault is None:
+            if kind == "submit" and emu.faults.draw_submit_500():
+                scope[SUBMIT_500_SCOPE_KEY] = True
             await self.app(scope, receive, send)
             return
         emu.stats.faults[fault] += 1
@@ -148,3 +197,17 @@ class FaultMiddleware:
         if emu.faults.rng.random() < emu.config.retry_after_rate:
             headers.append((b"retry-after", str(emu.config.retry_after_s).encode()))
         await _send_simple(send, 429, b'{"detail":"Too many requests (emulated rate limit)"}', headers)
+
+    def _attributing(self, send: Send, client: tuple[str, int] | None) -> Send:
+        """Wrap ``send`` so a submit's answer credits its connection to the new request id."""
+        emu = self.emulator
+
+        async def wrapped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"x-fal-request-id":
+                        emu.note_call(value.decode("latin-1"), "submit", client)
+                        break
+            await send(message)
+
+        return wrapped

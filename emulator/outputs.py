@@ -2,7 +2,8 @@
 
 Rendering runs in a thread pool so the event loop never blocks on Pillow. Output files
 are registered in the :class:`~emulator.storage.FileStore` by spec and served at
-``{base}/files/{name}``; ``sync_mode`` returns data URIs instead.
+``{base}/files/{name}``; ``sync_mode`` returns data URIs instead. Outputs have realistic
+sizes by default (about 1.7 MB per 1 MP PNG, see :mod:`emulator.render`).
 
 Example::
 
@@ -44,8 +45,12 @@ class OutputMaker:
         *,
         seed: int,
         tiny_max_px: int,
+        small: bool = False,
     ) -> tuple[dict[str, Any], list[str]]:
-        """``({"images": [...], "seed": n}, log notes)`` for one request."""
+        """``({"images": [...], "seed": n}, log notes)`` for one request.
+
+        ``small`` renders the old flat backgrounds instead of realistic-size textured ones.
+        """
         loop = asyncio.get_running_loop()
         notes: list[str] = []
         size = parsed.size_pixels()
@@ -57,7 +62,7 @@ class OutputMaker:
         images = []
         for i in range(parsed.num_images):
             spec = RenderSpec(parsed.prompt, endpoint, seed, width, height, parsed.output_format,
-                              i, parsed.num_images, tiny_max_px)  # fmt: skip
+                              i, parsed.num_images, tiny_max_px, small)  # fmt: skip
             data = await loop.run_in_executor(self.executor, self.renderer.render, spec)
             w, h = spec.pixel_size()
             if parsed.sync_mode:

@@ -1,7 +1,9 @@
 """Serving the emulator: a blocking :func:`run`, a background :class:`EmulatorServer`, the CLI.
 
 uvicorn runs with uvloop and httptools when installed and the access log off, so the
-emulator is never the bottleneck of a benchmark.
+emulator is never the bottleneck of a benchmark. Images are realistic-size by default
+(about 1.7 MB per 1 MP PNG, ~0.13 s to render); ``--small-images`` brings back the flat
+ones and ``--tiny-images`` 64-pixel ones when transfer size does not matter.
 
 Example::
 
@@ -119,14 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8790, help="0 picks a free port")
     p.add_argument("--latency", default="fixed:1", help="0 | N | fixed:N | uniform:LO,HI | lognormal:MU,SIGMA")
     p.add_argument("--concurrency", type=int, default=40, help="max IN_PROGRESS per key (0 = unlimited)")
-    p.add_argument("--log-steps", type=int, default=5)
+    p.add_argument("--log-steps", type=int, default=12, help="'step i/N' log lines per request")
     p.add_argument("--keys", default=None, help="comma-separated accepted keys (default: any non-empty key)")
-    p.add_argument("--locked-keys", default="", help="comma-separated keys answered 402 on submit")
-    for name in ("fail-5xx", "fail-429", "drop", "slow", "completed-error"):
+    p.add_argument("--locked-keys", default="", help="comma-separated keys refused as locked on submit")
+    p.add_argument("--locked-status", type=int, default=403, choices=(402, 403),
+                   help="status of the locked-account answer (403 live, 402 legacy)")  # fmt: skip
+    for name in ("fail-5xx", "fail-429", "drop", "slow", "completed-error", "submit-500-created", "moderation-rate"):
         p.add_argument(f"--{name}", type=float, default=0.0, help="rate in [0,1]")
     p.add_argument("--slow-s", type=float, default=2.0)
     p.add_argument("--fault-seed", type=int, default=None)
     p.add_argument("--tiny-images", action="store_true", help="render at most 64x64 px (benchmarks)")
+    p.add_argument("--small-images", action="store_true",
+                   help="flat backgrounds (~25 KB per 1 MP PNG) instead of realistic-size textured ones")  # fmt: skip
+    p.add_argument("--stream-mode", choices=("live", "legacy"), default="live",
+                   help="status stream: live (events on change, ': ping') or legacy (frames every 1 s)")  # fmt: skip
+    p.add_argument("--stream-heartbeat-s", type=float, default=15.0, help="seconds between ': ping' comments")
     p.add_argument("--public-url", default=None, help="base URL to put in returned URLs")
     p.add_argument("--log-level", default="warning")
     return p
@@ -140,14 +149,20 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         log_steps=args.log_steps,
         accepted_keys=split(args.keys) if args.keys else None,
         locked_keys=split(args.locked_keys),
+        locked_status=args.locked_status,
         fail_5xx=args.fail_5xx,
         fail_429=args.fail_429,
         drop=args.drop,
         slow=args.slow,
         completed_error=args.completed_error,
+        submit_500_created=args.submit_500_created,
+        moderation_rate=args.moderation_rate,
         slow_s=args.slow_s,
         fault_seed=args.fault_seed,
         tiny_images=args.tiny_images,
+        small_images=args.small_images,
+        stream_mode=args.stream_mode,
+        stream_heartbeat_s=args.stream_heartbeat_s,
         public_url=args.public_url,
     )
 

@@ -4,6 +4,9 @@ Nothing here awaits or touches the network; :mod:`emulator.core` drives it from 
 loop. Queue positions are answered from Fenwick trees over per-key tickets, so a status
 call stays cheap with tens of thousands of requests queued behind one key.
 
+Each record also keeps the connection accounting a benchmark needs (HTTP calls by kind,
+distinct client connections), filled in by :class:`emulator.faults.FaultMiddleware`.
+
 Example::
 
     >>> q = KeyQueue()
@@ -22,6 +25,8 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
+
+Client = tuple[str, int]  # ASGI scope["client"]: (host, port), one per TCP connection
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 
@@ -56,7 +61,13 @@ class RequestRecord:
     inference_time: float | None = None
     seed: int | None = None
     inject_error: bool = False
+    moderated: bool = False
+    store_io: bool = True  # False when the submit sent X-Fal-Store-IO: 0
+    sync_mode: bool = False
+    result_size: int = 0  # bytes of the JSON result body, for the retention class
     parse_error: Any = None
+    calls: Counter[str] = field(default_factory=Counter)
+    clients: set[Client] = field(default_factory=set)
     webhook_history: list[dict[str, Any]] = field(default_factory=list)
     # scheduling internals
     ticket: int = 0
@@ -108,6 +119,9 @@ class RequestRecord:
             "inference_time": self.inference_time,
             "seed": self.seed,
             "log_count": len(self.logs),
+            "moderated": self.moderated,
+            "calls": dict(self.calls),
+            "connections": len(self.clients),
         }
 
 
@@ -146,7 +160,11 @@ class _Fenwick:
 
 
 class KeyQueue:
-    """One key's waiting requests: ``normal`` priority first, then ``low``, FIFO in each."""
+    """One key's waiting requests: ``normal`` priority first, then ``low``, FIFO in each.
+
+    A ``low`` request waits behind every ``normal`` request of the key, including normal
+    ones submitted after it (fal: "Low waits behind every normal request of the account").
+    """
 
     def __init__(self) -> None:
         self._deques: dict[str, deque[RequestRecord]] = {"normal": deque(), "low": deque()}
@@ -206,6 +224,8 @@ class Stats:
     rejected: Counter[str] = field(default_factory=Counter)
     rejected_submits: Counter[str] = field(default_factory=Counter)
     faults: Counter[str] = field(default_factory=Counter)
+    moderations: Counter[str] = field(default_factory=Counter)  # "submit" / "completed"
+    clients: set[Client] = field(default_factory=set)  # distinct connections on queue calls
     in_progress: int = 0
     peak_in_flight: int = 0
 

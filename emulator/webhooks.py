@@ -111,7 +111,11 @@ def verify(
 
 
 def payload(request_id: str, ok: bool, body: Any, error: str | None) -> dict[str, Any]:
-    """fal's webhook body: ``{request_id, gateway_request_id, status, payload, error}``."""
+    """fal's webhook body: ``{request_id, gateway_request_id, status, payload, error}``.
+
+    On failure ``payload`` is the same body the result GET answers (e.g. the 422 detail list
+    of a ``content_policy_violation``) and ``error`` is ``"Invalid status code: <code>"``.
+    """
     return {
         "request_id": request_id,
         "gateway_request_id": request_id,

@@ -8,7 +8,8 @@ Routes (one catch-all, as in the emulator, so every path form fal's clients send
   fal's ``detail`` entries, and nothing is enqueued.
 * ``GET  /{owner}/{app}[/{path}]/requests/{id}/status[/]?logs=1|0|true|false``: 202, or 200 when COMPLETED
 * ``GET  /{owner}/{app}[/{path}]/requests/{id}/status/stream``: SSE, closed after COMPLETED
-* ``GET  /{owner}/{app}[/{path}]/requests/{id}[/]``: the result (presigned S3 URLs) or fal's error answer
+* ``GET  /{owner}/{app}[/{path}]/requests/{id}[/]``: the result (presigned S3 URLs; data URIs
+  for ``sync_mode``) or fal's error answer (422 ``content_policy_violation`` for moderation)
 * ``PUT  /{owner}/{app}[/{path}]/requests/{id}/cancel``: 202 ``CANCELLATION_REQUESTED`` / 400 ``ALREADY_COMPLETED``
 
 Unknown ids answer 404 ``{"status": "NOT_FOUND"}``.
@@ -47,8 +48,8 @@ from shared.endpoints import ENDPOINTS
 from shared.errors import InvalidInput, JobNotFound
 from shared.records import JobRecord
 
-#: An SSE stream re-sends the unchanged status this often (keeps proxies from timing it out).
-STREAM_HEARTBEAT_S = 5.0
+#: An SSE stream sends a ``: ping`` comment this often while nothing changes, as fal does.
+STREAM_HEARTBEAT_S = 15.0
 STREAM_POLL_S = 0.25
 _ACTIONS = ("", "status", "status/stream", "cancel")
 
@@ -177,21 +178,33 @@ async def status(request: Request, gw: Gateway, rec: JobRecord) -> Response:
 
 
 def stream(request: Request, gw: Gateway, rec: JobRecord) -> Response:
-    """fal's SSE status stream: one ``data:`` frame per change, closed after COMPLETED."""
+    """fal's SSE status stream: one ``data:`` event per change carrying only the log lines not
+    sent yet on this connection, a ``: ping`` comment every 15 s otherwise, closed after
+    COMPLETED (what fal's live stream does)."""
     with_logs = truthy(request.query_params.get("logs"))
     urls = queue_urls(gw.base_url(request), rec)
 
     async def frames() -> AsyncIterator[bytes]:
         current: JobRecord | None = rec
-        last, last_sent = "", 0.0
+        last, last_sent = "", time.monotonic()
+        sent_logs: list[str] = []
         while current is not None:
             position = await blocking(gw.queue_position, current)
             body = status_body(current, urls, position=position, with_logs=with_logs)
+            logs = body.pop("logs")
             text = json.dumps(body, separators=(",", ":"))
+            lines = current.logs
+            fresh = lines[_overlap(sent_logs, lines):] if with_logs else []
             now = time.monotonic()
-            if text != last or now - last_sent >= STREAM_HEARTBEAT_S:
-                yield f"data: {text}\n\n".encode()
+            if text != last or fresh:
+                # log_entries() gives one entry per line of the tail, in order.
+                body["logs"] = (logs or [])[len(lines) - len(fresh):] if with_logs else None
+                yield f"data: {json.dumps(body, separators=(',', ':'))}\n\n".encode()
                 last, last_sent = text, now
+                sent_logs = list(lines)
+            elif now - last_sent >= STREAM_HEARTBEAT_S:
+                yield b": ping\n\n"
+                last_sent = now
             if body["status"] == COMPLETED:
                 return
             await asyncio.sleep(STREAM_POLL_S)
@@ -199,6 +212,14 @@ def stream(request: Request, gw: Gateway, rec: JobRecord) -> Response:
 
     headers = {"x-fal-request-id": rec.id, "cache-control": "no-cache", "x-accel-buffering": "no"}
     return StreamingResponse(frames(), media_type="text/event-stream", headers=headers)
+
+
+def _overlap(sent: list[str], lines: list[str]) -> int:
+    """How many leading ``lines`` were already sent: the tail may have moved on by some lines."""
+    for start in range(len(sent)):
+        if lines[: len(sent) - start] == sent[start:]:
+            return len(sent) - start
+    return 0
 
 
 def _reload(gw: Gateway, rec: JobRecord) -> JobRecord | None:
@@ -221,7 +242,7 @@ async def result(gw: Gateway, rec: JobRecord) -> Response:
     if fail is not None:
         code, body, headers = error_result(fail)
         return json_response(code, body, rec.id, headers)
-    body = await blocking(result_body, rec, gw.presign)
+    body = await blocking(result_body, rec, gw.presign, gw.storage.get_bytes)
     return json_response(200, body, rec.id)
 
 

@@ -12,8 +12,11 @@ failed, cancelled                         ``COMPLETED``   ``error``, ``error_typ
 ========================================  ==============  =====================================
 
 A failed or cancelled job's *result* answers with an error status as fal's does: 422 for
-validation failures, 499 when cancelled, 504 past the deadline, 503 when every attempt
-failed transiently, 500 otherwise -- always with ``detail`` and ``X-Fal-Error-Type``.
+validation failures and for moderation (``detail[].type == "content_policy_violation"``),
+499 when cancelled, 504 past the deadline (with ``X-Fal-Request-Timeout-Type: user`` for a
+start timeout), 503 when every attempt failed transiently, 500 otherwise -- always with
+``detail`` and ``X-Fal-Error-Type``. A ``sync_mode`` job's images come back as data URIs
+of the S3 copies, as fal returns them for ``sync_mode``.
 
 Example::
 
@@ -23,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import posixpath
 import re
@@ -66,9 +70,14 @@ def queue_urls(base: str, rec: JobRecord) -> dict[str, str]:
 
 
 def log_entries(rec: JobRecord) -> list[dict[str, str]]:
-    """The record's logs tail as fal log objects (the line's own time is not kept: the record's is used)."""
-    stamp = dt.datetime.fromtimestamp(rec.updated_at, dt.UTC).isoformat()
-    return [{"message": line, "level": "INFO", "source": "USER", "timestamp": stamp} for line in rec.logs]
+    """The record's logs tail as fal log objects, each with fal's own timestamp of the line,
+    so a client deduplicating by (timestamp, message) sees every line once. Lines without
+    one get the job's creation time (stable across later record updates)."""
+    at = rec.log_at if len(rec.log_at) == len(rec.logs) else [0.0] * len(rec.logs)
+    fallback = rec.created_at
+    return [{"message": line, "level": "INFO", "source": "USER",
+             "timestamp": dt.datetime.fromtimestamp(t or fallback, dt.UTC).isoformat()}
+            for line, t in zip(rec.logs, at, strict=True)]
 
 
 def failure(rec: JobRecord) -> Failure | None:
@@ -79,6 +88,12 @@ def failure(rec: JobRecord) -> Failure | None:
         return None
     err = rec.error
     kind, message = (err.type, err.message) if err else ("internal_error", "the job failed")
+    if kind == "content_policy":
+        entry = {"loc": ["body", "prompt"], "msg": message, "type": "content_policy_violation",
+                 "url": "https://docs.fal.ai/errors#content_policy_violation", "categories": rec.moderation or []}
+        return Failure(422, "content_policy_violation", message, [entry])
+    if kind == "start_timeout":
+        return Failure(504, "request_timeout", message, message)
     if kind == "invalid_input" or _HTTP_422.search(message):
         return Failure(422, "validation_error", message,
                        [{"loc": ["body"], "msg": message, "type": "value_error"}])
@@ -105,14 +120,23 @@ def status_body(rec: JobRecord, urls: dict[str, str], *, position: int, with_log
     return body
 
 
-def result_body(rec: JobRecord, presign: Callable[[str], str]) -> dict[str, Any]:
+def result_body(rec: JobRecord, presign: Callable[[str], str],
+                read: Callable[[str], bytes] | None = None) -> dict[str, Any]:
     """fal's output shape for a completed job, image URLs replaced by presigned S3 URLs.
 
     Each image also carries ``s3`` (bucket, key, sha256) so callers can address the copy
-    directly. ``presign`` turns an object key into a GET URL.
+    directly. ``presign`` turns an object key into a GET URL. For a ``sync_mode`` job,
+    ``read`` fetches each copy and the URL is a data URI, as fal answers ``sync_mode``.
     """
+    sync = bool(rec.input.get("sync_mode")) and read is not None
+
+    def url(key: str, content_type: str) -> str:
+        if sync and read is not None:
+            return f"data:{content_type};base64,{base64.b64encode(read(key)).decode()}"
+        return presign(key)
+
     images = [{
-        "url": presign(img.key),
+        "url": url(img.key, img.content_type),
         "content_type": img.content_type,
         "file_name": posixpath.basename(img.key),
         "file_size": img.size,
@@ -126,6 +150,8 @@ def result_body(rec: JobRecord, presign: Callable[[str], str]) -> dict[str, Any]
 def error_result(fail: Failure) -> tuple[int, dict[str, Any], dict[str, str]]:
     """``(status, body, headers)`` of the result route for a failed job."""
     headers = {"x-fal-error-type": fail.error_type}
+    if fail.status_code == 504 and fail.message.startswith("fal dropped the request unbilled"):
+        headers["x-fal-request-timeout-type"] = "user"
     if fail.status_code == 422:
         headers["x-fal-retryable"] = "false"
         return 422, {"detail": fail.detail}, headers

@@ -82,8 +82,10 @@ def render(snap: Snapshot) -> RenderableType:
     why.add_column("failed jobs", justify="right")
     why.add_column("retries", justify="right")
     failures, retries = snap.labelled("failure"), snap.labelled("retry")
-    for reason in sorted({*failures, *retries}):
-        why.add_row(reason[0], f"{failures.get(reason, 0):.0f}", f"{retries.get(reason, 0):.0f}")
+    # Moderation first and on its own: a content-checker refusal is not a crash.
+    for reason in sorted({*failures, *retries}, key=lambda r: (r[0] != "content_policy", r)):
+        label = "content_policy (moderated)" if reason[0] == "content_policy" else reason[0]
+        why.add_row(label, f"{failures.get(reason, 0):.0f}", f"{retries.get(reason, 0):.0f}")
     if not failures and not retries:
         why.add_row("(none)", "0", "0")
 

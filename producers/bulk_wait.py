@@ -63,13 +63,16 @@ class BulkReport:
 
     @property
     def pending(self) -> int:
-        return sum(n for s, n in self.counts.items() if s not in TERMINAL and s not in ("rejected", "missing"))
+        return sum(n for s, n in self.counts.items()
+                   if s not in TERMINAL and s not in ("rejected", "missing", "moderated"))
 
     def summary(self) -> str:
         """``1000 lines: 998 completed, 2 failed, 0 cancelled in 83.2s (12.0 jobs/s)``."""
         c = self.counts
-        parts = [f"{c.get('completed', 0)} completed", f"{c.get('failed', 0)} failed",
-                 f"{c.get('cancelled', 0)} cancelled"]
+        failed = f"{c.get('failed', 0)} failed"
+        if c.get("moderated"):
+            failed += f" ({c['moderated']} refused by fal's content checker)"
+        parts = [f"{c.get('completed', 0)} completed", failed, f"{c.get('cancelled', 0)} cancelled"]
         if self.pending:
             parts.append(f"{self.pending} not finished")
         if c.get("rejected"):
@@ -136,6 +139,9 @@ def wait_and_report(falq: Falq, lines: Sequence[BulkLine], job_ids: Sequence[str
     except KeyboardInterrupt:
         interrupted = True
     counts = Counter(_state(latest.get(j)) for j in job_ids)
+    moderated = sum(1 for j in job_ids if _moderated(latest.get(j)))
+    if moderated:
+        counts["moderated"] = moderated  # a share of "failed", counted on its own
     if rejects:
         counts["rejected"] = len(rejects)
     report = BulkReport(lines=len(lines) + len(rejects), counts=dict(counts), elapsed_s=time.monotonic() - t0,
@@ -167,6 +173,10 @@ def write_results(falq: Falq, path: str | Path, lines: Sequence[BulkLine], job_i
     return out
 
 
+def _moderated(rec: JobRecord | None) -> bool:
+    return rec is not None and rec.state == "failed" and rec.error is not None and rec.error.type == "content_policy"
+
+
 def _result_row(line: int, line_id: str | None, job_id: str, rec: JobRecord | None,
                 metadata: dict[str, Any] | None, presign: _Presigner) -> dict[str, Any]:
     if rec is None:
@@ -177,10 +187,13 @@ def _result_row(line: int, line_id: str | None, job_id: str, rec: JobRecord | No
                 "content_type": o.content_type, "width": o.width, "height": o.height,
                 "presigned_url": presign(o.key)} for o in rec.outputs] if rec.state == "completed" else []
     err = rec.error if rec.state in ("failed", "cancelled") else None
-    error = {"type": err.type, "message": err.message} if err else (
+    error: dict[str, Any] | None = {"type": err.type, "message": err.message} if err else (
         {"type": "cancelled", "message": "cancelled"} if rec.state == "cancelled" else None)
+    if error is not None and rec.moderation is not None:
+        error["categories"] = rec.moderation
     return {"line": line, "id": line_id, "job_id": job_id, "state": rec.state, "outputs": outputs,
-            "error": error, "metadata": rec.metadata}
+            "error": error, "moderated": _moderated(rec), "cost": rec.cost, "cost_source": rec.cost_source,
+            "metadata": rec.metadata}
 
 
 class _Presigner:

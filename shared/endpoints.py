@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from shared.errors import FieldError, InvalidInput
 from shared.schemas import EditInput, TextToImageInput
+from shared.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,15 @@ def get_endpoint(endpoint: str) -> Endpoint:
     except (KeyError, TypeError):
         known = ", ".join(ENDPOINTS)
         raise InvalidInput([FieldError("endpoint", f"unknown endpoint {endpoint!r}; known: {known}")]) from None
+
+
+def unit_price(endpoint: str, settings: Settings) -> float | None:
+    """USD per billed unit of ``endpoint`` (``FALQ_PRICE_STANDARD`` / ``FALQ_PRICE_PRO``).
+
+    fal reports ``x-fal-billable-units`` on results; for these image endpoints a unit is
+    taken to be one image, as fal's pricing of them is per image. Evidence is thin (fal
+    documents no unit per endpoint), so records say which figure they hold
+    (``cost_source``). None for an unknown endpoint.
+    """
+    spec = ENDPOINTS.get(endpoint)
+    return settings.price_for(spec.tier) if spec is not None else None

@@ -119,10 +119,68 @@ class FalAuthError(PermanentError, FalError):
     kind = "fal_auth"
 
 
+class FalIngressError(FalTransientError):
+    """fal's edge answered 502/503/504 with an HTML page and no ``x-fal-request-id``.
+
+    It says nothing about the request: the same call is tried again (status, result,
+    cancel, or a submit, which such an answer cannot have created). Never a reason for a
+    new submission. fal-client retries exactly these (``_is_ingress_error``).
+    """
+
+    kind = "fal_ingress"
+
+
 class FalAccountLocked(RetryableError, FalError):
-    """402 or a locked account: submissions for this key pause until an operator acts."""
+    """fal refused the key's account: ``403 User is locked. Reason: Exhausted balance...``
+    (or a 402). No request was created; every job of the key pauses until a top-up or
+    ``falq limits set --resume``. None fails."""
 
     kind = "fal_account_locked"
+
+
+class FalContentPolicy(PermanentError, FalError):
+    """fal's content checker refused the prompt or an image (422 ``content_policy_violation``).
+
+    Never retried (the same input fails the same way) and says nothing about the account.
+    ``categories`` are fal's labels (e.g. ``["sexual"]``); ``field`` is where, e.g. ``prompt``.
+    """
+
+    kind = "content_policy"
+
+    def __init__(self, message: str, *, categories: list[str] | None = None, field: str = "") -> None:
+        super().__init__(message)
+        self.categories = list(categories or [])
+        self.field = field
+
+
+class FalSubmitUncertain(PermanentError, FalError):
+    """A submit whose answer was lost or was a 5xx fal may have sent after creating the request.
+
+    fal-client never retries these (the request may exist and be billed). With
+    ``request_id`` (the answer carried ``x-fal-request-id``) the worker follows that request;
+    without, the job fails unless ``FALQ_SUBMIT_UNCERTAIN=resubmit``.
+    """
+
+    kind = "submit_uncertain"
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+
+
+class FalResultGone(PermanentError, FalError):
+    """fal no longer has the result of a request it finished (results are kept about an
+    hour, 6 minutes when 10 KB or larger, unless payload storage is on). The job fails
+    with this reason; it is never resubmitted silently."""
+
+    kind = "result_expired"
+
+
+class FalStartTimeout(PermanentError, FalError):
+    """No fal runner started the request within ``X-Fal-Request-Timeout``
+    (``FALQ_FAL_START_TIMEOUT_S``): fal dropped it unbilled (504, timeout type ``user``)."""
+
+    kind = "start_timeout"
 
 
 class FalBadAnswer(PermanentError, FalError):
@@ -177,8 +235,10 @@ TRANSIENT_ERROR_TYPES = frozenset(
 )
 
 
-def fal_failure(message: str, error_type: str | None, status_code: int | None = None) -> FalRequestFailed:
-    """Build the right :class:`FalRequestFailed` subclass for a COMPLETED-with-error answer."""
+def fal_failure(message: str, error_type: str | None, status_code: int | None = None) -> FalqError:
+    """Build the right error for a COMPLETED-with-error answer (by fal's ``error_type``)."""
+    if error_type == "content_policy_violation":
+        return FalContentPolicy(message)
     if error_type in TRANSIENT_ERROR_TYPES:
         return FalRequestFailedTransient(message, error_type=error_type, status_code=status_code)
     return FalRequestFailedPermanent(message, error_type=error_type, status_code=status_code)

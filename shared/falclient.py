@@ -8,24 +8,44 @@ the caller's (the worker pipeline), so that every retry is visible in the job re
 After submit, it follows the ``status_url``/``response_url``/``cancel_url`` that fal
 returned instead of rebuilding them (some apps reject rebuilt URLs).
 
+How answers are classified (fal-client ``client.py`` at c6f0afa, fal's docs; see the
+README's "fal, as the live service behaves"):
+
+* ``403`` whose detail says ``User is locked`` (or a 402): :class:`FalAccountLocked`, the
+  key pauses. Any other 401/403: :class:`FalAuthError`. The test is on fal's wording of the
+  lock, never on a loose substring ("Prompt blocked" is not a lock).
+* ``422`` with ``detail[].type == "content_policy_violation"``: :class:`FalContentPolicy`.
+* ``502/503/504`` without ``x-fal-request-id``: :class:`FalIngressError`, retry the same call.
+* On submit only what cannot have created a request is retryable (408, 409, 429, ingress,
+  a connection never made); a 5xx fal may have sent after creating the request, or an
+  answer lost after the POST went out, is :class:`FalSubmitUncertain`.
+* A result error is the request's own outcome only when it carries ``x-fal-request-id``.
+
 Example::
 
     fal = FalClient(settings)
     sub = fal.submit("fal-ai/qwen-image-2/text-to-image", {"prompt": "a red fox"})
-    for st in fal.stream_status(sub.status_url):
-        if st.status == "COMPLETED":
-            break
-    output = fal.result(sub.response_url)
+    with fal.open_stream(sub.status_url) as stream:
+        while (st := stream.next(timeout=1.0)) is not StreamEnd and not (st and st.done):
+            pass
+    output = fal.result(sub.response_url).output
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 import httpx
@@ -34,7 +54,12 @@ from shared.errors import (
     FalAccountLocked,
     FalAuthError,
     FalBadAnswer,
+    FalContentPolicy,
+    FalIngressError,
     FalRejected,
+    FalResultGone,
+    FalStartTimeout,
+    FalSubmitUncertain,
     FalTransientError,
     fal_failure,
 )
@@ -43,6 +68,15 @@ from shared.sse import bounded_lines
 
 T = TypeVar("T")
 _RETRYABLE_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
+#: What fal-client retries on every call, submit included: nothing was created.
+_NOTHING_CREATED_CODES = {408, 409, 429}
+_INGRESS_CODES = {502, 503, 504}
+#: fal's own wording of an exhausted balance: "User is locked. Reason: Exhausted balance...".
+_LOCKED_RE = re.compile(r"\buser is locked\b", re.IGNORECASE)
+#: Header fal sets on answers from its queue (absent on pages from the edge in front of it).
+REQUEST_ID_HEADER = "x-fal-request-id"
+#: Billed units fal reports on inference answers (price = units x the endpoint's unit price).
+BILLABLE_UNITS_HEADER = "x-fal-billable-units"
 _MAX_JSON_BYTES = 8 * 1024 * 1024
 _MAX_BODY_BYTES = _MAX_JSON_BYTES * 8  # sync_mode results carry images as data URIs
 #: httpx's timeouts are per read, so a trickling body never times out: a whole answer must
@@ -61,13 +95,33 @@ class Submitted:
     queue_position: int | None = None
 
 
+class LogEntry(NamedTuple):
+    """One line of a request's logs; ``at`` is fal's timestamp as a unix time (0.0 if none)."""
+
+    at: float
+    message: str
+
+
+@dataclass(frozen=True)
+class Result:
+    """fal's answer to a result GET: the output JSON, its raw bytes, and the billed units."""
+
+    output: dict[str, Any]
+    raw: bytes
+    billable_units: float | None = None
+
+
 @dataclass(frozen=True)
 class Status:
-    """One status of a request. ``status`` is IN_QUEUE, IN_PROGRESS or COMPLETED."""
+    """One status of a request. ``status`` is IN_QUEUE, IN_PROGRESS or COMPLETED.
+
+    ``logs`` are what this answer carried: a stream event's new entries, or the recent
+    window a polled status returns. Deduplicate by (timestamp, message), never by count.
+    """
 
     status: str
     queue_position: int | None = None
-    logs: list[str] = field(default_factory=list)
+    logs: list[LogEntry] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     error_type: str | None = None
@@ -96,11 +150,23 @@ class FalClient:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=256),
             headers={"User-Agent": "falq/0.1"},
         )
+        # Submits go over fresh connections: a pooled keep-alive connection the server (or a
+        # load balancer) closed while idle fails as "disconnected without a response", which
+        # on a submit is indistinguishable from an answer lost after fal created the request.
+        # On a new connection that ambiguity only remains for real failures.
+        self.submit_http = http or httpx.Client(
+            timeout=timeout,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=max(10, max_connections // 10), max_keepalive_connections=0),
+            headers={"User-Agent": "falq/0.1"},
+        )
         key = settings.fal_key_value()
         self._auth = {"Authorization": f"Key {key}"} if key else {}
 
     def close(self) -> None:
         self.http.close()
+        if self.submit_http is not self.http:
+            self.submit_http.close()
 
     # --- calls -----------------------------------------------------------------------------------
     def submit(
@@ -111,11 +177,25 @@ class FalClient:
         headers: dict[str, str] | None = None,
         webhook_url: str | None = None,
     ) -> Submitted:
-        """POST the input to ``{queue_url}/{endpoint}``; return where to follow it."""
+        """POST the input to ``{queue_url}/{endpoint}``; return where to follow it.
+
+        Raises :class:`FalTransientError` only when fal cannot have created a request, and
+        :class:`FalSubmitUncertain` when it may have (see the module docstring).
+        """
         url = f"{self.settings.fal_queue_url}/{endpoint}"
         if webhook_url:
             url += "?" + urlencode({"fal_webhook": webhook_url})
-        resp = self._call("POST", url, json=payload, headers=headers)
+        try:
+            resp = self._call("POST", url, json=payload, headers=headers, check=False, http=self.submit_http)
+        except FalTransientError as exc:
+            if exc.reason == "connect":
+                raise
+            raise FalSubmitUncertain(
+                f"the answer to the submit was lost after the request was sent ({exc}); fal may have "
+                "created and billed a request, so falq does not send it again"
+            ) from None
+        if resp.status_code >= 300:
+            self._raise_for_submit(resp)
         body = self._json(resp)
         if not isinstance(body, dict):
             raise FalBadAnswer("fal's submit answer is not a JSON object")
@@ -134,14 +214,27 @@ class FalClient:
         resp = self._call("GET", status_url, params={"logs": "1" if logs else "0"})
         return self._status_of(resp.content)
 
-    def stream_status(self, status_url: str, *, logs: bool = True, read_timeout: float = 30.0) -> Iterator[Status]:
-        """Yield statuses from fal's SSE stream until the server closes it.
+    def open_stream(self, status_url: str, *, logs: bool = True, read_timeout: float | None = None) -> StatusStream:
+        """Open fal's SSE status stream, read by a background thread (see :class:`StatusStream`).
 
-        Raises :class:`FalTransientError` on network trouble (the caller reconnects or
-        falls back to polling) and :class:`StreamUnsupported` when the server has no stream.
+        ``read_timeout`` (default ``FALQ_FAL_STREAM_READ_TIMEOUT_S``) must exceed fal's ~15 s
+        heartbeat: a shorter one reconnects every few seconds for every request.
+        """
+        return StatusStream(self, status_url, logs=logs,
+                            read_timeout=read_timeout or self.settings.fal_stream_read_timeout_s)
+
+    def stream_status(self, status_url: str, *, logs: bool = True, read_timeout: float | None = None,
+                      on_open: Callable[[httpx.Response], None] | None = None) -> Iterator[Status]:
+        """Yield statuses from one connection to fal's SSE stream until the server closes it.
+
+        Comment lines (fal's ``: ping`` heartbeat, about every 15 s) keep the connection
+        and are skipped. Raises :class:`FalTransientError` on network trouble or silence
+        past ``read_timeout`` (the caller reconnects or falls back to polling) and
+        :class:`StreamUnsupported` when the server has no stream.
         """
         url = status_url.rstrip("/") + "/stream"
-        timeout = httpx.Timeout(self.settings.fal_http_timeout_s, read=read_timeout, pool=60.0)
+        read = read_timeout or self.settings.fal_stream_read_timeout_s
+        timeout = httpx.Timeout(self.settings.fal_http_timeout_s, read=read, pool=60.0)
         try:
             with self.http.stream(
                 "GET",
@@ -150,6 +243,8 @@ class FalClient:
                 headers={**self._auth, "Accept": "text/event-stream"},
                 timeout=timeout,
             ) as resp:
+                if on_open is not None:
+                    on_open(resp)
                 if resp.status_code in (404, 405, 501):
                     raise StreamUnsupported(f"status stream answered {resp.status_code}")
                 if resp.status_code >= 300:
@@ -159,7 +254,6 @@ class FalClient:
                     raise StreamUnsupported("status stream is not text/event-stream")
                 data: list[str] = []
                 size = 0
-                quiet_until = time.monotonic() + read_timeout
                 for line in bounded_lines(resp.iter_bytes(), _MAX_JSON_BYTES):
                     if line.startswith("data:"):
                         data.append(line[5:].lstrip())
@@ -169,39 +263,55 @@ class FalClient:
                     elif line == "" and data:
                         yield self._status_of("\n".join(data))
                         data, size = [], 0
-                        quiet_until = time.monotonic() + read_timeout
-                    if time.monotonic() > quiet_until:
-                        # Bytes keep coming but no status (comments, noise): end like a quiet
-                        # stream, so the caller checks cancel/deadline and reconnects.
-                        return
                 if data:
                     yield self._status_of("\n".join(data))
         except httpx.ReadTimeout:
-            # Nothing new within read_timeout: end quietly, the caller reconnects.
-            return
+            raise FalTransientError(f"status stream was silent for {read:.0f}s (no heartbeat)",
+                                    reason="stream_silent") from None
         except httpx.TransportError as exc:
             raise FalTransientError(f"status stream: {type(exc).__name__}", reason="transport") from None
         except UnicodeDecodeError:
             raise FalBadAnswer("status stream sent bytes that are not UTF-8") from None
 
-    def result(self, response_url: str) -> dict[str, Any]:
-        """GET the output. A failed request raises the right :class:`FalRequestFailed`."""
+    def result(self, response_url: str) -> Result:
+        """GET the output of a finished request.
+
+        Raises :class:`FalIngressError` (or another :class:`FalTransientError`) when the answer
+        says nothing about the request: the same GET may be tried again. A request that
+        failed raises :class:`FalContentPolicy`, :class:`FalStartTimeout` or the right
+        :class:`FalRequestFailed`; a result fal no longer keeps raises :class:`FalResultGone`.
+        """
         resp = self._call("GET", response_url, check=False)
-        if resp.status_code < 300:
+        code = resp.status_code
+        if code < 300:
             body = self._json(resp)
             if not isinstance(body, dict):
                 raise FalBadAnswer("fal's result is not a JSON object")
-            return body
-        if resp.status_code in (401, 403, 402, 408, 409, 425, 429) or resp.status_code == 404:
+            return Result(body, bytes(resp.content), _float_header(resp, BILLABLE_UNITS_HEADER))
+        if code in (401, 402, 403, 408, 409, 425, 429):
             self._raise_for_status(resp)
-        # The request ran and failed: the app's status and error body come back here.
+        policy = _content_policy(resp, self.scrub)
+        if policy is not None:
+            raise policy
+        from_queue = REQUEST_ID_HEADER in resp.headers
+        if code == 504 and resp.headers.get("x-fal-request-timeout-type"):
+            raise FalStartTimeout(f"fal dropped the request unbilled: no runner started it within the "
+                                  f"start timeout (FALQ_FAL_START_TIMEOUT_S={self.settings.fal_start_timeout_s})")
+        if code in (404, 410) and from_queue:
+            raise FalResultGone(
+                f"fal no longer has the result of request {_request_id(resp)} ({code}): fal keeps results about an "
+                "hour (6 minutes at 10 KB or more) unless payload storage is on; falq does not pay for it again"
+            )
         error_type, detail = _error_info(resp)
         detail = self.scrub(detail)
-        if resp.status_code == 400 and "in progress" in detail.lower():
+        if code == 400 and "in progress" in detail.lower():
             raise FalTransientError("result requested before completion", reason="not_ready")
-        if error_type is None and resp.status_code >= 500:
+        if not from_queue:
+            # Not fal's account of the request (an edge page, a proxy): ask again, never resubmit.
+            self._raise_for_status(resp)
+        if error_type is None and code >= 500:
             error_type = "internal_error"
-        raise fal_failure(f"fal request failed ({resp.status_code}): {detail}", error_type, resp.status_code)
+        raise fal_failure(f"fal request failed ({code}): {detail}", error_type, code)
 
     def cancel(self, cancel_url: str) -> str:
         """PUT ``cancel_url``; returns fal's status word (CANCELLATION_REQUESTED, ALREADY_COMPLETED...)."""
@@ -247,10 +357,11 @@ class FalClient:
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
         check: bool = True,
+        http: httpx.Client | None = None,
     ) -> httpx.Response:
         limit_s = self.settings.fal_http_timeout_s * _BODY_DEADLINE_FACTOR
         try:
-            with self.http.stream(
+            with (http or self.http).stream(
                 method, url, json=json, params=params, headers={**self._auth, **(headers or {})}
             ) as resp:
                 deadline = time.monotonic() + limit_s
@@ -270,26 +381,51 @@ class FalClient:
                                                 f"{limit_s:.0f}s (slow or endless body)", reason="slow_answer")
                     chunks.append(chunk)
                 resp._content = b"".join(chunks)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing reached fal: safe to send again, submit included.
+            raise FalTransientError(f"{method} {_safe(url)}: {type(exc).__name__}", reason="connect") from None
         except httpx.TransportError as exc:
             raise FalTransientError(f"{method} {_safe(url)}: {type(exc).__name__}", reason="transport") from None
         if check and resp.status_code >= 300:
             self._raise_for_status(resp)
         return resp
 
+    def _raise_for_submit(self, resp: httpx.Response) -> None:
+        """A submit's error answer: retryable only if fal cannot have created a request."""
+        code = resp.status_code
+        if code in _NOTHING_CREATED_CODES or _is_ingress(resp) or code < 500:
+            self._raise_for_status(resp)
+        _, detail = _error_info(resp)
+        rid = _request_id(resp)
+        where = f"with request id {rid}" if rid else "without a request id"
+        raise FalSubmitUncertain(
+            f"fal answered the submit {code} {where}: {self.scrub(detail)[:300]}; fal may have created the request",
+            request_id=rid,
+        )
+
     def _raise_for_status(self, resp: httpx.Response) -> None:
         code = resp.status_code
         _, detail = _error_info(resp)
         detail = self.scrub(detail)
         where = f"{resp.request.method} {_safe(str(resp.request.url))}"
+        if code == 402 or (code in (401, 403) and _LOCKED_RE.search(detail)):
+            # fal answers an exhausted balance with 403 "User is locked. Reason: Exhausted
+            # balance..."; one user reports the same text for a filtered prompt, so the job id
+            # is logged with the pause (workers.limiter) for an operator to tell them apart.
+            raise FalAccountLocked(
+                f"fal account for key {self.settings.key_suffix()} is locked ({code}): {detail}",
+                reason="account_locked",
+            )
         if code in (401, 403):
             raise FalAuthError(
                 f"fal refused the key {self.settings.key_suffix()} ({code}) on {where}: {detail}"
             )
-        if code == 402 or "locked" in detail.lower():
-            raise FalAccountLocked(
-                f"fal account for key {self.settings.key_suffix()} is locked or out of credit ({code}): {detail}",
-                reason="account_locked",
-            )
+        policy = _content_policy(resp, self.scrub)
+        if policy is not None:
+            raise policy
+        if code in _INGRESS_CODES and REQUEST_ID_HEADER not in resp.headers:
+            raise FalIngressError(f"fal's edge answered {code} on {where} (no request id): {detail[:120]}",
+                                  retry_after=_retry_after(resp), reason=f"ingress_{code}")
         if code in _RETRYABLE_CODES:
             raise FalTransientError(
                 f"fal answered {code} on {where}: {detail}", retry_after=_retry_after(resp), reason=f"http_{code}"
@@ -319,6 +455,117 @@ class StreamUnsupported(Exception):
     """The status stream is unavailable here; poll instead."""
 
 
+class _End:
+    """The server closed the stream (see :meth:`StatusStream.next`)."""
+
+    def __repr__(self) -> str:
+        return "StreamEnd"
+
+
+#: Returned by :meth:`StatusStream.next` once the server closed the stream.
+StreamEnd = _End()
+
+
+class StatusStream:
+    """One connection to a request's status stream, read by a background thread.
+
+    fal sends an event only on changes and a ``: ping`` comment about every 15 s, so a
+    request needs this one connection for its whole life. The reader thread (a greenlet
+    under gevent) blocks on the socket; the caller polls :meth:`next` with a short timeout
+    and so notices cancel, deadline and shutdown within that timeout without reconnecting.
+    :meth:`close` shuts the socket down, which wakes the reader at once.
+
+    Example::
+
+        with fal.open_stream(rec.status_url) as stream:
+            st = stream.next(timeout=1.0)   # a Status, None (nothing new yet) or StreamEnd
+    """
+
+    def __init__(self, fal: FalClient, status_url: str, *, logs: bool, read_timeout: float) -> None:
+        self._fal = fal
+        self._url = status_url
+        self._logs = logs
+        self._read_timeout = read_timeout
+        self._items: queue.Queue[Status | BaseException | _End] = queue.Queue(maxsize=256)
+        self._closed = threading.Event()
+        self._resp: httpx.Response | None = None
+        self._thread = threading.Thread(target=self._read, name="falq-status-stream", daemon=True)
+        self._thread.start()
+
+    def _opened(self, resp: httpx.Response) -> None:
+        self._resp = resp
+        if self._closed.is_set():
+            self._shutdown()
+
+    def _put(self, item: Status | BaseException | _End) -> None:
+        while not self._closed.is_set():
+            try:
+                self._items.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def _read(self) -> None:
+        try:
+            for st in self._fal.stream_status(self._url, logs=self._logs, read_timeout=self._read_timeout,
+                                              on_open=self._opened):
+                if self._closed.is_set():
+                    return
+                self._put(st)
+            self._put(StreamEnd)
+        except BaseException as exc:  # handed to the caller, who decides
+            if not self._closed.is_set():
+                self._put(exc)
+
+    def next(self, timeout: float) -> Status | _End | None:
+        """The next status, ``None`` if none came within ``timeout`` s, or :data:`StreamEnd`.
+
+        Re-raises what the reader met (:class:`FalTransientError`, :class:`StreamUnsupported`...).
+        """
+        try:
+            item = self._items.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def _shutdown(self) -> None:
+        resp = self._resp
+        stream = resp.extensions.get("network_stream") if resp is not None else None
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Stop reading and drop the connection (idempotent)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._shutdown()
+
+    def __enter__(self) -> StatusStream:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _log_entry(raw: Any) -> LogEntry:
+    if not isinstance(raw, dict):
+        return LogEntry(0.0, str(raw)[:2000])
+    stamp = raw.get("timestamp")
+    at = 0.0
+    if isinstance(stamp, str) and stamp:
+        with contextlib.suppress(ValueError):
+            at = datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    elif isinstance(stamp, int | float):
+        at = float(stamp)
+    return LogEntry(at, str(raw.get("message", ""))[:2000])
+
+
 def parse_status(body: Any) -> Status:
     """Validate a status body the way fal's Python client does."""
     if not isinstance(body, dict):
@@ -327,8 +574,7 @@ def parse_status(body: Any) -> Status:
     if status not in ("IN_QUEUE", "IN_PROGRESS", "COMPLETED"):
         raise FalBadAnswer(f"fal's status answer has unknown status {str(status)[:40]!r}")
     raw_logs = body.get("logs") or []
-    logs = [str(x.get("message", "")) if isinstance(x, dict) else str(x) for x in raw_logs][-500:] \
-        if isinstance(raw_logs, list) else []
+    logs = [_log_entry(x) for x in raw_logs[-500:]] if isinstance(raw_logs, list) else []
     metrics = body.get("metrics") if isinstance(body.get("metrics"), dict) else {}
     pos = body.get("queue_position")
     return Status(
@@ -375,6 +621,57 @@ def _error_info(resp: httpx.Response) -> tuple[str | None, str]:
     return error_type, str(body)[:300]
 
 
+def _request_id(resp: httpx.Response) -> str | None:
+    rid = resp.headers.get(REQUEST_ID_HEADER, "").strip()
+    return rid[:200] if rid else None
+
+
+def _is_json(resp: httpx.Response) -> bool:
+    return "json" in resp.headers.get("content-type", "")
+
+
+def _is_ingress(resp: httpx.Response) -> bool:
+    """fal-client's ``_is_ingress_error``: 502-504, no request id, an HTML page (nginx's).
+
+    fal-client looks for "nginx" in the body; any non-JSON page is taken here, since a
+    proxy of the user's own may sit in front too and neither can have created a request.
+    """
+    if resp.status_code not in _INGRESS_CODES or REQUEST_ID_HEADER in resp.headers:
+        return False
+    return "nginx" in resp.text.lower() or not _is_json(resp)
+
+
+def _content_policy(resp: httpx.Response, scrub: Callable[[str], str]) -> FalContentPolicy | None:
+    """The moderation refusal in a 422 (``detail[].type == "content_policy_violation"``)."""
+    if resp.status_code != 422:
+        return None
+    try:
+        body = resp.json()
+    except ValueError:
+        return None
+    items = body.get("detail") if isinstance(body, dict) else None
+    hits = [d for d in items if isinstance(d, dict) and d.get("type") == "content_policy_violation"] \
+        if isinstance(items, list) else []
+    if not hits:
+        return None
+    categories = sorted({str(c)[:40] for d in hits for c in (d.get("categories") or []) if isinstance(c, str)})
+    loc = hits[0].get("loc")
+    where = ".".join(str(p) for p in loc if p != "body") if isinstance(loc, list) else ""
+    msg = str(hits[0].get("msg") or "flagged by a content checker")[:300]
+    cats = f" ({', '.join(categories)})" if categories else ""
+    return FalContentPolicy(scrub(f"fal's content checker refused {where or 'the input'}{cats}: {msg}"),
+                            categories=categories, field=where)
+
+
+def _float_header(resp: httpx.Response, name: str) -> float | None:
+    value = resp.headers.get(name)
+    try:
+        number = float(value) if value else None
+    except ValueError:
+        return None
+    return number if number is not None and 0 <= number < 1e6 else None
+
+
 def _retry_after(resp: httpx.Response) -> float | None:
     value = resp.headers.get("retry-after")
     if not value:
@@ -383,8 +680,6 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         try:
-            import time
-
             return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
         except (TypeError, ValueError):
             return None
@@ -393,3 +688,35 @@ def _retry_after(resp: httpx.Response) -> float | None:
 def _safe(url: str) -> str:
     """A URL without its query string (which may carry tokens) for messages."""
     return url.split("?", 1)[0]
+
+
+def request_urls(settings: Settings, endpoint: str, request_id: str) -> tuple[str, str, str]:
+    """``(status_url, response_url, cancel_url)`` of a request known only by its id.
+
+    Used only when a submit answer carried ``x-fal-request-id`` but no body to follow;
+    built the way fal-client builds them (``{queue}/{owner}/{app}/requests/{id}``).
+    """
+    base = f"{settings.fal_queue_url}/{'/'.join(endpoint.split('/')[:2])}/requests/{request_id}"
+    return f"{base}/status", base, f"{base}/cancel"
+
+
+def submit_headers(settings: Settings, lane: str) -> dict[str, str]:
+    """fal's own submit headers as configured (names from fal-client's ``_headers.py``).
+
+    Example::
+
+        >>> submit_headers(Settings(fal_media_expiry_s=None), "bulk")
+        {'X-Fal-Queue-Priority': 'low'}
+    """
+    priority = settings.fal_priority_bulk if lane == "bulk" else settings.fal_priority_interactive
+    headers: dict[str, str] = {"X-Fal-Queue-Priority": priority}
+    if settings.fal_start_timeout_s:
+        headers["X-Fal-Request-Timeout"] = str(float(settings.fal_start_timeout_s))
+    if settings.fal_media_expiry_s:
+        headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(
+            {"expiration_duration_seconds": int(settings.fal_media_expiry_s)})
+    if not settings.fal_store_io:
+        headers["X-Fal-Store-IO"] = "0"
+    if settings.fal_no_retry:
+        headers["x-fal-no-retry"] = "1"
+    return headers

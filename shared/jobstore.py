@@ -2,7 +2,8 @@
 
 Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
 
-* ``{p}:job:{id}`` -- hash ``{state, version, doc, published}``; ``doc`` is the record JSON.
+* ``{p}:job:{id}`` -- hash ``{state, version, doc, published[, result]}``; ``doc`` is the
+  record JSON, ``result`` fal's output JSON kept from COMPLETED until the images are in S3.
 * ``{p}:state:{state}`` -- sorted set of job ids by last update, one per state.
 * ``{p}:created`` -- sorted set of all job ids by creation time.
 * ``{p}:idem:{key}`` -- idempotency key -> job id.
@@ -73,6 +74,14 @@ return 1
 """
 
 
+# Stores fal's output beside the record, only while the record exists (no orphan key).
+_SAVE_RESULT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'result', ARGV[1])
+return 1
+"""
+
+
 class Conflict(Exception):
     """Someone else saved the record since it was read; reload and reapply."""
 
@@ -92,6 +101,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self._create = client.register_script(_CREATE)
         self._save = client.register_script(_SAVE)
+        self._save_result = client.register_script(_SAVE_RESULT)
 
     # --- keys ----------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -213,6 +223,22 @@ class JobStore:
             except Conflict:
                 continue
         raise Conflict(job_id)
+
+    # --- fal's output, kept until mirrored --------------------------------------------------
+    def save_result(self, job_id: str, raw: bytes) -> None:
+        """Keep fal's output JSON with the record: fal expires results (about an hour, 6 min
+        at 10 KB or more; ``sync_mode`` ones are never kept), so it is fetched once and an S3
+        outage never needs it from fal again. Raises :class:`JobNotFound` if the record is gone."""
+        if not self._save_result(keys=[self.job_key(job_id)], args=[raw]):
+            raise JobNotFound(f"job {job_id} was deleted while it ran")
+
+    def load_result(self, job_id: str) -> bytes | None:
+        raw = self.r.hget(self.job_key(job_id), "result")
+        return bytes(raw) if raw is not None else None
+
+    def drop_result(self, job_id: str) -> None:
+        """Forget the kept output once every image is in S3 (``sync_mode`` ones weigh MBs)."""
+        self.r.hdel(self.job_key(job_id), "result")
 
     def request_cancel(self, job_id: str) -> None:
         self.r.set(self.cancel_key(job_id), b"1", ex=max(self.ttl_s, 3600))

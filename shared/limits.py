@@ -18,8 +18,8 @@ with time taken from Redis ``TIME``:
 * **priority**: while any interactive job waits for a token or a slot, bulk jobs wait too.
 * **the daily budget**: each admission reserves the job's estimated cost in integer
   micro-dollars for the UTC day (of Redis' clock); a job that would go over waits, paused.
-* **a key-wide pause** after fal answered 402 / "locked": nobody submits until it expires
-  (``FALQ_LOCKED_PAUSE_S``, renewed by every new 402) or ``falq limits set --resume``.
+* **a key-wide pause** after fal answered 403 "User is locked": nobody submits until it expires
+  (``FALQ_LOCKED_PAUSE_S``, renewed by every new refusal) or ``falq limits set --resume``.
 
 The configuration lives in the hash ``{prefix}:limits:config`` and is read by the script
 on every admission, so ``falq limits set`` takes effect at once on every worker.
@@ -179,7 +179,7 @@ class Limiter:
         return self._renew(keys=[], args=[self.prefix, self.kid, self.lease_ms, owner, *job_ids],
                            client=pipe or self.r)
 
-    # --- pause (402 / locked account) ------------------------------------------------------------
+    # --- pause (403 "User is locked") ------------------------------------------------------------
     def pause(self, reason: str, ttl_s: float) -> bool:
         """Pause every submission for this key; returns True if it was not paused already."""
         key = f"{self.base}:paused"

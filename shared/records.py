@@ -109,10 +109,24 @@ class JobRecord(BaseModel):
     inference_time: float | None = None
     queue_wait: float | None = None
     logs: list[str] = Field(default_factory=list)
+    #: fal's timestamp of each line of ``logs`` (unix time, 0.0 when fal gave none), aligned.
+    log_at: list[float] = Field(default_factory=list)
     fal_completed_at: float | None = None
     outputs: list[StoredImage] = Field(default_factory=list)
     seed: int | None = None
+    #: The price-table estimate (USD), reserved against the budget at admission.
     cost_estimate: float = 0.0
+    #: What fal billed, from ``x-fal-billable-units`` on the result x the unit price; None
+    #: when fal did not report units (``cost_source`` then stays ``estimate``).
+    cost_billed: float | None = None
+    cost_source: Literal["estimate", "fal_billable_units"] = "estimate"
+    #: fal's moderation categories when its content checker refused the job (``content_policy``).
+    moderation: list[str] | None = None
+    #: When fal's output JSON was saved beside the record (fetched once, right after COMPLETED).
+    result_saved_at: float | None = None
+    #: Where the logs tail stands: [fal timestamp of the newest line, messages seen at it...];
+    #: stream events (new lines) and polled windows are deduplicated against it.
+    log_cursor: list[str] = Field(default_factory=list)
 
     idempotency_key: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -150,9 +164,18 @@ class JobRecord(BaseModel):
         self.errors = [*self.errors, info][-50:]
         return info
 
-    def add_logs(self, lines: list[str]) -> None:
+    def add_logs(self, lines: list[str], at: list[float] | None = None) -> None:
+        """Append lines (with fal's timestamps, if known) and keep the last ``LOGS_TAIL``."""
         if lines:
+            stamps = list(at) if at is not None and len(at) == len(lines) else [0.0] * len(lines)
+            old = self.log_at if len(self.log_at) == len(self.logs) else [0.0] * len(self.logs)
             self.logs = [*self.logs, *lines][-LOGS_TAIL:]
+            self.log_at = [*old, *stamps][-LOGS_TAIL:]
+
+    @property
+    def cost(self) -> float:
+        """What the job cost as best known: fal's billed amount, else the estimate."""
+        return self.cost_billed if self.cost_billed is not None else self.cost_estimate
 
     def public(self) -> dict[str, Any]:
         """The record as JSON-able data for CLIs, callbacks and the API."""

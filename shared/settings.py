@@ -38,6 +38,30 @@ class Settings(BaseSettings):
     #: fal's REST host, used for storage uploads of local edit images.
     fal_rest_url: str = "https://rest.fal.ai"
     fal_http_timeout_s: float = 30.0
+    #: Silence after which a status stream counts as dropped. fal sends a ``: ping`` comment
+    #: about every 15 s, so this must stay well above 15 (a shorter one reconnects per job
+    #: every few seconds: hundreds of new connections a second with thousands in flight).
+    fal_stream_read_timeout_s: float = Field(45.0, gt=0)
+    #: ``X-Fal-Queue-Priority`` per lane: ``low`` waits behind every ``normal`` request of the account.
+    fal_priority_interactive: Literal["normal", "low"] = "normal"
+    fal_priority_bulk: Literal["normal", "low"] = "low"
+    #: ``X-Fal-Request-Timeout``: fal drops a request no runner started within this many
+    #: seconds, unbilled (the job fails as ``start_timeout``). Unset: no start timeout.
+    fal_start_timeout_s: float | None = Field(None, gt=1)
+    #: ``X-Fal-Object-Lifecycle-Preference`` ``expiration_duration_seconds`` for the media fal
+    #: generates: how long fal's public CDN copy lives. It is set at submit (fal has no later
+    #: per-request call), long enough to outlast mirroring retries. Unset: fal's default.
+    fal_media_expiry_s: int | None = Field(7 * 24 * 3600, ge=60)
+    #: ``X-Fal-Store-IO``: false sends ``0`` and keeps payloads out of fal's 30-day history
+    #: (results are then kept by fal for about an hour, 6 minutes at 10 KB or more).
+    fal_store_io: bool = True
+    #: ``x-fal-no-retry``: fal retries failed runners up to 10 times itself; true turns that
+    #: off so falq's own attempts are the only ones (see README "fal's server-side retries").
+    fal_no_retry: bool = False
+    #: A submit whose answer was lost after the request was sent, or a 5xx without a request
+    #: id fal may have sent after creating it: ``fail`` the job (never pay twice) or
+    #: ``resubmit`` (a new, counted attempt).
+    submit_uncertain: Literal["fail", "resubmit"] = "fail"
     #: Hosts output images may be fetched from (comma separated; ``*.`` matches subdomains).
     media_hosts: str = DEFAULT_MEDIA_HOSTS
     #: Allow fetching media from private/loopback addresses (tests and the emulator only).
@@ -112,7 +136,7 @@ class Settings(BaseSettings):
     slot_lease_s: float = Field(15.0, gt=0)
     #: Daily budget in USD per UTC day (unset: none). Seeds the runtime configuration.
     budget_daily: float | None = Field(None, ge=0)
-    #: How long a 402 / locked answer pauses all submissions of the key (renewed by each 402).
+    #: How long a locked answer (403 "User is locked") pauses all submissions of the key (renewed by each).
     locked_pause_s: float = Field(300.0, gt=0)
     #: How often a job paused for budget or a locked account asks again (jittered).
     pause_poll_s: float = Field(10.0, gt=0)

@@ -26,8 +26,21 @@ BASELINE_EMULATOR = {
     "slow": 0.0,
     "completed_error": 0.0,
     "tiny_images": False,
+    "small_images": False,  # realistic 1-2 MB images, as fal's
     "accepted_keys": None,
     "locked_keys": [],
+    "locked_status": 403,
+    "log_steps": 12,
+    "fault_calls": ["submit", "status", "stream", "result", "cancel", "file"],
+    "fault_seed": None,
+    "moderation_rate": 0.0,
+    "submit_500_created": 0.0,
+    "stream_mode": "live",
+    "stream_heartbeat_s": 15.0,
+    "status_logs_window": 10,
+    "result_retention_s": 3600.0,
+    "result_retention_large_s": 360.0,
+    "payload_retention_s": 30 * 24 * 3600.0,
 }
 
 

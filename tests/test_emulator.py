@@ -156,7 +156,11 @@ def test_not_found_unauthorized_locked(make_server: MakeServer) -> None:
         assert c.post(f"/{T2I}", json={"prompt": "x"}, headers={"Authorization": "Key wrong"}).status_code == 401
         assert c.get("/fal-ai/qwen-image-2/requests/bogus/status").status_code == 401
         locked = c.post(f"/{T2I}", json={"prompt": "x"}, headers={"Authorization": "Key locked-key-1"})
-        assert locked.status_code == 402 and locked.json()["detail"].startswith("User is locked. Reason: Exhausted")
+        assert locked.status_code == 403 and locked.json()["detail"].startswith("User is locked. Reason: Exhausted")
+        assert "x-fal-request-id" not in locked.headers
+        server.configure(locked_status=402)  # the legacy answer stays available
+        legacy = c.post(f"/{T2I}", json={"prompt": "x"}, headers={"Authorization": "Key locked-key-1"})
+        assert legacy.status_code == 402 and legacy.json() == locked.json()
     assert server.requests()["total_requests"] == 0
 
 
@@ -197,11 +201,14 @@ def test_sse_stream(client: httpx.Client) -> None:
                 frames.append(json.loads(line[6:]))
     assert frames[-1]["status"] == "COMPLETED" and frames[-1]["metrics"]["inference_time"] > 0
     assert any(f["status"] == "IN_PROGRESS" for f in frames)
-    assert len(frames[-1]["logs"]) >= 3 and len(frames) >= 3
+    # live mode: each event carries only the log entries not sent before on this connection
+    logs = [log["message"] for f in frames for log in f["logs"] or []]
+    assert logs[-3:] == ["step 1/3", "step 2/3", "step 3/3"] and len(logs) == len(set(logs)) and len(frames) >= 3
 
 
-def test_sse_reports_queue_position_and_heartbeats(make_server: MakeServer) -> None:
-    server = make_server(concurrency=1, latency="fixed:0.6", stream_interval_s=0.2)
+def test_sse_legacy_mode_repeats_frames(make_server: MakeServer) -> None:
+    """``stream_mode="legacy"``: a full frame at least every stream_interval_s, all logs in each."""
+    server = make_server(concurrency=1, latency="fixed:0.6", stream_interval_s=0.2, stream_mode="legacy")
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
         subs = [submit(c) for _ in range(3)]
         positions = []
@@ -212,6 +219,11 @@ def test_sse_reports_queue_position_and_heartbeats(make_server: MakeServer) -> N
                     positions.append(frame.get("queue_position", "-") if frame["status"] == "IN_QUEUE" else "-")
     assert positions[0] == 1 and 0 in positions and positions[-1] == "-"
     assert positions.count(1) >= 2  # heartbeats repeat the unchanged status while waiting
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
+        sub = submit(c)
+        with c.stream("GET", sub["status_url"] + "/stream", params={"logs": "1"}) as r:
+            frames = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [log["message"] for log in frames[-1]["logs"]][-3:] == ["step 1/3", "step 2/3", "step 3/3"]
 
 
 def test_cancel_outcomes(make_server: MakeServer) -> None:
@@ -560,7 +572,8 @@ def test_cli_main(tmp_path: Path) -> None:
     assert main(["--latency", "gamma:1"]) == 2
     assert main(["--fail-5xx", "1.5"]) == 2
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator", "--port", "0", "--latency", "0", "--concurrency", "3", "--tiny-images"],
+        [sys.executable, "-m", "emulator", "--port", "0", "--latency", "0", "--concurrency", "3", "--tiny-images",
+         "--small-images"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -570,6 +583,7 @@ def test_cli_main(tmp_path: Path) -> None:
         assert url.startswith("http://127.0.0.1:")
         cfg = httpx.get(f"{url}/_emulator/config", timeout=10).json()
         assert cfg["concurrency"] == 3 and cfg["tiny_images"] is True and cfg["latency"] == "0"
+        assert cfg["small_images"] is True and cfg["locked_status"] == 403 and cfg["stream_mode"] == "live"
     finally:
         proc.terminate()
         proc.wait(10)

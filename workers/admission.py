@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+from shared.errors import FalAccountLocked
 from shared.records import JobRecord
 
 
@@ -37,6 +38,13 @@ class Admission:
 
     def release(self, rec: JobRecord) -> None:
         """Called when the job's request is no longer outstanding at fal."""
+
+    def account_locked(self, rec: JobRecord, exc: FalAccountLocked) -> None:
+        """fal refused ``rec``'s submit because the account is locked (exhausted balance).
+
+        Called by the submit phase itself, not by a hook that may swallow errors: if the
+        pause cannot be recorded the error reaches the step and the job waits again.
+        """
 
 
 class Unlimited(Admission):

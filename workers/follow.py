@@ -1,10 +1,23 @@
-"""Following a submitted request until fal finishes it, without polling hard.
+"""Following a submitted request until fal finishes it, then keeping its result.
 
 The SSE status stream is used first: fal pushes each change, so a finished request is
 noticed at once (the mirror-latency goal depends on it) and a waiting job costs one idle
-connection, not a poll loop. When the stream is unavailable the follower polls with
-backoff (``FALQ_POLL_MIN_S`` growing to ``FALQ_POLL_MAX_S``): never fal-client's 10 polls
-per second.
+connection, not a poll loop. fal's stream is quiet between changes except for a ``: ping``
+comment about every 15 s, so one connection serves the request's whole life: it is read
+by a background thread (:class:`shared.falclient.StatusStream`) while the follower checks
+cancel, deadline and shutdown every second, and it is reopened only after a real
+disconnect. When the stream is unavailable the follower polls with backoff
+(``FALQ_POLL_MIN_S`` growing to ``FALQ_POLL_MAX_S``): never fal-client's 10 polls per second.
+
+Logs: stream events carry new entries, a polled status the recent window. Both go
+through :func:`fresh_log_lines`, which deduplicates by (timestamp, message) against the
+cursor saved in the record, so the tail holds each line once, in order, across reconnects
+and redeliveries.
+
+Right after COMPLETED the output JSON is fetched once and saved beside the record
+(:meth:`shared.jobstore.JobStore.save_result`) before mirroring starts: fal keeps results
+about an hour (6 minutes at 10 KB or more, and ``sync_mode`` ones not at all), so an S3
+outage must never need it again.
 
 Example::
 
@@ -17,25 +30,73 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from shared.endpoints import unit_price
 from shared.errors import (
     TRANSIENT_ERROR_TYPES,
+    FalContentPolicy,
     FalqError,
     FalRequestFailed,
     FalRequestFailedTransient,
+    FalResultGone,
+    FalStartTimeout,
     PermanentError,
     RetryableError,
     fal_failure,
 )
-from shared.falclient import FalClient, Status, StreamUnsupported
+from shared.falclient import FalClient, LogEntry, Status, StreamEnd, StreamUnsupported
 from shared.records import LOGS_TAIL, JobRecord, State
 from shared.settings import Settings
 from workers.backoff import backoff_delay
 from workers.step import Outcome, StepBase
 
 _STATE_OF = {"IN_QUEUE": "in_queue", "IN_PROGRESS": "in_progress"}
+#: How often a follower waiting on a quiet stream checks cancel, deadline and shutdown.
+CHECK_S = 1.0
+#: Messages remembered at the newest timestamp (lines fal logged in the same instant).
+_CURSOR_MAX = 64
 
 #: Returned by ``should_stop`` to end following early: "cancel", "deadline", "step", ...
 StopReason = str
+
+
+def fresh_log_lines(entries: list[LogEntry], cursor: list[str], tail: list[str]) -> tuple[list[str], list[str]]:
+    """The lines of ``entries`` not seen yet, and the cursor after them.
+
+    ``cursor`` is ``[newest timestamp, messages seen at it...]`` as kept in the record.
+    Entries older than the cursor were seen; at the same timestamp, a known message was
+    seen. Entries without a timestamp fall back to "not in the recent ``tail``".
+
+    Example::
+
+        >>> fresh_log_lines([LogEntry(1.0, "a"), LogEntry(2.0, "b")], ["1.0", "a"], [])
+        (['b'], ['2.0', 'b'])
+    """
+    fresh, after = fresh_log_entries(entries, cursor, tail)
+    return [e.message for e in fresh], after
+
+
+def fresh_log_entries(entries: list[LogEntry], cursor: list[str],
+                      tail: list[str]) -> tuple[list[LogEntry], list[str]]:
+    """:func:`fresh_log_lines`, keeping each line's timestamp."""
+    newest = float(cursor[0]) if cursor else 0.0
+    seen_at = set(cursor[1:])
+    recent = set(tail)
+    out: list[LogEntry] = []
+    for entry in entries:
+        at, message = entry
+        if at <= 0.0:
+            if message not in recent:
+                out.append(entry)
+                recent.add(message)
+            continue
+        if at < newest or (at == newest and message in seen_at):
+            continue
+        if at > newest:
+            newest, seen_at = at, set()
+        seen_at.add(message)
+        out.append(entry)
+    kept = sorted(seen_at)[:_CURSOR_MAX]
+    return out, ([repr(newest), *kept] if newest > 0 else list(cursor))
 
 
 class Follower:
@@ -58,11 +119,11 @@ class Follower:
         *,
         should_stop: Callable[[], StopReason | None],
         on_status: Callable[[Status], None],
-        slice_s: float = 5.0,
+        check_s: float = CHECK_S,
     ) -> Status | StopReason:
         """Return the COMPLETED status, or the reason ``should_stop`` gave for stopping.
 
-        ``slice_s`` bounds how long the follower goes without asking ``should_stop``.
+        ``check_s`` bounds how long the follower goes without asking ``should_stop``.
         """
         use_stream = self.settings.use_status_stream
         poll = self.settings.poll_min_s
@@ -73,15 +134,17 @@ class Follower:
                 return reason
             try:
                 if use_stream:
-                    for st in self.fal.stream_status(status_url, read_timeout=slice_s):
-                        failures = 0
-                        on_status(st)
-                        if st.done:
-                            return st
-                        reason = should_stop()
+                    got, result = self._stream_once(status_url, should_stop, on_status, check_s)
+                    if result is not None:
+                        return result
+                    # The server closed the stream before COMPLETED: reconnect at once the
+                    # first time, with backoff if it keeps doing so without news.
+                    failures = 0 if got else failures + 1
+                    if failures:
+                        reason = _sleep(min(5.0, 0.25 * 2 ** failures), should_stop)
                         if reason:
                             return reason
-                    continue  # closed or quiet for slice_s: check and reconnect
+                    continue
                 st = self.fal.status(status_url)
                 failures = 0
                 on_status(st)
@@ -104,6 +167,26 @@ class Follower:
                 if reason:
                     return reason
 
+    def _stream_once(
+        self, status_url: str, should_stop: Callable[[], StopReason | None],
+        on_status: Callable[[Status], None], check_s: float,
+    ) -> tuple[bool, Status | StopReason | None]:
+        """One stream connection: (whether it brought a status, the outcome or None if it closed)."""
+        got = False
+        with self.fal.open_stream(status_url) as stream:
+            while True:
+                item = stream.next(timeout=check_s)
+                if item is StreamEnd:
+                    return got, None
+                if isinstance(item, Status):
+                    got = True
+                    on_status(item)
+                    if item.done:
+                        return got, item
+                reason = should_stop()
+                if reason:
+                    return got, reason
+
 
 def _sleep(seconds: float, should_stop: Callable[[], StopReason | None]) -> StopReason | None:
     """Sleep in slices of at most a second, waking early when asked to stop."""
@@ -124,24 +207,27 @@ class FollowPhase(StepBase):
     def _follow(self) -> Outcome | None:
         assert self.rec.status_url
         self.ctx.admission.following(self.rec)
-        pending_logs: list[str] = []
-        logs_seen = [0]
+        pending_logs: list[LogEntry] = []
+        cursor = [list(self.rec.log_cursor)]
+
+        def take_logs(r: JobRecord, lines: list[LogEntry], at: list[str]) -> None:
+            r.add_logs([e.message for e in lines], [e.at for e in lines])
+            r.log_cursor = at
 
         def on_status(st: Status) -> None:
-            # fal sends every log line so far with each status; keep only the new ones.
-            fresh = st.logs[logs_seen[0]:] if len(st.logs) >= logs_seen[0] else st.logs
-            logs_seen[0] = len(st.logs)
+            tail = [*self.rec.logs, *(e.message for e in pending_logs)]
+            fresh, cursor[0] = fresh_log_entries(st.logs, cursor[0], tail)
             pending_logs.extend(fresh)
             del pending_logs[:-LOGS_TAIL]
             new = _STATE_OF.get(st.status)
             if new and new != self.rec.state and not st.done:
-                logs = list(pending_logs)
+                logs, at = list(pending_logs), list(cursor[0])
                 pending_logs.clear()
 
                 def moved(r: JobRecord, new: State = new) -> None:  # type: ignore[assignment]
                     if new == "in_progress" and r.submitted_at and r.queue_wait is None:
                         r.queue_wait = time.time() - r.submitted_at
-                    r.add_logs(logs)
+                    take_logs(r, logs, at)
                     r.move(new)
 
                 self.commit(moved)
@@ -167,12 +253,17 @@ class FollowPhase(StepBase):
                 return self._deadline()
             return Outcome(False, 0.0)
         self.ctx.admission.release(self.rec)
+        if pending_logs:
+            logs, at = list(pending_logs), list(cursor[0])
+            self.commit(lambda r: take_logs(r, logs, at))
         if result.error:
             return self._failed_attempt(self._failure_detail(result))
         done_at = time.time()
+        kept = self._keep_result()
+        if kept is not None:
+            return kept
 
         def completed(r: JobRecord) -> None:
-            r.add_logs(pending_logs)
             inference = result.metrics.get("inference_time")
             r.inference_time = float(inference) if isinstance(inference, int | float) else None
             r.fal_completed_at = done_at
@@ -180,6 +271,49 @@ class FollowPhase(StepBase):
 
         self.commit(completed)
         self.fresh_mirror = True
+        return None
+
+    def _keep_result(self) -> Outcome | None:
+        """Fetch fal's output once and save it beside the record (None: saved, go on).
+
+        An answer that says nothing about the request (an ingress page, a reset) is asked
+        again with backoff; it is never a reason for a new submission.
+        """
+        if self.rec.result_saved_at is not None and self.ctx.store.load_result(self.rec.id) is not None:
+            return None
+        assert self.rec.response_url
+        tries = 0
+        while True:
+            try:
+                res = self.ctx.fal.result(self.rec.response_url)
+                break
+            except RetryableError as exc:
+                if isinstance(exc, FalRequestFailedTransient):
+                    return self._failed_attempt(exc)
+                tries += 1
+                self.commit(lambda r, exc=exc: r.add_error(exc))  # type: ignore[misc]
+                delay = backoff_delay(tries, base_s=self.s.retry_base_s, max_s=min(30.0, self.s.retry_max_s),
+                                      retry_after=exc.retry_after)
+                reason = _sleep(delay, self.stop_reason)
+                if reason == "cancel":
+                    return self._cancel()
+                if reason:
+                    return Outcome(False, 0.0)  # the next step follows (COMPLETED at once) and fetches again
+            except FalRequestFailed as exc:
+                return self._failed_attempt(exc)
+            except PermanentError as exc:  # moderation, start timeout, result gone, a hostile body
+                return self._fail(exc)
+        self.ctx.store.save_result(self.rec.id, res.raw)
+        saved_at = time.time()
+        price = unit_price(self.rec.endpoint, self.s)
+
+        def kept(r: JobRecord) -> None:
+            r.result_saved_at = saved_at
+            if res.billable_units is not None and price is not None:
+                r.cost_billed = round(res.billable_units * price, 6)
+                r.cost_source = "fal_billable_units"
+
+        self.commit(kept)
         return None
 
     def _await_webhook(self) -> Status | str | None:
@@ -210,6 +344,8 @@ class FollowPhase(StepBase):
             return fallback
         try:
             self.ctx.fal.result(self.rec.response_url)
+        except (FalContentPolicy, FalStartTimeout, FalResultGone) as exc:
+            return exc if not isinstance(exc, FalResultGone) else fallback
         except FalRequestFailed as exc:
             if status.error_type in TRANSIENT_ERROR_TYPES and not isinstance(exc, FalRequestFailedTransient):
                 return fallback  # the status said transient; trust it over a vague result code

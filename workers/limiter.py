@@ -1,4 +1,4 @@
-"""The worker side of the global limits: admission, slot renewal, and the 402 pause.
+"""The worker side of the global limits: admission, slot renewal, and the locked-account pause.
 
 :class:`LimitsAdmission` plugs :class:`shared.limits.Limiter` into the runner's
 :class:`~workers.admission.Admission` seam:
@@ -41,9 +41,8 @@ import redis
 from shared.endpoints import ENDPOINTS
 from shared.errors import FalAccountLocked
 from shared.limits import Limiter, micro
-from shared.records import ErrorInfo, JobRecord
+from shared.records import JobRecord
 from workers.admission import Admission
-from workers.middleware import Middleware
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -182,6 +181,21 @@ class LimitsAdmission(Admission):
         self.limiter.hold(rec.id, rec.endpoint)
         self.keeper.track(rec.id)
 
+    def account_locked(self, rec: JobRecord, exc: FalAccountLocked) -> None:
+        """Pause every submission of the key for ``FALQ_LOCKED_PAUSE_S`` (renewed by each further
+        refusal); logged at ERROR once per pause, naming only the key's suffix and the job whose
+        submit was refused (fal has been seen sending the lock text for a filtered prompt)."""
+        message = str(exc)
+        if self.limiter.pause(message, self.s.locked_pause_s):
+            log.error(
+                "FAL ACCOUNT LOCKED: fal refused key %s (%s) on job %s. ALL submissions for this key are paused "
+                "for %.0fs (renewed while fal keeps refusing); jobs wait as `paused: account_locked`, none fail. "
+                "Top up or unlock the account, then run `falq limits set --resume`. If the balance is fine, "
+                "look at that job's prompt.",
+                self.s.key_suffix(), message[:300], rec.id, self.s.locked_pause_s,
+            )
+        rec.paused = "account_locked"
+
     def release(self, rec: JobRecord) -> None:
         self.keeper.untrack(rec.id)
         try:
@@ -190,27 +204,3 @@ class LimitsAdmission(Admission):
             self.limiter.release(rec.id, refund=rec.request_id is None)
         except redis.RedisError as exc:
             log.warning("could not release the slot of %s (%s); it expires by itself", rec.id, type(exc).__name__)
-
-
-class AccountLockedPause(Middleware):
-    """Turns a 402 / locked-account error on any job into a pause of the whole key.
-
-    The pause lasts ``FALQ_LOCKED_PAUSE_S`` and is renewed by every further 402; it is
-    logged at ERROR once per pause, naming only the key's suffix.
-    """
-
-    def __init__(self, limiter: Limiter, ttl_s: float, suffix: str) -> None:
-        self.limiter = limiter
-        self.ttl_s = ttl_s
-        self.suffix = suffix
-
-    def after_error(self, rec: JobRecord, error: ErrorInfo) -> None:
-        if error.type != FalAccountLocked.kind:
-            return
-        if self.limiter.pause(error.message, self.ttl_s):
-            log.error(
-                "FAL ACCOUNT LOCKED: fal refused key %s (%s). ALL submissions for this key are paused for %.0fs "
-                "(renewed while fal keeps refusing); jobs wait as `paused: account_locked`, none fail. "
-                "Top up or unlock the account, then run `falq limits set --resume`.",
-                self.suffix, error.message[:300], self.ttl_s,
-            )

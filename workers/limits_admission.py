@@ -11,11 +11,8 @@ if TYPE_CHECKING:
 
 
 def build_admission(ctx: WorkerContext) -> Admission:
-    """A :class:`~workers.limiter.LimitsAdmission`, plus the middleware that pauses the key
-    when fal answers 402 / locked (see ``workers/limiter.py``)."""
-    from workers.limiter import AccountLockedPause, LimitsAdmission
+    """A :class:`~workers.limiter.LimitsAdmission`: the shared limits of the worker's key,
+    including the pause of the key when fal answers that the account is locked."""
+    from workers.limiter import LimitsAdmission
 
-    admission = LimitsAdmission(ctx)
-    ctx.middleware.append(AccountLockedPause(admission.limiter, ctx.settings.locked_pause_s,
-                                             ctx.settings.key_suffix()))
-    return admission
+    return LimitsAdmission(ctx)

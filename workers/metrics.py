@@ -10,7 +10,8 @@ What is recorded, and when:
   job as finished by state and endpoint and in the per-minute counter (jobs/min);
 * entering ``in_progress``: fal queue wait of this attempt (submitted -> in progress);
 * entering ``mirroring`` (fal finished a request successfully, which fal bills): the
-  inference time fal reported and the job's estimated cost (spend);
+  inference time fal reported and the job's cost (spend): fal's billed amount when the
+  result carried ``x-fal-billable-units``, else the price-table estimate;
 * entering ``completed``: fal-completion -> image-in-S3 time, and enqueue -> completed;
 * ``failed``: the final error's type (``falq_failures_total{reason}``);
 * every retryable error (``falq_retries_total{reason}``) and every wait (``reason`` is
@@ -57,10 +58,10 @@ class MetricsMiddleware(Middleware):
         elif new == "mirroring":
             if rec.inference_time is not None:
                 observe(pipe, self.prefix, "inference", rec.endpoint, rec.inference_time)
-            if rec.cost_estimate:
-                pipe.hincrbyfloat(self.counters, f"spend|{rec.endpoint}", rec.cost_estimate)
+            if rec.cost:  # fal's billed amount when it reported one, else the estimate
+                pipe.hincrbyfloat(self.counters, f"spend|{rec.endpoint}", rec.cost)
                 day = spend_key(self.prefix, utc_day(now))
-                pipe.incrbyfloat(day, rec.cost_estimate)
+                pipe.incrbyfloat(day, rec.cost)
                 pipe.expire(day, 40 * 86400)
         if new == "completed":
             if rec.fal_completed_at:

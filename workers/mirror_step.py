@@ -1,10 +1,12 @@
-"""The mirroring step of a job: fetch fal's result and copy each image into our bucket."""
+"""Where an image is mirrored: copy each output of fal's kept result into our bucket."""
 
 from __future__ import annotations
 
+import json
+
 from pydantic import ValidationError
 
-from shared.errors import FalBadAnswer, FalRequestFailedTransient, PermanentError, RetryableError
+from shared.errors import FalBadAnswer, FalRequestFailed, FalRequestFailedTransient, PermanentError, RetryableError
 from shared.records import JobRecord, StoredImage
 from shared.schemas import GenerateOutput
 from workers.backoff import backoff_delay
@@ -15,13 +17,22 @@ from workers.step import DONE, Outcome, StepBase, _note
 
 def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
                        first_try: bool = False) -> tuple[GenerateOutput, list[StoredImage]]:
-    """Fetch the result of ``rec``'s request and mirror every image; idempotent.
+    """Mirror every image of ``rec``'s result; idempotent.
 
-    The result is fetched again on every try rather than stored: with ``sync_mode`` it
-    holds whole images as data URIs, which do not belong in a Redis record.
+    The result is the one saved beside the record right after COMPLETED (see
+    :mod:`workers.follow`), so retries during an S3 outage never ask fal again. A record
+    saved before that existed falls back to fal's copy; if fal no longer has it the job
+    fails (:class:`~shared.errors.FalResultGone`), it is never resubmitted silently.
     """
-    assert rec.response_url
-    raw = ctx.fal.result(rec.response_url)
+    kept = ctx.store.load_result(rec.id)
+    if kept is not None:
+        try:
+            raw = json.loads(kept)
+        except ValueError:
+            raise FalBadAnswer("the saved result is not JSON") from None
+    else:
+        assert rec.response_url
+        raw = ctx.fal.result(rec.response_url).output
     try:
         output = GenerateOutput.model_validate(raw)
     except ValidationError as exc:
@@ -69,9 +80,9 @@ class MirrorPhase(StepBase):
                 return self._fail(exc, prefix=f"mirroring failed {tries} times: ")
             return self._wait(backoff_delay(tries, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s,
                                             retry_after=exc.retry_after))
+        except FalRequestFailed as exc:  # the request itself failed (only without a saved result)
+            return self._failed_attempt(exc)
         except PermanentError as exc:
-            if hasattr(exc, "error_type"):  # the request itself failed (FalRequestFailed)
-                return self._failed_attempt(exc)
             return self._fail(exc)
 
         def completed(r: JobRecord) -> None:
@@ -80,5 +91,6 @@ class MirrorPhase(StepBase):
             r.move("completed")
 
         self.commit(completed)
+        self.ctx.store.drop_result(self.rec.id)
         self.ctx.notify_finished(self.rec)
         return DONE

@@ -14,7 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.errors import DeadlineExceeded, FalAccountLocked, FalqError, FalRequestFailedTransient, JobNotFound
+from shared.errors import (
+    DeadlineExceeded,
+    FalAccountLocked,
+    FalContentPolicy,
+    FalqError,
+    FalRequestFailedTransient,
+    JobNotFound,
+)
 from shared.jobstore import Conflict
 from shared.records import AT_FAL, JobRecord
 from shared.settings import Settings
@@ -31,9 +38,6 @@ class Outcome:
 
     done: bool
     delay: float = 0.0
-
-
-DONE = Outcome(True)
 
 
 DONE = Outcome(True)
@@ -143,6 +147,8 @@ class StepBase:
             r.add_error(exc, retryable=False)
             if prefix and r.errors:
                 r.errors[-1].message = message[:2000]
+            if isinstance(exc, FalContentPolicy):
+                r.moderation = exc.categories or ["unspecified"]
             r.move("failed")
 
         self.commit(failed)
@@ -182,6 +188,7 @@ def _requeue_with(exc: Exception) -> Callable[[JobRecord], object]:
         r.add_error(exc)
         if isinstance(exc, FalAccountLocked):
             r.attempts -= 1  # fal refused before creating a request: not an attempt (the key pauses)
+            r.paused = "account_locked"
         r.move("queued")
 
     return change

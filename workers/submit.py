@@ -14,10 +14,17 @@ from collections.abc import Callable
 
 import redis
 
-from shared.errors import AttemptsExhausted, PermanentError, RetryableError
+from shared.errors import (
+    AttemptsExhausted,
+    FalAccountLocked,
+    FalSubmitUncertain,
+    PermanentError,
+    RetryableError,
+)
+from shared.falclient import Submitted, request_urls, submit_headers
 from shared.records import JobRecord, Submission
 from workers.backoff import backoff_delay
-from workers.step import DONE, Outcome, StepBase, _requeue_with
+from workers.step import DONE, Outcome, StepBase, _note, _requeue_with
 
 log = logging.getLogger("falq.runner")
 
@@ -63,13 +70,30 @@ class SubmitPhase(StepBase):
         # Persisted before the POST: a crash from here on counts this attempt.
         self.commit(start_attempt)
         attempt = self.rec.attempts
-        headers = {"X-Falq-Job-Id": self.rec.id, "X-Falq-Attempt": str(attempt)}
+        headers = {**submit_headers(self.s, self.rec.lane), "X-Falq-Job-Id": self.rec.id,
+                   "X-Falq-Attempt": str(attempt)}
         self.ctx.admission.sending(self.rec)
         try:
             sub = self.ctx.fal.submit(self.rec.endpoint, self.rec.input, headers=headers,
                                      webhook_url=self.s.fal_webhook_url)
+        except FalSubmitUncertain as exc:
+            if exc.request_id:
+                # fal named the request it may have created: follow that one, never a second.
+                log.warning("job %s: %s; following request %s", self.rec.id, exc, exc.request_id)
+                self.commit(_note(exc))
+                sub = Submitted(exc.request_id, *request_urls(self.s, self.rec.endpoint, exc.request_id))
+            elif self.s.submit_uncertain == "resubmit":
+                self.ctx.admission.release(self.rec)
+                self.commit(_requeue_with(exc))
+                return self._wait(backoff_delay(attempt - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s))
+            else:
+                self.ctx.admission.release(self.rec)
+                return self._fail(exc, prefix="submit outcome unknown, not sent again (FALQ_SUBMIT_UNCERTAIN=fail; "
+                                              "`falq retry` sends a new request): ")
         except RetryableError as exc:
             self.ctx.admission.release(self.rec)
+            if isinstance(exc, FalAccountLocked):
+                self.ctx.admission.account_locked(self.rec, exc)
             self.commit(_requeue_with(exc))
             return self._wait(backoff_delay(
                 attempt - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s, retry_after=exc.retry_after

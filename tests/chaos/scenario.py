@@ -36,7 +36,11 @@ ENDPOINTS = [
     "fal-ai/qwen-image-2/edit",
     "fal-ai/qwen-image-2/pro/edit",
 ]
-EMULATOR_FAULTS = {"fail_5xx": 0.10, "fail_429": 0.05, "drop": 0.02, "slow": 0.02, "completed_error": 0.02}
+EMULATOR_FAULTS = {"fail_5xx": 0.10, "fail_429": 0.05, "drop": 0.02, "slow": 0.02, "completed_error": 0.02,
+                   "submit_500_created": 0.02, "moderation_rate": 0.01}
+#: Failures the faults above cause by design: a moderated prompt, and a submit whose answer
+#: was dropped after it was sent (never sent again: FALQ_SUBMIT_UNCERTAIN=fail).
+EXPECTED_FAILURES = frozenset({"content_policy", "submit_uncertain"})
 
 
 @dataclass
@@ -51,6 +55,10 @@ class Report:
     paid_twice: int = 0
     over_attempts: int = 0
     multi_submission_jobs: int = 0
+    #: Submissions beyond 1 + the request's own failures + submit_interrupted: what an ingress
+    #: error (or any answer that said nothing about the request) would have cost.
+    extra_submissions: int = 0
+    failed_by_kind: dict[str, int] = field(default_factory=dict)
     worker_kills: int = 0
     redis_restarts: int = 0
     s3_faults: dict[str, int] = field(default_factory=dict)
@@ -61,7 +69,12 @@ class Report:
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.unexplained_failures == 0 and self.images_bad == 0
-                and self.over_attempts == 0 and self.states.get("terminal_missing", 0) == 0)
+                and self.over_attempts == 0 and self.states.get("terminal_missing", 0) == 0
+                and self.extra_submissions == 0)
+
+    @property
+    def expected_failures(self) -> int:
+        return sum(n for kind, n in self.failed_by_kind.items() if kind in EXPECTED_FAILURES)
 
 
 def _edit_source() -> str:
@@ -134,7 +147,8 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
             time.sleep(1.0)
         stop.set()
         chaos.join(30)
-        stack.emu.configure(fail_5xx=0, fail_429=0, drop=0, slow=0, completed_error=0)
+        stack.emu.configure(fail_5xx=0, fail_429=0, drop=0, slow=0, completed_error=0, submit_500_created=0,
+                            moderation_rate=0)
         report.seconds = time.monotonic() - t0
         _audit(report, stack, falq, Storage(direct), job_ids)
         report.s3_faults = dict(proxy.injected)
@@ -166,8 +180,14 @@ def _audit(report: Report, stack: DevStack, falq: Any, storage: Any, job_ids: li
             report.failures.append(f"{job_id}: {n} submissions > {rec.attempts} attempts")
         if n > 1:
             report.multi_submission_jobs += 1
+        justified = 1 + sum(1 for e in rec.errors if e.type in ("fal_request_failed_transient", "submit_interrupted"))
+        if n > justified:
+            report.extra_submissions += n - justified
+            report.failures.append(f"{job_id}: {n} submissions, {justified} justified ({[e.type for e in rec.errors]})")
         if rec.state == "failed" and not (rec.error and rec.error.message):
             report.unexplained_failures += 1
+        if rec.state == "failed" and rec.error:
+            report.failed_by_kind[rec.error.type] = report.failed_by_kind.get(rec.error.type, 0) + 1
         if rec.state == "completed":
             for img in rec.outputs:
                 report.images_checked += 1
@@ -207,6 +227,8 @@ def table(r: Report) -> str:
         ("fal submissions (accepted)", r.submissions),
         ("jobs with submissions > attempts", r.over_attempts),
         ("jobs submitted more than once (each a recorded new attempt)", r.multi_submission_jobs),
+        ("extra submissions not justified by the request's own failure", r.extra_submissions),
+        ("failed by reason", ", ".join(f"{k} {v}" for k, v in sorted(r.failed_by_kind.items())) or "none"),
         ("worker SIGKILLs / Redis restarts", f"{r.worker_kills} / {r.redis_restarts}"),
         ("S3 write faults injected", ", ".join(f"{k} {v}" for k, v in sorted(r.s3_faults.items()))),
         ("emulator faults injected", ", ".join(f"{k} {v}" for k, v in sorted(r.emulator_faults.items()))),
