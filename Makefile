@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test redis-server lint typecheck unit chaos bench bench-quick clean
+.PHONY: install demo test redis-server lint typecheck unit chaos bench bench-quick bench-connections clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -53,3 +53,8 @@ bench: install
 ## make bench-quick: the same scenarios scaled down, under two minutes.
 bench-quick: install
 	$(BIN)/python -m ops.bench --quick
+
+## make bench-connections: HTTP calls and connections per job to fal (15 s stream heartbeats,
+## 5-60 s latencies), beside fal-client in the same run.
+bench-connections: install
+	$(BIN)/python -m ops.bench --only connections
