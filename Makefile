@@ -19,7 +19,7 @@ install: $(STAMP)
 
 ## make demo: start Redis, S3, the fal emulator and a worker locally; run real jobs; save the images.
 demo: install redis-server
-	$(BIN)/python -m ops.demo $(ARGS)
+	$(BIN)/python -m falq.ops.demo $(ARGS)
 
 # The demo and the tests start their own redis-server; on a bare Debian machine (as root) it is
 # installed from Debian's packages, elsewhere the message says what to install.
@@ -35,7 +35,7 @@ test: install redis-server lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
-	$(BIN)/ruff check shared workers producers emulator ops gateway tests
+	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway tests
 
 typecheck: install
 	$(BIN)/mypy
@@ -48,13 +48,13 @@ clean:
 
 ## make bench: the full benchmark the README reports (falq beside its references; table + docs/bench.png).
 bench: install
-	$(BIN)/python -m ops.bench
+	$(BIN)/python -m falq.ops.bench
 
 ## make bench-quick: the same scenarios scaled down, under two minutes.
 bench-quick: install
-	$(BIN)/python -m ops.bench --quick
+	$(BIN)/python -m falq.ops.bench --quick
 
 ## make bench-connections: HTTP calls and connections per job to fal (15 s stream heartbeats,
 ## 5-60 s latencies), beside fal-client in the same run.
 bench-connections: install
-	$(BIN)/python -m ops.bench --only connections
+	$(BIN)/python -m falq.ops.bench --only connections

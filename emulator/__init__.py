@@ -1,7 +1,7 @@
 """falq's offline fal emulator: fal's queue protocol for the four Qwen-Image-2 endpoints.
 
-Start one in-process for tests and benchmarks with :class:`~emulator.server.EmulatorServer`,
-or from a shell with ``python -m emulator --port 8790`` (``falq emulator``).
+Start one in-process for tests and benchmarks with :class:`~falq.emulator.server.EmulatorServer`,
+or from a shell with ``python -m falq.emulator --port 8790`` (``falq emulator``).
 
 By default it behaves like the live fal service as the evidence in
 ``shared/reference/fal-queue-protocol.md`` §10 describes it (403 for a locked account,
@@ -11,12 +11,12 @@ behind named :class:`EmulatorConfig` options.
 
 Example::
 
-    from emulator import EmulatorServer
+    from falq.emulator import EmulatorServer
     with EmulatorServer(latency="uniform:0.1,0.3", concurrency=4) as emu:
         print(emu.url)   # http://127.0.0.1:<port>
 """
 
-from emulator.config import EmulatorConfig
-from emulator.server import EmulatorServer, main, run
+from falq.emulator.config import EmulatorConfig
+from falq.emulator.server import EmulatorServer, main, run
 
 __all__ = ["EmulatorConfig", "EmulatorServer", "main", "run"]

@@ -1,7 +1,7 @@
-"""``python -m emulator``: serve the fal emulator (see ``--help``)."""
+"""``python -m falq.emulator``: serve the fal emulator (see ``--help``)."""
 
 import sys
 
-from emulator.server import main
+from falq.emulator.server import main
 
 sys.exit(main())

@@ -9,7 +9,7 @@ Queue routes (``Authorization: Key ...`` required):
 * ``PUT  /{owner}/{app}[/{path}]/requests/{id}/cancel``
 
 Other routes: ``GET /files/{name}``, ``GET /.well-known/jwks.json``, the storage upload
-routes of :mod:`emulator.storage`, and ``/_emulator/{config,reset,requests,health}``.
+routes of :mod:`falq.emulator.storage`, and ``/_emulator/{config,reset,requests,health}``.
 
 Answers that follow the live service (``shared/reference/fal-queue-protocol.md`` §10):
 
@@ -45,11 +45,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from emulator.config import EmulatorConfig
-from emulator.core import LOCKED_DETAIL, Emulator
-from emulator.faults import SUBMIT_500_BODY, SUBMIT_500_SCOPE_KEY, FaultMiddleware
-from emulator.state import COMPLETED, IN_QUEUE, RequestRecord
-from shared.endpoints import ENDPOINTS
+from falq.emulator.config import EmulatorConfig
+from falq.emulator.core import LOCKED_DETAIL, Emulator
+from falq.emulator.faults import SUBMIT_500_BODY, SUBMIT_500_SCOPE_KEY, FaultMiddleware
+from falq.emulator.state import COMPLETED, IN_QUEUE, RequestRecord
+from falq.shared.endpoints import ENDPOINTS
 
 APPS = {e.app for e in ENDPOINTS.values()}
 __all__ = ["LOCKED_DETAIL", "create_app", "queue_call"]

@@ -9,7 +9,7 @@ dropped unbilled because no runner started it within ``X-Fal-Request-Timeout``.
 
 Results expire as fal documents (see :meth:`Emulator.result_expired`), and a successful
 result carries ``x-fal-billable-units``. ``X-Fal-Queue-Priority: low`` requests wait
-behind every normal request of the key (:class:`~emulator.state.KeyQueue`).
+behind every normal request of the key (:class:`~falq.emulator.state.KeyQueue`).
 
 Example::
 
@@ -35,15 +35,15 @@ from typing import Any
 
 import httpx
 
-from emulator import webhooks
-from emulator.config import EmulatorConfig
-from emulator.faults import FaultInjector
-from emulator.outputs import OutputMaker
-from emulator.render import Renderer
-from emulator.state import COMPLETED, IN_PROGRESS, IN_QUEUE, Client, KeyQueue, RequestRecord, Stats
-from emulator.storage import FileStore
-from shared.errors import InvalidInput
-from shared.schemas import validate_input
+from falq.emulator import webhooks
+from falq.emulator.config import EmulatorConfig
+from falq.emulator.faults import FaultInjector
+from falq.emulator.outputs import OutputMaker
+from falq.emulator.render import Renderer
+from falq.emulator.state import COMPLETED, IN_PROGRESS, IN_QUEUE, Client, KeyQueue, RequestRecord, Stats
+from falq.emulator.storage import FileStore
+from falq.shared.errors import InvalidInput
+from falq.shared.schemas import validate_input
 
 LOCKED_DETAIL = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
 CANCELLED_BODY = {"detail": "Request was cancelled", "error_type": "client_cancelled"}

@@ -21,7 +21,7 @@ The per-request ``completed_error`` and ``moderation_rate`` draws happen at subm
 The middleware also does the connection accounting for benchmarks: every queue call is
 attributed to its request id (from the path, or for a submit from the answer's
 ``x-fal-request-id``) together with its ASGI ``scope["client"]``, see
-:meth:`emulator.core.Emulator.note_call`.
+:meth:`falq.emulator.core.Emulator.note_call`.
 
 Example::
 
@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from emulator.config import CallKind, EmulatorConfig
+from falq.emulator.config import CallKind, EmulatorConfig
 
 if TYPE_CHECKING:
-    from emulator.core import Emulator
+    from falq.emulator.core import Emulator
 
 SUBMIT_500_SCOPE_KEY = "falq.submit_500_created"  # set on the ASGI scope, read by the submit route
 SUBMIT_500_BODY = {"detail": "Internal server error"}

@@ -1,9 +1,9 @@
 """Turning a validated input into fal's output: seed, size, rendered files, URLs.
 
 Rendering runs in a thread pool so the event loop never blocks on Pillow. Output files
-are registered in the :class:`~emulator.storage.FileStore` by spec and served at
+are registered in the :class:`~falq.emulator.storage.FileStore` by spec and served at
 ``{base}/files/{name}``; ``sync_mode`` returns data URIs instead. Outputs have realistic
-sizes by default (about 1.7 MB per 1 MP PNG, see :mod:`emulator.render`).
+sizes by default (about 1.7 MB per 1 MP PNG, see :mod:`falq.emulator.render`).
 
 Example::
 
@@ -19,10 +19,10 @@ import asyncio
 from concurrent.futures import Executor
 from typing import Any
 
-from emulator.render import Renderer, RenderSpec
-from emulator.storage import FileStore
-from shared.images import inspect_image, parse_data_uri, to_data_uri
-from shared.schemas import EditInput, TextToImageInput
+from falq.emulator.render import Renderer, RenderSpec
+from falq.emulator.storage import FileStore
+from falq.shared.images import inspect_image, parse_data_uri, to_data_uri
+from falq.shared.schemas import EditInput, TextToImageInput
 
 FALLBACK_SIZE = (1024, 1024)
 

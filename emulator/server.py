@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from emulator.app import create_app
-from emulator.config import EmulatorConfig
-from shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
+from falq.emulator.app import create_app
+from falq.emulator.config import EmulatorConfig
+from falq.shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
 
 
 class _QuietDrops(logging.Filter):
@@ -168,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI entry (``python -m emulator`` / ``falq emulator``). Returns the exit code."""
+    """CLI entry (``python -m falq.emulator`` / ``falq emulator``). Returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)

@@ -1,11 +1,11 @@
 """In-memory state: request records, per-key FIFO queues with O(log n) positions, counters.
 
-Nothing here awaits or touches the network; :mod:`emulator.core` drives it from the event
+Nothing here awaits or touches the network; :mod:`falq.emulator.core` drives it from the event
 loop. Queue positions are answered from Fenwick trees over per-key tickets, so a status
 call stays cheap with tens of thousands of requests queued behind one key.
 
 Each record also keeps the connection accounting a benchmark needs (HTTP calls by kind,
-distinct client connections), filled in by :class:`emulator.faults.FaultMiddleware`.
+distinct client connections), filled in by :class:`falq.emulator.faults.FaultMiddleware`.
 
 Example::
 

@@ -1,6 +1,6 @@
 """The emulator's file store: rendered outputs and uploads, served at ``/files/{name}``.
 
-Rendered outputs are kept as their :class:`~emulator.render.RenderSpec` only (a few
+Rendered outputs are kept as their :class:`~falq.emulator.render.RenderSpec` only (a few
 hundred bytes); the bytes come from the renderer's LRU cache or are rendered again,
 identically. Uploads (fal storage emulation) keep their bytes.
 
@@ -28,7 +28,7 @@ import threading
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from emulator.render import RenderSpec
+from falq.emulator.render import RenderSpec
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

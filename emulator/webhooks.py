@@ -34,7 +34,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-log = logging.getLogger("emulator.webhooks")
+log = logging.getLogger("falq.emulator.webhooks")
 
 
 def _b64url(data: bytes) -> str:

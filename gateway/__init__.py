@@ -1,7 +1,7 @@
 """falq's HTTP gateway: fal's queue protocol and falq's REST API over one falq deployment.
 
 Any fal client, in any language, changes only where it points and gets falq's global
-limits, retries, crash safety, S3 copies and monitoring. See :mod:`gateway.app`.
+limits, retries, crash safety, S3 copies and monitoring. See :mod:`falq.gateway.app`.
 
 Example::
 
@@ -9,7 +9,7 @@ Example::
     # Python: fal_client with QUEUE_URL_FORMAT = "http://127.0.0.1:8080/", FAL_KEY=k1
 """
 
-from gateway.app import create_app
-from gateway.server import GatewayServer
+from falq.gateway.app import create_app
+from falq.gateway.server import GatewayServer
 
 __all__ = ["GatewayServer", "create_app"]

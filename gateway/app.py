@@ -6,7 +6,7 @@ Example::
     app = create_app(settings, gsettings, unauthenticated=True)    # local use only
 
 Layers, outermost first: ``x-fal-request-id`` on every answer, API-key check (401), fal's
-client-proxy convention (:mod:`gateway.proxy`), the routes. Typed errors become answers in
+client-proxy convention (:mod:`falq.gateway.proxy`), the routes. Typed errors become answers in
 one place (:func:`_handlers`): ``Unprocessable`` / ``InvalidInput`` -> 422, ``JobNotFound``
 -> 404 ``NOT_FOUND``, Redis, broker or S3 trouble -> 503 (never a stack trace, never a secret).
 """
@@ -28,19 +28,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway import fal_routes, limits_routes, rest_routes
-from gateway.auth import ApiKeys, AuthMiddleware
-from gateway.config import GatewaySettings
-from gateway.core import Gateway, RequestIdMiddleware, Unprocessable, json_response
-from gateway.hooks import HookDispatcher
-from gateway.openapi import build_document
-from gateway.proxy import FalProxyMiddleware
-from gateway.views import validation_detail
-from gateway.webhooks import fal_webhook
-from producers.client import Falq
-from shared.errors import InvalidInput, JobNotFound, StorageError, StorageTransientError
-from shared.settings import Settings
-from shared.webhooks import WebhookVerifier, settings_jwks_url
+from falq.gateway import fal_routes, limits_routes, rest_routes
+from falq.gateway.auth import ApiKeys, AuthMiddleware
+from falq.gateway.config import GatewaySettings
+from falq.gateway.core import Gateway, RequestIdMiddleware, Unprocessable, json_response
+from falq.gateway.hooks import HookDispatcher
+from falq.gateway.openapi import build_document
+from falq.gateway.proxy import FalProxyMiddleware
+from falq.gateway.views import validation_detail
+from falq.gateway.webhooks import fal_webhook
+from falq.producers.client import Falq
+from falq.shared.errors import InvalidInput, JobNotFound, StorageError, StorageTransientError
+from falq.shared.settings import Settings
+from falq.shared.webhooks import WebhookVerifier, settings_jwks_url
 
 log = logging.getLogger("falq.gateway")
 
@@ -113,7 +113,7 @@ def create_app(
         verifier: the fal webhook verifier (default: fal's JWKS or ``FALQ_FAL_JWKS_URL``).
         dispatch_hooks: run the ``fal_webhook`` delivery task in this process.
 
-    Raises :class:`gateway.config.GatewayConfigError` when no key is configured and
+    Raises :class:`falq.gateway.config.GatewayConfigError` when no key is configured and
     ``unauthenticated`` is false. ``app.state.gateway`` is the :class:`Gateway`.
     """
     settings = settings or Settings()

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.config import GatewayConfigError
+from falq.gateway.config import GatewayConfigError
 
 #: Paths answered without an API key.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/_falq/fal-webhook"})

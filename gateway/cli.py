@@ -1,4 +1,4 @@
-"""``falq api``: the click command the ``falq`` CLI registers (arguments go to :func:`gateway.server.main`).
+"""``falq api``: the click command the ``falq`` CLI registers (arguments go to :func:`falq.gateway.server.main`).
 
 Example::
 
@@ -15,6 +15,6 @@ import click
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def api(args: tuple[str, ...]) -> int:
     """Serve falq over HTTP: fal's queue protocol + falq's REST API (try `falq api --help`)."""
-    from gateway.server import main
+    from falq.gateway.server import main
 
     return main(list(args))

@@ -1,8 +1,8 @@
 """The gateway's own settings (``FALQ_API_KEYS`` ...), read like every other falq setting.
 
-They live here rather than in :mod:`shared.settings` because only ``falq api`` reads them;
+They live here rather than in :mod:`falq.shared.settings` because only ``falq api`` reads them;
 everything else (Redis, S3, limits, the callback secret) comes from the shared
-:class:`~shared.settings.Settings`.
+:class:`~falq.shared.settings.Settings`.
 
 | Variable | Default | Meaning |
 |---|---|---|
@@ -23,7 +23,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.errors import PermanentError
+from falq.shared.errors import PermanentError
 
 
 class GatewayConfigError(PermanentError):

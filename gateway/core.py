@@ -24,12 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.config import GatewaySettings
-from producers.client import Falq
-from shared.jobstore import JobStore
-from shared.records import JobRecord
-from shared.settings import Settings
-from shared.storage import Storage
+from falq.gateway.config import GatewaySettings
+from falq.producers.client import Falq
+from falq.shared.jobstore import JobStore
+from falq.shared.records import JobRecord
+from falq.shared.settings import Settings
+from falq.shared.storage import Storage
 
 P = ParamSpec("P")
 _SAFE_ID = re.compile(r"[\x21-\x7e]{1,200}")
@@ -54,7 +54,7 @@ class Gateway:
 
     Parameters:
         settings: falq's shared settings (Redis, S3, limits ...).
-        gsettings: the gateway's own settings (:mod:`gateway.config`).
+        gsettings: the gateway's own settings (:mod:`falq.gateway.config`).
         falq: a producer client to reuse (built from ``settings`` by default).
     """
 

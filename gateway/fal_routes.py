@@ -31,9 +31,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from gateway.core import Gateway, blocking, json_response
-from gateway.hooks import HookDispatcher, check_webhook_url
-from gateway.views import (
+from falq.gateway.core import Gateway, blocking, json_response
+from falq.gateway.hooks import HookDispatcher, check_webhook_url
+from falq.gateway.views import (
     APPS,
     COMPLETED,
     app_of,
@@ -44,9 +44,9 @@ from gateway.views import (
     status_body,
     validation_detail,
 )
-from shared.endpoints import ENDPOINTS
-from shared.errors import InvalidInput, JobNotFound
-from shared.records import JobRecord
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.errors import InvalidInput, JobNotFound
+from falq.shared.records import JobRecord
 
 #: An SSE stream sends a ``: ping`` comment this often while nothing changes, as fal does.
 STREAM_HEARTBEAT_S = 15.0

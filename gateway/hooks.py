@@ -1,6 +1,6 @@
 """``fal_webhook`` on submit: call the caller back, in fal's webhook shape, when the job ends.
 
-Why here and not in the worker: the worker's callbacks (:mod:`workers.callbacks`) post
+Why here and not in the worker: the worker's callbacks (:mod:`falq.workers.callbacks`) post
 falq's own record; a caller that came through the fal protocol expects fal's payload
 (``request_id``, ``gateway_request_id``, ``status`` OK/ERROR, ``payload``, ``error``) with
 presigned S3 URLs in it -- which is the gateway's vocabulary. So the gateway keeps the
@@ -11,7 +11,7 @@ webhook *out* of the job's ``callback_url`` and delivers it itself:
 * a background task of every gateway process looks at the due ids every
   ``FALQ_GATEWAY_HOOK_POLL_S``; a finished job's webhook is claimed with a short
   ``SET NX`` lock (several gateway replicas never deliver the same attempt twice) and
-  POSTed, signed with ``X-Falq-Signature`` (:func:`workers.callbacks.sign`, key
+  POSTed, signed with ``X-Falq-Signature`` (:func:`falq.workers.callbacks.sign`, key
   ``FALQ_CALLBACK_SECRET``) when a secret is set;
 * a failed delivery is tried again with exponential backoff (10 tries over about two
   hours, as fal does); the outcome is written to the record's ``metadata["fal_webhook"]``.
@@ -39,11 +39,11 @@ from typing import Any
 
 import httpx
 
-from gateway.core import Gateway, blocking
-from gateway.views import failure, result_body
-from shared.errors import FalqError, FieldError, InvalidInput
-from shared.records import TERMINAL, JobRecord
-from workers.callbacks import sign
+from falq.gateway.core import Gateway, blocking
+from falq.gateway.views import failure, result_body
+from falq.shared.errors import FalqError, FieldError, InvalidInput
+from falq.shared.records import TERMINAL, JobRecord
+from falq.workers.callbacks import sign
 
 log = logging.getLogger("falq.gateway.hooks")
 MAX_TRIES = 10
@@ -213,7 +213,7 @@ class HookDispatcher:
 
 def _check_target(url: str, allow_private: bool) -> None:
     """Refuse webhook targets on private, loopback or otherwise non-public addresses."""
-    from workers.download import _is_public, _resolve  # the workers' SSRF rules, one definition
+    from falq.workers.download import _is_public, _resolve  # the workers' SSRF rules, one definition
 
     if allow_private:
         return

@@ -1,7 +1,7 @@
 """``GET/PUT /v1/limits`` and ``GET/PUT /v1/budget``: the fal account's guard rails over HTTP.
 
 The same runtime configuration ``falq limits`` and ``falq budget`` change (the Redis hash
-``{prefix}:limits:config``, see :mod:`shared.limits`): every worker applies a change on
+``{prefix}:limits:config``, see :mod:`falq.shared.limits`): every worker applies a change on
 its next admission, with no restart.
 
 Example::
@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.core import Gateway, Unprocessable, blocking, json_response, pydantic_detail, read_json
-from shared.endpoints import ENDPOINTS
-from shared.limits import (
+from falq.gateway.core import Gateway, Unprocessable, blocking, json_response, pydantic_detail, read_json
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.limits import (
     CONFIG_FIELDS,
     NO_BUDGET,
     Limiter,

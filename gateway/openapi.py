@@ -17,12 +17,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from gateway.limits_routes import BudgetIn, LimitsIn
-from gateway.openapi_schemas import SCHEMAS
-from gateway.rest_routes import BulkItem, JobIn
-from shared.endpoints import ENDPOINTS
-from shared.records import STATES
-from shared.schemas import EditInput, TextToImageInput
+from falq.gateway.limits_routes import BudgetIn, LimitsIn
+from falq.gateway.openapi_schemas import SCHEMAS
+from falq.gateway.rest_routes import BulkItem, JobIn
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.records import STATES
+from falq.shared.schemas import EditInput, TextToImageInput
 
 APP = "fal-ai/qwen-image-2"
 REF = "#/components/schemas/{model}"

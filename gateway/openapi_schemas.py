@@ -1,4 +1,4 @@
-"""The response schemas of the gateway's OpenAPI document (see :mod:`gateway.openapi`).
+"""The response schemas of the gateway's OpenAPI document (see :mod:`falq.gateway.openapi`).
 
 Example::
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shared.records import STATES
+from falq.shared.records import STATES
 
 
 def ref(name: str) -> dict[str, str]:

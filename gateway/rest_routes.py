@@ -10,7 +10,7 @@
 * ``POST /v1/retry-failed?since=`` -- every failed job (since a time) again
 * ``GET /healthz`` (liveness, no auth) and ``GET /readyz`` (Redis ping, S3 bucket reachable)
 
-Limits and budget are in :mod:`gateway.limits_routes`.
+Limits and budget are in :mod:`falq.gateway.limits_routes`.
 
 Example::
 
@@ -26,13 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.core import Gateway, Unprocessable, blocking, json_response, pydantic_detail, read_json
-from gateway.hooks import HookDispatcher, check_webhook_url
-from gateway.search import parse_query, search
-from gateway.views import FAL_STATUS, failure, result_body, validation_detail
-from producers.client import JobRequest
-from shared.errors import InvalidInput
-from shared.records import JobRecord
+from falq.gateway.core import Gateway, Unprocessable, blocking, json_response, pydantic_detail, read_json
+from falq.gateway.hooks import HookDispatcher, check_webhook_url
+from falq.gateway.search import parse_query, search
+from falq.gateway.views import FAL_STATUS, failure, result_body, validation_detail
+from falq.producers.client import JobRequest
+from falq.shared.errors import InvalidInput
+from falq.shared.records import JobRecord
 
 MAX_BULK = 10_000
 

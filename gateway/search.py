@@ -1,6 +1,6 @@
 """Job listing and search for ``GET /v1/jobs``: by state, time window and metadata.
 
-Redis keeps two kinds of index (:mod:`shared.jobstore`): ``{p}:created`` (every job by
+Redis keeps two kinds of index (:mod:`falq.shared.jobstore`): ``{p}:created`` (every job by
 creation time) and ``{p}:state:{state}`` (by last update). A search walks the right index
 newest first, in pages, and keeps the records whose metadata matches. Metadata is not
 indexed, so a walk stops after :data:`SCAN_CAP` records and says so (``truncated``);
@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.errors import FieldError, InvalidInput
-from shared.jobstore import JobStore
-from shared.records import STATES, JobRecord
+from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.jobstore import JobStore
+from falq.shared.records import STATES, JobRecord
 
 SCAN_CAP = 20_000
 PAGE = 500
@@ -71,7 +71,7 @@ def parse_query(params: dict[str, str] | Any) -> JobQuery:
 def _time(text: str | None, name: str, errors: list[FieldError]) -> float | None:
     if text is None or not text.strip():
         return None
-    from producers.cli_output import parse_since
+    from falq.producers.cli_output import parse_since
 
     try:
         value = parse_since(text)

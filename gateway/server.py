@@ -18,12 +18,12 @@ from typing import Any
 
 import uvicorn
 
-from gateway.app import create_app
-from gateway.config import GatewayConfigError, GatewaySettings
+from falq.gateway.app import create_app
+from falq.gateway.config import GatewayConfigError, GatewaySettings
 
 # The emulator's socket and uvicorn helpers: one way to bind and serve in the code base.
-from shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
-from shared.settings import Settings
+from falq.shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
+from falq.shared.settings import Settings
 
 
 class GatewayServer(BackgroundServer):

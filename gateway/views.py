@@ -34,9 +34,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shared.endpoints import ENDPOINTS
-from shared.errors import FieldError, InvalidInput
-from shared.records import JobRecord
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.records import JobRecord
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 FAL_STATUS = {

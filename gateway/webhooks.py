@@ -1,6 +1,6 @@
 """``POST /_falq/fal-webhook``: fal pushes completions here instead of workers following each request.
 
-Every delivery is verified by :class:`shared.webhooks.WebhookVerifier` (Ed25519 signature
+Every delivery is verified by :class:`falq.shared.webhooks.WebhookVerifier` (Ed25519 signature
 against fal's JWKS, timestamp within 300 s, replay refused across every receiver sharing
 Redis). A verified completion is stored for the workers:
 
@@ -32,8 +32,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.core import Gateway, blocking, json_response
-from shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
+from falq.gateway.core import Gateway, blocking, json_response
+from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
 
 log = logging.getLogger("falq.gateway.webhooks")
 MAX_BODY = 16 * 1024 * 1024

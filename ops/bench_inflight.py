@@ -1,6 +1,6 @@
 """Benchmark: how many jobs one worker process keeps waiting on fal at once, and its memory.
 
-    python -m ops.bench_inflight [--jobs 2000] [--latency 20]
+    python -m falq.ops.bench_inflight [--jobs 2000] [--latency 20]
 
 Starts the local stack with the emulator answering every request after ``--latency``
 seconds (no concurrency cap), one ``falq worker`` process with ``--jobs`` greenlets, and
@@ -23,14 +23,14 @@ def rss_mb(pid: int) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ops.bench_inflight", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m falq.ops.bench_inflight", description=__doc__)
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--latency", type=float, default=20.0)
     args = parser.parse_args(argv)
 
-    from ops.stack import DevStack
-    from producers import Falq
-    from producers.client import JobRequest
+    from falq.ops.stack import DevStack
+    from falq.producers import Falq
+    from falq.producers.client import JobRequest
 
     emulator = {"latency": f"fixed:{args.latency}", "concurrency": 0, "tiny_images": True, "stream_interval_s": 5}
     with DevStack(emulator=emulator) as stack:

@@ -7,7 +7,7 @@ rate between the first and last submission.
 
 Run::
 
-    .venv/bin/python -m ops.bench_limiter --rate 20 --jobs 600 --workers 4
+    .venv/bin/python -m falq.ops.bench_limiter --rate 20 --jobs 600 --workers 4
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from ops.stack import DevStack
+from falq.ops.stack import DevStack
 
 
 def max_in_window(times: list[float], width: float = 1.0) -> int:
@@ -47,8 +47,8 @@ def wait_ready(falq: Any, workers: int, timeout: float = 60.0) -> None:
 
 
 def run(rate: float, jobs: int, workers: int, concurrency: int, max_outstanding: int) -> dict[str, Any]:
-    from producers.client import TEXT_TO_IMAGE, Falq, JobRequest
-    from shared.limits import write_config
+    from falq.producers.client import TEXT_TO_IMAGE, Falq, JobRequest
+    from falq.shared.limits import write_config
 
     emulator = {"latency": "fixed:0.05", "concurrency": 0, "tiny_images": True, "log_steps": 0}
     with DevStack(emulator=emulator) as stack:
@@ -79,7 +79,7 @@ def run(rate: float, jobs: int, workers: int, concurrency: int, max_outstanding:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ops.bench_limiter", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m falq.ops.bench_limiter", description=__doc__.split("\n\n")[0])
     p.add_argument("--rate", type=float, default=20.0)
     p.add_argument("--jobs", type=int, default=600)
     p.add_argument("--workers", type=int, default=4)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ops.stack import DevStack
+from falq.ops.stack import DevStack
 
 PROMPTS: list[tuple[str, dict[str, Any]]] = [
     ("a lighthouse on a cliff at dusk, oil painting", {}),
@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    from producers import Falq
-    from producers.client import JobRequest
-    from shared.images import to_data_uri
-    from shared.storage import Storage
+    from falq.producers import Falq
+    from falq.producers.client import JobRequest
+    from falq.shared.images import to_data_uri
+    from falq.shared.storage import Storage
 
     print("falq demo: starting Redis, S3 (moto), the fal emulator and 2 workers ...", flush=True)
     # Realistic limits for a small fal account: 4 slots at fal, a few more outstanding.
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{saved} images copied from S3 into {out}/")
         print("Open them with any image viewer; each one shows the prompt, endpoint and seed that made it.")
         print("\nWhat `falq top` shows for this run (jobs/min, states, latency percentiles, spend):")
-        from ops.top import run as top
+        from falq.ops.top import run as top
 
         top(settings, once=True)
         if args.keep:
@@ -111,12 +111,12 @@ def _keep_running(stack: DevStack) -> None:
     import secrets
     import subprocess
 
-    from ops.stack import ROOT, free_port
+    from falq.ops.stack import ROOT, free_port
 
     password = secrets.token_urlsafe(12)
     port = free_port()
     env = {**os.environ, **stack.env(), "FALQ_FLOWER_PASSWORD": password}
-    flower = subprocess.Popen([sys.executable, "-m", "producers", "flower", "--port", str(port)], cwd=ROOT,
+    flower = subprocess.Popen([sys.executable, "-m", "falq.producers", "flower", "--port", str(port)], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exports = " ".join(f"{k}={v}" for k, v in stack.env().items() if k.startswith(("FALQ_REDIS", "FALQ_KEY")))
     print(f"\nFlower:     http://127.0.0.1:{port}/tasks   (user falq, password {password})")

@@ -3,7 +3,7 @@
 Flower's ``/metrics`` counts Celery events (tasks received/succeeded, runtimes, workers
 online). A falq job is many Celery tasks (one per step), and Flower knows nothing about
 fal or S3, so this exporter adds falq's view. It holds no state: each scrape reads Redis
-(the counters and histograms the workers' :class:`~workers.metrics.MetricsMiddleware`
+(the counters and histograms the workers' :class:`~falq.workers.metrics.MetricsMiddleware`
 writes, job counts, queue lengths), so one exporter serves any number of workers.
 
 Metrics (all prefixed ``falq_``):
@@ -56,8 +56,8 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from shared.metrics import HISTOGRAMS, Snapshot, read_snapshot
-from shared.settings import Settings
+from falq.shared.metrics import HISTOGRAMS, Snapshot, read_snapshot
+from falq.shared.settings import Settings
 
 log = logging.getLogger("falq.exporter")
 
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="serve /metrics without authentication (only on a trusted network)")
     args = parser.parse_args(argv)
 
-    from shared.settings import get_settings
+    from falq.shared.settings import get_settings
 
     s = get_settings()
     token = s.metrics_token.get_secret_value() if s.metrics_token else None

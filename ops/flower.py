@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.metrics import BUCKETS
+from falq.shared.metrics import BUCKETS
 
 #: The task list's columns. The uuid is the job id (so args would repeat it); kwargs say endpoint and lane.
 TASKS_COLUMNS = "name,uuid,state,kwargs,received,runtime,worker"
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="start without authentication (only on a trusted network)")
     args, extra = parser.parse_known_args(argv)
 
-    from shared.settings import get_settings
+    from falq.shared.settings import get_settings
 
     s = get_settings()
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "flower", f"--port={args.port}",
+    cmd = [sys.executable, "-m", "celery", "-A", "falq.workers.app", "flower", f"--port={args.port}",
            f"--address={args.address}", f"--max_tasks={s.flower_max_tasks}", "--purge_offline_workers=300",
            f"--tasks_columns={TASKS_COLUMNS}", f"--task_runtime_metric_buckets={RUNTIME_BUCKETS}",
            f"--conf={FLOWER_CONFIG}"]

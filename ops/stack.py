@@ -139,7 +139,7 @@ class DevStack:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> DevStack:
-        from emulator.server import EmulatorServer
+        from falq.emulator.server import EmulatorServer
 
         self.redis.start()
         self.s3.start()
@@ -191,8 +191,8 @@ class DevStack:
         return env
 
     def settings(self, **extra: str) -> Any:
-        """A :class:`~shared.settings.Settings` for in-process producers of this stack."""
-        from shared.settings import Settings
+        """A :class:`~falq.shared.settings.Settings` for in-process producers of this stack."""
+        from falq.shared.settings import Settings
 
         fields = {k: v for k, v in self.env(**extra).items()}
         old = {k: os.environ.get(k) for k in fields}
@@ -214,7 +214,7 @@ class DevStack:
         log = open(self.workdir / f"worker-{n}.log", "ab")  # noqa: SIM115 - owned by the child
         full_env = {**os.environ, **self.env(**(env or {})), "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers", "-c", str(concurrency), "--lanes", lanes, "-l", loglevel,
+            [sys.executable, "-m", "falq.workers", "-c", str(concurrency), "--lanes", lanes, "-l", loglevel,
              "-n", f"w{n}-{os.getpid()}@%h"],
             cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT,
         )

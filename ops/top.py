@@ -1,6 +1,6 @@
 """``falq top``: a live terminal view of falq, no Docker, Prometheus or browser needed.
 
-It reads the same Redis figures as ``falq metrics`` (see :mod:`shared.metrics`) once a
+It reads the same Redis figures as ``falq metrics`` (see :mod:`falq.shared.metrics`) once a
 second: jobs per minute over 1/5/15 minutes, jobs per state, queue depth per lane,
 failures and retries by reason, latency percentiles, outstanding requests at fal against
 the cap, and spend today.
@@ -23,9 +23,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from shared.metrics import HISTOGRAMS, Snapshot, fmt_seconds, read_snapshot
-from shared.records import STATES
-from shared.settings import Settings
+from falq.shared.metrics import HISTOGRAMS, Snapshot, fmt_seconds, read_snapshot
+from falq.shared.records import STATES
+from falq.shared.settings import Settings
 
 _LATENCY_LABELS = {
     "queue_wait": "fal queue wait",

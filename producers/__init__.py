@@ -2,10 +2,10 @@
 
 Example::
 
-    from producers import Falq
+    from falq.producers import Falq
     job = Falq().generate("a red fox")
 """
 
-from producers.client import Falq, JobHandle, JobRequest, JobTimeout
+from falq.producers.client import Falq, JobHandle, JobRequest, JobTimeout
 
 __all__ = ["Falq", "JobHandle", "JobRequest", "JobTimeout"]

@@ -1,7 +1,7 @@
-"""``python -m producers`` runs the ``falq`` CLI (useful without the console script on PATH)."""
+"""``python -m falq.producers`` runs the ``falq`` CLI (useful without the console script on PATH)."""
 
 import sys
 
-from producers.cli import main
+from falq.producers.cli import main
 
 sys.exit(main())

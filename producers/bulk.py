@@ -3,8 +3,8 @@
 A file is validated completely before anything is enqueued: every bad line is collected
 with its line number and field (``line 12: input.prompt: must not be empty``). Valid lines
 become :class:`BulkLine` entries that :func:`enqueue` sends through
-:meth:`producers.client.Falq.submit_many` in pipelined chunks; :func:`wait_and_report`
-(see :mod:`producers.bulk_wait`) follows the jobs and writes a results JSONL.
+:meth:`falq.producers.client.Falq.submit_many` in pipelined chunks; :func:`wait_and_report`
+(see :mod:`falq.producers.bulk_wait`) follows the jobs and writes a results JSONL.
 
 Idempotency (what makes "rerun the same command" safe): every line gets the key
 
@@ -23,8 +23,8 @@ Keys live as long as their job record (``FALQ_RECORD_TTL_S`` after the job ends)
 
 Example::
 
-    from producers import Falq
-    from producers.bulk import enqueue, load_file, wait_and_report
+    from falq.producers import Falq
+    from falq.producers.bulk import enqueue, load_file, wait_and_report
 
     falq = Falq()
     lines, rejects = load_file("prompts.jsonl", falq)
@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from producers.bulk_parse import (
+from falq.producers.bulk_parse import (
     CSV_COLUMNS,
     Entry,
     Reject,
@@ -52,12 +52,12 @@ from producers.bulk_parse import (
     parse_image_size,
     parse_jsonl,
 )
-from producers.bulk_wait import BulkReport, Snapshot, wait_and_report
-from producers.client import JobRequest
-from shared.errors import FieldError, InvalidInput
+from falq.producers.bulk_wait import BulkReport, Snapshot, wait_and_report
+from falq.producers.client import JobRequest
+from falq.shared.errors import FieldError, InvalidInput
 
 if TYPE_CHECKING:
-    from producers.client import Falq
+    from falq.producers.client import Falq
 
 __all__ = [
     "CSV_COLUMNS",

@@ -1,7 +1,7 @@
 """Reading bulk files: JSONL lines and CSV rows into line objects, with per-line errors.
 
 Only syntax is judged here (JSON, UTF-8, CSV shape, CSV cell types); the schema rules are
-applied by :func:`producers.bulk.load_file`. Line numbers are 1-based physical lines.
+applied by :func:`falq.producers.bulk.load_file`. Line numbers are 1-based physical lines.
 
 Example::
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shared.errors import FieldError, InvalidInput
+from falq.shared.errors import FieldError, InvalidInput
 
 CSV_COLUMNS = ("prompt", "id", "negative_prompt", "seed", "image_size", "num_images", "output_format")
 _CSV_INTS = ("seed", "num_images")

@@ -1,6 +1,6 @@
 """Following a bulk run: poll job records in batches, report progress, write the results.
 
-Records are read with :meth:`shared.jobstore.JobStore.get_many` (one pipelined round trip
+Records are read with :meth:`falq.shared.jobstore.JobStore.get_many` (one pipelined round trip
 per 1,000 jobs), only for jobs not yet terminal, about once a second -- never one call per
 job. Ctrl-C stops the waiting (nothing is cancelled); the results file is still written.
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shared.records import STATES, TERMINAL, JobRecord
+from falq.shared.records import STATES, TERMINAL, JobRecord
 
 if TYPE_CHECKING:
-    from producers.bulk import BulkLine, Reject
-    from producers.client import Falq
+    from falq.producers.bulk import BulkLine, Reject
+    from falq.producers.client import Falq
 
 POLL_BATCH = 1000
 
@@ -210,7 +210,7 @@ class _Presigner:
             return None
         try:
             if self.storage is None:
-                from shared.storage import Storage
+                from falq.shared.storage import Storage
 
                 self.storage = Storage(self.falq.settings)
             return str(self.storage.presign(key))

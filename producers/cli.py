@@ -25,12 +25,12 @@ from typing import Any, cast
 
 import click
 
-from producers.bulk import parse_image_size, validate_all
-from producers.cli_bulk import bulk
-from producers.cli_limits import errors_view
-from producers.cli_limits import register as register_limit_commands
-from producers.cli_ops import metrics, top
-from producers.cli_output import (
+from falq.producers.bulk import parse_image_size, validate_all
+from falq.producers.cli_bulk import bulk
+from falq.producers.cli_limits import errors_view
+from falq.producers.cli_limits import register as register_limit_commands
+from falq.producers.cli_ops import metrics, top
+from falq.producers.cli_output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_INVALID,
@@ -47,10 +47,10 @@ from producers.cli_output import (
     save_outputs,
     stdout,
 )
-from producers.client import EDIT, TEXT_TO_IMAGE, Falq
-from shared.errors import FieldError, InvalidInput
-from shared.records import STATES
-from shared.schemas import MAX_SEED
+from falq.producers.client import EDIT, TEXT_TO_IMAGE, Falq
+from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.records import STATES
+from falq.shared.schemas import MAX_SEED
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
@@ -131,7 +131,7 @@ def generate(prompt: str, **opts: Any) -> int:
 @handle_errors
 def edit(prompt: str, images: tuple[str, ...], flatten_alpha: bool, **opts: Any) -> int:
     """Enqueue an edit of one or more images following PROMPT."""
-    from producers.inputs import prepare_images
+    from falq.producers.inputs import prepare_images
 
     falq = make_client()
     fields, errors = _fields(opts)
@@ -225,9 +225,9 @@ def jobs(state: str | None, limit: int, since: str | None, show_errors: bool, as
 @cli.command(context_settings=_PASSTHROUGH, add_help_option=False)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def worker(args: tuple[str, ...]) -> int:
-    """Run a worker (python -m workers ARGS; try `falq worker --help`)."""
+    """Run a worker (python -m falq.workers ARGS; try `falq worker --help`)."""
     # A fresh interpreter: gevent must patch the standard library before falq is imported.
-    os.execvp(sys.executable, [sys.executable, "-m", "workers", *args])
+    os.execvp(sys.executable, [sys.executable, "-m", "falq.workers", *args])
     return EXIT_FAILED  # not reached
 
 
@@ -235,7 +235,7 @@ def worker(args: tuple[str, ...]) -> int:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def emulator(args: tuple[str, ...]) -> int:
     """Run the local fal emulator (try `falq emulator --help`)."""
-    from emulator.server import main as emulator_main
+    from falq.emulator.server import main as emulator_main
 
     return emulator_main(list(args))
 
@@ -244,7 +244,7 @@ def emulator(args: tuple[str, ...]) -> int:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def flower(args: tuple[str, ...]) -> int:
     """Run Flower for falq (auth on by default; see ``falq flower --help``)."""
-    from ops.flower import main as flower_main
+    from falq.ops.flower import main as flower_main
 
     return flower_main(list(args))
 
@@ -331,7 +331,7 @@ def _submit(falq: Falq, endpoint: str, data: dict[str, Any], opts: dict[str, Any
 
 
 def _finish(falq: Falq, job_id: str, timeout: float | None, out: str | None, as_json: bool) -> int:
-    from producers.client import JobTimeout
+    from falq.producers.client import JobTimeout
 
     handle = falq.job(job_id)
     try:
@@ -340,7 +340,7 @@ def _finish(falq: Falq, job_id: str, timeout: float | None, out: str | None, as_
         return fail(as_json, "timeout", str(exc), 4, job=handle.record().public())
     saved: list[Path] = []
     if out and rec.state == "completed":
-        from shared.storage import Storage
+        from falq.shared.storage import Storage
 
         saved = save_outputs(rec, out, Storage(falq.settings))
     if as_json:
@@ -357,5 +357,5 @@ def _finish(falq: Falq, job_id: str, timeout: float | None, out: str | None, as_
 
 
 __all__ = ["EXIT_INVALID", "cli", "main"]
-cli.add_command(__import__("gateway.cli", fromlist=["api"]).api)  # falq api: the HTTP gateway (gateway/)
-cli.add_command(__import__("ops.bench.cli", fromlist=["bench"]).bench)  # falq bench: benchmarks (ops/bench/)
+cli.add_command(__import__("falq.gateway.cli", fromlist=["api"]).api)  # falq api: the HTTP gateway (gateway/)
+cli.add_command(__import__("falq.ops.bench.cli", fromlist=["bench"]).bench)  # falq bench: benchmarks (ops/bench/)

@@ -1,6 +1,6 @@
 """``falq bulk FILE``: validate a whole file, enqueue it idempotently, follow it, write results.
 
-The work is done by :mod:`producers.bulk`; this module only wires options and output.
+The work is done by :mod:`falq.producers.bulk`; this module only wires options and output.
 
 Example::
 
@@ -18,7 +18,7 @@ from typing import Any
 import click
 from rich.live import Live
 
-from producers.bulk import (
+from falq.producers.bulk import (
     DEFAULT_ENDPOINT,
     LINE_KEYS,
     BulkLine,
@@ -31,7 +31,7 @@ from producers.bulk import (
     wait_and_report,
     write_rejects,
 )
-from producers.cli_output import (
+from falq.producers.cli_output import (
     EXIT_INTERRUPTED,
     EXIT_INVALID,
     EXIT_OK,
@@ -79,7 +79,7 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
     image_size, num_images, output_format.
     The whole file is validated first; with any invalid line nothing is enqueued (exit 2)
     unless --skip-invalid. Rerunning the same command after a crash or Ctrl-C enqueues
-    only what is missing and never duplicates a job (see `producers.bulk`).
+    only what is missing and never duplicates a job (see `falq.producers.bulk`).
     """
     t0 = time.monotonic()
     falq = make_client()

@@ -22,11 +22,11 @@ from typing import Any
 import click
 from rich.table import Table
 
-from producers.cli_output import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, make_client, parse_since, stdout
-from producers.client import Falq
-from shared.endpoints import ENDPOINTS
-from shared.errors import FieldError, InvalidInput
-from shared.limits import (
+from falq.producers.cli_output import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, make_client, parse_since, stdout
+from falq.producers.client import Falq
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.limits import (
     CONFIG_FIELDS,
     NO_BUDGET,
     Limiter,
@@ -38,7 +38,7 @@ from shared.limits import (
     spend_today,
     write_config,
 )
-from shared.records import JobRecord
+from falq.shared.records import JobRecord
 
 
 def _limiters(falq: Falq) -> list[tuple[Limiter, str]]:

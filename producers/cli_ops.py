@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from producers.cli_output import EXIT_UNAVAILABLE, handle_errors
+from falq.producers.cli_output import EXIT_UNAVAILABLE, handle_errors
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
@@ -24,9 +24,9 @@ def top(once: bool, interval: float) -> int:
     """Live view: jobs/min, states, latency percentiles, outstanding at fal vs cap, spend today."""
     import redis
 
-    from ops.top import run
-    from producers.cli_output import stdout
-    from shared.settings import get_settings
+    from falq.ops.top import run
+    from falq.producers.cli_output import stdout
+    from falq.shared.settings import get_settings
 
     try:
         return run(get_settings(), once=once, interval=interval, console=stdout() if once else None)
@@ -39,6 +39,6 @@ def top(once: bool, interval: float) -> int:
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def metrics(args: tuple[str, ...]) -> int:
     """Serve falq's Prometheus metrics (auth on by default; see ``falq metrics --help``)."""
-    from ops.exporter import main as exporter_main
+    from falq.ops.exporter import main as exporter_main
 
     return exporter_main(list(args))

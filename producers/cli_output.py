@@ -24,9 +24,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from producers.client import Falq, JobTimeout
-from shared.errors import FalqError, FieldError, InvalidInput, JobNotFound
-from shared.records import TERMINAL, JobRecord
+from falq.producers.client import Falq, JobTimeout
+from falq.shared.errors import FalqError, FieldError, InvalidInput, JobNotFound
+from falq.shared.records import TERMINAL, JobRecord
 
 P = ParamSpec("P")
 
@@ -100,7 +100,7 @@ def handle_errors(fn: Callable[P, int]) -> Callable[P, int]:
             return EXIT_INTERRUPTED
         except Exception as exc:
             if _is_unavailable(exc):
-                from shared.settings import get_settings
+                from falq.shared.settings import get_settings
 
                 where = redact_url(get_settings().redis_url)
                 return fail(as_json, "unavailable", f"cannot reach Redis at {where} ({type(exc).__name__})",
@@ -121,7 +121,7 @@ def make_client() -> Falq:
     """The Falq client for this invocation, configured from the environment."""
     from pydantic import ValidationError
 
-    from shared.settings import get_settings
+    from falq.shared.settings import get_settings
 
     try:
         return Falq(get_settings())
@@ -247,7 +247,7 @@ class _Null:
 
 def save_outputs(rec: JobRecord, out_dir: str | Path, storage: Any) -> list[Path]:
     """Copy a completed job's images from S3 to ``{out_dir}/{job_id}_{index}.{ext}``."""
-    from shared.images import EXTENSIONS
+    from falq.shared.images import EXTENSIONS
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Example::
 
-    from producers import Falq
+    from falq.producers import Falq
 
     falq = Falq()                                   # configured from FALQ_* / FAL_KEY
     job = falq.generate("a red fox in the snow", image_size="landscape_16_9", seed=7)
@@ -23,13 +23,13 @@ from typing import Any
 
 from celery import Celery
 
-from shared.dispatch import publish
-from shared.endpoints import ENDPOINTS, get_endpoint
-from shared.errors import FieldError, InvalidInput, JobNotFound
-from shared.jobstore import JobStore
-from shared.records import STATES, TERMINAL, JobRecord, Lane
-from shared.schemas import validate_input
-from shared.settings import Settings, get_settings
+from falq.shared.dispatch import publish
+from falq.shared.endpoints import ENDPOINTS, get_endpoint
+from falq.shared.errors import FieldError, InvalidInput, JobNotFound
+from falq.shared.jobstore import JobStore
+from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
+from falq.shared.schemas import validate_input
+from falq.shared.settings import Settings, get_settings
 
 TEXT_TO_IMAGE = {"standard": "fal-ai/qwen-image-2/text-to-image", "pro": "fal-ai/qwen-image-2/pro/text-to-image"}
 EDIT = {"standard": "fal-ai/qwen-image-2/edit", "pro": "fal-ai/qwen-image-2/pro/edit"}
@@ -62,7 +62,7 @@ class Falq:
 
     def __init__(self, settings: Settings | None = None, *, redis_client: Any = None,
                  celery_app: Celery | None = None) -> None:
-        from workers.context import redis_client as make_redis
+        from falq.workers.context import redis_client as make_redis
 
         self.settings = settings or get_settings()
         self.redis = redis_client or make_redis(self.settings.redis_url)
@@ -72,7 +72,7 @@ class Falq:
     @property
     def app(self) -> Celery:
         if self._app is None:
-            from workers.app import make_app
+            from falq.workers.app import make_app
 
             self._app = make_app(self.settings)
         return self._app
@@ -90,7 +90,7 @@ class Falq:
              idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
              callback_url: str | None = None, flatten_alpha: bool = False, **fields: Any) -> JobHandle:
         """Enqueue an edit job. ``images`` are URLs, data URIs, local paths or bytes."""
-        from producers.inputs import prepare_images
+        from falq.producers.inputs import prepare_images
 
         endpoint = EDIT["pro" if pro else "standard"]
         urls = prepare_images(list(images), self.settings, flatten_alpha=flatten_alpha)
@@ -278,7 +278,7 @@ class JobHandle:
 
     def result(self, *, expires_s: int | None = None) -> list[dict[str, Any]]:
         """The outputs with their S3 locations and presigned GET URLs."""
-        from shared.storage import Storage
+        from falq.shared.storage import Storage
 
         rec = self.record()
         if rec.state != "completed":

@@ -10,8 +10,8 @@ from typing import Any
 
 from celery import Celery
 
-from shared.records import JobRecord
-from shared.settings import Settings
+from falq.shared.records import JobRecord
+from falq.shared.settings import Settings
 
 TASK_NAME = "falq.job"
 

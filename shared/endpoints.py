@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.errors import FieldError, InvalidInput
-from shared.schemas import EditInput, TextToImageInput
-from shared.settings import Settings
+from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.schemas import EditInput, TextToImageInput
+from falq.shared.settings import Settings
 
 
 @dataclass(frozen=True)

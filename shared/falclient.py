@@ -2,7 +2,7 @@
 
 It speaks the protocol described in fal's docs (submit, status, status stream, result,
 cancel, storage upload) over ``httpx`` and turns every answer into either a typed value
-or a typed error from :mod:`shared.errors`. It never retries by itself: retry policy is
+or a typed error from :mod:`falq.shared.errors`. It never retries by itself: retry policy is
 the caller's (the worker pipeline), so that every retry is visible in the job record.
 
 After submit, it follows the ``status_url``/``response_url``/``cancel_url`` that fal
@@ -50,7 +50,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from shared.errors import (
+from falq.shared.errors import (
     FalAccountLocked,
     FalAuthError,
     FalBadAnswer,
@@ -63,8 +63,8 @@ from shared.errors import (
     FalTransientError,
     fal_failure,
 )
-from shared.settings import Settings
-from shared.sse import bounded_lines
+from falq.shared.settings import Settings
+from falq.shared.sse import bounded_lines
 
 T = TypeVar("T")
 _RETRYABLE_CODES = {408, 409, 425, 429, 500, 502, 503, 504}

@@ -30,8 +30,8 @@ from typing import Any
 import redis
 from pydantic import ValidationError
 
-from shared.errors import JobNotFound
-from shared.records import STATES, TERMINAL, JobRecord
+from falq.shared.errors import JobNotFound
+from falq.shared.records import STATES, TERMINAL, JobRecord
 
 # Creates a record unless its idempotency key already names a live job. Returns the id of
 # the job that now owns the key (ours or the existing one).

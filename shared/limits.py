@@ -1,6 +1,6 @@
 """Global limits on one fal account, kept in Redis so every worker on every host shares them.
 
-One :class:`Limiter` per fal key enforces, atomically in Lua (:mod:`shared.limits_lua`),
+One :class:`Limiter` per fal key enforces, atomically in Lua (:mod:`falq.shared.limits_lua`),
 with time taken from Redis ``TIME``:
 
 * **submissions per second**: a token bucket (GCRA) with a burst, paced
@@ -45,8 +45,8 @@ from typing import Any
 
 import redis
 
-from shared import limits_lua
-from shared.settings import Settings
+from falq.shared import limits_lua
+from falq.shared.settings import Settings
 
 CONFIG_FIELDS = ("rate", "burst", "max_outstanding", "max_outstanding_per_endpoint", "budget_daily")
 NO_BUDGET = "none"

@@ -1,10 +1,10 @@
-"""The Lua scripts behind :mod:`shared.limits`. Each runs atomically inside Redis.
+"""The Lua scripts behind :mod:`falq.shared.limits`. Each runs atomically inside Redis.
 
 Every script takes the time from ``redis.call('TIME')``: hosts with skewed clocks then
 agree on token times, lease expiry and the UTC day the spend is counted in.
 
 Keys are built inside the scripts from ``ARGV[1]`` (the key prefix) and ``ARGV[2]`` (the
-key id), as :mod:`shared.jobstore` does: falq runs on one Redis, never a cluster.
+key id), as :mod:`falq.shared.jobstore` does: falq runs on one Redis, never a cluster.
 
 Layout under ``{p}:limits:{kid}`` (``kid`` = short sha256 of the fal key):
 

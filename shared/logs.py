@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import unquote, urlsplit
 
-from shared.settings import Settings
+from falq.shared.settings import Settings
 
 
 class RedactSecrets(logging.Filter):

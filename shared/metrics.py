@@ -36,8 +36,8 @@ from typing import Any
 
 import redis
 
-from shared.records import AT_FAL, STATES
-from shared.settings import Settings
+from falq.shared.records import AT_FAL, STATES
+from falq.shared.settings import Settings
 
 #: Histogram bucket upper bounds in seconds (fal queue waits run from sub-second to many minutes).
 BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -264,7 +264,7 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
 
 
 def _limiter_slots(r: redis.Redis, prefix: str) -> dict[str, int]:
-    """Live slots per fal key id, if the global limiter runs (``shared.limits``).
+    """Live slots per fal key id, if the global limiter runs (``falq.shared.limits``).
 
     The limiter keeps ``{p}:limits:{key_id}:slots``, a ZSET of job id -> lease expiry in
     ms (Redis time); a slot whose lease expired belongs to a dead worker and is not

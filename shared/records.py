@@ -156,7 +156,7 @@ class JobRecord(BaseModel):
         self.updated_at = now
 
     def add_error(self, exc: BaseException, *, retryable: bool | None = None) -> ErrorInfo:
-        from shared.errors import FalqError
+        from falq.shared.errors import FalqError
 
         kind = exc.kind if isinstance(exc, FalqError) else type(exc).__name__
         retry = retryable if retryable is not None else (isinstance(exc, FalqError) and exc.retryable)

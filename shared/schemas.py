@@ -9,7 +9,7 @@ The source of truth is fal's model pages (kept in the team kit, ``../shared/seed
 
 Inputs are strict: unknown fields and wrong types are rejected, not coerced or dropped.
 Use :func:`validate_input` rather than the models directly: it turns pydantic's errors into
-:class:`~shared.errors.InvalidInput` with one plain-words message per field.
+:class:`~falq.shared.errors.InvalidInput` with one plain-words message per field.
 
 Example::
 
@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from shared.errors import FieldError, InvalidInput
+from falq.shared.errors import FieldError, InvalidInput
 
 ImageSizePreset = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 OutputFormat = Literal["jpeg", "png", "webp"]
@@ -168,7 +168,7 @@ def check_image_url(url: str) -> str:
             raise ValueError("is not a valid http(s) URL (no host, or contains spaces)")
         return url
     if lowered.startswith("data:"):
-        from shared.images import check_data_uri  # Pillow is only needed here
+        from falq.shared.images import check_data_uri  # Pillow is only needed here
 
         check_data_uri(url)
         return url
@@ -244,7 +244,7 @@ def validate_input(endpoint: str, data: Any, *, max_num_images: int | None = Non
         data: the input as a JSON-like dict.
         max_num_images: falq's per-job ceiling on ``num_images`` (None: no ceiling).
     """
-    from shared.endpoints import get_endpoint
+    from falq.shared.endpoints import get_endpoint
 
     spec = get_endpoint(endpoint)
     if not isinstance(data, dict):

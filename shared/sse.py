@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from shared.errors import FalBadAnswer
+from falq.shared.errors import FalBadAnswer
 
 
 def bounded_lines(chunks: Iterator[bytes], max_line: int) -> Iterator[str]:

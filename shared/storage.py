@@ -2,8 +2,8 @@
 
 :class:`Storage` wraps a single boto3 S3 client (thread-safe, so one per process is
 enough -- see :func:`get_storage`) and translates botocore's many failure shapes into
-falq's two storage errors: :class:`~shared.errors.StorageTransientError` (throttling,
-5xx, connection trouble: try again later) and :class:`~shared.errors.StorageError`
+falq's two storage errors: :class:`~falq.shared.errors.StorageTransientError` (throttling,
+5xx, connection trouble: try again later) and :class:`~falq.shared.errors.StorageError`
 (access denied, no such bucket: trying again cannot help). Messages name the operation,
 bucket, key and S3 error code, never credentials or presigned query strings.
 
@@ -31,8 +31,8 @@ from botocore import exceptions as boto_exc
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from shared.errors import StorageError, StorageTransientError
-from shared.settings import Settings
+from falq.shared.errors import StorageError, StorageTransientError
+from falq.shared.settings import Settings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

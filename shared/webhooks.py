@@ -47,7 +47,7 @@ import redis
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from shared.errors import PermanentError, RetryableError
+from falq.shared.errors import PermanentError, RetryableError
 
 #: fal's JWKS for webhook signatures.
 DEFAULT_JWKS_URL = "https://rest.fal.ai/.well-known/jwks.json"

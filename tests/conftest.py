@@ -14,8 +14,8 @@ import httpx
 import pytest
 import redis
 
-from ops.stack import DevStack
-from shared.settings import Settings, reset_settings
+from falq.ops.stack import DevStack
+from falq.shared.settings import Settings, reset_settings
 
 BASELINE_EMULATOR = {
     "latency": "fixed:0.3",
@@ -47,7 +47,7 @@ BASELINE_EMULATOR = {
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A bare redis-server of this module's own (no S3, no emulator); yields its URL."""
-    from ops.stack import RedisServer
+    from falq.ops.stack import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
@@ -84,7 +84,7 @@ def settings(clean_stack: DevStack) -> Settings:
 
 @pytest.fixture
 def falq(clean_stack: DevStack) -> Any:
-    from producers import Falq
+    from falq.producers import Falq
 
     return Falq(clean_stack.settings())
 
@@ -114,7 +114,7 @@ def emulator_submissions(stack: DevStack) -> dict[str, list[dict[str, Any]]]:
 
 
 def fetch_fal_result(stack: DevStack, request_id: str) -> dict[str, Any]:
-    from ops.stack import TEST_FAL_KEY
+    from falq.ops.stack import TEST_FAL_KEY
 
     resp = httpx.get(f"{stack.emu.url}/fal-ai/qwen-image-2/requests/{request_id}",
                      headers={"Authorization": f"Key {TEST_FAL_KEY}"}, timeout=30)

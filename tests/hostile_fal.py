@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from shared.asgi import BackgroundServer
+from falq.shared.asgi import BackgroundServer
 
 HTML = b"<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"
 #: Upper bound of any endless body this server sends (the client must stop long before).

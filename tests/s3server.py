@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from moto.server import ThreadedMotoServer
 
-from shared.settings import Settings
+from falq.shared.settings import Settings
 
 __all__ = ["MediaServer", "make_png", "media_server", "moto_s3", "s3_settings"]
 

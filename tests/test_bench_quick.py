@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench import report
-from ops.bench.harness import Harness
-from ops.bench.scenarios import SCENARIOS
-from ops.stack import DevStack
+from falq.ops.bench import report
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.scenarios import SCENARIOS
+from falq.ops.stack import DevStack
 
 
 @pytest.mark.timeout(180)

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from ops.stack import DevStack
+from falq.ops.stack import DevStack
 from tests.conftest import wait_for
 
 QUEUE = "falq.interactive"
@@ -191,9 +191,9 @@ def test_record_deleted_under_a_running_job(clean_stack: DevStack, falq: Any) ->
 )
 def test_hardened_transport_keeps_redis_tls(url: str, ssl_cert_reqs: str | None) -> None:
     """The replaced transport must not turn a rediss:// broker into plain TCP."""
-    from shared.settings import Settings
-    from workers.app import make_app
-    from workers.broker import Transport
+    from falq.shared.settings import Settings
+    from falq.workers.app import make_app
+    from falq.workers.broker import Transport
 
     conn = make_app(Settings(_env_file=None, redis_url=url)).connection_for_write()  # type: ignore[call-arg]
     assert isinstance(conn.transport, Transport)

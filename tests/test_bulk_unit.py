@@ -1,4 +1,4 @@
-"""Bulk files (``falq bulk`` and :mod:`producers.bulk`) against a private redis-server.
+"""Bulk files (``falq bulk`` and :mod:`falq.producers.bulk`) against a private redis-server.
 
 No workers run here: job outcomes are written straight into the job store. With Celery on
 Redis a lane's queue is a Redis list named after the queue, so ``LLEN`` counts messages.
@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 import redis
 
-from producers.bulk import enqueue, file_key, load_file, wait_and_report
-from producers.cli import main
-from shared.errors import PermanentError
-from shared.records import JobRecord, StoredImage
-from shared.settings import Settings, get_settings, reset_settings
+from falq.producers.bulk import enqueue, file_key, load_file, wait_and_report
+from falq.producers.cli import main
+from falq.shared.errors import PermanentError
+from falq.shared.records import JobRecord, StoredImage
+from falq.shared.settings import Settings, get_settings, reset_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 EDIT = "fal-ai/qwen-image-2/edit"
@@ -49,7 +49,7 @@ class Env:
         return int(self.r.zcard(f"{self.settings.key_prefix}:created"))
 
     def falq(self) -> Any:
-        from producers import Falq
+        from falq.producers import Falq
 
         return Falq(self.settings)
 
@@ -261,7 +261,7 @@ def test_rerun_after_interruption_enqueues_only_what_is_missing(env: Env, capsys
 def test_killed_enqueue_then_rerun_never_duplicates_a_job(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     n = 6000
     path = env.write("kill.jsonl", jl(*({"input": {"prompt": f"p{i}"}} for i in range(n))))
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from producers.cli import main; sys.exit(main())",
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from falq.producers.cli import main; sys.exit(main())",
                              "bulk", str(path), "--no-wait"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**_os_env(), **env.vars})
     end = time.monotonic() + 60
@@ -354,7 +354,7 @@ class FakeStorage:
 
 def test_wait_writes_results_and_summary(env: Env, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.storage.Storage", FakeStorage)
+    monkeypatch.setattr("falq.shared.storage.Storage", FakeStorage)
     path = env.write("res.jsonl", jl({"input": {"prompt": "a"}, "id": "a", "metadata": {"k": 1}},
                                      {"input": {"prompt": "b"}}, "not json", {"input": {"prompt": "c"}, "id": "c"},
                                      {"input": {"prompt": "d"}, "id": "d"}))
@@ -421,9 +421,9 @@ def test_ctrl_c_stops_waiting_without_cancelling(env: Env) -> None:
 
 def test_live_progress_display_renders(env: Env, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.storage.Storage", FakeStorage)
-    monkeypatch.setattr("producers.cli_bulk.live_ok", lambda as_json: True)
-    monkeypatch.setattr("producers.cli.live_ok", lambda as_json: True)
+    monkeypatch.setattr("falq.shared.storage.Storage", FakeStorage)
+    monkeypatch.setattr("falq.producers.cli_bulk.live_ok", lambda as_json: True)
+    monkeypatch.setattr("falq.producers.cli.live_ok", lambda as_json: True)
     path = env.write("live.jsonl", jl(OK, {"input": {"prompt": "b"}}))
     falq = env.falq()
     lines, _ = load_file(path, falq)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from ops.stack import DevStack
+from falq.ops.stack import DevStack
+from falq.workers.callbacks import sign, verify
 from tests.conftest import wait_for
-from workers.callbacks import sign, verify
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -42,7 +42,7 @@ def test_signature_round_trip() -> None:
 
 @pytest.mark.timeout(120)
 def test_callback_posts_signed_final_record_with_retries(clean_stack: DevStack) -> None:
-    from producers import Falq
+    from falq.producers import Falq
 
     _Receiver.hits = []
     _Receiver.fail_first = 2

@@ -20,11 +20,11 @@ import pytest
 import redis
 from PIL import Image
 
-from ops.stack import free_port
-from producers.cli import main
-from shared.errors import PermanentError
-from shared.records import JobRecord, StoredImage
-from shared.settings import Settings, get_settings, reset_settings
+from falq.ops.stack import free_port
+from falq.producers.cli import main
+from falq.shared.errors import PermanentError
+from falq.shared.records import JobRecord, StoredImage
+from falq.shared.settings import Settings, get_settings, reset_settings
 
 SECRET = "fal-secret-key-never-printed-0123456789"
 
@@ -43,7 +43,7 @@ class Env:
         return self.r.dbsize(), sorted(self.r.keys("*")), {q: self.r.llen(q) for q in self.queues}
 
     def falq(self) -> Any:
-        from producers import Falq
+        from falq.producers import Falq
 
         return Falq(self.settings)
 
@@ -246,7 +246,7 @@ class FakeStorage:
 
 
 def test_wait_status_and_out(env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shared.storage.Storage", FakeStorage)
+    monkeypatch.setattr("falq.shared.storage.Storage", FakeStorage)
     job_id = run(capsys, "generate", "x", "--idempotency-key", "w1")[1].strip()
     code, out, err = run(capsys, "wait", job_id, "--timeout", "0.3")
     assert code == 4 and "still queued" in err
@@ -310,14 +310,14 @@ def test_service_commands_delegate(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     monkeypatch.setattr(os, "execvpe", lambda file, args, env: (calls.append((file, list(args))),
                                                               flower_env.append(env)))
     main(["worker", "--concurrency", "5", "--help"])
-    assert calls[0] == (sys.executable, [sys.executable, "-m", "workers", "--concurrency", "5", "--help"])
+    assert calls[0] == (sys.executable, [sys.executable, "-m", "falq.workers", "--concurrency", "5", "--help"])
     # Flower refuses to start open unless told to ...
     monkeypatch.delenv("FALQ_FLOWER_PASSWORD", raising=False)
     reset_settings()
     assert main(["flower", "--port", "5555"]) == 2
     assert "refusing to start without authentication" in capsys.readouterr().err
     main(["flower", "--port", "5555", "--unauthenticated"])
-    assert calls[1][1][:6] == [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]
+    assert calls[1][1][:6] == [sys.executable, "-m", "celery", "-A", "falq.workers.app", "flower"]
     assert "--port=5555" in calls[1][1] and "FLOWER_BASIC_AUTH" not in flower_env[0]
     # ... and with a password, basic auth goes through the environment, never argv.
     monkeypatch.setenv("FALQ_FLOWER_PASSWORD", "flower-pass-xyz")
@@ -325,10 +325,10 @@ def test_service_commands_delegate(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     main(["flower"])
     assert flower_env[1]["FLOWER_BASIC_AUTH"] == "falq:flower-pass-xyz"
     assert not any("flower-pass-xyz" in a for a in calls[2][1])
-    import emulator.server
+    import falq.emulator.server
 
     seen: list[list[str]] = []
-    monkeypatch.setattr(emulator.server, "main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.setattr(falq.emulator.server, "main", lambda argv: seen.append(argv) or 0)
     assert main(["emulator", "--port", "0"]) == 0 and seen == [["--port", "0"]]
 
 

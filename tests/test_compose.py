@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from shared.settings import Settings
+from falq.shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def test_every_referenced_file_exists() -> None:
 
 
 def test_every_command_is_a_falq_command() -> None:
-    from producers.cli import cli
+    from falq.producers.cli import cli
 
     for name, svc in _compose()["services"].items():
         if "build" in svc:
@@ -90,9 +90,9 @@ def test_no_secret_is_hard_coded() -> None:
 
 def _exporter_metric_names() -> set[str]:
     """Every sample name `falq metrics` can emit, from a snapshot with every figure present."""
-    from ops.exporter import counters, gauges, histograms
-    from shared.metrics import HISTOGRAMS, Histogram, Snapshot
-    from shared.records import STATES
+    from falq.ops.exporter import counters, gauges, histograms
+    from falq.shared.metrics import HISTOGRAMS, Histogram, Snapshot
+    from falq.shared.records import STATES
 
     kinds = ["finished|completed|e", "transition|a|b", "retry|r", "failure|r", "waits|r", "wait_s|r", "spend|e"]
     snap = Snapshot(taken_at=0.0, states=dict.fromkeys(STATES, 1), counters=dict.fromkeys(kinds, 1.0),

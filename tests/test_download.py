@@ -1,4 +1,4 @@
-"""workers.download: URL checks (unit), then real fetches from a local media server."""
+"""falq.workers.download: URL checks (unit), then real fetches from a local media server."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import httpx
 import pytest
 import respx
 
-from shared.errors import MirrorRejected, StorageTransientError
-from shared.settings import Settings
+from falq.shared.errors import MirrorRejected, StorageTransientError
+from falq.shared.settings import Settings
+from falq.workers.download import _retry_after, check_media_url, host_allowed, open_media
 from tests.s3server import MediaServer, make_png, media_server
-from workers.download import _retry_after, check_media_url, host_allowed, open_media
 
 
 def settings(**kw: Any) -> Settings:

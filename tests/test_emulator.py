@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # runnable as plain `pytest` without installing the project
     sys.path.insert(0, str(ROOT))
 
-from emulator import EmulatorConfig, EmulatorServer  # noqa: E402
-from emulator.config import parse_latency  # noqa: E402
-from emulator.webhooks import WebhookSigner, verify  # noqa: E402
+from falq.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+from falq.emulator.config import parse_latency  # noqa: E402
+from falq.emulator.webhooks import WebhookSigner, verify  # noqa: E402
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
 EDIT = "fal-ai/qwen-image-2/edit"
@@ -567,12 +567,12 @@ def test_many_requests_stay_fast(make_server: MakeServer) -> None:
 
 
 def test_cli_main(tmp_path: Path) -> None:
-    from emulator.server import main
+    from falq.emulator.server import main
 
     assert main(["--latency", "gamma:1"]) == 2
     assert main(["--fail-5xx", "1.5"]) == 2
     proc = subprocess.Popen(
-        [sys.executable, "-m", "emulator", "--port", "0", "--latency", "0", "--concurrency", "3", "--tiny-images",
+        [sys.executable, "-m", "falq.emulator", "--port", "0", "--latency", "0", "--concurrency", "3", "--tiny-images",
          "--small-images"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

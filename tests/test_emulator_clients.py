@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:  # runnable as plain `pytest` without installing t
 import fal_client  # noqa: E402
 import fal_client.client as fal_client_module  # noqa: E402
 
-from emulator import EmulatorServer  # noqa: E402
+from falq.emulator import EmulatorServer  # noqa: E402
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
 PRO_T2I = "fal-ai/qwen-image-2/pro/text-to-image"

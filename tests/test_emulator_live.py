@@ -32,9 +32,9 @@ if str(ROOT) not in sys.path:  # runnable as plain `pytest` without installing t
 import fal_client  # noqa: E402
 import fal_client.client as fal_client_module  # noqa: E402
 
-from emulator import EmulatorConfig, EmulatorServer  # noqa: E402
-from emulator.app import LOCKED_DETAIL  # noqa: E402
-from emulator.render import Renderer, RenderSpec  # noqa: E402
+from falq.emulator import EmulatorConfig, EmulatorServer  # noqa: E402
+from falq.emulator.app import LOCKED_DETAIL  # noqa: E402
+from falq.emulator.render import Renderer, RenderSpec  # noqa: E402
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
 AUTH = {"Authorization": "Key live-key-1234"}

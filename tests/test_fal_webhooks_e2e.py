@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.server import GatewayServer
-from ops.stack import DevStack
+from falq.gateway.server import GatewayServer
+from falq.ops.stack import DevStack
 
 
 @pytest.fixture

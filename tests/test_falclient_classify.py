@@ -23,8 +23,8 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from shared.asgi import BackgroundServer
-from shared.errors import (
+from falq.shared.asgi import BackgroundServer
+from falq.shared.errors import (
     FalAccountLocked,
     FalAuthError,
     FalContentPolicy,
@@ -39,9 +39,9 @@ from shared.errors import (
     FalSubmitUncertain,
     FalTransientError,
 )
-from shared.falclient import FalClient, LogEntry, Result, Status, StreamEnd, submit_headers
-from shared.settings import Settings
-from workers.follow import fresh_log_lines
+from falq.shared.falclient import FalClient, LogEntry, Result, Status, StreamEnd, submit_headers
+from falq.shared.settings import Settings
+from falq.workers.follow import fresh_log_lines
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import redis
 
-from gateway import GatewayServer
-from ops.stack import DevStack
-from shared.storage import Storage
+from falq.gateway import GatewayServer
+from falq.ops.stack import DevStack
+from falq.shared.storage import Storage
+from falq.workers.callbacks import verify
 from tests.conftest import wait_for
-from workers.callbacks import verify
 
 KEY = "falq-gw-key-0123456789"
 AUTH = {"Authorization": f"Key {KEY}"}
@@ -70,8 +70,8 @@ def test_auth_refusals_and_public_probes(gw: GatewayServer) -> None:
 
 def test_refuses_to_start_without_keys(clean_stack: DevStack, monkeypatch: pytest.MonkeyPatch,
                                       tmp_path: Any) -> None:
-    from gateway.config import GatewayConfigError
-    from gateway.server import main
+    from falq.gateway.config import GatewayConfigError
+    from falq.gateway.server import main
 
     with pytest.raises(GatewayConfigError):
         GatewayServer(clean_stack.settings(), api_keys=[])

@@ -14,9 +14,9 @@ import fal_client.client as fal_client_module
 import httpx
 import pytest
 
-from gateway import GatewayServer
-from ops.stack import DevStack
-from shared.storage import Storage
+from falq.gateway import GatewayServer
+from falq.ops.stack import DevStack
+from falq.shared.storage import Storage
 from tests.test_emulator_clients import JS_DIR, _npm_install
 
 KEY = "falq-gw-client-key-42"

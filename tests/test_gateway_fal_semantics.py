@@ -21,9 +21,9 @@ import fal_client.client as fal_client_module
 import httpx
 import pytest
 
-from gateway import GatewayServer
-from ops.stack import DevStack
-from shared.storage import Storage
+from falq.gateway import GatewayServer
+from falq.ops.stack import DevStack
+from falq.shared.storage import Storage
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(90)
@@ -171,8 +171,8 @@ def test_sse_stream_sends_each_log_line_once_in_order(gw: GatewayServer, clean_s
 
 @pytest.mark.timeout(60)
 def test_polled_logs_keep_their_timestamps_across_record_updates(gw: GatewayServer, clean_stack: DevStack) -> None:
-    from shared.falclient import parse_status
-    from workers.follow import fresh_log_lines
+    from falq.shared.falclient import parse_status
+    from falq.workers.follow import fresh_log_lines
 
     clean_stack.emu.configure(latency="fixed:3")
     sub = submit(gw, {"prompt": "polled logs", "image_size": "square"})

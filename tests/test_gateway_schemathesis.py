@@ -20,9 +20,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from gateway import GatewayServer
-from ops.stack import DevStack
-from shared.storage import Storage
+from falq.gateway import GatewayServer
+from falq.ops.stack import DevStack
+from falq.shared.storage import Storage
 
 KEY = "falq-schemathesis-key-1"
 AUTH = {"Authorization": f"Key {KEY}"}

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import redis
 
-from ops.stack import DevStack
-from shared.records import JobRecord
-from shared.settings import reset_settings
+from falq.ops.stack import DevStack
+from falq.shared.records import JobRecord
+from falq.shared.settings import reset_settings
 from tests.hostile_fal import HostileFal
 
 pytestmark = pytest.mark.timeout(240)
@@ -133,7 +133,7 @@ def strict_env(fal: HostileFal) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def run(stack: DevStack) -> Iterator[Run]:
     """Start both workers, enqueue one job per case, wait until every job has ended (or 90 s)."""
-    from producers import Falq
+    from falq.producers import Falq
 
     r = redis.Redis.from_url(stack.redis.url)
     r.flushall()

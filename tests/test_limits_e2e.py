@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from ops.bench_limiter import max_in_window, mean_rate, wait_ready
-from ops.stack import TEST_FAL_KEY, DevStack
-from producers.client import TEXT_TO_IMAGE, JobRequest
-from shared.limits import Limiter, spend_today, write_config
-from shared.settings import reset_settings
+from falq.ops.bench_limiter import max_in_window, mean_rate, wait_ready
+from falq.ops.stack import TEST_FAL_KEY, DevStack
+from falq.producers.client import TEXT_TO_IMAGE, JobRequest
+from falq.shared.limits import Limiter, spend_today, write_config
+from falq.shared.settings import reset_settings
 from tests.conftest import emulator_submissions, wait_for
 
 FAST = {"latency": "fixed:0.05", "concurrency": 0, "tiny_images": True, "log_steps": 0}
@@ -38,7 +38,7 @@ def finished(falq: Any, ids: list[str]) -> list[Any] | None:
 
 def run_cli(stack: DevStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
             *argv: str) -> tuple[int, str]:
-    from producers.cli import main
+    from falq.producers.cli import main
 
     for k, v in stack.env().items():
         monkeypatch.setenv(k, v)

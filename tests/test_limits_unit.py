@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from ops.stack import RedisServer
-from shared.limits import Answer, Limiter, key_id, micro, read_config, spend_today, write_config
-from shared.settings import Settings
-from workers.limiter import SlotKeeper
+from falq.ops.stack import RedisServer
+from falq.shared.limits import Answer, Limiter, key_id, micro, read_config, spend_today, write_config
+from falq.shared.settings import Settings
+from falq.workers.limiter import SlotKeeper
 
 EP = "fal-ai/qwen-image-2/text-to-image"
 PRO = "fal-ai/qwen-image-2/pro/edit"

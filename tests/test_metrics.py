@@ -15,14 +15,14 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
-from shared.metrics import BUCKETS, Histogram, read_snapshot
-from shared.settings import Settings, reset_settings
+from falq.ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
+from falq.shared.metrics import BUCKETS, Histogram, read_snapshot
+from falq.shared.settings import Settings, reset_settings
 from tests.conftest import wait_for
 
 TOKEN = "metrics-token-for-tests-0123456789"
 #: The `falq` command as a fresh process (the console script may not be installed in a dev venv).
-FALQ = [sys.executable, "-c", "import sys; from producers.cli import main; sys.exit(main())"]
+FALQ = [sys.executable, "-c", "import sys; from falq.producers.cli import main; sys.exit(main())"]
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -133,7 +133,7 @@ def test_queue_depth_per_lane_with_a_bulk_backlog_and_no_worker(clean_stack: Dev
 
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from ops.exporter import FalqCollector
+    from falq.ops.exporter import FalqCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FalqCollector(settings))
@@ -184,7 +184,7 @@ def test_failed_jobs_are_counted_by_reason(clean_stack: DevStack, falq: Any) -> 
 @pytest.mark.timeout(30)
 def test_the_limiters_keys_are_read_when_present(clean_stack: DevStack) -> None:
     """Outstanding slots, the budget's spend and the runtime cap come from the limiter's keys."""
-    from shared.metrics import utc_day
+    from falq.shared.metrics import utc_day
 
     settings = clean_stack.settings()
     r = redis.Redis.from_url(settings.redis_url)
@@ -203,7 +203,7 @@ def test_the_limiters_keys_are_read_when_present(clean_stack: DevStack) -> None:
 
 
 def test_exporter_refuses_to_start_open(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from ops.exporter import main
+    from falq.ops.exporter import main
 
     monkeypatch.delenv("FALQ_METRICS_TOKEN", raising=False)
     monkeypatch.chdir(ROOT / "tests")  # no .env here

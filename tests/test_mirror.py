@@ -1,4 +1,4 @@
-"""workers.mirror end to end: a local media server, moto S3, real bytes."""
+"""falq.workers.mirror end to end: a local media server, moto S3, real bytes."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import httpx
 import pytest
 from PIL import Image
 
-from shared.errors import MirrorRejected, StorageTransientError
-from shared.images import to_data_uri
-from shared.records import StoredImage
-from shared.settings import Settings
-from shared.storage import Storage
+from falq.shared.errors import MirrorRejected, StorageTransientError
+from falq.shared.images import to_data_uri
+from falq.shared.records import StoredImage
+from falq.shared.settings import Settings
+from falq.shared.storage import Storage
+from falq.workers.mirror import mirror_image, mirror_outputs
 from tests.s3server import MediaServer, make_png, media_server, moto_s3, s3_settings
-from workers.mirror import mirror_image, mirror_outputs
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 CREATED = 1735689600.0  # 2025-01-01T00:00:00Z

@@ -16,7 +16,7 @@ import pytest
 import redis
 from PIL import Image
 
-from ops.stack import ROOT, DevStack
+from falq.ops.stack import ROOT, DevStack
 from tests.conftest import emulator_submissions, wait_for
 
 
@@ -32,7 +32,7 @@ def _write_jsonl(path: Path, n: int, tag: str) -> None:
 
 def _bulk(stack: DevStack, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, **stack.env()}
-    return subprocess.Popen([sys.executable, "-m", "producers", "bulk", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "falq.producers", "bulk", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -61,7 +61,7 @@ def test_bulk_file_of_1000_lines_runs_to_completion(clean_stack: DevStack, tmp_p
     subs = emulator_submissions(clean_stack)
     twice = {r["job_id"]: len(subs.get(r["job_id"], [])) for r in rows if len(subs.get(r["job_id"], [])) != 1}
     if twice:  # explain before failing
-        from producers import Falq
+        from falq.producers import Falq
 
         falq = Falq(clean_stack.settings())
         for job_id in list(twice)[:3]:
@@ -103,7 +103,7 @@ def test_interrupted_bulk_run_rerun_does_every_line_exactly_once(clean_stack: De
 @pytest.mark.timeout(180)
 def test_bulk_backlog_never_delays_interactive_jobs(clean_stack: DevStack, falq: Any) -> None:
     clean_stack.emu.configure(latency="fixed:1", concurrency=0)
-    from producers.client import JobRequest
+    from falq.producers.client import JobRequest
 
     backlog = [JobRequest("fal-ai/qwen-image-2/text-to-image", {"prompt": f"bulk {i}"}, lane="bulk")
                for i in range(150)]

@@ -1,8 +1,8 @@
-"""shared.schemas: every input rule of the four Qwen-Image-2 endpoints, accepted and rejected.
+"""falq.shared.schemas: every input rule of the four Qwen-Image-2 endpoints, accepted and rejected.
 
 The rules come from fal's model pages in the team kit (``../shared/seeds``); the tests at the
 bottom read those pages directly, so a drift between the pages and the models shows up here.
-Everything goes through :func:`shared.schemas.validate_input`, the one entry point callers use.
+Everything goes through :func:`falq.shared.schemas.validate_input`, the one entry point callers use.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from shared.errors import FieldError, InvalidInput
-from shared.schemas import (
+from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.schemas import (
     EditInput,
     File,
     GenerateOutput,
@@ -32,7 +32,7 @@ from shared.schemas import (
     TextToImageInput,
     validate_input,
 )
-from shared.settings import Settings
+from falq.shared.settings import Settings
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
 PRO_T2I = "fal-ai/qwen-image-2/pro/text-to-image"

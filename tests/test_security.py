@@ -31,15 +31,15 @@ import httpx
 import pytest
 import redis
 
-from emulator.webhooks import WebhookSigner
-from ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
-from shared.storage import Storage
-from shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
+from falq.emulator.webhooks import WebhookSigner
+from falq.ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
+from falq.shared.storage import Storage
+from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
+from falq.workers.callbacks import verify as verify_callback
 from tests.conftest import wait_for
 from tests.hostile_fal import HostileFal
-from workers.callbacks import verify as verify_callback
 
-FALQ = [sys.executable, "-c", "import sys; from producers.cli import main; sys.exit(main())"]
+FALQ = [sys.executable, "-c", "import sys; from falq.producers.cli import main; sys.exit(main())"]
 
 
 class Receiver:
@@ -159,8 +159,8 @@ class PubSubTap:
 
 @pytest.mark.timeout(240)
 def test_secrets_never_appear_anywhere(clean_stack: DevStack, receiver: Receiver) -> None:
-    from producers import Falq
-    from workers.app import make_app
+    from falq.producers import Falq
+    from falq.workers.app import make_app
 
     tag = uuid.uuid4().hex
     secrets = {
@@ -254,7 +254,7 @@ def _cli(args: list[str], env: dict[str, str]) -> str:
 
 @pytest.mark.timeout(120)
 def test_objects_are_private_and_shared_only_by_expiring_urls(clean_stack: DevStack) -> None:
-    from producers import Falq
+    from falq.producers import Falq
 
     clean_stack.start_worker(concurrency=5)
     falq = Falq(clean_stack.settings(FALQ_PRESIGN_EXPIRY_S="777"))

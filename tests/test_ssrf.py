@@ -15,9 +15,9 @@ import httpx
 import pytest
 import respx
 
-from shared.errors import MirrorRejected
-from shared.settings import Settings
-from workers.download import check_media_url, open_media
+from falq.shared.errors import MirrorRejected
+from falq.shared.settings import Settings
+from falq.workers.download import check_media_url, open_media
 
 
 def strict(hosts: str) -> Settings:

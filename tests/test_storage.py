@@ -1,4 +1,4 @@
-"""shared.storage against a real (moto) S3 server, plus error mapping with botocore's Stubber."""
+"""falq.shared.storage against a real (moto) S3 server, plus error mapping with botocore's Stubber."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
-from shared.errors import StorageError, StorageTransientError
-from shared.storage import Storage, get_storage, reset_storage
+from falq.shared.errors import StorageError, StorageTransientError
+from falq.shared.storage import Storage, get_storage, reset_storage
 from tests.s3server import moto_s3, s3_settings
 
 SECRET = "test-secret-value-never-printed"

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from ops.stack import TEST_FAL_KEY, DevStack
-from shared.records import JobRecord
-from shared.storage import Storage
+from falq.ops.stack import TEST_FAL_KEY, DevStack
+from falq.shared.records import JobRecord
+from falq.shared.storage import Storage
 from tests.conftest import emulator_submissions, fetch_fal_result, wait_for
 
 
@@ -26,7 +26,7 @@ def _png(w: int = 512, h: int = 512) -> bytes:
 @pytest.mark.timeout(180)
 def test_all_four_endpoints_complete_with_identical_images_in_s3(clean_stack: DevStack, falq: Any) -> None:
     clean_stack.start_worker(concurrency=20)
-    from shared.images import to_data_uri
+    from falq.shared.images import to_data_uri
 
     src = to_data_uri(_png(640, 480), "image/png")
     jobs = [
@@ -151,7 +151,7 @@ def test_permanent_fal_rejection_fails_fast_with_fals_message(clean_stack: DevSt
     # Bypass the producer's validation to see how a 422 from fal itself is handled.
     bad = JobRecord.new(endpoint="fal-ai/qwen-image-2/text-to-image", input={"prompt": "x", "num_images": 0})
     falq.store.create(bad)
-    from shared.dispatch import publish
+    from falq.shared.dispatch import publish
 
     publish(falq.app, falq.settings, bad.id, lane="interactive", endpoint=bad.endpoint)
     clean_stack.start_worker(concurrency=2)
@@ -181,7 +181,7 @@ def test_deadline_cancels_at_fal_and_fails(clean_stack: DevStack, falq: Any) -> 
 
 @pytest.mark.timeout(120)
 def test_one_job_through_rabbitmq(clean_stack: DevStack) -> None:
-    from producers import Falq
+    from falq.producers import Falq
 
     tag = str(int(time.time() * 1000))
     env = {"FALQ_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//",

@@ -1,4 +1,4 @@
-"""``python -m workers`` (what ``falq worker`` runs): a Celery worker on the gevent pool.
+"""``python -m falq.workers`` (what ``falq worker`` runs): a Celery worker on the gevent pool.
 
 gevent must patch the standard library before anything opens a socket, so this module
 patches first and imports falq afterwards.
@@ -24,10 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hostname", "-n", default=None)
     args = parser.parse_args(argv)
 
-    from shared.logs import setup_logging
-    from shared.settings import get_settings
-    from workers.app import app
-    from workers.signals import install
+    from falq.shared.logs import setup_logging
+    from falq.shared.settings import get_settings
+    from falq.workers.app import app
+    from falq.workers.signals import install
 
     settings = get_settings()
     setup_logging(args.loglevel, settings)

@@ -12,8 +12,8 @@ Example::
 
 from __future__ import annotations
 
-from shared.errors import FalAccountLocked
-from shared.records import JobRecord
+from falq.shared.errors import FalAccountLocked
+from falq.shared.records import JobRecord
 
 
 class Admission:

@@ -15,7 +15,7 @@ import ssl
 from celery import Celery
 from kombu import Queue
 
-from shared.settings import Settings, get_settings
+from falq.shared.settings import Settings, get_settings
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -91,7 +91,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     if scheme in ("redis", "rediss"):
         # kombu's Redis transport ends the worker on a queue item it cannot decode (random
         # bytes, JSON that is not an envelope); this one logs and drops it.
-        from workers.broker import TRANSPORT
+        from falq.workers.broker import TRANSPORT
 
         app.conf.broker_transport = TRANSPORT
         if scheme == "rediss":
@@ -106,7 +106,7 @@ app = make_app()
 
 
 def _register() -> None:
-    from workers.tasks import register
+    from falq.workers.tasks import register
 
     register(app)
 

@@ -13,9 +13,9 @@ by BRPOP and never reached the unacked set, so nothing redelivers it. Well-forme
 envelopes go on unchanged; Celery itself then refuses disallowed content types (pickle,
 YAML) and unregistered task names.
 
-Used for ``redis://`` and ``rediss://`` brokers (see :mod:`workers.app`)::
+Used for ``redis://`` and ``rediss://`` brokers (see :mod:`falq.workers.app`)::
 
-    app.conf.broker_transport = "workers.broker:Transport"
+    app.conf.broker_transport = "falq.workers.broker:Transport"
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from kombu.transport import redis as kombu_redis
 log = logging.getLogger("falq.broker")
 
 #: ``broker_transport`` value for Celery.
-TRANSPORT = "workers.broker:Transport"
+TRANSPORT = "falq.workers.broker:Transport"
 
 
 class MalformedMessage(ValueError):

@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from shared.records import JobRecord
-from workers.backoff import backoff_delay
+from falq.shared.records import JobRecord
+from falq.workers.backoff import backoff_delay
 
 if TYPE_CHECKING:
-    from workers.context import WorkerContext
+    from falq.workers.context import WorkerContext
 
 log = logging.getLogger("falq.callbacks")
 TRIES = 5

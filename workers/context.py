@@ -12,17 +12,17 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from shared.falclient import FalClient
-from shared.jobstore import JobStore
-from shared.records import JobRecord
-from shared.settings import Settings
-from shared.storage import Storage
-from workers.admission import Admission, Unlimited
-from workers.lease import LeaseKeeper
+from falq.shared.falclient import FalClient
+from falq.shared.jobstore import JobStore
+from falq.shared.records import JobRecord
+from falq.shared.settings import Settings
+from falq.shared.storage import Storage
+from falq.workers.admission import Admission, Unlimited
+from falq.workers.lease import LeaseKeeper
 
 if TYPE_CHECKING:
-    from workers.falhooks import FalHookWaiter
-from workers.middleware import Middleware
+    from falq.workers.falhooks import FalHookWaiter
+from falq.workers.middleware import Middleware
 
 log = logging.getLogger("falq.worker")
 
@@ -83,7 +83,7 @@ class WorkerContext:
 
     @cached_property
     def falhooks(self) -> FalHookWaiter:
-        from workers.falhooks import FalHookWaiter
+        from falq.workers.falhooks import FalHookWaiter
 
         return FalHookWaiter(self.redis, prefix=self.settings.key_prefix)
 
@@ -98,6 +98,6 @@ class WorkerContext:
 
     def notify_finished(self, rec: JobRecord) -> None:
         """Hook run once a job reached a terminal state (callbacks attach here)."""
-        from workers.callbacks import schedule_callback
+        from falq.workers.callbacks import schedule_callback
 
         schedule_callback(self, rec)

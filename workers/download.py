@@ -40,8 +40,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from shared.errors import MirrorRejected, StorageTransientError
-from shared.settings import Settings
+from falq.shared.errors import MirrorRejected, StorageTransientError
+from falq.shared.settings import Settings
 
 __all__ = ["MAX_REDIRECTS", "MediaStream", "check_media_url", "host_allowed", "open_media"]
 

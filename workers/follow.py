@@ -4,7 +4,7 @@ The SSE status stream is used first: fal pushes each change, so a finished reque
 noticed at once (the mirror-latency goal depends on it) and a waiting job costs one idle
 connection, not a poll loop. fal's stream is quiet between changes except for a ``: ping``
 comment about every 15 s, so one connection serves the request's whole life: it is read
-by a background thread (:class:`shared.falclient.StatusStream`) while the follower checks
+by a background thread (:class:`falq.shared.falclient.StatusStream`) while the follower checks
 cancel, deadline and shutdown every second, and it is reopened only after a real
 disconnect. When the stream is unavailable the follower polls with backoff
 (``FALQ_POLL_MIN_S`` growing to ``FALQ_POLL_MAX_S``): never fal-client's 10 polls per second.
@@ -15,7 +15,7 @@ cursor saved in the record, so the tail holds each line once, in order, across r
 and redeliveries.
 
 Right after COMPLETED the output JSON is fetched once and saved beside the record
-(:meth:`shared.jobstore.JobStore.save_result`) before mirroring starts: fal keeps results
+(:meth:`falq.shared.jobstore.JobStore.save_result`) before mirroring starts: fal keeps results
 about an hour (6 minutes at 10 KB or more, and ``sync_mode`` ones not at all), so an S3
 outage must never need it again.
 
@@ -30,8 +30,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from shared.endpoints import unit_price
-from shared.errors import (
+from falq.shared.endpoints import unit_price
+from falq.shared.errors import (
     TRANSIENT_ERROR_TYPES,
     FalContentPolicy,
     FalqError,
@@ -43,11 +43,11 @@ from shared.errors import (
     RetryableError,
     fal_failure,
 )
-from shared.falclient import FalClient, LogEntry, Status, StreamEnd, StreamUnsupported
-from shared.records import LOGS_TAIL, JobRecord, State
-from shared.settings import Settings
-from workers.backoff import backoff_delay
-from workers.step import Outcome, StepBase
+from falq.shared.falclient import FalClient, LogEntry, Status, StreamEnd, StreamUnsupported
+from falq.shared.records import LOGS_TAIL, JobRecord, State
+from falq.shared.settings import Settings
+from falq.workers.backoff import backoff_delay
+from falq.workers.step import Outcome, StepBase
 
 _STATE_OF = {"IN_QUEUE": "in_queue", "IN_PROGRESS": "in_progress"}
 #: How often a follower waiting on a quiet stream checks cancel, deadline and shutdown.
@@ -317,7 +317,7 @@ class FollowPhase(StepBase):
         return None
 
     def _await_webhook(self) -> Status | str | None:
-        """fal's pushed completion (see :mod:`workers.falhooks`), a stop reason, or None once
+        """fal's pushed completion (see :mod:`falq.workers.falhooks`), a stop reason, or None once
         ``FALQ_FAL_WEBHOOK_WAIT_S`` passed without one (the request is then followed)."""
         request_id = self.rec.request_id
         assert request_id

@@ -1,7 +1,7 @@
 """The worker side of the global limits: admission, slot renewal, and the locked-account pause.
 
-:class:`LimitsAdmission` plugs :class:`shared.limits.Limiter` into the runner's
-:class:`~workers.admission.Admission` seam:
+:class:`LimitsAdmission` plugs :class:`falq.shared.limits.Limiter` into the runner's
+:class:`~falq.workers.admission.Admission` seam:
 
 * ``admit`` asks the limiter. Admitted: sleep until the reserved token's time (at most a
   few hundred ms) and go. Refused: return how long to wait. A rate or slot wait is the
@@ -17,7 +17,7 @@
   later fails: falq cannot tell from the answer whether fal billed it, so the estimate errs
   high, never low.
 
-:class:`SlotKeeper` (one per process, like :class:`workers.lease.LeaseKeeper`) renews the
+:class:`SlotKeeper` (one per process, like :class:`falq.workers.lease.LeaseKeeper`) renews the
 slot of every job whose job lease this process holds, every third of ``FALQ_SLOT_LEASE_S``,
 in pipelined Lua calls. A SIGKILLed worker stops renewing, and its slots are free again
 within the slot lease.
@@ -38,14 +38,14 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from shared.endpoints import ENDPOINTS
-from shared.errors import FalAccountLocked
-from shared.limits import Limiter, micro
-from shared.records import JobRecord
-from workers.admission import Admission
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.errors import FalAccountLocked
+from falq.shared.limits import Limiter, micro
+from falq.shared.records import JobRecord
+from falq.workers.admission import Admission
 
 if TYPE_CHECKING:
-    from workers.context import WorkerContext
+    from falq.workers.context import WorkerContext
 
 log = logging.getLogger("falq.limits")
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from workers.admission import Admission
+from falq.workers.admission import Admission
 
 if TYPE_CHECKING:
-    from workers.context import WorkerContext
+    from falq.workers.context import WorkerContext
 
 
 def build_admission(ctx: WorkerContext) -> Admission:
-    """A :class:`~workers.limiter.LimitsAdmission`: the shared limits of the worker's key,
+    """A :class:`~falq.workers.limiter.LimitsAdmission`: the shared limits of the worker's key,
     including the pause of the key when fal answers that the account is locked."""
-    from workers.limiter import LimitsAdmission
+    from falq.workers.limiter import LimitsAdmission
 
     return LimitsAdmission(ctx)

@@ -2,7 +2,7 @@
 
 Every figure goes to Redis (pipelined ``HINCRBY``/``HINCRBYFLOAT``, one round trip per
 hook), never to process memory, so the exporter sees the sum over all worker processes
-and hosts and a restarted worker loses nothing. See :mod:`shared.metrics` for the layout.
+and hosts and a restarted worker loses nothing. See :mod:`falq.shared.metrics` for the layout.
 
 What is recorded, and when:
 
@@ -25,9 +25,9 @@ import time
 
 import redis
 
-from shared.metrics import FINISHED, MINUTE_TTL_S, counters_key, minute_key, observe, spend_key, utc_day
-from shared.records import ErrorInfo, JobRecord
-from workers.middleware import Middleware
+from falq.shared.metrics import FINISHED, MINUTE_TTL_S, counters_key, minute_key, observe, spend_key, utc_day
+from falq.shared.records import ErrorInfo, JobRecord
+from falq.workers.middleware import Middleware
 
 log = logging.getLogger("falq.metrics")
 

@@ -32,12 +32,12 @@ from typing import IO, Any
 
 import httpx
 
-from shared.errors import MirrorRejected
-from shared.images import EXTENSIONS, MIME_OF_FORMAT, parse_data_uri, sniff_mime
-from shared.records import StoredImage
-from shared.settings import Settings
-from shared.storage import Storage
-from workers.download import open_media
+from falq.shared.errors import MirrorRejected
+from falq.shared.images import EXTENSIONS, MIME_OF_FORMAT, parse_data_uri, sniff_mime
+from falq.shared.records import StoredImage
+from falq.shared.settings import Settings
+from falq.shared.storage import Storage
+from falq.workers.download import open_media
 
 __all__ = ["mirror_image", "mirror_outputs"]
 

@@ -6,13 +6,13 @@ import json
 
 from pydantic import ValidationError
 
-from shared.errors import FalBadAnswer, FalRequestFailed, FalRequestFailedTransient, PermanentError, RetryableError
-from shared.records import JobRecord, StoredImage
-from shared.schemas import GenerateOutput
-from workers.backoff import backoff_delay
-from workers.context import WorkerContext
-from workers.mirror import mirror_image
-from workers.step import DONE, Outcome, StepBase, _note
+from falq.shared.errors import FalBadAnswer, FalRequestFailed, FalRequestFailedTransient, PermanentError, RetryableError
+from falq.shared.records import JobRecord, StoredImage
+from falq.shared.schemas import GenerateOutput
+from falq.workers.backoff import backoff_delay
+from falq.workers.context import WorkerContext
+from falq.workers.mirror import mirror_image
+from falq.workers.step import DONE, Outcome, StepBase, _note
 
 
 def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
@@ -20,9 +20,9 @@ def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
     """Mirror every image of ``rec``'s result; idempotent.
 
     The result is the one saved beside the record right after COMPLETED (see
-    :mod:`workers.follow`), so retries during an S3 outage never ask fal again. A record
+    :mod:`falq.workers.follow`), so retries during an S3 outage never ask fal again. A record
     saved before that existed falls back to fal's copy; if fal no longer has it the job
-    fails (:class:`~shared.errors.FalResultGone`), it is never resubmitted silently.
+    fails (:class:`~falq.shared.errors.FalResultGone`), it is never resubmitted silently.
     """
     kept = ctx.store.load_result(rec.id)
     if kept is not None:

@@ -27,10 +27,10 @@ import time
 import redis
 from celery import Celery
 
-from shared.dispatch import publish, queue_for
-from shared.jobstore import JobStore
-from shared.records import TERMINAL
-from shared.settings import Settings
+from falq.shared.dispatch import publish, queue_for
+from falq.shared.jobstore import JobStore
+from falq.shared.records import TERMINAL
+from falq.shared.settings import Settings
 
 log = logging.getLogger("falq.reaper")
 

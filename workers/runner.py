@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import logging
 
-from shared.errors import JobNotFound
-from shared.records import AT_FAL
-from workers.context import WorkerContext
-from workers.follow import FollowPhase
-from workers.mirror_step import MirrorPhase
-from workers.reaper import mark_seen
-from workers.step import DONE, Outcome, Stop
-from workers.submit import SubmitInterrupted, SubmitPhase
+from falq.shared.errors import JobNotFound
+from falq.shared.records import AT_FAL
+from falq.workers.context import WorkerContext
+from falq.workers.follow import FollowPhase
+from falq.workers.mirror_step import MirrorPhase
+from falq.workers.reaper import mark_seen
+from falq.workers.step import DONE, Outcome, Stop
+from falq.workers.submit import SubmitInterrupted, SubmitPhase
 
 __all__ = ["DONE", "Outcome", "Runner", "SubmitInterrupted"]
 

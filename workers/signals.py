@@ -13,10 +13,10 @@ def install() -> None:
 
 
 def _on_ready(sender: Any = None, **_: Any) -> None:
-    from workers.app import app
-    from workers.reaper import start_reaper
-    from workers.recovery import start_sweeper
-    from workers.tasks import get_context
+    from falq.workers.app import app
+    from falq.workers.reaper import start_reaper
+    from falq.workers.recovery import start_sweeper
+    from falq.workers.tasks import get_context
 
     interval = app.conf.broker_transport_options.get("unacked_restore_interval", 10)
     start_sweeper(app, float(interval))
@@ -27,6 +27,6 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
 def _on_shutdown(**_: Any) -> None:
     # Running steps see this flag within a second, re-publish their job and return, so a
     # warm shutdown finishes quickly and loses nothing.
-    from workers.tasks import get_context
+    from falq.workers.tasks import get_context
 
     get_context().shutting_down.set()

@@ -3,8 +3,8 @@
 A :class:`StepBase` holds one job's record and lease for one task delivery and knows how
 to save changes (compare-and-set, reapplied after a concurrent write), when to stop
 (cancel, shutdown, lost lease, step budget, deadline), how to wait, and how a job ends
-(failed, cancelled). The phases build on it: :mod:`workers.submit`, :mod:`workers.follow`
-and :mod:`workers.mirror_step`; :mod:`workers.runner` drives them.
+(failed, cancelled). The phases build on it: :mod:`falq.workers.submit`, :mod:`falq.workers.follow`
+and :mod:`falq.workers.mirror_step`; :mod:`falq.workers.runner` drives them.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shared.errors import (
+from falq.shared.errors import (
     DeadlineExceeded,
     FalAccountLocked,
     FalContentPolicy,
@@ -22,12 +22,12 @@ from shared.errors import (
     FalRequestFailedTransient,
     JobNotFound,
 )
-from shared.jobstore import Conflict
-from shared.records import AT_FAL, JobRecord
-from shared.settings import Settings
-from workers.backoff import backoff_delay
-from workers.context import WorkerContext
-from workers.lease import Lease
+from falq.shared.jobstore import Conflict
+from falq.shared.records import AT_FAL, JobRecord
+from falq.shared.settings import Settings
+from falq.workers.backoff import backoff_delay
+from falq.workers.context import WorkerContext
+from falq.workers.lease import Lease
 
 log = logging.getLogger("falq.runner")
 

@@ -14,17 +14,17 @@ from collections.abc import Callable
 
 import redis
 
-from shared.errors import (
+from falq.shared.errors import (
     AttemptsExhausted,
     FalAccountLocked,
     FalSubmitUncertain,
     PermanentError,
     RetryableError,
 )
-from shared.falclient import Submitted, request_urls, submit_headers
-from shared.records import JobRecord, Submission
-from workers.backoff import backoff_delay
-from workers.step import DONE, Outcome, StepBase, _note, _requeue_with
+from falq.shared.falclient import Submitted, request_urls, submit_headers
+from falq.shared.records import JobRecord, Submission
+from falq.workers.backoff import backoff_delay
+from falq.workers.step import DONE, Outcome, StepBase, _note, _requeue_with
 
 log = logging.getLogger("falq.runner")
 

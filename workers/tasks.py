@@ -8,11 +8,11 @@ from functools import lru_cache
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from shared.dispatch import TASK_NAME, publish
-from shared.settings import get_settings
-from workers.backoff import backoff_delay
-from workers.context import WorkerContext
-from workers.runner import Outcome, Runner
+from falq.shared.dispatch import TASK_NAME, publish
+from falq.shared.settings import get_settings
+from falq.workers.backoff import backoff_delay
+from falq.workers.context import WorkerContext
+from falq.workers.runner import Outcome, Runner
 
 log = logging.getLogger("falq.tasks")
 
@@ -20,8 +20,8 @@ log = logging.getLogger("falq.tasks")
 @lru_cache(maxsize=1)
 def get_context() -> WorkerContext:
     """The process's worker context, built on first use (after gevent patched the process)."""
-    from workers.limits_admission import build_admission
-    from workers.metrics import MetricsMiddleware
+    from falq.workers.limits_admission import build_admission
+    from falq.workers.metrics import MetricsMiddleware
 
     settings = get_settings()
     ctx = WorkerContext(settings)

@@ -1,12 +1,12 @@
 """``falq bench``: falq measured beside what a user would otherwise pick, in one run.
 
 The harness starts everything it needs on this machine (Redis, an S3 endpoint, the fal
-emulator, worker processes), runs each scenario (:mod:`ops.bench.scenarios`), and puts
+emulator, worker processes), runs each scenario (:mod:`falq.ops.bench.scenarios`), and puts
 every falq figure beside the same figure of a reference measured in the same run
-(:mod:`ops.bench.references`). The machine is shared and noisy, so the ratio is the
+(:mod:`falq.ops.bench.references`). The machine is shared and noisy, so the ratio is the
 figure to read; absolute times alone mean little.
 
-    python -m ops.bench --quick            # under two minutes, scaled down (says so)
-    python -m ops.bench                    # the full run the README reports
-    python -m ops.bench --only saturation --json /tmp/bench.json
+    python -m falq.ops.bench --quick            # under two minutes, scaled down (says so)
+    python -m falq.ops.bench                    # the full run the README reports
+    python -m falq.ops.bench --only saturation --json /tmp/bench.json
 """

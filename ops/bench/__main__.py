@@ -1,4 +1,4 @@
-"""``python -m ops.bench`` (and ``falq bench``): run the scenarios, print the table, draw the chart.
+"""``python -m falq.ops.bench`` (and ``falq bench``): run the scenarios, print the table, draw the chart.
 
 Options: ``--quick`` (scaled down, under two minutes), ``--only SCENARIO`` (repeatable),
 ``--out docs/bench.png``, ``--json PATH``. Exit status 0 when every goal checked was
@@ -14,15 +14,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ops.bench.model import Row
-from ops.stack import ROOT
+from falq.ops.bench.model import Row
+from falq.ops.stack import ROOT
 
 
 def run(quick: bool, only: list[str] | None = None) -> list[Row]:
     """Start the stack, run the chosen scenarios in order, return all rows."""
-    from ops.bench.harness import Harness
-    from ops.bench.scenarios import SCENARIOS
-    from ops.stack import DevStack
+    from falq.ops.bench.harness import Harness
+    from falq.ops.bench.scenarios import SCENARIOS
+    from falq.ops.stack import DevStack
 
     names = only or list(SCENARIOS)
     rows: list[Row] = []
@@ -40,10 +40,10 @@ def run(quick: bool, only: list[str] | None = None) -> list[Row]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ops.bench import report
-    from ops.bench.scenarios import SCENARIOS
+    from falq.ops.bench import report
+    from falq.ops.bench.scenarios import SCENARIOS
 
-    p = argparse.ArgumentParser(prog="python -m ops.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m falq.ops.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="scaled-down run, under two minutes")
     p.add_argument("--only", action="append", choices=list(SCENARIOS), metavar="SCENARIO",
                    help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)}")
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     rows = run(a.quick, a.only)
     took = time.monotonic() - t0
-    command = "python -m ops.bench" + (" --quick" if a.quick else "") + "".join(f" --only {o}" for o in a.only or [])
+    command = ("python -m falq.ops.bench" + (" --quick" if a.quick else "")
+               + "".join(f" --only {o}" for o in a.only or []))
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     title = f"falq bench ({'quick' if a.quick else 'full'}) {stamp}, {platform.node()}, took {took:.0f}s"
     print(f"{title}\ncommand: {command}\n")

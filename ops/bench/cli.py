@@ -1,4 +1,4 @@
-"""``falq bench``: the click face of :mod:`ops.bench` (registered in ``producers.cli``).
+"""``falq bench``: the click face of :mod:`falq.ops.bench` (registered in ``falq.producers.cli``).
 
 Kept light: importing it costs only click, so the CLI's start-up does not pay for the
 harness until the command runs.
@@ -22,7 +22,7 @@ import click
               help="Also write the rows as JSON.")
 def bench(quick: bool, only: tuple[str, ...], out: Path | None, json_path: Path | None) -> None:
     """Benchmark falq beside Celery, fal-client and naive Celery on a local stack; print a table, draw a chart."""
-    from ops.bench.__main__ import main
+    from falq.ops.bench.__main__ import main
 
     argv = (["--quick"] if quick else []) + [x for o in only for x in ("--only", o)]
     argv += (["--out", str(out)] if out else []) + (["--json", str(json_path)] if json_path else [])

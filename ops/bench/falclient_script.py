@@ -3,7 +3,7 @@ process, an ``asyncio.Semaphore`` for concurrency; no durability, no S3 copy, no
 
 Run by the harness in its own process (so its CPU does not compete inside the harness)::
 
-    python -m ops.bench.falclient_script --url EMULATOR --n 500 --concurrency 200 --out r.json
+    python -m falq.ops.bench.falclient_script --url EMULATOR --n 500 --concurrency 200 --out r.json
 
 ``fal_client`` is pointed at the emulator through its module globals, as
 ``tests/test_emulator_clients.py`` does, and otherwise runs unchanged (``subscribe``, which
@@ -43,7 +43,7 @@ async def _run(n: int, concurrency: int, sequential: bool, payload: dict[str, An
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ops.bench.falclient_script", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m falq.ops.bench.falclient_script", description=__doc__)
     p.add_argument("--url", required=True)
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--concurrency", type=int, default=100)

@@ -1,6 +1,6 @@
 """The bench's local deployment and its measuring tools.
 
-One :class:`Harness` wraps one :class:`ops.stack.DevStack` for the whole run (Redis, moto
+One :class:`Harness` wraps one :class:`falq.ops.stack.DevStack` for the whole run (Redis, moto
 S3 over HTTP, the fal emulator in this process) and resets it between scenarios, so every
 scenario and every reference meets the same Redis, the same S3 and the same emulator.
 Processes are measured from ``/proc``: CPU (utime + stime) and resident memory of a
@@ -21,9 +21,9 @@ from typing import Any
 
 import redis
 
-from ops.bench.model import T2I
-from ops.bench_limiter import wait_ready
-from ops.stack import ROOT, DevStack
+from falq.ops.bench.model import T2I
+from falq.ops.bench_limiter import wait_ready
+from falq.ops.stack import ROOT, DevStack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -131,7 +131,7 @@ class Harness:
     def falq(self) -> Any:
         """A producer (:class:`producers.Falq`) on the stack, reused within one scenario."""
         if self._falq is None:
-            from producers import Falq
+            from falq.producers import Falq
 
             self._falq = Falq(self.stack.settings(**self.production))
         return self._falq
@@ -148,7 +148,7 @@ class Harness:
         for i in range(n):
             log = open(self.stack.workdir / f"worker-{len(self.stack.workers)}.log", "ab")  # noqa: SIM115
             proc = subprocess.Popen(
-                [sys.executable, "-m", "workers", "-c", str(concurrency), "-l", "WARNING",
+                [sys.executable, "-m", "falq.workers", "-c", str(concurrency), "-l", "WARNING",
                  "-n", f"bench{i}-{os.getpid()}-{time.monotonic_ns()}@%h"],
                 cwd=ROOT, env=self.env(**(env or {})), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
@@ -190,7 +190,7 @@ class Harness:
 
     def enqueue(self, n: int, tag: str, payload: dict[str, Any] | None = None, lane: str = "bulk") -> list[str]:
         """Enqueue ``n`` falq text-to-image jobs through :meth:`Falq.submit_many`; returns their ids."""
-        from producers.client import JobRequest
+        from falq.producers.client import JobRequest
 
         reqs = [JobRequest(T2I, {**(payload or {}), "prompt": f"{tag} {i}", "seed": i}, lane)  # type: ignore[arg-type]
                 for i in range(n)]

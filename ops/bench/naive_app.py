@@ -18,8 +18,8 @@ import httpx
 import redis
 from celery import Celery
 
-from ops.bench.model import NAIVE_COUNTER as COUNTER
-from ops.bench.model import NAIVE_QUEUE as QUEUE
+from falq.ops.bench.model import NAIVE_COUNTER as COUNTER
+from falq.ops.bench.model import NAIVE_QUEUE as QUEUE
 
 app = Celery("naive", broker=os.environ["FALQ_REDIS_URL"])
 app.conf.update(task_ignore_result=True, task_default_queue=QUEUE, worker_hijack_root_logger=False)

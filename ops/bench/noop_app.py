@@ -1,11 +1,11 @@
 """Reference 1, Celery's own ceiling: a no-op task on falq's Celery settings and broker.
 
-The app is :func:`workers.app.make_app` (every broker and worker setting falq uses) with
+The app is :func:`falq.workers.app.make_app` (every broker and worker setting falq uses) with
 one task that only counts itself (an ``INCR``, so completions are visible without a
 result backend). The harness runs it as ``celery -A ops.bench.noop_app worker -P gevent``,
 the pool falq uses, against the stack's Redis.
 
-``python -m ops.bench.noop_app N`` publishes N no-op tasks one by one (what a user's loop
+``python -m falq.ops.bench.noop_app N`` publishes N no-op tasks one by one (what a user's loop
 of ``task.delay()`` does) and prints the seconds it took, for the enqueue scenario.
 """
 
@@ -17,10 +17,10 @@ import time
 import redis
 from kombu import Queue
 
-from ops.bench.model import NOOP_COUNTER as COUNTER
-from ops.bench.model import NOOP_QUEUE as QUEUE
-from shared.settings import get_settings
-from workers.app import make_app
+from falq.ops.bench.model import NOOP_COUNTER as COUNTER
+from falq.ops.bench.model import NOOP_QUEUE as QUEUE
+from falq.shared.settings import get_settings
+from falq.workers.app import make_app
 
 settings = get_settings()
 app = make_app(settings)

@@ -1,11 +1,11 @@
 """The three references falq is measured against, each run on the harness' stack.
 
-1. :func:`noop_drain` -- Celery's own ceiling: no-op tasks (:mod:`ops.bench.noop_app`)
+1. :func:`noop_drain` -- Celery's own ceiling: no-op tasks (:mod:`falq.ops.bench.noop_app`)
    through the same Redis with falq's Celery settings and pool (gevent).
 2. :func:`fal_client_run` -- the official ``fal-client`` from one asyncio process with a
-   semaphore (:mod:`ops.bench.falclient_script`), in its own process.
+   semaphore (:mod:`falq.ops.bench.falclient_script`), in its own process.
 3. :func:`start_naive` / :func:`naive_enqueue` -- the naive Celery version: a prefork
-   task that submits and polls (:mod:`ops.bench.naive_app`).
+   task that submits and polls (:mod:`falq.ops.bench.naive_app`).
 
 Throughput is measured the same way for falq and every reference: the backlog is queued
 first, then the consumers start, and the rate is ``(n - 1) / (last done - first done)``,
@@ -20,9 +20,9 @@ import sys
 import time
 from typing import Any
 
-from ops.bench.harness import Harness, cpu_s
-from ops.bench.model import NAIVE_COUNTER, NAIVE_QUEUE, NOOP_COUNTER, NOOP_QUEUE, T2I
-from ops.stack import ROOT
+from falq.ops.bench.harness import Harness, cpu_s
+from falq.ops.bench.model import NAIVE_COUNTER, NAIVE_QUEUE, NOOP_COUNTER, NOOP_QUEUE, T2I
+from falq.ops.stack import ROOT
 
 
 def drain_rate(times: list[float]) -> float:
@@ -41,7 +41,7 @@ def noop_drain(h: Harness, n: int, workers: int, concurrency: int) -> dict[str, 
     with app.producer_or_acquire() as producer:
         for i in range(n):
             app.send_task("bench.noop", args=(i,), queue=NOOP_QUEUE, producer=producer)
-    pids = [h.start_celery("ops.bench.noop_app", "gevent", concurrency, NOOP_QUEUE, events=True, wait=False)
+    pids = [h.start_celery("falq.ops.bench.noop_app", "gevent", concurrency, NOOP_QUEUE, events=True, wait=False)
             for _ in range(workers)]
     first = h.wait_until(lambda: int(h.redis.get(NOOP_COUNTER) or 0) > 0, 60, 0.01, "the first no-op task")
     done0, cpu0, cmd0 = int(h.redis.get(NOOP_COUNTER) or 0), cpu_s(pids), h.redis_commands()
@@ -61,9 +61,9 @@ def noop_drain(h: Harness, n: int, workers: int, concurrency: int) -> dict[str, 
 
 def fal_client_run(h: Harness, n: int, concurrency: int, *, sequential: bool = False,
                    payload: dict[str, Any] | None = None, timeout: float = 300) -> dict[str, Any]:
-    """Run :mod:`ops.bench.falclient_script` for ``n`` jobs; returns its JSON plus ``rate``."""
+    """Run :mod:`falq.ops.bench.falclient_script` for ``n`` jobs; returns its JSON plus ``rate``."""
     out = h.stack.workdir / f"fal-client-{time.monotonic_ns()}.json"
-    argv = [sys.executable, "-m", "ops.bench.falclient_script", "--url", h.stack.emu.url, "--n", str(n),
+    argv = [sys.executable, "-m", "falq.ops.bench.falclient_script", "--url", h.stack.emu.url, "--n", str(n),
             "--concurrency", str(concurrency), "--payload", json.dumps(payload or {}), "--out", str(out)]
     subprocess.run(argv + (["--sequential"] if sequential else []), cwd=ROOT, env=h.env(), check=True,
                    timeout=timeout, stdout=subprocess.DEVNULL)
@@ -75,7 +75,7 @@ def fal_client_run(h: Harness, n: int, concurrency: int, *, sequential: bool = F
 def start_naive(h: Harness, concurrency: int = 4, rate_limit: str | None = None, wait: bool = True) -> int:
     """Start the naive prefork worker (``-P prefork -c concurrency``); returns its pid."""
     env = {"BENCH_NAIVE_RATE_LIMIT": rate_limit} if rate_limit else None
-    return h.start_celery("ops.bench.naive_app", "prefork", concurrency, NAIVE_QUEUE, env=env, wait=wait)
+    return h.start_celery("falq.ops.bench.naive_app", "prefork", concurrency, NAIVE_QUEUE, env=env, wait=wait)
 
 
 def naive_enqueue(h: Harness, n: int, payload: dict[str, Any] | None = None, poll_s: float = 0.5,

@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ops.bench.model import Row
+from falq.ops.bench.model import Row
 
 HEADERS = ("scenario", "metric", "unit", "falq", "reference", "ref value", "ratio", "goal", "met")
 

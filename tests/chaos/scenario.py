@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image
 
-from ops.stack import DevStack
+from falq.ops.stack import DevStack
 from tests.chaos.s3_faults import S3FaultProxy
 
 ENDPOINTS = [
@@ -78,7 +78,7 @@ class Report:
 
 
 def _edit_source() -> str:
-    from shared.images import to_data_uri
+    from falq.shared.images import to_data_uri
 
     buf = io.BytesIO()
     Image.new("RGB", (400, 400), (30, 90, 160)).save(buf, "PNG")
@@ -88,9 +88,9 @@ def _edit_source() -> str:
 def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency: int = 100,
         s3_failure_rate: float = 0.1, timeout_s: float = 600.0, seed: int = 7) -> Report:
     """Run the scenario with ``n_jobs`` jobs; returns the audit."""
-    from producers import Falq
-    from producers.client import JobRequest
-    from shared.storage import Storage
+    from falq.producers import Falq
+    from falq.producers.client import JobRequest
+    from falq.shared.storage import Storage
 
     rng = random.Random(seed)
     report = Report(jobs=n_jobs)

@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from types import ModuleType
 
-from ops.bench.harness import Harness
-from ops.bench.model import Row
-from ops.bench.scenarios import connections, cost, enqueue, inflight, limiter, mirror, overhead, saturation
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.model import Row
+from falq.ops.bench.scenarios import connections, cost, enqueue, inflight, limiter, mirror, overhead, saturation
 
 _MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost, connections]
 SCENARIOS: dict[str, Callable[[Harness], list[Row]]] = {m.NAME: m.run for m in _MODULES}

@@ -5,7 +5,7 @@ comment about every 15 s, so a follower whose read timeout is shorter than that 
 every few seconds for every request. The emulator runs with those live defaults (15 s
 heartbeats) and realistic latencies (5-60 s; quick: 5-15 s). falq: one worker; reference:
 fal-client's ``subscribe``-style ``submit`` + ``get`` from one asyncio process
-(:mod:`ops.bench.falclient_script`). Both are counted by the emulator, per request: calls
+(:mod:`falq.ops.bench.falclient_script`). Both are counted by the emulator, per request: calls
 by kind, and the distinct client connections (TCP source ports) that touched it.
 
 Goal: at most one stream connection per request (plus real disconnects: none here).
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ops.bench import references as ref
-from ops.bench.harness import Harness
-from ops.bench.model import REF_FAL_CLIENT, Goal, Row
+from falq.ops.bench import references as ref
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.model import REF_FAL_CLIENT, Goal, Row
 
 NAME = "connections"
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ops.bench import references as ref
-from ops.bench.harness import Harness, children, cpu_s
-from ops.bench.model import REF_NAIVE, REF_NOOP, Row
-from shared.records import STATES
+from falq.ops.bench import references as ref
+from falq.ops.bench.harness import Harness, children, cpu_s
+from falq.ops.bench.model import REF_NAIVE, REF_NOOP, Row
+from falq.shared.records import STATES
 
 NAME = "cost"
 

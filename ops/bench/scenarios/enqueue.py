@@ -1,10 +1,10 @@
 """Enqueue: ``falq bulk`` of a 10,000-line file (quick: 2,000), lines per second.
 
-The real command runs in its own process (``python -m producers bulk FILE --no-wait
+The real command runs in its own process (``python -m falq.producers bulk FILE --no-wait
 --json``): it validates the whole file, then enqueues it with pipelined Redis writes
 (job record, idempotency key, state index, one message per job). Reference 1's producer
 side: a loop of ``apply_async`` publishing the same number of no-op Celery messages
-(``python -m ops.bench.noop_app N``), what a user without falq writes. No workers run.
+(``python -m falq.ops.bench.noop_app N``), what a user without falq writes. No workers run.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import subprocess
 import sys
 import time
 
-from ops.bench.harness import Harness
-from ops.bench.model import REF_NOOP, Row
-from ops.stack import ROOT
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.model import REF_NOOP, Row
+from falq.ops.stack import ROOT
 
 
 def _child_cpu() -> float:
@@ -38,14 +38,14 @@ def run(h: Harness) -> list[Row]:
             fh.write(json.dumps({"input": {"prompt": f"enqueue benchmark line {i}", "seed": i}}) + "\n")
 
     cpu0, t0 = _child_cpu(), time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "producers", "bulk", str(path), "--no-wait", "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "falq.producers", "bulk", str(path), "--no-wait", "--json"], cwd=ROOT,
                          env=h.env(), check=True, capture_output=True, text=True, timeout=300).stdout
     wall, cpu = time.monotonic() - t0, _child_cpu() - cpu0
     doc = json.loads(out[out.index("{"):])
     enqueue_s = float(doc["enqueue_s"])
 
     cpu0, t0 = _child_cpu(), time.monotonic()
-    ref_out = subprocess.run([sys.executable, "-m", "ops.bench.noop_app", str(n)], cwd=ROOT, env=h.env(),
+    ref_out = subprocess.run([sys.executable, "-m", "falq.ops.bench.noop_app", str(n)], cwd=ROOT, env=h.env(),
                              check=True, capture_output=True, text=True, timeout=300).stdout
     ref_wall, ref_cpu = time.monotonic() - t0, _child_cpu() - cpu0
     publish_s = float(ref_out.strip().splitlines()[-1])

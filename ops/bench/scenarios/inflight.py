@@ -12,9 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ops.bench import references as ref
-from ops.bench.harness import Harness, children, rss_mb
-from ops.bench.model import REF_NAIVE, Goal, Row
+from falq.ops.bench import references as ref
+from falq.ops.bench.harness import Harness, children, rss_mb
+from falq.ops.bench.model import REF_NAIVE, Goal, Row
 
 NAME = "inflight"
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import time
 
-from ops.bench import references as ref
-from ops.bench.harness import Harness
-from ops.bench.model import REF_NAIVE, Goal, Row
-from ops.bench_limiter import max_in_window, mean_rate
-from shared.limits import write_config
+from falq.ops.bench import references as ref
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.model import REF_NAIVE, Goal, Row
+from falq.ops.bench_limiter import max_in_window, mean_rate
+from falq.shared.limits import write_config
 
 NAME = "limiter"
 RATE, WORKERS = 20, 4

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 
-from ops.bench import references as ref
-from ops.bench.harness import Harness
-from ops.bench.model import REF_FAL_CLIENT, Goal, Row, percentile
+from falq.ops.bench import references as ref
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.model import REF_FAL_CLIENT, Goal, Row, percentile
 
 NAME = "mirror"
 PAYLOAD = {"image_size": {"width": 1024, "height": 1024}, "output_format": "png"}

@@ -9,9 +9,9 @@ beside fal-client's submit to result in hand.
 
 from __future__ import annotations
 
-from ops.bench import references as ref
-from ops.bench.harness import Harness
-from ops.bench.model import REF_FAL_CLIENT, REF_NOOP, Goal, Row, percentile
+from falq.ops.bench import references as ref
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.model import REF_FAL_CLIENT, REF_NOOP, Goal, Row, percentile
 
 NAME = "overhead"
 WORKERS, CONCURRENCY = 2, 100

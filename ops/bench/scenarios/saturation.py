@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 
-from ops.bench import references as ref
-from ops.bench.harness import Harness
-from ops.bench.model import REF_NAIVE, Goal, Row
-from shared.limits import write_config
+from falq.ops.bench import references as ref
+from falq.ops.bench.harness import Harness
+from falq.ops.bench.model import REF_NAIVE, Goal, Row
+from falq.shared.limits import write_config
 
 NAME = "saturation"
 SLOTS, CAP = 40, 44
