@@ -71,7 +71,7 @@ def parse_query(params: dict[str, str] | Any) -> JobQuery:
 def _time(text: str | None, name: str, errors: list[FieldError]) -> float | None:
     if text is None or not text.strip():
         return None
-    from falq.producers.cli_output import parse_since
+    from falq.shared.since import parse_since
 
     try:
         value = parse_since(text)

@@ -116,7 +116,7 @@ def _keep_running(stack: DevStack) -> None:
     password = secrets.token_urlsafe(12)
     port = free_port()
     env = {**os.environ, **stack.env(), "FALQ_FLOWER_PASSWORD": password}
-    flower = subprocess.Popen([sys.executable, "-m", "falq.producers", "flower", "--port", str(port)], cwd=ROOT,
+    flower = subprocess.Popen([sys.executable, "-m", "falq.cli", "flower", "--port", str(port)], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     exports = " ".join(f"{k}={v}" for k, v in stack.env().items() if k.startswith(("FALQ_REDIS", "FALQ_KEY")))
     print(f"\nFlower:     http://127.0.0.1:{port}/tasks   (user falq, password {password})")

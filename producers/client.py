@@ -24,15 +24,13 @@ from typing import Any
 from celery import Celery
 
 from falq.shared.dispatch import publish
-from falq.shared.endpoints import ENDPOINTS, get_endpoint
-from falq.shared.errors import FieldError, InvalidInput, JobNotFound
+from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint
+from falq.shared.errors import FieldError, InvalidInput, JobNotFound, JobTimeout
 from falq.shared.jobstore import JobStore
 from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
+from falq.shared.redisconn import redis_client as make_redis
 from falq.shared.schemas import validate_input
 from falq.shared.settings import Settings, get_settings
-
-TEXT_TO_IMAGE = {"standard": "fal-ai/qwen-image-2/text-to-image", "pro": "fal-ai/qwen-image-2/pro/text-to-image"}
-EDIT = {"standard": "fal-ai/qwen-image-2/edit", "pro": "fal-ai/qwen-image-2/pro/edit"}
 
 
 @dataclass(frozen=True)
@@ -47,10 +45,6 @@ class JobRequest:
     callback_url: str | None = None
 
 
-class JobTimeout(TimeoutError):
-    """``wait`` ran out of time; the job goes on."""
-
-
 class Falq:
     """A producer's handle on falq.
 
@@ -62,8 +56,6 @@ class Falq:
 
     def __init__(self, settings: Settings | None = None, *, redis_client: Any = None,
                  celery_app: Celery | None = None) -> None:
-        from falq.workers.context import redis_client as make_redis
-
         self.settings = settings or get_settings()
         self.redis = redis_client or make_redis(self.settings.redis_url)
         self.store = JobStore(self.redis, prefix=self.settings.key_prefix, ttl_s=self.settings.record_ttl_s)
@@ -72,7 +64,7 @@ class Falq:
     @property
     def app(self) -> Celery:
         if self._app is None:
-            from falq.workers.app import make_app
+            from falq.shared.celery_app import make_app
 
             self._app = make_app(self.settings)
         return self._app

@@ -42,6 +42,11 @@ ENDPOINTS: dict[str, Endpoint] = {
 }
 
 
+#: The endpoint ids by kind and tier.
+TEXT_TO_IMAGE = {"standard": "fal-ai/qwen-image-2/text-to-image", "pro": "fal-ai/qwen-image-2/pro/text-to-image"}
+EDIT = {"standard": "fal-ai/qwen-image-2/edit", "pro": "fal-ai/qwen-image-2/pro/edit"}
+
+
 def get_endpoint(endpoint: str) -> Endpoint:
     """Look up an endpoint id; raise :class:`InvalidInput` naming the known ones if unknown."""
     try:

@@ -287,3 +287,7 @@ class AttemptsExhausted(PermanentError):
     """Every allowed attempt failed transiently."""
 
     kind = "attempts_exhausted"
+
+
+class JobTimeout(TimeoutError):
+    """``wait`` ran out of time; the job goes on."""

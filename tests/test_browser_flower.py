@@ -50,7 +50,7 @@ def flower(clean_stack: DevStack) -> Iterator[str]:
     env = {**os.environ, **clean_stack.env(), "FALQ_FLOWER_USER": USER, "FALQ_FLOWER_PASSWORD": PASSWORD}
     log = open(clean_stack.workdir / "flower.log", "wb")  # noqa: SIM115 - owned by the child
     proc = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from falq.producers.cli import main; sys.exit(main())", "flower",
+        [sys.executable, "-c", "import sys; from falq.cli.main import main; sys.exit(main())", "flower",
          f"--port={port}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     log.close()
     url = f"http://127.0.0.1:{port}"

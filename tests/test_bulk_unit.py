@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import redis
 
+from falq.cli.main import main
 from falq.producers.bulk import enqueue, file_key, load_file, wait_and_report
-from falq.producers.cli import main
 from falq.shared.errors import PermanentError
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings
@@ -261,7 +261,7 @@ def test_rerun_after_interruption_enqueues_only_what_is_missing(env: Env, capsys
 def test_killed_enqueue_then_rerun_never_duplicates_a_job(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     n = 6000
     path = env.write("kill.jsonl", jl(*({"input": {"prompt": f"p{i}"}} for i in range(n))))
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from falq.producers.cli import main; sys.exit(main())",
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; from falq.cli.main import main; sys.exit(main())",
                              "bulk", str(path), "--no-wait"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env={**_os_env(), **env.vars})
     end = time.monotonic() + 60
@@ -422,8 +422,8 @@ def test_ctrl_c_stops_waiting_without_cancelling(env: Env) -> None:
 def test_live_progress_display_renders(env: Env, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("falq.shared.storage.Storage", FakeStorage)
-    monkeypatch.setattr("falq.producers.cli_bulk.live_ok", lambda as_json: True)
-    monkeypatch.setattr("falq.producers.cli.live_ok", lambda as_json: True)
+    monkeypatch.setattr("falq.cli.bulk.live_ok", lambda as_json: True)
+    monkeypatch.setattr("falq.cli.main.live_ok", lambda as_json: True)
     path = env.write("live.jsonl", jl(OK, {"input": {"prompt": "b"}}))
     falq = env.falq()
     lines, _ = load_file(path, falq)

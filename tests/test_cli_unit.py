@@ -20,8 +20,8 @@ import pytest
 import redis
 from PIL import Image
 
+from falq.cli.main import main
 from falq.ops.stack import free_port
-from falq.producers.cli import main
 from falq.shared.errors import PermanentError
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings

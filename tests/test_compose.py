@@ -55,7 +55,7 @@ def test_every_referenced_file_exists() -> None:
 
 
 def test_every_command_is_a_falq_command() -> None:
-    from falq.producers.cli import cli
+    from falq.cli.main import cli
 
     for name, svc in _compose()["services"].items():
         if "build" in svc:

@@ -38,7 +38,7 @@ def finished(falq: Any, ids: list[str]) -> list[Any] | None:
 
 def run_cli(stack: DevStack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
             *argv: str) -> tuple[int, str]:
-    from falq.producers.cli import main
+    from falq.cli.main import main
 
     for k, v in stack.env().items():
         monkeypatch.setenv(k, v)

@@ -22,7 +22,7 @@ from tests.conftest import wait_for
 
 TOKEN = "metrics-token-for-tests-0123456789"
 #: The `falq` command as a fresh process (the console script may not be installed in a dev venv).
-FALQ = [sys.executable, "-c", "import sys; from falq.producers.cli import main; sys.exit(main())"]
+FALQ = [sys.executable, "-c", "import sys; from falq.cli.main import main; sys.exit(main())"]
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -32,7 +32,7 @@ def _write_jsonl(path: Path, n: int, tag: str) -> None:
 
 def _bulk(stack: DevStack, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, **stack.env()}
-    return subprocess.Popen([sys.executable, "-m", "falq.producers", "bulk", *args], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "falq.cli", "bulk", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

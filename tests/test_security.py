@@ -39,7 +39,7 @@ from falq.workers.callbacks import verify as verify_callback
 from tests.conftest import wait_for
 from tests.hostile_fal import HostileFal
 
-FALQ = [sys.executable, "-c", "import sys; from falq.producers.cli import main; sys.exit(main())"]
+FALQ = [sys.executable, "-c", "import sys; from falq.cli.main import main; sys.exit(main())"]
 
 
 class Receiver:
@@ -160,7 +160,7 @@ class PubSubTap:
 @pytest.mark.timeout(240)
 def test_secrets_never_appear_anywhere(clean_stack: DevStack, receiver: Receiver) -> None:
     from falq.producers import Falq
-    from falq.workers.app import make_app
+    from falq.shared.celery_app import make_app
 
     tag = uuid.uuid4().hex
     secrets = {

@@ -8,13 +8,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import httpx
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from falq.shared.falclient import FalClient
 from falq.shared.jobstore import JobStore
 from falq.shared.records import JobRecord
+from falq.shared.redisconn import redis_client
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
 from falq.workers.admission import Admission, Unlimited
@@ -25,26 +23,6 @@ if TYPE_CHECKING:
 from falq.workers.middleware import Middleware
 
 log = logging.getLogger("falq.worker")
-
-
-def redis_client(url: str, *, max_connections: int = 64) -> redis.Redis:
-    """A Redis client that rides out a Redis restart instead of failing the step.
-
-    A blocking pool: when every connection is busy, a caller waits for one (up to 30 s)
-    instead of failing -- redis-py's default pool raises at 100 connections, which a
-    gevent worker with 1,000 jobs in flight would hit.
-    """
-    pool = redis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=30,
-        socket_timeout=15,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
-    return redis.Redis(connection_pool=pool)
 
 
 class WorkerContext:

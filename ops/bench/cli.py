@@ -1,4 +1,4 @@
-"""``falq bench``: the click face of :mod:`falq.ops.bench` (registered in ``falq.producers.cli``).
+"""``falq bench``: the click face of :mod:`falq.ops.bench` (registered in ``falq.cli.main``).
 
 Kept light: importing it costs only click, so the CLI's start-up does not pay for the
 harness until the command runs.

@@ -1,6 +1,6 @@
 """Enqueue: ``falq bulk`` of a 10,000-line file (quick: 2,000), lines per second.
 
-The real command runs in its own process (``python -m falq.producers bulk FILE --no-wait
+The real command runs in its own process (``python -m falq.cli bulk FILE --no-wait
 --json``): it validates the whole file, then enqueues it with pipelined Redis writes
 (job record, idempotency key, state index, one message per job). Reference 1's producer
 side: a loop of ``apply_async`` publishing the same number of no-op Celery messages
@@ -38,7 +38,7 @@ def run(h: Harness) -> list[Row]:
             fh.write(json.dumps({"input": {"prompt": f"enqueue benchmark line {i}", "seed": i}}) + "\n")
 
     cpu0, t0 = _child_cpu(), time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "falq.producers", "bulk", str(path), "--no-wait", "--json"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "falq.cli", "bulk", str(path), "--no-wait", "--json"], cwd=ROOT,
                          env=h.env(), check=True, capture_output=True, text=True, timeout=300).stdout
     wall, cpu = time.monotonic() - t0, _child_cpu() - cpu0
     doc = json.loads(out[out.index("{"):])

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec
+from typing import TYPE_CHECKING, Any, ParamSpec
 from urllib.parse import urlsplit
 
 import click
@@ -24,9 +23,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from falq.producers.client import Falq, JobTimeout
-from falq.shared.errors import FalqError, FieldError, InvalidInput, JobNotFound
+from falq.shared.errors import FalqError, FieldError, InvalidInput, JobNotFound, JobTimeout
 from falq.shared.records import TERMINAL, JobRecord
+
+if TYPE_CHECKING:
+    from falq.producers.client import Falq
 
 P = ParamSpec("P")
 
@@ -121,6 +122,7 @@ def make_client() -> Falq:
     """The Falq client for this invocation, configured from the environment."""
     from pydantic import ValidationError
 
+    from falq.producers.client import Falq
     from falq.shared.settings import get_settings
 
     try:
@@ -263,25 +265,6 @@ def save_outputs(rec: JobRecord, out_dir: str | Path, storage: Any) -> list[Path
 # --- parsing helpers ---------------------------------------------------------------------
 
 
-_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
-
-
-def parse_since(text: str, now: float | None = None) -> float:
-    """``10m``/``2h``/``1d`` ago, an ISO date(time) (UTC unless it says), or epoch seconds."""
-    t = text.strip()
-    m = _DURATION.match(t.lower())
-    if m:
-        return (now or time.time()) - float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    try:
-        return float(t)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(t)
-    except ValueError:
-        raise InvalidInput([FieldError("since", "must be a duration (30s, 10m, 2h, 1d), an ISO date/time "
-                                       "or epoch seconds")]) from None
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def live_ok(as_json: bool) -> bool:

@@ -21,16 +21,12 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from falq.producers.bulk import parse_image_size, validate_all
-from falq.producers.cli_bulk import bulk
-from falq.producers.cli_limits import errors_view
-from falq.producers.cli_limits import register as register_limit_commands
-from falq.producers.cli_ops import metrics, top
-from falq.producers.cli_output import (
+from falq.cli.lazy import LazyGroup
+from falq.cli.output import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_INVALID,
@@ -42,15 +38,18 @@ from falq.producers.cli_output import (
     jobs_table,
     live_ok,
     make_client,
-    parse_since,
     record_view,
     save_outputs,
     stdout,
 )
-from falq.producers.client import EDIT, TEXT_TO_IMAGE, Falq
+from falq.shared.endpoints import EDIT, TEXT_TO_IMAGE
 from falq.shared.errors import FieldError, InvalidInput
 from falq.shared.records import STATES
 from falq.shared.schemas import MAX_SEED
+from falq.shared.since import parse_since
+
+if TYPE_CHECKING:
+    from falq.producers.client import Falq
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
@@ -59,7 +58,21 @@ _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 _PLACEHOLDER = "https://placeholder.invalid/image.png"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+#: Subcommands defined in their own modules, imported only when run (or for their help).
+LAZY = {
+    "bulk": ("falq.cli.bulk", "bulk", "Enqueue a JSONL/CSV file of jobs, follow them, write the results."),
+    "limits": ("falq.cli.limits", "limits", "Show or change the global limits of every fal key."),
+    "budget": ("falq.cli.limits", "budget", "Today's spend (UTC) against the daily budget; set or clear it."),
+    "retry": ("falq.cli.limits", "retry", "Run failed or cancelled jobs again as new attempts."),
+    "top": ("falq.cli.ops", "top", "Live view of throughput, latency, failures, spend."),
+    "metrics": ("falq.cli.ops", "metrics", "Serve falq's Prometheus metrics."),
+    "api": ("falq.gateway.cli", "api", "Run the HTTP gateway (fal's protocol and falq's REST API)."),
+    "bench": ("falq.ops.bench.cli", "bench", "Run the benchmark scenarios."),
+}
+
+
+@click.group(cls=LazyGroup, lazy=LAZY,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
     """falq: Qwen-Image-2 jobs on fal, queued in Redis, run by Celery workers, mirrored to S3."""
 
@@ -116,6 +129,8 @@ def generate(prompt: str, **opts: Any) -> int:
     fields, errors = _fields(opts)
     endpoint = TEXT_TO_IMAGE["pro" if opts["pro"] else "standard"]
     data = {"prompt": prompt, **fields}
+    from falq.producers.bulk import validate_all
+
     errors += validate_all(falq, endpoint, data, lane=_lane(opts), callback_url=opts["callback_url"])[1]
     if errors:
         raise InvalidInput(errors)
@@ -139,6 +154,8 @@ def edit(prompt: str, images: tuple[str, ...], flatten_alpha: bool, **opts: Any)
     is_url = [bool(_URL_SCHEME.match(i)) and not Path(i).exists() for i in images]
     probe = [i if u else _PLACEHOLDER for i, u in zip(images, is_url, strict=True)]
     data = {"prompt": prompt, **fields}
+    from falq.producers.bulk import validate_all
+
     errors += validate_all(falq, endpoint, {**data, "image_urls": probe}, lane=_lane(opts),
                            callback_url=opts["callback_url"])[1]
     # Local files are checked either way; they are uploaded only once all else is valid.
@@ -218,6 +235,8 @@ def jobs(state: str | None, limit: int, since: str | None, show_errors: bool, as
     else:
         stdout().print(jobs_table(recs))
         if show_errors:
+            from falq.cli.limits import errors_view
+
             stdout().print(errors_view(recs))
     return EXIT_OK
 
@@ -249,10 +268,6 @@ def flower(args: tuple[str, ...]) -> int:
     return flower_main(list(args))
 
 
-cli.add_command(bulk)
-register_limit_commands(cli)  # falq limits | budget | retry
-cli.add_command(top)
-cli.add_command(metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,6 +310,8 @@ def _fields(opts: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
         else:
             errors.append(FieldError(name, f"must be an integer (got {raw!r})"))
     if opts["image_size"] is not None:
+        from falq.producers.bulk import parse_image_size
+
         fields["image_size"] = parse_image_size(opts["image_size"])
     for opt, name in (("negative_prompt", "negative_prompt"), ("output_format", "output_format"),
                       ("prompt_expansion", "enable_prompt_expansion"), ("safety_checker", "enable_safety_checker"),
@@ -357,5 +374,3 @@ def _finish(falq: Falq, job_id: str, timeout: float | None, out: str | None, as_
 
 
 __all__ = ["EXIT_INVALID", "cli", "main"]
-cli.add_command(__import__("falq.gateway.cli", fromlist=["api"]).api)  # falq api: the HTTP gateway (gateway/)
-cli.add_command(__import__("falq.ops.bench.cli", fromlist=["bench"]).bench)  # falq bench: benchmarks (ops/bench/)

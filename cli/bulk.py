@@ -18,6 +18,17 @@ from typing import Any
 import click
 from rich.live import Live
 
+from falq.cli.output import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    bulk_progress_view,
+    emit_json,
+    handle_errors,
+    live_ok,
+    make_client,
+    stderr,
+)
 from falq.producers.bulk import (
     DEFAULT_ENDPOINT,
     LINE_KEYS,
@@ -30,17 +41,6 @@ from falq.producers.bulk import (
     load_file,
     wait_and_report,
     write_rejects,
-)
-from falq.producers.cli_output import (
-    EXIT_INTERRUPTED,
-    EXIT_INVALID,
-    EXIT_OK,
-    bulk_progress_view,
-    emit_json,
-    handle_errors,
-    live_ok,
-    make_client,
-    stderr,
 )
 
 MAX_SHOWN_ERRORS = 200

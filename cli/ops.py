@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import click
 
-from falq.producers.cli_output import EXIT_UNAVAILABLE, handle_errors
+from falq.cli.output import EXIT_UNAVAILABLE, handle_errors
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
@@ -24,8 +24,8 @@ def top(once: bool, interval: float) -> int:
     """Live view: jobs/min, states, latency percentiles, outstanding at fal vs cap, spend today."""
     import redis
 
+    from falq.cli.output import stdout
     from falq.ops.top import run
-    from falq.producers.cli_output import stdout
     from falq.shared.settings import get_settings
 
     try:

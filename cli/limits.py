@@ -22,7 +22,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from falq.producers.cli_output import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, make_client, parse_since, stdout
+from falq.cli.output import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, make_client, stdout
 from falq.producers.client import Falq
 from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import FieldError, InvalidInput
@@ -39,6 +39,7 @@ from falq.shared.limits import (
     write_config,
 )
 from falq.shared.records import JobRecord
+from falq.shared.since import parse_since
 
 
 def _limiters(falq: Falq) -> list[tuple[Limiter, str]]:

@@ -15,7 +15,7 @@ YAML) and unregistered task names.
 
 Used for ``redis://`` and ``rediss://`` brokers (see :mod:`falq.workers.app`)::
 
-    app.conf.broker_transport = "falq.workers.broker:Transport"
+    app.conf.broker_transport = "falq.shared.broker:Transport"
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from kombu.transport import redis as kombu_redis
 log = logging.getLogger("falq.broker")
 
 #: ``broker_transport`` value for Celery.
-TRANSPORT = "falq.workers.broker:Transport"
+TRANSPORT = "falq.shared.broker:Transport"
 
 
 class MalformedMessage(ValueError):
