@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test redis-server lint typecheck unit chaos bench bench-quick bench-connections clean
+.PHONY: install demo test redis-server lint typecheck contracts unit chaos bench bench-quick bench-connections clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -31,7 +31,7 @@ redis-server:
 	  else echo "falq needs redis-server on PATH (Debian: apt-get install redis-server)"; exit 1; fi; }
 
 ## make test: lint, type-check and run the whole default suite (starts its own servers).
-test: install redis-server lint typecheck
+test: install redis-server lint typecheck contracts
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
@@ -39,6 +39,10 @@ lint: install
 
 typecheck: install
 	$(BIN)/mypy
+
+# The layers (pyproject [tool.importlinter]): cli > ops > gateway > producers > workers | emulator > shared.
+contracts: install
+	$(BIN)/lint-imports --no-cache
 
 chaos: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/chaos

@@ -34,14 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from falq.emulator.config import CallKind, EmulatorConfig
-
-if TYPE_CHECKING:
-    from falq.emulator.core import Emulator
+from falq.emulator.state import Stats
 
 SUBMIT_500_SCOPE_KEY = "falq.submit_500_created"  # set on the ASGI scope, read by the submit route
 SUBMIT_500_BODY = {"detail": "Internal server error"}
@@ -136,6 +134,17 @@ async def _send_simple(send: Send, code: int, body: bytes, headers: list[tuple[b
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": code, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class Emulator(Protocol):
+    """What the middleware needs of :class:`falq.emulator.core.Emulator` (which builds on this
+    module, so it is named by its shape rather than imported)."""
+
+    config: EmulatorConfig
+    faults: FaultInjector
+    stats: Stats
+
+    def note_call(self, rid: str | None, kind: str, client: Any) -> None: ...
 
 
 class FaultMiddleware:

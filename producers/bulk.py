@@ -38,12 +38,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from falq.producers.bulk_parse import (
     CSV_COLUMNS,
+    BulkLine,
     Entry,
     Reject,
     format_of,
@@ -77,15 +78,6 @@ __all__ = [
 DEFAULT_ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 LINE_KEYS = ("endpoint", "input", "id", "metadata", "lane", "callback_url")
 _OWN_FIELDS = ("endpoint", "lane", "callback_url", "input")
-
-
-@dataclass(frozen=True)
-class BulkLine:
-    """One valid line: where it came from and the request to enqueue (key included)."""
-
-    line: int
-    id: str | None
-    request: JobRequest
 
 
 def file_key(path: str | Path, run_id: str | None = None) -> str:

@@ -19,11 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from falq.producers.client import JobRequest
 from falq.shared.errors import FieldError, InvalidInput
 
 CSV_COLUMNS = ("prompt", "id", "negative_prompt", "seed", "image_size", "num_images", "output_format")
 _CSV_INTS = ("seed", "num_images")
 _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+@dataclass(frozen=True)
+class BulkLine:
+    """One valid line: where it came from and the request to enqueue (key included)."""
+
+    line: int
+    id: str | None
+    request: JobRequest
 
 
 @dataclass(frozen=True)

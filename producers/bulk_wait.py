@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from falq.shared.records import STATES, TERMINAL, JobRecord
 
 if TYPE_CHECKING:
-    from falq.producers.bulk import BulkLine, Reject
+    from falq.producers.bulk_parse import BulkLine, Reject
     from falq.producers.client import Falq
 
 POLL_BATCH = 1000

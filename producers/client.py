@@ -24,12 +24,11 @@ from typing import Any
 from celery import Celery
 
 from falq.shared.dispatch import publish
-from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint
+from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint, validate_input
 from falq.shared.errors import FieldError, InvalidInput, JobNotFound, JobTimeout
 from falq.shared.jobstore import JobStore
 from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
 from falq.shared.redisconn import redis_client as make_redis
-from falq.shared.schemas import validate_input
 from falq.shared.settings import Settings, get_settings
 
 

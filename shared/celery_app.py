@@ -1,7 +1,7 @@
 """The Celery application and every broker/worker setting falq depends on.
 
-Celery on Redis loses or duplicates long tasks unless it is configured with care (see
-the team kit's task-queue-peers.md, section 3). Each setting below says which failure it
+Celery on Redis loses or duplicates long tasks unless it is configured with care (Celery's
+"Redis caveats" documentation). Each setting below says which failure it
 prevents. falq's own design carries the rest: a job's fal ``request_id`` is persisted
 before anything else happens after submit, each task run is a bounded *step* that
 re-publishes the job when more work remains, and a per-job lease stops two deliveries of

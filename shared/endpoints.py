@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.schemas import EditInput, TextToImageInput
+from falq.shared.schemas import EditInput, TextToImageInput, format_errors
 from falq.shared.settings import Settings
 
 
@@ -66,3 +69,21 @@ def unit_price(endpoint: str, settings: Settings) -> float | None:
     """
     spec = ENDPOINTS.get(endpoint)
     return settings.price_for(spec.tier) if spec is not None else None
+
+
+def validate_input(endpoint: str, data: Any, *, max_num_images: int | None = None) -> TextToImageInput | EditInput:
+    """Validate ``data`` as the input of ``endpoint``; raise :class:`InvalidInput` if it is not.
+
+    Parameters:
+        endpoint: one of the four Qwen-Image-2 endpoint ids.
+        data: the input as a JSON-like dict.
+        max_num_images: falq's per-job ceiling on ``num_images`` (None: no ceiling).
+    """
+    spec = get_endpoint(endpoint)
+    if not isinstance(data, dict):
+        raise InvalidInput([FieldError("input", f"must be a JSON object, not {type(data).__name__}")])
+    context = {"max_num_images": max_num_images}
+    try:
+        return spec.input_model.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise InvalidInput(format_errors(exc)) from None

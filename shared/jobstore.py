@@ -24,7 +24,7 @@ Example::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -271,11 +271,6 @@ class JobStore:
         for s in STATES:
             pipe.zcard(f"{self.prefix}:state:{s}")
         return dict(zip(STATES, pipe.execute(), strict=True))
-
-    def iter_ids(self, state: str, batch: int = 500) -> Iterator[str]:
-        key = f"{self.prefix}:state:{state}"
-        for member, _ in self.r.zscan_iter(key, count=batch):
-            yield member.decode()
 
     def _prune(self, ids: list[str], state: str | None) -> None:
         pipe = self.r.pipeline(transaction=False)

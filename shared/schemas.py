@@ -1,6 +1,6 @@
 """Pydantic models of the Qwen-Image-2 endpoints on fal, field for field.
 
-The source of truth is fal's model pages (kept in the team kit, ``../shared/seeds``):
+The source of truth is fal's model pages for these endpoints (https://fal.ai/models/fal-ai/qwen-image-2/...):
 
 * ``fal-ai/qwen-image-2/text-to-image`` and ``fal-ai/qwen-image-2/pro/text-to-image``
   share :class:`TextToImageInput`;
@@ -8,12 +8,12 @@ The source of truth is fal's model pages (kept in the team kit, ``../shared/seed
 * all four answer with :class:`GenerateOutput`.
 
 Inputs are strict: unknown fields and wrong types are rejected, not coerced or dropped.
-Use :func:`validate_input` rather than the models directly: it turns pydantic's errors into
+Use :func:`falq.shared.endpoints.validate_input` rather than the models directly: it turns pydantic's errors into
 :class:`~falq.shared.errors.InvalidInput` with one plain-words message per field.
 
 Example::
 
-    >>> from shared.schemas import validate_input
+    >>> from falq.shared.endpoints import validate_input
     >>> validate_input("fal-ai/qwen-image-2/text-to-image", {"prompt": "a red fox"}).image_size
     'square_hd'
 """
@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.errors import FieldError
 
 ImageSizePreset = Literal["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 OutputFormat = Literal["jpeg", "png", "webp"]
@@ -234,23 +234,3 @@ def _plain(err: Any) -> str:
     if kind.endswith("_type") or kind.endswith("_parsing"):
         return msg.replace("Input should be", "must be") + f" (got {got})"
     return msg.replace("Input should be", "must be")
-
-
-def validate_input(endpoint: str, data: Any, *, max_num_images: int | None = None) -> TextToImageInput | EditInput:
-    """Validate ``data`` as the input of ``endpoint``; raise :class:`InvalidInput` if it is not.
-
-    Parameters:
-        endpoint: one of the four Qwen-Image-2 endpoint ids.
-        data: the input as a JSON-like dict.
-        max_num_images: falq's per-job ceiling on ``num_images`` (None: no ceiling).
-    """
-    from falq.shared.endpoints import get_endpoint
-
-    spec = get_endpoint(endpoint)
-    if not isinstance(data, dict):
-        raise InvalidInput([FieldError("input", f"must be a JSON object, not {type(data).__name__}")])
-    context = {"max_num_images": max_num_images}
-    try:
-        return spec.input_model.model_validate(data, context=context)
-    except ValidationError as exc:
-        raise InvalidInput(format_errors(exc)) from None

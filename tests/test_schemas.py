@@ -2,7 +2,7 @@
 
 The rules come from fal's model pages in the team kit (``../shared/seeds``); the tests at the
 bottom read those pages directly, so a drift between the pages and the models shows up here.
-Everything goes through :func:`falq.shared.schemas.validate_input`, the one entry point callers use.
+Everything goes through :func:`falq.shared.endpoints.validate_input`, the one entry point callers use.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from falq.shared.endpoints import validate_input
 from falq.shared.errors import FieldError, InvalidInput
 from falq.shared.schemas import (
     EditInput,
@@ -30,7 +31,6 @@ from falq.shared.schemas import (
     ImageSizePreset,
     OutputFormat,
     TextToImageInput,
-    validate_input,
 )
 from falq.shared.settings import Settings
 

@@ -3,7 +3,7 @@
 kombu's Redis transport takes a message off its queue (``BRPOP``) and only then records it
 as unacked (``HSET``) in a second round trip. A worker killed between the two loses the
 message for good: neither the queue nor the unacked index holds it any more (the
-loss Celery users report on ``kill -9``, see the team kit's task-queue-peers.md §3). A
+loss Celery users report on ``kill -9``, celery/celery #7924 and #3501). A
 Redis restart can drop a message in flight the same way. falq's job records are the
 source of truth, so one worker at a time (a Redis lock) periodically looks for jobs that
 are not finished and show no sign of life, and re-publishes them:

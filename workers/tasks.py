@@ -39,10 +39,8 @@ def register(app: Celery) -> Task:
         try:
             outcome = Runner(ctx).run_step(job_id)
         except Exception as exc:  # a bug or an outage (Redis down): never lose the job
-            retries = int(self.request.retries or 0)
             log.exception("step of job %s crashed (%s); re-publishing", job_id, type(exc).__name__)
             outcome = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
-            del retries
         if outcome.done:
             return "done"
         try:

@@ -4,7 +4,6 @@ Emulator latency 20 s (quick: 6 s), no concurrency cap. falq: one ``falq worker`
 greenlet per job; reference 3 (naive Celery, ``-P prefork -c 4``) whose in-flight count is
 bounded by its process count. Jobs in flight are read from the emulator (requests in
 progress), memory from ``/proc`` (the prefork parent and its children together).
-This folds in ``ops/bench_inflight.py``.
 """
 
 from __future__ import annotations
