@@ -83,7 +83,7 @@ class Gateway:
         """Jobs waiting in falq ahead of ``rec`` (0 once it is submitted to fal): one ZRANK."""
         if rec.state != "queued":
             return 0
-        rank = self.store.r.zrank(f"{self.prefix}:state:queued", rec.id)
+        rank = self.store.r.zrank(self.store.keys.state("queued"), rec.id)
         return int(rank) if isinstance(rank, int) else 0
 
     def presign(self, key: str) -> str:

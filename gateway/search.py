@@ -98,7 +98,7 @@ def matches(rec: JobRecord, q: JobQuery) -> bool:
 
 def search(store: JobStore, q: JobQuery) -> dict[str, Any]:
     """One page of matching records, newest first (see module docs for the fields)."""
-    index = f"{store.prefix}:state:{q.state}" if q.state else f"{store.prefix}:created"
+    index = store.keys.state(q.state) if q.state else store.keys.created
     hi: str | float = f"({q.until!r}" if q.until is not None else "+inf"
     lo: str | float = q.since if q.since is not None else "-inf"
     found: list[JobRecord] = []

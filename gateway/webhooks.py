@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from falq.gateway.core import Gateway, blocking, json_response
+from falq.shared.keys import Keys
 from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
 
 log = logging.getLogger("falq.gateway.webhooks")
@@ -43,7 +44,7 @@ TTL_S = 24 * 3600
 
 def hook_key(prefix: str, request_id: str) -> str:
     """Where the completion of fal request ``request_id`` is kept for the workers."""
-    return f"{prefix}:falhook:{request_id}"
+    return Keys(prefix).falhook(request_id)
 
 
 def completion(body: dict[str, Any], raw_size: int) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def completion(body: dict[str, Any], raw_size: int) -> dict[str, Any]:
 def store_completion(gw: Gateway, request_id: str, doc: dict[str, Any]) -> None:
     pipe = gw.store.r.pipeline(transaction=False)
     pipe.set(hook_key(gw.prefix, request_id), json.dumps(doc, separators=(",", ":")), ex=TTL_S)
-    pipe.publish(f"{gw.prefix}:falhook", request_id)
+    pipe.publish(Keys(gw.prefix).falhook_channel, request_id)
     pipe.execute()
 
 

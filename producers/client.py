@@ -27,6 +27,7 @@ from falq.shared.dispatch import publish
 from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint, validate_input
 from falq.shared.errors import FieldError, InvalidInput, JobNotFound, JobTimeout
 from falq.shared.jobstore import JobStore
+from falq.shared.outbound import OutboundRefused, check_url
 from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
 from falq.shared.redisconn import redis_client as make_redis
 from falq.shared.settings import Settings, get_settings
@@ -100,10 +101,8 @@ class Falq:
             errors.extend(exc.errors)
         if lane not in ("interactive", "bulk"):
             errors.append(FieldError("lane", f"must be 'interactive' or 'bulk', not {lane!r}"))
-        if callback_url is not None and not (
-            isinstance(callback_url, str) and callback_url.startswith(("http://", "https://"))
-        ):
-            errors.append(FieldError("callback_url", "must be an http(s) URL"))
+        if callback_url is not None:
+            errors.extend(_callback_url_errors(callback_url, allow_private=self.settings.callback_allow_private))
         if errors or model is None:
             raise InvalidInput(errors)
         payload = model.model_dump(mode="json", exclude_none=True)
@@ -178,7 +177,7 @@ class Falq:
         """
         self.store.get(job_id)
         self.store.request_cancel(job_id)
-        lease_holder = self.redis.get(f"{self.settings.key_prefix}:lease:{job_id}")
+        lease_holder = self.redis.get(self.store.keys.lease(job_id))
 
         def change(r: JobRecord) -> bool:
             if r.terminal:
@@ -279,6 +278,21 @@ class JobHandle:
 
     def cancel(self) -> JobRecord:
         return self.client.cancel(self.id)
+
+
+def _callback_url_errors(url: object, *, allow_private: bool) -> list[FieldError]:
+    """The cheap enqueue-time check of a ``callback_url`` (no DNS: names are checked, resolved,
+    when the worker delivers; see :mod:`falq.shared.outbound`)."""
+    try:
+        check_url(url, allow_private=allow_private, what="callback_url")
+    except OutboundRefused as exc:
+        if exc.reason == "credentials":
+            return [FieldError("callback_url", "must not carry credentials")]
+        if exc.reason == "address":
+            return [FieldError("callback_url", "must not target a private or loopback address"
+                                               " (FALQ_CALLBACK_ALLOW_PRIVATE)")]
+        return [FieldError("callback_url", "must be an http(s) URL")]
+    return []
 
 
 def _check_key(key: str) -> None:

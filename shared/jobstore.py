@@ -31,6 +31,7 @@ import redis
 from pydantic import ValidationError
 
 from falq.shared.errors import JobNotFound
+from falq.shared.keys import Keys
 from falq.shared.records import STATES, TERMINAL, JobRecord
 
 # Creates a record unless its idempotency key already names a live job. Returns the id of
@@ -98,6 +99,7 @@ class JobStore:
     def __init__(self, client: redis.Redis, *, prefix: str = "falq", ttl_s: int = 7 * 24 * 3600) -> None:
         self.r = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.ttl_s = ttl_s
         self._create = client.register_script(_CREATE)
         self._save = client.register_script(_SAVE)
@@ -105,13 +107,13 @@ class JobStore:
 
     # --- keys ----------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
+        return self.keys.job(job_id)
 
     def idem_key(self, key: str | None) -> str:
-        return f"{self.prefix}:idem:{key}" if key else ""
+        return self.keys.idem(key) if key else ""
 
     def cancel_key(self, job_id: str) -> str:
-        return f"{self.prefix}:cancel:{job_id}"
+        return self.keys.cancel(job_id)
 
     # --- create ----------------------------------------------------------------------------
     def create(self, rec: JobRecord, idempotency_key: str | None = None) -> tuple[JobRecord, bool]:
@@ -248,7 +250,7 @@ class JobStore:
 
     # --- list ----------------------------------------------------------------------------------
     def ids_in_state(self, state: str, *, limit: int = 100, since: float | None = None) -> list[str]:
-        key = f"{self.prefix}:state:{state}"
+        key = self.keys.state(state)
         lo = since if since is not None else "-inf"
         raw = self.r.zrevrangebyscore(key, "+inf", lo, start=0, num=limit)
         return [x.decode() for x in raw]
@@ -257,7 +259,7 @@ class JobStore:
         """Records in ``state`` (or all), newest first. Expired ids are pruned on the way."""
         if state is None:
             lo = since if since is not None else "-inf"
-            ids = [x.decode() for x in self.r.zrevrangebyscore(f"{self.prefix}:created", "+inf", lo, 0, limit)]
+            ids = [x.decode() for x in self.r.zrevrangebyscore(self.keys.created, "+inf", lo, 0, limit)]
         else:
             ids = self.ids_in_state(state, limit=limit, since=since)
         recs = self.get_many(ids)
@@ -269,13 +271,13 @@ class JobStore:
     def counts(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
         for s in STATES:
-            pipe.zcard(f"{self.prefix}:state:{s}")
+            pipe.zcard(self.keys.state(s))
         return dict(zip(STATES, pipe.execute(), strict=True))
 
     def _prune(self, ids: list[str], state: str | None) -> None:
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
-            pipe.zrem(f"{self.prefix}:created", i)
+            pipe.zrem(self.keys.created, i)
             for s in [state] if state else STATES:
-                pipe.zrem(f"{self.prefix}:state:{s}", i)
+                pipe.zrem(self.keys.state(s), i)
         pipe.execute()

@@ -46,6 +46,7 @@ from typing import Any
 import redis
 
 from falq.shared import limits_lua
+from falq.shared.keys import Keys
 from falq.shared.settings import Settings
 
 CONFIG_FIELDS = ("rate", "burst", "max_outstanding", "max_outstanding_per_endpoint", "budget_daily")
@@ -124,6 +125,7 @@ class Limiter:
         self.r = client
         self.s = settings
         self.prefix = settings.key_prefix
+        self.keys = Keys(self.prefix)
         self.kid = kid or key_id(settings.fal_key_value())
         self.lease_ms = int(settings.slot_lease_s * 1000)
         self._acquire = client.register_script(limits_lua.ACQUIRE)
@@ -136,11 +138,11 @@ class Limiter:
 
     @property
     def base(self) -> str:
-        return f"{self.prefix}:limits:{self.kid}"
+        return self.keys.limits(self.kid)
 
     def register_key(self) -> None:
         """Make this key visible to ``falq limits show`` (its id and suffix, never the key)."""
-        self.r.hset(f"{self.prefix}:limits:keys", self.kid, self.s.key_suffix())
+        self.r.hset(self.keys.limits_keys, self.kid, self.s.key_suffix())
 
     # --- the hot path ----------------------------------------------------------------------------
     def acquire(self, job_id: str, endpoint: str, lane: str, cost_micro: int) -> Answer:
@@ -220,7 +222,7 @@ class Limiter:
 
 
 def config_key(prefix: str) -> str:
-    return f"{prefix}:limits:config"
+    return Keys(prefix).limits_config
 
 
 def read_config(client: redis.Redis, prefix: str) -> dict[str, str]:
@@ -237,7 +239,7 @@ def write_config(client: redis.Redis, prefix: str, changes: dict[str, str]) -> N
 
 def known_keys(client: redis.Redis, prefix: str) -> dict[str, str]:
     """Key id -> key suffix of every fal key a worker registered."""
-    return {_s(k): _s(v) for k, v in client.hgetall(f"{prefix}:limits:keys").items()}
+    return {_s(k): _s(v) for k, v in client.hgetall(Keys(prefix).limits_keys).items()}
 
 
 def spend_today(client: redis.Redis, prefix: str) -> tuple[str, float]:
@@ -246,7 +248,7 @@ def spend_today(client: redis.Redis, prefix: str) -> tuple[str, float]:
 
     sec, _ = client.time()
     day = dt.datetime.fromtimestamp(int(sec), dt.UTC).strftime("%Y-%m-%d")
-    return day, int(_s(client.get(f"{prefix}:spend:{day}") or b"0")) / 1_000_000
+    return day, int(_s(client.get(Keys(prefix).spend(day)) or b"0")) / 1_000_000
 
 
 def _s(v: Any) -> str:

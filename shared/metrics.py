@@ -36,6 +36,7 @@ from typing import Any
 
 import redis
 
+from falq.shared.keys import Keys
 from falq.shared.records import AT_FAL, STATES
 from falq.shared.settings import Settings
 
@@ -53,15 +54,15 @@ MINUTE_TTL_S = 3 * 3600
 
 
 def counters_key(prefix: str) -> str:
-    return f"{prefix}:metrics:counters"
+    return Keys(prefix).metrics_counters
 
 
 def hist_key(prefix: str, name: str) -> str:
-    return f"{prefix}:metrics:hist:{name}"
+    return Keys(prefix).metrics_hist(name)
 
 
 def minute_key(prefix: str, minute: int) -> str:
-    return f"{prefix}:metrics:minute:{minute}"
+    return Keys(prefix).metrics_minute(minute)
 
 
 def utc_day(ts: float | None = None) -> str:
@@ -70,12 +71,12 @@ def utc_day(ts: float | None = None) -> str:
 
 def spend_key(prefix: str, day: str) -> str:
     """falq's own estimate of the day's spend (written at every fal completion)."""
-    return f"{prefix}:metrics:spend:{day}"
+    return Keys(prefix).metrics_spend(day)
 
 
 def budget_spend_key(prefix: str, day: str) -> str:
     """The key the budget code keeps (preferred when it exists)."""
-    return f"{prefix}:spend:{day}"
+    return Keys(prefix).spend(day)
 
 
 def bucket_index(seconds: float) -> int:
@@ -217,7 +218,7 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
     queues = lane_queues(settings)
     pipe = r.pipeline(transaction=False)
     for s in STATES:
-        pipe.zcard(f"{p}:state:{s}")
+        pipe.zcard(Keys(p).state(s))
     pipe.hgetall(counters_key(p))
     for name in HISTOGRAMS:
         pipe.hgetall(hist_key(p, name))
@@ -225,7 +226,7 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
         pipe.hgetall(minute_key(p, m))
     pipe.get(budget_spend_key(p, day))
     pipe.get(spend_key(p, day))
-    pipe.hget(f"{p}:limits:config", "max_outstanding")
+    pipe.hget(Keys(p).limits_config, "max_outstanding")
     res = pipe.execute()
     states: dict[str, int] = {s: int(x) for s, x in zip(STATES, res[: len(STATES)], strict=True)}
     i = len(STATES)
@@ -271,7 +272,7 @@ def _limiter_slots(r: redis.Redis, prefix: str) -> dict[str, int]:
     counted. Without a limiter this returns nothing and the outstanding count comes from
     job states instead.
     """
-    keys = list(r.scan_iter(match=f"{prefix}:limits:*:slots", count=200))
+    keys = list(r.scan_iter(match=Keys(prefix).limits_slots_pattern, count=200))
     if not keys:
         return {}
     sec, usec = r.time()

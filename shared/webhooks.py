@@ -48,6 +48,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from falq.shared.errors import PermanentError, RetryableError
+from falq.shared.keys import Keys
 
 #: fal's JWKS for webhook signatures.
 DEFAULT_JWKS_URL = "https://rest.fal.ai/.well-known/jwks.json"
@@ -124,6 +125,7 @@ class WebhookVerifier:
         self.cache_ttl_s = cache_ttl_s
         self.min_refresh_s = min_refresh_s
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self._keys: list[Ed25519PublicKey] = []
         self._fetched_at = float("-inf")  # last successful fetch
         self._tried_at = float("-inf")  # last attempt (paces refetches, also while fal's JWKS is down)
@@ -152,7 +154,7 @@ class WebhookVerifier:
         # Only authentic deliveries reach the replay check, so forgeries cannot fill Redis.
         digest = hashlib.sha256(f"{request_id}\n{timestamp}\n".encode() + signature).hexdigest()
         ttl = int(self.max_skew_s * 2) + 1
-        if not self.redis.set(f"{self.prefix}:webhook:seen:{digest}", b"1", nx=True, ex=ttl):
+        if not self.redis.set(self.keys.webhook_seen(digest), b"1", nx=True, ex=ttl):
             raise WebhookRejected("replay", f"webhook for {request_id} at {timestamp} was already received")
         return WebhookInfo(request_id=request_id, user_id=user_id, timestamp=timestamp)
 

@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 
+from falq.shared.keys import Keys
+
 log = logging.getLogger("falq.falhooks")
 
 
@@ -36,12 +38,13 @@ class FalHookWaiter:
     def __init__(self, client: redis.Redis, *, prefix: str) -> None:
         self.r = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._listener: threading.Thread | None = None
 
     def key(self, request_id: str) -> str:
-        return f"{self.prefix}:falhook:{request_id}"
+        return self.keys.falhook(request_id)
 
     def get(self, request_id: str) -> dict[str, Any] | None:
         raw = self.r.get(self.key(request_id))
@@ -78,7 +81,7 @@ class FalHookWaiter:
         while True:
             try:
                 pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(f"{self.prefix}:falhook")
+                pubsub.subscribe(self.keys.falhook_channel)
                 for message in pubsub.listen():
                     request_id = message.get("data")
                     if isinstance(request_id, bytes):

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import redis
 
+from falq.shared.keys import Keys
+
 log = logging.getLogger("falq.lease")
 
 _RENEW = """
@@ -62,6 +64,7 @@ class LeaseKeeper:
     def __init__(self, client: redis.Redis, *, prefix: str, ttl_s: float) -> None:
         self.r = client
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.ttl_ms = int(ttl_s * 1000)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._held: dict[str, str] = {}
@@ -74,7 +77,7 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     def key(self, job_id: str) -> str:
-        return f"{self.prefix}:lease:{job_id}"
+        return self.keys.lease(job_id)
 
     def acquire(self, job_id: str) -> Lease | None:
         """Take the job's lease, or return None if a live worker holds it."""
@@ -132,8 +135,8 @@ class LeaseKeeper:
                 keys=[self.key(j) for j in chunk], args=[self.ttl_ms, *[held[j] for j in chunk]], client=pipe
             )
         for j in ids:
-            pipe.exists(f"{self.prefix}:cancel:{j}")
-            pipe.exists(f"{self.prefix}:job:{j}")
+            pipe.exists(self.keys.cancel(j))
+            pipe.exists(self.keys.job(j))
         results = pipe.execute()
         flags = results[-2 * len(ids):]
         with self._lock:

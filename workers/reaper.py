@@ -29,6 +29,7 @@ from celery import Celery
 
 from falq.shared.dispatch import publish, queue_for
 from falq.shared.jobstore import JobStore
+from falq.shared.keys import Keys
 from falq.shared.records import TERMINAL
 from falq.shared.settings import Settings
 
@@ -38,7 +39,7 @@ ACTIVE_STATES = ("queued", "submitting", "in_queue", "in_progress", "mirroring")
 
 
 def seen_key(prefix: str, job_id: str) -> str:
-    return f"{prefix}:seen:{job_id}"
+    return Keys(prefix).seen(job_id)
 
 
 def mark_seen(r: redis.Redis, settings: Settings, job_id: str) -> None:
@@ -62,13 +63,13 @@ def reap_once(app: Celery, store: JobStore, settings: Settings, *, batch: int = 
     depths = {lane: queue_depth(r, queue_for(lane, settings)) for lane in ("interactive", "bulk")}
     reaped: list[str] = []
     for state in ACTIVE_STATES:
-        ids = [x.decode() for x in r.zrangebyscore(f"{store.prefix}:state:{state}", "-inf", stale_before,
+        ids = [x.decode() for x in r.zrangebyscore(store.keys.state(state), "-inf", stale_before,
                                                    start=0, num=batch)]
         if not ids:
             continue
         pipe = r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.exists(f"{store.prefix}:lease:{job_id}")
+            pipe.exists(store.keys.lease(job_id))
             pipe.exists(seen_key(store.prefix, job_id))
         flags = pipe.execute()
         candidates = [j for i, j in enumerate(ids) if not flags[2 * i] and not flags[2 * i + 1]]
@@ -92,7 +93,7 @@ def start_reaper(app: Celery, store: JobStore, settings: Settings) -> threading.
 
     def loop() -> None:
         stop = threading.Event()
-        lock_key = f"{settings.key_prefix}:reaper:lock"
+        lock_key = Keys(settings.key_prefix).reaper_lock
         while not stop.wait(interval):
             try:
                 if store.r.set(lock_key, b"1", nx=True, ex=max(1, int(interval))):
