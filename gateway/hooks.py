@@ -11,15 +11,18 @@ webhook *out* of the job's ``callback_url`` and delivers it itself:
 * a background task of every gateway process looks at the due ids every
   ``FALQ_GATEWAY_HOOK_POLL_S``; a finished job's webhook is claimed with a short
   ``SET NX`` lock (several gateway replicas never deliver the same attempt twice) and
-  POSTed, signed with ``X-Falq-Signature`` (:func:`falq.workers.callbacks.sign`, key
-  ``FALQ_CALLBACK_SECRET``) when a secret is set;
+  POSTed through :func:`falq.shared.outbound.post_json_async` (the sender per-job
+  callbacks use too), signed with ``X-Falq-Signature`` (:func:`falq.shared.outbound.sign`,
+  key ``FALQ_CALLBACK_SECRET``) when a secret is set;
 * a failed delivery is tried again with exponential backoff (10 tries over about two
   hours, as fal does); the outcome is written to the record's ``metadata["fal_webhook"]``.
 
 Everything lives in Redis, so a gateway restart loses no pending webhook. The one gap: a
 gateway killed between enqueueing the job and writing the hook loses that webhook (the
 job itself is safe). Target hosts must resolve to public addresses unless
-``FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE``; redirects are not followed.
+``FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE``, the request goes to the address that was checked (no
+second DNS lookup), and redirects are not followed. A refused target is final: its outcome
+(``status: "refused"``, ``reason``) is recorded at once and it is never tried again.
 
 Example::
 
@@ -42,28 +45,33 @@ import httpx
 from falq.gateway.core import Gateway, blocking
 from falq.gateway.views import failure, result_body
 from falq.shared.errors import FalqError, FieldError, InvalidInput
+from falq.shared.outbound import (
+    OutboundRefused,
+    OutboundUnresolved,
+    make_async_client,
+    parse_url,
+    post_json_async,
+)
 from falq.shared.records import TERMINAL, JobRecord
-from falq.workers.callbacks import sign
 
 log = logging.getLogger("falq.gateway.hooks")
 MAX_TRIES = 10
 BATCH = 200
 
 
-class WebhookTargetRefused(FalqError):
-    """The webhook URL may not be called (not http(s), or a private address)."""
-
-    kind = "webhook_target_refused"
+#: A refused ``fal_webhook`` target (the sender's own error type).
+WebhookTargetRefused = OutboundRefused
 
 
 def check_webhook_url(url: Any) -> str:
-    """Validate a ``fal_webhook`` value syntactically; raise :class:`InvalidInput` if bad."""
+    """Validate a ``fal_webhook`` value syntactically; raise :class:`InvalidInput` if bad.
+
+    The address rules are applied, with a fresh DNS lookup, when the webhook is delivered.
+    """
     try:
-        parsed = httpx.URL(url) if isinstance(url, str) and len(url) <= 2048 else None
-    except (httpx.InvalidURL, TypeError, ValueError):
-        parsed = None
-    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host or parsed.userinfo:
-        raise InvalidInput([FieldError("fal_webhook", "must be an http(s) URL without credentials")])
+        parse_url(url, what="fal_webhook")
+    except OutboundRefused:
+        raise InvalidInput([FieldError("fal_webhook", "must be an http(s) URL without credentials")]) from None
     return str(url)
 
 
@@ -85,12 +93,12 @@ class HookDispatcher:
     def __init__(self, gw: Gateway, http: httpx.AsyncClient | None = None) -> None:
         self.gw = gw
         self.r = gw.store.r
-        self.zkey = f"{gw.prefix}:gateway:hooks"
-        self.http = http or httpx.AsyncClient(timeout=15.0, follow_redirects=False)
+        self.zkey = gw.store.keys.gateway_hooks
+        self.http = http or make_async_client(timeout=15.0)
         self._sem = asyncio.Semaphore(32)
 
     def hook_key(self, job_id: str) -> str:
-        return f"{self.gw.prefix}:gateway:hook:{job_id}"
+        return self.gw.store.keys.gateway_hook(job_id)
 
     def register(self, job_id: str, url: str) -> None:
         """Remember the webhook of a job (blocking: call from a thread). A repeat is a no-op."""
@@ -161,27 +169,27 @@ class HookDispatcher:
                 await blocking(self.r.delete, lock)
 
     async def _deliver(self, rec: JobRecord, url: str) -> dict[str, Any]:
-        host = httpx.URL(url).host
-        outcome: dict[str, Any] = {"url_host": host, "delivered": False, "at": time.time()}
+        outcome: dict[str, Any] = {"url_host": _host(url), "delivered": False, "at": time.time()}
         try:
-            await blocking(_check_target, url, self.gw.gsettings.gateway_webhook_allow_private)
             body = json.dumps(await blocking(fal_payload, rec, self.gw.presign), separators=(",", ":")).encode()
-        except WebhookTargetRefused as exc:
-            return {**outcome, "status": "refused", "reason": str(exc), "final": True}
         except FalqError as exc:  # presigning failed (S3 trouble): try again later
             return {**outcome, "status": type(exc).__name__}
         headers = {"Content-Type": "application/json", "User-Agent": "falq-gateway/0.1", "X-Falq-Job-Id": rec.id}
         secret = self.gw.settings.callback_secret
-        if secret is not None:
-            headers["X-Falq-Signature"] = sign(secret.get_secret_value(), body)
         try:
-            resp = await self.http.post(url, content=body, headers=headers)
+            done = await post_json_async(self.http, url, body, headers, timeout=15.0,
+                                         allow_private=self.gw.gsettings.gateway_webhook_allow_private,
+                                         secret=secret.get_secret_value() if secret is not None else None)
+        except OutboundRefused as exc:  # not allowed now, not allowed later: never retried
+            return {**outcome, "status": "refused", "reason": str(exc), "final": True}
+        except OutboundUnresolved:  # the resolver may recover: try again later
+            return {**outcome, "status": "unresolved"}
         except httpx.HTTPError as exc:
             return {**outcome, "status": type(exc).__name__}
-        outcome["status"] = resp.status_code
-        outcome["delivered"] = resp.status_code < 300
-        if 400 <= resp.status_code < 500 and resp.status_code not in (408, 409, 425, 429):
-            outcome["final"] = True  # the receiver refuses this body; trying again will not help
+        outcome["status"] = done.status_code
+        outcome["delivered"] = done.delivered
+        if done.final:
+            outcome["final"] = True  # the receiver refuses this body (or redirects): trying again will not help
         return outcome
 
     def _again(self, job_id: str, tries: int, delay: float) -> None:
@@ -211,14 +219,8 @@ class HookDispatcher:
         await self.http.aclose()
 
 
-def _check_target(url: str, allow_private: bool) -> None:
-    """Refuse webhook targets on private, loopback or otherwise non-public addresses."""
-    from falq.workers.download import _is_public, _resolve  # the workers' SSRF rules, one definition
-
-    if allow_private:
-        return
-    parsed = httpx.URL(url)
-    # A resolver failure (StorageTransientError) propagates: the delivery is tried again later.
-    addrs = _resolve(parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
-    if not all(_is_public(a) for a in addrs):
-        raise WebhookTargetRefused(f"webhook host {parsed.host} resolves to a non-public address")
+def _host(url: str) -> str | None:
+    try:
+        return httpx.URL(url).host or None
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None

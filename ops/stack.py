@@ -178,6 +178,7 @@ class DevStack:
             "AWS_DEFAULT_REGION": "us-east-1",
             "FALQ_MEDIA_HOSTS": emu_host,
             "FALQ_ALLOW_PRIVATE_MEDIA": "true",
+            "FALQ_CALLBACK_ALLOW_PRIVATE": "true",
             "FALQ_VISIBILITY_TIMEOUT_S": "30",
             "FALQ_LEASE_TTL_S": "6",
             "FALQ_RETRY_BASE_S": "0.2",

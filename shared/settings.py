@@ -117,6 +117,8 @@ class Settings(BaseSettings):
     #: How local edit images reach fal: ``fal`` (upload to fal storage) or ``data-uri``.
     input_upload: Literal["fal", "data-uri"] = "fal"
     callback_secret: SecretStr | None = None
+    #: Let per-job ``callback_url`` targets resolve to private/loopback addresses (tests only).
+    callback_allow_private: bool = False
 
     # --- global limits (one fal account, shared by every worker; see shared/limits.py) --
     #: Submissions per second per fal key (0 = unlimited). Seeds ``{prefix}:limits:config``.

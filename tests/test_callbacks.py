@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from falq.ops.stack import DevStack
-from falq.workers.callbacks import sign, verify
+from falq.shared.outbound import sign, verify
 from tests.conftest import wait_for
 
 

@@ -16,8 +16,8 @@ import redis
 
 from falq.gateway import GatewayServer
 from falq.ops.stack import DevStack
+from falq.shared.outbound import verify
 from falq.shared.storage import Storage
-from falq.workers.callbacks import verify
 from tests.conftest import wait_for
 
 KEY = "falq-gw-key-0123456789"

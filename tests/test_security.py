@@ -33,9 +33,9 @@ import redis
 
 from falq.emulator.webhooks import WebhookSigner
 from falq.ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
+from falq.shared.outbound import verify as verify_callback
 from falq.shared.storage import Storage
 from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
-from falq.workers.callbacks import verify as verify_callback
 from tests.conftest import wait_for
 from tests.hostile_fal import HostileFal
 

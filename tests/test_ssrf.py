@@ -2,7 +2,9 @@
 
 Each URL's host is put on the allowlist, so what is tested is the address check (private
 media not allowed): numeric IPv4 spellings, names that resolve to loopback, IPv6 forms
-that embed an IPv4 address, userinfo and fragment tricks, and redirects to such hosts.
+that embed an IPv4 address, userinfo and fragment tricks, and redirects to such hosts. The
+same spellings are refused as outgoing webhook targets (``falq.shared.outbound``; the
+sender's own tests are in ``tests/test_outbound_webhooks.py``).
 Resolution is real (numeric forms and ``localhost`` need no network).
 """
 
@@ -16,6 +18,7 @@ import pytest
 import respx
 
 from falq.shared.errors import MirrorRejected
+from falq.shared.outbound import OutboundRefused, check_target, check_url
 from falq.shared.settings import Settings
 from falq.workers.download import check_media_url, open_media
 
@@ -24,26 +27,26 @@ def strict(hosts: str) -> Settings:
     return Settings(_env_file=None, media_hosts=hosts, allow_private_media=False)  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize(
-    ("host", "address"),
-    [
-        ("2130706433", "127.0.0.1"),  # decimal
-        ("017700000001", "127.0.0.1"),  # octal, one number
-        ("0x7f.0.0.1", "127.0.0.1"),  # hex part
-        ("127.1", "127.0.0.1"),  # short form
-        ("2852039166", "169.254.169.254"),  # the metadata service, decimal
-        ("0xa9fea9fe", "169.254.169.254"),  # ... and hex
-        ("127.0.0.1.", "127.0.0.1"),  # trailing dot
-        ("localhost", ""),  # a name that resolves to loopback (127.0.0.1 and/or ::1)
-        ("[::ffff:7f00:1]", "127.0.0.1"),  # IPv4-mapped IPv6, hex spelling
-        ("[::ffff:169.254.169.254]", "169.254.169.254"),
-        ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe"),  # NAT64 of the metadata service
-        ("[2002:a9fe:a9fe::1]", "2002:a9fe:a9fe::1"),  # 6to4 of the metadata service
-        ("[2002:7f00:1::]", "2002:7f00:1::"),  # 6to4 of loopback
-        ("[::]", "::"),
-        ("0", "0.0.0.0"),
-    ],
-)
+PRIVATE_SPELLINGS = [
+    ("2130706433", "127.0.0.1"),  # decimal
+    ("017700000001", "127.0.0.1"),  # octal, one number
+    ("0x7f.0.0.1", "127.0.0.1"),  # hex part
+    ("127.1", "127.0.0.1"),  # short form
+    ("2852039166", "169.254.169.254"),  # the metadata service, decimal
+    ("0xa9fea9fe", "169.254.169.254"),  # ... and hex
+    ("127.0.0.1.", "127.0.0.1"),  # trailing dot
+    ("localhost", ""),  # a name that resolves to loopback (127.0.0.1 and/or ::1)
+    ("[::ffff:7f00:1]", "127.0.0.1"),  # IPv4-mapped IPv6, hex spelling
+    ("[::ffff:169.254.169.254]", "169.254.169.254"),
+    ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe"),  # NAT64 of the metadata service
+    ("[2002:a9fe:a9fe::1]", "2002:a9fe:a9fe::1"),  # 6to4 of the metadata service
+    ("[2002:7f00:1::]", "2002:7f00:1::"),  # 6to4 of loopback
+    ("[::]", "::"),
+    ("0", "0.0.0.0"),
+]
+
+
+@pytest.mark.parametrize(("host", "address"), PRIVATE_SPELLINGS)
 def test_numeric_and_embedded_private_addresses_are_refused(host: str, address: str) -> None:
     allow = host.strip("[]").rstrip(".")
     with pytest.raises(MirrorRejected, match="non-public address") as info:
@@ -52,6 +55,20 @@ def test_numeric_and_embedded_private_addresses_are_refused(host: str, address: 
     # the same URL passes when private media are allowed (emulator / tests)
     check_media_url(f"https://{host}/x.png", Settings(_env_file=None, media_hosts=allow,  # type: ignore[call-arg]
                                                          allow_private_media=True))
+
+
+@pytest.mark.parametrize(("host", "address"), PRIVATE_SPELLINGS)
+def test_webhook_targets_follow_the_same_address_rules(host: str, address: str) -> None:
+    """Callbacks and ``fal_webhook`` (falq.shared.outbound) refuse the same spellings, at enqueue
+    (literals, without DNS) and again when resolved for delivery."""
+    url = f"https://{host}/hook"
+    if host != "localhost":
+        with pytest.raises(OutboundRefused, match="non-public address"):
+            check_url(url, allow_private=False)
+    with pytest.raises(OutboundRefused, match="non-public address") as info:
+        check_target(url, allow_private=False)
+    assert address in str(info.value)
+    assert check_target(url, allow_private=True).addresses
 
 
 def test_octal_dotted_form_is_not_a_url() -> None:

@@ -11,6 +11,7 @@ import httpx
 
 from falq.shared.falclient import FalClient
 from falq.shared.jobstore import JobStore
+from falq.shared.outbound import make_client
 from falq.shared.records import JobRecord
 from falq.shared.redisconn import redis_client
 from falq.shared.settings import Settings
@@ -60,6 +61,12 @@ class WorkerContext:
         )
 
     @cached_property
+    def callback_http(self) -> httpx.Client:
+        # Per-job callbacks (falq.shared.outbound): no redirects, no environment proxy (the
+        # sender connects to the address it checked itself).
+        return make_client(timeout=10.0, max_connections=max(100, self.settings.worker_concurrency))
+
+    @cached_property
     def falhooks(self) -> FalHookWaiter:
         from falq.workers.falhooks import FalHookWaiter
 
@@ -78,4 +85,4 @@ class WorkerContext:
         """Hook run once a job reached a terminal state (callbacks attach here)."""
         from falq.workers.callbacks import schedule_callback
 
-        schedule_callback(self, rec)
+        schedule_callback(rec, settings=self.settings, store=self.store, http=self.callback_http)

@@ -9,7 +9,8 @@ target -- is checked before we connect:
 * the host matches ``settings.media_host_list()``: exact hosts (any port), ``*.suffix``
   (subdomains of ``suffix``, not ``suffix`` itself) or ``host:port`` (that port only);
 * unless ``allow_private_media``, no address the host resolves to (or the IP literal) is
-  private, loopback, link-local, reserved, multicast or otherwise not global.
+  private, loopback, link-local, reserved, multicast or otherwise not global (the rules
+  of :func:`falq.shared.outbound.is_public`, shared with outgoing webhooks).
 
 Redirects are followed by hand (at most :data:`MAX_REDIRECTS`), sizes are capped by
 ``settings.max_image_bytes`` both from Content-Length and while streaming. Network
@@ -31,8 +32,6 @@ Example::
 from __future__ import annotations
 
 import email.utils
-import ipaddress
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from dataclasses import dataclass
 import httpx
 
 from falq.shared.errors import MirrorRejected, StorageTransientError
+from falq.shared.outbound import IPAddress, OutboundUnresolved, is_public, resolve
 from falq.shared.settings import Settings
 
 __all__ = ["MAX_REDIRECTS", "MediaStream", "check_media_url", "host_allowed", "open_media"]
@@ -51,7 +51,6 @@ DEFAULT_DEADLINE_S = 300.0
 _REASON = "media_fetch"
 # identity: the size cap then counts wire bytes, and no decompression bomb is possible.
 _HEADERS = {"Accept": "image/*", "Accept-Encoding": "identity"}
-_IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def host_allowed(host: str, port: int, allowlist: list[str]) -> bool:
@@ -99,7 +98,7 @@ def check_media_url(url: str, settings: Settings) -> None:
         raise MirrorRejected(f"plain http from {host} is not allowed (https only)")
     if not settings.allow_private_media:
         for addr in _resolve(host, port):
-            if not _is_public(addr):
+            if not is_public(addr):
                 raise MirrorRejected(f"media host {host} resolves to a non-public address ({addr})")
 
 
@@ -242,42 +241,9 @@ def _split_entry(entry: str) -> tuple[str, int | None]:
     return entry.rstrip("."), None
 
 
-def _resolve(host: str, port: int) -> list[_IP]:
+def _resolve(host: str, port: int) -> list[IPAddress]:
+    """:func:`falq.shared.outbound.resolve`, a failure as a transient media fetch error."""
     try:
-        return [_unwrap(ipaddress.ip_address(host))]
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError, OSError) as exc:
-        raise StorageTransientError(f"cannot resolve media host {host} ({exc.__class__.__name__})",
-                                    reason=_REASON) from None
-    addrs = [_unwrap(ipaddress.ip_address(str(info[4][0]).split("%")[0])) for info in infos]
-    if not addrs:
-        raise StorageTransientError(f"media host {host} resolved to no address", reason=_REASON)
-    return addrs
-
-
-def _unwrap(addr: _IP) -> _IP:
-    # Python 3.11 does not classify IPv4-mapped IPv6 (::ffff:127.0.0.1) as loopback/private.
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
-def _is_public(addr: _IP) -> bool:
-    if isinstance(addr, ipaddress.IPv6Address):
-        # 6to4 (2002::/16) and Teredo (2001::/32) embed an IPv4 address that Python calls
-        # global whatever it is; 2002:7f00:1:: is "127.0.0.1" to a 6to4 relay.
-        embedded = [addr.sixtofour, *(addr.teredo or ())]
-        if any(v4 is not None and not _is_public(v4) for v4 in embedded):
-            return False
-    return not (
-        addr.is_private
-        or addr.is_loopback
-        or addr.is_link_local
-        or addr.is_reserved
-        or addr.is_multicast
-        or addr.is_unspecified
-        or not addr.is_global
-    )
+        return resolve(host, port)
+    except OutboundUnresolved as exc:
+        raise StorageTransientError(f"media fetch: {exc}", reason=_REASON) from None

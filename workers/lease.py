@@ -6,6 +6,10 @@ lease time, and on the same round trip learns which of its jobs a producer asked
 cancel. A worker that dies stops renewing, so its jobs become free within
 ``FALQ_LEASE_TTL_S`` and the redelivered message takes over.
 
+A holder that could not renew (its lease was taken over, or Redis was out of reach for a
+whole TTL, so it may have expired) counts the lease as lost at once: :meth:`still_held`
+turns false and the step stops, so two workers never go on working one job.
+
 Example::
 
     keeper = LeaseKeeper(redis_client, prefix="falq", ttl_s=20)
@@ -21,6 +25,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -30,15 +35,19 @@ from falq.shared.keys import Keys
 
 log = logging.getLogger("falq.lease")
 
+# Renews each lease still held with its token; returns 1/0 per key, so a lease another
+# worker took over (ours expired) is known as lost at once.
 _RENEW = """
-local ok = 0
+local out = {}
 for i, key in ipairs(KEYS) do
   if redis.call('GET', key) == ARGV[i + 1] then
     redis.call('PEXPIRE', key, ARGV[1])
-    ok = ok + 1
+    out[i] = 1
+  else
+    out[i] = 0
   end
 end
-return ok
+return out
 """
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -68,6 +77,8 @@ class LeaseKeeper:
         self.ttl_ms = int(ttl_s * 1000)
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         self._held: dict[str, str] = {}
+        #: job id -> time.monotonic() of its last successful renewal (or acquisition)
+        self._renewed: dict[str, float] = {}
         self._cancelled: set[str] = set()
         self._deleted: set[str] = set()
         self._lock = threading.Lock()
@@ -86,12 +97,15 @@ class LeaseKeeper:
             return None
         with self._lock:
             self._held[job_id] = token
+            self._renewed[job_id] = time.monotonic()
         self._ensure_running()
         return Lease(job_id, token)
 
     def release(self, lease: Lease) -> None:
         with self._lock:
-            self._held.pop(lease.job_id, None)
+            if self._held.get(lease.job_id) == lease.token:
+                self._held.pop(lease.job_id, None)
+                self._renewed.pop(lease.job_id, None)
             self._cancelled.discard(lease.job_id)
             self._deleted.discard(lease.job_id)
         try:
@@ -100,8 +114,11 @@ class LeaseKeeper:
             log.warning("could not release lease of %s; it expires by itself", lease.job_id)
 
     def still_held(self, lease: Lease) -> bool:
+        """False once the lease is known lost, or not renewed for a whole TTL (it may be gone)."""
         with self._lock:
-            return self._held.get(lease.job_id) == lease.token
+            if self._held.get(lease.job_id) != lease.token:
+                return False
+            return time.monotonic() - self._renewed.get(lease.job_id, 0.0) < self.ttl_ms / 1000
 
     def cancel_seen(self, job_id: str) -> bool:
         """True once the keeper saw a cancel request for this job (no Redis call)."""
@@ -128,6 +145,7 @@ class LeaseKeeper:
         if not held:
             return
         ids = list(held)
+        asked = time.monotonic()
         pipe = self.r.pipeline(transaction=False)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
@@ -138,8 +156,18 @@ class LeaseKeeper:
             pipe.exists(self.keys.cancel(j))
             pipe.exists(self.keys.job(j))
         results = pipe.execute()
+        renewed = [bool(x) for chunk in results[:-2 * len(ids)] for x in chunk]
         flags = results[-2 * len(ids):]
         with self._lock:
+            for j, ok in zip(ids, renewed, strict=True):
+                if self._held.get(j) != held[j]:
+                    continue  # released (or taken again) meanwhile
+                if ok:
+                    self._renewed[j] = asked
+                else:
+                    log.warning("lease of job %s was lost (another worker holds it now); stopping its step", j)
+                    self._held.pop(j, None)
+                    self._renewed.pop(j, None)
             for i, j in enumerate(ids):
                 if flags[2 * i]:
                     self._cancelled.add(j)

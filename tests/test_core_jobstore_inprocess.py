@@ -1,0 +1,217 @@
+"""shared.jobstore in this process, against a real redis-server: create, CAS save, results, TTLs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from falq.shared.errors import JobNotFound
+from falq.shared.jobstore import Conflict, JobStore
+from falq.shared.records import JobRecord
+
+ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
+PREFIX = "falqtest"
+TTL_S = 3600
+
+
+@pytest.fixture
+def r(redis_server: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def store(r: redis.Redis) -> JobStore:
+    return JobStore(r, prefix=PREFIX, ttl_s=TTL_S)
+
+
+def _rec(prompt: str = "a red fox") -> JobRecord:
+    return JobRecord.new(endpoint=ENDPOINT, input={"prompt": prompt})
+
+
+def _members(r: redis.Redis, key: str) -> set[str]:
+    return {m.decode() for m in r.zrange(key, 0, -1)}
+
+
+# --- create ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_create_with_same_idempotency_key_returns_the_first_job(store: JobStore, r: redis.Redis) -> None:
+    first, created = store.create(_rec("one"), idempotency_key="order-17")
+    assert created and first.version == 1
+
+    again, created_again = store.create(_rec("two"), idempotency_key="order-17")
+
+    assert not created_again
+    assert again.id == first.id and again.input == {"prompt": "one"}
+    assert _members(r, f"{PREFIX}:state:queued") == {first.id}
+    assert _members(r, f"{PREFIX}:created") == {first.id}
+    assert len(list(r.scan_iter(f"{PREFIX}:job:*"))) == 1  # the loser left no record behind
+    other, created_other = store.create(_rec("three"), idempotency_key="order-18")
+    assert created_other and other.id != first.id
+
+
+@pytest.mark.timeout(10)
+def test_idempotency_key_of_a_gone_job_creates_a_new_one(store: JobStore, r: redis.Redis) -> None:
+    first, _ = store.create(_rec("one"), idempotency_key="k")
+    r.delete(store.job_key(first.id))  # expired or deleted
+
+    second, created = store.create(_rec("two"), idempotency_key="k")
+
+    assert created and second.id != first.id
+    assert r.get(store.idem_key("k")) == second.id.encode()
+    assert store.get(second.id).input == {"prompt": "two"}
+
+
+@pytest.mark.timeout(10)
+def test_create_of_an_existing_id_does_not_overwrite_it(store: JobStore) -> None:
+    rec, _ = store.create(_rec("original"))
+    store.update(rec.id, lambda x: x.move("submitting"))
+    replay = JobRecord.new(endpoint=ENDPOINT, input={"prompt": "replayed"}, job_id=rec.id)
+
+    store.create(replay)
+
+    stored = store.get(rec.id)
+    assert stored.state == "submitting" and stored.input == {"prompt": "original"} and stored.version == 2
+
+
+# --- compare-and-set ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_save_of_a_stale_copy_raises_conflict_and_writes_nothing(store: JobStore, r: redis.Redis) -> None:
+    rec, _ = store.create(_rec())
+    worker, producer = store.get(rec.id), store.get(rec.id)
+    worker.move("submitting")
+    worker.attempts = 1
+    store.save(worker)
+    assert worker.version == 2
+
+    producer.move("cancelled")
+    with pytest.raises(Conflict):
+        store.save(producer)
+
+    assert producer.version == 1  # left as read, so a reload-and-reapply starts clean
+    stored = store.get(rec.id)
+    assert stored.state == "submitting" and stored.attempts == 1 and stored.version == 2
+    assert _members(r, f"{PREFIX}:state:cancelled") == set()
+    assert _members(r, f"{PREFIX}:state:submitting") == {rec.id}
+    assert _members(r, f"{PREFIX}:state:queued") == set()
+    assert r.ttl(store.job_key(rec.id)) == -1
+
+
+@pytest.mark.timeout(10)
+def test_concurrent_updates_all_apply_through_cas_retries(store: JobStore) -> None:
+    rec, _ = store.create(_rec())
+    writers, rounds = 8, 10
+    errors: list[BaseException] = []
+    start = threading.Barrier(writers)
+
+    def bump(r: JobRecord) -> None:
+        r.metadata["n"] = int(r.metadata.get("n", 0)) + 1
+
+    def writer() -> None:
+        try:
+            start.wait()
+            for _ in range(rounds):
+                store.update(rec.id, bump, tries=500)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(8)
+
+    assert not errors, errors
+    stored = store.get(rec.id)
+    assert stored.metadata["n"] == writers * rounds  # no lost update
+    assert stored.version == 1 + writers * rounds
+
+
+@pytest.mark.timeout(10)
+def test_save_of_a_deleted_record_raises_job_not_found(store: JobStore, r: redis.Redis) -> None:
+    rec, _ = store.create(_rec())
+    copy = store.get(rec.id)
+    r.delete(store.job_key(rec.id))
+
+    copy.move("in_queue")
+    with pytest.raises(JobNotFound):
+        store.save(copy)
+    assert not r.exists(store.job_key(rec.id))  # not resurrected
+    with pytest.raises(JobNotFound):
+        store.get(rec.id)
+
+
+# --- fal's output kept beside the record ----------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_save_load_and_drop_result(store: JobStore, r: redis.Redis) -> None:
+    rec, _ = store.create(_rec())
+    raw = b'{"images":[{"url":"https://fal.media/x.png"}],"seed":3}'
+    assert store.load_result(rec.id) is None
+
+    store.save_result(rec.id, raw)
+
+    assert store.load_result(rec.id) == raw
+    store.update(rec.id, lambda x: x.move("mirroring"))  # a record save keeps the result
+    assert store.load_result(rec.id) == raw
+    assert store.get(rec.id).state == "mirroring"
+    store.drop_result(rec.id)
+    assert store.load_result(rec.id) is None
+    assert store.get(rec.id).state == "mirroring"  # the record itself stays
+
+
+@pytest.mark.timeout(10)
+def test_save_result_of_a_missing_record_raises_and_leaves_no_orphan(store: JobStore, r: redis.Redis) -> None:
+    with pytest.raises(JobNotFound):
+        store.save_result("no-such-job", b"{}")
+    assert not r.exists(store.job_key("no-such-job"))
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_terminal_records_expire_and_non_terminal_ones_never(store: JobStore, r: redis.Redis) -> None:
+    rec, _ = store.create(_rec(), idempotency_key="ttl-key")
+    key, idem = store.job_key(rec.id), store.idem_key("ttl-key")
+    assert r.ttl(key) == -1 and r.ttl(idem) == -1
+    for state in ("submitting", "in_queue", "in_progress", "mirroring"):
+        store.update(rec.id, lambda x, s=state: x.move(s))  # type: ignore[misc]
+        assert r.ttl(key) == -1, state
+
+    store.update(rec.id, lambda x: x.move("completed"))
+
+    assert 0 < r.ttl(key) <= TTL_S
+    assert 0 < r.ttl(idem) <= TTL_S  # the key expires with its job
+    # A retried job (terminal -> queued) must not keep the expiry it had as a terminal one.
+    store.update(rec.id, lambda x: x.move("queued"))
+    assert r.ttl(key) == -1 and r.ttl(idem) == -1
+
+
+@pytest.mark.timeout(10)
+def test_terminal_record_is_gone_after_its_ttl(r: redis.Redis) -> None:
+    store = JobStore(r, prefix=PREFIX, ttl_s=1)
+    rec, _ = store.create(_rec())
+    store.update(rec.id, lambda x: x.move("failed"))
+    assert store.exists(rec.id)
+
+    time.sleep(1.5)
+
+    assert not store.exists(rec.id)
+    with pytest.raises(JobNotFound):
+        store.get(rec.id)
+    assert store.find("failed") == []  # the dangling index entry is pruned on the way
+    assert _members(r, f"{PREFIX}:state:failed") == set()
