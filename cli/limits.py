@@ -9,67 +9,36 @@ Examples::
     falq budget --set 50 | falq budget --clear
     falq retry ID ID2 | falq retry --failed --since 2h
 
-Changes are written to Redis (``{prefix}:limits:config``) and every worker applies them on
-its next admission: no restart.
+A thin layer over :class:`falq.producers.admin.Admin`, which the gateway's ``/v1/limits``,
+``/v1/budget`` and retry routes use too: the values are passed as typed, the service checks
+them (one set of rules) and a bad one is ``error: field: rule`` with exit code 2. Changes are
+written to Redis (``{prefix}:limits:config``) and every worker applies them on its next
+admission: no restart.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 
 from falq.cli.output import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, make_client, stdout
-from falq.producers.client import Falq
-from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.limits import (
-    CONFIG_FIELDS,
-    NO_BUDGET,
-    Limiter,
-    config_defaults,
-    config_key,
-    key_id,
-    known_keys,
-    read_config,
-    spend_today,
-    write_config,
-)
 from falq.shared.records import JobRecord
-from falq.shared.since import parse_since
+
+if TYPE_CHECKING:
+    from falq.producers.admin import Admin, LimitsView
 
 
-def _limiters(falq: Falq) -> list[tuple[Limiter, str]]:
-    keys = known_keys(falq.redis, falq.settings.key_prefix)
-    own = key_id(falq.settings.fal_key_value())
-    if falq.settings.fal_key_value() and own not in keys:
-        keys[own] = falq.settings.key_suffix()
-    return [(Limiter(falq.redis, falq.settings, kid=kid), suffix) for kid, suffix in sorted(keys.items())]
+def _admin() -> Admin:
+    from falq.producers.admin import Admin
+
+    return Admin(make_client())
 
 
-def _config_doc(falq: Falq) -> dict[str, Any]:
-    stored = read_config(falq.redis, falq.settings.key_prefix)
-    defaults = config_defaults(falq.settings)
-    doc: dict[str, Any] = {}
-    for field in CONFIG_FIELDS:
-        raw = stored.get(field)
-        doc[field] = {"value": _parse(field, raw if raw is not None else defaults[field]),
-                      "source": "redis" if raw is not None else "unseeded (this shell's FALQ_* default)"}
-    return doc
-
-
-def _parse(field: str, raw: str) -> Any:
-    if field == "max_outstanding_per_endpoint":
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return {}
-    if field == "budget_daily":
-        return None if raw == NO_BUDGET else float(raw)
-    return float(raw) if field == "rate" else int(float(raw))
+def _config_doc(view: LimitsView) -> dict[str, Any]:
+    return {f: {"value": v, "source": view.sources[f]} for f, v in view.config.items()}
 
 
 def _shown(field: str, value: Any) -> str:
@@ -94,20 +63,18 @@ def limits() -> None:
 @handle_errors
 def show(as_json: bool) -> int:
     """The configuration and, per fal key: requests outstanding, jobs waiting, pauses."""
-    falq = make_client()
-    cfg = _config_doc(falq)
-    states = [lim.state(suffix) for lim, suffix in _limiters(falq)]
+    view = _admin().limits_show()
     if as_json:
-        emit_json({"config": cfg, "keys": [s.__dict__ for s in states]})
+        emit_json({"config": _config_doc(view), "keys": view.as_json()["keys"]})
         return EXIT_OK
     out = stdout()
     grid = Table.grid(padding=(0, 2))
-    for field, item in cfg.items():
-        grid.add_row(field, _shown(field, item["value"]), f"({item['source']})")
+    for field, value in view.config.items():
+        grid.add_row(field, _shown(field, value), f"({view.sources[field]})")
     out.print(grid)
-    if not states:
+    if not view.keys:
         out.print("no fal key registered yet (a worker registers its key on start)")
-    for st in states:
+    for st in view.keys:
         table = Table(title=f"fal key {st.suffix} (id {st.key_id})", show_edge=False, title_justify="left")
         table.add_column("outstanding")
         table.add_column("per endpoint")
@@ -123,100 +90,52 @@ def show(as_json: bool) -> int:
 
 
 @limits.command("set")
-@click.option("--rate", type=float, metavar="PER_S", help="Submissions per second per fal key (0: unlimited).")
-@click.option("--burst", type=int, metavar="N", help="Token bucket burst (1: no window above the rate).")
-@click.option("--max-outstanding", type=int, metavar="N", help="Requests outstanding at fal per key (0: unlimited).")
+@click.option("--rate", metavar="PER_S", help="Submissions per second per fal key, a number >= 0 (0: unlimited).")
+@click.option("--burst", metavar="N", help="Token bucket burst, 1 to 1000000 (1: no window above the rate).")
+@click.option("--max-outstanding", metavar="N",
+              help="Requests outstanding at fal per key, 0 to 1000000 (0: unlimited).")
 @click.option("--endpoint-cap", "endpoint_caps", multiple=True, metavar="ENDPOINT=N|none",
-              help="Cap one endpoint's outstanding requests (repeatable; `none` removes the cap).")
+              help="Cap one endpoint's outstanding requests, 0 to 1000000 (repeatable; `none` removes the cap).")
 @click.option("--resume", is_flag=True, help="Lift a pause caused by a 402 / locked account (every key).")
 @click.option("--reset", is_flag=True, help="Forget the runtime configuration; workers re-seed it from FALQ_*.")
 @click.option("--json", "as_json", is_flag=True, help="Print the resulting configuration as JSON.")
 @handle_errors
-def set_limits(rate: float | None, burst: int | None, max_outstanding: int | None, endpoint_caps: tuple[str, ...],
+def set_limits(rate: str | None, burst: str | None, max_outstanding: str | None, endpoint_caps: tuple[str, ...],
                resume: bool, reset: bool, as_json: bool) -> int:
     """Change limits at runtime; every worker applies them on its next admission."""
-    falq = make_client()
-    prefix = falq.settings.key_prefix
-    errors: list[FieldError] = []
-    changes: dict[str, str] = {}
-    if rate is not None:
-        if not (math.isfinite(rate) and rate >= 0):
-            errors.append(FieldError("rate", "must be a number >= 0"))
-        changes["rate"] = repr(float(rate))
-    if burst is not None:
-        if burst < 1:
-            errors.append(FieldError("burst", "must be >= 1"))
-        changes["burst"] = str(burst)
-    if max_outstanding is not None:
-        if max_outstanding < 0:
-            errors.append(FieldError("max_outstanding", "must be >= 0"))
-        changes["max_outstanding"] = str(max_outstanding)
-    if endpoint_caps:
-        current = _config_doc(falq)["max_outstanding_per_endpoint"]["value"]
-        caps = dict(current) if isinstance(current, dict) else {}
-        for item in endpoint_caps:
-            ep, sep, n = item.partition("=")
-            ep, n = ep.strip(), n.strip().lower()
-            if not sep or ep not in ENDPOINTS:
-                known = ", ".join(ENDPOINTS)
-                errors.append(FieldError("endpoint_cap", f"{item!r}: use ENDPOINT=N with one of {known}"))
-            elif n == "none":
-                caps.pop(ep, None)
-            elif n.isdigit():
-                caps[ep] = int(n)
-            else:
-                errors.append(FieldError("endpoint_cap", f"{item!r}: N must be an integer >= 0 or `none`"))
-        changes["max_outstanding_per_endpoint"] = json.dumps(caps, sort_keys=True)
-    if errors:
-        raise InvalidInput(errors)
-    if not (changes or resume or reset):
-        raise InvalidInput([FieldError("", "nothing to change: give --rate, --burst, --max-outstanding, "
-                                           "--endpoint-cap, --resume or --reset")])
-    if reset:
-        falq.redis.delete(config_key(prefix))
-    write_config(falq.redis, prefix, changes)
-    resumed = [suffix for lim, suffix in _limiters(falq) if resume and lim.resume()]
+    done = _admin().limits_set(rate=rate, burst=burst, max_outstanding=max_outstanding,
+                               endpoint_caps=endpoint_caps or None, resume=resume, reset=reset)
     if as_json:
-        emit_json({"config": _config_doc(falq), "resumed": resumed})
+        emit_json({"config": _config_doc(done.view), "resumed": done.resumed})
         return EXIT_OK
-    for field, value in changes.items():
+    for field, value in done.written.items():
         click.echo(f"{field} = {value}")
-    if reset:
+    if done.reset:
         click.echo("runtime configuration forgotten; workers re-seed it from their FALQ_* settings")
-    if resume:
-        click.echo(f"resumed: {', '.join(resumed)}" if resumed else "no key was paused")
+    if done.resume:
+        click.echo(f"resumed: {', '.join(done.resumed)}" if done.resumed else "no key was paused")
     return EXIT_OK
 
 
 @click.command()
-@click.option("--set", "set_usd", type=float, metavar="USD", help="Set the daily budget (USD per UTC day).")
+@click.option("--set", "set_usd", metavar="USD", help="Set the daily budget (USD per UTC day, 0 to 1e12).")
 @click.option("--clear", is_flag=True, help="Remove the daily budget.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @handle_errors
-def budget(set_usd: float | None, clear: bool, as_json: bool) -> int:
+def budget(set_usd: str | None, clear: bool, as_json: bool) -> int:
     """Spend reserved today (UTC), the daily budget, and how many jobs wait for it."""
-    falq = make_client()
-    prefix = falq.settings.key_prefix
     if set_usd is not None and clear:
-        raise InvalidInput([FieldError("budget", "give --set or --clear, not both")])
-    if set_usd is not None:
-        if not (math.isfinite(set_usd) and set_usd >= 0):
-            raise InvalidInput([FieldError("budget", "must be a number of dollars >= 0")])
-        write_config(falq.redis, prefix, {"budget_daily": repr(float(set_usd))})
-    elif clear:
-        write_config(falq.redis, prefix, {"budget_daily": NO_BUDGET})
-    day, spent = spend_today(falq.redis, prefix)
-    cap = _config_doc(falq)["budget_daily"]["value"]
-    paused = sum(lim.state().waiting["budget"] for lim, _ in _limiters(falq))
-    doc = {"day": day, "spent_usd": round(spent, 6), "budget_usd": cap,
-           "remaining_usd": None if cap is None else round(max(0.0, cap - spent), 6), "jobs_paused": paused}
+        raise InvalidInput([FieldError("", "give --set or --clear, not both")])
+    admin = _admin()
+    view = admin.budget_set(None if clear else set_usd) if set_usd is not None or clear else admin.budget_show()
     if as_json:
-        emit_json(doc)
+        emit_json(view.as_json())
         return EXIT_OK
-    click.echo(f"spent today ({day} UTC): ${spent:,.4f}")
+    cap = view.budget_usd
+    click.echo(f"spent today ({view.day} UTC): ${view.spent_usd:,.4f}")
     click.echo(f"daily budget: {'none' if cap is None else f'${cap:,.2f}'}"
-               + ("" if cap is None else f"  (remaining ${doc['remaining_usd']:,.4f})"))
-    click.echo(f"jobs paused for budget: {paused}")
+               + ("" if view.remaining_usd is None else f"  (remaining ${view.remaining_usd:,.4f})"))
+    click.echo(f"jobs paused for budget: {view.jobs_paused}")
     return EXIT_OK
 
 
@@ -232,19 +151,18 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, since: str | None, as_json
         raise InvalidInput([FieldError("", "give job ids or --failed (not both)")])
     if since is not None and not all_failed:
         raise InvalidInput([FieldError("since", "only with --failed")])
-    falq = make_client()
-    since_ts = parse_since(since) if since is not None else None
-    recs = falq.retry_failed(since_ts) if all_failed else falq.retry(job_ids)
+    admin = _admin()
+    outcomes = admin.retry_failed(since) if all_failed else admin.retry(job_ids)
     if as_json:
-        emit_json([r.public() for r in recs])
-    for r in recs:
-        if not as_json:
-            again = r.state == "queued" and r.retry_from == r.attempts > 0
-            click.echo(f"{r.id}: queued again (attempt {r.attempts + 1})" if again
+        emit_json([o.record.public() for o in outcomes])
+    else:
+        for o in outcomes:
+            r = o.record
+            click.echo(f"{r.id}: queued again (attempt {r.attempts + 1})" if o.retried
                        else f"{r.id}: not retried, it is {r.state}")
-    if all_failed and not recs and not as_json:
-        click.echo("no failed jobs", err=True)
-    return EXIT_OK if all(r.state == "queued" for r in recs) else EXIT_FAILED
+        if all_failed and not outcomes:
+            click.echo("no failed jobs", err=True)
+    return EXIT_OK if all(o.record.state == "queued" for o in outcomes) else EXIT_FAILED
 
 
 def errors_view(recs: list[JobRecord]) -> Table:

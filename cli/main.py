@@ -46,7 +46,6 @@ from falq.shared.endpoints import EDIT, TEXT_TO_IMAGE
 from falq.shared.errors import FieldError, InvalidInput
 from falq.shared.records import STATES
 from falq.shared.schemas import MAX_SEED
-from falq.shared.since import parse_since
 
 if TYPE_CHECKING:
     from falq.producers.client import Falq
@@ -205,12 +204,15 @@ def wait(job_id: str, timeout: float | None, out: str | None, as_json: bool) -> 
 @handle_errors
 def cancel(job_id: str, as_json: bool) -> int:
     """Cancel a job: at once if no worker has it yet, else its worker cancels it at fal."""
-    rec = make_client().cancel(job_id)
+    from falq.producers.admin import Admin
+
+    done = Admin(make_client()).cancel(job_id)
+    rec = done.record
     if as_json:
         emit_json(rec.public())
-    elif rec.state == "cancelled":
+    elif done.outcome == "cancelled":
         click.echo(f"{rec.id}: cancelled")
-    elif rec.terminal:
+    elif done.outcome == "final":
         click.echo(f"{rec.id}: already {rec.state}; nothing to cancel")
     else:
         click.echo(f"{rec.id}: cancel requested (now {rec.state}; its worker cancels it at fal)")
@@ -219,15 +221,16 @@ def cancel(job_id: str, as_json: bool) -> int:
 
 @cli.command()
 @click.option("--state", metavar="STATE", help=f"Only jobs in this state ({', '.join(STATES)}).")
-@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True, help="At most N jobs.")
+@click.option("--limit", metavar="N", default="50", show_default=True, help="At most N jobs (1 to 100000).")
 @click.option("--since", metavar="T", help="Only newer than T: 30s, 10m, 2h, 1d, an ISO time or epoch seconds.")
 @click.option("--errors", "show_errors", is_flag=True, help="Also list each job's full error history.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records (with their error history) as JSON.")
 @handle_errors
-def jobs(state: str | None, limit: int, since: str | None, show_errors: bool, as_json: bool) -> int:
+def jobs(state: str | None, limit: str, since: str | None, show_errors: bool, as_json: bool) -> int:
     """List jobs, newest first (`--state failed --errors`: the dead letters and why)."""
-    since_ts = parse_since(since) if since is not None else None
-    recs = make_client().jobs(state, limit=limit, since=since_ts)
+    from falq.producers.admin import Admin
+
+    recs = Admin(make_client()).jobs(state, since=since, limit=limit)
     if as_json:
         emit_json([r.public() for r in recs])
     elif not recs:

@@ -44,6 +44,7 @@ from falq.gateway.views import (
     status_body,
     validation_detail,
 )
+from falq.producers.admin import Admin
 from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import InvalidInput, JobNotFound
 from falq.shared.records import JobRecord
@@ -247,10 +248,9 @@ async def result(gw: Gateway, rec: JobRecord) -> Response:
 
 
 async def cancel(gw: Gateway, rec: JobRecord) -> Response:
-    if rec.terminal:
-        return json_response(400, {"status": "ALREADY_COMPLETED"}, rec.id)
-    after = await blocking(gw.falq.cancel, rec.id)
-    if after.terminal and after.state != "cancelled":
+    """fal's cancel: 202 ``CANCELLATION_REQUESTED``, or 400 ``ALREADY_COMPLETED`` once the job ended."""
+    done = await blocking(Admin(gw.falq, gw.settings).cancel, rec.id)
+    if done.outcome == "final":
         return json_response(400, {"status": "ALREADY_COMPLETED"}, rec.id)
     return json_response(202, {"status": "CANCELLATION_REQUESTED"}, rec.id)
 

@@ -3,14 +3,15 @@
 * ``GET  /v1/jobs?state=&since=&until=&endpoint=&metadata.KEY=VALUE&limit=`` -- list and search
 * ``POST /v1/jobs`` -- one job (``{endpoint, input, lane?, idempotency_key?, metadata?, callback_url?, fal_webhook?}``)
 * ``GET  /v1/jobs/{id}`` -- the record (plus ``result`` with presigned URLs once completed)
-* ``POST /v1/jobs/{id}/cancel`` and ``POST /v1/jobs/{id}/retry``
+* ``POST /v1/jobs/{id}/cancel`` and ``POST /v1/jobs/{id}/retry`` (409 when the job is not failed)
 * ``POST /v1/bulk`` -- a list of ``{endpoint, input, id?, metadata?, lane?}``: all validated first;
   one bad item -> 422 naming every bad item by index and nothing enqueued; else enqueued in
   one pipelined batch, each ``id`` becoming the item's idempotency key (a resend is a no-op)
 * ``POST /v1/retry-failed?since=`` -- every failed job (since a time) again
 * ``GET /healthz`` (liveness, no auth) and ``GET /readyz`` (Redis ping, S3 bucket reachable)
 
-Limits and budget are in :mod:`falq.gateway.limits_routes`.
+Limits and budget are in :mod:`falq.gateway.limits_routes`; they, cancel and retry are thin
+layers over :class:`falq.producers.admin.Admin`, the service the ``falq`` CLI uses too.
 
 Example::
 
@@ -28,8 +29,10 @@ from starlette.responses import Response
 
 from falq.gateway.core import Gateway, Unprocessable, blocking, json_response, pydantic_detail, read_json
 from falq.gateway.hooks import HookDispatcher, check_webhook_url
+from falq.gateway.limits_routes import admin
 from falq.gateway.search import parse_query, search
 from falq.gateway.views import FAL_STATUS, failure, result_body, validation_detail
+from falq.producers.admin import validate_since
 from falq.producers.client import JobRequest
 from falq.shared.errors import InvalidInput
 from falq.shared.records import JobRecord
@@ -184,30 +187,25 @@ def _validate_bulk(gw: Gateway, items: list[Any]) -> tuple[list[JobRequest], lis
 
 async def cancel_job(request: Request) -> Response:
     gw = _gw(request)
-    rec = await blocking(gw.falq.cancel, request.path_params["job_id"])
-    return json_response(200, await blocking(_job_view, gw, rec), rec.id)
+    done = await blocking(admin(request).cancel, request.path_params["job_id"])
+    return json_response(200, await blocking(_job_view, gw, done.record), done.record.id)
 
 
 async def retry_job(request: Request) -> Response:
     gw = _gw(request)
-    job_id = request.path_params["job_id"]
-    before = await blocking(gw.store.get, job_id)
-    [rec] = await blocking(gw.falq.retry, [job_id])
-    doc = await blocking(_job_view, gw, rec)
-    doc["retried"] = before.state == "failed"
-    return json_response(200 if doc["retried"] else 409, doc, rec.id)
+    [done] = await blocking(admin(request).retry, [request.path_params["job_id"]])
+    doc = await blocking(_job_view, gw, done.record)
+    doc["retried"] = done.retried
+    return json_response(200 if done.retried else 409, doc, done.record.id)
 
 
 async def retry_failed(request: Request) -> Response:
-    gw = _gw(request)
-    since = request.query_params.get("since")
-    params = {"since": since} if since else {}
     try:
-        ts = parse_query(params).since
+        since = validate_since(request.query_params.get("since"))
     except InvalidInput as exc:
         raise Unprocessable(validation_detail(exc, root="query")) from None
-    recs = await blocking(gw.falq.retry_failed, ts)
-    ids = [r.id for r in recs if r.state == "queued"]
+    done = await blocking(admin(request).retry_failed, since)
+    ids = [o.record.id for o in done if o.retried]
     return json_response(200, {"retried": ids, "count": len(ids)})
 
 

@@ -1,0 +1,539 @@
+"""falq's administration service: limits, budget, retries, cancels and dead letters.
+
+The ``falq`` CLI (``falq limits``, ``falq budget``, ``falq retry``, ``falq cancel``,
+``falq jobs --state failed --errors``) and the HTTP gateway (``/v1/limits``, ``/v1/budget``,
+``/v1/jobs/{id}/retry``, ``/v1/retry-failed``, ``/v1/jobs/{id}/cancel`` and fal's cancel) are
+thin layers over :class:`Admin`: they parse arguments or JSON, call it, and render the answer.
+Every value is checked here, once; a bad one raises
+:class:`~falq.shared.errors.InvalidInput` with one :class:`~falq.shared.errors.FieldError`
+per broken rule (the CLI prints ``error: field: rule`` and exits 2, the gateway answers 422
+with the same field and text in ``detail``). Nothing is written unless every value is valid.
+
+The rules (numbers may be given as JSON numbers or as their decimal text, as the CLI passes
+them; ``true``/``false`` are never numbers; ``nan`` and ``inf`` never pass)::
+
+    rate                          0 (unlimited) or 0.001 to 1000000 submissions per second per fal key
+    burst                         an integer from 1 to 1000000
+    max_outstanding               an integer from 0 to 1000000 (0: unlimited)
+    max_outstanding_per_endpoint  known endpoint -> an integer from 0 to 1000000, or null/none
+                                  (removes that endpoint's cap); as text: ENDPOINT=N|none
+    resume, reset                 true or false
+    (a change)                    must change something
+    budget_usd                    a number of dollars from 0 to 1000000000000, or null (no budget)
+    since                         a duration (30s, 10m, 2h, 1d), an ISO date/time or epoch
+                                  seconds; a finite time, never blank
+    state                         one of falq's job states
+    limit                         an integer from 1 to 100000
+    job ids                       at least one
+
+The configuration lives in Redis (``{prefix}:limits:config``, :mod:`falq.shared.limits`);
+every worker applies a change on its next admission, with no restart.
+
+Example::
+
+    admin = Admin(Falq())
+    admin.limits_set(rate=20, burst=1, endpoint_caps={"fal-ai/qwen-image-2/pro/edit": 4})
+    admin.limits_set(rate=-1)      # InvalidInput: rate: must be 0 (unlimited) or a number from 0.001 to 1000000
+    admin.budget_set(50)           # BudgetView(day=..., spent_usd=..., budget_usd=50.0, ...)
+    [out] = admin.retry(["8f3e..."]); out.retried
+    admin.cancel("8f3e...").outcome  # 'cancelled' | 'requested' | 'final'
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from falq.producers.client import Falq
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.errors import FieldError, InvalidInput, JobNotFound
+from falq.shared.limits import (
+    CONFIG_FIELDS,
+    NO_BUDGET,
+    KeyState,
+    Limiter,
+    config_defaults,
+    config_key,
+    key_id,
+    known_keys,
+    read_config,
+    spend_today,
+    write_config,
+)
+from falq.shared.records import STATES, JobRecord
+from falq.shared.settings import Settings
+from falq.shared.since import parse_since
+
+MAX_BURST = 1_000_000
+MAX_OUTSTANDING = 1_000_000
+MAX_ENDPOINT_CAP = 1_000_000
+MAX_BUDGET_USD = 1e12
+MAX_LIMIT = 100_000
+#: Where a stored field came from, as ``falq limits show`` says it.
+SOURCE_REDIS = "redis"
+SOURCE_DEFAULT = "unseeded (this shell's FALQ_* default)"
+
+#: The fields of a limits change (what ``PUT /v1/limits`` takes).
+LIMITS_FIELDS = ("rate", "burst", "max_outstanding", "max_outstanding_per_endpoint", "resume", "reset")
+BUDGET_FIELDS = ("budget_usd",)
+
+# --- the rules, in words (the one place they are written) ------------------------------------------
+#: Below this a token takes hours and the limiter's wait arithmetic loses meaning.
+MIN_RATE = 0.001
+RATE_RULE = f"must be 0 (unlimited) or a number from {MIN_RATE} to 1000000"
+BURST_RULE = f"must be an integer from 1 to {MAX_BURST}"
+OUTSTANDING_RULE = f"must be an integer from 0 to {MAX_OUTSTANDING}"
+CAPS_RULE = "must be an object of endpoint -> cap (null removes a cap)"
+CAP_RULE = f"cap must be an integer from 0 to {MAX_ENDPOINT_CAP}, or null/none to remove it"
+CAP_TEXT_RULE = "use ENDPOINT=N or ENDPOINT=none"
+FLAG_RULE = "must be true or false"
+NOTHING_RULE = "nothing to change: give rate, burst, max_outstanding, max_outstanding_per_endpoint, resume or reset"
+BUDGET_RULE = f"must be a number of dollars from 0 to {MAX_BUDGET_USD:.0f}"
+SINCE_RULE = "must be a duration (30s, 10m, 2h, 1d), an ISO date/time or epoch seconds"
+STATE_RULE = f"must be one of {', '.join(STATES)}"
+LIMIT_RULE = f"must be an integer from 1 to {MAX_LIMIT}"
+JOB_IDS_RULE = "must name at least one job"
+OBJECT_RULE = "must be a JSON object"
+REQUIRED_RULE = "is required"
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a JSON number or its decimal text; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        try:
+            f = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, float):
+        f = value
+    elif isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        f = float(value)
+    else:
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _integer(value: Any, lo: int, hi: int) -> int | None:
+    """An integer in ``lo..hi`` (an integral number or its text); None otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        f = _number(value)
+        if f is None or not f.is_integer():
+            return None
+        n = int(f)
+    return n if lo <= n <= hi else None
+
+
+# --- validated changes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitsChange:
+    """A validated change of the runtime limits (``None``: leave the field as it is).
+
+    ``endpoint_caps`` maps an endpoint to its new cap, ``None`` removing the cap.
+    """
+
+    rate: float | None = None
+    burst: int | None = None
+    max_outstanding: int | None = None
+    endpoint_caps: dict[str, int | None] | None = None
+    resume: bool = False
+    reset: bool = False
+
+
+def validate_limits(*, rate: Any = None, burst: Any = None, max_outstanding: Any = None,
+                    endpoint_caps: Mapping[str, Any] | Iterable[str] | None = None, resume: Any = False,
+                    reset: Any = False, errors: Iterable[FieldError] = ()) -> LimitsChange:
+    """Check a limits change; raise :class:`InvalidInput` listing every broken rule.
+
+    ``endpoint_caps`` is a mapping endpoint -> cap (JSON) or ``ENDPOINT=N|none`` texts (CLI).
+    ``errors`` are problems the caller already found (unknown JSON fields); they are
+    reported first, with the rest.
+    """
+    errs = list(errors)
+    checked: dict[str, Any] = {}
+    if rate is not None:
+        checked["rate"] = r = _number(rate)
+        if r is None or r < 0 or 0 < r < MIN_RATE or r > 1_000_000:
+            errs.append(FieldError("rate", RATE_RULE))
+    if burst is not None:
+        checked["burst"] = _integer(burst, 1, MAX_BURST)
+        if checked["burst"] is None:
+            errs.append(FieldError("burst", BURST_RULE))
+    if max_outstanding is not None:
+        checked["max_outstanding"] = _integer(max_outstanding, 0, MAX_OUTSTANDING)
+        if checked["max_outstanding"] is None:
+            errs.append(FieldError("max_outstanding", OUTSTANDING_RULE))
+    caps = None if endpoint_caps is None else _caps(endpoint_caps, errs)
+    for name, flag in (("resume", resume), ("reset", reset)):
+        if not isinstance(flag, bool):
+            errs.append(FieldError(name, FLAG_RULE))
+    if errs:
+        raise InvalidInput(errs)
+    change = LimitsChange(rate=checked.get("rate"), burst=checked.get("burst"),
+                          max_outstanding=checked.get("max_outstanding"), endpoint_caps=caps,
+                          resume=bool(resume), reset=bool(reset))
+    if change == LimitsChange():
+        raise InvalidInput([FieldError("", NOTHING_RULE)])
+    return change
+
+
+def _caps(raw: Mapping[str, Any] | Iterable[str], errs: list[FieldError]) -> dict[str, int | None]:
+    name = "max_outstanding_per_endpoint"
+    pairs: list[tuple[Any, Any]] = []
+    if isinstance(raw, Mapping):
+        pairs = list(raw.items())
+    elif isinstance(raw, str) or not isinstance(raw, Iterable):
+        errs.append(FieldError(name, CAPS_RULE))
+    else:
+        for item in raw:
+            ep, sep, n = str(item).partition("=")
+            if not sep or not ep.strip():
+                errs.append(FieldError(name, f"{item!r}: {CAP_TEXT_RULE}"))
+                continue
+            pairs.append((ep.strip(), None if n.strip().lower() in ("none", "null") else n))
+    caps: dict[str, int | None] = {}
+    for ep, n in pairs:
+        if not isinstance(ep, str) or ep not in ENDPOINTS:
+            errs.append(FieldError(name, f"{ep!r}: unknown endpoint; known: {', '.join(ENDPOINTS)}"))
+            continue
+        cap = None if n is None else _integer(n, 0, MAX_ENDPOINT_CAP)
+        if n is not None and cap is None:
+            errs.append(FieldError(name, f"{ep!r}: {CAP_RULE}"))
+            continue
+        caps[ep] = cap
+    return caps
+
+
+def _object(doc: Any, allowed: tuple[str, ...]) -> tuple[dict[str, Any], list[FieldError]]:
+    if not isinstance(doc, dict):
+        raise InvalidInput([FieldError("", OBJECT_RULE)])
+    unknown = [FieldError(str(k), f"unknown field; known: {', '.join(allowed)}") for k in doc if k not in allowed]
+    return doc, unknown
+
+
+def limits_request(doc: Any) -> LimitsChange:
+    """A limits change from a JSON document (``PUT /v1/limits``): :func:`validate_limits` plus
+    the document's shape (an object of the :data:`LIMITS_FIELDS`; ``null`` leaves a field as it is)."""
+    body, errors = _object(doc, LIMITS_FIELDS)
+    caps = body.get("max_outstanding_per_endpoint")
+    if caps is not None and not isinstance(caps, dict):
+        errors.append(FieldError("max_outstanding_per_endpoint", CAPS_RULE))
+        caps = None
+    flags = {k: False if body.get(k) is None else body[k] for k in ("resume", "reset")}
+    return validate_limits(rate=body.get("rate"), burst=body.get("burst"), max_outstanding=body.get("max_outstanding"),
+                           endpoint_caps=caps, errors=errors, **flags)
+
+
+def validate_budget(usd: Any) -> float | None:
+    """The daily budget in dollars (``None``: no budget); raise :class:`InvalidInput` if invalid."""
+    if usd is None:
+        return None
+    value = _number(usd)
+    if value is None or not 0 <= value <= MAX_BUDGET_USD:
+        raise InvalidInput([FieldError("budget_usd", BUDGET_RULE)])
+    return value
+
+
+def budget_request(doc: Any) -> float | None:
+    """The budget from a JSON document (``PUT /v1/budget``): ``{"budget_usd": dollars | null}``."""
+    body, errors = _object(doc, BUDGET_FIELDS)
+    value = None
+    if "budget_usd" not in body:
+        errors.append(FieldError("budget_usd", REQUIRED_RULE))
+    else:
+        try:
+            value = validate_budget(body["budget_usd"])
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+    if errors:
+        raise InvalidInput(errors)
+    return value
+
+
+def validate_since(since: Any) -> float | None:
+    """Epoch seconds from a ``since`` (text, or a number of epoch seconds); ``None`` stays ``None``."""
+    if since is None:
+        return None
+    value: float | None
+    if isinstance(since, str):
+        try:
+            value = parse_since(since) if since.strip() else None
+        except (InvalidInput, OverflowError, ValueError):
+            value = None
+    else:
+        value = _number(since)
+    if value is None or not math.isfinite(value):
+        raise InvalidInput([FieldError("since", SINCE_RULE)])
+    return value
+
+
+# --- what the service answers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitsView:
+    """The runtime configuration (each field's value and where it came from) and every key's state."""
+
+    config: dict[str, Any]
+    sources: dict[str, str]
+    keys: list[KeyState]
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"config": {field: value}, "keys": [...]}`` (what ``GET /v1/limits`` answers)."""
+        return {"config": dict(self.config), "keys": [dict(k.__dict__) for k in self.keys]}
+
+
+@dataclass(frozen=True)
+class LimitsResult:
+    """What a change did: the fields written (as stored), whether it reset, the keys resumed."""
+
+    view: LimitsView
+    written: dict[str, str]
+    reset: bool
+    resume: bool
+    resumed: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {**self.view.as_json(), "resumed": list(self.resumed)}
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    """Spend reserved today (UTC, by Redis' clock) against the daily budget."""
+
+    day: str
+    spent_usd: float
+    budget_usd: float | None
+    remaining_usd: float | None
+    jobs_paused: int
+
+    def as_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class RetryOutcome:
+    """One job of a retry: its record now, and whether this call queued it again."""
+
+    record: JobRecord
+    retried: bool
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    """A cancel: ``cancelled`` (at once), ``requested`` (its worker cancels it at fal) or
+    ``final`` (it had already ended; nothing was changed)."""
+
+    record: JobRecord
+    outcome: Literal["cancelled", "requested", "final"]
+
+
+class Admin:
+    """The administration of one falq deployment (its Redis, its settings).
+
+    Parameters:
+        falq: the producer client (its Redis connection, job store and Celery app).
+        settings: settings to read the key prefix, the fal key and the defaults from
+            (default: ``falq.settings``).
+
+    Every method validates its arguments first (see the module's rules) and raises
+    :class:`InvalidInput` before touching Redis; unknown job ids raise ``JobNotFound``.
+    """
+
+    def __init__(self, falq: Falq, settings: Settings | None = None) -> None:
+        self.falq = falq
+        self.settings = settings or falq.settings
+
+    @property
+    def redis(self) -> Any:
+        return self.falq.redis
+
+    @property
+    def prefix(self) -> str:
+        return self.settings.key_prefix
+
+    # --- limits -------------------------------------------------------------------------------------
+    def limiters(self) -> list[tuple[Limiter, str]]:
+        """A limiter per fal key a worker registered (and this process's own key), with its suffix."""
+        keys = known_keys(self.redis, self.prefix)
+        if self.settings.fal_key_value():
+            keys.setdefault(key_id(self.settings.fal_key_value()), self.settings.key_suffix())
+        return [(Limiter(self.redis, self.settings, kid=kid), suffix) for kid, suffix in sorted(keys.items())]
+
+    def config(self) -> tuple[dict[str, Any], dict[str, str]]:
+        """The runtime configuration, parsed, and each field's source (Redis or this process's default)."""
+        stored = read_config(self.redis, self.prefix)
+        defaults = config_defaults(self.settings)
+        values = {f: _parse(f, stored.get(f, defaults[f])) for f in CONFIG_FIELDS}
+        sources = {f: SOURCE_REDIS if f in stored else SOURCE_DEFAULT for f in CONFIG_FIELDS}
+        return values, sources
+
+    def limits_show(self) -> LimitsView:
+        """The configuration and, per fal key (its id and suffix, never the key), its live state."""
+        values, sources = self.config()
+        return LimitsView(values, sources, [lim.state(suffix) for lim, suffix in self.limiters()])
+
+    def limits_set(self, *, rate: float | str | None = None, burst: int | str | None = None,
+                   max_outstanding: int | str | None = None,
+                   endpoint_caps: Mapping[str, int | str | None] | Iterable[str] | None = None,
+                   resume: bool = False, reset: bool = False) -> LimitsResult:
+        """Validate and apply a change (see :func:`validate_limits`); every worker applies it at once.
+
+        ``reset`` forgets the stored configuration first (workers re-seed it from ``FALQ_*``);
+        the other fields are then written on top; ``resume`` lifts every key's pause.
+        """
+        return self.apply_limits(validate_limits(rate=rate, burst=burst, max_outstanding=max_outstanding,
+                                                 endpoint_caps=endpoint_caps, resume=resume, reset=reset))
+
+    def apply_limits(self, change: LimitsChange) -> LimitsResult:
+        """Apply an already validated :class:`LimitsChange`."""
+        written: dict[str, str] = {}
+        if change.rate is not None:
+            written["rate"] = repr(float(change.rate))
+        if change.burst is not None:
+            written["burst"] = str(change.burst)
+        if change.max_outstanding is not None:
+            written["max_outstanding"] = str(change.max_outstanding)
+        if change.reset:
+            self.redis.delete(config_key(self.prefix))
+        if change.endpoint_caps is not None:
+            current = self.config()[0]["max_outstanding_per_endpoint"]
+            caps = dict(current) if isinstance(current, dict) else {}
+            for ep, n in change.endpoint_caps.items():
+                if n is None:
+                    caps.pop(ep, None)
+                else:
+                    caps[ep] = n
+            written["max_outstanding_per_endpoint"] = json.dumps(caps, sort_keys=True)
+        write_config(self.redis, self.prefix, written)
+        resumed = [suffix for lim, suffix in self.limiters() if change.resume and lim.resume()]
+        return LimitsResult(self.limits_show(), written, change.reset, change.resume, resumed)
+
+    # --- budget -------------------------------------------------------------------------------------
+    def budget_show(self) -> BudgetView:
+        """Spend reserved today, the daily budget, what remains, and how many jobs wait for it."""
+        day, spent = spend_today(self.redis, self.prefix)
+        cap = self.config()[0]["budget_daily"]
+        paused = sum(lim.state().waiting["budget"] for lim, _ in self.limiters())
+        remaining = None if cap is None else round(max(0.0, cap - spent), 6)
+        return BudgetView(day=day, spent_usd=round(spent, 6), budget_usd=cap, remaining_usd=remaining,
+                          jobs_paused=paused)
+
+    def budget_set(self, usd: float | str | None) -> BudgetView:
+        """Set the daily budget (dollars per UTC day), or remove it with ``None``."""
+        self.apply_budget(validate_budget(usd))
+        return self.budget_show()
+
+    def apply_budget(self, usd: float | None) -> None:
+        """Write an already validated budget (``None``: no budget)."""
+        write_config(self.redis, self.prefix, {"budget_daily": NO_BUDGET if usd is None else repr(float(usd))})
+
+    # --- dead letters ---------------------------------------------------------------------------------
+    def retry(self, job_ids: Iterable[str]) -> list[RetryOutcome]:
+        """Run failed jobs again as new attempts of the same jobs (their error history is kept).
+
+        Jobs that are not ``failed`` are returned unchanged (``retried`` false). Raises
+        ``JobNotFound`` for an unknown id before anything is changed.
+        """
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            raise InvalidInput([FieldError("job_ids", JOB_IDS_RULE)])
+        return self._retry(ids)
+
+    def retry_failed(self, since: float | str | None = None) -> list[RetryOutcome]:
+        """:meth:`retry` every failed job (that failed after ``since``)."""
+        ts = validate_since(since)
+        return self._retry(self.falq.store.ids_in_state("failed", limit=MAX_LIMIT, since=ts))
+
+    def _retry(self, ids: list[str]) -> list[RetryOutcome]:
+        if not ids:
+            return []
+        try:
+            found = self.falq.store.get_many(ids)
+        except ValidationError:  # a corrupt record: read one by one (store.get calls it not found)
+            found = [self._find(job_id) for job_id in ids]
+        before = {job_id: rec.state for job_id, rec in zip(ids, found, strict=True) if rec is not None}
+        recs = self.falq.retry(ids)  # raises JobNotFound for an unknown id, before any change
+        return [RetryOutcome(r, before.get(r.id) == "failed" and r.state == "queued") for r in recs]
+
+    def _find(self, job_id: str) -> JobRecord | None:
+        try:
+            return self.falq.store.get(job_id)
+        except JobNotFound:
+            return None
+
+    def cancel(self, job_id: str) -> CancelOutcome:
+        """Cancel a job: at once if no worker has it yet, else its worker cancels it at fal.
+
+        A job that already ended is left as it is (``final``). Raises ``JobNotFound``.
+        """
+        rec = self.falq.store.get(job_id)
+        if rec.terminal:
+            return CancelOutcome(rec, "final")
+        after = self.falq.cancel(job_id)
+        if after.state == "cancelled":
+            return CancelOutcome(after, "cancelled")
+        return CancelOutcome(after, "final" if after.terminal else "requested")
+
+    def jobs(self, state: str | None = None, *, since: float | str | None = None,
+             limit: int | str = 50) -> list[JobRecord]:
+        """Job records (in ``state``, newer than ``since``), newest first, each with its error history."""
+        errors: list[FieldError] = []
+        if state is not None and state not in STATES:
+            errors.append(FieldError("state", STATE_RULE))
+        try:
+            ts = validate_since(since)
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+        n = _integer(limit, 1, MAX_LIMIT)
+        if n is None:
+            errors.append(FieldError("limit", LIMIT_RULE))
+        if errors or n is None:
+            raise InvalidInput(errors)
+        return self.falq.jobs(state, limit=n, since=ts)
+
+    def dead_letters(self, since: float | str | None = None, limit: int | str = 50) -> list[JobRecord]:
+        """The failed jobs (newer than ``since``), newest first, with why they failed (``errors``)."""
+        return self.jobs("failed", since=since, limit=limit)
+
+
+def _parse(name: str, raw: str) -> Any:
+    """A stored configuration field as a value; ``None`` (``{}`` for the caps) when it does not parse."""
+    try:
+        if name == "max_outstanding_per_endpoint":
+            value = json.loads(raw)
+            return value if isinstance(value, dict) else {}
+        if name == "budget_daily":
+            return None if raw == NO_BUDGET else float(raw)
+        return float(raw) if name == "rate" else int(float(raw))
+    except (ValueError, OverflowError):
+        return {} if name == "max_outstanding_per_endpoint" else None
+
+
+__all__ = [
+    "Admin",
+    "BudgetView",
+    "CancelOutcome",
+    "LimitsChange",
+    "LimitsResult",
+    "LimitsView",
+    "RetryOutcome",
+    "budget_request",
+    "limits_request",
+    "validate_budget",
+    "validate_limits",
+    "validate_since",
+]
