@@ -11,6 +11,9 @@ key                             type    what
 ``{p}:cancel:{id}``             string  a producer asked to cancel the job
 ``{p}:lease:{id}``              string  the worker step holding the job (``host:pid:token``), TTL
 ``{p}:seen:{id}``               string  a delivery of the job ran recently (the reaper's sign of life)
+``{p}:holders``                 zset    jobs whose lease a worker took (by when): one whose lease
+                                        expired without a release lost its holder
+``{p}:takeover:lock``           string  one takeover sweep at a time
 ``{p}:reaper:lock``             string  one reaper at a time
 ``{p}:falhook:{request_id}``    string  fal's pushed completion, received by the gateway
 ``{p}:falhook``                 pubsub  wakes the worker waiting for that request
@@ -69,6 +72,14 @@ class Keys:
 
     def seen(self, job_id: str) -> str:
         return f"{self.prefix}:seen:{job_id}"
+
+    @property
+    def holders(self) -> str:
+        return f"{self.prefix}:holders"
+
+    @property
+    def takeover_lock(self) -> str:
+        return f"{self.prefix}:takeover:lock"
 
     @property
     def reaper_lock(self) -> str:

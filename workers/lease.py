@@ -49,8 +49,26 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
+# Taking a lease also enters the job in {p}:holders; releasing it removes it there. A job
+# still in {p}:holders with no lease lost its holder without a release (SIGKILL, a host cut
+# off): see takeover_orphans.
+_ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+"""
 _RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('ZREM', KEYS[2], ARGV[2])
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+# Claims an orphan for one sweeper: still a holder entry, and still no lease.
+_CLAIM_ORPHAN = """
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then return 1 end
 return 0
 """
 
@@ -83,7 +101,9 @@ class LeaseKeeper:
         self._deleted: set[str] = set()
         self._lock = threading.Lock()
         self._renew = client.register_script(_RENEW)
+        self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
+        self._claim = client.register_script(_CLAIM_ORPHAN)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -93,7 +113,8 @@ class LeaseKeeper:
     def acquire(self, job_id: str) -> Lease | None:
         """Take the job's lease, or return None if a live worker holds it."""
         token = f"{self.owner}:{uuid.uuid4().hex[:8]}"
-        if not self.r.set(self.key(job_id), token, nx=True, px=self.ttl_ms):
+        if not self._acquire(keys=[self.key(job_id), self.keys.holders],
+                             args=[token, self.ttl_ms, time.time(), job_id]):
             return None
         with self._lock:
             self._held[job_id] = token
@@ -109,7 +130,7 @@ class LeaseKeeper:
             self._cancelled.discard(lease.job_id)
             self._deleted.discard(lease.job_id)
         try:
-            self._release(keys=[self.key(lease.job_id)], args=[lease.token])
+            self._release(keys=[self.key(lease.job_id), self.keys.holders], args=[lease.token, lease.job_id])
         except redis.RedisError:
             log.warning("could not release lease of %s; it expires by itself", lease.job_id)
 
@@ -127,6 +148,19 @@ class LeaseKeeper:
     def deleted_seen(self, job_id: str) -> bool:
         """True once the keeper saw the job's record gone (deleted under a running job)."""
         return job_id in self._deleted
+
+    def orphans(self, *, older_than_s: float, limit: int = 5000) -> list[str]:
+        """Jobs whose holder died: a lease taken more than ``older_than_s`` ago, gone without a
+        release. Each is claimed (removed from ``{p}:holders``) for this caller alone."""
+        ids = [x.decode() for x in self.r.zrangebyscore(self.keys.holders, "-inf", time.time() - older_than_s,
+                                                        start=0, num=limit)]
+        if not ids:
+            return []
+        pipe = self.r.pipeline(transaction=False)
+        for j in ids:
+            pipe.exists(self.key(j))
+        free = [j for j, held in zip(ids, pipe.execute(), strict=True) if not held]
+        return [j for j in free if self._claim(keys=[self.key(j), self.keys.holders], args=[j])]
 
     def holder(self, job_id: str) -> str | None:
         raw = self.r.get(self.key(job_id))

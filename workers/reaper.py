@@ -16,6 +16,14 @@ are not finished and show no sign of life, and re-publishes them:
 
 A duplicate message is harmless (the lease and the record's state make it a no-op), so
 erring towards re-publishing costs a little work, never a second fal submission.
+
+**Takeover in seconds.** A worker that dies while it holds jobs (SIGKILL, a host cut off)
+leaves their broker messages unacked until the visibility timeout (600 s by default). falq
+does not wait for that: every lease taken is entered in ``{p}:holders`` and removed when it is
+released, so a job still entered there with no lease lost its holder. A sweep every half
+lease TTL (one worker at a time) re-publishes each such job at once, so it resumes within
+about ``FALQ_LEASE_TTL_S`` + the sweep interval. The dead worker's message, redelivered later,
+finds the job terminal or leased and does nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ from falq.shared.jobstore import JobStore
 from falq.shared.keys import Keys
 from falq.shared.records import TERMINAL
 from falq.shared.settings import Settings
+from falq.workers.lease import LeaseKeeper
 
 log = logging.getLogger("falq.reaper")
 
@@ -85,6 +94,38 @@ def reap_once(app: Celery, store: JobStore, settings: Settings, *, batch: int = 
         log.warning("re-published %d job(s) whose broker message was lost: %s", len(reaped),
                     ", ".join(reaped[:10]))
     return reaped
+
+
+def takeover_once(app: Celery, store: JobStore, settings: Settings, leases: LeaseKeeper) -> list[str]:
+    """Re-publish every job whose lease holder died (lease expired, never released)."""
+    taken: list[str] = []
+    for rec in store.get_many(leases.orphans(older_than_s=1.0)):
+        if rec is None or rec.state in TERMINAL:
+            continue
+        mark_seen(store.r, settings, rec.id)
+        publish(app, settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
+        taken.append(rec.id)
+    if taken:
+        log.warning("took over %d job(s) whose worker stopped holding them: %s", len(taken), ", ".join(taken[:10]))
+    return taken
+
+
+def start_takeover(app: Celery, store: JobStore, settings: Settings, leases: LeaseKeeper) -> threading.Thread:
+    """Run :func:`takeover_once` every half lease TTL, one worker at a time."""
+    interval = max(1.0, settings.lease_ttl_s / 2)
+
+    def loop() -> None:
+        stop = threading.Event()
+        while not stop.wait(interval):
+            try:
+                if store.r.set(store.keys.takeover_lock, b"1", nx=True, px=max(500, int(interval * 900))):
+                    takeover_once(app, store, settings, leases)
+            except Exception as exc:  # Redis may be restarting; try next round
+                log.warning("takeover pass failed: %s", type(exc).__name__)
+
+    thread = threading.Thread(target=loop, name="falq-takeover", daemon=True)
+    thread.start()
+    return thread
 
 
 def start_reaper(app: Celery, store: JobStore, settings: Settings) -> threading.Thread:

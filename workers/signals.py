@@ -14,7 +14,7 @@ def install() -> None:
 
 def _on_ready(sender: Any = None, **_: Any) -> None:
     from falq.workers.app import app
-    from falq.workers.reaper import start_reaper
+    from falq.workers.reaper import start_reaper, start_takeover
     from falq.workers.recovery import start_sweeper
     from falq.workers.tasks import get_context
 
@@ -22,6 +22,7 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     start_sweeper(app, float(interval))
     ctx = get_context()
     start_reaper(app, ctx.store, ctx.settings)
+    start_takeover(app, ctx.store, ctx.settings, ctx.leases)
 
 
 def _on_shutdown(**_: Any) -> None:
