@@ -6,7 +6,7 @@ importing the gateway, the benchmarks or Celery; ``falq api ...`` imports only w
 
 Example::
 
-    @click.group(cls=LazyGroup, lazy={"api": ("falq.gateway.cli", "api", "Run the gateway.")})
+    @click.group(cls=LazyGroup, lazy={"api": ("falq.gateway.server", "command", "Run the gateway.")})
     def cli() -> None: ...
 """
 

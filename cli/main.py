@@ -16,9 +16,7 @@ error; 2 invalid input or usage; 3 no such job; 4 timed out waiting (the job goe
 
 from __future__ import annotations
 
-import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -50,7 +48,6 @@ from falq.shared.schemas import MAX_SEED
 if TYPE_CHECKING:
     from falq.producers.client import Falq
 
-_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
 #: Stands in for local images while the other fields are validated (nothing is uploaded
 #: before the whole request is known to be valid).
@@ -58,15 +55,19 @@ _PLACEHOLDER = "https://placeholder.invalid/image.png"
 
 
 #: Subcommands defined in their own modules, imported only when run (or for their help).
+#: The service commands are the very click commands their modules run as ``python -m ...``.
 LAZY = {
     "bulk": ("falq.cli.bulk", "bulk", "Enqueue a JSONL/CSV file of jobs, follow them, write the results."),
     "limits": ("falq.cli.limits", "limits", "Show or change the global limits of every fal key."),
     "budget": ("falq.cli.limits", "budget", "Today's spend (UTC) against the daily budget; set or clear it."),
     "retry": ("falq.cli.limits", "retry", "Run failed or cancelled jobs again as new attempts."),
     "top": ("falq.cli.ops", "top", "Live view of throughput, latency, failures, spend."),
-    "metrics": ("falq.cli.ops", "metrics", "Serve falq's Prometheus metrics."),
-    "api": ("falq.gateway.cli", "api", "Run the HTTP gateway (fal's protocol and falq's REST API)."),
-    "bench": ("falq.ops.bench.cli", "bench", "Run the benchmark scenarios."),
+    "worker": ("falq.workers.cli", "command", "Run a worker: Celery on the gevent pool (python -m falq.workers)."),
+    "emulator": ("falq.emulator.server", "command", "Run the local fal emulator (python -m falq.emulator)."),
+    "flower": ("falq.ops.flower", "command", "Run Flower for falq (auth on by default)."),
+    "metrics": ("falq.ops.exporter", "command", "Serve falq's Prometheus metrics (auth on by default)."),
+    "api": ("falq.gateway.server", "command", "Run the HTTP gateway (fal's protocol and falq's REST API)."),
+    "bench": ("falq.ops.bench.cli", "bench", "Run the benchmark scenarios (python -m falq.ops.bench)."),
 }
 
 
@@ -242,35 +243,6 @@ def jobs(state: str | None, limit: str, since: str | None, show_errors: bool, as
 
             stdout().print(errors_view(recs))
     return EXIT_OK
-
-
-@cli.command(context_settings=_PASSTHROUGH, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def worker(args: tuple[str, ...]) -> int:
-    """Run a worker (python -m falq.workers ARGS; try `falq worker --help`)."""
-    # A fresh interpreter: gevent must patch the standard library before falq is imported.
-    os.execvp(sys.executable, [sys.executable, "-m", "falq.workers", *args])
-    return EXIT_FAILED  # not reached
-
-
-@cli.command(context_settings=_PASSTHROUGH, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def emulator(args: tuple[str, ...]) -> int:
-    """Run the local fal emulator (try `falq emulator --help`)."""
-    from falq.emulator.server import main as emulator_main
-
-    return emulator_main(list(args))
-
-
-@cli.command(context_settings=_PASSTHROUGH, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def flower(args: tuple[str, ...]) -> int:
-    """Run Flower for falq (auth on by default; see ``falq flower --help``)."""
-    from falq.ops.flower import main as flower_main
-
-    return flower_main(list(args))
-
-
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
-"""Operations commands of the ``falq`` CLI: ``falq top`` and ``falq metrics``.
+"""Operations commands of the ``falq`` CLI: ``falq top``.
+
+(``falq metrics`` is :data:`falq.ops.exporter.command`, registered in :mod:`falq.cli.main`.)
 
 Example::
 
     falq top --once
-    FALQ_METRICS_TOKEN=s3cret falq metrics --port 9808
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import click
 
 from falq.cli.output import EXIT_UNAVAILABLE, handle_errors
-
-_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
 @click.command()
@@ -34,11 +33,3 @@ def top(once: bool, interval: float) -> int:
         click.echo(f"error: Redis unreachable ({type(exc).__name__})", err=True)
         return EXIT_UNAVAILABLE
 
-
-@click.command(context_settings=_PASSTHROUGH, add_help_option=False)
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def metrics(args: tuple[str, ...]) -> int:
-    """Serve falq's Prometheus metrics (auth on by default; see ``falq metrics --help``)."""
-    from falq.ops.exporter import main as exporter_main
-
-    return exporter_main(list(args))

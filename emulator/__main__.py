@@ -1,4 +1,4 @@
-"""``python -m falq.emulator``: serve the fal emulator (see ``--help``)."""
+"""``python -m falq.emulator``: serve the fal emulator (see ``--help``; the same command as ``falq emulator``)."""
 
 import sys
 

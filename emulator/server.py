@@ -15,17 +15,20 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
+import click
 import httpx
 import uvicorn
 
 from falq.emulator.app import create_app
 from falq.emulator.config import EmulatorConfig
 from falq.shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
+from falq.shared.commands import HELP_OPTIONS
+from falq.shared.commands import run as run_command
 
 
 class _QuietDrops(logging.Filter):
@@ -112,74 +115,66 @@ class EmulatorServer(BackgroundServer):
         httpx.post(f"{self.url}/_emulator/reset", timeout=10).raise_for_status()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="falq emulator",
-        description="Offline emulator of fal's queue API for the Qwen-Image-2 endpoints.",
-    )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8790, help="0 picks a free port")
-    p.add_argument("--latency", default="fixed:1", help="0 | N | fixed:N | uniform:LO,HI | lognormal:MU,SIGMA")
-    p.add_argument("--concurrency", type=int, default=40, help="max IN_PROGRESS per key (0 = unlimited)")
-    p.add_argument("--log-steps", type=int, default=12, help="'step i/N' log lines per request")
-    p.add_argument("--keys", default=None, help="comma-separated accepted keys (default: any non-empty key)")
-    p.add_argument("--locked-keys", default="", help="comma-separated keys refused as locked on submit")
-    p.add_argument("--locked-status", type=int, default=403, choices=(402, 403),
-                   help="status of the locked-account answer (403 live, 402 legacy)")  # fmt: skip
-    for name in ("fail-5xx", "fail-429", "drop", "slow", "completed-error", "submit-500-created", "moderation-rate"):
-        p.add_argument(f"--{name}", type=float, default=0.0, help="rate in [0,1]")
-    p.add_argument("--slow-s", type=float, default=2.0)
-    p.add_argument("--fault-seed", type=int, default=None)
-    p.add_argument("--tiny-images", action="store_true", help="render at most 64x64 px (benchmarks)")
-    p.add_argument("--small-images", action="store_true",
-                   help="flat backgrounds (~25 KB per 1 MP PNG) instead of realistic-size textured ones")  # fmt: skip
-    p.add_argument("--stream-mode", choices=("live", "legacy"), default="live",
-                   help="status stream: live (events on change, ': ping') or legacy (frames every 1 s)")  # fmt: skip
-    p.add_argument("--stream-heartbeat-s", type=float, default=15.0, help="seconds between ': ping' comments")
-    p.add_argument("--public-url", default=None, help="base URL to put in returned URLs")
-    p.add_argument("--log-level", default="warning")
-    return p
+_RATES = ("fail-5xx", "fail-429", "drop", "slow", "completed-error", "submit-500-created", "moderation-rate")
 
 
-def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
-    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    return EmulatorConfig(
-        latency=args.latency,
-        concurrency=args.concurrency,
-        log_steps=args.log_steps,
-        accepted_keys=split(args.keys) if args.keys else None,
-        locked_keys=split(args.locked_keys),
-        locked_status=args.locked_status,
-        fail_5xx=args.fail_5xx,
-        fail_429=args.fail_429,
-        drop=args.drop,
-        slow=args.slow,
-        completed_error=args.completed_error,
-        submit_500_created=args.submit_500_created,
-        moderation_rate=args.moderation_rate,
-        slow_s=args.slow_s,
-        fault_seed=args.fault_seed,
-        tiny_images=args.tiny_images,
-        small_images=args.small_images,
-        stream_mode=args.stream_mode,
-        stream_heartbeat_s=args.stream_heartbeat_s,
-        public_url=args.public_url,
-    )
+def _rate_options(fn: Callable[..., int]) -> Callable[..., int]:
+    for name in reversed(_RATES):
+        fn = click.option(f"--{name}", type=float, default=0.0, show_default=True, help="rate in [0,1]")(fn)
+    return fn
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry (``python -m falq.emulator`` / ``falq emulator``). Returns the exit code."""
-    args = build_parser().parse_args(argv)
+@click.command(name="emulator", context_settings=HELP_OPTIONS)
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to listen on")
+@click.option("--port", type=int, default=8790, show_default=True, help="0 picks a free port")
+@click.option("--latency", default="fixed:1", show_default=True,
+              help="0 | N | fixed:N | uniform:LO,HI | lognormal:MU,SIGMA")
+@click.option("--concurrency", type=int, default=40, show_default=True, help="max IN_PROGRESS per key (0 = unlimited)")
+@click.option("--log-steps", type=int, default=12, show_default=True, help="'step i/N' log lines per request")
+@click.option("--keys", default=None, help="comma-separated accepted keys (default: any non-empty key)")
+@click.option("--locked-keys", default="", help="comma-separated keys refused as locked on submit")
+@click.option("--locked-status", type=click.Choice(["402", "403"]), default="403", show_default=True,
+              help="status of the locked-account answer (403 live, 402 legacy)")
+@_rate_options
+@click.option("--slow-s", type=float, default=2.0, show_default=True, help="seconds a --slow request is delayed")
+@click.option("--fault-seed", type=int, default=None, help="seed of the fault draws (default: random)")
+@click.option("--tiny-images", is_flag=True, help="render at most 64x64 px (benchmarks)")
+@click.option("--small-images", is_flag=True,
+              help="flat backgrounds (~25 KB per 1 MP PNG) instead of realistic-size textured ones")
+@click.option("--stream-mode", type=click.Choice(["live", "legacy"]), default="live", show_default=True,
+              help="status stream: live (events on change, ': ping') or legacy (frames every 1 s)")
+@click.option("--stream-heartbeat-s", type=float, default=15.0, show_default=True,
+              help="seconds between ': ping' comments")
+@click.option("--public-url", default=None, help="base URL to put in returned URLs")
+@click.option("--log-level", default="warning", show_default=True, help="uvicorn's log level")
+def command(host: str, port: int, log_level: str, **options: Any) -> int:
+    """Offline emulator of fal's queue API for the Qwen-Image-2 endpoints."""
     try:
-        config = config_from_args(args)
+        config = config_from_options(**options)
     except ValueError as exc:  # pydantic.ValidationError is a ValueError
         print(f"invalid emulator settings: {exc}", file=sys.stderr)
         return 2
     try:
-        run(args.host, args.port, config, args.log_level)
+        run(host, port, config, log_level)
     except OSError as exc:
-        print(f"cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"cannot serve on {host}:{port}: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def config_from_options(*, keys: str | None, locked_keys: str, locked_status: str, **options: Any) -> EmulatorConfig:
+    """The :class:`EmulatorConfig` of the command's options (the ones named like its fields pass as they are)."""
+    split = lambda s: [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
+    return EmulatorConfig(
+        accepted_keys=split(keys) if keys else None,
+        locked_keys=split(locked_keys),
+        locked_status=int(locked_status),
+        **options,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m falq.emulator`` (``falq emulator`` runs :data:`command` itself). Returns the exit code."""
+    return run_command(command, argv, prog_name="python -m falq.emulator")

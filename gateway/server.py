@@ -1,4 +1,4 @@
-"""Serving the gateway: ``falq api`` (:func:`main`) and :class:`GatewayServer` for tests.
+"""Serving the gateway: ``falq api`` (:data:`command`, :func:`main`) and :class:`GatewayServer` for tests.
 
 Example::
 
@@ -11,11 +11,11 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from typing import Any
 
+import click
 import uvicorn
 
 from falq.gateway.app import create_app
@@ -23,6 +23,8 @@ from falq.gateway.config import GatewayConfigError, GatewaySettings
 
 # The emulator's socket and uvicorn helpers: one way to bind and serve in the code base.
 from falq.shared.asgi import BackgroundServer, base_url, bind, uvicorn_config
+from falq.shared.commands import HELP_OPTIONS
+from falq.shared.commands import run as run_command
 from falq.shared.settings import Settings
 
 
@@ -46,30 +48,26 @@ class GatewayServer(BackgroundServer):
                          log_level=log_level, name="falq-gateway")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="falq api", description=(
-        "Serve falq over HTTP: fal's queue protocol (point any fal client here) and falq's REST routes. "
-        "API keys: FALQ_API_KEYS (comma separated)."))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080, help="0 picks a free port")
-    p.add_argument("--public-url", default=None, help="base URL put into status/response/cancel URLs "
-                                                       "(default: the request's own; FALQ_GATEWAY_PUBLIC_URL)")
-    p.add_argument("--unauthenticated", action="store_true", help="serve without API keys (local use only)")
-    p.add_argument("--no-webhook-delivery", action="store_true",
-                   help="do not deliver fal_webhook callbacks from this process (another replica does)")
-    p.add_argument("--log-level", default="warning")
-    return p
+@click.command(name="api", context_settings=HELP_OPTIONS)
+@click.option("--host", default="127.0.0.1", show_default=True, help="interface to listen on")
+@click.option("--port", type=int, default=8080, show_default=True, help="0 picks a free port")
+@click.option("--public-url", default=None, help="base URL put into status/response/cancel URLs "
+                                                 "(default: the request's own; FALQ_GATEWAY_PUBLIC_URL)")
+@click.option("--unauthenticated", is_flag=True, help="serve without API keys (local use only)")
+@click.option("--no-webhook-delivery", is_flag=True,
+              help="do not deliver fal_webhook callbacks from this process (another replica does)")
+@click.option("--log-level", default="warning", show_default=True, help="uvicorn's log level")
+def command(host: str, port: int, public_url: str | None, unauthenticated: bool, no_webhook_delivery: bool,
+            log_level: str) -> int:
+    """Serve falq over HTTP: fal's queue protocol (point any fal client here) and falq's REST routes.
 
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry (``falq api``). Returns the exit code: 2 for a configuration error."""
-    args = build_parser().parse_args(argv)
+    API keys: FALQ_API_KEYS (comma separated). Exit status 2 for a configuration error.
+    """
     try:
         gs = GatewaySettings()
-        if args.public_url:
-            gs.gateway_public_url = args.public_url
-        app = create_app(Settings(), gs, unauthenticated=args.unauthenticated,
-                         dispatch_hooks=not args.no_webhook_delivery)
+        if public_url:
+            gs.gateway_public_url = public_url
+        app = create_app(Settings(), gs, unauthenticated=unauthenticated, dispatch_hooks=not no_webhook_delivery)
     except GatewayConfigError as exc:
         print(f"falq api: {exc}", file=sys.stderr)
         return 2
@@ -77,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"falq api: invalid settings: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
     try:
-        sock = bind(args.host, args.port)
+        sock = bind(host, port)
     except OSError as exc:
-        print(f"falq api: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        print(f"falq api: cannot serve on {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    auth = "unauthenticated" if args.unauthenticated else "API keys required"
-    print(f"falq gateway listening on {base_url(args.host, sock)} ({auth})", flush=True)
+    auth = "unauthenticated" if unauthenticated else "API keys required"
+    print(f"falq gateway listening on {base_url(host, sock)} ({auth})", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(uvicorn_config(app, args.log_level)).run(sockets=[sock])
+        uvicorn.Server(uvicorn_config(app, log_level)).run(sockets=[sock])
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run :data:`command` (what ``falq api`` runs) on ``argv``; returns the exit code: 2 for a configuration error."""
+    return run_command(command, argv, prog_name="falq api")

@@ -12,12 +12,15 @@ Run::
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Any
 
+import click
+
 from falq.ops.stack import DevStack
+from falq.shared.commands import HELP_OPTIONS
+from falq.shared.commands import run as run_command
 
 
 def max_in_window(times: list[float], width: float = 1.0) -> int:
@@ -78,20 +81,25 @@ def run(rate: float, jobs: int, workers: int, concurrency: int, max_outstanding:
         }
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m falq.ops.bench_limiter", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rate", type=float, default=20.0)
-    p.add_argument("--jobs", type=int, default=600)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--concurrency", type=int, default=200)
-    p.add_argument("--max-outstanding", type=int, default=0, help="0: no cap (measure the rate alone)")
-    a = p.parse_args(argv)
-    res = run(a.rate, a.jobs, a.workers, a.concurrency, a.max_outstanding)
+@click.command(name="bench-limiter", help=(__doc__ or "").split("\n\n")[0], context_settings=HELP_OPTIONS)
+@click.option("--rate", type=float, default=20.0, show_default=True, help="the shared rate (submissions per second)")
+@click.option("--jobs", type=int, default=600, show_default=True, help="bulk jobs in the backlog")
+@click.option("--workers", type=int, default=4, show_default=True, help="worker processes")
+@click.option("--concurrency", type=int, default=200, show_default=True, help="jobs in flight per worker")
+@click.option("--max-outstanding", type=int, default=0, show_default=True,
+              help="0: no cap (measure the rate alone)")
+def command(rate: float, jobs: int, workers: int, concurrency: int, max_outstanding: int) -> int:
+    res = run(rate, jobs, workers, concurrency, max_outstanding)
     for k, v in res.items():
         print(f"{k:>22}: {v:.3f}" if isinstance(v, float) else f"{k:>22}: {v}")
-    ok = res["max_in_any_1s_window"] <= a.rate and res["mean_share_of_rate"] >= 0.95
+    ok = res["max_in_any_1s_window"] <= rate and res["mean_share_of_rate"] >= 0.95
     print("PASS" if ok else "FAIL", "(max window <= rate, mean >= 95% of rate)")
     return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run :data:`command` on ``argv``; exit code 0 if the limit held, 1 if not."""
+    return run_command(command, argv, prog_name="python -m falq.ops.bench_limiter")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,16 @@ It never talks to the real fal: the emulator stands in for it (and says so below
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import click
+
 from falq.ops.stack import DevStack
+from falq.shared.commands import HELP_OPTIONS
+from falq.shared.commands import run as run_command
 
 PROMPTS: list[tuple[str, dict[str, Any]]] = [
     ("a lighthouse on a cliff at dusk, oil painting", {}),
@@ -25,14 +28,20 @@ PROMPTS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+@click.command(name="demo", help=__doc__, context_settings=HELP_OPTIONS)
+@click.option("--out", default="demo-output", help="where to save the images (default demo-output/)")
+@click.option("--bulk", type=int, default=6, help="how many bulk-lane jobs to add (default 6)")
+@click.option("--keep", is_flag=True, help="keep everything running afterwards, with Flower, until Ctrl-C")
+def command(out: str, bulk: int, keep: bool) -> int:
+    return _demo(Path(out).resolve(), bulk, keep)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--out", default="demo-output", help="where to save the images (default demo-output/)")
-    parser.add_argument("--bulk", type=int, default=6, help="how many bulk-lane jobs to add (default 6)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep everything running afterwards, with Flower, until Ctrl-C")
-    args = parser.parse_args(argv)
-    out = Path(args.out).resolve()
+    """``make demo`` / ``python -m falq.ops.demo``: run :data:`command` on ``argv``; returns the exit code."""
+    return run_command(command, argv, prog_name="make demo")
+
+
+def _demo(out: Path, n_bulk: int, keep: bool) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from falq.producers import Falq
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             JobRequest("fal-ai/qwen-image-2/text-to-image",
                        {"prompt": f"bulk item {i}: a ceramic bowl, studio photo", "seed": 100 + i,
                         "image_size": "square"}, lane="bulk")
-            for i in range(args.bulk)
+            for i in range(n_bulk)
         ]
         bulk_ids = [job_id for job_id, _ in falq.submit_many(bulk)]
         print(f"enqueued 2 edit jobs and {len(bulk_ids)} bulk-lane jobs; waiting ...", flush=True)
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         from falq.ops.top import run as top
 
         top(settings, once=True)
-        if args.keep:
+        if keep:
             _keep_running(stack)
         else:
             print("(run `make demo ARGS=--keep` to keep the stack up and look at it in Flower and `falq top`)")

@@ -42,7 +42,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import base64
 import hmac
 import logging
@@ -52,10 +51,13 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import click
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from falq.shared.commands import HELP_OPTIONS, verbatim
+from falq.shared.commands import run as run_command
 from falq.shared.metrics import HISTOGRAMS, Snapshot, read_snapshot
 from falq.shared.settings import Settings
 
@@ -215,26 +217,24 @@ def serve(settings: Settings, *, address: str, port: int, token: str | None) -> 
                        handler_class=_QuietHandler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="falq metrics", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--port", type=int, default=None, help="default FALQ_METRICS_PORT (9808)")
-    parser.add_argument("--address", default="127.0.0.1")
-    parser.add_argument("--unauthenticated", action="store_true",
-                        help="serve /metrics without authentication (only on a trusted network)")
-    args = parser.parse_args(argv)
-
+@click.command(name="metrics", help=verbatim(__doc__ or ""), short_help="Serve falq's Prometheus metrics.",
+               context_settings=HELP_OPTIONS)
+@click.option("--port", type=int, default=None, help="default FALQ_METRICS_PORT (9808)")
+@click.option("--address", default="127.0.0.1", show_default=True, help="interface to listen on")
+@click.option("--unauthenticated", is_flag=True,
+              help="serve /metrics without authentication (only on a trusted network)")
+def command(port: int | None, address: str, unauthenticated: bool) -> int:
     from falq.shared.settings import get_settings
 
     s = get_settings()
     token = s.metrics_token.get_secret_value() if s.metrics_token else None
-    if token is None and not args.unauthenticated:
+    if token is None and not unauthenticated:
         print("falq metrics: refusing to start without authentication. Set FALQ_METRICS_TOKEN, "
               "or pass --unauthenticated on a trusted network.", file=sys.stderr)
         return 2
-    port = args.port if args.port is not None else s.metrics_port
-    server = serve(s, address=args.address, port=port, token=token)
-    print(f"falq metrics on http://{args.address}:{port}/metrics "
+    port = port if port is not None else s.metrics_port
+    server = serve(s, address=address, port=port, token=token)
+    print(f"falq metrics on http://{address}:{port}/metrics "
           f"({'bearer token' if token else 'NO authentication'})", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
@@ -243,3 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run :data:`command` (what ``falq metrics`` runs) on ``argv``; returns the exit code (2: no token configured)."""
+    return run_command(command, argv, prog_name="falq metrics")

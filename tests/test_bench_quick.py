@@ -20,6 +20,13 @@ from falq.ops.bench.scenarios import SCENARIOS
 from falq.ops.stack import DevStack
 
 
+def test_the_commands_scenario_names_are_the_scenarios() -> None:
+    # `falq bench --only` checks (and `--help` lists) names without importing the harness.
+    from falq.ops.bench.cli import SCENARIO_NAMES
+
+    assert tuple(SCENARIOS) == SCENARIO_NAMES
+
+
 @pytest.mark.timeout(180)
 def test_enqueue_scenario_fills_every_column(tmp_path: Path) -> None:
     with DevStack(workdir=tmp_path / "stack") as stack:

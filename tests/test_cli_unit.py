@@ -309,27 +309,38 @@ def test_service_commands_delegate(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     flower_env: list[dict[str, str]] = []
     monkeypatch.setattr(os, "execvpe", lambda file, args, env: (calls.append((file, list(args))),
                                                               flower_env.append(env)))
-    main(["worker", "--concurrency", "5", "--help"])
-    assert calls[0] == (sys.executable, [sys.executable, "-m", "falq.workers", "--concurrency", "5", "--help"])
+    # `falq worker` checks its options itself, then execs a fresh (gevent-patched) interpreter.
+    assert main(["worker", "--lanes", "bulk,nope"]) == 2 and calls == []
+    assert "unknown lane(s) nope" in capsys.readouterr().err
+    main(["worker", "-c", "5", "--lanes", "bulk", "-n", "w1@%h"])
+    assert calls[0] == (sys.executable, [sys.executable, "-m", "falq.workers", "--lanes", "bulk", "--loglevel", "INFO",
+                                         "--concurrency", "5", "--hostname", "w1@%h"])
     # Flower refuses to start open unless told to ...
     monkeypatch.delenv("FALQ_FLOWER_PASSWORD", raising=False)
     reset_settings()
     assert main(["flower", "--port", "5555"]) == 2
     assert "refusing to start without authentication" in capsys.readouterr().err
-    main(["flower", "--port", "5555", "--unauthenticated"])
+    main(["flower", "--port", "5555", "--unauthenticated", "--url_prefix", "flower", "--persistent=True"])
     assert calls[1][1][:6] == [sys.executable, "-m", "celery", "-A", "falq.workers.app", "flower"]
     assert "--port=5555" in calls[1][1] and "FLOWER_BASIC_AUTH" not in flower_env[0]
+    # Options falq does not define go on to `celery flower`, in order, after falq's own.
+    assert calls[1][1][-3:] == ["--url_prefix", "flower", "--persistent=True"]
     # ... and with a password, basic auth goes through the environment, never argv.
     monkeypatch.setenv("FALQ_FLOWER_PASSWORD", "flower-pass-xyz")
     reset_settings()
     main(["flower"])
     assert flower_env[1]["FLOWER_BASIC_AUTH"] == "falq:flower-pass-xyz"
     assert not any("flower-pass-xyz" in a for a in calls[2][1])
+    # `falq emulator` is the emulator's own command: its options reach the server as parsed.
     import falq.emulator.server
 
-    seen: list[list[str]] = []
-    monkeypatch.setattr(falq.emulator.server, "main", lambda argv: seen.append(argv) or 0)
-    assert main(["emulator", "--port", "0"]) == 0 and seen == [["--port", "0"]]
+    seen: list[tuple[str, int, Any, str]] = []
+    monkeypatch.setattr(falq.emulator.server, "run", lambda *a: seen.append(a))
+    assert main(["emulator", "--port", "0", "--locked-status", "402", "--fail-429", "0.5"]) == 0
+    host, port, config, log_level = seen[0]
+    assert (host, port, log_level) == ("127.0.0.1", 0, "warning")
+    assert config.locked_status == 402 and config.fail_429 == 0.5 and config.latency == "fixed:1"
+    assert main(["emulator", "--locked-status", "401"]) == 2 and len(seen) == 1
 
 
 def test_unreachable_redis_is_reported_without_credentials(monkeypatch: pytest.MonkeyPatch,

@@ -14,12 +14,16 @@ epoch time its result was in hand.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import time
 from typing import Any
+
+import click
+
+from falq.shared.commands import HELP_OPTIONS
+from falq.shared.commands import run as run_command
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 
@@ -42,27 +46,30 @@ async def _run(n: int, concurrency: int, sequential: bool, payload: dict[str, An
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m falq.ops.bench.falclient_script", description=__doc__)
-    p.add_argument("--url", required=True)
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--concurrency", type=int, default=100)
-    p.add_argument("--sequential", action="store_true")
-    p.add_argument("--payload", default="{}", help="extra input fields (JSON)")
-    p.add_argument("--out", required=True)
-    a = p.parse_args(argv)
-
+@click.command(name="falclient_script", help=__doc__, context_settings=HELP_OPTIONS)
+@click.option("--url", required=True, help="the emulator's base URL")
+@click.option("--n", type=int, required=True, help="jobs to run")
+@click.option("--concurrency", type=int, default=100, show_default=True, help="jobs in flight (the semaphore)")
+@click.option("--sequential", is_flag=True, help="one job at a time (latency)")
+@click.option("--payload", default="{}", help="extra input fields (JSON)")
+@click.option("--out", required=True, help="where to write the JSON")
+def command(url: str, n: int, concurrency: int, sequential: bool, payload: str, out: str) -> int:
     import fal_client.client as fal_client_module
 
-    fal_client_module.QUEUE_URL_FORMAT = f"{a.url}/"  # type: ignore[attr-defined]
-    fal_client_module.REST_URL = a.url  # type: ignore[attr-defined]
-    fal_client_module.CDN_URL = a.url  # type: ignore[attr-defined]
+    fal_client_module.QUEUE_URL_FORMAT = f"{url}/"  # type: ignore[attr-defined]
+    fal_client_module.REST_URL = url  # type: ignore[attr-defined]
+    fal_client_module.CDN_URL = url  # type: ignore[attr-defined]
     t0, c0 = time.monotonic(), time.process_time()
-    results = asyncio.run(_run(a.n, a.concurrency, a.sequential, json.loads(a.payload)))
+    results = asyncio.run(_run(n, concurrency, sequential, json.loads(payload)))
     doc = {"elapsed_s": time.monotonic() - t0, "cpu_s": time.process_time() - c0, "results": results}
-    with open(a.out, "w", encoding="utf-8") as fh:
+    with open(out, "w", encoding="utf-8") as fh:
         json.dump(doc, fh)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run :data:`command` on ``argv``; returns the exit code."""
+    return run_command(command, argv, prog_name="python -m falq.ops.bench.falclient_script")
 
 
 if __name__ == "__main__":
