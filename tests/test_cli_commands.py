@@ -75,7 +75,7 @@ def test_module_mains_run_their_command(module: str, capsys: pytest.CaptureFixtu
     assert isinstance(getattr(mod, MAINS[module]), click.Command)
     assert mod.main(["--help"]) == 0
     assert "Options:" in capsys.readouterr().out
-    if module == "falq.ops.flower":  # passes unknown options on to `celery flower` (tests/test_cli_unit.py)
+    if module == "falq.ops.flower":  # passes unknown options on to `celery flower`
         assert mod.main(["--port", "not-a-port"]) == 2
         assert "Invalid value for '--port'" in capsys.readouterr().err
         return

@@ -7,7 +7,7 @@ Flower's API and log, the metrics exporter, callback deliveries, S3 object metad
 workers' answers to Celery's remote-control ``inspect`` and their command lines.
 
 SSRF checks of media URLs are in ``tests/test_ssrf.py``; Flower refusing to start without
-a password is in ``tests/test_cli_unit.py``.
+a password is in ``tests/test_cli_options_and_errors.py``.
 """
 
 from __future__ import annotations
