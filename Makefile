@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test redis-server lint typecheck contracts unit chaos bench bench-quick bench-connections clean
+.PHONY: install demo test redis-server lint typecheck contracts unit chaos bench bench-quick bench-connections soak clean
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -62,3 +62,9 @@ bench-quick: install
 ## 5-60 s latencies), beside fal-client in the same run.
 bench-connections: install
 	$(BIN)/python -m falq.ops.bench --only connections
+
+## make soak: 50,000 bulk jobs (default) through 2 workers; RSS, Redis memory, leftover keys,
+## fds and connections must stay bounded (exit 1 if not). Smaller: make soak ARGS="--jobs 3000".
+## Not part of make test.
+soak: install redis-server
+	$(BIN)/python -m falq.ops.soak $(ARGS)

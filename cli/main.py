@@ -61,6 +61,7 @@ LAZY = {
     "limits": ("falq.cli.limits", "limits", "Show or change the global limits of every fal key."),
     "budget": ("falq.cli.limits", "budget", "Today's spend (UTC) against the daily budget; set or clear it."),
     "retry": ("falq.cli.limits", "retry", "Run failed or cancelled jobs again as new attempts."),
+    "callbacks": ("falq.cli.callbacks", "callbacks", "Per-job callbacks: pending ones, every try, redeliver."),
     "top": ("falq.cli.ops", "top", "Live view of throughput, latency, failures, spend."),
     "worker": ("falq.workers.cli", "command", "Run a worker: Celery on the gevent pool (python -m falq.workers)."),
     "emulator": ("falq.emulator.server", "command", "Run the local fal emulator (python -m falq.emulator)."),

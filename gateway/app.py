@@ -38,7 +38,7 @@ from falq.gateway.proxy import FalProxyMiddleware
 from falq.gateway.views import validation_detail
 from falq.gateway.webhooks import fal_webhook
 from falq.producers.client import Falq
-from falq.shared.errors import InvalidInput, JobNotFound, StorageError, StorageTransientError
+from falq.shared.errors import InvalidInput, JobNotFound, RedisMemoryFull, StorageError, StorageTransientError
 from falq.shared.settings import Settings
 from falq.shared.webhooks import WebhookVerifier, settings_jwks_url
 
@@ -69,7 +69,7 @@ def _handlers() -> dict[Any, Any]:
 
     return {Unprocessable: unprocessable, InvalidInput: invalid, JobNotFound: not_found,
             redis.RedisError: unavailable, OperationalError: unavailable, StorageTransientError: unavailable,
-            StorageError: unavailable}
+            StorageError: unavailable, RedisMemoryFull: unavailable}
 
 
 def routes() -> list[Route]:

@@ -1,7 +1,7 @@
-"""falq's administration service: limits, budget, retries, cancels and dead letters.
+"""falq's administration service: limits, budget, retries, cancels, dead letters and callbacks.
 
 The ``falq`` CLI (``falq limits``, ``falq budget``, ``falq retry``, ``falq cancel``,
-``falq jobs --state failed --errors``) and the HTTP gateway (``/v1/limits``, ``/v1/budget``,
+``falq jobs --state failed --errors``, ``falq callbacks``) and the HTTP gateway (``/v1/limits``, ``/v1/budget``,
 ``/v1/jobs/{id}/retry``, ``/v1/retry-failed``, ``/v1/jobs/{id}/cancel`` and fal's cancel) are
 thin layers over :class:`Admin`: they parse arguments or JSON, call it, and render the answer.
 Every value is checked here, once; a bad one raises
@@ -25,6 +25,8 @@ them; ``true``/``false`` are never numbers; ``nan`` and ``inf`` never pass)::
     state                         one of falq's job states
     limit                         an integer from 1 to 100000
     job ids                       at least one
+    (a callback redelivery)       each job must exist, have a callback_url and have ended;
+                                  ``since`` only with the failed ones
 
 The configuration lives in Redis (``{prefix}:limits:config``, :mod:`falq.shared.limits`);
 every worker applies a change on its next admission, with no restart.
@@ -37,6 +39,8 @@ Example::
     admin.budget_set(50)           # BudgetView(day=..., spent_usd=..., budget_usd=50.0, ...)
     [out] = admin.retry(["8f3e..."]); out.retried
     admin.cancel("8f3e...").outcome  # 'cancelled' | 'requested' | 'final'
+    admin.callbacks_pending()        # [CallbackView(job_id=..., tries=2, next_at=..., ...)]
+    admin.redeliver_failed()         # every failed callback queued again (same delivery ids)
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ from falq.shared.limits import (
     spend_today,
     write_config,
 )
+from falq.shared.outbox import CallbackView, Outbox
 from falq.shared.records import STATES, JobRecord
 from falq.shared.settings import Settings
 from falq.shared.since import parse_since
@@ -100,6 +105,9 @@ STATE_RULE = f"must be one of {', '.join(STATES)}"
 LIMIT_RULE = f"must be an integer from 1 to {MAX_LIMIT}"
 JOB_IDS_RULE = "must name at least one job"
 OBJECT_RULE = "must be a JSON object"
+NO_CALLBACK_RULE = "has no callback_url"
+NOT_ENDED_RULE = "has not ended yet (its callback is sent when it does)"
+ONLY_FAILED_RULE = "only with the failed callbacks"
 REQUIRED_RULE = "is required"
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
@@ -509,6 +517,67 @@ class Admin:
         """The failed jobs (newer than ``since``), newest first, with why they failed (``errors``)."""
         return self.jobs("failed", since=since, limit=limit)
 
+    # --- per-job callbacks (the outbox, falq.shared.outbox) ---------------------------------------------
+    @property
+    def outbox(self) -> Outbox:
+        return Outbox(self.falq.store)
+
+    def callbacks_pending(self, *, failed: bool = False, since: float | str | None = None,
+                          limit: int | str = 100) -> list[CallbackView]:
+        """Callbacks still to be delivered, soonest next try first, with their tries and last try;
+        with ``failed``, those that gave up (after ``since``), newest first."""
+        errors: list[FieldError] = []
+        n = _integer(limit, 1, MAX_LIMIT)
+        if n is None:
+            errors.append(FieldError("limit", LIMIT_RULE))
+        ts = None
+        if since is not None and not failed:
+            errors.append(FieldError("since", ONLY_FAILED_RULE))
+        else:
+            try:
+                ts = validate_since(since)
+            except InvalidInput as exc:
+                errors.extend(exc.errors)
+        if errors or n is None:
+            raise InvalidInput(errors)
+        return self.outbox.failed(limit=n, since=ts) if failed else self.outbox.pending(limit=n)
+
+    def callback_log(self, job_id: str) -> list[dict[str, Any]]:
+        """Every try of the job's callback, oldest first (time, status code or error, final).
+
+        Raises ``JobNotFound``.
+        """
+        self.falq.store.get(job_id)
+        return self.outbox.log(job_id)
+
+    def redeliver(self, job_ids: Iterable[str]) -> list[CallbackView]:
+        """Queue these jobs' callbacks again, due now, with a fresh retry window.
+
+        The delivery id stays the same (receivers deduplicate on it), even for a callback that
+        was delivered. Raises ``JobNotFound`` for an unknown id and :class:`InvalidInput` for a
+        job without a ``callback_url`` or not ended, before anything is changed.
+        """
+        ids = list(dict.fromkeys(job_ids))
+        if not ids:
+            raise InvalidInput([FieldError("job_ids", JOB_IDS_RULE)])
+        recs = [self.falq.store.get(job_id) for job_id in ids]
+        errors = [FieldError("job_ids", f"{r.id}: {NO_CALLBACK_RULE}") for r in recs if not r.callback_url]
+        errors += [FieldError("job_ids", f"{r.id}: {NOT_ENDED_RULE}") for r in recs
+                   if r.callback_url and not r.terminal]
+        if errors:
+            raise InvalidInput(errors)
+        return self._redeliver(ids)
+
+    def redeliver_failed(self, since: float | str | None = None) -> list[CallbackView]:
+        """:meth:`redeliver` every callback that gave up (after ``since``)."""
+        ts = validate_since(since)
+        return self._redeliver([v.job_id for v in self.outbox.failed(limit=MAX_LIMIT, since=ts)])
+
+    def _redeliver(self, ids: list[str]) -> list[CallbackView]:
+        outbox = self.outbox
+        done = [job_id for job_id in ids if outbox.redeliver(job_id)]
+        return outbox.pending_of(done)
+
 
 def _parse(name: str, raw: str) -> Any:
     """A stored configuration field as a value; ``None`` (``{}`` for the caps) when it does not parse."""
@@ -526,6 +595,7 @@ def _parse(name: str, raw: str) -> Any:
 __all__ = [
     "Admin",
     "BudgetView",
+    "CallbackView",
     "CancelOutcome",
     "LimitsChange",
     "LimitsResult",

@@ -16,21 +16,25 @@ rejected call leaves Redis and the queues exactly as they were.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from celery import Celery
 
 from falq.shared.dispatch import publish
 from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint, validate_input
-from falq.shared.errors import FieldError, InvalidInput, JobNotFound, JobTimeout
+from falq.shared.errors import FieldError, InvalidInput, JobNotFound, JobTimeout, RedisMemoryFull, is_redis_oom
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import OutboundRefused, check_url
 from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
 from falq.shared.redisconn import redis_client as make_redis
 from falq.shared.settings import Settings, get_settings
+
+log = logging.getLogger("falq.producers")
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class Falq:
     def __init__(self, settings: Settings | None = None, *, redis_client: Any = None,
                  celery_app: Celery | None = None) -> None:
         self.settings = settings or get_settings()
-        self.redis = redis_client or make_redis(self.settings.redis_url)
+        self.redis = redis_client or make_redis(self.settings.redis_url, settings=self.settings)
         self.store = JobStore(self.redis, prefix=self.settings.key_prefix, ttl_s=self.settings.record_ttl_s)
         self._app = celery_app
 
@@ -116,10 +120,22 @@ class Falq:
         if idempotency_key is not None:
             _check_key(idempotency_key)
         rec = self._record(req, metadata)
-        rec, created = self.store.create(rec, idempotency_key)
+        try:
+            rec, created = self.store.create(rec, idempotency_key)
+        except redis.RedisError as exc:
+            if is_redis_oom(exc):
+                raise RedisMemoryFull() from exc
+            raise
         if created or not self.store.is_published(rec.id):
-            publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
-            self.store.mark_published([rec.id])
+            try:
+                publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
+            except Exception as exc:
+                if not is_redis_oom(exc):
+                    raise
+                if created:  # no record without a message
+                    self._forget([(rec.id, idempotency_key)])
+                raise RedisMemoryFull() from exc
+            self._mark_published([rec.id])
         return JobHandle(self, rec.id)
 
     def submit_many(self, requests: list[JobRequest]) -> list[tuple[str, bool]]:
@@ -129,8 +145,15 @@ class Falq:
         existing job is not enqueued again (its message is re-sent only if it never was).
         """
         recs = [self._record(r, r.metadata) for r in requests]
-        owners = self.store.create_many([(rec, req.idempotency_key) for rec, req in
-                                         zip(recs, requests, strict=True)])
+        items = [(rec, req.idempotency_key) for rec, req in zip(recs, requests, strict=True)]
+        try:
+            owners = self.store.create_many(items)
+        except redis.RedisError as exc:
+            if not is_redis_oom(exc):
+                raise
+            # Some creates of the pipeline may have gone through: none has a message yet.
+            self._forget([(rec.id, key) for rec, key in items])
+            raise RedisMemoryFull(total=len(items)) from exc
         created = [o == rec.id for o, rec in zip(owners, recs, strict=True)]
         flags = self.store.published_flags(owners)
         to_publish = [(owner, rec) for owner, rec, done in zip(owners, recs, flags, strict=True) if not done]
@@ -142,12 +165,45 @@ class Falq:
                 for job_id, found in zip(existing_ids, self.store.get_many(existing_ids), strict=True)
                 if found is not None
             }
-            with self.app.producer_or_acquire() as producer:
-                for owner, rec in to_publish:
-                    src = existing.get(owner, rec)
-                    publish(self.app, self.settings, owner, lane=src.lane, endpoint=src.endpoint, producer=producer)
-            self.store.mark_published([owner for owner, _ in to_publish])
+            sent: set[str] = set()
+            try:
+                with self.app.producer_or_acquire() as producer:
+                    for owner, rec in to_publish:
+                        src = existing.get(owner, rec)
+                        publish(self.app, self.settings, owner, lane=src.lane, endpoint=src.endpoint,
+                                producer=producer)
+                        sent.add(owner)
+            except Exception as exc:
+                if not is_redis_oom(exc):
+                    raise
+                # Redis filled up mid-batch: the jobs sent so far stay enqueued; the ones this
+                # call created and could not send are removed again (no record without a message).
+                self._mark_published(sorted(sent))
+                self._forget([(rec.id, key) for (rec, key), own in zip(items, owners, strict=True)
+                              if own == rec.id and own not in sent])
+                done = [(o, c) for o, c, was in zip(owners, created, flags, strict=True) if was or o in sent]
+                raise RedisMemoryFull(enqueued=done, total=len(items)) from exc
+            self._mark_published([owner for owner, _ in to_publish])
         return list(zip(owners, created, strict=True))
+
+    def _forget(self, jobs: list[tuple[str, str | None]]) -> None:
+        """Undo records whose message was never sent (see :meth:`JobStore.forget_unpublished`)."""
+        for job_id, key in jobs:
+            try:
+                self.store.forget_unpublished(job_id, key)
+            except redis.RedisError as exc:
+                log.error("could not remove unpublished job %s (%s); it stays queued without a message",
+                          job_id, type(exc).__name__)
+
+    def _mark_published(self, job_ids: list[str]) -> None:
+        """Mark sent jobs published. Their messages exist, so a full Redis refusing this flag
+        (an HSET) does not undo them: the flag only spares a re-send on an idempotent retry."""
+        try:
+            self.store.mark_published(job_ids)
+        except redis.RedisError as exc:
+            if not is_redis_oom(exc):
+                raise
+            log.warning("Redis memory is full: %d enqueued job(s) could not be marked published", len(job_ids))
 
     def _record(self, req: JobRequest, metadata: dict[str, Any] | None) -> JobRecord:
         spec = ENDPOINTS[req.endpoint]

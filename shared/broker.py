@@ -13,7 +13,8 @@ by BRPOP and never reached the unacked set, so nothing redelivers it. Well-forme
 envelopes go on unchanged; Celery itself then refuses disallowed content types (pickle,
 YAML) and unregistered task names.
 
-Used for ``redis://`` and ``rediss://`` brokers (see :mod:`falq.workers.app`)::
+Used for ``redis://`` and ``rediss://`` brokers, and as :class:`SentinelTransport` for
+``sentinel://`` ones (see :mod:`falq.shared.celery_app`)::
 
     app.conf.broker_transport = "falq.shared.broker:Transport"
 """
@@ -24,9 +25,14 @@ import base64
 import binascii
 import json
 import logging
+import time
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
+
+from falq.shared.errors import is_redis_oom
+from falq.shared.redisconn import SentinelConnection, SentinelSSLConnection
 
 log = logging.getLogger("falq.broker")
 
@@ -64,8 +70,44 @@ def problem_with(payload: Any) -> str | None:
     return None
 
 
+class QoS(kombu_redis.QoS):
+    """kombu's unacked bookkeeping, riding out a Redis at ``maxmemory`` (``noeviction``).
+
+    Stock kombu ends the worker ("Unrecoverable error: OutOfMemoryError") when Redis is full:
+    its periodic restore sweep takes a lock with ``SET NX``, and recording a message just
+    popped by BRPOP as unacked is a MULTI that Redis refuses. Here the sweep is skipped until
+    the next tick, and recording the popped message is retried with backoff (up to a
+    visibility timeout) instead of dropping it: the worker keeps running its jobs.
+    """
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        delay, end = 0.1, time.monotonic() + float(self.visibility_timeout)
+        while True:
+            try:
+                super().append(message, delivery_tag)
+                return
+            except redis.RedisError as exc:
+                if not is_redis_oom(exc) or time.monotonic() > end:
+                    raise
+                if delay == 0.1:
+                    log.warning("Redis memory is full: holding a fetched message until it can be recorded")
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().restore_visible(*args, **kwargs)
+        except redis.RedisError as exc:
+            if not is_redis_oom(exc):
+                raise
+            log.warning("Redis memory is full: unacked-message sweep skipped until the next tick")
+            return None
+
+
 class Channel(kombu_redis.Channel):
     """Drops undecodable items popped by BRPOP instead of letting them end the worker."""
+
+    QoS = QoS
 
     def _brpop_read(self, **options: Any) -> Any:
         try:
@@ -88,3 +130,22 @@ class Transport(kombu_redis.Transport):
         if problem is not None:
             raise MalformedMessage(f"{problem} (queue {queue})")
         super()._deliver(message, queue)
+
+
+#: ``broker_transport`` value for Celery with a ``sentinel://`` broker.
+SENTINEL_TRANSPORT = "falq.shared.broker:SentinelTransport"
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel (asks the sentinels for the master) with :class:`Channel`'s drop,
+    on connections closed when a read is interrupted (see :class:`~falq.shared.redisconn.SentinelConnection`)."""
+
+    connection_class = SentinelConnection
+    connection_class_ssl = SentinelSSLConnection  # type: ignore[assignment]
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    """kombu's Redis Sentinel transport, dropping malformed messages like :class:`Transport`."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port

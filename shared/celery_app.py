@@ -18,17 +18,21 @@ Example::
 from __future__ import annotations
 
 import ssl
+from typing import Any
+from urllib.parse import quote
 
 from celery import Celery
 from kombu import Queue
 
+from falq.shared.redisconn import is_sentinel_url, parse_sentinel_url
 from falq.shared.settings import Settings, get_settings
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     """Build the Celery app for ``settings`` (by default the process settings)."""
     s = settings or get_settings()
-    app = Celery("falq", broker=s.broker, set_as_current=True)
+    broker, sentinel_options = broker_url_and_options(s)
+    app = Celery("falq", broker=broker, set_as_current=True)
     transport = {
         # One visibility timeout everywhere. A message not acked within it is handed to
         # another worker, so it must exceed the longest step (a step is capped at half of
@@ -49,6 +53,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         # A worker killed while holding the restore mutex must not block restores for
         # kombu's default 5 minutes.
         "unacked_mutex_expire": 30,
+        # Sentinel: which master to ask the sentinels for (and their own credentials).
+        **sentinel_options,
     }
     app.conf.update(
         broker_transport_options=transport,
@@ -94,8 +100,13 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_redirect_stdouts=False,
         broker_heartbeat=30,
     )
-    scheme = s.broker.split("://", 1)[0]
-    if scheme in ("redis", "rediss"):
+    scheme = broker.split("://", 1)[0]
+    if scheme == "sentinel":
+        # kombu's Sentinel transport, hardened the same way (falq.shared.broker).
+        from falq.shared.broker import SENTINEL_TRANSPORT
+
+        app.conf.broker_transport = SENTINEL_TRANSPORT
+    elif scheme in ("redis", "rediss"):
         # kombu's Redis transport ends the worker on a queue item it cannot decode (random
         # bytes, JSON that is not an envelope); this one logs and drops it.
         from falq.shared.broker import TRANSPORT
@@ -107,3 +118,44 @@ def make_app(settings: Settings | None = None) -> Celery:
             # redis-py does for job records; ssl_* parameters in the URL take precedence.
             app.conf.broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     return app
+
+
+def broker_url_and_options(s: Settings) -> tuple[str, dict[str, Any]]:
+    """The broker URL for kombu and the Sentinel transport options it needs, if any.
+
+    A ``redis+sentinel://`` URL (what ``FALQ_BROKER_URL`` follows by default) becomes kombu's
+    ``sentinel://[:pw@]h1:26379/db;sentinel://[:pw@]h2:26379/db`` with ``master_name``; a
+    kombu ``sentinel://`` URL takes its master from ``FALQ_REDIS_SENTINEL_MASTER`` (or from
+    a ``redis+sentinel://`` ``FALQ_REDIS_URL``). Other URLs pass unchanged.
+    """
+    url = s.broker
+    if is_sentinel_url(url):
+        u = parse_sentinel_url(url)
+        if u.tls:
+            raise ValueError("a TLS Sentinel broker is not supported; use a sentinel:// broker URL with broker_use_ssl")
+        creds = ""
+        if u.password is not None:
+            creds = f"{quote(u.username or '', safe='')}:{quote(u.password, safe='')}@"
+        elif u.username:
+            creds = f"{quote(u.username, safe='')}@"
+        url = ";".join(f"sentinel://{creds}{_netloc(h, p)}/{u.db}" for h, p in u.sentinels)
+        return url, _sentinel_options(s.redis_sentinel_master or u.service, u.sentinel_password, u.sentinel_username)
+    if url.split("://", 1)[0] == "sentinel":
+        master = s.redis_sentinel_master
+        if not master and is_sentinel_url(s.redis_url):
+            master = parse_sentinel_url(s.redis_url).service
+        if not master:
+            raise ValueError("a sentinel:// broker needs FALQ_REDIS_SENTINEL_MASTER (the monitored master's name)")
+        return url, _sentinel_options(master, None, None)
+    return url, {}
+
+
+def _netloc(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _sentinel_options(master: str, password: str | None, username: str | None) -> dict[str, Any]:
+    options: dict[str, Any] = {"master_name": master}
+    if password is not None:
+        options["sentinel_kwargs"] = {"password": password, **({"username": username} if username else {})}
+    return options

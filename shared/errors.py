@@ -253,6 +253,16 @@ class StorageTransientError(RetryableError):
     kind = "storage_transient"
 
 
+class MediaTruncated(StorageTransientError):
+    """An output image whose bytes stop before the end of the image (a JPEG without its
+    end-of-image marker, a PNG without IEND, a WEBP shorter than its RIFF header says),
+    although the download itself ended cleanly. fal's CDN may have cut the transfer, so the
+    image is fetched again; a job whose image stays truncated fails (see
+    :mod:`falq.workers.mirror_step`). Never stored."""
+
+    kind = "media_truncated"
+
+
 class MirrorRejected(PermanentError):
     """An output image falq refuses to copy: host not allowlisted, too big, not an image."""
 
@@ -291,3 +301,50 @@ class AttemptsExhausted(PermanentError):
 
 class JobTimeout(TimeoutError):
     """``wait`` ran out of time; the job goes on."""
+
+
+# --- Redis memory ---------------------------------------------------------------------------
+
+
+class RedisMemoryFull(RetryableError):
+    """Redis refused a write because it reached ``maxmemory`` (policy ``noeviction``).
+
+    Raised to producers by :meth:`~falq.producers.client.Falq.submit` and ``submit_many``
+    before anything half-made is left behind: a job whose record was created but whose
+    broker message could not be sent is removed again. ``enqueued`` lists the
+    ``(job_id, created)`` pairs of a batch that *were* fully enqueued before Redis filled
+    up (empty for a single job); every other job of the call was not enqueued at all.
+    """
+
+    kind = "redis_memory_full"
+
+    def __init__(self, message: str = "", *, enqueued: list[tuple[str, bool]] | None = None,
+                 total: int = 1) -> None:
+        self.enqueued = list(enqueued or [])
+        done = len(self.enqueued)
+        what = ("nothing was enqueued" if not done else
+                f"{done} of {total} jobs were enqueued before that (see .enqueued); the other {total - done} were not")
+        super().__init__(
+            message or (
+                "Redis memory is full: Redis refused writes because maxmemory was reached "
+                f"(OOM, policy noeviction), so {what}. Free memory in Redis (lower FALQ_RECORD_TTL_S, "
+                "delete old records, drain the queues) or raise its maxmemory, then submit again."
+            ),
+            reason="redis_oom",
+        )
+
+
+def is_redis_oom(exc: BaseException | None) -> bool:
+    """True if ``exc`` is Redis refusing a write at ``maxmemory``, directly (redis-py's
+    ``OutOfMemoryError``, or a ``ResponseError`` reading ``OOM command not allowed...``) or
+    wrapped by kombu/Celery (``OperationalError`` raised *from* it, or quoting its text)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("redis"):
+            return True
+        text = str(exc)
+        if text.startswith("OOM ") or "used memory > 'maxmemory'" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -50,6 +50,7 @@ from urllib.parse import urlencode
 
 import httpx
 
+from falq.shared import deadline
 from falq.shared.errors import (
     FalAccountLocked,
     FalAuthError,
@@ -79,8 +80,8 @@ REQUEST_ID_HEADER = "x-fal-request-id"
 BILLABLE_UNITS_HEADER = "x-fal-billable-units"
 _MAX_JSON_BYTES = 8 * 1024 * 1024
 _MAX_BODY_BYTES = _MAX_JSON_BYTES * 8  # sync_mode results carry images as data URIs
-#: httpx's timeouts are per read, so a trickling body never times out: a whole answer must
-#: arrive within this many times ``fal_http_timeout_s``.
+#: httpx's timeouts are per read, so trickling headers or a trickling body never time out: a
+#: whole answer (connect, headers and body) must arrive within this many times ``fal_http_timeout_s``.
 _BODY_DEADLINE_FACTOR = 2.0
 
 
@@ -160,6 +161,9 @@ class FalClient:
             limits=httpx.Limits(max_connections=max(10, max_connections // 10), max_keepalive_connections=0),
             headers={"User-Agent": "falq/0.1"},
         )
+        # httpx's timeouts are per read: let a total Budget bound each call (see _call).
+        deadline.install(self.http)
+        deadline.install(self.submit_http)
         key = settings.fal_key_value()
         self._auth = {"Authorization": f"Key {key}"} if key else {}
 
@@ -360,11 +364,16 @@ class FalClient:
         http: httpx.Client | None = None,
     ) -> httpx.Response:
         limit_s = self.settings.fal_http_timeout_s * _BODY_DEADLINE_FACTOR
+        # The clock starts at the first socket operation (a wait for a pooled connection does
+        # not count) and bounds connect, headers and body together: a server trickling its
+        # status line and headers a byte at a time is cut off too (falq.shared.deadline).
+        budget = deadline.Budget(limit_s)
+        phase = "headers"
         try:
-            with (http or self.http).stream(
+            with deadline.bounded(budget), (http or self.http).stream(
                 method, url, json=json, params=params, headers={**self._auth, **(headers or {})}
             ) as resp:
-                deadline = time.monotonic() + limit_s
+                phase = "body"
                 declared = resp.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > _MAX_BODY_BYTES:
                     raise FalBadAnswer(f"fal's answer to {method} declares {declared} bytes, over the "
@@ -376,19 +385,28 @@ class FalClient:
                     # sync_mode results carry images as data URIs; anything bigger is hostile.
                     if total > _MAX_BODY_BYTES:
                         raise FalBadAnswer(f"fal's answer to {method} exceeded the {_MAX_BODY_BYTES}-byte limit")
-                    if time.monotonic() > deadline:
-                        raise FalTransientError(f"fal's answer to {method} {_safe(url)} was still arriving after "
-                                                f"{limit_s:.0f}s (slow or endless body)", reason="slow_answer")
+                    if budget.expired:
+                        raise self._slow(method, url, limit_s, phase)
                     chunks.append(chunk)
                 resp._content = b"".join(chunks)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # Nothing reached fal: safe to send again, submit included.
             raise FalTransientError(f"{method} {_safe(url)}: {type(exc).__name__}", reason="connect") from None
+        except httpx.TimeoutException as exc:
+            if budget.expired:
+                raise self._slow(method, url, limit_s, phase) from None
+            raise FalTransientError(f"{method} {_safe(url)}: {type(exc).__name__}", reason="transport") from None
         except httpx.TransportError as exc:
             raise FalTransientError(f"{method} {_safe(url)}: {type(exc).__name__}", reason="transport") from None
         if check and resp.status_code >= 300:
             self._raise_for_status(resp)
         return resp
+
+    @staticmethod
+    def _slow(method: str, url: str, limit_s: float, phase: str) -> FalTransientError:
+        what = "slow or trickling headers" if phase == "headers" else "slow or endless body"
+        return FalTransientError(f"fal's answer to {method} {_safe(url)} was still arriving after {limit_s:.0f}s "
+                                 f"({what})", reason="slow_answer")
 
     def _raise_for_submit(self, resp: httpx.Response) -> None:
         """A submit's error answer: retryable only if fal cannot have created a request."""

@@ -8,6 +8,9 @@ Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
 * ``{p}:created`` -- sorted set of all job ids by creation time.
 * ``{p}:idem:{key}`` -- idempotency key -> job id.
 * ``{p}:cancel:{id}`` -- set when a producer asked to cancel.
+* ``{p}:outbox`` -- sorted set of jobs whose callback is still to be delivered; the save that
+  makes a job with a ``callback_url`` terminal adds it, in the same script
+  (:mod:`falq.shared.outbox`).
 
 Every write is a compare-and-set on ``version`` done in Lua, so a worker and a producer
 (cancel, retry) can never overwrite each other's changes: the loser reloads and reapplies.
@@ -33,6 +36,7 @@ from pydantic import ValidationError
 from falq.shared.errors import JobNotFound
 from falq.shared.keys import Keys
 from falq.shared.records import STATES, TERMINAL, JobRecord
+from falq.shared.redisconn import replicas_to_wait_for, wait_for_replicas
 
 # Creates a record unless its idempotency key already names a live job. Returns the id of
 # the job that now owns the key (ours or the existing one).
@@ -54,14 +58,22 @@ return id
 """
 
 # Compare-and-set save. Returns 1 on success, 0 on a version conflict, -1 if the record is gone.
+# With ARGV[9] == '1' (the new state is terminal and the job has a callback_url) a save that
+# changes the state also puts the job in the callback outbox, due now, in the same step: a
+# terminal state is never saved without its callback pending (falq.shared.outbox).
 _SAVE = """
-local job_key, idem_key = KEYS[1], KEYS[2]
-local expected, new_version, state, doc, ts, id, prefix, ttl =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local job_key, idem_key, outbox_key, failed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local expected, new_version, state, doc, ts, id, prefix, ttl, callback =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
 local cur = redis.call('HMGET', job_key, 'version', 'state')
 if not cur[1] then return -1 end
 if cur[1] ~= expected then return 0 end
 redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
+if callback == '1' and cur[2] ~= state then
+  redis.call('HSET', job_key, 'cb_version', new_version, 'cb_tries', '0', 'cb_since', ts)
+  redis.call('ZADD', outbox_key, ts, id)
+  redis.call('ZREM', failed_key, id)
+end
 if cur[2] ~= state then redis.call('ZREM', prefix .. ':state:' .. cur[2], id) end
 redis.call('ZADD', prefix .. ':state:' .. state, ts, id)
 if ttl > 0 then
@@ -123,10 +135,14 @@ class JobStore:
         """
         rec.idempotency_key = idempotency_key
         rec.version = 1
-        owner = self._create(
-            keys=[self.job_key(rec.id), self.idem_key(idempotency_key)],
-            args=[rec.id, rec.model_dump_json(), rec.created_at, self.prefix],
-        )
+        keys, args = [self.job_key(rec.id), self.idem_key(idempotency_key)], [rec.id, rec.model_dump_json(),
+                                                                              rec.created_at, self.prefix]
+        if not replicas_to_wait_for(self.r):
+            owner = self._create(keys=keys, args=args)
+        else:  # on a replica before the producer hands out the id (redisconn.wait_for_replicas)
+            pipe = self.r.pipeline(transaction=False)
+            self._create(keys=keys, args=args, client=pipe)
+            (owner,) = wait_for_replicas(self.r, pipe=pipe, what=f"the record of job {rec.id}")
         owner_id = owner.decode() if isinstance(owner, bytes) else str(owner)
         if owner_id == rec.id:
             return rec, True
@@ -143,7 +159,8 @@ class JobStore:
                 args=[rec.id, rec.model_dump_json(), rec.created_at, self.prefix],
                 client=pipe,
             )
-        return [o.decode() if isinstance(o, bytes) else str(o) for o in pipe.execute()]
+        owners = wait_for_replicas(self.r, pipe=pipe, what=f"the records of {len(items)} jobs")
+        return [o.decode() if isinstance(o, bytes) else str(o) for o in owners]
 
     def mark_published(self, job_ids: Iterable[str]) -> None:
         """Record that a broker message exists for these jobs (see :meth:`unpublished`)."""
@@ -196,15 +213,19 @@ class JobStore:
         """Compare-and-set: write ``rec`` if nobody saved since it was read.
 
         Raises :class:`Conflict` on a concurrent change and :class:`JobNotFound` if the
-        record was deleted meanwhile.
+        record was deleted meanwhile. The save that makes a job with a ``callback_url``
+        terminal also enters it in the callback outbox (``{p}:outbox``), atomically.
         """
         expected = rec.version
         rec.version = expected + 1
         rec.updated_at = time.time()
         ttl = self.ttl_s if rec.state in TERMINAL else 0
+        callback = "1" if rec.state in TERMINAL and rec.callback_url else "0"
         res = self._save(
-            keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key)],
-            args=[expected, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.id, self.prefix, ttl],
+            keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key), self.keys.outbox,
+                  self.keys.outbox_failed],
+            args=[expected, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.id, self.prefix, ttl,
+                  callback],
         )
         if res == 1:
             return
@@ -281,3 +302,29 @@ class JobStore:
             for s in [state] if state else STATES:
                 pipe.zrem(self.keys.state(s), i)
         pipe.execute()
+
+    # --- undo an enqueue whose broker message was never sent ------------------------------------
+    def forget_unpublished(self, job_id: str, idempotency_key: str | None = None) -> bool:
+        """Delete a record created by a producer whose broker message could not be sent
+        (Redis out of memory): the record, its entries in ``{p}:created`` / ``{p}:state:*``
+        and its idempotency key (if it still names this job). Only while ``published`` is
+        still 0, so a job that has a message is never touched. Only deletes, so it works
+        when Redis refuses writes at ``maxmemory``. Returns True if something was removed."""
+        script = self.r.register_script(_FORGET_UNPUBLISHED)
+        return bool(script(keys=[self.job_key(job_id), self.idem_key(idempotency_key)],
+                           args=[job_id, self.prefix]))
+
+
+# Deletes a never-published record and what points at it. Returns 1 if it did, 0 if the
+# record is gone or has a broker message (published != 0).
+_FORGET_UNPUBLISHED = """
+local job_key, idem_key, id, prefix = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
+local cur = redis.call('HMGET', job_key, 'published', 'state')
+if cur[1] and cur[1] ~= '0' then return 0 end
+if idem_key ~= '' and redis.call('GET', idem_key) == id then redis.call('DEL', idem_key) end
+if not cur[1] then return 0 end
+redis.call('DEL', job_key, prefix .. ':cancel:' .. id)
+redis.call('ZREM', prefix .. ':state:' .. (cur[2] or 'queued'), id)
+redis.call('ZREM', prefix .. ':created', id)
+return 1
+"""

@@ -4,7 +4,9 @@
 key                             type    what
 ==============================  ======  ==========================================================
 ``{p}:job:{id}``                hash    the job record: ``state``, ``version``, ``doc`` (JSON),
-                                        ``published``, ``result`` (fal's output until mirrored)
+                                        ``published``, ``result`` (fal's output until mirrored);
+                                        with a callback: ``cb_version`` (the version that saved
+                                        the terminal state), ``cb_tries``, ``cb_since``
 ``{p}:state:{state}``           zset    job ids in that state, by last update
 ``{p}:created``                 zset    every job id, by creation time
 ``{p}:idem:{key}``              string  idempotency key -> job id
@@ -29,6 +31,12 @@ key                             type    what
 ``{p}:webhook:seen:{digest}``   string  a fal webhook already accepted (replay guard)
 ``{p}:gateway:hooks``           zset    jobs whose ``fal_webhook`` is still to be delivered
 ``{p}:gateway:hook:{id}``       hash    that webhook's URL and tries
+``{p}:outbox``                  zset    jobs whose ``callback_url`` is still to be POSTed, by
+                                        when to try next (a claimed one: until its claim ends)
+``{p}:outbox:failed``           zset    jobs whose callback gave up, by when
+                                        (``falq callbacks redeliver --failed``)
+``{p}:delivery:{id}``           list    every callback try of the job (JSON), capped, TTL as
+                                        the record
 ==============================  ======  ==========================================================
 
 Lua scripts that build keys from ids they read inside Redis (the job store's create, the
@@ -132,3 +140,14 @@ class Keys:
 
     def gateway_hook(self, job_id: str) -> str:
         return f"{self.prefix}:gateway:hook:{job_id}"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}:outbox"
+
+    @property
+    def outbox_failed(self) -> str:
+        return f"{self.prefix}:outbox:failed"
+
+    def delivery(self, job_id: str) -> str:
+        return f"{self.prefix}:delivery:{job_id}"

@@ -50,6 +50,9 @@ def secret_values(settings: Settings) -> list[str]:
             password = None
         if password:
             values.append(unquote(password))
+        # A Sentinel URL's sentinels' own password (shared.redisconn).
+        values += [unquote(v) for k, _, v in (p.partition("=") for p in url.partition("?")[2].split("&"))
+                   if k == "sentinel_password" and v]
     return values
 
 

@@ -214,7 +214,9 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
     minute = int(now // 60)
     minutes = list(range(minute - 15, minute + 1))
     day = utc_day(now)
-    broker_is_redis = settings.broker.startswith(("redis://", "rediss://", "unix://"))
+    # A broker that follows a Sentinel redis_url is read through ``r`` (its Sentinel client).
+    broker_is_redis = settings.broker.startswith(("redis://", "rediss://", "unix://")) or (
+        settings.broker == settings.redis_url)
     queues = lane_queues(settings)
     pipe = r.pipeline(transaction=False)
     for s in STATES:

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -69,8 +70,21 @@ class Settings(BaseSettings):
     max_image_bytes: int = 64 * 1024 * 1024
 
     # --- Redis / broker ----------------------------------------------------------------
+    #: ``redis://``, ``rediss://``, or Sentinel: ``redis+sentinel://[[user]:password@]h1:26379,
+    #: h2:26379/SERVICE[/db][?sentinel_password=...]`` (see shared/redisconn.py).
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: Celery's broker; unset follows ``redis_url`` (a ``redis+sentinel://`` one becomes kombu's
+    #: ``sentinel://h1:26379;sentinel://h2:26379`` with ``master_name``). Also ``amqp://``.
     broker_url: str | None = None
+    #: Sentinel master name for a kombu ``sentinel://`` broker URL (unset: taken from a
+    #: ``redis+sentinel://`` ``redis_url``).
+    redis_sentinel_master: str | None = None
+    #: Replicas that must acknowledge (Redis ``WAIT``) the writes that must survive a failover
+    #: (job creation, attempt count, fal request id) before falq acts on them. Unset: as many as
+    #: the master has online, at most 1; 0: never wait.
+    redis_wait_replicas: int | None = Field(None, ge=0)
+    #: How long such a write waits for replicas; past it falq logs a warning and goes on.
+    redis_wait_timeout_ms: int = Field(1000, ge=1)
     queue_interactive: str = "falq.interactive"
     queue_bulk: str = "falq.bulk"
     key_prefix: str = "falq"
@@ -102,6 +116,9 @@ class Settings(BaseSettings):
     #: Seconds a worker keeps a job lease without renewing it; a dead worker's job is
     #: taken over after this long.
     lease_ttl_s: float = 20.0
+    #: Re-publish a job as soon as its lease holder died (lease expired, never released)
+    #: instead of waiting for the broker's visibility timeout. Off only to measure the difference.
+    takeover: bool = True
     worker_concurrency: int = 1000
     retry_base_s: float = 1.0
     retry_max_s: float = 60.0
@@ -117,6 +134,9 @@ class Settings(BaseSettings):
     #: How local edit images reach fal: ``fal`` (upload to fal storage) or ``data-uri``.
     input_upload: Literal["fal", "data-uri"] = "fal"
     callback_secret: SecretStr | None = None
+    #: How long a per-job callback is retried (exponential backoff with jitter) before it is
+    #: marked failed; about fal's own webhook retry window. ``falq callbacks redeliver`` re-queues.
+    callback_retry_for_s: float = Field(7200.0, ge=0)
     #: Let per-job ``callback_url`` targets resolve to private/loopback addresses (tests only).
     callback_allow_private: bool = False
 
@@ -194,7 +214,10 @@ class Settings(BaseSettings):
 
 
 def mask_url_password(url: str) -> str:
-    """``redis://user:secret@host/0`` -> ``redis://user:****@host/0``."""
+    """``redis://user:secret@host/0`` -> ``redis://user:****@host/0`` (and a Sentinel URL's
+    ``sentinel_password=`` parameter likewise)."""
+    if "sentinel_password=" in url:
+        url = re.sub(r"(sentinel_password=)[^&]*", r"\1****", url)
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
     if not sep or not at or ":" not in creds:

@@ -57,6 +57,15 @@ def png(width: int = 96, height: int = 64, noise: bool = False) -> bytes:
     return buf.getvalue()
 
 
+def jpeg(width: int = 256, height: int = 256) -> bytes:
+    """A valid JPEG of a busy (poorly compressible), deterministic pattern."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.frombytes("RGB", (width, height), bytes(range(256)) * (width * height * 3 // 256 + 1)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
 def case_of(prompt: object) -> str:
     """``"case:media-endless whatever"`` -> ``"media-endless"``; anything else -> ``"good"``."""
     if isinstance(prompt, str) and "case:" in prompt:
@@ -269,6 +278,13 @@ class HostileFal:
         if name == "media-truncated-png":
             data = png(256, 256, noise=True)
             return Response(data[: len(data) // 2], 200, media_type="image/png")
+        if name == "media-truncated-jpeg":  # the header parses, Content-Length matches the cut bytes
+            data = jpeg(256, 256)
+            return Response(data[: len(data) // 2], 200, media_type="image/jpeg")
+        if name == "media-truncated-once":  # a CDN that cut the first transfer only
+            data = jpeg(256, 256)
+            cut = self.hits[request.url.path] == 1
+            return Response(data[: len(data) // 2] if cut else data, 200, media_type="image/jpeg")
         if name == "media-404":
             return Response(b"gone", 404, media_type="text/plain")
         if name == "media-500":

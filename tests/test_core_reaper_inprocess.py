@@ -130,3 +130,29 @@ def test_jobs_with_a_sign_of_life_are_left_alone(app: Celery, store: JobStore, r
     # With the backlog gone and the lease released, those two do count as lost.
     r.delete(settings.queue_bulk)
     assert reap_once(app, store, settings) == [backlogged, leased]
+
+
+def test_prune_expired_drops_index_entries_of_expired_records(redis_server: str) -> None:
+    import redis as redis_lib
+
+    from falq.shared.jobstore import JobStore
+    from falq.shared.records import JobRecord
+    from falq.shared.settings import Settings
+    from falq.workers.reaper import prune_expired
+
+    r = redis_lib.Redis.from_url(redis_server)
+    r.flushall()
+    settings = Settings(_env_file=None, redis_url=redis_server, record_ttl_s=60)  # type: ignore[call-arg]
+    store = JobStore(r, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s)
+    gone, alive = JobRecord.new(endpoint="fal-ai/qwen-image-2/edit", input={}), \
+        JobRecord.new(endpoint="fal-ai/qwen-image-2/edit", input={})
+    for rec in (gone, alive):
+        store.create(rec)
+        store.update(rec.id, lambda x: x.move("completed"))
+    long_ago = 1_000.0
+    for key in (store.keys.created, store.keys.state("completed")):
+        r.zadd(key, {gone.id: long_ago, alive.id: long_ago})
+    r.delete(store.keys.job(gone.id))  # as if its TTL ran out
+    assert prune_expired(store, settings) == 2
+    assert r.zscore(store.keys.created, gone.id) is None and r.zscore(store.keys.state("completed"), gone.id) is None
+    assert r.zscore(store.keys.created, alive.id) is not None  # a live record keeps its entries

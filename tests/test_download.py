@@ -117,8 +117,10 @@ def test_retry_after_parsing() -> None:
 
 @respx.mock
 def test_redirect_off_allowlist_is_not_followed(public_dns: dict[str, list[str]]) -> None:
-    first = respx.get("https://v3.fal.media/x.png").respond(302, headers={"Location": "https://evil.com/x.png"})
-    evil = respx.get("https://evil.com/x.png").respond(200, content=b"x")
+    # The request goes to the checked address, named by Host and SNI (see the pinning tests below).
+    first = respx.get("https://34.117.1.1/x.png", headers={"Host": "v3.fal.media"}).respond(
+        302, headers={"Location": "https://evil.com/x.png"})
+    evil = respx.get(host="evil.com").respond(200, content=b"x")
     with (
         httpx.Client() as http,
         pytest.raises(MirrorRejected, match="redirect to a host outside the allowlist"),
@@ -126,6 +128,92 @@ def test_redirect_off_allowlist_is_not_followed(public_dns: dict[str, list[str]]
     ):
         pass
     assert first.called and not evil.called
+
+
+# --- DNS rebinding: one lookup per hop, the request pinned to the checked address --------------
+
+
+@pytest.fixture
+def rebinding_dns(monkeypatch: pytest.MonkeyPatch) -> Rebinding:
+    """getaddrinfo for names in ``Rebinding.names``: the first ``good`` lookups answer ``first``,
+    every later one ``then``. IP literals (httpcore's own connect) go to the real resolver."""
+    rebinding = Rebinding()
+    real = socket.getaddrinfo
+
+    def fake(host: Any, port: Any, *args: Any, **kw: Any) -> list[Any]:
+        if host not in rebinding.names:
+            return real(host, port, *args, **kw)
+        rebinding.lookups.append(str(host))
+        addr = rebinding.first if len(rebinding.lookups) <= rebinding.good else rebinding.then
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (addr, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    return rebinding
+
+
+class Rebinding:
+    def __init__(self) -> None:
+        self.names = {"v3.fal.media", "fal.media", "media.rebind.test"}
+        self.first, self.then = "34.117.1.1", "10.0.0.5"
+        self.good = 1
+        self.lookups: list[str] = []
+
+
+@respx.mock
+def test_public_then_private_answer_is_never_connected_to(rebinding_dns: Rebinding) -> None:
+    """The check saw 34.117.1.1; a second lookup would say 10.0.0.5. The request goes to the first."""
+    image = respx.get("https://34.117.1.1/files/x.png").respond(200, content=make_png())
+    private = respx.get(host="10.0.0.5").respond(200, content=b"internal")
+    by_name = respx.get(host="v3.fal.media").respond(200, content=b"resolved again")
+    with httpx.Client() as http, open_media(http, "https://v3.fal.media/files/x.png?t=1", settings()) as media:
+        body = b"".join(media.iter_bytes())
+    assert body == make_png() and media.address == "34.117.1.1" and media.host == "v3.fal.media"
+    assert rebinding_dns.lookups == ["v3.fal.media"]  # exactly one lookup
+    assert not private.called and not by_name.called
+    sent = image.calls.last.request
+    assert sent.headers["Host"] == "v3.fal.media" and sent.url.params["t"] == "1"
+    assert sent.extensions["sni_hostname"] == "v3.fal.media"  # TLS verifies the name, not the IP
+    assert sent.headers["Connection"] == "close"
+
+
+@respx.mock
+def test_each_redirect_hop_is_resolved_once_and_pinned(rebinding_dns: Rebinding) -> None:
+    rebinding_dns.good = 2  # one good answer per hop; a third lookup would answer 10.0.0.5
+    hop1 = respx.get("https://34.117.1.1/a.png", headers={"Host": "v3.fal.media"}).respond(
+        302, headers={"Location": "https://fal.media:8443/b.png"})
+    hop2 = respx.get("https://34.117.1.1:8443/b.png", headers={"Host": "fal.media:8443"}).respond(
+        200, content=make_png())
+    s = settings(media_hosts="v3.fal.media,fal.media")
+    with httpx.Client() as http, open_media(http, "https://v3.fal.media/a.png", s) as media:
+        assert b"".join(media.iter_bytes()) == make_png()
+    assert hop1.called and hop2.called
+    assert hop2.calls.last.request.extensions["sni_hostname"] == "fal.media"
+    assert rebinding_dns.lookups == ["v3.fal.media", "fal.media"]
+
+
+def test_rebinding_redirect_target_is_checked_at_its_own_lookup(rebinding_dns: Rebinding) -> None:
+    """The redirect hop's one lookup answers a private address: refused before connecting."""
+    with respx.mock:
+        respx.get("https://34.117.1.1/a.png").respond(302, headers={"Location": "https://fal.media/b.png"})
+        private = respx.get(host="10.0.0.5").respond(200, content=b"internal")
+        with (
+            httpx.Client() as http,
+            pytest.raises(MirrorRejected, match=r"fal.media resolves to a non-public address \(10.0.0.5\)"),
+            open_media(http, "https://v3.fal.media/a.png", settings(media_hosts="v3.fal.media,fal.media")),
+        ):
+            pass
+    assert not private.called
+    assert rebinding_dns.lookups == ["v3.fal.media", "fal.media"]
+
+
+@respx.mock
+def test_next_checked_address_is_tried_when_connecting_fails(public_dns: dict[str, list[str]]) -> None:
+    public_dns["v3.fal.media"] = ["34.117.1.1", "34.117.1.9"]
+    down = respx.get(host="34.117.1.1").mock(side_effect=httpx.ConnectError("refused"))
+    up = respx.get("https://34.117.1.9/x.png").respond(200, content=make_png())
+    with httpx.Client() as http, open_media(http, "https://v3.fal.media/x.png", settings()) as media:
+        assert b"".join(media.iter_bytes()) == make_png()
+    assert down.called and up.called and media.address == "34.117.1.9"
 
 
 # --- real fetches from a local server ------------------------------------------------------
@@ -226,3 +314,48 @@ def test_connection_refused_is_transient() -> None:
     s = settings(media_hosts=f"127.0.0.1:{port}", allow_private_media=True)
     with pytest.raises(StorageTransientError, match="ConnectError"):
         fetch(f"http://127.0.0.1:{port}/x.png", s)
+
+
+# --- DNS rebinding against a real server ---------------------------------------------------------
+
+
+@pytest.fixture
+def rebound(media: MediaServer, rebinding_dns: Rebinding) -> Settings:
+    """``media.rebind.test`` answers 127.0.0.1 (where the media server listens) to the lookups a
+    download needs, then 127.0.0.2 (where nothing listens on that port).
+
+    With ``allow_private_media`` the name is still resolved once per hop and the request pinned
+    to that answer. (The rebinding attack itself, public-then-private with private media
+    refused, over https with SNI: tests/test_media_rebinding_tls.py.)"""
+    rebinding_dns.first, rebinding_dns.then = "127.0.0.1", "127.0.0.2"
+    with socket.socket() as probe, pytest.raises(OSError):  # the rebound address really is dead
+        probe.settimeout(2)
+        probe.connect(("127.0.0.2", media.port))
+    return settings(media_hosts=f"media.rebind.test:{media.port}", allow_private_media=True,
+                    max_image_bytes=1024 * 1024)
+
+
+@pytest.mark.parametrize(("path", "hops"), [("/img.png", 1), ("/redirect-ok", 2), ("/redirect-chain", 3)])
+def test_download_connects_to_the_address_it_checked(path: str, hops: int, media: MediaServer, rebound: Settings,
+                                                     rebinding_dns: Rebinding) -> None:
+    rebinding_dns.good = hops
+    url = media.url(path, host="media.rebind.test")
+    with httpx.Client(timeout=5.0) as http, open_media(http, url, rebound) as stream:
+        body = b"".join(stream.iter_bytes())
+    assert body == make_png() and stream.address == "127.0.0.1"
+    assert rebinding_dns.lookups == ["media.rebind.test"] * hops  # exactly one lookup per hop
+    # Control: a client that resolves the name itself now lands on the rebound address.
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=5.0)
+
+
+def test_pinned_request_names_the_host(media: MediaServer, rebound: Settings) -> None:
+    seen: list[str] = []
+
+    def record(h: Any) -> None:
+        seen.append(h.headers["Host"])
+        media.routes["/img.png"](h)
+
+    media.routes["/host-echo.png"] = record
+    assert fetch(media.url("/host-echo.png", host="media.rebind.test"), rebound) == make_png()
+    assert seen == [f"media.rebind.test:{media.port}"]

@@ -82,7 +82,11 @@ CASES = [
     Case("media-gif", ("not a JPEG, PNG or WEBP", "GIF")),
     Case("media-huge-length", ("2147483648 bytes", f"limit is {MAX_IMAGE}")),
     Case("media-endless", (f"exceeds {MAX_IMAGE} bytes",)),
-    Case("media-truncated-png", ("truncated or corrupt",)),
+    # a cut transfer is fetched again (fal's CDN may have dropped it); one that stays cut fails
+    Case("media-truncated-png", ("truncated in 3 downloads", "is truncated", "no PNG IEND chunk"),
+         error_type="media_truncated"),
+    Case("media-truncated-jpeg", ("truncated in 3 downloads", "is truncated", "end-of-image marker (FF D9)"),
+         error_type="media_truncated"),
     Case("media-404", ("HTTP 404",)),
     Case("media-500", ("mirroring failed", "HTTP 500"), error_type="storage_transient"),
     # private / loopback media refused by the strict worker, although allowlisted
@@ -196,6 +200,30 @@ def test_refused_media_was_never_fetched(run: Run) -> None:
     # ... while the redirecting and oversized ones were fetched (and cut short) exactly once
     assert run.fal.hits["/media/media-redirect-off.png"] == 1
     assert run.fal.hits["/media/media-endless.png"] == 1
+
+
+def test_truncated_media_is_fetched_again_and_never_stored(run: Run) -> None:
+    from falq.shared.storage import Storage
+
+    storage = Storage(run.client.settings)
+    for name in ("media-truncated-png", "media-truncated-jpeg"):
+        rec = run.records[name]
+        assert run.fal.hits[f"/media/{name}.png"] == 3, name  # TRUNCATED_TRIES downloads, then failed
+        # three retryable notes, then the same error as the final, non-retryable one
+        assert [(e.type, e.retryable) for e in rec.errors] == [("media_truncated", True)] * 3 + [
+            ("media_truncated", False)], [e.message for e in rec.errors]
+        assert rec.outputs == []
+        listed = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix=f"{run.client.settings.s3_prefix}/")
+        assert not [o["Key"] for o in listed.get("Contents", []) if f"/{rec.id}/" in o["Key"]], name
+
+
+def test_truncated_once_then_whole_completes(run: Run) -> None:
+    rec = run.client.generate("case:media-truncated-once hostile answer").wait(30)
+    assert rec.state == "completed", [e.message for e in rec.errors]
+    assert [e.type for e in rec.errors] == ["media_truncated"]
+    assert run.fal.hits["/media/media-truncated-once.png"] == 2
+    assert rec.outputs and rec.outputs[0].content_type == "image/jpeg"
+    assert run.fal.submissions[rec.id] == 1  # fetched again, never generated again
 
 
 def test_slow_answers_are_cut_and_recorded(run: Run) -> None:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from falq.shared.errors import MirrorRejected, StorageTransientError
+from falq.shared.errors import MediaTruncated, MirrorRejected, StorageTransientError
 from falq.shared.images import to_data_uri
 from falq.shared.records import StoredImage
 from falq.shared.settings import Settings
@@ -41,7 +41,25 @@ def media() -> Iterator[MediaServer]:
     with media_server() as server:
         jpeg = _jpeg()
         server.routes["/photo.png"] = lambda h: _serve(h, jpeg, "image/png")  # lies about its type
+        # Cut in half; the header parses and Content-Length matches the bytes sent, so the
+        # download itself ends cleanly.
+        for name, data, ctype in (("/cut.jpeg", jpeg, "image/jpeg"), ("/cut.png", _noise(640, 480, "PNG"), "image/png"),
+                                  ("/cut.webp", _noise(640, 480, "WEBP"), "image/webp")):
+            server.routes[name] = lambda h, cut=data[: len(data) // 2], ctype=ctype: _serve(h, cut, ctype)
+        state = {"hits": 0}
+
+        def cut_once(h: Any) -> None:  # a CDN that cut the first transfer only
+            state["hits"] += 1
+            _serve(h, jpeg[: len(jpeg) // 2] if state["hits"] == 1 else jpeg, "image/jpeg")
+
+        server.routes["/cut-once.jpeg"] = cut_once
         yield server
+
+
+def _noise(width: int, height: int, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((width, height), 60).convert("RGB").save(buf, format=fmt)
+    return buf.getvalue()
 
 
 def _serve(h: Any, body: bytes, ctype: str) -> None:
@@ -162,8 +180,47 @@ def test_html_posing_as_png_is_rejected(http: httpx.Client, storage: Storage, se
 
 
 def test_truncated_image_is_rejected(http: httpx.Client, storage: Storage, settings: Settings) -> None:
-    with pytest.raises(MirrorRejected, match="not a readable image"):
+    with pytest.raises(MirrorRejected, match="is truncated"):
         mirror(http, storage, settings, to_data_uri(b"\x89PNG\r\n\x1a\n" + b"\0" * 20, "image/png"))
+    iend = b"\0\0\0\0IEND\xaeB`\x82"
+    with pytest.raises(MirrorRejected, match="not a readable image"):  # complete, but no PNG inside
+        mirror(http, storage, settings, to_data_uri(b"\x89PNG\r\n\x1a\n" + b"\0" * 20 + iend, "image/png"))
+
+
+@pytest.mark.parametrize(("path", "missing"), [("/cut.jpeg", "no JPEG end-of-image marker (FF D9)"),
+                                             ("/cut.png", "no PNG IEND chunk"),
+                                             ("/cut.webp", "RIFF header declares")])
+def test_truncated_download_is_not_stored_and_is_retryable(path: str, missing: str, http: httpx.Client,
+                                                          storage: Storage, settings: Settings, media: MediaServer,
+                                                          puts: list[str]) -> None:
+    key = storage.key_base(ENDPOINT, "job123", CREATED, 5)
+    with pytest.raises(MediaTruncated) as info:
+        mirror(http, storage, settings, media.url(path), index=5, key=key)
+    message = str(info.value)
+    assert "output image 5 from 127.0.0.1 is truncated" in message and missing in message, message
+    assert isinstance(info.value, StorageTransientError) and info.value.retryable  # fetched again
+    assert info.value.kind == "media_truncated"
+    assert puts == []
+    assert all(storage.head(f"{key}.{ext}") is None for ext in ("jpeg", "png", "webp"))
+
+
+def test_cut_transfer_then_whole_image_is_stored(http: httpx.Client, storage: Storage, settings: Settings,
+                                                 media: MediaServer, puts: list[str]) -> None:
+    key = storage.key_base(ENDPOINT, "job-cut", CREATED, 0)
+    with pytest.raises(MediaTruncated):
+        mirror(http, storage, settings, media.url("/cut-once.jpeg"), key=key)
+    assert puts == []
+    out = mirror(http, storage, settings, media.url("/cut-once.jpeg"), key=key)
+    assert (out.content_type, out.width, out.height) == ("image/jpeg", 640, 480)
+    assert len(puts) == 1 and storage.get_bytes(out.key)[-2:] == b"\xff\xd9"
+
+
+def test_truncated_data_uri_is_rejected_for_good(http: httpx.Client, storage: Storage, settings: Settings,
+                                                 puts: list[str]) -> None:
+    jpeg = _jpeg(64, 48)
+    with pytest.raises(MirrorRejected, match=r"is truncated: .*FF D9"):
+        mirror(http, storage, settings, to_data_uri(jpeg[: len(jpeg) // 2], "image/jpeg"))
+    assert puts == []
 
 
 @pytest.mark.parametrize("path", ["/huge-length", "/endless"])

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -284,22 +284,12 @@ def test_signatures_and_the_callbacks_re_export() -> None:
 # --- per-job callbacks (unit) -------------------------------------------------------------------
 
 
-class _Store:
-    def __init__(self, rec: JobRecord) -> None:
-        self.rec = rec
-
-    def update(self, job_id: str, fn: Callable[[JobRecord], Any]) -> JobRecord:
-        assert job_id == self.rec.id
-        fn(self.rec)
-        return self.rec
-
-
 def _record(url: str) -> JobRecord:
     return JobRecord.new(endpoint=T2I, input={"prompt": "x"}, callback_url=url)
 
 
 def test_callback_to_a_private_name_is_refused_once_without_posting(dns: FakeDNS) -> None:
-    from falq.workers.callbacks import schedule_callback
+    from falq.workers.callbacks import post_callback
 
     dns.set("hooks.example", ["10.0.0.5"])
     sent: list[httpx.Request] = []
@@ -309,21 +299,21 @@ def test_callback_to_a_private_name_is_refused_once_without_posting(dns: FakeDNS
         return httpx.Response(204)
 
     rec = _record("https://hooks.example/cb")
-    store: Any = _Store(rec)
     t0 = time.monotonic()
     with httpx.Client(transport=httpx.MockTransport(handler)) as http:
-        schedule_callback(rec, settings=strict_settings(), store=store, http=http)
-    outcome = rec.metadata["callback"]
+        attempt = post_callback(rec, delivery_id=f"{rec.id}:3", settings=strict_settings(), http=http)
     assert sent == [] and time.monotonic() - t0 < 1  # no POST, no backoff
-    assert outcome["delivered"] is False and outcome["status"] == "refused" and outcome["tries"] == 1
-    assert "non-public address (10.0.0.5)" in outcome["reason"] and outcome["url_host"] == "hooks.example"
+    # final: the delivery loop marks it failed at once, after this one try
+    assert attempt.delivered is False and attempt.final is True and attempt.status == "refused"
+    assert attempt.reason is not None and "non-public address (10.0.0.5)" in attempt.reason
 
     sent.clear()
     rec2 = _record("https://hooks.example/cb")
-    store = _Store(rec2)
     with httpx.Client(transport=httpx.MockTransport(handler)) as http:
-        schedule_callback(rec2, settings=strict_settings(callback_allow_private=True), store=store, http=http)
-    assert rec2.metadata["callback"]["delivered"] is True and sent[0].url.host == "10.0.0.5"
+        attempt = post_callback(rec2, delivery_id=f"{rec2.id}:3",
+                                settings=strict_settings(callback_allow_private=True), http=http)
+    assert attempt.delivered is True and attempt.status == 204 and sent[0].url.host == "10.0.0.5"
+    assert sent[0].headers["x-falq-delivery-id"] == f"{rec2.id}:3"
 
 
 def test_producer_refuses_private_callback_url_at_enqueue() -> None:

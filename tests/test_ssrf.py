@@ -110,8 +110,10 @@ def fal_media_is_public(monkeypatch: pytest.MonkeyPatch) -> None:
                                     "https://localhost/x.png", "//169.254.169.254/latest/meta-data"])
 @respx.mock
 def test_redirects_to_private_spellings_are_not_followed(target: str, fal_media_is_public: None) -> None:
-    first = respx.get("https://v3.fal.media/x.png").respond(302, headers={"Location": target})
-    anything_else = respx.route(host__regex=r"^(?!v3\.fal\.media$).*").respond(200, content=b"x")
+    # open_media sends the request to the address it checked, naming the host in Host (and SNI)
+    first = respx.get("https://34.117.1.1/x.png", headers={"Host": "v3.fal.media"}).respond(
+        302, headers={"Location": target})
+    anything_else = respx.route(host__regex=r"^(?!34\.117\.1\.1$).*").respond(200, content=b"x")
     with (
         httpx.Client() as http,
         pytest.raises(MirrorRejected, match="redirect to a host outside the allowlist"),
@@ -124,8 +126,9 @@ def test_redirects_to_private_spellings_are_not_followed(target: str, fal_media_
 @respx.mock
 def test_redirect_to_allowlisted_name_resolving_to_loopback_is_refused(fal_media_is_public: None) -> None:
     """Even a redirect to an allowlisted host is refused when that host is private."""
-    respx.get("https://v3.fal.media/x.png").respond(302, headers={"Location": "https://localhost/x.png"})
-    local = respx.get("https://localhost/x.png").respond(200, content=b"x")
+    respx.get("https://34.117.1.1/x.png", headers={"Host": "v3.fal.media"}).respond(
+        302, headers={"Location": "https://localhost/x.png"})
+    local = respx.route(host__regex=r"^(?!34\.117\.1\.1$).*").respond(200, content=b"x")
     with (
         httpx.Client() as http,
         pytest.raises(MirrorRejected, match="non-public address"),

@@ -6,84 +6,251 @@ The body is the job record as JSON (the same shape ``falq status --json`` prints
 verify it came from falq and is fresh (the scheme Stripe-style webhooks use;
 :func:`falq.shared.outbound.verify` checks it, and is re-exported here).
 
+Every delivery also carries ``X-Falq-Job-Id`` and **``X-Falq-Delivery-Id``**:
+``<job id>:<version>``, where the version is the one of the save that made the job terminal.
+It is the same on every try and every redelivery (``falq callbacks redeliver``) of one
+outcome, so a receiver that stores the ids it handled processes each outcome once; a job
+retried by hand and finished again gets a new one. Callbacks are delivered *at least once*:
+a receiver may see the same id more than once (a worker died after POSTing but before
+recording it) and must deduplicate on it.
+
+**Never lost.** The save that makes a job with a ``callback_url`` terminal also enters it in
+the Redis outbox, in the same Lua script (:mod:`falq.shared.outbox`), so a worker killed
+right after finishing the job loses nothing. Every worker runs a delivery loop
+(:func:`start_callbacks`, started with the takeover and reaper threads) that claims due
+entries atomically for :data:`LEASE_S` (two workers never deliver the same try; a claim of a
+killed worker lapses and another worker delivers), POSTs them, and on success removes them.
+A failed try is retried with exponential backoff and full jitter (:data:`BASE_S` doubling up
+to :data:`MAX_S`) for ``FALQ_CALLBACK_RETRY_FOR_S`` (7200 s, about fal's own webhook window)
+from the first try; then the callback is marked failed (``{p}:outbox:failed``,
+``falq callbacks pending --failed``, ``falq callbacks redeliver --failed``). Every try is
+appended to the job's delivery log (``falq callbacks log ID``: time, status code or error,
+whether it was final), kept as long as the record.
+
 Delivery goes through :func:`falq.shared.outbound.post_json`: the target must resolve to
 public addresses unless ``FALQ_CALLBACK_ALLOW_PRIVATE`` (tests), the request goes to the
-address that was checked, and redirects are not followed. A refused target is recorded at
-once (``status: "refused"`` and a ``reason``) and never retried; other failures are
-retried with backoff (5 tries within about half a minute) in the job's own greenlet. The
-outcome is written to the record's ``metadata["callback"]``.
+address that was checked, and redirects are not followed. A refused target is final at once
+(``status: "refused"`` and a ``reason``), as is an answer trying again will not change (a
+3xx, most 4xx). The summary outcome is written to the record's ``metadata["callback"]``
+(``delivered``, ``status``, ``tries``, ``at``, ``url_host``, ``delivery_id``).
 
 Example::
 
-    schedule_callback(rec, settings=ctx.settings, store=ctx.store, http=ctx.callback_http)
+    start_callbacks(ctx.store, ctx.settings, ctx.callback_http)   # once per worker
+    wake()                                                        # a job just ended: look now
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import OutboundRefused, OutboundUnresolved, post_json, sign, verify
-from falq.shared.records import JobRecord
+from falq.shared.outbox import Action, Claim, Outbox
+from falq.shared.records import TERMINAL, JobRecord
 from falq.shared.settings import Settings
 from falq.workers.backoff import backoff_delay
 
-__all__ = ["TRIES", "schedule_callback", "sign", "verify"]
+__all__ = ["DELIVERY_ID_HEADER", "Attempt", "CallbackSender", "post_callback", "sign", "start_callbacks", "verify",
+           "wake"]
 
 log = logging.getLogger("falq.callbacks")
-TRIES = 5
+DELIVERY_ID_HEADER = "X-Falq-Delivery-Id"
+#: Seconds one POST may take.
+TIMEOUT_S = 10.0
+#: How long a claim keeps an entry from other workers: one try (its timeout, DNS included)
+#: with room for the writes around it. A killed worker's entry is due again after this.
+LEASE_S = 30.0
+#: Retry delays: full jitter below ``BASE_S * 2**tries``, capped at ``MAX_S``.
+BASE_S = 1.0
+MAX_S = 900.0
+#: Deliveries in flight per worker; the loop claims no more than it has room for.
+INFLIGHT = 32
+#: How often an idle loop looks at the outbox (a job ending in this worker wakes it at once).
+POLL_S = 1.0
 
 
-def schedule_callback(rec: JobRecord, *, settings: Settings, store: JobStore, http: httpx.Client) -> None:
-    """Deliver ``rec`` to its callback URL (no-op when the job has none); record the outcome.
+@dataclass(frozen=True)
+class Attempt:
+    """One try: ``status`` is the HTTP code, ``"refused"``, ``"unresolved"`` or httpx's error name.
+
+    ``final``: not delivered and trying again will not help (a refused target, a 3xx, most 4xx).
+    """
+
+    delivered: bool
+    final: bool
+    status: int | str
+    reason: str | None = None
+
+    @property
+    def status_code(self) -> int | None:
+        return self.status if isinstance(self.status, int) else None
+
+
+def post_callback(rec: JobRecord, *, delivery_id: str, settings: Settings, http: httpx.Client) -> Attempt:
+    """POST ``rec`` once to its callback URL, signed when ``FALQ_CALLBACK_SECRET`` is set.
 
     Parameters:
-        rec: the finished job's record.
+        rec: the finished job's record (it must have a ``callback_url``).
+        delivery_id: the ``X-Falq-Delivery-Id`` (:func:`falq.shared.outbox.delivery_id`).
         settings: for ``callback_secret`` and ``callback_allow_private``.
-        store: where the outcome is written (``metadata["callback"]``).
         http: the client to send with (:func:`falq.shared.outbound.make_client`).
     """
-    if not rec.callback_url:
-        return
+    assert rec.callback_url
     body = json.dumps(rec.public(), separators=(",", ":")).encode()
-    headers = {"Content-Type": "application/json", "User-Agent": "falq-callback/0.1", "X-Falq-Job-Id": rec.id}
+    headers = {"Content-Type": "application/json", "User-Agent": "falq-callback/0.1", "X-Falq-Job-Id": rec.id,
+               DELIVERY_ID_HEADER: delivery_id}
     secret = settings.callback_secret.get_secret_value() if settings.callback_secret is not None else None
-    outcome: dict[str, object] = {"url_host": _host(rec.callback_url), "delivered": False}
-    for attempt in range(TRIES):
-        try:
-            done = post_json(http, rec.callback_url, body, headers, allow_private=settings.callback_allow_private,
-                             timeout=10.0, secret=secret)
-        except OutboundRefused as exc:
-            outcome["status"] = "refused"
-            outcome["reason"] = str(exc)
-            break  # the target is not allowed; it will not be next time either
-        except OutboundUnresolved:
-            outcome["status"] = "unresolved"
-        except httpx.HTTPError as exc:
-            outcome["status"] = type(exc).__name__
-        else:
-            outcome["status"] = done.status_code
-            if done.delivered:
-                outcome["delivered"] = True
-                break
-            if done.final:
-                break  # the receiver refuses this body (or redirects): trying again will not help
-        if attempt < TRIES - 1:
-            time.sleep(backoff_delay(attempt, base_s=0.5, max_s=8.0))
-    outcome["tries"] = attempt + 1
-    outcome["at"] = time.time()
-    if outcome["status"] == "refused":
-        log.warning("callback for job %s refused: %s", rec.id, outcome["reason"])
-    elif not outcome["delivered"]:
-        log.warning("callback for job %s not delivered after %s tries (%s)", rec.id, attempt + 1, outcome["status"])
     try:
-        store.update(rec.id, lambda r: r.metadata.__setitem__("callback", outcome))
-    except Exception as exc:  # the record may have expired or been deleted; the job is done anyway
-        log.warning("could not record callback outcome for %s: %s", rec.id, type(exc).__name__)
+        done = post_json(http, rec.callback_url, body, headers, allow_private=settings.callback_allow_private,
+                         timeout=TIMEOUT_S, secret=secret)
+    except OutboundRefused as exc:  # the target is not allowed; it will not be next time either
+        return Attempt(delivered=False, final=True, status="refused", reason=str(exc))
+    except OutboundUnresolved:
+        return Attempt(delivered=False, final=False, status="unresolved")
+    except httpx.HTTPError as exc:
+        return Attempt(delivered=False, final=False, status=type(exc).__name__)
+    # done.final: the receiver refuses this body (or redirects): trying again will not help
+    return Attempt(delivered=done.delivered, final=done.final, status=done.status_code)
+
+
+class CallbackSender:
+    """The delivery loop of one worker over the outbox (:class:`falq.shared.outbox.Outbox`).
+
+    Parameters:
+        store: the job store (its Redis holds the outbox; outcomes go to ``metadata["callback"]``).
+        settings: for the secret, ``callback_allow_private`` and ``callback_retry_for_s``.
+        http: the client to send with.
+        lease_s: how long a claim keeps an entry from other workers.
+    """
+
+    def __init__(self, store: JobStore, settings: Settings, http: httpx.Client, *, lease_s: float = LEASE_S,
+                 inflight: int = INFLIGHT, poll_s: float = POLL_S) -> None:
+        self.store = store
+        self.settings = settings
+        self.http = http
+        self.outbox = Outbox(store)
+        self.lease_s = lease_s
+        self.inflight = inflight
+        self.poll_s = poll_s
+        self._busy = 0
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def wake(self) -> None:
+        """Look at the outbox now (a job of this worker just ended)."""
+        self._wake.set()
+
+    def deliver_due(self, limit: int = 100) -> int:
+        """Claim the due entries and deliver them one after another; returns how many were claimed."""
+        claims = self.outbox.claim(limit=limit, lease_s=self.lease_s)
+        for claim in claims:
+            self.deliver(claim)
+        return len(claims)
+
+    def deliver(self, claim: Claim) -> Action:
+        """One try of a claimed entry: POST, log the try, then remove, reschedule or fail the entry."""
+        entry = self.outbox.entry(claim.job_id)
+        if entry is None or entry.record.state not in TERMINAL or not entry.record.callback_url:
+            # The record expired, or a retry made the job run again (its next end enters it anew).
+            self.outbox.finish(claim, "drop")
+            return "drop"
+        rec = entry.record
+        tries = entry.tries + 1
+        attempt = post_callback(rec, delivery_id=entry.delivery_id, settings=self.settings, http=self.http)
+        now = time.time()
+        deadline = entry.since + self.settings.callback_retry_for_s
+        next_at: float | None = None
+        action: Action
+        if attempt.delivered:
+            action = "done"
+        elif attempt.final or now >= deadline:
+            action = "failed"
+        else:
+            action = "retry"
+            next_at = min(now + backoff_delay(tries - 1, base_s=BASE_S, max_s=MAX_S), deadline)
+        error = None if attempt.status_code is not None else \
+            f"refused: {attempt.reason}" if attempt.status == "refused" else str(attempt.status)
+        doc: dict[str, Any] = {"at": now, "try": tries, "delivery_id": entry.delivery_id,
+                               "status_code": attempt.status_code, "error": error, "delivered": attempt.delivered,
+                               "final": action != "retry", "next_at": next_at}
+        if self.outbox.finish(claim, action, attempt=doc, next_at=next_at) and action != "retry":
+            self._record(rec, entry.delivery_id, attempt, tries, now)
+        return action
+
+    def _record(self, rec: JobRecord, delivery_id: str, attempt: Attempt, tries: int, at: float) -> None:
+        outcome: dict[str, object] = {"url_host": _host(rec.callback_url or ""), "delivered": attempt.delivered,
+                                      "status": attempt.status, "tries": tries, "at": at,
+                                      "delivery_id": delivery_id}
+        if attempt.reason is not None:
+            outcome["reason"] = attempt.reason
+        if attempt.status == "refused":
+            log.warning("callback for job %s refused: %s", rec.id, attempt.reason)
+        elif not attempt.delivered:
+            log.warning("callback for job %s not delivered after %s tries (%s)", rec.id, tries, attempt.status)
+        try:
+            self.store.update(rec.id, lambda r: r.metadata.__setitem__("callback", outcome))
+        except Exception as exc:  # the record may have expired or been deleted; the job is done anyway
+            log.warning("could not record callback outcome for %s: %s", rec.id, type(exc).__name__)
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Claim and deliver (each in its own thread: a greenlet in a worker) until ``stop`` is set."""
+        while not stop.is_set():
+            claimed = 0
+            try:
+                claimed = self._tick()
+            except Exception as exc:  # Redis may be restarting; try next round
+                log.warning("callback pass failed: %s", type(exc).__name__)
+            if not claimed:
+                self._wake.wait(self.poll_s)
+                self._wake.clear()
+
+    def _tick(self) -> int:
+        with self._lock:
+            room = self.inflight - self._busy
+        claims = self.outbox.claim(limit=room, lease_s=self.lease_s)
+        for claim in claims:
+            with self._lock:
+                self._busy += 1
+            threading.Thread(target=self._one, args=(claim,), name="falq-callback", daemon=True).start()
+        return len(claims)
+
+    def _one(self, claim: Claim) -> None:
+        try:
+            self.deliver(claim)
+        except Exception as exc:  # the claim lapses and the entry is tried again
+            log.warning("callback for job %s crashed (%s); it is tried again", claim.job_id, type(exc).__name__)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+
+_sender: CallbackSender | None = None
+
+
+def start_callbacks(store: JobStore, settings: Settings, http: httpx.Client,
+                    stop: threading.Event | None = None) -> CallbackSender:
+    """Start this worker's delivery loop (a daemon thread) until ``stop`` (a warm shutdown) is set."""
+    global _sender
+    sender = CallbackSender(store, settings, http)
+    threading.Thread(target=sender.run, args=(stop or threading.Event(),), name="falq-callbacks",
+                     daemon=True).start()
+    _sender = sender
+    return sender
+
+
+def wake() -> None:
+    """Wake this process's delivery loop, if it runs (a job just ended here)."""
+    if _sender is not None:
+        _sender.wake()
 
 
 def _host(url: str) -> str | None:

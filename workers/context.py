@@ -17,6 +17,7 @@ from falq.shared.redisconn import redis_client
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
 from falq.workers.admission import Admission, Unlimited
+from falq.workers.download import make_media_client
 from falq.workers.lease import LeaseKeeper
 
 if TYPE_CHECKING:
@@ -36,7 +37,8 @@ class WorkerContext:
 
     def __init__(self, settings: Settings, admission: Admission | None = None) -> None:
         self.settings = settings
-        self.redis = redis_client(settings.redis_url, max_connections=settings.worker_concurrency + 64)
+        self.redis = redis_client(settings.redis_url, max_connections=settings.worker_concurrency + 64,
+                                  settings=settings)
         self.store = JobStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s)
         self.leases = LeaseKeeper(self.redis, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s)
         self.admission = admission or Unlimited()
@@ -50,15 +52,10 @@ class WorkerContext:
 
     @cached_property
     def media_http(self) -> httpx.Client:
-        # Separate from the fal client: never follows redirects by itself (see
-        # workers.download) and has its own, longer read timeout for big images.
-        return httpx.Client(
-            timeout=httpx.Timeout(60.0, connect=10.0, pool=60.0),
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=max(100, self.settings.worker_concurrency), max_keepalive_connections=64
-            ),
-        )
+        # Separate from the fal client: never follows redirects by itself, connects only to
+        # the addresses it checked (no environment proxy), bounds headers and body in total
+        # (see workers.download), and has its own, longer read timeout for big images.
+        return make_media_client(self.settings)
 
     @cached_property
     def callback_http(self) -> httpx.Client:
@@ -82,7 +79,12 @@ class WorkerContext:
             self._bucket_ready = True
 
     def notify_finished(self, rec: JobRecord) -> None:
-        """Hook run once a job reached a terminal state (callbacks attach here)."""
-        from falq.workers.callbacks import schedule_callback
+        """Hook run once a job reached a terminal state (callbacks attach here).
 
-        schedule_callback(rec, settings=self.settings, store=self.store, http=self.callback_http)
+        The save of the terminal state already put a job with a ``callback_url`` in the
+        outbox (:mod:`falq.shared.outbox`); this only wakes the delivery loop to send it now.
+        """
+        from falq.workers.callbacks import wake
+
+        if rec.callback_url:
+            wake()

@@ -6,8 +6,17 @@ SHA-256, MD5 and size are computed. Then:
 
 * the first bytes are sniffed: anything that is not really JPEG/PNG/WEBP (an HTML error
   page served as ``image/png``, say) is a :class:`MirrorRejected` naming what was found;
-* Pillow reads width and height from the headers only, then verifies the file's structure
-  (a truncated PNG is refused);
+* the image must end where its format says it ends -- a JPEG's end-of-image marker
+  (``FF D9``), a PNG's ``IEND`` chunk, a WEBP's RIFF length. Bytes that stop early although
+  the download ended cleanly (a Content-Length that matches the cut) raise
+  :class:`MediaTruncated`, a retryable error: the image is fetched again, and the job fails
+  if it stays truncated (:data:`TRUNCATED_TRIES` downloads). A truncated image is never stored;
+* Pillow reads width and height from the headers, then checks the data: PNG chunk
+  structure and CRCs (``verify``), JPEG by decoding every scan at 1/8 scale (``draft``: the
+  whole entropy-coded stream is read while the pixels take 1/64 of the memory), WEBP by
+  decoding. A corrupt image is a :class:`MirrorRejected`. The bytes are read from the spool
+  (memory up to ``mirror_memory_bytes``, disk beyond), never copied whole into memory
+  (except WEBP, which Pillow decodes from one buffer);
 * the object key gets the extension of the *sniffed* type, so the key, its ContentType
   and the bytes always agree;
 * the key is HEADed first: an object whose ``sha256`` metadata equals ours is left alone,
@@ -32,18 +41,25 @@ from typing import IO, Any
 
 import httpx
 
-from falq.shared.errors import MirrorRejected
+from falq.shared.errors import MediaTruncated, MirrorRejected
 from falq.shared.images import EXTENSIONS, MIME_OF_FORMAT, parse_data_uri, sniff_mime
 from falq.shared.records import StoredImage
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
 from falq.workers.download import open_media
 
-__all__ = ["mirror_image", "mirror_outputs"]
+__all__ = ["TRUNCATED_TRIES", "mirror_image", "mirror_outputs"]
 
 log = logging.getLogger(__name__)
 
 _KNOWN_EXTS = (".png", ".jpeg", ".jpg", ".webp")
+#: Downloads of one image that may end truncated before its job fails (see mirror_step).
+TRUNCATED_TRIES = 3
+#: Where an image's end marker is looked for: the end, or this many bytes before it (some
+#: encoders pad after it; JPEG's entropy-coded data can never contain ``FF D9``).
+_TAIL_BYTES = 1024
+_PNG_IEND = b"IEND\xaeB`\x82"  # the IEND chunk type and its (constant) CRC
+_JPEG_EOI = b"\xff\xd9"
 
 
 class _Sink:
@@ -94,7 +110,8 @@ def mirror_image(
     with tempfile.SpooledTemporaryFile(max_size=settings.mirror_memory_bytes) as spool:
         sink = _Sink(spool)
         claimed: str | None
-        if source_url[:5].lower() == "data:":
+        from_data_uri = source_url[:5].lower() == "data:"
+        if from_data_uri:
             source_host = "data-uri"
             claimed = _read_data_uri(source_url, sink, settings)
         else:
@@ -115,7 +132,11 @@ def mirror_image(
                 f"{what} is not a JPEG, PNG or WEBP image: found {_describe(head)}"
                 + (f" (claimed {claimed.split(';')[0].strip()})" if claimed else "")
             )
+        # First whether the bytes reach the image's end (Pillow cannot even open some cut files):
+        # a cut download is worth another try, a cut data URI (fal's saved answer) is not.
+        _check_complete(spool, mime, sink.size, what, refetch=not from_data_uri)
         width, height = _dimensions(spool, what)
+        _check_decodes(spool, mime, what)
         if expected_format and MIME_OF_FORMAT.get(expected_format.lower()) not in (None, mime):
             log.warning("%s is %s although %s was requested; storing it as such", what, mime, expected_format)
 
@@ -212,6 +233,29 @@ def _read_data_uri(uri: str, sink: _Sink, settings: Settings) -> str | None:
     return mime
 
 
+def _check_complete(fileobj: IO[bytes], mime: str, size: int, what: str, *, refetch: bool) -> None:
+    """Raise :class:`MediaTruncated` (``refetch``, else :class:`MirrorRejected`) when the bytes
+    stop before the image's end marker."""
+    fileobj.seek(max(0, size - _TAIL_BYTES))
+    tail = fileobj.read(_TAIL_BYTES)
+    if mime == "image/jpeg":
+        missing = None if _JPEG_EOI in tail else "no JPEG end-of-image marker (FF D9)"
+    elif mime == "image/png":
+        missing = None if _PNG_IEND in tail else "no PNG IEND chunk"
+    else:  # image/webp: "RIFF" <little-endian length of what follows> "WEBP"
+        fileobj.seek(0)
+        riff = fileobj.read(12)
+        declared = int.from_bytes(riff[4:8], "little") + 8
+        missing = None if declared <= size else f"its RIFF header declares {declared} bytes"
+    fileobj.seek(0)
+    if missing is None:
+        return
+    text = f"{what} is truncated: the {size} bytes end before the image does ({missing})"
+    if refetch:
+        raise MediaTruncated(text + "; the transfer may have been cut", reason="media_truncated")
+    raise MirrorRejected(text)
+
+
 def _dimensions(fileobj: IO[bytes], what: str) -> tuple[int, int]:
     from PIL import Image
 
@@ -222,15 +266,30 @@ def _dimensions(fileobj: IO[bytes], what: str) -> tuple[int, int]:
     except Exception as exc:  # Pillow raises many types (incl. DecompressionBombError)
         raise MirrorRejected(f"{what} is not a readable image ({type(exc).__name__})") from None
     fileobj.seek(0)
+    return int(width), int(height)
+
+
+def _check_decodes(fileobj: IO[bytes], mime: str, what: str) -> None:
+    """Raise :class:`MirrorRejected` unless Pillow reads the whole image without error."""
+    from PIL import Image, ImageFile
+
+    fileobj.seek(0)
     try:
-        # The headers of a truncated file still parse. verify() walks the file's structure
-        # without decoding pixels (for PNG: every chunk's CRC up to IEND), so a cut-off or
-        # corrupted PNG is refused instead of stored. (For JPEG it checks little.)
+        if ImageFile.LOAD_TRUNCATED_IMAGES:  # a process-wide Pillow switch other code may turn on
+            raise OSError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES is on; cannot check the image")
         with Image.open(fileobj) as img:
-            img.verify()
+            if mime == "image/png":
+                # verify() walks every chunk and its CRC up to IEND without decoding pixels.
+                img.verify()
+            else:
+                if mime == "image/jpeg":
+                    # Decode every scan at 1/8 scale: the whole entropy-coded stream is read
+                    # (a cut or corrupt one fails) while the pixels take 1/64 of the memory.
+                    img.draft(None, (1, 1))
+                img.load()
     except Exception as exc:
         raise MirrorRejected(f"{what} is truncated or corrupt ({type(exc).__name__}: {str(exc)[:80]})") from None
-    return int(width), int(height)
+    fileobj.seek(0)
 
 
 def _same_object(head: Mapping[str, Any], sha: str, size: int) -> bool:

@@ -6,12 +6,19 @@ import json
 
 from pydantic import ValidationError
 
-from falq.shared.errors import FalBadAnswer, FalRequestFailed, FalRequestFailedTransient, PermanentError, RetryableError
+from falq.shared.errors import (
+    FalBadAnswer,
+    FalRequestFailed,
+    FalRequestFailedTransient,
+    MediaTruncated,
+    PermanentError,
+    RetryableError,
+)
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.schemas import GenerateOutput
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
-from falq.workers.mirror import mirror_image
+from falq.workers.mirror import TRUNCATED_TRIES, mirror_image
 from falq.workers.step import DONE, Outcome, StepBase, _note
 
 
@@ -76,6 +83,12 @@ class MirrorPhase(StepBase):
             self.commit(_note(exc))
             since = self.rec.timestamps.get("mirroring", 0.0)
             tries = sum(1 for e in self.rec.errors if e.at >= since)
+            if isinstance(exc, MediaTruncated):
+                # fal's CDN may have cut the transfer: fetch again, but an image that stays cut
+                # is broken at the source (a clear failure, like any other bad image).
+                cut = sum(1 for e in self.rec.errors if e.at >= since and e.type == MediaTruncated.kind)
+                if cut >= TRUNCATED_TRIES:
+                    return self._fail(exc, prefix=f"the image was truncated in {cut} downloads: ")
             if tries >= self.s.max_attempts * 2:
                 return self._fail(exc, prefix=f"mirroring failed {tries} times: ")
             return self._wait(backoff_delay(tries, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s,

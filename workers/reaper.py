@@ -110,6 +110,27 @@ def takeover_once(app: Celery, store: JobStore, settings: Settings, leases: Leas
     return taken
 
 
+def prune_expired(store: JobStore, settings: Settings, *, batch: int = 1000) -> int:
+    """Drop index entries of records that expired (finished records expire after
+    ``FALQ_RECORD_TTL_S``; their ids would otherwise stay in ``{p}:created`` and the finished
+    ``{p}:state:*`` sets for ever). Returns how many ids were pruned."""
+    r = store.r
+    old = time.time() - settings.record_ttl_s
+    pruned = 0
+    for key in [store.keys.created, *(store.keys.state(s) for s in TERMINAL)]:
+        ids = [x.decode() for x in r.zrangebyscore(key, "-inf", old, start=0, num=batch)]
+        if not ids:
+            continue
+        pipe = r.pipeline(transaction=False)
+        for job_id in ids:
+            pipe.exists(store.keys.job(job_id))
+        gone = [j for j, there in zip(ids, pipe.execute(), strict=True) if not there]
+        if gone:
+            r.zrem(key, *gone)
+            pruned += len(gone)
+    return pruned
+
+
 def start_takeover(app: Celery, store: JobStore, settings: Settings, leases: LeaseKeeper) -> threading.Thread:
     """Run :func:`takeover_once` every half lease TTL, one worker at a time."""
     interval = max(1.0, settings.lease_ttl_s / 2)
@@ -139,6 +160,7 @@ def start_reaper(app: Celery, store: JobStore, settings: Settings) -> threading.
             try:
                 if store.r.set(lock_key, b"1", nx=True, ex=max(1, int(interval))):
                     reap_once(app, store, settings)
+                    prune_expired(store, settings)
             except Exception as exc:  # Redis may be restarting; try next round
                 log.warning("reaper pass failed: %s", type(exc).__name__)
 

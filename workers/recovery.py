@@ -20,7 +20,7 @@ log = logging.getLogger("falq.recovery")
 
 def start_sweeper(app: Celery, interval_s: float) -> threading.Thread | None:
     """Start the sweep loop for ``app``'s broker; returns None for brokers that need none."""
-    if not str(app.conf.broker_url).startswith(("redis://", "rediss://", "unix://")):
+    if not str(app.conf.broker_url).startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         return None  # AMQP brokers requeue a dead consumer's messages by themselves
     thread = threading.Thread(target=_loop, args=(app, interval_s), name="falq-unacked-sweeper", daemon=True)
     thread.start()

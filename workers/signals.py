@@ -14,6 +14,7 @@ def install() -> None:
 
 def _on_ready(sender: Any = None, **_: Any) -> None:
     from falq.workers.app import app
+    from falq.workers.callbacks import start_callbacks
     from falq.workers.reaper import start_reaper, start_takeover
     from falq.workers.recovery import start_sweeper
     from falq.workers.tasks import get_context
@@ -22,7 +23,10 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     start_sweeper(app, float(interval))
     ctx = get_context()
     start_reaper(app, ctx.store, ctx.settings)
-    start_takeover(app, ctx.store, ctx.settings, ctx.leases)
+    # Per-job callbacks from the Redis outbox; stops claiming on a warm shutdown.
+    start_callbacks(ctx.store, ctx.settings, ctx.callback_http, stop=ctx.shutting_down)
+    if ctx.settings.takeover:
+        start_takeover(app, ctx.store, ctx.settings, ctx.leases)
 
 
 def _on_shutdown(**_: Any) -> None:

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import redis
+
 from falq.shared.errors import (
     DeadlineExceeded,
     FalAccountLocked,
@@ -21,6 +23,7 @@ from falq.shared.errors import (
     FalqError,
     FalRequestFailedTransient,
     JobNotFound,
+    is_redis_oom,
 )
 from falq.shared.jobstore import Conflict
 from falq.shared.records import AT_FAL, JobRecord
@@ -67,8 +70,13 @@ class StepBase:
 
     # --- persistence ----------------------------------------------------------------------------
     def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False) -> None:
-        """Apply ``change`` and save; on a concurrent write, reload and apply it again."""
-        for _ in range(50):
+        """Apply ``change`` and save; on a concurrent write, reload and apply it again.
+
+        While Redis refuses writes at ``maxmemory`` (OOM), the save is retried with backoff
+        for as long as the step holds its lease and has time: the job keeps its progress
+        and goes on the moment memory frees (see :meth:`_ride_out_oom`)."""
+        conflicts, oom_delay = 0, 0.0
+        while conflicts < 50:
             old_state, old_errors = self.rec.state, len(self.rec.errors)
             change(self.rec)
             try:
@@ -76,10 +84,26 @@ class StepBase:
                 self._notify(old_state, old_errors)
                 return
             except Conflict:
-                self.rec = self.ctx.store.get(self.rec.id)
-                if self.rec.terminal and not allow_terminal:
-                    raise Stop() from None
+                conflicts += 1
+            except redis.RedisError as exc:
+                if not is_redis_oom(exc):
+                    raise
+                oom_delay = self._ride_out_oom(exc, oom_delay)
+            self.rec = self.ctx.store.get(self.rec.id)
+            if self.rec.terminal and not allow_terminal:
+                raise Stop() from None
         raise Conflict(self.rec.id)
+
+    def _ride_out_oom(self, exc: Exception, delay: float) -> float:
+        """Wait before saving again into a full Redis; re-raise once the step must end
+        (shutdown, lease lost, step budget spent): the task then re-publishes the job."""
+        if self.ctx.shutting_down.is_set() or not self.ctx.leases.still_held(self.lease) \
+                or time.monotonic() + delay > self.ends_at:
+            raise exc
+        if not delay:
+            log.warning("job %s: Redis memory is full (maxmemory); retrying the save until it frees", self.rec.id)
+        time.sleep(delay)
+        return min(2.0, max(0.2, delay * 2))
 
     def _notify(self, old_state: str, old_errors: int) -> None:
         rec = self.rec

@@ -23,6 +23,7 @@ from falq.shared.errors import (
 )
 from falq.shared.falclient import Submitted, request_urls, submit_headers
 from falq.shared.records import JobRecord, Submission
+from falq.shared.redisconn import replicas_to_wait_for, wait_for_replicas
 from falq.workers.backoff import backoff_delay
 from falq.workers.step import DONE, Outcome, StepBase, _note, _requeue_with
 
@@ -67,8 +68,10 @@ class SubmitPhase(StepBase):
             r.submitted_at = None
             r.move("submitting")
 
-        # Persisted before the POST: a crash from here on counts this attempt.
+        # Persisted before the POST: a crash from here on counts this attempt. On a replica
+        # too, so a failover cannot bring back a record with fewer attempts than fal saw.
         self.commit(start_attempt)
+        self._replicated(f"attempt {self.rec.attempts} of job {self.rec.id}")
         attempt = self.rec.attempts
         headers = {**submit_headers(self.s, self.rec.lane), "X-Falq-Job-Id": self.rec.id,
                    "X-Falq-Attempt": str(attempt)}
@@ -123,11 +126,25 @@ class SubmitPhase(StepBase):
             return DONE
         return None
 
+    def _replicated(self, what: str) -> None:
+        """Wait until a replica has the record as last saved (Redis ``WAIT``, see
+        :func:`falq.shared.redisconn.wait_for_replicas`); a replica that is only slow costs a
+        warning. Raises ``redis.ConnectionError`` if the server answering has an older record:
+        the save was lost in a failover."""
+        if not replicas_to_wait_for(self.ctx.redis, self.s):
+            return  # no replicas (or FALQ_REDIS_WAIT_REPLICAS=0): no round trip at all
+        pipe = self.ctx.redis.pipeline(transaction=False)
+        pipe.hget(self.ctx.store.job_key(self.rec.id), "version")
+        (version,) = wait_for_replicas(self.ctx.redis, self.s, pipe=pipe, what=what)
+        if version is not None and int(version) < self.rec.version:
+            raise redis.ConnectionError(f"job {self.rec.id}: the saved {what} was lost in a Redis failover")
+
     def _commit_persistently(self, change: Callable[[JobRecord], object], request_id: str) -> None:
         delay, end = 0.2, time.monotonic() + max(60.0, self.s.lease_ttl_s * 3)
         while True:
             try:
                 self.commit(change, allow_terminal=True)
+                self._replicated(f"request id {request_id} of job {self.rec.id}")
                 return
             except redis.RedisError as exc:
                 if time.monotonic() > end:

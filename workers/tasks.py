@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from functools import lru_cache
 
 from celery import Celery, Task
 from celery.exceptions import Reject
 
 from falq.shared.dispatch import TASK_NAME, publish
+from falq.shared.errors import is_redis_oom
 from falq.shared.settings import get_settings
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
@@ -38,13 +40,16 @@ def register(app: Celery) -> Task:
         ctx = get_context()
         try:
             outcome = Runner(ctx).run_step(job_id)
-        except Exception as exc:  # a bug or an outage (Redis down): never lose the job
-            log.exception("step of job %s crashed (%s); re-publishing", job_id, type(exc).__name__)
+        except Exception as exc:  # a bug or an outage (Redis down or full): never lose the job
+            if is_redis_oom(exc):
+                log.warning("step of job %s stopped: Redis memory is full (maxmemory); re-publishing", job_id)
+            else:
+                log.exception("step of job %s crashed (%s); re-publishing", job_id, type(exc).__name__)
             outcome = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
         if outcome.done:
             return "done"
         try:
-            publish(self.app, ctx.settings, job_id, lane=lane, endpoint=endpoint, countdown=outcome.delay)
+            _republish(self.app, ctx, job_id, lane, endpoint, outcome.delay)
         except Exception as exc:
             # Could not re-publish (broker down): hand the message back instead of acking it.
             log.error("could not re-publish job %s (%s); requeueing the message", job_id, type(exc).__name__)
@@ -52,3 +57,19 @@ def register(app: Celery) -> Task:
         return f"continues in {outcome.delay:.1f}s"
 
     return run_job
+
+
+def _republish(app: Celery, ctx: WorkerContext, job_id: str, lane: str, endpoint: str, delay: float) -> None:
+    """Publish the job's next step. While Redis refuses writes at ``maxmemory``, try again with
+    backoff (the message stays unacked meanwhile), up to a quarter of the visibility timeout
+    or until shutdown; then the caller hands the message back."""
+    wait, end = 0.2, time.monotonic() + ctx.settings.visibility_timeout_s / 4
+    while True:
+        try:
+            publish(app, ctx.settings, job_id, lane=lane, endpoint=endpoint, countdown=delay)
+            return
+        except Exception as exc:
+            if not is_redis_oom(exc) or ctx.shutting_down.is_set() or time.monotonic() + wait > end:
+                raise
+            time.sleep(wait)
+            wait = min(2.0, wait * 2)

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 #: The scenarios in the order of a full run: the names of
 #: :data:`falq.ops.bench.scenarios.SCENARIOS`, written out so ``--help`` and the option's
 #: check need not import the harness (a test keeps the two equal).
-SCENARIO_NAMES = ("overhead", "inflight", "saturation", "mirror", "limiter", "enqueue", "cost", "connections")
+SCENARIO_NAMES = ("overhead", "inflight", "saturation", "mirror", "limiter", "enqueue", "cost", "connections",
+                  "recovery")
 
 
 @click.command(name="bench", context_settings=HELP_OPTIONS)

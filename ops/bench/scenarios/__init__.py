@@ -10,7 +10,17 @@ from types import ModuleType
 
 from falq.ops.bench.harness import Harness
 from falq.ops.bench.model import Row
-from falq.ops.bench.scenarios import connections, cost, enqueue, inflight, limiter, mirror, overhead, saturation
+from falq.ops.bench.scenarios import (
+    connections,
+    cost,
+    enqueue,
+    inflight,
+    limiter,
+    mirror,
+    overhead,
+    recovery,
+    saturation,
+)
 
-_MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost, connections]
+_MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost, connections, recovery]
 SCENARIOS: dict[str, Callable[[Harness], list[Row]]] = {m.NAME: m.run for m in _MODULES}
