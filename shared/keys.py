@@ -37,6 +37,7 @@ key                             type    what
                                         (``falq callbacks redeliver --failed``)
 ``{p}:delivery:{id}``           list    every callback try of the job (JSON), capped, TTL as
                                         the record
+``{p}:tenants``                 hash    tenant name -> its settings (JSON), :mod:`falq.shared.tenants`
 ==============================  ======  ==========================================================
 
 Lua scripts that build keys from ids they read inside Redis (the job store's create, the
@@ -140,6 +141,10 @@ class Keys:
 
     def gateway_hook(self, job_id: str) -> str:
         return f"{self.prefix}:gateway:hook:{job_id}"
+
+    @property
+    def tenants(self) -> str:
+        return f"{self.prefix}:tenants"
 
     @property
     def outbox(self) -> str:

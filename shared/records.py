@@ -128,6 +128,8 @@ class JobRecord(BaseModel):
     #: stream events (new lines) and polled windows are deduplicated against it.
     log_cursor: list[str] = Field(default_factory=list)
 
+    #: The tenant that owns the job (falq.shared.tenants); ``default`` when none was named.
+    tenant: str = "default"
     idempotency_key: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = None
