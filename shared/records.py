@@ -130,6 +130,10 @@ class JobRecord(BaseModel):
 
     #: The tenant that owns the job (falq.shared.tenants); ``default`` when none was named.
     tenant: str = "default"
+    #: The batch the job belongs to (every ``falq bulk`` run and ``POST /v1/batches``), if any.
+    batch_id: str | None = None
+    #: Jobs whose outputs this job's input references (``falq:JOB_ID#N``): it waits until they completed.
+    parents: list[str] = Field(default_factory=list)
     idempotency_key: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = None
