@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test redis-server lint typecheck contracts unit chaos bench bench-quick bench-connections soak clean
+.PHONY: install demo test redis-server prometheus lint typecheck contracts unit chaos bench bench-quick bench-connections soak clean screenshots
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -30,8 +30,16 @@ redis-server:
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "falq needs redis-server on PATH (Debian: apt-get install redis-server)"; exit 1; fi; }
 
+# tests/test_prometheus_*.py run Debian's prometheus and promtool (their own process, on a free port).
+prometheus:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing prometheus from Debian's packages"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
+	  else echo "falq's tests need prometheus and promtool on PATH (Debian: apt-get install prometheus)"; exit 1; fi; }
+
 ## make test: lint, type-check and run the whole default suite (starts its own servers).
-test: install redis-server lint typecheck contracts
+test: install redis-server prometheus lint typecheck contracts
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: install
@@ -62,6 +70,10 @@ bench-quick: install
 ## 5-60 s latencies), beside fal-client in the same run.
 bench-connections: install
 	$(BIN)/python -m falq.ops.bench --only connections
+
+## make screenshots: the web console's README pictures (docs/console-*.png) from a real run in Chromium.
+screenshots: install redis-server
+	$(BIN)/python -m falq.ops.screenshots $(ARGS)
 
 ## make soak: 50,000 bulk jobs (default) through 2 workers; RSS, Redis memory, leftover keys,
 ## fds and connections must stay bounded (exit 1 if not). Smaller: make soak ARGS="--jobs 3000".

@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from falq.cli.output import (
     make_client,
     stderr,
 )
+from falq.producers.batches import enqueue_batch, open_batch, price
 from falq.producers.bulk import (
     DEFAULT_ENDPOINT,
     LINE_KEYS,
@@ -36,7 +39,6 @@ from falq.producers.bulk import (
     BulkReport,
     Reject,
     Snapshot,
-    enqueue,
     file_key,
     load_file,
     wait_and_report,
@@ -67,10 +69,14 @@ MAX_SHOWN_ERRORS = 200
 @click.option("--chunk-size", type=click.IntRange(1, 10_000), default=500, show_default=True,
               help="Jobs per pipelined enqueue round.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (errors included) instead of text.")
+@click.option("--tenant", metavar="NAME", help="Enqueue for this tenant (default: FALQ_TENANT, else default).")
+@click.option("--name", help="The batch's name  [default: the file's name]")
+@click.option("--yes", is_flag=True, help="Start even when the estimated cost exceeds what is left of the budget.")
 @handle_errors
 def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | None, skip_invalid: bool,
          rejects_path: Path | None, dry_run: bool, no_wait: bool, timeout: float | None, results_path: Path | None,
-         chunk_size: int, as_json: bool) -> int:
+         chunk_size: int, as_json: bool, tenant: str | None = None, name: str | None = None,
+         yes: bool = False) -> int:
     """Enqueue every job of FILE (JSONL or CSV), wait for them, write a results JSONL.
 
     \b
@@ -80,9 +86,13 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
     The whole file is validated first; with any invalid line nothing is enqueued (exit 2)
     unless --skip-invalid. Rerunning the same command after a crash or Ctrl-C enqueues
     only what is missing and never duplicates a job (see `falq.producers.bulk`).
+    Every run is a batch (`falq batch show ID`); rerunning joins the same batch. An edit's
+    image_urls may name another line's output as falq:LINE_ID#N (or a job's, falq:JOB_ID#N):
+    it waits until that line's job completed. --dry-run prices the run; a run whose estimate
+    exceeds what is left of the budget needs --yes.
     """
     t0 = time.monotonic()
-    falq = make_client()
+    falq = make_client(tenant)
     lines, rejects = load_file(file, falq, fmt=fmt, endpoint=endpoint, lane=lane, run_id=run_id)
     doc: dict[str, Any] = {"file": str(file), "run_key": f"bulk:{file_key(file, run_id)}",
                            "lines": len(lines) + len(rejects), "valid": len(lines), "invalid": len(rejects),
@@ -93,8 +103,12 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
         doc["rejects_path"] = str(write_rejects(rejects_path or _beside(file, "rejects"), rejects))
     if rejects and not as_json:
         _show_rejects(rejects, doc.get("rejects_path"))
+    cost = price(falq, lines)
+    doc["price"] = cost.as_json()
     if dry_run:
         note(f"dry run: {doc['lines']} lines, {len(lines)} valid, {len(rejects)} invalid; nothing was enqueued")
+        for text in cost.lines():
+            note(text)
         return _done(doc, as_json, EXIT_INVALID if rejects else EXIT_OK)
     if rejects and not skip_invalid:
         note(f"error: {len(rejects)} of {doc['lines']} lines are invalid; nothing was enqueued "
@@ -104,6 +118,18 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
         note("error: no valid line to enqueue")
         return _done(doc, as_json, EXIT_INVALID)
 
+    if cost.exceeds and not yes:
+        for text in cost.lines():
+            note(text)
+        if not (sys.stdin.isatty() and not as_json and click.confirm("start anyway?", default=False, err=True)):
+            note(f"error: the estimated ${cost.total_usd:.2f} exceeds what is left of the budget; nothing was "
+                 "enqueued (rerun with --yes to start anyway)")
+            return _done(doc, as_json, EXIT_INVALID)
+    sha = hashlib.sha256(file.read_bytes()).hexdigest()
+    batch, _ = open_batch(falq, name=name or file.name, source_name=file.name, source_sha256=sha,
+                          run_key=doc["run_key"])
+    doc["batch_id"] = batch.id
+    note(f"batch {batch.id} ({batch.name}); follow it with: falq batch show {batch.id}")
     new = 0
 
     def counted(done: int, created: int) -> None:
@@ -112,7 +138,7 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
 
     t_enq = time.monotonic()
     try:
-        job_ids = enqueue(falq, lines, chunk_size=chunk_size, on_chunk=counted)
+        job_ids = enqueue_batch(falq, lines, batch, chunk_size=chunk_size, on_chunk=counted)
     except KeyboardInterrupt:
         note("interrupted while enqueueing; nothing was lost or duplicated: rerun the same command to "
              "enqueue the rest")

@@ -58,11 +58,17 @@ _PLACEHOLDER = "https://placeholder.invalid/image.png"
 #: The service commands are the very click commands their modules run as ``python -m ...``.
 LAZY = {
     "bulk": ("falq.cli.bulk", "bulk", "Enqueue a JSONL/CSV file of jobs, follow them, write the results."),
+    "batches": ("falq.cli.batches", "batches", "List batches (every bulk run and POST /v1/batches)."),
+    "batch": ("falq.cli.batches", "batch", "One batch: show progress, cancel, retry failures, export results."),
     "limits": ("falq.cli.limits", "limits", "Show or change the global limits of every fal key."),
     "budget": ("falq.cli.limits", "budget", "Today's spend (UTC) against the daily budget; set or clear it."),
     "retry": ("falq.cli.limits", "retry", "Run failed or cancelled jobs again as new attempts."),
     "callbacks": ("falq.cli.callbacks", "callbacks", "Per-job callbacks: pending ones, every try, redeliver."),
+    "tenants": ("falq.cli.tenants", "tenants", "Tenants sharing the fal account, and their gateway API keys."),
     "top": ("falq.cli.ops", "top", "Live view of throughput, latency, failures, spend."),
+    "db": ("falq.cli.db", "db", "The catalogue's database: apply migrations (upgrade), show the revision."),
+    "catalogue": ("falq.cli.catalogue", "catalogue", "The catalogue of finished jobs: rebuild it from S3."),
+    "report": ("falq.cli.report", "report", "Reports from the catalogue: spend by day, endpoint, tenant..."),
     "worker": ("falq.workers.cli", "command", "Run a worker: Celery on the gevent pool (python -m falq.workers)."),
     "emulator": ("falq.emulator.server", "command", "Run the local fal emulator (python -m falq.emulator)."),
     "flower": ("falq.ops.flower", "command", "Run Flower for falq (auth on by default)."),
@@ -105,6 +111,8 @@ def job_options(kind: str) -> Callable[[Callable[..., int]], Callable[..., int]]
         click.option("--metadata", "metadata", multiple=True, metavar="KEY=VALUE",
                      help="Stored on the job and sent back in callbacks (repeatable)."),
         click.option("--callback-url", help="http(s) URL POSTed the final record."),
+        click.option("--tenant", metavar="NAME", help=_d("Enqueue for this tenant (falq tenants list).",
+                                                          "FALQ_TENANT, else default")),
         click.option("--wait", is_flag=True, help="Follow the job live until it ends."),
         click.option("--timeout", type=float, metavar="S", help="With --wait: give up waiting after S seconds."),
         click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
@@ -126,7 +134,7 @@ def job_options(kind: str) -> Callable[[Callable[..., int]], Callable[..., int]]
 @handle_errors
 def generate(prompt: str, **opts: Any) -> int:
     """Enqueue a text-to-image job for PROMPT; prints the job id (or the record with --json)."""
-    falq = make_client()
+    falq = make_client(opts["tenant"])
     fields, errors = _fields(opts)
     endpoint = TEXT_TO_IMAGE["pro" if opts["pro"] else "standard"]
     data = {"prompt": prompt, **fields}
@@ -149,7 +157,7 @@ def edit(prompt: str, images: tuple[str, ...], flatten_alpha: bool, **opts: Any)
     """Enqueue an edit of one or more images following PROMPT."""
     from falq.producers.inputs import prepare_images
 
-    falq = make_client()
+    falq = make_client(opts["tenant"])
     fields, errors = _fields(opts)
     endpoint = EDIT["pro" if opts["pro"] else "standard"]
     is_url = [bool(_URL_SCHEME.match(i)) and not Path(i).exists() for i in images]
@@ -225,14 +233,27 @@ def cancel(job_id: str, as_json: bool) -> int:
 @click.option("--state", metavar="STATE", help=f"Only jobs in this state ({', '.join(STATES)}).")
 @click.option("--limit", metavar="N", default="50", show_default=True, help="At most N jobs (1 to 100000).")
 @click.option("--since", metavar="T", help="Only newer than T: 30s, 10m, 2h, 1d, an ISO time or epoch seconds.")
+@click.option("--text", "--search", "text", metavar="WORDS", help="Only jobs whose prompt has every word "
+              "(full-text search in the catalogue).")
+@click.option("--endpoint", metavar="ID", help="Only jobs of this endpoint.")
+@click.option("--tenant", metavar="NAME", help="Only jobs of this tenant.")
+@click.option("--batch", "batch_id", metavar="ID", help="Only jobs of this batch.")
+@click.option("--metadata", "meta", multiple=True, metavar="KEY=VALUE", help="Only jobs with this metadata "
+              "(repeatable).")
 @click.option("--errors", "show_errors", is_flag=True, help="Also list each job's full error history.")
 @click.option("--json", "as_json", is_flag=True, help="Print the records (with their error history) as JSON.")
 @handle_errors
-def jobs(state: str | None, limit: str, since: str | None, show_errors: bool, as_json: bool) -> int:
-    """List jobs, newest first (`--state failed --errors`: the dead letters and why)."""
+def jobs(state: str | None, limit: str, since: str | None, text: str | None, endpoint: str | None,
+         tenant: str | None, batch_id: str | None, meta: tuple[str, ...], show_errors: bool, as_json: bool) -> int:
+    """List jobs, newest first: live ones and the catalogue's history (`--state failed --errors`:
+    the dead letters and why; `--text "red fox" --since 7d`: a search)."""
     from falq.producers.admin import Admin
 
-    recs = Admin(make_client()).jobs(state, since=since, limit=limit)
+    bad = [m for m in meta if "=" not in m or not m.partition("=")[0].strip()]
+    if bad:
+        raise InvalidInput([FieldError("metadata", f"must be KEY=VALUE, got {bad[0]!r}")])
+    recs = Admin(make_client()).jobs(state, since=since, limit=limit, text=text, endpoint=endpoint, tenant=tenant,
+                                     batch_id=batch_id, metadata=_metadata(meta))
     if as_json:
         emit_json([r.public() for r in recs])
     elif not recs:

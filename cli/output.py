@@ -23,7 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from falq.shared.errors import FalqError, FieldError, InvalidInput, JobNotFound, JobTimeout
+from falq.shared.errors import CatalogueUnavailable, FalqError, FieldError, InvalidInput, JobNotFound, JobTimeout
 from falq.shared.records import TERMINAL, JobRecord
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ def handle_errors(fn: Callable[P, int]) -> Callable[P, int]:
             return fail(as_json, "job_not_found", str(exc), EXIT_NOT_FOUND)
         except JobTimeout as exc:
             return fail(as_json, "timeout", str(exc), EXIT_TIMEOUT)
+        except CatalogueUnavailable as exc:  # the database of finished jobs is down or slow
+            return fail(as_json, exc.kind, str(exc), EXIT_UNAVAILABLE)
         except FalqError as exc:
             return fail(as_json, exc.kind, str(exc), EXIT_FAILED)
         except KeyboardInterrupt:
@@ -118,15 +120,16 @@ def _is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, redis.ConnectionError | redis.TimeoutError | OperationalError)
 
 
-def make_client() -> Falq:
-    """The Falq client for this invocation, configured from the environment."""
+def make_client(tenant: str | None = None) -> Falq:
+    """The Falq client for this invocation, configured from the environment (``tenant``: the
+    ``--tenant`` option of producer commands, else ``FALQ_TENANT``)."""
     from pydantic import ValidationError
 
     from falq.producers.client import Falq
     from falq.shared.settings import get_settings
 
     try:
-        return Falq(get_settings())
+        return Falq(get_settings(), tenant=tenant)
     except ValidationError as exc:  # report where and why, never the (maybe secret) value
         raise InvalidInput([FieldError(f"settings.{'.'.join(str(p) for p in e['loc'])}", e["msg"])
                             for e in exc.errors(include_url=False, include_input=False)]) from None
@@ -189,7 +192,8 @@ def record_view(rec: JobRecord, *, elapsed: float | None = None, logs: int = 5) 
 
 
 _STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "in_progress": "cyan",
-                "in_queue": "blue", "mirroring": "magenta"}
+                "in_queue": "blue", "mirroring": "magenta",
+                "waiting": "dim"}
 
 
 def jobs_table(recs: list[JobRecord]) -> Table:

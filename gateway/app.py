@@ -13,8 +13,6 @@ one place (:func:`_handlers`): ``Unprocessable`` / ``InvalidInput`` -> 422, ``Jo
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,18 +26,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from falq.gateway import fal_routes, limits_routes, rest_routes
-from falq.gateway.auth import ApiKeys, AuthMiddleware
+from falq.gateway import batch_routes, fal_routes, limits_routes, rest_routes
+from falq.gateway.auth import ApiKeys, AuthMiddleware, Forbidden
 from falq.gateway.config import GatewaySettings
+from falq.gateway.console import console_routes
 from falq.gateway.core import Gateway, RequestIdMiddleware, Unprocessable, json_response
-from falq.gateway.hooks import HookDispatcher
 from falq.gateway.openapi import build_document
 from falq.gateway.proxy import FalProxyMiddleware
 from falq.gateway.views import validation_detail
 from falq.gateway.webhooks import fal_webhook
 from falq.producers.client import Falq
-from falq.shared.errors import InvalidInput, JobNotFound, RedisMemoryFull, StorageError, StorageTransientError
+from falq.shared.errors import (
+    CatalogueUnavailable,
+    InvalidInput,
+    JobNotFound,
+    RedisMemoryFull,
+    StorageError,
+    StorageTransientError,
+    TenantNotFound,
+)
 from falq.shared.settings import Settings
+from falq.shared.tenants import ApiKeyStore
 from falq.shared.webhooks import WebhookVerifier, settings_jwks_url
 
 log = logging.getLogger("falq.gateway")
@@ -62,14 +69,22 @@ def _handlers() -> dict[Any, Any]:
         job_id = request.path_params.get("job_id")
         return json_response(404, {"status": "NOT_FOUND", "detail": str(exc)}, job_id)
 
+    async def forbidden(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Forbidden)
+        return json_response(403, {"detail": exc.detail})
+
+    async def no_tenant(request: Request, exc: Exception) -> Response:
+        return json_response(404, {"detail": str(exc)})
+
     async def unavailable(request: Request, exc: Exception) -> Response:
         log.warning("%s %s: backend unavailable (%s)", request.method, request.url.path, type(exc).__name__)
         return json_response(503, {"detail": f"falq is temporarily unavailable ({type(exc).__name__})"},
                              headers={"retry-after": "1"})
 
-    return {Unprocessable: unprocessable, InvalidInput: invalid, JobNotFound: not_found,
+    return {Unprocessable: unprocessable, InvalidInput: invalid, JobNotFound: not_found, Forbidden: forbidden,
+            TenantNotFound: no_tenant,
             redis.RedisError: unavailable, OperationalError: unavailable, StorageTransientError: unavailable,
-            StorageError: unavailable, RedisMemoryFull: unavailable}
+            StorageError: unavailable, RedisMemoryFull: unavailable, CatalogueUnavailable: unavailable}
 
 
 def routes() -> list[Route]:
@@ -85,11 +100,26 @@ def routes() -> list[Route]:
         Route("/v1/jobs/{job_id}/cancel", r.cancel_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}/retry", r.retry_job, methods=["POST"]),
         Route("/v1/bulk", r.bulk, methods=["POST"]),
+        Route("/v1/batches", batch_routes.list_batches, methods=["GET"]),
+        Route("/v1/batches", batch_routes.create_batch, methods=["POST"]),
+        Route("/v1/batches/{batch_id}", batch_routes.get_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/cancel", batch_routes.cancel_batch, methods=["POST"]),
+        Route("/v1/batches/{batch_id}/retry", batch_routes.retry_batch, methods=["POST"]),
+        Route("/v1/batches/{batch_id}/results", batch_routes.batch_results, methods=["GET"]),
+        Route("/v1/batches/{batch_id}/errors", batch_routes.batch_errors, methods=["GET"]),
         Route("/v1/retry-failed", r.retry_failed, methods=["POST"]),
         Route("/v1/limits", lim.get_limits, methods=["GET"]),
         Route("/v1/limits", lim.put_limits, methods=["PUT"]),
         Route("/v1/budget", lim.get_budget, methods=["GET"]),
         Route("/v1/budget", lim.put_budget, methods=["PUT"]),
+        Route("/v1/tenants", lim.list_tenants, methods=["GET"]),
+        Route("/v1/tenants", lim.create_tenant, methods=["POST"]),
+        Route("/v1/tenants/{name}", lim.get_tenant, methods=["GET"]),
+        Route("/v1/tenants/{name}", lim.patch_tenant, methods=["PATCH"]),
+        Route("/v1/tenants/{name}", lim.delete_tenant, methods=["DELETE"]),
+        Route("/v1/tenants/{name}/keys", lim.list_keys, methods=["GET"]),
+        Route("/v1/tenants/{name}/keys", lim.create_key, methods=["POST"]),
+        Route("/v1/tenants/{name}/keys/{key_id}", lim.revoke_key, methods=["DELETE"]),
         Route("/{path:path}", fal_routes.queue_call, methods=["GET", "POST", "PUT"]),
     ]
 
@@ -111,40 +141,31 @@ def create_app(
         unauthenticated: serve without API keys (refused otherwise when none are configured).
         falq: a producer client to reuse.
         verifier: the fal webhook verifier (default: fal's JWKS or ``FALQ_FAL_JWKS_URL``).
-        dispatch_hooks: run the ``fal_webhook`` delivery task in this process.
+        dispatch_hooks: kept for callers of older versions; ignored. ``fal_webhook`` deliveries
+            go through the job outbox and are made by the workers (:mod:`falq.workers.callbacks`).
 
     Raises :class:`falq.gateway.config.GatewayConfigError` when no key is configured and
     ``unauthenticated`` is false. ``app.state.gateway`` is the :class:`Gateway`.
     """
     settings = settings or Settings()
     gsettings = gsettings or GatewaySettings()
-    keys = ApiKeys(None if unauthenticated else gsettings.key_list())
     gw = Gateway(settings, gsettings, falq=falq)
-    hooks = HookDispatcher(gw)
+    keys = ApiKeys(None if unauthenticated else gsettings.key_list(),
+                   store=ApiKeyStore(gw.store.r, prefix=settings.key_prefix))
     jwks = gsettings.fal_jwks_url or settings_jwks_url(settings)
     verifier = verifier or WebhookVerifier(gw.store.r, jwks_url=jwks, prefix=settings.key_prefix)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(hooks.run(stop)) if dispatch_hooks else None
-        try:
-            yield
-        finally:
-            stop.set()
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(task, 5)
-            await hooks.aclose()
+        yield  # nothing runs in the background: fal_webhook deliveries are the workers' (outbox)
 
     app = Starlette(
-        routes=routes(),
+        routes=[*console_routes(gw, keys), *routes()],  # the web console (/ui) before the fal catch-all
         lifespan=lifespan,
         exception_handlers=_handlers(),
         middleware=[Middleware(RequestIdMiddleware), Middleware(AuthMiddleware, keys=keys),
                     Middleware(FalProxyMiddleware)],
     )
     app.state.gateway = gw
-    app.state.hooks = hooks
     app.state.verifier = verifier
     return app

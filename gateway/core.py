@@ -24,8 +24,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from falq.gateway.auth import Principal
 from falq.gateway.config import GatewaySettings
 from falq.producers.client import Falq
+from falq.shared.errors import JobNotFound
 from falq.shared.jobstore import JobStore
 from falq.shared.records import JobRecord
 from falq.shared.settings import Settings
@@ -88,6 +90,33 @@ class Gateway:
 
     def presign(self, key: str) -> str:
         return self.storage.presign(key)
+
+
+def missing(job_id: str) -> JobNotFound:
+    """The one "no such job" error: what an unknown id and another tenant's id both raise."""
+    return JobNotFound(f"no job with id {job_id!r} (never enqueued, or its record expired)")
+
+
+def visible_job(gw: Gateway, who: Principal, job_id: str) -> JobRecord:
+    """The job ``job_id`` if ``who``'s tenant owns it; else :class:`JobNotFound`, exactly as
+    for an id that does not exist (blocking: call it through :func:`blocking`).
+
+    Every gateway route that takes a job id goes through here. Both "no such job" and
+    "another tenant's job" cost the same one HMGET and raise the same error with the same
+    text, so neither the answer nor the Redis work tells them apart.
+
+    Example::
+
+        rec = await blocking(visible_job, gw, principal(request), job_id)   # or 404
+    """
+    try:
+        # Redis, else the catalogue for a finished job Redis no longer holds (tenant-filtered there)
+        rec = gw.falq.lookup(job_id, tenant=who.tenant)
+    except JobNotFound:
+        raise missing(job_id) from None
+    if rec.tenant != who.tenant:
+        raise missing(job_id)
+    return rec
 
 
 class RequestIdMiddleware:

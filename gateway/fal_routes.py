@@ -12,7 +12,11 @@ Routes (one catch-all, as in the emulator, so every path form fal's clients send
   for ``sync_mode``) or fal's error answer (422 ``content_policy_violation`` for moderation)
 * ``PUT  /{owner}/{app}[/{path}]/requests/{id}/cancel``: 202 ``CANCELLATION_REQUESTED`` / 400 ``ALREADY_COMPLETED``
 
-Unknown ids answer 404 ``{"status": "NOT_FOUND"}``.
+Unknown ids answer 404 ``{"status": "NOT_FOUND"}``, and so do ids of another tenant's jobs
+(byte for byte: :func:`falq.gateway.core.visible_job`). Submitting needs the key's ``submit``
+scope, so does cancel; status, stream and result need ``read`` (403 otherwise, checked first).
+A job is created for the key's tenant; an endpoint the tenant may not use is a 422 naming
+``endpoint``.
 
 Example::
 
@@ -31,8 +35,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from falq.gateway.core import Gateway, blocking, json_response
-from falq.gateway.hooks import HookDispatcher, check_webhook_url
+from falq.gateway.auth import Principal, principal, require
+from falq.gateway.core import Gateway, blocking, json_response, visible_job
+from falq.gateway.hooks import check_webhook_url
 from falq.gateway.views import (
     APPS,
     COMPLETED,
@@ -74,6 +79,7 @@ async def queue_call(request: Request) -> Response:
             return json_response(404, {"detail": f"Application '{prefix}' not found"})
         if request.method != "POST":
             return json_response(405, {"detail": "Method not allowed"}, headers={"allow": "POST"})
+        require(request, "submit")
         return await submit(request, prefix)
     tail = parts[idx + 1:]
     if prefix not in APPS and prefix not in ENDPOINTS:
@@ -86,8 +92,9 @@ async def queue_call(request: Request) -> Response:
     expected = {"": "GET", "status": "GET", "status/stream": "GET", "cancel": "PUT"}[action]
     if request.method != expected:
         return json_response(405, {"detail": "Method not allowed"}, rid, {"allow": expected})
+    who = require(request, "submit" if action == "cancel" else "read")
     gw = _gw(request)
-    rec = await _find(gw, rid)
+    rec = await _find(gw, who, rid)
     if rec is None or app_of(rec.endpoint) != app_of(prefix):
         return json_response(404, {"status": "NOT_FOUND", "detail": f"Request {rid} not found"}, rid)
     if action == "status":
@@ -99,11 +106,12 @@ async def queue_call(request: Request) -> Response:
     return await result(gw, rec)
 
 
-async def _find(gw: Gateway, rid: str) -> JobRecord | None:
+async def _find(gw: Gateway, who: Principal, rid: str) -> JobRecord | None:
+    """The caller's job ``rid``; None for an unknown id and for another tenant's, alike."""
     if not rid or len(rid) > 200:
         return None
     try:
-        return await blocking(gw.store.get, rid)
+        return await blocking(visible_job, gw, who, rid)
     except JobNotFound:
         return None
 
@@ -114,6 +122,7 @@ async def _find(gw: Gateway, rid: str) -> JobRecord | None:
 async def submit(request: Request, endpoint: str) -> Response:
     """Validate everything first; enqueue only a request that is entirely valid."""
     gw = _gw(request)
+    tenant = principal(request).tenant
     detail: list[dict[str, Any]] = []
     try:
         data = json.loads(await request.body() or b"null")
@@ -138,17 +147,20 @@ async def submit(request: Request, endpoint: str) -> Response:
             detail.append({"loc": ["query", "fal_webhook"], "msg": "must be an http(s) URL without credentials",
                            "type": "value_error"})
     try:
-        await blocking(gw.falq.validate, endpoint, data, lane=lane)
+        await blocking(gw.falq.validate, endpoint, data, lane=lane, tenant=tenant)
     except InvalidInput as exc:
-        detail = validation_detail(exc) + detail
+        entries = validation_detail(exc)
+        for entry in entries:  # the endpoint is the URL's path here, not a body field
+            if entry["loc"] == ["body", "endpoint"]:
+                entry["loc"] = ["path", "endpoint"]
+        detail = entries + detail
     if detail:
         return json_response(422, {"detail": detail})
+    # The webhook is part of the record from its creation on; the save that ends the job puts
+    # it in the outbox (falq.workers.callbacks delivers it, in fal's shape).
     handle = await blocking(gw.falq.submit, endpoint, data, lane=lane,  # type: ignore[arg-type]
-                            idempotency_key=key, metadata=metadata)
+                            idempotency_key=key, metadata=metadata, tenant=tenant, fal_webhook=webhook or None)
     rec = await blocking(handle.record)
-    if webhook:
-        hooks: HookDispatcher = request.app.state.hooks
-        await blocking(hooks.register, rec.id, webhook)
     position = await blocking(gw.queue_position, rec)
     body: dict[str, Any] = {"status": "IN_QUEUE", "request_id": rec.id, **queue_urls(gw.base_url(request), rec),
             "queue_position": position, "gateway_request_id": rec.id, "logs": None, "metrics": {}}

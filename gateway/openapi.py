@@ -17,7 +17,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from falq.gateway.limits_routes import BudgetIn, LimitsIn
+from falq.gateway.limits_routes import BudgetIn, LimitsIn, TenantIn
 from falq.gateway.openapi_schemas import SCHEMAS
 from falq.gateway.rest_routes import BulkItem, JobIn
 from falq.shared.endpoints import ENDPOINTS
@@ -178,6 +178,7 @@ def _rest_paths() -> dict[str, Any]:
             "put": _op("put_budget", "Set (or clear with null) the daily budget",
                        {"200": _resp("Budget", ref("Budget")), **_errors(401, 422)}, body=ref("BudgetIn")),
         },
+        **_tenant_paths(),
         "/healthz": {"get": _op("healthz", "Liveness", {"200": _resp("Alive", ref("Health"))}, tag="probes",
                                 public=True)},
         "/readyz": {"get": _op("readyz", "Readiness: Redis answers, the S3 bucket is reachable",
@@ -205,10 +206,50 @@ def _rest_paths() -> dict[str, Any]:
     }
 
 
+def _tenant_paths() -> dict[str, Any]:
+    """``/v1/tenants``: tenants and their API keys (see the README's scope matrix for who may)."""
+    name = _param("name", "path", {"type": "string"}, "The tenant's name", required=True)
+    key_id = _param("key_id", "path", {"type": "string"}, "The key's id (falq tenants key list)", required=True)
+    obj = {"type": "object"}
+    forbidden = {"403": _resp("The key lacks the scope (or is not the operator's)", ref("Error"))}
+    return {
+        "/v1/tenants": {
+            "get": _op("list_tenants", "Tenants (the operator: all; other keys: their own)",
+                       {"200": _resp("Tenants", obj), **forbidden, **_errors(401)}),
+            "post": _op("create_tenant", "Create a tenant (operator)",
+                        {"201": _resp("The tenant", obj), **forbidden, **_errors(401, 422)}, body=ref("TenantIn")),
+        },
+        "/v1/tenants/{name}": {
+            "get": _op("get_tenant", "One tenant (another tenant's name: 404, as an unknown one)",
+                       {"200": _resp("The tenant", obj), **forbidden, **_errors(401, 404, 422)}, params=[name]),
+            "patch": _op("patch_tenant", "Change some of a tenant's settings (operator)",
+                         {"200": _resp("The tenant", obj), **forbidden, **_errors(401, 404, 422)}, params=[name],
+                         body=obj),
+            "delete": _op("delete_tenant", "Remove a tenant and its keys (operator; refused while it has "
+                          "unfinished jobs, and for default)",
+                          {"200": _resp("Removed", obj), **forbidden, **_errors(401, 404, 422)}, params=[name]),
+        },
+        "/v1/tenants/{name}/keys": {
+            "get": _op("list_keys", "The tenant's API keys: id, label, scopes, created, last 4 characters (operator)",
+                       {"200": _resp("Keys", obj), **forbidden, **_errors(401, 404)}, params=[name]),
+            "post": _op("create_key", "A new API key of the tenant, answered once (operator)",
+                        {"201": _resp("The key (shown only here)", obj), **forbidden, **_errors(401, 404, 422)},
+                        params=[name], body={"type": "object", "properties": {
+                            "scopes": {"type": "array", "items": {"enum": ["submit", "read", "admin"]}},
+                            "label": {"type": "string"}}, "required": ["scopes"]}),
+        },
+        "/v1/tenants/{name}/keys/{key_id}": {
+            "delete": _op("revoke_key", "Revoke a key at once (operator)",
+                          {"200": _resp("Revoked", obj), **forbidden, **_errors(401, 404, 422)},
+                          params=[name, key_id]),
+        },
+    }
+
+
 def _model_schemas() -> dict[str, Any]:
     """Request-body schemas generated from the pydantic models, ``$defs`` hoisted into components."""
     out: dict[str, Any] = {}
-    for model in (TextToImageInput, EditInput, JobIn, BulkItem, LimitsIn, BudgetIn):
+    for model in (TextToImageInput, EditInput, JobIn, BulkItem, LimitsIn, BudgetIn, TenantIn):
         schema = model.model_json_schema(ref_template=REF)
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema

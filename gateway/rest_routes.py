@@ -10,8 +10,12 @@
 * ``POST /v1/retry-failed?since=`` -- every failed job (since a time) again
 * ``GET /healthz`` (liveness, no auth) and ``GET /readyz`` (Redis ping, S3 bucket reachable)
 
-Limits and budget are in :mod:`falq.gateway.limits_routes`; they, cancel and retry are thin
-layers over :class:`falq.producers.admin.Admin`, the service the ``falq`` CLI uses too.
+Limits, budget and tenants are in :mod:`falq.gateway.limits_routes`; they, cancel and retry
+are thin layers over :class:`falq.producers.admin.Admin`, the service the ``falq`` CLI uses too.
+
+Every route first checks the key's scope (:func:`falq.gateway.auth.require`: 403), then works
+only on the key's tenant: jobs are created for it, listings hold only its jobs, and a job id
+of another tenant answers 404 exactly as an unknown id (:func:`falq.gateway.core.visible_job`).
 
 Example::
 
@@ -27,8 +31,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from falq.gateway.core import Gateway, Unprocessable, blocking, json_response, pydantic_detail, read_json
-from falq.gateway.hooks import HookDispatcher, check_webhook_url
+from falq.gateway.auth import Principal, require
+from falq.gateway.core import (
+    Gateway,
+    Unprocessable,
+    blocking,
+    json_response,
+    pydantic_detail,
+    read_json,
+    visible_job,
+)
+from falq.gateway.hooks import check_webhook_url
 from falq.gateway.limits_routes import admin
 from falq.gateway.search import parse_query, search
 from falq.gateway.views import FAL_STATUS, failure, result_body, validation_detail
@@ -85,21 +98,24 @@ def _job_view(gw: Gateway, rec: JobRecord) -> dict[str, Any]:
 
 
 async def list_jobs(request: Request) -> Response:
+    who = require(request, "read")
     try:
         query = parse_query(request.query_params)
     except InvalidInput as exc:
         raise Unprocessable(validation_detail(exc, root="query")) from None
-    return json_response(200, await blocking(search, _gw(request).store, query))
+    gw = _gw(request)
+    return json_response(200, await blocking(search, gw.store, query, tenant=who.tenant, catalogue=gw.falq.catalogue))
 
 
 async def get_job(request: Request) -> Response:
+    who = require(request, "read")
     gw = _gw(request)
-    job_id = request.path_params["job_id"]
-    rec = await blocking(gw.store.get, job_id)
+    rec = await blocking(visible_job, gw, who, request.path_params["job_id"])
     return json_response(200, await blocking(_job_view, gw, rec), rec.id)
 
 
 async def create_job(request: Request) -> Response:
+    who = require(request, "submit")
     gw = _gw(request)
     try:
         job = JobIn.model_validate(await read_json(request))
@@ -113,30 +129,28 @@ async def create_job(request: Request) -> Response:
             detail.append({"loc": ["body", "fal_webhook"], "msg": "must be an http(s) URL without credentials",
                            "type": "value_error"})
     try:
-        await blocking(gw.falq.validate, job.endpoint, job.input, lane=job.lane, callback_url=job.callback_url)
+        await blocking(gw.falq.validate, job.endpoint, job.input, lane=job.lane, callback_url=job.callback_url,
+                       tenant=who.tenant)
     except InvalidInput as exc:
         detail = _input_detail(exc, ["body"]) + detail
     if detail:
         raise Unprocessable(detail)
-    existed = job.idempotency_key is not None and await blocking(_idem_owner, gw, job.idempotency_key)
+    existed = job.idempotency_key is not None and await blocking(_idem_owner, gw, job.idempotency_key, who.tenant)
     handle = await blocking(gw.falq.submit, job.endpoint, job.input, lane=job.lane,
                             idempotency_key=job.idempotency_key, metadata=job.metadata,
-                            callback_url=job.callback_url)
+                            callback_url=job.callback_url, tenant=who.tenant, fal_webhook=job.fal_webhook or None)
     rec = await blocking(handle.record)
-    if job.fal_webhook:
-        hooks: HookDispatcher = request.app.state.hooks
-        await blocking(hooks.register, rec.id, job.fal_webhook)
     return json_response(200 if existed else 201, await blocking(_job_view, gw, rec), rec.id)
 
 
-def _idem_owner(gw: Gateway, key: str) -> bool:
-    owner = gw.store.r.get(gw.store.idem_key(key))
+def _idem_owner(gw: Gateway, key: str, tenant: str) -> bool:
+    owner = gw.store.r.get(gw.store.idem_key(key, tenant))
     return owner is not None and gw.store.exists(owner.decode())
 
 
 def _input_detail(exc: InvalidInput, root: list[str | int]) -> list[dict[str, Any]]:
     """Field errors of a job: schema fields sit under ``input``, the job's own fields at the top."""
-    top = {"endpoint", "lane", "callback_url", "idempotency_key"}
+    top = {"endpoint", "lane", "callback_url", "idempotency_key", "tenant"}
     out = []
     for err in exc.errors:
         where = root if err.field.split(".")[0] in top else [*root, "input"]
@@ -147,11 +161,12 @@ def _input_detail(exc: InvalidInput, root: list[str | int]) -> list[dict[str, An
 
 
 async def bulk(request: Request) -> Response:
+    who = require(request, "submit")
     gw = _gw(request)
     body = await read_json(request)
     if not isinstance(body, list) or not 1 <= len(body) <= MAX_BULK:
         raise Unprocessable.field(["body"], f"must be a JSON array of 1 to {MAX_BULK} jobs")
-    requests, detail, invalid = await blocking(_validate_bulk, gw, body)
+    requests, detail, invalid = await blocking(_validate_bulk, gw, body, who)
     if detail:
         return json_response(422, {"detail": detail, "invalid": invalid})
     results = await blocking(gw.falq.submit_many, requests)
@@ -160,7 +175,8 @@ async def bulk(request: Request) -> Response:
     return json_response(200, {"jobs": jobs, "created": created, "existing": len(jobs) - created})
 
 
-def _validate_bulk(gw: Gateway, items: list[Any]) -> tuple[list[JobRequest], list[dict[str, Any]], list[Any]]:
+def _validate_bulk(gw: Gateway, items: list[Any],
+                   who: Principal) -> tuple[list[JobRequest], list[dict[str, Any]], list[Any]]:
     requests: list[JobRequest] = []
     detail: list[dict[str, Any]] = []
     invalid: list[dict[str, Any]] = []
@@ -174,9 +190,11 @@ def _validate_bulk(gw: Gateway, items: list[Any]) -> tuple[list[JobRequest], lis
                 e["loc"] = ["body", i, *e["loc"][1:]]
         else:
             try:
-                req = gw.falq.validate(item.endpoint, item.input, lane=item.lane, callback_url=item.callback_url)
+                req = gw.falq.validate(item.endpoint, item.input, lane=item.lane, callback_url=item.callback_url,
+                                       tenant=who.tenant)
                 requests.append(JobRequest(req.endpoint, req.input, req.lane, idempotency_key=item.id,
-                                           metadata=item.metadata, callback_url=req.callback_url))
+                                           metadata=item.metadata, callback_url=req.callback_url,
+                                           tenant=who.tenant))
             except InvalidInput as exc:
                 errs = _input_detail(exc, ["body", i])
         if errs:
@@ -186,25 +204,30 @@ def _validate_bulk(gw: Gateway, items: list[Any]) -> tuple[list[JobRequest], lis
 
 
 async def cancel_job(request: Request) -> Response:
+    who = require(request, "submit")
     gw = _gw(request)
-    done = await blocking(admin(request).cancel, request.path_params["job_id"])
+    rec = await blocking(visible_job, gw, who, request.path_params["job_id"])
+    done = await blocking(admin(request).cancel, rec.id)
     return json_response(200, await blocking(_job_view, gw, done.record), done.record.id)
 
 
 async def retry_job(request: Request) -> Response:
+    who = require(request, "submit")
     gw = _gw(request)
-    [done] = await blocking(admin(request).retry, [request.path_params["job_id"]])
+    rec = await blocking(visible_job, gw, who, request.path_params["job_id"])
+    [done] = await blocking(admin(request).retry, [rec.id])
     doc = await blocking(_job_view, gw, done.record)
     doc["retried"] = done.retried
     return json_response(200 if done.retried else 409, doc, done.record.id)
 
 
 async def retry_failed(request: Request) -> Response:
+    who = require(request, "admin")
     try:
         since = validate_since(request.query_params.get("since"))
     except InvalidInput as exc:
         raise Unprocessable(validation_detail(exc, root="query")) from None
-    done = await blocking(admin(request).retry_failed, since)
+    done = await blocking(admin(request).retry_failed, since, tenant=who.tenant)
     ids = [o.record.id for o in done if o.retried]
     return json_response(200, {"retried": ids, "count": len(ids)})
 

@@ -6,10 +6,15 @@ newest first, in pages, and keeps the records whose metadata matches. Metadata i
 indexed, so a walk stops after :data:`SCAN_CAP` records and says so (``truncated``);
 ``next_until`` continues a listing where the last page ended.
 
+A search sees one tenant's jobs only (the caller's): other tenants' records are skipped as
+if they did not exist, and ``scanned`` counts only the caller's own records. (The walk's cap
+counts every record walked, so a tenant among much busier ones sees ``truncated`` sooner:
+that is the only trace of the others, and it names neither a job nor a count.)
+
 Example::
 
     q = JobQuery(state="completed", metadata={"batch": "b7"}, limit=50)
-    page = search(store, q)        # {"jobs": [...], "count": n, "truncated": False, "next_until": ...}
+    page = search(store, q, tenant="shop")  # {"jobs": [...], "count": n, "truncated": False, "next_until": ...}
 """
 
 from __future__ import annotations
@@ -17,11 +22,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from falq.shared.catalogue.search import merge_newest, record_matches
 from falq.shared.errors import FieldError, InvalidInput
 from falq.shared.jobstore import JobStore
-from falq.shared.records import STATES, JobRecord
+from falq.shared.records import STATES, TERMINAL, JobRecord
+
+if TYPE_CHECKING:
+    from falq.shared.catalogue.store import Catalogue
 
 SCAN_CAP = 20_000
 PAGE = 500
@@ -38,6 +47,9 @@ class JobQuery:
     metadata: dict[str, str] = field(default_factory=dict)
     endpoint: str | None = None
     limit: int = 100
+    #: ``text=WORDS``: every word in the prompt (full-text in the catalogue).
+    text: str | None = None
+    batch_id: str | None = None
 
 
 def parse_query(params: dict[str, str] | Any) -> JobQuery:
@@ -62,10 +74,13 @@ def parse_query(params: dict[str, str] | Any) -> JobQuery:
     meta = {k.removeprefix("metadata."): v for k, v in params.items() if k.startswith("metadata.")}
     if any(not k for k in meta):
         errors.append(FieldError("metadata", "use metadata.KEY=VALUE"))
+    text = params.get("text") or None
+    if text is not None and len(text) > 500:
+        errors.append(FieldError("text", "must be at most 500 characters"))
     if errors:
         raise InvalidInput(errors)
     return JobQuery(state=state, since=since, until=until, metadata=meta, endpoint=params.get("endpoint") or None,
-                    limit=limit)
+                    limit=limit, text=text, batch_id=params.get("batch_id") or None)
 
 
 def _time(text: str | None, name: str, errors: list[FieldError]) -> float | None:
@@ -96,14 +111,17 @@ def matches(rec: JobRecord, q: JobQuery) -> bool:
     return True
 
 
-def search(store: JobStore, q: JobQuery) -> dict[str, Any]:
-    """One page of matching records, newest first (see module docs for the fields)."""
+def search(store: JobStore, q: JobQuery, *, tenant: str, catalogue: Catalogue | None = None) -> dict[str, Any]:
+    """One page of ``tenant``'s matching records, newest first (see module docs for the fields).
+
+    With ``catalogue`` (:mod:`falq.shared.catalogue`), finished jobs Redis no longer holds come
+    from it too (one indexed SQL query, the tenant's rows only), merged newest first by creation."""
     index = store.keys.state(q.state) if q.state else store.keys.created
     hi: str | float = f"({q.until!r}" if q.until is not None else "+inf"
     lo: str | float = q.since if q.since is not None else "-inf"
     found: list[JobRecord] = []
-    scanned, offset, last_score, more = 0, 0, None, True
-    while len(found) < q.limit and scanned < SCAN_CAP:
+    scanned, walked, offset, last_score, more = 0, 0, 0, None, True
+    while len(found) < q.limit and walked < SCAN_CAP:
         rows = store.r.zrevrangebyscore(index, hi, lo, start=offset, num=PAGE, withscores=True)
         if not rows:
             more = False
@@ -112,9 +130,12 @@ def search(store: JobStore, q: JobQuery) -> dict[str, Any]:
         ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in rows]
         consumed_all = True
         for i, ((_, score), rec) in enumerate(zip(rows, store.get_many(ids), strict=True)):
-            scanned += 1
+            walked += 1
             last_score = float(score)
-            if rec is not None and matches(rec, q):
+            if rec is None or rec.tenant != tenant:
+                continue
+            scanned += 1
+            if matches(rec, q) and record_matches(rec, text=q.text, batch_id=q.batch_id):
                 found.append(rec)
                 if len(found) >= q.limit:
                     consumed_all = i == len(rows) - 1
@@ -122,10 +143,20 @@ def search(store: JobStore, q: JobQuery) -> dict[str, Any]:
         if len(rows) < PAGE and consumed_all:
             more = False
             break
+    next_until = last_score if more else None
+    if catalogue is not None and (q.state is None or q.state in TERMINAL):
+        from falq.shared.catalogue.store import CatalogueQuery
+
+        archived = catalogue.search(CatalogueQuery(
+            state=q.state, endpoint=q.endpoint, tenant=tenant, batch_id=q.batch_id, since=q.since, until=q.until,
+            metadata=q.metadata, text=q.text, limit=q.limit))
+        found = merge_newest(found, archived, q.limit)
+        more = len(found) >= q.limit
+        next_until = found[-1].created_at if more else None
     return {
         "jobs": [r.public() for r in found],
         "count": len(found),
         "scanned": scanned,
         "truncated": more and len(found) < q.limit,
-        "next_until": last_score if more else None,
+        "next_until": next_until,
     }

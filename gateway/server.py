@@ -74,6 +74,10 @@ def command(host: str, port: int, public_url: str | None, unauthenticated: bool,
     except ValueError as exc:  # pydantic.ValidationError: say which setting, never its value
         print(f"falq api: invalid settings: {exc.__class__.__name__}: {str(exc).splitlines()[0]}", file=sys.stderr)
         return 2
+    problem = _catalogue_problem(app)
+    if problem:  # an outdated catalogue schema: refuse to start, naming `falq db upgrade`
+        print(f"falq api: {problem}", file=sys.stderr)
+        return 2
     try:
         sock = bind(host, port)
     except OSError as exc:
@@ -84,6 +88,24 @@ def command(host: str, port: int, public_url: str | None, unauthenticated: bool,
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(uvicorn_config(app, log_level)).run(sockets=[sock])
     return 0
+
+
+def _catalogue_problem(app: Any) -> str | None:
+    """Why the gateway must not start on this catalogue (its schema is outdated), or None. A
+    database that is down only makes history unavailable (503) until it is back."""
+    settings = app.state.gateway.settings
+    if not settings.catalogue:
+        return None
+    from falq.shared.catalogue.store import get_catalogue
+    from falq.shared.errors import CatalogueSchemaOutdated, CatalogueUnavailable
+
+    try:
+        get_catalogue(settings, check=True)
+    except CatalogueSchemaOutdated as exc:
+        return str(exc)
+    except CatalogueUnavailable as exc:
+        print(f"falq api: warning: {exc}", file=sys.stderr)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,36 +26,23 @@ Example::
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import posixpath
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.falshape import Failure as Failure  # shared with the workers' fal_webhook sender
+from falq.shared.falshape import failure as failure
+from falq.shared.falshape import result_body as result_body
 from falq.shared.records import JobRecord
 
 IN_QUEUE, IN_PROGRESS, COMPLETED = "IN_QUEUE", "IN_PROGRESS", "COMPLETED"
 FAL_STATUS = {
-    "queued": IN_QUEUE, "submitting": IN_QUEUE, "in_queue": IN_QUEUE,
+    "waiting": IN_QUEUE, "queued": IN_QUEUE, "submitting": IN_QUEUE, "in_queue": IN_QUEUE,
     "in_progress": IN_PROGRESS, "mirroring": IN_PROGRESS,
     "completed": COMPLETED, "failed": COMPLETED, "cancelled": COMPLETED,
 }
 APPS = frozenset(e.app for e in ENDPOINTS.values())
-_HTTP_422 = re.compile(r"\(422\)|answered 422|status code:? 422")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """How a failed or cancelled job answers on fal's result route."""
-
-    status_code: int
-    error_type: str
-    message: str
-    detail: Any
 
 
 def app_of(endpoint: str) -> str:
@@ -80,30 +67,6 @@ def log_entries(rec: JobRecord) -> list[dict[str, str]]:
             for line, t in zip(rec.logs, at, strict=True)]
 
 
-def failure(rec: JobRecord) -> Failure | None:
-    """The error a finished-but-unsuccessful job reports, or None when it did not fail."""
-    if rec.state == "cancelled":
-        return Failure(499, "client_cancelled", "Request was cancelled", "Request was cancelled")
-    if rec.state != "failed":
-        return None
-    err = rec.error
-    kind, message = (err.type, err.message) if err else ("internal_error", "the job failed")
-    if kind == "content_policy":
-        entry = {"loc": ["body", "prompt"], "msg": message, "type": "content_policy_violation",
-                 "url": "https://docs.fal.ai/errors#content_policy_violation", "categories": rec.moderation or []}
-        return Failure(422, "content_policy_violation", message, [entry])
-    if kind == "start_timeout":
-        return Failure(504, "request_timeout", message, message)
-    if kind == "invalid_input" or _HTTP_422.search(message):
-        return Failure(422, "validation_error", message,
-                       [{"loc": ["body"], "msg": message, "type": "value_error"}])
-    if kind == "deadline_exceeded":
-        return Failure(504, "request_timeout", message, message)
-    if kind == "attempts_exhausted" or (err is not None and err.retryable):
-        return Failure(503, "runner_scheduling_failure", message, message)
-    return Failure(500, kind if kind != "permanent" else "internal_error", message, message)
-
-
 def status_body(rec: JobRecord, urls: dict[str, str], *, position: int, with_logs: bool) -> dict[str, Any]:
     """fal's status object for a job (what ``GET .../status`` and each SSE frame carry)."""
     status = FAL_STATUS[rec.state]
@@ -118,33 +81,6 @@ def status_body(rec: JobRecord, urls: dict[str, str], *, position: int, with_log
             body["error"] = fail.message
             body["error_type"] = fail.error_type
     return body
-
-
-def result_body(rec: JobRecord, presign: Callable[[str], str],
-                read: Callable[[str], bytes] | None = None) -> dict[str, Any]:
-    """fal's output shape for a completed job, image URLs replaced by presigned S3 URLs.
-
-    Each image also carries ``s3`` (bucket, key, sha256) so callers can address the copy
-    directly. ``presign`` turns an object key into a GET URL. For a ``sync_mode`` job,
-    ``read`` fetches each copy and the URL is a data URI, as fal answers ``sync_mode``.
-    """
-    sync = bool(rec.input.get("sync_mode")) and read is not None
-
-    def url(key: str, content_type: str) -> str:
-        if sync and read is not None:
-            return f"data:{content_type};base64,{base64.b64encode(read(key)).decode()}"
-        return presign(key)
-
-    images = [{
-        "url": url(img.key, img.content_type),
-        "content_type": img.content_type,
-        "file_name": posixpath.basename(img.key),
-        "file_size": img.size,
-        "width": img.width,
-        "height": img.height,
-        "s3": {"bucket": img.bucket, "key": img.key, "sha256": img.sha256},
-    } for img in sorted(rec.outputs, key=lambda i: i.index)]
-    return {"images": images, "seed": rec.seed}
 
 
 def error_result(fail: Failure) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -31,7 +31,8 @@ PROMPTS: list[tuple[str, dict[str, Any]]] = [
 @click.command(name="demo", help=__doc__, context_settings=HELP_OPTIONS)
 @click.option("--out", default="demo-output", help="where to save the images (default demo-output/)")
 @click.option("--bulk", type=int, default=6, help="how many bulk-lane jobs to add (default 6)")
-@click.option("--keep", is_flag=True, help="keep everything running afterwards, with Flower, until Ctrl-C")
+@click.option("--keep", is_flag=True,
+              help="keep everything running afterwards, with the web console and Flower, until Ctrl-C")
 def command(out: str, bulk: int, keep: bool) -> int:
     return _demo(Path(out).resolve(), bulk, keep)
 
@@ -51,8 +52,11 @@ def _demo(out: Path, n_bulk: int, keep: bool) -> int:
 
     print("falq demo: starting Redis, S3 (moto), the fal emulator and 2 workers ...", flush=True)
     # Realistic limits for a small fal account: 4 slots at fal, a few more outstanding.
+    # The catalogue of finished jobs: the embedded SQLite file, kept beside the images after the demo.
+    catalogue = out / "catalogue.sqlite3"
     with DevStack(emulator={"latency": "uniform:1,3", "concurrency": 4},
-                  env={"FALQ_MAX_OUTSTANDING": "6", "FALQ_RATE_PER_S": "10"}) as stack:
+                  env={"FALQ_MAX_OUTSTANDING": "6", "FALQ_RATE_PER_S": "10",
+                       "FALQ_DATABASE_URL": f"sqlite:///{catalogue}"}) as stack:
         for _ in range(2):
             stack.start_worker(concurrency=50)
         settings = stack.settings()
@@ -61,6 +65,8 @@ def _demo(out: Path, n_bulk: int, keep: bool) -> int:
         print(f"  redis     {stack.redis.url}")
         print(f"  s3        {stack.s3.url}  bucket {settings.s3_bucket}")
         print(f"  fal       {stack.emu.url}  (falq's fal emulator: no real fal call is made, nothing is billed)")
+        print(f"  catalogue {catalogue}  (SQLite: every finished job; kept after the demo, e.g.\n"
+              f"            FALQ_DATABASE_URL=sqlite:///{catalogue} falq report spend --by day,endpoint)")
         t0 = time.monotonic()
 
         jobs: list[Any] = []
@@ -85,8 +91,17 @@ def _demo(out: Path, n_bulk: int, keep: bool) -> int:
         ]
         bulk_ids = [job_id for job_id, _ in falq.submit_many(bulk)]
         print(f"enqueued 2 edit jobs and {len(bulk_ids)} bulk-lane jobs; waiting ...", flush=True)
-        handles = jobs + [falq.job(i) for i in bulk_ids]
+        # A chain (falq.shared.chains): an edit of a generate's output, both enqueued at once;
+        # the edit waits, without a worker slot, until its parent's image is in S3.
+        parent = falq.generate("a glass bottle on a wooden table, product photo", seed=21)
+        child = falq.submit("fal-ai/qwen-image-2/edit", {"prompt": "the same bottle on a beach at sunset",
+                                                         "image_urls": [f"falq:{parent.id}#0"]})
+        print(f"enqueued a chain: generate {parent.id} -> edit {child.id} (falq:{parent.id}#0)", flush=True)
+        handles = jobs + [falq.job(i) for i in bulk_ids] + [parent, child]
         records = [h.wait(300) for h in handles]
+        pair = _side_by_side(records[-2], records[-1], storage, out / "chain_parent_child.png")
+        if pair is not None:
+            print(f"chain: parent and child side by side in {pair}")
 
         saved = 0
         print(f"\n{'job id':32}  {'endpoint':38} {'state':9} att  image")
@@ -110,8 +125,25 @@ def _demo(out: Path, n_bulk: int, keep: bool) -> int:
         if keep:
             _keep_running(stack)
         else:
-            print("(run `make demo ARGS=--keep` to keep the stack up and look at it in Flower and `falq top`)")
+            print("(run `make demo ARGS=--keep` to keep the stack up and look at it in the web console, Flower "
+                  "and `falq top`)")
         return 0 if done == len(records) else 1
+
+
+def _side_by_side(parent: Any, child: Any, storage: Any, path: Path) -> Path | None:
+    """Save the parent's and the child's first images next to each other (None if either failed)."""
+    import io
+
+    from PIL import Image
+
+    if parent.state != "completed" or child.state != "completed" or not parent.outputs or not child.outputs:
+        return None
+    left, right = (Image.open(io.BytesIO(storage.get_bytes(r.outputs[0].key))).convert("RGB") for r in (parent, child))
+    canvas = Image.new("RGB", (left.width + right.width + 16, max(left.height, right.height)), "white")
+    canvas.paste(left, (0, 0))
+    canvas.paste(right, (left.width + 16, 0))
+    canvas.save(path)
+    return path
 
 
 def _keep_running(stack: DevStack) -> None:
@@ -120,6 +152,7 @@ def _keep_running(stack: DevStack) -> None:
     import secrets
     import subprocess
 
+    from falq.gateway.server import GatewayServer
     from falq.ops.stack import ROOT, free_port
 
     password = secrets.token_urlsafe(12)
@@ -127,8 +160,13 @@ def _keep_running(stack: DevStack) -> None:
     env = {**os.environ, **stack.env(), "FALQ_FLOWER_PASSWORD": password}
     flower = subprocess.Popen([sys.executable, "-m", "falq.cli", "flower", "--port", str(port)], cwd=ROOT,
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The gateway with its web console, on a fresh key printed once (a local demo's key).
+    console_key = "falq-demo-" + secrets.token_urlsafe(16)
+    gateway = GatewayServer(stack.settings(), api_keys=[console_key], port=free_port()).start()
     exports = " ".join(f"{k}={v}" for k, v in stack.env().items() if k.startswith(("FALQ_REDIS", "FALQ_KEY")))
     print(f"\nFlower:     http://127.0.0.1:{port}/tasks   (user falq, password {password})")
+    print(f"Console:    {gateway.url}/ui/   (sign in with the API key {console_key})")
+    print(f"Gateway:    {gateway.url}   (REST and fal's queue protocol: Authorization: Key {console_key})")
     print(f"falq top:   {exports} .venv/bin/falq top")
     print("Press Ctrl-C to stop everything.")
     try:
@@ -137,6 +175,7 @@ def _keep_running(stack: DevStack) -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        gateway.stop()
         flower.terminate()
         flower.wait(10)
 

@@ -22,13 +22,25 @@ Metrics (all prefixed ``falq_``):
 ``falq_waits_total{reason}``           counter    waits (retry backoff, limiter, budget)
 ``falq_wait_seconds_total{reason}``    counter    seconds waited
 ``falq_spend_dollars_total{endpoint}`` counter    estimated $ of requests fal finished
+``falq_tenant_jobs_finished_total``    counter    ``{state, tenant}`` (bounded: a tenant no longer
+                                                  in the store counts as ``other``)
+``falq_tenant_spend_dollars_total``    counter    ``{tenant}``: estimated $ of requests fal finished
 ``falq_spend_today_dollars{source}``   gauge      spend this UTC day (budget's figure or estimate)
 ``falq_fal_queue_wait_seconds``        histogram  ``{endpoint}`` time in fal's queue
 ``falq_fal_inference_seconds``         histogram  inference time reported by fal
 ``falq_mirror_seconds``                histogram  fal completion -> image in S3
 ``falq_job_duration_seconds``          histogram  enqueue -> completed
 ``falq_redis_up``                      gauge      1 if Redis answered this scrape
+``falq_budget_daily_dollars``          gauge      the daily budget (when one is set)
+``falq_fal_key_paused{key}``           gauge      1 while a fal key's submissions are paused (locked)
+``falq_limiter_waiting_jobs{reason}``  gauge      jobs the limiter holds back: budget, locked, ...
+``falq_archive_lag``                   gauge      finished jobs not yet copied to the SQL catalogue
 =====================================  =========  ==============================================
+
+Counters the alert rules (``ops/prometheus/alerts.yml``) divide are exported as 0 before
+their first increment (finished per state and endpoint, content-policy failures, mirror
+retries): Prometheus' ``rate()`` cannot see a series' first value as an increase, so a
+counter that appears at 3 would hide its first 3 events from every alert.
 
 Authentication is on by default: ``Authorization: Bearer $FALQ_METRICS_TOKEN`` (or basic
 auth with that token as the password). Without a token the exporter refuses to start
@@ -58,7 +70,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from falq.shared.commands import HELP_OPTIONS, verbatim
 from falq.shared.commands import run as run_command
-from falq.shared.metrics import HISTOGRAMS, Snapshot, read_snapshot
+from falq.shared.endpoints import ENDPOINTS
+from falq.shared.metrics import FINISHED, HISTOGRAMS, Snapshot, read_snapshot
 from falq.shared.settings import Settings
 
 log = logging.getLogger("falq.exporter")
@@ -78,6 +91,17 @@ _COUNTERS: dict[str, tuple[str, str, list[str]]] = {
     "waits": ("falq_waits", "Waits before a job could go on (retry backoff, limiter, budget)", ["reason"]),
     "wait_s": ("falq_wait_seconds", "Seconds jobs were told to wait", ["reason"]),
     "spend": ("falq_spend_dollars", "Estimated dollars of requests fal finished (billed)", ["endpoint"]),
+    # The tenant label is bounded: tenants not in the store are folded into "other" (Snapshot.labelled).
+    "tenant_finished": ("falq_tenant_jobs_finished_total", "Jobs that reached a final state, by tenant",
+                        ["state", "tenant"]),
+    "tenant_spend": ("falq_tenant_spend_dollars", "Estimated dollars of requests fal finished, by tenant",
+                     ["tenant"]),
+}
+#: Label values exported as 0 until first counted (see the module docstring), by counter kind.
+_SEEDED: dict[str, list[tuple[str, ...]]] = {
+    "finished": [(state, endpoint) for state in FINISHED for endpoint in ENDPOINTS],
+    "failure": [("content_policy",), ("storage",), ("mirror_rejected",)],
+    "retry": [("storage_transient",), ("media_truncated",)],
 }
 
 
@@ -143,12 +167,29 @@ def gauges(snap: Snapshot) -> Iterable[Metric]:
     spend = GaugeMetricFamily("falq_spend_today_dollars", "Spend this UTC day", labels=["source"])
     spend.add_metric([snap.spend_source], snap.spend_today)
     yield spend
+    if snap.budget_daily is not None:
+        yield GaugeMetricFamily("falq_budget_daily_dollars", "The daily budget (USD per UTC day)",
+                                value=snap.budget_daily)
+    paused = GaugeMetricFamily("falq_fal_key_paused",
+                               "1 while submissions for a fal key are paused (fal answered 'User is locked')",
+                               labels=["key"])
+    for key, flag in sorted(snap.paused_keys.items()):
+        paused.add_metric([key], flag)
+    yield paused
+    waiting = GaugeMetricFamily("falq_limiter_waiting_jobs", "Jobs the limiter holds back, by why",
+                                labels=["reason"])
+    for why, n in sorted(snap.waiting.items()):
+        waiting.add_metric([why], n)
+    yield waiting
+    yield GaugeMetricFamily("falq_archive_lag", "Finished jobs not yet copied into the SQL catalogue",
+                            value=snap.archive_lag)
 
 
 def counters(snap: Snapshot) -> Iterable[Metric]:
     for kind, (name, help_text, labels) in _COUNTERS.items():
         family = CounterMetricFamily(name, help_text, labels=labels)
-        for values, v in sorted(snap.labelled(kind).items()):
+        values_seen = {**dict.fromkeys(_SEEDED.get(kind, []), 0.0), **snap.labelled(kind)}
+        for values, v in sorted(values_seen.items()):
             if len(values) == len(labels):
                 family.add_metric(list(values), v)
         yield family

@@ -173,6 +173,8 @@ class DevStack:
             "FALQ_S3_ENDPOINT_URL": self.s3.url,
             "FALQ_S3_BUCKET": self.bucket,
             "FALQ_S3_PREFIX": "falq",
+            # The catalogue's embedded SQLite file lives with the stack (FALQ_DATABASE_URL overrides).
+            "FALQ_DATA_DIR": str(self.workdir / "data"),
             "AWS_ACCESS_KEY_ID": "falq-test-access",
             "AWS_SECRET_ACCESS_KEY": "falq-test-secret-0123456789",
             "AWS_DEFAULT_REGION": "us-east-1",

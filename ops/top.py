@@ -3,7 +3,7 @@
 It reads the same Redis figures as ``falq metrics`` (see :mod:`falq.shared.metrics`) once a
 second: jobs per minute over 1/5/15 minutes, jobs per state, queue depth per lane,
 failures and retries by reason, latency percentiles, outstanding requests at fal against
-the cap, and spend today.
+the cap, spend today, and per tenant the jobs finished and spend.
 
 Example::
 
@@ -94,7 +94,21 @@ def render(snap: Snapshot) -> RenderableType:
     grid.add_column()
     grid.add_row(rate, fal)
     grid.add_row(states, Group(lat, why))
-    return Group(head, grid)
+    return Group(head, grid, tenants_table(snap))
+
+
+def tenants_table(snap: Snapshot) -> Table:
+    """Per tenant: jobs finished (completed / failed) and spend; tenants no longer in the store
+    are one ``other`` row. (The fair-share columns sit beside these.)"""
+    table = _table("tenants")
+    for col in ("tenant", "completed", "failed", "spend"):
+        table.add_column(col, justify="right" if col != "tenant" else "left")
+    finished, spend = snap.labelled("tenant_finished"), snap.labelled("tenant_spend")
+    names = sorted({*snap.tenants, *(k[-1] for k in finished), *(k[-1] for k in spend)})
+    for name in names:
+        table.add_row(name, f"{finished.get(('completed', name), 0):.0f}", f"{finished.get(('failed', name), 0):.0f}",
+                      f"${spend.get((name,), 0.0):,.2f}")
+    return table
 
 
 def run(settings: Settings, *, once: bool = False, interval: float = 1.0, console: Console | None = None) -> int:

@@ -27,6 +27,20 @@ them; ``true``/``false`` are never numbers; ``nan`` and ``inf`` never pass)::
     job ids                       at least one
     (a callback redelivery)       each job must exist, have a callback_url and have ended;
                                   ``since`` only with the failed ones
+    tenant name                   1-40 characters: lowercase letters, digits, '-' or '_', starting
+                                  with a letter or digit; at most 200 tenants; ``default`` always
+                                  exists and cannot be removed
+    weight                        a number above 0, at most 1000
+    max_outstanding (tenant)      an integer from 0 to 1000000, or null/none (no cap of its own)
+    rate (tenant)                 submissions per second from 0 to 1000000, or null/none
+    budget_usd (tenant)           dollars per UTC day from 0 to 1000000000000, or null/none
+    endpoints                     a list of known endpoints; empty: every endpoint
+    s3_prefix                     empty (the tenant's name) or '/'-separated parts of letters,
+                                  digits, '.', '_', '-' (no '..'), at most 200 characters
+    (a tenant removal)            refused while the tenant has unfinished jobs (cancel them or
+                                  let them end); its finished records stay, its API keys go
+    scopes                        one or more of submit, read, admin
+    label                         at most 100 printable characters
 
 The configuration lives in Redis (``{prefix}:limits:config``, :mod:`falq.shared.limits`);
 every worker applies a change on its next admission, with no restart.
@@ -56,7 +70,7 @@ from pydantic import ValidationError
 
 from falq.producers.client import Falq
 from falq.shared.endpoints import ENDPOINTS
-from falq.shared.errors import FieldError, InvalidInput, JobNotFound
+from falq.shared.errors import FieldError, InvalidInput, JobNotFound, TenantNotFound
 from falq.shared.limits import (
     CONFIG_FIELDS,
     NO_BUDGET,
@@ -71,9 +85,21 @@ from falq.shared.limits import (
     write_config,
 )
 from falq.shared.outbox import CallbackView, Outbox
-from falq.shared.records import STATES, JobRecord
+from falq.shared.records import STATES, TERMINAL, JobRecord
 from falq.shared.settings import Settings
 from falq.shared.since import parse_since
+from falq.shared.tenants import (
+    DEFAULT_TENANT,
+    MAX_TENANTS,
+    MAX_WEIGHT,
+    NAME_RULE,
+    SCOPES,
+    ApiKey,
+    ApiKeyStore,
+    Tenant,
+    TenantStore,
+    valid_name,
+)
 
 MAX_BURST = 1_000_000
 MAX_OUTSTANDING = 1_000_000
@@ -109,6 +135,25 @@ NO_CALLBACK_RULE = "has no callback_url"
 NOT_ENDED_RULE = "has not ended yet (its callback is sent when it does)"
 ONLY_FAILED_RULE = "only with the failed callbacks"
 REQUIRED_RULE = "is required"
+WEIGHT_RULE = f"must be a number above 0 and at most {MAX_WEIGHT:g}"
+TENANT_CAP_RULE = f"must be an integer from 0 to {MAX_OUTSTANDING}, or null/none (no cap of its own)"
+TENANT_RATE_RULE = "must be a number of submissions per second from 0 to 1000000, or null/none (no cap of its own)"
+TENANT_BUDGET_RULE = f"must be a number of dollars from 0 to {MAX_BUDGET_USD:.0f}, or null/none (no budget of its own)"
+ENDPOINTS_RULE = f"must be a list of known endpoints (empty: all); known: {', '.join(ENDPOINTS)}"
+S3_PREFIX_RULE = ("must be empty or at most 200 characters of '/'-separated parts made of letters, digits,"
+                  " '.', '_' and '-' (no '..', no empty part)")
+TENANT_EXISTS_RULE = "a tenant of this name exists already (change it with falq tenants set)"
+MAX_TENANTS_RULE = f"at most {MAX_TENANTS} tenants (the tenant is a metric label; labels must stay bounded)"
+DEFAULT_RULE = "the tenant 'default' cannot be removed"
+LIVE_JOBS_RULE = "has unfinished jobs (e.g. {job}); cancel them or let them end, then remove the tenant"
+TENANT_NOTHING_RULE = "nothing to change: give weight, max_outstanding, rate, budget_usd, endpoints or s3_prefix"
+SCOPES_RULE = f"must name at least one of {', '.join(SCOPES)}, each once"
+LABEL_RULE = "must be at most 100 printable characters"
+KEY_ID_RULE = "no API key with this id for the tenant (see falq tenants key list)"
+#: The settings of a tenant a change may give (``PATCH /v1/tenants/{name}``, ``falq tenants set``).
+TENANT_FIELDS = ("weight", "max_outstanding", "rate", "budget_usd", "endpoints", "s3_prefix")
+_S3_PART = re.compile(r"[A-Za-z0-9._-]+")
+_NULL_TEXT = ("none", "null")
 
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
 
@@ -349,7 +394,228 @@ class CancelOutcome:
     outcome: Literal["cancelled", "requested", "final"]
 
 
-class Admin:
+def _nullable(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in _NULL_TEXT)
+
+
+def validate_tenant_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the given settings of a tenant (any of :data:`TENANT_FIELDS`); raise
+    :class:`InvalidInput` listing every broken rule. Returns them as stored (None: no cap).
+
+    Numbers may be JSON numbers or their text (the CLI); ``none``/``null`` clear a cap;
+    ``endpoints`` is a list (``None``: every endpoint).
+
+    Example::
+
+        validate_tenant_fields({"weight": "2", "max_outstanding": "none"})
+        # {'weight': 2.0, 'max_outstanding': None}
+    """
+    errs: list[FieldError] = []
+    out: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "weight":
+            w = _number(value)
+            if w is None or not 0 < w <= MAX_WEIGHT:
+                errs.append(FieldError("weight", WEIGHT_RULE))
+            out[name] = w
+        elif name == "max_outstanding":
+            n = None if _nullable(value) else _integer(value, 0, MAX_OUTSTANDING)
+            if n is None and not _nullable(value):
+                errs.append(FieldError(name, TENANT_CAP_RULE))
+            out[name] = n
+        elif name in ("rate", "budget_usd"):
+            hi, rule = (1_000_000.0, TENANT_RATE_RULE) if name == "rate" else (MAX_BUDGET_USD, TENANT_BUDGET_RULE)
+            f = None if _nullable(value) else _number(value)
+            if not _nullable(value) and (f is None or not 0 <= f <= hi):
+                errs.append(FieldError(name, rule))
+            out[name] = f
+        elif name == "endpoints":
+            items = [] if value is None else value
+            if isinstance(items, str) or not isinstance(items, list | tuple) \
+                    or any(not isinstance(e, str) or e not in ENDPOINTS for e in items):
+                bad = [e for e in items if not isinstance(e, str) or e not in ENDPOINTS] \
+                    if isinstance(items, list | tuple) else [items]
+                errs.append(FieldError("endpoints", f"{', '.join(map(repr, bad))}: {ENDPOINTS_RULE}"))
+            else:
+                out[name] = list(dict.fromkeys(items))
+        elif name == "s3_prefix":
+            text = "" if value is None else value
+            parts = text.split("/") if isinstance(text, str) and text else []
+            if not isinstance(text, str) or len(text) > 200 or \
+                    any(not _S3_PART.fullmatch(p) or p in (".", "..") for p in parts):
+                errs.append(FieldError("s3_prefix", S3_PREFIX_RULE))
+            out[name] = text
+        else:
+            errs.append(FieldError(str(name), f"unknown field; known: {', '.join(TENANT_FIELDS)}"))
+    if errs:
+        raise InvalidInput(errs)
+    return out
+
+
+def tenant_request(doc: Any, *, with_name: bool) -> tuple[str | None, dict[str, Any]]:
+    """``(name, fields)`` from a JSON document (``POST /v1/tenants`` with ``name``,
+    ``PATCH /v1/tenants/{name}`` without): the shape only; values are checked by the service."""
+    allowed = ("name", *TENANT_FIELDS) if with_name else TENANT_FIELDS
+    body, errors = _object(doc, allowed)
+    if errors:
+        raise InvalidInput(errors)
+    name = body.get("name")
+    if with_name and name is None:
+        raise InvalidInput([FieldError("name", REQUIRED_RULE)])
+    if with_name and not isinstance(name, str):
+        raise InvalidInput([FieldError("name", NAME_RULE)])
+    return name, {k: v for k, v in body.items() if k != "name"}
+
+
+def _scopes(scopes: Iterable[Any]) -> tuple[str, ...]:
+    items = list(scopes) if not isinstance(scopes, str) else [scopes]
+    if not items or any(not isinstance(s, str) or s not in SCOPES for s in items) or len(set(items)) != len(items):
+        raise InvalidInput([FieldError("scopes", SCOPES_RULE)])
+    return tuple(s for s in SCOPES if s in items)
+
+
+class TenantAdmin:
+    """Tenants and their gateway API keys (the :class:`Admin` methods ``tenant_*`` / ``key_*``).
+
+    Kept as a mixin of :class:`Admin`, so the CLI (``falq tenants``) and the gateway
+    (``/v1/tenants``) go through the same rules.
+    """
+
+    falq: Falq
+
+    @property
+    def redis(self) -> Any:  # Admin's
+        raise NotImplementedError
+
+    @property
+    def prefix(self) -> str:  # Admin's
+        raise NotImplementedError
+
+    @property
+    def tenant_store(self) -> TenantStore:
+        return TenantStore(self.redis, prefix=self.prefix)
+
+    @property
+    def key_store(self) -> ApiKeyStore:
+        return ApiKeyStore(self.redis, prefix=self.prefix)
+
+    def _name(self, name: Any) -> str:
+        if not valid_name(name):
+            raise InvalidInput([FieldError("name", NAME_RULE)])
+        return str(name)
+
+    def tenants_list(self) -> list[Tenant]:
+        """Every tenant, ``default`` included, by name."""
+        return self.tenant_store.list()
+
+    def tenant_get(self, name: str) -> Tenant:
+        """One tenant; raises :class:`TenantNotFound`."""
+        found = self.tenant_store.get(self._name(name))
+        if found is None:
+            raise TenantNotFound(f"no tenant named {name!r}")
+        return found
+
+    def tenant_add(self, name: str, **fields: Any) -> Tenant:
+        """Create a tenant (fields as in :func:`validate_tenant_fields`; unset ones default)."""
+        errors: list[FieldError] = []
+        try:
+            self._name(name)
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+        try:
+            checked = validate_tenant_fields(fields)
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+            checked = {}
+        if errors:
+            raise InvalidInput(errors)
+        store = self.tenant_store
+        if name == DEFAULT_TENANT or self.redis.hexists(store.keys.tenants, name):
+            raise InvalidInput([FieldError("name", TENANT_EXISTS_RULE)])
+        if len(store.list()) >= MAX_TENANTS:
+            raise InvalidInput([FieldError("name", MAX_TENANTS_RULE)])
+        tenant = Tenant(name=name, **checked)
+        if not self.redis.hsetnx(store.keys.tenants, name, tenant.model_dump_json()):  # a concurrent add won
+            raise InvalidInput([FieldError("name", TENANT_EXISTS_RULE)])
+        return tenant
+
+    def tenant_set(self, name: str, **fields: Any) -> Tenant:
+        """Change some settings of an existing tenant; the rest stay. Every worker and gateway
+        reads the new values on their next look (no restart)."""
+        current = self.tenant_get(name)
+        if not fields:
+            raise InvalidInput([FieldError("", TENANT_NOTHING_RULE)])
+        checked = validate_tenant_fields(fields)
+        tenant = current.model_copy(update=checked)
+        self.tenant_store.put(tenant)
+        return tenant
+
+    def tenant_remove(self, name: str) -> Tenant:
+        """Remove a tenant and its API keys. Refused for ``default`` and while the tenant has
+        unfinished jobs (they would lose their weight, caps and S3 prefix mid-run); its finished
+        records stay until they expire, visible to no gateway key (the tenant's keys are gone)."""
+        if name == DEFAULT_TENANT:
+            raise InvalidInput([FieldError("name", DEFAULT_RULE)])
+        tenant = self.tenant_get(name)
+        live = self._live_job(name)
+        if live is not None:
+            raise InvalidInput([FieldError("name", LIVE_JOBS_RULE.format(job=live))])
+        keys = self.key_store
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hdel(keys.keys.tenants, name)
+        keys.revoke_all(name, pipe)
+        pipe.execute()
+        return tenant
+
+    def _live_job(self, tenant: str) -> str | None:
+        """An unfinished job of ``tenant`` (None: it has none). Walks the unfinished states'
+        indexes in pages; stops at the first one found."""
+        store = self.falq.store
+        for state in (s for s in STATES if s not in TERMINAL):
+            offset = 0
+            while True:
+                ids = [m.decode() if isinstance(m, bytes) else str(m)
+                       for m in self.redis.zrange(store.keys.state(state), offset, offset + 999)]
+                if not ids:
+                    break
+                for job_id, rec in zip(ids, store.get_many(ids), strict=True):
+                    if rec is not None and rec.tenant == tenant and not rec.terminal:
+                        return job_id
+                offset += len(ids)
+        return None
+
+    # --- API keys ---------------------------------------------------------------------------------
+    def key_create(self, tenant: str, scopes: Iterable[str], label: str = "") -> tuple[str, ApiKey]:
+        """A new gateway API key of ``tenant``: ``(the key, shown once; its stored record)``."""
+        errors: list[FieldError] = []
+        try:
+            checked = _scopes(scopes)
+        except InvalidInput as exc:
+            errors.extend(exc.errors)
+        if not isinstance(label, str) or len(label) > 100 or not label.isprintable():
+            errors.append(FieldError("label", LABEL_RULE))
+        if errors:
+            raise InvalidInput(errors)
+        self.tenant_get(tenant)
+        token, made = self.key_store.create(tenant, checked, label)
+        if self.tenant_store.get(tenant) is None:  # removed meanwhile: no key may outlive its tenant
+            self.key_store.revoke(tenant, made.id)
+            raise TenantNotFound(f"no tenant named {tenant!r}")
+        return token, made
+
+    def key_list(self, tenant: str) -> list[ApiKey]:
+        """The tenant's keys (id, label, scopes, created, last 4 characters; never the key)."""
+        self.tenant_get(tenant)
+        return self.key_store.list(tenant)
+
+    def key_revoke(self, tenant: str, key_id: str) -> None:
+        """Revoke a key by its id (``falq tenants key list``): the next request with it gets 401."""
+        self.tenant_get(tenant)
+        if not self.key_store.revoke(tenant, key_id.strip()):
+            raise InvalidInput([FieldError("key_id", KEY_ID_RULE)])
+
+
+class Admin(TenantAdmin):
     """The administration of one falq deployment (its Redis, its settings).
 
     Parameters:
@@ -461,10 +727,13 @@ class Admin:
             raise InvalidInput([FieldError("job_ids", JOB_IDS_RULE)])
         return self._retry(ids)
 
-    def retry_failed(self, since: float | str | None = None) -> list[RetryOutcome]:
-        """:meth:`retry` every failed job (that failed after ``since``)."""
+    def retry_failed(self, since: float | str | None = None, *, tenant: str | None = None) -> list[RetryOutcome]:
+        """:meth:`retry` every failed job (that failed after ``since``; only ``tenant``'s when given)."""
         ts = validate_since(since)
-        return self._retry(self.falq.store.ids_in_state("failed", limit=MAX_LIMIT, since=ts))
+        ids = self.falq.store.ids_in_state("failed", limit=MAX_LIMIT, since=ts)
+        if tenant is not None and ids:
+            ids = [r.id for r in self.falq.store.get_many(ids) if r is not None and r.tenant == tenant]
+        return self._retry(ids)
 
     def _retry(self, ids: list[str]) -> list[RetryOutcome]:
         if not ids:
@@ -475,7 +744,8 @@ class Admin:
             found = [self._find(job_id) for job_id in ids]
         before = {job_id: rec.state for job_id, rec in zip(ids, found, strict=True) if rec is not None}
         recs = self.falq.retry(ids)  # raises JobNotFound for an unknown id, before any change
-        return [RetryOutcome(r, before.get(r.id) == "failed" and r.state == "queued") for r in recs]
+        # A chained job retried goes back to waiting for its parents (falq.shared.chains).
+        return [RetryOutcome(r, before.get(r.id) == "failed" and r.state in ("queued", "waiting")) for r in recs]
 
     def _find(self, job_id: str) -> JobRecord | None:
         try:
@@ -497,8 +767,11 @@ class Admin:
         return CancelOutcome(after, "final" if after.terminal else "requested")
 
     def jobs(self, state: str | None = None, *, since: float | str | None = None,
-             limit: int | str = 50) -> list[JobRecord]:
-        """Job records (in ``state``, newer than ``since``), newest first, each with its error history."""
+             limit: int | str = 50, text: str | None = None, endpoint: str | None = None,
+             tenant: str | None = None, batch_id: str | None = None,
+             metadata: dict[str, str] | None = None) -> list[JobRecord]:
+        """Job records (in ``state``, newer than ``since``, matching the filters), newest first,
+        each with its error history: live ones from Redis and history from the catalogue."""
         errors: list[FieldError] = []
         if state is not None and state not in STATES:
             errors.append(FieldError("state", STATE_RULE))
@@ -509,9 +782,12 @@ class Admin:
         n = _integer(limit, 1, MAX_LIMIT)
         if n is None:
             errors.append(FieldError("limit", LIMIT_RULE))
+        if text is not None and not 1 <= len(text.strip()) <= 500:
+            errors.append(FieldError("text", "must be 1 to 500 characters"))
         if errors or n is None:
             raise InvalidInput(errors)
-        return self.falq.jobs(state, limit=n, since=ts)
+        return self.falq.jobs(state, limit=n, since=ts, text=text, endpoint=endpoint, tenant=tenant,
+                              batch_id=batch_id, metadata=metadata)
 
     def dead_letters(self, since: float | str | None = None, limit: int | str = 50) -> list[JobRecord]:
         """The failed jobs (newer than ``since``), newest first, with why they failed (``errors``)."""
@@ -601,9 +877,12 @@ __all__ = [
     "LimitsResult",
     "LimitsView",
     "RetryOutcome",
+    "TenantAdmin",
     "budget_request",
     "limits_request",
+    "tenant_request",
     "validate_budget",
     "validate_limits",
     "validate_since",
+    "validate_tenant_fields",
 ]

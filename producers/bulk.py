@@ -42,6 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from falq.producers.batches import plan_chains
 from falq.producers.bulk_parse import (
     CSV_COLUMNS,
     BulkLine,
@@ -68,8 +69,10 @@ __all__ = [
     "Snapshot",
     "enqueue",
     "file_key",
+    "load_bytes",
     "load_file",
     "parse_image_size",
+    "upload_lines",
     "validate_all",
     "wait_and_report",
     "write_rejects",
@@ -77,7 +80,7 @@ __all__ = [
 
 DEFAULT_ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 LINE_KEYS = ("endpoint", "input", "id", "metadata", "lane", "callback_url")
-_OWN_FIELDS = ("endpoint", "lane", "callback_url", "input")
+_OWN_FIELDS = ("endpoint", "lane", "callback_url", "input", "tenant")
 
 
 def file_key(path: str | Path, run_id: str | None = None) -> str:
@@ -122,16 +125,36 @@ def load_file(path: str | Path, falq: Falq, *, fmt: str | None = None, endpoint:
         data = p.read_bytes()
     except OSError as exc:
         raise InvalidInput([FieldError("file", f"cannot read {str(p)!r} ({exc.strerror or exc})")]) from None
+    return load_bytes(data, falq, fmt=kind, fkey=file_key(p, run_id), name=str(p), endpoint=endpoint, lane=lane)
+
+
+def load_bytes(data: bytes, falq: Falq, *, fmt: str, fkey: str, name: str, endpoint: str = DEFAULT_ENDPOINT,
+               lane: str = "bulk") -> tuple[list[BulkLine], list[Reject]]:
+    """:func:`load_file` of bytes already read (a gateway upload): ``fkey`` is the run key.
+
+    The lines come back parents first when some reference others (``falq:LINE_ID#N``,
+    :func:`falq.producers.batches.plan_chains`); references are checked with the rest.
+    """
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
-    fkey = file_key(p, run_id)
-    if kind == "csv":
+    if fmt == "csv":
         entries, rejects = parse_csv(data)
     else:
         entries, rejects = parse_jsonl(data)
     if not entries and not rejects:
-        raise InvalidInput([FieldError("file", f"{str(p)!r} holds no jobs (it is empty)")])
-    return _validate(entries, rejects, falq, fkey, endpoint, lane)
+        raise InvalidInput([FieldError("file", f"{name!r} holds no jobs (it is empty)")])
+    lines, rejects = _validate(entries, rejects, falq, fkey, endpoint, lane)
+    return plan_chains(falq, lines, rejects)
+
+
+def upload_lines(falq: Falq, data: bytes, *, name: str) -> tuple[list[BulkLine], list[Reject], str]:
+    """Validate a JSONL upload (``POST /v1/batches``) like a bulk file; returns ``(lines,
+    rejects, run key)``. The run key comes from the upload's sha256 (and the tenant, through
+    the batch id), so sending the same bytes again joins the same batch and jobs."""
+    sha = hashlib.sha256(data).hexdigest()
+    fkey = f"up{sha[:16]}"
+    lines, rejects = load_bytes(data, falq, fmt="jsonl", fkey=fkey, name=name)
+    return lines, rejects, f"bulk:{fkey}"
 
 
 def enqueue(falq: Falq, items: Sequence[BulkLine | JobRequest], *, chunk_size: int = 500,

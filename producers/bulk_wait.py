@@ -156,10 +156,10 @@ def write_results(falq: Falq, path: str | Path, lines: Sequence[BulkLine], job_i
     """Write the results JSONL atomically (a temp file renamed into place), in line order."""
     out = Path(path)
     rows: list[tuple[int, dict[str, Any]]] = []
-    presign = _Presigner(falq, warnings)
+    presign = Presigner(falq, warnings)
     for item, job_id in zip(lines, job_ids, strict=True):
         rec = records.get(job_id)
-        rows.append((item.line, _result_row(item.line, item.id, job_id, rec, item.request.metadata, presign)))
+        rows.append((item.line, result_row(item.line, item.id, job_id, rec, item.request.metadata, presign)))
     for r in rejects:
         msg = "; ".join(str(e) for e in r.errors)
         rows.append((r.line, {"line": r.line, "id": None, "job_id": None, "state": "rejected", "outputs": [],
@@ -177,8 +177,8 @@ def _moderated(rec: JobRecord | None) -> bool:
     return rec is not None and rec.state == "failed" and rec.error is not None and rec.error.type == "content_policy"
 
 
-def _result_row(line: int, line_id: str | None, job_id: str, rec: JobRecord | None,
-                metadata: dict[str, Any] | None, presign: _Presigner) -> dict[str, Any]:
+def result_row(line: int, line_id: str | None, job_id: str, rec: JobRecord | None,
+                metadata: dict[str, Any] | None, presign: Presigner) -> dict[str, Any]:
     if rec is None:
         return {"line": line, "id": line_id, "job_id": job_id, "state": "missing", "outputs": [],
                 "error": {"type": "job_not_found", "message": "the job record is gone (expired or deleted)"},
@@ -193,10 +193,10 @@ def _result_row(line: int, line_id: str | None, job_id: str, rec: JobRecord | No
         error["categories"] = rec.moderation
     return {"line": line, "id": line_id, "job_id": job_id, "state": rec.state, "outputs": outputs,
             "error": error, "moderated": _moderated(rec), "cost": rec.cost, "cost_source": rec.cost_source,
-            "metadata": rec.metadata}
+            "tenant": rec.tenant, "metadata": rec.metadata}
 
 
-class _Presigner:
+class Presigner:
     """Presigns lazily (no S3 client unless something completed); a failure is noted once."""
 
     def __init__(self, falq: Falq, warnings: list[str]) -> None:

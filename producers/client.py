@@ -20,19 +20,26 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 from celery import Celery
 
+from falq.shared.catalogue.search import record_matches
+from falq.shared.chains import Chains, Ref, parents_of, refs_in, restore_refs, split_refs
 from falq.shared.dispatch import publish
 from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint, validate_input
 from falq.shared.errors import FieldError, InvalidInput, JobNotFound, JobTimeout, RedisMemoryFull, is_redis_oom
+from falq.shared.fairshare import FairShare
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import OutboundRefused, check_url
 from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
 from falq.shared.redisconn import redis_client as make_redis
 from falq.shared.settings import Settings, get_settings
+from falq.shared.tenants import NAME_RULE, Tenant, TenantStore, valid_name
+
+if TYPE_CHECKING:
+    from falq.shared.catalogue.store import Catalogue
 
 log = logging.getLogger("falq.producers")
 
@@ -47,6 +54,15 @@ class JobRequest:
     idempotency_key: str | None = None
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None
+    #: The owning tenant (:mod:`falq.shared.tenants`); None: the client's own (``Falq(tenant=)``).
+    tenant: str | None = None
+    #: The batch the job belongs to (:mod:`falq.shared.batches`), if any.
+    batch_id: str | None = None
+
+
+#: How long a producer trusts what it read about a tenant (a bulk file validates 50,000 items
+#: against one tenant; a change of the tenant reaches running producers within this time).
+TENANT_CACHE_S = 1.0
 
 
 class Falq:
@@ -56,14 +72,24 @@ class Falq:
         settings: falq settings; by default read from the environment.
         redis_client: a Redis client to reuse (by default one is built from settings).
         celery_app: a Celery app to publish with (by default one is built from settings).
+        tenant: the tenant jobs are enqueued for (default ``FALQ_TENANT``, else ``default``);
+            checked at enqueue: it must exist and allow the job's endpoint.
+
+    Producers hold Redis credentials, so they are inside falq's trust boundary: ``tenant``
+    attributes their work, it does not confine them (gateway API keys do, for everyone else).
     """
 
     def __init__(self, settings: Settings | None = None, *, redis_client: Any = None,
-                 celery_app: Celery | None = None) -> None:
+                 celery_app: Celery | None = None, tenant: str | None = None) -> None:
         self.settings = settings or get_settings()
         self.redis = redis_client or make_redis(self.settings.redis_url, settings=self.settings)
-        self.store = JobStore(self.redis, prefix=self.settings.key_prefix, ttl_s=self.settings.record_ttl_s)
+        self.store = JobStore(self.redis, prefix=self.settings.key_prefix, ttl_s=self.settings.record_ttl_s,
+                              archive=self.settings.catalogue)
+        #: Fair dispatch between tenants (falq.shared.fairshare): jobs wait in ready sets.
+        self.fair = FairShare(self.redis, self.settings)
         self._app = celery_app
+        self.tenant = tenant or self.settings.tenant
+        self._tenants: dict[str, tuple[float, Tenant | None]] = {}
 
     @property
     def app(self) -> Celery:
@@ -94,46 +120,86 @@ class Falq:
                            idempotency_key=idempotency_key, metadata=metadata, callback_url=callback_url)
 
     def validate(self, endpoint: str, data: Any, *, lane: str = "interactive",
-                 callback_url: str | None = None) -> JobRequest:
-        """Validate without enqueueing; raises :class:`InvalidInput` listing every problem."""
+                 callback_url: str | None = None, tenant: str | None = None) -> JobRequest:
+        """Validate without enqueueing; raises :class:`InvalidInput` listing every problem
+        (``tenant``: unknown tenant; ``endpoint``: one the tenant may not use)."""
         errors: list[FieldError] = []
         model = None
+        refs: dict[int, Ref] = {}
+        owner = tenant or self.tenant
         try:
             spec = get_endpoint(endpoint)
+            # References to other jobs' outputs (falq:JOB_ID#N, falq.shared.chains) are checked
+            # for their form here and against the parents at enqueue; the rest as usual.
+            data, refs, ref_errors = split_refs(data)
+            errors.extend(ref_errors)
             model = validate_input(spec.id, data, max_num_images=self.settings.max_num_images)
         except InvalidInput as exc:
             errors.extend(exc.errors)
+        errors.extend(self._tenant_errors(owner, endpoint))
         if lane not in ("interactive", "bulk"):
             errors.append(FieldError("lane", f"must be 'interactive' or 'bulk', not {lane!r}"))
         if callback_url is not None:
             errors.extend(_callback_url_errors(callback_url, allow_private=self.settings.callback_allow_private))
         if errors or model is None:
             raise InvalidInput(errors)
-        payload = model.model_dump(mode="json", exclude_none=True)
-        return JobRequest(spec.id, payload, lane, callback_url=callback_url)  # type: ignore[arg-type]
+        payload = restore_refs(model.model_dump(mode="json", exclude_none=True), refs)
+        return JobRequest(spec.id, payload, lane, callback_url=callback_url, tenant=owner)  # type: ignore[arg-type]
+
+    def _tenant_errors(self, name: str, endpoint: str) -> list[FieldError]:
+        """Why ``name`` may not enqueue a job of ``endpoint`` (empty: it may)."""
+        if not valid_name(name):
+            return [FieldError("tenant", NAME_RULE)]
+        now = time.monotonic()
+        hit = self._tenants.get(name)
+        if hit is None or hit[0] < now:
+            hit = (now + TENANT_CACHE_S, TenantStore(self.redis, prefix=self.settings.key_prefix).get(name))
+            self._tenants[name] = hit
+        found = hit[1]
+        if found is None:
+            return [FieldError("tenant", f"no tenant named {name!r} (see falq tenants list)")]
+        if endpoint in ENDPOINTS and not found.allows(endpoint):
+            return [FieldError("endpoint", f"tenant {name!r} may not use {endpoint}; it may use: "
+                                           f"{', '.join(found.endpoints)}")]
+        return []
 
     def submit(self, endpoint: str, data: dict[str, Any], *, lane: Lane = "interactive",
                idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
-               callback_url: str | None = None) -> JobHandle:
-        """Validate and enqueue one job; with a known ``idempotency_key``, return that job."""
-        req = self.validate(endpoint, data, lane=lane, callback_url=callback_url)
+               callback_url: str | None = None, tenant: str | None = None,
+               fal_webhook: str | None = None) -> JobHandle:
+        """Validate and enqueue one job; with a known ``idempotency_key`` (of the same tenant),
+        return that job. ``tenant`` overrides the client's tenant for this job. ``fal_webhook``
+        (the gateway's, checked there) gets fal's webhook shape when the job ends, through the
+        same outbox as ``callback_url``; it is part of the record from its creation on."""
+        req = self.validate(endpoint, data, lane=lane, callback_url=callback_url, tenant=tenant)
         if idempotency_key is not None:
             _check_key(idempotency_key)
         rec = self._record(req, metadata)
+        rec.fal_webhook = fal_webhook
+        if rec.parents:  # missing parents, another tenant's, too deep: refused, nothing enqueued
+            self.check_parents([rec])
         try:
-            rec, created = self.store.create(rec, idempotency_key)
+            rec, created = self.store.create(rec, idempotency_key, fair=self.fair.enabled)
         except redis.RedisError as exc:
             if is_redis_oom(exc):
                 raise RedisMemoryFull() from exc
             raise
-        if created or not self.store.is_published(rec.id):
+        if rec.state == "waiting":  # no message until its parents completed (falq.shared.chains)
+            self.chains.link(rec.id, rec.parents)
+        elif self.fair.enabled:
+            # The record entered its tenant's ready set with it; one that existed without a
+            # message (its producer died first) is made ready now. Then dispatch what fits.
+            if not created and not self.store.is_published(rec.id):
+                self.fair.make_ready(rec, dispatch=False)
+            self.fair.try_dispatch(self.app)
+        elif created or not self.store.is_published(rec.id):
             try:
-                publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
+                publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)
             except Exception as exc:
                 if not is_redis_oom(exc):
                     raise
                 if created:  # no record without a message
-                    self._forget([(rec.id, idempotency_key)])
+                    self._forget([(rec.id, idempotency_key, rec.tenant)])
                 raise RedisMemoryFull() from exc
             self._mark_published([rec.id])
         return JobHandle(self, rec.id)
@@ -145,14 +211,16 @@ class Falq:
         existing job is not enqueued again (its message is re-sent only if it never was).
         """
         recs = [self._record(r, r.metadata) for r in requests]
+        if any(rec.parents for rec in recs):
+            self.check_parents(recs)
         items = [(rec, req.idempotency_key) for rec, req in zip(recs, requests, strict=True)]
         try:
-            owners = self.store.create_many(items)
+            owners = self.store.create_many(items, fair=self.fair.enabled)
         except redis.RedisError as exc:
             if not is_redis_oom(exc):
                 raise
             # Some creates of the pipeline may have gone through: none has a message yet.
-            self._forget([(rec.id, key) for rec, key in items])
+            self._forget([(rec.id, key, rec.tenant) for rec, key in items])
             raise RedisMemoryFull(total=len(items)) from exc
         created = [o == rec.id for o, rec in zip(owners, recs, strict=True)]
         flags = self.store.published_flags(owners)
@@ -165,13 +233,26 @@ class Falq:
                 for job_id, found in zip(existing_ids, self.store.get_many(existing_ids), strict=True)
                 if found is not None
             }
+            # A waiting job (falq.shared.chains) gets no message: it is linked to its parents.
+            for owner, rec in to_publish:
+                src = existing.get(owner, rec)
+                if src.state == "waiting":
+                    self.chains.link(owner, src.parents)
+            to_publish = [(o, rec) for o, rec in to_publish if existing.get(o, rec).state != "waiting"]
+            if self.fair.enabled:
+                # New jobs entered their ready sets with their records (falq.shared.fairshare); an
+                # existing one that never got a message (its producer died first) is made ready.
+                for owner, _rec in to_publish:
+                    if owner in existing:
+                        self.fair.make_ready(existing[owner], dispatch=False)
+                to_publish = []
             sent: set[str] = set()
             try:
                 with self.app.producer_or_acquire() as producer:
                     for owner, rec in to_publish:
                         src = existing.get(owner, rec)
                         publish(self.app, self.settings, owner, lane=src.lane, endpoint=src.endpoint,
-                                producer=producer)
+                                producer=producer, tenant=src.tenant)
                         sent.add(owner)
             except Exception as exc:
                 if not is_redis_oom(exc):
@@ -179,18 +260,21 @@ class Falq:
                 # Redis filled up mid-batch: the jobs sent so far stay enqueued; the ones this
                 # call created and could not send are removed again (no record without a message).
                 self._mark_published(sorted(sent))
-                self._forget([(rec.id, key) for (rec, key), own in zip(items, owners, strict=True)
+                self._forget([(rec.id, key, rec.tenant) for (rec, key), own in zip(items, owners, strict=True)
                               if own == rec.id and own not in sent])
                 done = [(o, c) for o, c, was in zip(owners, created, flags, strict=True) if was or o in sent]
                 raise RedisMemoryFull(enqueued=done, total=len(items)) from exc
             self._mark_published([owner for owner, _ in to_publish])
+        if self.fair.enabled:
+            self.fair.try_dispatch(self.app)
         return list(zip(owners, created, strict=True))
 
-    def _forget(self, jobs: list[tuple[str, str | None]]) -> None:
-        """Undo records whose message was never sent (see :meth:`JobStore.forget_unpublished`)."""
-        for job_id, key in jobs:
+    def _forget(self, jobs: list[tuple[str, str | None, str]]) -> None:
+        """Undo records whose message was never sent (see :meth:`JobStore.forget_unpublished`);
+        each entry is ``(job id, idempotency key, tenant)``."""
+        for job_id, key, tenant in jobs:
             try:
-                self.store.forget_unpublished(job_id, key)
+                self.store.forget_unpublished(job_id, key, tenant)
             except redis.RedisError as exc:
                 log.error("could not remove unpublished job %s (%s); it stays queued without a message",
                           job_id, type(exc).__name__)
@@ -208,22 +292,93 @@ class Falq:
     def _record(self, req: JobRequest, metadata: dict[str, Any] | None) -> JobRecord:
         spec = ENDPOINTS[req.endpoint]
         n = int(req.input.get("num_images", 1))
-        return JobRecord.new(
+        rec = JobRecord.new(
             endpoint=req.endpoint, input=req.input, lane=req.lane, metadata=dict(metadata or {}),
             callback_url=req.callback_url, cost_estimate=round(self.settings.price_for(spec.tier) * n, 6),
+            tenant=req.tenant or self.tenant, batch_id=req.batch_id,
         )
+        parents = parents_of(req.input)
+        if parents:  # a chained job waits for its parents (falq.shared.chains)
+            rec.parents = parents
+            rec.state = "waiting"
+            rec.timestamps = {"waiting": rec.created_at}
+        return rec
+
+    @property
+    def chains(self) -> Chains:
+        """Links chained jobs to their parents (the workers release them)."""
+        return Chains(self.store, self.settings)
+
+    def check_parents(self, recs: list[JobRecord]) -> None:
+        """Refuse references to missing jobs, another tenant's jobs, too deep a chain or too
+        many children (:meth:`Chains.check`); raises :class:`InvalidInput` naming each field
+        (``image_urls[N]``, prefixed ``[i].`` for several records)."""
+        items = [(rec.id, refs_in(rec.input), 0) for rec in recs]
+        found = self.chains.check(items, lambda n: recs[n].tenant)
+        if found:
+            many = len(recs) > 1
+            raise InvalidInput([FieldError(f"[{n}].{e.field}" if many else e.field, e.message)
+                                for n, errs in sorted(found.items()) for e in errs])
 
     # --- look up ---------------------------------------------------------------------------------
     def job(self, job_id: str) -> JobHandle:
-        """A handle on an existing job; raises :class:`JobNotFound`."""
-        self.store.get(job_id)
+        """A handle on an existing job (live, or archived in the catalogue); raises :class:`JobNotFound`."""
+        self.lookup(job_id)
         return JobHandle(self, job_id)
 
-    def jobs(self, state: str | None = None, *, limit: int = 100, since: float | None = None) -> list[JobRecord]:
-        """Records by state (or all), newest first."""
+    @property
+    def catalogue(self) -> Catalogue | None:
+        """The SQL catalogue of finished jobs (None when ``FALQ_CATALOGUE`` is off)."""
+        if not self.settings.catalogue:
+            return None
+        from falq.shared.catalogue.store import get_catalogue
+
+        return get_catalogue(self.settings)
+
+    def lookup(self, job_id: str, *, tenant: str | None = None) -> JobRecord:
+        """The job's record: the live one from Redis, else the archived one from the catalogue
+        (a job whose Redis copy expired). With ``tenant``, another tenant's job is not found,
+        exactly like an unknown id (both ask the catalogue). Raises :class:`JobNotFound`, or
+        :class:`~falq.shared.errors.CatalogueUnavailable` when Redis does not have it and the
+        catalogue cannot be asked.
+
+        Example::
+
+            falq.lookup("8f3e...").state      # 'completed', a month later too
+        """
+        try:
+            rec: JobRecord | None = self.store.get(job_id)
+        except JobNotFound:
+            rec = None
+        if rec is not None and (tenant is None or rec.tenant == tenant):
+            return rec
+        cat = self.catalogue
+        archived = cat.get(job_id, tenant=tenant) if cat is not None else None
+        if archived is None:
+            raise JobNotFound(f"no job with id {job_id!r} (never enqueued, or its record expired)")
+        return archived
+
+    def jobs(self, state: str | None = None, *, limit: int = 100, since: float | None = None,
+             tenant: str | None = None, endpoint: str | None = None, batch_id: str | None = None,
+             text: str | None = None, metadata: dict[str, str] | None = None) -> list[JobRecord]:
+        """Records by state (or all), newest first: live ones from Redis, finished ones from the
+        catalogue too (history Redis no longer has), each job once. ``text``: every word in the
+        prompt; ``metadata``: ``{key: value}`` that must all match."""
         if state is not None and state not in STATES:
             raise InvalidInput([FieldError("state", f"must be one of {', '.join(STATES)}")])
-        return self.store.find(state, limit=limit, since=since)
+        filters = {"tenant": tenant, "endpoint": endpoint, "batch_id": batch_id, "text": text,
+                   "metadata": dict(metadata or {})}
+        filtered = any(v for v in filters.values())
+        live = self.store.find(state, limit=limit if not filtered else max(limit, 1000), since=since)
+        live = [r for r in live if record_matches(r, **filters)]  # type: ignore[arg-type]
+        cat = self.catalogue
+        if cat is None or (state is not None and state not in TERMINAL):
+            return live[:limit]
+        from falq.shared.catalogue.search import merge_newest
+        from falq.shared.catalogue.store import CatalogueQuery
+
+        q = CatalogueQuery(state=state, since=since, limit=limit, **filters)  # type: ignore[arg-type]
+        return merge_newest(live, cat.search(q), limit)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask for a job to be cancelled; returns the record as it stands.
@@ -239,7 +394,7 @@ class Falq:
             if r.terminal:
                 return False
             r.cancel_requested = True
-            if r.state == "queued" and lease_holder is None:
+            if r.state == "waiting" or (r.state == "queued" and lease_holder is None):
                 r.move("cancelled")
             return True
 
@@ -273,11 +428,15 @@ class Falq:
 
         out = []
         for job_id in ids:
+            # A chained job waits for its parents again, its references restored (falq.shared.chains).
+            if self.chains.reopen(job_id, states=("failed",)):
+                out.append(self.store.get(job_id))
+                continue
             rec = self.store.update(job_id, again)
             if applied["last"]:
                 self.redis.delete(self.store.cancel_key(job_id))
-                publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint)
-                self.store.mark_published([rec.id])
+                self.fair.make_ready(rec, self.app)  # its ready set, or published at once without fair dispatch
+                self.chains.reopen_children(rec.id)  # the children it failed wait for it again
             out.append(rec)
         return out
 
@@ -304,7 +463,8 @@ class JobHandle:
         return f"JobHandle({self.id!r})"
 
     def record(self) -> JobRecord:
-        return self.client.store.get(self.id)
+        """The record, live from Redis or archived in the catalogue (:meth:`Falq.lookup`)."""
+        return self.client.lookup(self.id)
 
     def status(self) -> str:
         return self.record().state

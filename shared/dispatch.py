@@ -22,7 +22,7 @@ def queue_for(lane: str, settings: Settings) -> str:
 
 def summary(rec: JobRecord) -> dict[str, Any]:
     """What Flower shows about a job: never the input, never a secret."""
-    return {"endpoint": rec.endpoint, "lane": rec.lane}
+    return {"endpoint": rec.endpoint, "lane": rec.lane, "tenant": rec.tenant}
 
 
 def publish(
@@ -34,12 +34,14 @@ def publish(
     endpoint: str = "",
     countdown: float | None = None,
     producer: Any = None,
+    tenant: str | None = None,
 ) -> None:
     """Send one step message for ``job_id`` to its lane's queue.
 
     ``countdown`` is capped at a quarter of the visibility timeout: a countdown message
     sits unacked in a worker's memory until due, and must never outlive the timeout
     (Celery issue #5935). The step re-publishes itself if it still has to wait.
+    ``tenant`` only labels the message for Flower (``kwargsrepr``); the record is the truth.
     """
     if countdown is not None:
         countdown = max(0.0, min(countdown, settings.visibility_timeout_s / 4))
@@ -52,5 +54,5 @@ def publish(
         countdown=countdown or None,
         producer=producer,
         argsrepr=repr([job_id]),
-        kwargsrepr=repr({"endpoint": endpoint, "lane": lane}),
+        kwargsrepr=repr({"endpoint": endpoint, "lane": lane, **({"tenant": tenant} if tenant else {})}),
     )

@@ -287,6 +287,32 @@ class JobNotFound(FalqError, KeyError):
         return str(self.args[0]) if self.args else "job not found"
 
 
+class TenantNotFound(FalqError, KeyError):
+    """No tenant of this name (:mod:`falq.shared.tenants`)."""
+
+    kind = "tenant_not_found"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "tenant not found"
+
+
+class BatchNotFound(JobNotFound):
+    """No batch with this id (for this tenant); answered like a missing job (404)."""
+
+    kind = "batch_not_found"
+
+
+class ParentFailed(PermanentError):
+    """A job this job's input references (``falq:JOB_ID#N``) failed, was cancelled or was
+    moderated, so this job cannot run; the message names the parent (:mod:`falq.shared.chains`)."""
+
+    kind = "parent_failed"
+
+    def __init__(self, message: str, *, parent: str = "") -> None:
+        super().__init__(message)
+        self.parent = parent
+
+
 class DeadlineExceeded(PermanentError):
     """fal did not finish the request within the configured deadline."""
 
@@ -348,3 +374,19 @@ def is_redis_oom(exc: BaseException | None) -> bool:
             return True
         exc = exc.__cause__ or exc.__context__
     return False
+
+
+class CatalogueUnavailable(RetryableError):
+    """The SQL catalogue (:mod:`falq.shared.catalogue`) could not be reached or timed out.
+    Jobs go on; the archiver tries again and readers answer from Redis alone."""
+
+    kind = "catalogue_unavailable"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="catalogue_unavailable")
+
+
+class CatalogueSchemaOutdated(FalqError):
+    """The catalogue's schema is not at the revision this falq needs: run ``falq db upgrade``."""
+
+    kind = "catalogue_schema"

@@ -9,7 +9,9 @@ key                             type    what
                                         the terminal state), ``cb_tries``, ``cb_since``
 ``{p}:state:{state}``           zset    job ids in that state, by last update
 ``{p}:created``                 zset    every job id, by creation time
-``{p}:idem:{key}``              string  idempotency key -> job id
+``{p}:idem:{key}``              string  idempotency key -> job id (tenant ``default``)
+``{p}:idem@{tenant}:{key}``     string  idempotency key -> job id of any other tenant (keys of
+                                        two tenants never collide; ``default``'s stay as before)
 ``{p}:cancel:{id}``             string  a producer asked to cancel the job
 ``{p}:lease:{id}``              string  the worker step holding the job (``host:pid:token``), TTL
 ``{p}:seen:{id}``               string  a delivery of the job ran recently (the reaper's sign of life)
@@ -24,20 +26,49 @@ key                             type    what
 ``{p}:limits:config``           hash    the runtime limits (``falq limits set``)
 ``{p}:limits:keys``             hash    key id -> the key's last 4 characters
 ``{p}:spend:{yyyy-mm-dd}``      string  today's reserved spend, integer micro-dollars
+``{p}:tspend:{day}:{tenant}``   string  the same, of one tenant (its own daily budget)
+``{p}:fair:ready:{lane}:{t}``   zset    jobs of tenant ``t`` waiting for fair dispatch, by creation
+                                        (:mod:`falq.shared.fairshare`)
+``{p}:fair:active:{lane}``      set     tenants with a non-empty ready set in the lane
+``{p}:fair:pass:{lane}``        zset    active tenant -> its stride-scheduling pass
+``{p}:fair:vt:{lane}``          string  the pass of the last tenant served (virtual time)
+``{p}:inflight``                zset    dispatched, not yet terminal jobs -> dispatch time (ms)
+``{p}:fair:owner``              hash    dispatched job id -> its tenant
+``{p}:fair:count``              hash    tenant -> its dispatched, not yet terminal jobs
+``{p}:fair:paused:{tenant}``    string  the tenant is over its own budget (TTL): not dispatched
+``{p}:fair:lock``               string  one dispatch tick / recovery pass at a time
 ``{p}:metrics:counters``        hash    counters (transitions, failures by reason, spend ...)
 ``{p}:metrics:hist:{name}``     hash    a latency histogram
 ``{p}:metrics:minute:{m}``      hash    jobs finished per minute (TTL)
 ``{p}:metrics:spend:{day}``     string  spend per UTC day as recorded by workers
 ``{p}:webhook:seen:{digest}``   string  a fal webhook already accepted (replay guard)
-``{p}:gateway:hooks``           zset    jobs whose ``fal_webhook`` is still to be delivered
-``{p}:gateway:hook:{id}``       hash    that webhook's URL and tries
-``{p}:outbox``                  zset    jobs whose ``callback_url`` is still to be POSTed, by
-                                        when to try next (a claimed one: until its claim ends)
+``{p}:outbox``                  zset    jobs whose ``callback_url`` or ``fal_webhook`` is still to
+                                        be POSTed, by when to try next (claimed: until the claim ends)
 ``{p}:outbox:failed``           zset    jobs whose callback gave up, by when
                                         (``falq callbacks redeliver --failed``)
 ``{p}:delivery:{id}``           list    every callback try of the job (JSON), capped, TTL as
                                         the record
 ``{p}:tenants``                 hash    tenant name -> its settings (JSON), :mod:`falq.shared.tenants`
+``{p}:archive``                 stream  finished jobs to copy into the SQL catalogue (``id``,
+                                        ``v``: the saved version); consumer group ``archivers``
+                                        (:mod:`falq.workers.archive`), acked after the commit
+``{p}:batch:{id}``              hash    a batch (:mod:`falq.shared.batches`): ``doc`` (JSON), counts
+                                        ``n:{state}``, ``total``, ``est_micro``, ``billed_micro``,
+                                        ``last_end``; counts move in the job store's Lua scripts
+``{p}:batch:{id}:jobs``         zset    the batch's job ids, by line number
+``{p}:batches``                 zset    every batch id, by creation time
+``{p}:children:{id}``           set     jobs whose input references job ``id``'s outputs
+                                        (:mod:`falq.shared.chains`)
+``{p}:chain:done``              stream  parents that just ended (written by the save that ends
+                                        them); consumer group ``chains`` of the workers
+``{p}:chain:releasing``         zset    children moved to ``queued`` whose broker message may not
+                                        be sent yet, by when (re-driven by the chain sweep)
+``{p}:chain:lock``              string  one chain sweep at a time
+``{p}:apikey:{sha256}``         hash    a gateway API key, by the sha256 of the key (never the key):
+                                        ``tenant``, ``scopes``, ``label``, ``created``, ``last4``
+``{p}:apikeys:{tenant}``        set     the sha256 of every API key of the tenant (listing, revoking)
+``{p}:console:session:{sha}``   string  a web console session (:mod:`falq.gateway.console.access`), by
+                                        the sha256 of its cookie's id: principal, CSRF token (TTL)
 ==============================  ======  ==========================================================
 
 Lua scripts that build keys from ids they read inside Redis (the job store's create, the
@@ -70,8 +101,12 @@ class Keys:
     def created(self) -> str:
         return f"{self.prefix}:created"
 
-    def idem(self, key: str) -> str:
-        return f"{self.prefix}:idem:{key}"
+    def idem(self, key: str, tenant: str = "default") -> str:
+        # Another tenant's keys get their own namespace: ``idem@`` can never be the start of a
+        # ``default`` key, so tenants cannot reach (or probe) each other's jobs by key.
+        if tenant == "default":
+            return f"{self.prefix}:idem:{key}"
+        return f"{self.prefix}:idem@{tenant}:{key}"
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}:cancel:{job_id}"
@@ -119,6 +154,40 @@ class Keys:
     def spend(self, day: str) -> str:
         return f"{self.prefix}:spend:{day}"
 
+    def tenant_spend(self, day: str, tenant: str) -> str:
+        return f"{self.prefix}:tspend:{day}:{tenant}"
+
+    def fair_ready(self, lane: str, tenant: str) -> str:
+        return f"{self.prefix}:fair:ready:{lane}:{tenant}"
+
+    def fair_active(self, lane: str) -> str:
+        return f"{self.prefix}:fair:active:{lane}"
+
+    def fair_pass(self, lane: str) -> str:
+        return f"{self.prefix}:fair:pass:{lane}"
+
+    def fair_vt(self, lane: str) -> str:
+        return f"{self.prefix}:fair:vt:{lane}"
+
+    @property
+    def inflight(self) -> str:
+        return f"{self.prefix}:inflight"
+
+    @property
+    def fair_owner(self) -> str:
+        return f"{self.prefix}:fair:owner"
+
+    @property
+    def fair_count(self) -> str:
+        return f"{self.prefix}:fair:count"
+
+    def fair_paused(self, tenant: str) -> str:
+        return f"{self.prefix}:fair:paused:{tenant}"
+
+    @property
+    def fair_lock(self) -> str:
+        return f"{self.prefix}:fair:lock"
+
     @property
     def metrics_counters(self) -> str:
         return f"{self.prefix}:metrics:counters"
@@ -135,16 +204,40 @@ class Keys:
     def webhook_seen(self, digest: str) -> str:
         return f"{self.prefix}:webhook:seen:{digest}"
 
-    @property
-    def gateway_hooks(self) -> str:
-        return f"{self.prefix}:gateway:hooks"
+    def batch(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}"
 
-    def gateway_hook(self, job_id: str) -> str:
-        return f"{self.prefix}:gateway:hook:{job_id}"
+    def batch_jobs(self, batch_id: str) -> str:
+        return f"{self.prefix}:batch:{batch_id}:jobs"
+
+    @property
+    def batches(self) -> str:
+        return f"{self.prefix}:batches"
+
+    def children(self, job_id: str) -> str:
+        return f"{self.prefix}:children:{job_id}"
+
+    @property
+    def chain_done(self) -> str:
+        return f"{self.prefix}:chain:done"
+
+    @property
+    def chain_releasing(self) -> str:
+        return f"{self.prefix}:chain:releasing"
+
+    @property
+    def chain_lock(self) -> str:
+        return f"{self.prefix}:chain:lock"
 
     @property
     def tenants(self) -> str:
         return f"{self.prefix}:tenants"
+
+    def apikey(self, digest: str) -> str:
+        return f"{self.prefix}:apikey:{digest}"
+
+    def apikeys(self, tenant: str) -> str:
+        return f"{self.prefix}:apikeys:{tenant}"
 
     @property
     def outbox(self) -> str:
@@ -156,3 +249,10 @@ class Keys:
 
     def delivery(self, job_id: str) -> str:
         return f"{self.prefix}:delivery:{job_id}"
+
+    def console_session(self, digest: str) -> str:
+        return f"{self.prefix}:console:session:{digest}"
+
+    @property
+    def archive(self) -> str:
+        return f"{self.prefix}:archive"

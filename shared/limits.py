@@ -18,6 +18,10 @@ with time taken from Redis ``TIME``:
 * **priority**: while any interactive job waits for a token or a slot, bulk jobs wait too.
 * **the daily budget**: each admission reserves the job's estimated cost in integer
   micro-dollars for the UTC day (of Redis' clock); a job that would go over waits, paused.
+* **per tenant** (:mod:`falq.shared.tenants`), on top of all of the above: the tenant's own
+  requests outstanding (``:slots:t:{tenant}``), submissions per second (a GCRA of its own)
+  and daily budget (``{p}:tspend:{day}:{tenant}``). Over its budget only that tenant pauses
+  (``tenant_budget``; the job shows ``paused: budget``) and the others go on.
 * **a key-wide pause** after fal answered 403 "User is locked": nobody submits until it expires
   (``FALQ_LOCKED_PAUSE_S``, renewed by every new refusal) or ``falq limits set --resume``.
 
@@ -80,8 +84,9 @@ def config_defaults(s: Settings) -> dict[str, str]:
 class Answer:
     """The limiter's answer to one admission request.
 
-    ``status`` is ``ok`` or why not: ``locked``, ``budget``, ``priority``, ``slots``,
-    ``endpoint``, ``rate``. When ``ok``, sleep ``delay_s`` (the reserved token's time) and
+    ``status`` is ``ok`` or why not: ``locked``, ``budget``, ``tenant_budget`` (the job's
+    tenant is over its own daily budget), ``priority``, ``slots``, ``endpoint``, ``tenant``
+    (the tenant's own outstanding cap), ``rate``. When ``ok``, sleep ``delay_s`` (the reserved token's time) and
     submit. Otherwise ask again after ``wait_s`` plus a random share of ``spread_s``.
     """
 
@@ -145,11 +150,12 @@ class Limiter:
         self.r.hset(self.keys.limits_keys, self.kid, self.s.key_suffix())
 
     # --- the hot path ----------------------------------------------------------------------------
-    def acquire(self, job_id: str, endpoint: str, lane: str, cost_micro: int) -> Answer:
+    def acquire(self, job_id: str, endpoint: str, lane: str, cost_micro: int, tenant: str = "default") -> Answer:
         d = config_defaults(self.s)
         raw = self._acquire(keys=[], args=[
             self.prefix, self.kid, job_id, endpoint, lane, int(cost_micro), self.lease_ms,
-            float(self.s.rate_headroom), *[d[f] for f in CONFIG_FIELDS],
+            float(self.s.rate_headroom), *[d[f] for f in CONFIG_FIELDS], tenant,
+            int(self.s.pause_poll_s * 3000),
         ])
         status = _s(raw[0])
         a, b = int(raw[1]), int(raw[2])
@@ -168,9 +174,9 @@ class Limiter:
         """The job's POST came back; it counts until ``score_ms`` + 1 s (see ANSWERED)."""
         self._answered(keys=[], args=[self.prefix, self.kid, job_id, int(score_ms)])
 
-    def hold(self, job_id: str, endpoint: str) -> None:
+    def hold(self, job_id: str, endpoint: str, tenant: str = "default") -> None:
         """Count a request that is outstanding at fal (a redelivered job that follows again)."""
-        self._hold(keys=[], args=[self.prefix, self.kid, job_id, endpoint, self.lease_ms])
+        self._hold(keys=[], args=[self.prefix, self.kid, job_id, endpoint, self.lease_ms, tenant])
 
     def release(self, job_id: str, *, refund: bool) -> bool:
         """Free the job's slot; with ``refund`` give back the cost reserved at admission."""
@@ -211,6 +217,15 @@ class Limiter:
             spend_today_usd=int(_s(raw[10]) or 0) / 1_000_000,
         )
 
+    def tenant_outstanding(self, tenants: list[str]) -> dict[str, int]:
+        """tenant -> its requests outstanding at fal through this key (live slots, by Redis time)."""
+        sec, usec = self.r.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        pipe = self.r.pipeline(transaction=False)
+        for t in tenants:
+            pipe.zcount(f"{self.base}:slots:t:{t}", now_ms, "+inf")
+        return {t: int(n) for t, n in zip(tenants, pipe.execute(), strict=True)}
+
     def live_slots(self) -> list[str]:
         """Job ids holding a slot that has not expired (by Redis time)."""
         sec, usec = self.r.time()
@@ -249,6 +264,14 @@ def spend_today(client: redis.Redis, prefix: str) -> tuple[str, float]:
     sec, _ = client.time()
     day = dt.datetime.fromtimestamp(int(sec), dt.UTC).strftime("%Y-%m-%d")
     return day, int(_s(client.get(Keys(prefix).spend(day)) or b"0")) / 1_000_000
+
+
+def tenant_spend_today(client: redis.Redis, prefix: str, tenants: list[str]) -> tuple[str, dict[str, float]]:
+    """``(yyyy-mm-dd, tenant -> dollars reserved today)``, the UTC day from Redis' clock."""
+    day, _ = spend_today(client, prefix)
+    keys = Keys(prefix)
+    vals = client.mget([keys.tenant_spend(day, t) for t in tenants]) if tenants else []
+    return day, {t: int(_s(v or b"0")) / 1_000_000 for t, v in zip(tenants, vals, strict=True)}
 
 
 def _s(v: Any) -> str:

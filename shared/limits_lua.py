@@ -10,27 +10,24 @@ Layout under ``{p}:limits:{kid}`` (``kid`` = short sha256 of the fal key):
 
 * ``:slots`` -- ZSET job id -> lease expiry (ms): requests outstanding at fal.
 * ``:slots:ep:{endpoint}`` -- the same, per endpoint; ``:slot_ep`` hash job id -> endpoint.
+* ``:slots:t:{tenant}`` -- the same, per tenant; ``:slot_t`` hash job id -> tenant.
+* ``:tat:t:{tenant}`` -- a tenant's own token bucket (its ``rate``), as ``:tat``.
 * ``:tat`` -- the token bucket as GCRA: the "theoretical arrival time" of the next token (ms).
 * ``:waiting:{interactive|bulk|budget|locked}`` -- ZSET job id -> expiry: who waits, and why.
 * ``:charges`` -- hash job id -> ``day|micro-dollars`` reserved for its current attempt.
 * ``:paused`` -- string with a TTL: why submissions for this key are paused (402, locked).
 
-Shared: ``{p}:limits:config`` (hash, runtime configuration) and ``{p}:spend:{yyyy-mm-dd}``
-(integer micro-dollars reserved that UTC day).
+Shared: ``{p}:limits:config`` (hash, runtime configuration), ``{p}:spend:{yyyy-mm-dd}``
+(integer micro-dollars reserved that UTC day) and ``{p}:tspend:{yyyy-mm-dd}:{tenant}`` (the
+same for one tenant). A tenant's own caps (``max_outstanding``, ``rate``, ``budget_usd``) are
+read from its JSON in ``{p}:tenants`` on every admission, so ``falq tenants set`` takes effect
+at once; they hold on top of the global limits.
 """
 
 from __future__ import annotations
 
-# Shared prelude: time, key names, config (seeded from the caller's defaults), housekeeping.
-_PRELUDE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local prefix, kid = ARGV[1], ARGV[2]
-local base = prefix .. ':limits:' .. kid
-local slots, slot_ep = base .. ':slots', base .. ':slot_ep'
-
--- Civil date from days since 1970-01-01 (H. Hinnant's algorithm): Redis Lua has no os.date.
-local function ymd(days)
+#: ``ymd(days since 1970-01-01)`` -> ``yyyy-mm-dd``, shared with :mod:`falq.shared.fairshare`.
+YMD = """local function ymd(days)
   local z = days + 719468
   local era = math.floor(z / 146097)
   local doe = z - era * 146097
@@ -43,7 +40,18 @@ local function ymd(days)
   if m <= 2 then y = y + 1 end
   return string.format('%04d-%02d-%02d', y, m, d)
 end
-local today = ymd(math.floor(now / 86400000))
+"""
+
+# Shared prelude: time, key names, config (seeded from the caller's defaults), housekeeping.
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local prefix, kid = ARGV[1], ARGV[2]
+local base = prefix .. ':limits:' .. kid
+local slots, slot_ep, slot_t = base .. ':slots', base .. ':slot_ep', base .. ':slot_t'
+
+-- Civil date from days since 1970-01-01 (H. Hinnant's algorithm): Redis Lua has no os.date.
+""" + YMD + """local today = ymd(math.floor(now / 86400000))
 
 -- Drop expired slots (a dead worker's slots end here) together with their endpoint entries.
 local function expire_slots()
@@ -52,6 +60,9 @@ local function expire_slots()
     local ep = redis.call('HGET', slot_ep, id)
     if ep then redis.call('ZREM', base .. ':slots:ep:' .. ep, id) end
     redis.call('HDEL', slot_ep, id)
+    local tn = redis.call('HGET', slot_t, id)
+    if tn then redis.call('ZREM', base .. ':slots:t:' .. tn, id) end
+    redis.call('HDEL', slot_t, id)
   end
   if #dead > 0 then redis.call('ZREMRANGEBYSCORE', slots, '-inf', now) end
   for _, why in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do
@@ -61,11 +72,13 @@ end
 """
 
 # acquire(prefix, kid, job, endpoint, lane, cost_micro, lease_ms, headroom,
-#         default rate, burst, max_outstanding, endpoint caps JSON, budget_daily)
+#         default rate, burst, max_outstanding, endpoint caps JSON, budget_daily,
+#         tenant, tenant pause ms)
 # -> {status, a, b}:
 #   'ok', delay_ms (sleep this long, then POST: the token is reserved for then), grant time ms
-#   'locked', pause ttl ms, 0 | 'budget', 0, 0
-#   'priority' | 'slots' | 'endpoint' | 'rate', wait_ms (minimum), spread_ms (add uniform 0..spread)
+#   'locked', pause ttl ms, 0 | 'budget', 0, 0 | 'tenant_budget', 0, 0 (only this tenant pauses;
+#   it is also marked paused for the fair dispatcher, ``{p}:fair:paused:{tenant}``, for the pause ms)
+#   'priority' | 'slots' | 'endpoint' | 'tenant' | 'rate', wait_ms (minimum), spread_ms (add uniform 0..spread)
 ACQUIRE = _PRELUDE + """
 local job, ep, lane, cost, lease = ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local headroom = tonumber(ARGV[8])
@@ -82,6 +95,20 @@ local ok_caps, caps = pcall(cjson.decode, cfg[4])
 if not ok_caps or type(caps) ~= 'table' then caps = {} end
 local budget = tonumber(cfg[5])  -- nil when 'none'
 local W = base .. ':waiting:'
+-- The tenant's own caps, from its JSON in {p}:tenants (absent or null: no cap of its own).
+local tenant = ARGV[14] or 'default'
+if tenant == '' then tenant = 'default' end
+local t_max, t_rate, t_budget = nil, nil, nil
+local t_raw = redis.call('HGET', prefix .. ':tenants', tenant)
+if t_raw then
+  local ok_t, tc = pcall(cjson.decode, t_raw)
+  if ok_t and type(tc) == 'table' then
+    t_max, t_rate, t_budget = tonumber(tc.max_outstanding), tonumber(tc.rate), tonumber(tc.budget_usd)
+  end
+end
+if t_max and t_max <= 0 then t_max = nil end
+if t_rate and t_rate <= 0 then t_rate = nil end
+local t_slots = base .. ':slots:t:' .. tenant
 
 local function wait_as(why, ttl)
   for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do
@@ -107,6 +134,16 @@ if budget and cost > 0 then
     return {'budget', 0, 0}
   end
 end
+-- 2b. The tenant's own daily budget: over it, only this tenant pauses.
+local tspend_key = prefix .. ':tspend:' .. today .. ':' .. tenant
+if t_budget and cost > 0 then
+  local tspent = tonumber(redis.call('GET', tspend_key) or '0')
+  if tspent + cost > math.floor(t_budget * 1000000 + 0.5) then
+    wait_as('budget', 120000)
+    redis.call('SET', prefix .. ':fair:paused:' .. tenant, '1', 'PX', math.max(1000, tonumber(ARGV[15]) or 30000))
+    return {'tenant_budget', 0, 0}
+  end
+end
 
 -- Emission interval of the bucket, in ms; paced `headroom` below the rate (see limits.py).
 local interval = 0
@@ -128,12 +165,13 @@ if not held then
   local cap_ep = tonumber(caps[ep])
   local out_full = max_out > 0 and redis.call('ZCARD', slots) >= max_out
   local ep_full = cap_ep and redis.call('ZCARD', base .. ':slots:ep:' .. ep) >= cap_ep
-  if out_full or ep_full then
+  local t_full = t_max and redis.call('ZCARD', t_slots) >= t_max
+  if out_full or ep_full or t_full then
     local n = redis.call('ZCARD', W .. lane) + 1
     local spread = math.min(10000, math.max(500, n * 25))
-    -- An interactive job waiting only on its own endpoint's cap does not hold bulk back.
+    -- An interactive job waiting only on its endpoint's or its tenant's cap does not hold bulk back.
     if out_full then wait_as(lane, 200 + spread + 5000) else redis.call('ZREM', W .. 'interactive', job) end
-    return {out_full and 'slots' or 'endpoint', 200, spread}
+    return {out_full and 'slots' or (ep_full and 'endpoint' or 'tenant'), 200, spread}
   end
 end
 
@@ -153,6 +191,26 @@ if rate > 0 then
     wait_as(lane, delay + spread + 5000)
     return {'rate', math.floor(delay - horizon), math.floor(spread)}
   end
+end
+-- 5b. The tenant's own rate, a GCRA of its own (burst 1), checked before either token is
+-- taken so a refused job reserves nothing. A job waiting on its tenant's rate does not hold
+-- back other tenants' bulk work.
+local t_interval, t_tat = 0, 0
+if t_rate then
+  t_interval = 1000 * (1 + headroom) / t_rate
+  t_tat = math.max(tonumber(redis.call('GET', base .. ':tat:t:' .. tenant) or '0'), now)
+  local t_delay = math.max(0, t_tat - now)
+  local t_horizon = math.min(1000, math.max(200, 3 * t_interval))
+  if t_delay > t_horizon then
+    redis.call('ZREM', W .. 'interactive', job)
+    return {'rate', math.floor(t_delay - t_horizon), math.floor(math.min(30000, math.max(100, t_interval / 2)))}
+  end
+  delay = math.max(delay, t_delay)
+  redis.call('SET', base .. ':tat:t:' .. tenant, tostring(t_tat + t_interval), 'PX',
+             math.floor(t_tat + t_interval - now + 60000))
+end
+if rate > 0 then
+  local tat = math.max(tonumber(redis.call('GET', base .. ':tat') or '0'), now)
   redis.call('SET', base .. ':tat', tostring(tat + interval), 'PX', math.floor(tat + interval - now + 60000))
 end
 
@@ -161,10 +219,14 @@ local expiry = now + delay + lease
 redis.call('ZADD', slots, expiry, job)
 redis.call('HSET', slot_ep, job, ep)
 redis.call('ZADD', base .. ':slots:ep:' .. ep, expiry, job)
+redis.call('ZADD', t_slots, expiry, job)
+redis.call('HSET', slot_t, job, tenant)
 if cost > 0 then
   redis.call('INCRBY', spend_key, cost)
   redis.call('EXPIRE', spend_key, 40 * 86400)
-  redis.call('HSET', base .. ':charges', job, today .. '|' .. cost)
+  redis.call('INCRBY', tspend_key, cost)
+  redis.call('EXPIRE', tspend_key, 40 * 86400)
+  redis.call('HSET', base .. ':charges', job, today .. '|' .. cost .. '|' .. tenant)
 end
 for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do redis.call('ZREM', W .. w, job) end
 return {'ok', math.floor(delay), math.floor(now + delay)}
@@ -216,13 +278,16 @@ end
 return 1
 """
 
-# hold(prefix, kid, job, endpoint, lease_ms): the job's request is outstanding at fal; count
-# it (even above the cap: it *is* outstanding) and restart its lease.
+# hold(prefix, kid, job, endpoint, lease_ms[, tenant]): the job's request is outstanding at fal;
+# count it (even above the cap: it *is* outstanding) and restart its lease.
 HOLD = _PRELUDE + """
 local job, ep, lease = ARGV[3], ARGV[4], tonumber(ARGV[5])
+local tenant = ARGV[6] or 'default'
 redis.call('ZADD', slots, now + lease, job)
 redis.call('HSET', slot_ep, job, ep)
 redis.call('ZADD', base .. ':slots:ep:' .. ep, now + lease, job)
+redis.call('ZADD', base .. ':slots:t:' .. tenant, now + lease, job)
+redis.call('HSET', slot_t, job, tenant)
 return 1
 """
 
@@ -233,13 +298,20 @@ local job, refund = ARGV[3], ARGV[4] == '1'
 local ep = redis.call('HGET', slot_ep, job)
 if ep then redis.call('ZREM', base .. ':slots:ep:' .. ep, job) end
 redis.call('HDEL', slot_ep, job)
+local tn = redis.call('HGET', slot_t, job)
+if tn then redis.call('ZREM', base .. ':slots:t:' .. tn, job) end
+redis.call('HDEL', slot_t, job)
 local freed = redis.call('ZREM', slots, job)
 local charge = redis.call('HGET', base .. ':charges', job)
 if charge then
   redis.call('HDEL', base .. ':charges', job)
   if refund then
-    local day, micro = string.match(charge, '^(.-)|(%d+)$')
-    if day then redis.call('DECRBY', prefix .. ':spend:' .. day, micro) end
+    -- 'day|micro' (before tenants) or 'day|micro|tenant': the tenant's counter is refunded too.
+    local day, micro, who = string.match(charge, '^([^|]*)|(%d+)|?(.*)$')
+    if day then
+      redis.call('DECRBY', prefix .. ':spend:' .. day, micro)
+      if who and who ~= '' then redis.call('DECRBY', prefix .. ':tspend:' .. day .. ':' .. who, micro) end
+    end
   end
 end
 return freed
@@ -259,6 +331,8 @@ for i = 5, #ARGV do
     redis.call('ZADD', slots, 'XX', now + lease, job)
     local ep = redis.call('HGET', slot_ep, job)
     if ep then redis.call('ZADD', base .. ':slots:ep:' .. ep, 'XX', now + lease, job) end
+    local tn = redis.call('HGET', slot_t, job)
+    if tn then redis.call('ZADD', base .. ':slots:t:' .. tn, 'XX', now + lease, job) end
     out[#out + 1] = 1
   else
     out[#out + 1] = 0

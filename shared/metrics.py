@@ -8,7 +8,10 @@ Layout (``{p}`` is ``FALQ_KEY_PREFIX``):
 
 * ``{p}:metrics:counters`` -- hash of counters, field ``kind|label|label`` -> number:
   ``finished|{state}|{endpoint}``, ``transition|{old}|{new}``, ``retry|{error type}``,
-  ``failure|{error type}``, ``waits|{reason}``, ``wait_s|{reason}``, ``spend|{endpoint}``.
+  ``failure|{error type}``, ``waits|{reason}``, ``wait_s|{reason}``, ``spend|{endpoint}``,
+  ``tenant_finished|{state}|{tenant}``, ``tenant_spend|{tenant}``. The tenant is a label with
+  a bound: :meth:`Snapshot.labelled` folds every tenant not in ``{p}:tenants`` (at most
+  ``MAX_TENANTS``, plus ``default``) into ``other``.
 * ``{p}:metrics:hist:{name}`` -- one histogram per hash: ``{endpoint}|{i}`` counts the
   observations in bucket ``i`` (not cumulative; ``i == len(BUCKETS)`` is ``+Inf``), plus
   ``{endpoint}|sum`` and ``{endpoint}|count``.
@@ -18,7 +21,10 @@ Layout (``{p}`` is ``FALQ_KEY_PREFIX``):
 
 Read, when the global limiter runs (``shared.limits``): ``{p}:spend:{day}`` (the budget's
 reservations, integer micro-dollars), ``{p}:limits:{key_id}:slots`` (requests outstanding
-at fal) and ``{p}:limits:config`` (the runtime cap).
+at fal), ``{p}:limits:config`` (the runtime cap and daily budget), and per fal key id in
+``{p}:limits:keys`` its ``:paused`` (fal answered "User is locked") and ``:waiting:{why}``
+(jobs the limiter holds back, and why). Read when the catalogue runs: ``{p}:archive``, the
+stream of finished jobs still to be copied into SQL (its consumer group ``archivers``).
 
 Example::
 
@@ -39,6 +45,10 @@ import redis
 from falq.shared.keys import Keys
 from falq.shared.records import AT_FAL, STATES
 from falq.shared.settings import Settings
+from falq.shared.tenants import DEFAULT_TENANT, MAX_TENANTS
+
+#: The ``tenant`` label of every tenant no longer in the store.
+OTHER_TENANT = "other"
 
 #: Histogram bucket upper bounds in seconds (fal queue waits run from sub-second to many minutes).
 BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
@@ -154,6 +164,18 @@ class Snapshot:
     outstanding_cap: int | None
     spend_today: float
     spend_source: str
+    # Added for the alert rules (ops/prometheus/alerts.yml); defaults keep older callers working.
+    #: The daily budget in dollars (runtime config, else the setting); None = no budget.
+    budget_daily: float | None = None
+    #: fal key id -> 1 while submissions for that key are paused (locked account), else 0.
+    paused_keys: dict[str, int] = field(default_factory=dict)
+    #: Why jobs wait in the limiter (``budget``, ``locked``, ``interactive``, ``bulk``) -> jobs.
+    waiting: dict[str, int] = field(default_factory=dict)
+    #: Finished jobs not yet in the SQL catalogue (0 when there is no ``{p}:archive`` stream).
+    archive_lag: int = 0
+    #: The tenants in the store (``default`` always): the values the ``tenant`` label may take,
+    #: with ``other`` for the rest.
+    tenants: list[str] = field(default_factory=lambda: [DEFAULT_TENANT])
 
     @property
     def outstanding(self) -> int:
@@ -163,12 +185,20 @@ class Snapshot:
         return sum(self.states.get(s, 0) for s in AT_FAL)
 
     def labelled(self, kind: str) -> dict[tuple[str, ...], float]:
-        """Counters of one kind, keyed by their labels: ``labelled("retry")[("fal_transient",)]``."""
+        """Counters of one kind, keyed by their labels: ``labelled("retry")[("fal_transient",)]``.
+
+        For the ``tenant_*`` kinds the last label is the tenant, folded into ``other`` unless it
+        is one of :attr:`tenants` (so the label stays bounded whatever names old jobs carry).
+        """
         out: dict[tuple[str, ...], float] = {}
+        known = set(self.tenants)
         for name, value in self.counters.items():
             parts = name.split("|")
             if parts[0] == kind:
-                out[tuple(parts[1:])] = value
+                labels = tuple(parts[1:])
+                if kind.startswith("tenant_") and labels and labels[-1] not in known:
+                    labels = (*labels[:-1], OTHER_TENANT)
+                out[labels] = out.get(labels, 0.0) + value
         return out
 
     def finished_in(self, minutes: int, state: str = "completed") -> float:
@@ -229,7 +259,10 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
     pipe.get(budget_spend_key(p, day))
     pipe.get(spend_key(p, day))
     pipe.hget(Keys(p).limits_config, "max_outstanding")
+    pipe.hget(Keys(p).limits_config, "budget_daily")
+    pipe.hkeys(Keys(p).tenants)
     res = pipe.execute()
+    tenants = sorted({DEFAULT_TENANT, *(_s(t) for t in res.pop())})[: MAX_TENANTS + 1]
     states: dict[str, int] = {s: int(x) for s, x in zip(STATES, res[: len(STATES)], strict=True)}
     i = len(STATES)
     counters = {_s(k): float(v) for k, v in res[i].items()}
@@ -238,7 +271,7 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
     i += len(HISTOGRAMS)
     mins = {m: {_s(k): int(v) for k, v in res[i + n].items()} for n, m in enumerate(minutes)}
     i += len(minutes)
-    budget, own, configured_cap = res[i], res[i + 1], res[i + 2]
+    budget, own, configured_cap, configured_budget = res[i], res[i + 1], res[i + 2], res[i + 3]
     # The budget keeps integer micro-dollars reserved at admission (shared.limits); prefer it.
     spend, source = (int(float(_s(budget))) / 1e6, "budget") if budget is not None else (float(own or 0.0), "estimate")
     depth: dict[str, int] = {}
@@ -263,6 +296,8 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
         queue_depth=depth, unacked=unacked, limiter_slots=_limiter_slots(r, p),
         outstanding_cap=_cap(configured_cap, settings),
         spend_today=spend, spend_source=source,
+        budget_daily=_budget(configured_budget, settings), **_limiter_waits(r, p), archive_lag=_archive_lag(r, p),
+        tenants=tenants,
     )
 
 
@@ -295,6 +330,68 @@ def _cap(configured: Any, settings: Settings) -> int | None:
     except (TypeError, ValueError):
         return None
     return cap if cap > 0 else None
+
+
+def _budget(configured: Any, settings: Settings) -> float | None:
+    """The daily budget: the limiter's runtime config (``none`` = no budget), else the setting."""
+    value: Any = _s(configured) if configured is not None else getattr(settings, "budget_daily", None)
+    try:
+        budget = float(value)
+    except (TypeError, ValueError):
+        return None
+    return budget if budget > 0 else None
+
+
+#: The limiter's reasons to hold a job back (``{p}:limits:{kid}:waiting:{why}``, shared.limits_lua).
+WAIT_REASONS = ("interactive", "bulk", "budget", "locked")
+
+
+def _limiter_waits(r: redis.Redis, prefix: str) -> dict[str, dict[str, int]]:
+    """``paused_keys`` and ``waiting`` for every fal key a worker registered (``{p}:limits:keys``).
+
+    A waiting entry's score is its expiry (ms, Redis time): expired ones are not counted.
+    """
+    kids = sorted(_s(k) for k in r.hkeys(Keys(prefix).limits_keys))
+    if not kids:
+        return {"paused_keys": {}, "waiting": {}}
+    sec, usec = r.time()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    pipe = r.pipeline(transaction=False)
+    for kid in kids:
+        base = Keys(prefix).limits(kid)
+        pipe.exists(f"{base}:paused")
+        for why in WAIT_REASONS:
+            pipe.zcount(f"{base}:waiting:{why}", now_ms, "+inf")
+    res = iter(pipe.execute())
+    paused: dict[str, int] = {}
+    waiting = dict.fromkeys(WAIT_REASONS, 0)
+    for kid in kids:
+        paused[kid] = int(bool(next(res)))
+        for why in WAIT_REASONS:
+            waiting[why] += int(next(res))
+    return {"paused_keys": paused, "waiting": waiting}
+
+
+def _archive_lag(r: redis.Redis, prefix: str) -> int:
+    """Entries of ``{p}:archive`` the archivers have not acked: pending plus not yet delivered.
+
+    Read defensively: no stream (no catalogue) is 0; a stream without the ``archivers`` group
+    counts every entry; a group whose ``lag`` Redis cannot tell (after deletions) counts the
+    stream's length as the undelivered part (an upper bound).
+    """
+    key = Keys(prefix).archive
+    try:
+        if not r.exists(key):
+            return 0
+        length = int(r.xlen(key))
+        groups = {_s(g.get("name")): g for g in r.xinfo_groups(key)}
+    except redis.ResponseError:  # the key holds something else: not a stream of ours
+        return 0
+    group = groups.get("archivers")
+    if group is None:
+        return length
+    lag = group.get("lag")
+    return int(group.get("pending") or 0) + (int(lag) if lag is not None else length)
 
 
 def _histograms(raw: dict[Any, Any]) -> dict[str, Histogram]:

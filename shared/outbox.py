@@ -2,10 +2,12 @@
 
 The job store's compare-and-set save (:meth:`falq.shared.jobstore.JobStore.save`) enters a
 job in ``{p}:outbox`` (sorted set, score: when to try next) in the same Lua script that saves
-its terminal state, when the job has a ``callback_url``. So no terminal state exists without
+its terminal state, when the job has a ``callback_url`` or a ``fal_webhook`` (the gateway's
+fal-shaped webhook: the same outbox, the same sender). So no terminal state exists without
 its callback pending, whatever happens to the worker afterwards. Beside it, in the job's hash,
 ``cb_version`` (the record version that saved the terminal state: the delivery id),
-``cb_tries`` and ``cb_since`` (when this round of tries began).
+``cb_tries``, ``cb_since`` (when this round of tries began) and ``cb_settled`` (the targets
+of a job with both that need no more tries).
 
 Every worker runs a delivery loop (:mod:`falq.workers.callbacks`) over this class:
 
@@ -91,8 +93,31 @@ local cur = redis.call('HMGET', job, 'version', 'cb_version')
 if not cur[1] then return -1 end
 if not cur[2] then redis.call('HSET', job, 'cb_version', cur[1]) end
 redis.call('HSET', job, 'cb_tries', '0', 'cb_since', ARGV[2])
+redis.call('HDEL', job, 'cb_settled')
 redis.call('ZREM', failed, ARGV[1])
 redis.call('ZADD', outbox, ARGV[2], ARGV[1])
+return 1
+"""
+
+
+# KEYS: job. ARGV: delivery id, "kind=1|0". Notes a target that needs no more tries for this
+# delivery id (delivered: 1, refused for good: 0); only while the record exists.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local cur = redis.call('HGET', KEYS[1], 'cb_settled')
+local prefix = ARGV[1] .. '|'
+if not cur or string.sub(cur, 1, #prefix) ~= prefix then cur = prefix end
+redis.call('HSET', KEYS[1], 'cb_settled', cur .. ARGV[2] .. ',')
+return 1
+"""
+
+# KEYS: job, delivery log. ARGV: try entry, log cap, fallback ttl. One more try in the log.
+_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[1])
+redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
+local left = redis.call('TTL', KEYS[1])
+redis.call('EXPIRE', KEYS[2], left > 0 and left or tonumber(ARGV[3]))
 return 1
 """
 
@@ -158,6 +183,8 @@ class Outbox:
         self._claim = self.r.register_script(_CLAIM)
         self._finish = self.r.register_script(_FINISH)
         self._redeliver = self.r.register_script(_REDELIVER)
+        self._settle = self.r.register_script(_SETTLE)
+        self._append = self.r.register_script(_APPEND)
 
     # --- the delivery loop's side ----------------------------------------------------------------
     def claim(self, *, limit: int, lease_s: float, now: float | None = None) -> list[Claim]:
@@ -198,6 +225,33 @@ class Outbox:
             args=[claim.job_id, claim.token, entry, action, due, LOG_CAP, repr(now), self.store.ttl_s],
         )
         return bool(res == 1)
+
+    def settled(self, job_id: str, delivery_id: str) -> dict[str, bool]:
+        """The job's targets that need no more tries for ``delivery_id``: kind -> delivered.
+
+        A job with both a ``callback_url`` and a ``fal_webhook`` has one entry and two targets;
+        one that got through is not posted again while the other is retried. Kept in the job's
+        hash as ``cb_settled`` (``{delivery id}|kind=1,kind=0,``): a new outcome starts afresh."""
+        raw = self.r.hget(self.store.job_key(job_id), "cb_settled")
+        text = _s(raw) if raw is not None else ""
+        prefix = f"{delivery_id}|"
+        if not text.startswith(prefix):
+            return {}
+        out: dict[str, bool] = {}
+        for part in text[len(prefix):].split(","):
+            kind, _, ok = part.partition("=")
+            if kind:
+                out[kind] = ok == "1"
+        return out
+
+    def settle(self, job_id: str, delivery_id: str, kind: str, delivered: bool) -> None:
+        """Note that ``kind`` needs no more tries for ``delivery_id`` (see :meth:`settled`)."""
+        self._settle(keys=[self.store.job_key(job_id)], args=[delivery_id, f"{kind}={1 if delivered else 0}"])
+
+    def append_log(self, job_id: str, attempt: dict[str, Any]) -> None:
+        """Log one try without touching the entry (the other targets' tries of one round)."""
+        self._append(keys=[self.store.job_key(job_id), self.keys.delivery(job_id)],
+                     args=[json.dumps(attempt, separators=(",", ":")), LOG_CAP, self.store.ttl_s])
 
     # --- reading and redelivering (``falq callbacks``) -------------------------------------------------
     def log(self, job_id: str) -> list[dict[str, Any]]:
@@ -274,7 +328,7 @@ class Outbox:
                 delivery_id=delivery_id(job_id, _s(cb_version)) if cb_version is not None else None,
                 tries=int(tries or 0), since=float(since) if since is not None else None,
                 next_at=score if status == "pending" else None, failed_at=score if status == "failed" else None,
-                url_host=_host(rec.callback_url), job_state=rec.state, last=last_doc,
+                url_host=_host(rec.callback_url or rec.fal_webhook), job_state=rec.state, last=last_doc,
             ))
         if gone:
             pipe = self.r.pipeline(transaction=False)

@@ -20,8 +20,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-State = Literal["queued", "submitting", "in_queue", "in_progress", "mirroring", "completed", "failed", "cancelled"]
+State = Literal["waiting", "queued", "submitting", "in_queue", "in_progress", "mirroring", "completed", "failed",
+                "cancelled"]
 STATES: tuple[State, ...] = (
+    #: A chained job (``falq:JOB_ID#N`` inputs) whose parents have not all completed: no broker
+    #: message, no worker slot (falq.shared.chains).
+    "waiting",
     "queued",
     "submitting",
     "in_queue",
@@ -134,9 +138,15 @@ class JobRecord(BaseModel):
     batch_id: str | None = None
     #: Jobs whose outputs this job's input references (``falq:JOB_ID#N``): it waits until they completed.
     parents: list[str] = Field(default_factory=list)
+    #: The ``image_urls`` as given, references included, once they were resolved to the parents'
+    #: S3 copies at release (a retry of a chained job resolves them again).
+    input_refs: list[str] | None = None
     idempotency_key: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     callback_url: str | None = None
+    #: Where fal's webhook shape goes when the job ends (the gateway's ``?fal_webhook=``);
+    #: delivered through the same outbox as ``callback_url`` (:mod:`falq.workers.callbacks`).
+    fal_webhook: str | None = None
     cancel_requested: bool = False
 
     @classmethod

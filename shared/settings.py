@@ -100,10 +100,17 @@ class Settings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"))
     aws_session_token: SecretStr | None = Field(None, validation_alias=AliasChoices("AWS_SESSION_TOKEN"))
     presign_expiry_s: int = 3600
+    #: Web console (``/ui``): how long a signed-in session lasts (seconds; the cookie expires with it).
+    console_session_ttl_s: int = Field(8 * 3600, ge=60, le=30 * 24 * 3600)
+    #: Web console: the longest side of gallery thumbnails, made once per image and cached in S3.
+    console_thumb_px: int = Field(384, ge=64, le=1024)
     #: Objects this size or smaller are buffered in memory while mirrored; larger spill to disk.
     mirror_memory_bytes: int = 2 * 1024 * 1024
 
     # --- jobs & workers ----------------------------------------------------------------
+    #: The tenant (:mod:`falq.shared.tenants`) a Python/CLI producer enqueues for when it names
+    #: none (``Falq(tenant=...)`` and ``--tenant`` override it); checked at enqueue.
+    tenant: str = "default"
     max_num_images: int = 4
     price_standard: float = 0.035
     price_pro: float = 0.075
@@ -163,6 +170,21 @@ class Settings(BaseSettings):
     #: How often a job paused for budget or a locked account asks again (jittered).
     pause_poll_s: float = Field(10.0, gt=0)
 
+    # --- fair share between tenants (shared/fairshare.py) --------------------------------
+    #: Jobs wait in per-tenant ready sets and are dispatched to the broker in weighted
+    #: order; ``false`` publishes every job at enqueue, plain FIFO (falq's behaviour before tenants).
+    fair_dispatch: bool = True
+    #: Dispatched-not-finished jobs allowed beyond ``max_outstanding`` (a fraction of it, at
+    #: least 4): jobs mirroring or on their way to a slot, so fal's capacity never idles.
+    fair_headroom: float = Field(0.5, ge=0, le=10)
+    #: The dispatch target when ``max_outstanding`` is 0 (unlimited).
+    fair_uncapped_room: int = Field(200, ge=1)
+    #: How often a worker runs a dispatch tick (and the recovery of dispatched-unpublished jobs).
+    fair_tick_s: float = Field(1.0, gt=0)
+    #: A dispatched job still unpublished after this long is published by the recovery pass
+    #: (its dispatcher died between taking it from the ready set and publishing it).
+    fair_recover_after_s: float = Field(10.0, gt=0)
+
     # --- Flower ------------------------------------------------------------------------
     flower_user: str = "falq"
     flower_password: SecretStr | None = None
@@ -173,6 +195,44 @@ class Settings(BaseSettings):
     #: Bearer token the metrics exporter requires (also accepted as a basic-auth password).
     metrics_token: SecretStr | None = None
     metrics_port: int = 9808
+
+    # --- chains and batches (falq.shared.chains, falq.shared.batches) -------------------
+    #: Longest chain of references (a generate -> edit -> edit is depth 2).
+    chain_max_depth: int = Field(8, ge=1, le=100)
+    #: Jobs that may reference one job's outputs.
+    chain_max_children: int = Field(1000, ge=1)
+    #: How long the presigned URLs of a parent's S3 copy, handed to a child's ``image_urls``,
+    #: stay valid: long enough for the child's retries and fal's queue (SigV4 allows 7 days).
+    chain_url_expiry_s: int = Field(24 * 3600, ge=60, le=7 * 24 * 3600)
+    #: How often one worker re-checks waiting children and half-done releases (the safety net
+    #: under the chain:done stream, e.g. after a Redis restart).
+    chain_sweep_s: float = Field(15.0, gt=0)
+    #: A chain:done entry a worker claimed and did not acknowledge within this many seconds
+    #: (it died) is taken over by another worker.
+    chain_claim_idle_s: float = Field(10.0, gt=0)
+
+    # --- the catalogue (every finished job in SQL, falq.shared.catalogue) ---------------
+    #: Archive every finished job to the SQL catalogue (and ``job.json`` beside its images).
+    #: While on, a finished record stays in Redis (no expiry) until it is archived.
+    catalogue: bool = True
+    #: ``postgresql://user:pass@host/db`` (production; served by psycopg 3) or ``sqlite:///path``.
+    #: Unset: the embedded SQLite file ``{data_dir}/catalogue.sqlite3``.
+    database_url: str | None = None
+    #: Where the embedded SQLite catalogue lives when ``database_url`` is unset.
+    data_dir: str = "~/.local/share/falq"
+    #: Apply the catalogue's migrations when a worker or the gateway starts: ``sqlite`` (the
+    #: embedded default upgrades itself), ``always``, or ``never`` (run ``falq db upgrade``).
+    database_auto_upgrade: Literal["sqlite", "always", "never"] = "sqlite"
+    #: Connect and statement timeout of catalogue queries (an outage never hangs a worker).
+    database_timeout_s: float = Field(10.0, gt=0)
+    #: How long a finished record stays in Redis once it is in the catalogue (the live copy).
+    archived_ttl_s: int = Field(24 * 3600, ge=1)
+    #: Jobs archived per database transaction.
+    archive_batch: int = Field(200, ge=1, le=10_000)
+    #: A pending archive entry idle this long (its worker died mid-archive) is taken over.
+    archive_claim_idle_s: float = Field(30.0, gt=0)
+    #: Write ``job.json`` (the catalogue row) beside each job's images in the bucket.
+    job_json: bool = True
 
     @field_validator("fal_queue_url", "fal_rest_url")
     @classmethod
@@ -207,7 +267,7 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked, URL passwords included (for logs and CLIs)."""
         data = self.model_dump(mode="json")
-        for name in ("redis_url", "broker_url"):
+        for name in ("redis_url", "broker_url", "database_url"):
             if isinstance(data.get(name), str):
                 data[name] = mask_url_password(data[name])
         return data

@@ -24,6 +24,7 @@ import datetime as dt
 import logging
 import re
 import threading
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 import boto3
@@ -132,11 +133,17 @@ class Storage:
 
     # --- keys ------------------------------------------------------------------------------
 
-    def key_base(self, endpoint: str, job_id: str, created_at: float, index: int) -> str:
-        """The object key of output ``index`` without its extension (see :meth:`object_key`)."""
+    def key_base(self, endpoint: str, job_id: str, created_at: float, index: int, tenant_prefix: str = "") -> str:
+        """The object key of output ``index`` without its extension (see :meth:`object_key`).
+
+        ``tenant_prefix`` (:func:`falq.shared.tenants.s3_prefix_of`) puts a tenant's images in
+        its own folder right under ``FALQ_S3_PREFIX``; ``""`` (the ``default`` tenant) keeps
+        the layout falq always had.
+        """
         day = dt.datetime.fromtimestamp(created_at, tz=dt.UTC)
         parts = [
             self.prefix,
+            _clean_segment(tenant_prefix, "tenant prefix") if tenant_prefix else "",
             _clean_segment(endpoint, "endpoint"),
             f"{day:%Y}",
             f"{day:%m}",
@@ -161,6 +168,11 @@ class Storage:
         base = self.key_base(endpoint, job_id, created_at, index)
         ext = ext.lstrip(".")
         return f"{base}.{ext}" if ext else base
+
+    def job_json_key(self, endpoint: str, job_id: str, created_at: float) -> str:
+        """``{prefix}/{endpoint}/{yyyy}/{mm}/{dd}/{job_id}/job.json``: the job's catalogue row,
+        beside its images (:mod:`falq.shared.catalogue`)."""
+        return self.key_base(endpoint, job_id, created_at, 0).rsplit("/", 1)[0] + "/job.json"
 
     # --- bucket ----------------------------------------------------------------------------
 
@@ -265,12 +277,45 @@ class Storage:
         except (ClientError, BotoCoreError) as exc:
             raise self._translate(exc, "PutObject", key) from None
 
+    def put_bytes(self, key: str, data: bytes, *, content_type: str, metadata: dict[str, str] | None = None) -> None:
+        """Upload a small object in one PUT (``job.json``); the same bytes again is a no-op in effect."""
+        import base64
+        import hashlib
+        import io
+
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - S3's integrity check
+        self.put_fileobj(key, io.BytesIO(data), content_type=content_type, metadata=metadata or {}, size=len(data),
+                         content_md5=md5)
+
+    def list_keys(self, prefix: str = "") -> Iterator[str]:
+        """Every key under ``prefix`` (default: falq's whole prefix), in key order."""
+        start = prefix if prefix else (f"{self.prefix}/" if self.prefix else "")
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    yield obj["Key"]
+        except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, "ListObjectsV2", start) from None
+
     def get_bytes(self, key: str) -> bytes:
         """The whole object (for tests and small reads; mirroring never reads back)."""
         try:
             resp = self.client.get_object(Bucket=self.bucket, Key=key)
             return resp["Body"].read()
         except (ClientError, BotoCoreError) as exc:
+            raise self._translate(exc, "GetObject", key) from None
+
+    def get_bytes_if_exists(self, key: str) -> bytes | None:
+        """The whole object, or None when there is none: one GET, no HEAD first (caches read this)."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+            return resp["Body"].read()
+        except ClientError as exc:
+            if _code_status(exc)[0] in _NOT_FOUND_CODES:
+                return None
+            raise self._translate(exc, "GetObject", key) from None
+        except BotoCoreError as exc:
             raise self._translate(exc, "GetObject", key) from None
 
     def presign(self, key: str, expires_s: int | None = None) -> str:

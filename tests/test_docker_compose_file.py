@@ -112,7 +112,8 @@ def _exporter_metric_names() -> set[str]:
     snap = Snapshot(taken_at=0.0, states=dict.fromkeys(STATES, 1), counters=dict.fromkeys(kinds, 1.0),
                     histograms={h: {"e": Histogram()} for h in HISTOGRAMS}, minutes={},
                     queue_depth={"bulk": 1}, unacked=0, limiter_slots={"k": 1}, outstanding_cap=10,
-                    spend_today=1.0, spend_source="estimate")
+                    spend_today=1.0, spend_source="estimate", budget_daily=5.0, paused_keys={"k": 0},
+                    waiting={"budget": 0}, archive_lag=0)
     names = {"falq_redis_up"}
     for family in [*gauges(snap), *counters(snap), *histograms(snap)]:
         names.update(s.name for s in family.samples)
@@ -157,6 +158,33 @@ def test_prometheus_scrapes_flower_and_the_exporter_with_its_token() -> None:
     assert "FALQ_METRICS_TOKEN" in _setting_env_names()
 
 
+def test_prometheus_loads_the_alert_rules_the_compose_file_mounts() -> None:
+    """ops/prometheus.yml's rule_files resolve, inside the container, to the mounted rules file."""
+    import posixpath
+
+    prom = _compose()["services"]["prometheus"]
+    config_flag = next(a for a in prom["command"] if a.startswith("--config.file="))
+    container_config = config_flag.split("=", 1)[1]
+    mounts = {}
+    for vol in prom["volumes"]:
+        src, dst = vol.split(":")[:2]
+        if src.startswith("."):
+            assert (ROOT / src).is_file(), src
+            mounts[dst] = (ROOT / src).resolve()
+    config_file = ROOT / "ops" / "prometheus.yml"
+    assert mounts[container_config] == config_file.resolve()
+    rule_files = yaml.safe_load(config_file.read_text()).get("rule_files") or []
+    assert rule_files, "ops/prometheus.yml loads no rule files"
+    for entry in rule_files:
+        # Prometheus resolves a relative rule file against the config file's directory.
+        in_container = posixpath.normpath(posixpath.join(posixpath.dirname(container_config), entry))
+        in_repo = (config_file.parent / entry).resolve()
+        assert in_repo.is_file(), in_repo
+        assert mounts.get(in_container) == in_repo, f"{entry}: {in_container} is not mounted from {in_repo}"
+        rules = yaml.safe_load(in_repo.read_text())
+        assert any("alert" in r for g in rules["groups"] for r in g["rules"]), in_repo
+
+
 def test_grafana_provisioning_and_dashboard_are_consistent() -> None:
     services = _compose()["services"]
     mounts = dict(v.split(":")[:2] for v in services["grafana"]["volumes"] if v.startswith("."))
@@ -173,6 +201,8 @@ def test_grafana_provisioning_and_dashboard_are_consistent() -> None:
 
     dashboard = json.loads((ROOT / "ops/grafana/dashboards/falq.json").read_text())
     known = _exporter_metric_names() | _flower_metric_names()
+    rule_groups = yaml.safe_load((ROOT / "ops/prometheus/alerts.yml").read_text())["groups"]
+    recorded = {rule["record"] for g in rule_groups for rule in g["rules"] if "record" in rule}
     used: set[str] = set()
     titles = []
     for panel in dashboard["panels"]:
@@ -181,9 +211,12 @@ def test_grafana_provisioning_and_dashboard_are_consistent() -> None:
             continue
         assert panel["datasource"]["uid"] == datasource["uid"], panel["title"]
         for target in panel["targets"]:
-            names = set(re.findall(r"\b((?:falq|flower)_[a-z_]+)", target["expr"]))
-            assert names, target["expr"]
             expr = target["expr"]
+            names = set(re.findall(r"\b((?:falq|flower)_[a-z_]+)", expr))
+            # Series the alert rules record (falq:...) and Prometheus' own ALERTS, from ops/prometheus.
+            derived = set(re.findall(r"\b(falq:[a-z0-9_:]+)", expr)) | set(re.findall(r"\bALERTS\b", expr))
+            assert names or derived, expr
+            assert derived <= recorded | {"ALERTS"}, (panel["title"], derived - recorded)
             assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
             assert names <= known, (panel["title"], names - known)
             used |= names

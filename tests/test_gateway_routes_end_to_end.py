@@ -319,7 +319,7 @@ def receiver() -> Iterator[str]:
 
 
 def test_fal_webhook_on_submit_is_called_back_signed(gw: GatewayServer, clean_stack: DevStack, receiver: str) -> None:
-    clean_stack.start_worker(concurrency=10)
+    clean_stack.start_worker(concurrency=10, env={"FALQ_CALLBACK_SECRET": SECRET})  # workers deliver (outbox)
     ok = submit(gw, {"prompt": "call me", "seed": 11}, params={"fal_webhook": receiver}).json()
     cancelled = submit(gw, {"prompt": "never"}, params={"fal_webhook": receiver}).json()
     httpx.put(cancelled["cancel_url"], headers=AUTH)

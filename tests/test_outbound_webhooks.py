@@ -392,8 +392,9 @@ def _fal_webhook_outcome(url: str, job_id: str) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 def test_gateway_fal_webhook_to_loopback_refused_by_default(clean_stack: DevStack, receiver: Receiver) -> None:
-    clean_stack.start_worker(concurrency=5)
-    with _gateway(clean_stack) as gw:  # FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE unset
+    # The workers deliver fal_webhook through the outbox, under the callbacks' address rule.
+    clean_stack.start_worker(concurrency=5, env={"FALQ_CALLBACK_ALLOW_PRIVATE": "false"})
+    with _gateway(clean_stack) as gw:
         job = _fal_submit(gw.url, receiver.url)
         outcome = _fal_webhook_outcome(gw.url, job["request_id"])
     assert outcome["delivered"] is False and outcome["status"] == "refused" and outcome["tries"] == 1
@@ -403,7 +404,7 @@ def test_gateway_fal_webhook_to_loopback_refused_by_default(clean_stack: DevStac
 
 @pytest.mark.timeout(120)
 def test_gateway_fal_webhook_to_loopback_delivered_when_allowed(clean_stack: DevStack, receiver: Receiver) -> None:
-    clean_stack.start_worker(concurrency=5)
+    clean_stack.start_worker(concurrency=5, env={"FALQ_CALLBACK_SECRET": "gw-s3cret"})  # the workers sign
     with _gateway(clean_stack, gateway_webhook_allow_private=True, env={"FALQ_CALLBACK_SECRET": "gw-s3cret"}) as gw:
         job = _fal_submit(gw.url, receiver.url)
         outcome = _fal_webhook_outcome(gw.url, job["request_id"])

@@ -46,11 +46,14 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
+from falq.shared.errors import FalqError
+from falq.shared.falshape import fal_payload
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import OutboundRefused, OutboundUnresolved, post_json, sign, verify
 from falq.shared.outbox import Action, Claim, Outbox
@@ -58,8 +61,8 @@ from falq.shared.records import TERMINAL, JobRecord
 from falq.shared.settings import Settings
 from falq.workers.backoff import backoff_delay
 
-__all__ = ["DELIVERY_ID_HEADER", "Attempt", "CallbackSender", "post_callback", "sign", "start_callbacks", "verify",
-           "wake"]
+__all__ = ["DELIVERY_ID_HEADER", "Attempt", "CallbackSender", "Target", "post_callback", "post_fal_webhook", "sign",
+           "start_callbacks", "targets_of", "verify", "wake"]
 
 log = logging.getLogger("falq.callbacks")
 DELIVERY_ID_HEADER = "X-Falq-Delivery-Id"
@@ -94,6 +97,40 @@ class Attempt:
         return self.status if isinstance(self.status, int) else None
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a finished job is reported: ``callback`` (falq's record, to ``callback_url``) or
+    ``fal_webhook`` (fal's webhook shape, to the ``fal_webhook`` the gateway was given)."""
+
+    kind: Literal["callback", "fal_webhook"]
+    url: str
+
+
+def targets_of(rec: JobRecord) -> list[Target]:
+    """The job's delivery targets, in delivery order."""
+    out = []
+    if rec.callback_url:
+        out.append(Target("callback", rec.callback_url))
+    if rec.fal_webhook:
+        out.append(Target("fal_webhook", rec.fal_webhook))
+    return out
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], settings: Settings, http: httpx.Client) -> Attempt:
+    secret = settings.callback_secret.get_secret_value() if settings.callback_secret is not None else None
+    try:
+        done = post_json(http, url, body, headers, allow_private=settings.callback_allow_private,
+                         timeout=TIMEOUT_S, secret=secret)
+    except OutboundRefused as exc:  # the target is not allowed; it will not be next time either
+        return Attempt(delivered=False, final=True, status="refused", reason=str(exc))
+    except OutboundUnresolved:
+        return Attempt(delivered=False, final=False, status="unresolved")
+    except httpx.HTTPError as exc:
+        return Attempt(delivered=False, final=False, status=type(exc).__name__)
+    # done.final: the receiver refuses this body (or redirects): trying again will not help
+    return Attempt(delivered=done.delivered, final=done.final, status=done.status_code)
+
+
 def post_callback(rec: JobRecord, *, delivery_id: str, settings: Settings, http: httpx.Client) -> Attempt:
     """POST ``rec`` once to its callback URL, signed when ``FALQ_CALLBACK_SECRET`` is set.
 
@@ -107,32 +144,42 @@ def post_callback(rec: JobRecord, *, delivery_id: str, settings: Settings, http:
     body = json.dumps(rec.public(), separators=(",", ":")).encode()
     headers = {"Content-Type": "application/json", "User-Agent": "falq-callback/0.1", "X-Falq-Job-Id": rec.id,
                DELIVERY_ID_HEADER: delivery_id}
-    secret = settings.callback_secret.get_secret_value() if settings.callback_secret is not None else None
+    return _post(rec.callback_url, body, headers, settings, http)
+
+
+def post_fal_webhook(rec: JobRecord, *, delivery_id: str, settings: Settings, http: httpx.Client,
+                     presign: Callable[[str], str]) -> Attempt:
+    """POST fal's webhook body (:func:`falq.shared.falshape.fal_payload`, presigned S3 URLs) once
+    to the job's ``fal_webhook``; same signature, headers and address rules as :func:`post_callback`."""
+    assert rec.fal_webhook
     try:
-        done = post_json(http, rec.callback_url, body, headers, allow_private=settings.callback_allow_private,
-                         timeout=TIMEOUT_S, secret=secret)
-    except OutboundRefused as exc:  # the target is not allowed; it will not be next time either
-        return Attempt(delivered=False, final=True, status="refused", reason=str(exc))
-    except OutboundUnresolved:
-        return Attempt(delivered=False, final=False, status="unresolved")
-    except httpx.HTTPError as exc:
+        body = json.dumps(fal_payload(rec, presign), separators=(",", ":")).encode()
+    except FalqError as exc:  # presigning failed (S3 trouble): try again later
         return Attempt(delivered=False, final=False, status=type(exc).__name__)
-    # done.final: the receiver refuses this body (or redirects): trying again will not help
-    return Attempt(delivered=done.delivered, final=done.final, status=done.status_code)
+    headers = {"Content-Type": "application/json", "User-Agent": "falq-gateway/0.1", "X-Falq-Job-Id": rec.id,
+               DELIVERY_ID_HEADER: delivery_id}
+    return _post(rec.fal_webhook, body, headers, settings, http)
 
 
 class CallbackSender:
     """The delivery loop of one worker over the outbox (:class:`falq.shared.outbox.Outbox`).
 
+    One sender for every outgoing job webhook: a job's ``callback_url`` (falq's record) and
+    its ``fal_webhook`` (fal's shape) are two targets of one outbox entry, each tried until
+    it is delivered or refused for good; a target that got through is not sent again.
+
     Parameters:
-        store: the job store (its Redis holds the outbox; outcomes go to ``metadata["callback"]``).
+        store: the job store (its Redis holds the outbox; outcomes go to ``metadata["callback"]``
+            and ``metadata["fal_webhook"]``).
         settings: for the secret, ``callback_allow_private`` and ``callback_retry_for_s``.
         http: the client to send with.
         lease_s: how long a claim keeps an entry from other workers.
+        presign: object key -> GET URL for fal-shaped payloads (default: the S3 storage's).
     """
 
     def __init__(self, store: JobStore, settings: Settings, http: httpx.Client, *, lease_s: float = LEASE_S,
-                 inflight: int = INFLIGHT, poll_s: float = POLL_S) -> None:
+                 inflight: int = INFLIGHT, poll_s: float = POLL_S,
+                 presign: Callable[[str], str] | None = None) -> None:
         self.store = store
         self.settings = settings
         self.http = http
@@ -140,9 +187,17 @@ class CallbackSender:
         self.lease_s = lease_s
         self.inflight = inflight
         self.poll_s = poll_s
+        self._presign = presign
         self._busy = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+
+    def presign(self, key: str) -> str:
+        if self._presign is None:
+            from falq.shared.storage import Storage
+
+            self._presign = Storage(self.settings).presign
+        return self._presign(key)
 
     def wake(self) -> None:
         """Look at the outbox now (a job of this worker just ended)."""
@@ -155,50 +210,82 @@ class CallbackSender:
             self.deliver(claim)
         return len(claims)
 
+    def _send(self, rec: JobRecord, target: Target, delivery_id: str) -> Attempt:
+        if target.kind == "fal_webhook":
+            return post_fal_webhook(rec, delivery_id=delivery_id, settings=self.settings, http=self.http,
+                                    presign=self.presign)
+        return post_callback(rec, delivery_id=delivery_id, settings=self.settings, http=self.http)
+
     def deliver(self, claim: Claim) -> Action:
-        """One try of a claimed entry: POST, log the try, then remove, reschedule or fail the entry."""
+        """One try of a claimed entry: POST to each target not settled yet, log the tries, then
+        remove, reschedule or fail the entry."""
         entry = self.outbox.entry(claim.job_id)
-        if entry is None or entry.record.state not in TERMINAL or not entry.record.callback_url:
+        targets = targets_of(entry.record) if entry is not None else []
+        if entry is None or entry.record.state not in TERMINAL or not targets:
             # The record expired, or a retry made the job run again (its next end enters it anew).
             self.outbox.finish(claim, "drop")
             return "drop"
         rec = entry.record
         tries = entry.tries + 1
-        attempt = post_callback(rec, delivery_id=entry.delivery_id, settings=self.settings, http=self.http)
+        settled = self.outbox.settled(claim.job_id, entry.delivery_id)
+        attempts: list[tuple[Target, Attempt]] = []
+        for target in targets:
+            if target.kind in settled:
+                continue
+            attempt = self._send(rec, target, entry.delivery_id)
+            attempts.append((target, attempt))
+            if attempt.delivered or attempt.final:
+                settled[target.kind] = attempt.delivered
+                self.outbox.settle(claim.job_id, entry.delivery_id, target.kind, attempt.delivered)
         now = time.time()
         deadline = entry.since + self.settings.callback_retry_for_s
         next_at: float | None = None
         action: Action
-        if attempt.delivered:
-            action = "done"
-        elif attempt.final or now >= deadline:
-            action = "failed"
-        else:
+        if len(settled) < len(targets) and now < deadline:
             action = "retry"
             next_at = min(now + backoff_delay(tries - 1, base_s=BASE_S, max_s=MAX_S), deadline)
-        error = None if attempt.status_code is not None else \
-            f"refused: {attempt.reason}" if attempt.status == "refused" else str(attempt.status)
-        doc: dict[str, Any] = {"at": now, "try": tries, "delivery_id": entry.delivery_id,
-                               "status_code": attempt.status_code, "error": error, "delivered": attempt.delivered,
-                               "final": action != "retry", "next_at": next_at}
-        if self.outbox.finish(claim, action, attempt=doc, next_at=next_at) and action != "retry":
-            self._record(rec, entry.delivery_id, attempt, tries, now)
+        elif all(settled.get(t.kind) for t in targets):
+            action = "done"
+        else:
+            action = "failed"
+        docs = [self._doc(t, a, tries, entry.delivery_id, now, final=a.delivered or a.final or action != "retry",
+                          next_at=next_at, several=len(targets) > 1) for t, a in attempts]
+        for doc in docs[:-1]:
+            self.outbox.append_log(claim.job_id, doc)
+        ok = self.outbox.finish(claim, action, attempt=docs[-1] if docs else None, next_at=next_at)
+        if ok:
+            for target, attempt in attempts:
+                if attempt.delivered or attempt.final or action != "retry":
+                    self._record(rec, target, entry.delivery_id, attempt, tries, now)
         return action
 
-    def _record(self, rec: JobRecord, delivery_id: str, attempt: Attempt, tries: int, at: float) -> None:
-        outcome: dict[str, object] = {"url_host": _host(rec.callback_url or ""), "delivered": attempt.delivered,
+    @staticmethod
+    def _doc(target: Target, attempt: Attempt, tries: int, delivery_id: str, now: float, *, final: bool,
+             next_at: float | None, several: bool) -> dict[str, Any]:
+        error = None if attempt.status_code is not None else \
+            f"refused: {attempt.reason}" if attempt.status == "refused" else str(attempt.status)
+        doc: dict[str, Any] = {"at": now, "try": tries, "delivery_id": delivery_id,
+                               "status_code": attempt.status_code, "error": error, "delivered": attempt.delivered,
+                               "final": final, "next_at": None if final else next_at}
+        if several or target.kind != "callback":
+            doc["target"] = target.kind
+        return doc
+
+    def _record(self, rec: JobRecord, target: Target, delivery_id: str, attempt: Attempt, tries: int,
+                at: float) -> None:
+        outcome: dict[str, object] = {"url_host": _host(target.url), "delivered": attempt.delivered,
                                       "status": attempt.status, "tries": tries, "at": at,
                                       "delivery_id": delivery_id}
         if attempt.reason is not None:
             outcome["reason"] = attempt.reason
         if attempt.status == "refused":
-            log.warning("callback for job %s refused: %s", rec.id, attempt.reason)
+            log.warning("%s for job %s refused: %s", target.kind, rec.id, attempt.reason)
         elif not attempt.delivered:
-            log.warning("callback for job %s not delivered after %s tries (%s)", rec.id, tries, attempt.status)
+            log.warning("%s for job %s not delivered after %s tries (%s)", target.kind, rec.id, tries, attempt.status)
         try:
-            self.store.update(rec.id, lambda r: r.metadata.__setitem__("callback", outcome))
+            self.store.update(rec.id, lambda r: r.metadata.__setitem__(target.kind, outcome))
         except Exception as exc:  # the record may have expired or been deleted; the job is done anyway
-            log.warning("could not record callback outcome for %s: %s", rec.id, type(exc).__name__)
+            log.warning("could not record the %s outcome for %s: %s", target.kind, rec.id, type(exc).__name__)
 
     # --- the loop ------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:

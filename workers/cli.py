@@ -76,6 +76,13 @@ def _run(concurrency: int | None, lanes: list[str], loglevel: str, hostname: str
     concurrency = concurrency or settings.worker_concurrency
     _raise_fd_limit(concurrency)
     queues = [settings.queue_interactive if x == "interactive" else settings.queue_bulk for x in lanes]
+    if settings.catalogue:  # an outdated catalogue schema stops the worker here, naming `falq db upgrade`
+        from falq.workers.archive import check_catalogue
+
+        problem = check_catalogue(settings)
+        if problem:
+            click.echo(f"error: {problem}", err=True)
+            return 2
     install()
     app.worker_main([
         "worker", "-P", "gevent", "-c", str(concurrency), "-Q", ",".join(queues), "-E",

@@ -39,7 +39,8 @@ class WorkerContext:
         self.settings = settings
         self.redis = redis_client(settings.redis_url, max_connections=settings.worker_concurrency + 64,
                                   settings=settings)
-        self.store = JobStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s)
+        self.store = JobStore(self.redis, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s,
+                              archive=settings.catalogue)
         self.leases = LeaseKeeper(self.redis, prefix=settings.key_prefix, ttl_s=settings.lease_ttl_s)
         self.admission = admission or Unlimited()
         self.middleware: list[Middleware] = []

@@ -9,6 +9,10 @@
   spin on Redis nor burn an attempt; the runner waits in place or re-publishes with a
   countdown, never holding a broker message past the visibility timeout. Budget and
   locked-account waits set ``rec.paused`` and poll every ``FALQ_PAUSE_POLL_S`` (jittered).
+  A job whose *tenant* is over its own daily budget is parked instead: it shows
+  ``paused: budget``, goes back to its tenant's ready set (:meth:`FairShare.park`) and the step
+  ends, so it holds no dispatch room while the other tenants go on; the dispatcher skips the
+  tenant while it is marked paused (``{p}:fair:paused:{tenant}``, set by the limiter).
 * ``following`` (a step starts following a request at fal, also after a redelivery)
   re-counts the job's slot, so a slot that lapsed while nobody followed the job is held
   again before the job is followed further.
@@ -40,9 +44,11 @@ import redis
 
 from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import FalAccountLocked
+from falq.shared.fairshare import FairShare
 from falq.shared.limits import Limiter, micro
 from falq.shared.records import JobRecord
 from falq.workers.admission import Admission
+from falq.workers.step import Stop
 
 if TYPE_CHECKING:
     from falq.workers.context import WorkerContext
@@ -115,7 +121,9 @@ class LimitsAdmission(Admission):
 
     def __init__(self, ctx: WorkerContext) -> None:
         self.s = ctx.settings
+        self.ctx = ctx
         self.limiter = Limiter(ctx.redis, ctx.settings)
+        self.fair = FairShare(ctx.redis, ctx.settings)
         self.keeper = SlotKeeper(self.limiter, ctx.leases.owner)
         self._budget_logged = ""
         #: job id -> (Redis ms of its send confirmation, local time the confirm was asked)
@@ -133,7 +141,7 @@ class LimitsAdmission(Admission):
         return micro(self.s.price_for(spec.tier) * n)
 
     def admit(self, rec: JobRecord) -> float | None:
-        ans = self.limiter.acquire(rec.id, rec.endpoint, rec.lane, self.cost_micro(rec))
+        ans = self.limiter.acquire(rec.id, rec.endpoint, rec.lane, self.cost_micro(rec), tenant=rec.tenant)
         if ans.ok:
             self.keeper.track(rec.id)
             if ans.delay_s > 0:
@@ -148,11 +156,33 @@ class LimitsAdmission(Admission):
                 log.warning("daily budget reached for today (UTC): new submissions wait, paused: budget "
                             "(raise it with `falq budget --set USD`)")
             return poll
+        if ans.status == "tenant_budget":
+            was, rec.paused = rec.paused, "budget"
+            self._park(rec, was)
+            return poll
         if ans.status == "locked":
             rec.paused = "account_locked"
             return max(0.2, min(ans.wait_s + random.uniform(0, 1), poll))
         rec.paused = None
         return max(0.05, ans.wait_s + random.uniform(0, ans.spread_s))
+
+    def _park(self, rec: JobRecord, was: str | None) -> None:
+        """The job's tenant is over its own budget: show ``paused: budget`` and, if the job was
+        dispatched from a ready set, put it back there and end the step (``Stop``: the message is
+        acked, the ready set is the job's only hand-off). A job published directly (FIFO mode)
+        waits in place as before."""
+        if not self.fair.park(rec):
+            return
+
+        def paused(r: JobRecord) -> bool:
+            if r.terminal or r.paused == "budget":
+                return False
+            r.paused = "budget"
+            return True
+
+        if was != "budget":
+            self.ctx.store.update(rec.id, paused)
+        raise Stop()
 
     def sending(self, rec: JobRecord) -> None:
         """The last check, right before the POST: keeps every 1-second window *at fal* within
@@ -178,7 +208,7 @@ class LimitsAdmission(Admission):
         self._answered(rec, rec.submitted_at or time.time())
 
     def following(self, rec: JobRecord) -> None:
-        self.limiter.hold(rec.id, rec.endpoint)
+        self.limiter.hold(rec.id, rec.endpoint, rec.tenant)
         self.keeper.track(rec.id)
 
     def account_locked(self, rec: JobRecord, exc: FalAccountLocked) -> None:

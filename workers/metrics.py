@@ -14,6 +14,8 @@ What is recorded, and when:
   result carried ``x-fal-billable-units``, else the price-table estimate;
 * entering ``completed``: fal-completion -> image-in-S3 time, and enqueue -> completed;
 * ``failed``: the final error's type (``falq_failures_total{reason}``);
+* per tenant (``tenant_finished|{state}|{tenant}``, ``tenant_spend|{tenant}``): jobs finished
+  and spend; the exporter folds tenants no longer in the store into ``other`` (bounded labels);
 * every retryable error (``falq_retries_total{reason}``) and every wait (``reason`` is
   ``retry``, ``limit``, ``budget`` ...) with its length.
 """
@@ -60,6 +62,7 @@ class MetricsMiddleware(Middleware):
                 observe(pipe, self.prefix, "inference", rec.endpoint, rec.inference_time)
             if rec.cost:  # fal's billed amount when it reported one, else the estimate
                 pipe.hincrbyfloat(self.counters, f"spend|{rec.endpoint}", rec.cost)
+                pipe.hincrbyfloat(self.counters, f"tenant_spend|{rec.tenant}", rec.cost)
                 day = spend_key(self.prefix, utc_day(now))
                 pipe.incrbyfloat(day, rec.cost)
                 pipe.expire(day, 40 * 86400)
@@ -72,6 +75,7 @@ class MetricsMiddleware(Middleware):
             pipe.hincrby(self.counters, f"failure|{reason}", 1)
         if new in FINISHED:
             pipe.hincrby(self.counters, f"finished|{new}|{rec.endpoint}", 1)
+            pipe.hincrby(self.counters, f"tenant_finished|{new}|{rec.tenant}", 1)
             minute = minute_key(self.prefix, int(now // 60))
             pipe.hincrby(minute, new, 1)
             pipe.expire(minute, MINUTE_TTL_S)

@@ -189,11 +189,13 @@ def mirror_outputs(
     created_at: float,
     request_id: str | None,
     expected_format: str | None = None,
+    tenant_prefix: str = "",
 ) -> list[StoredImage]:
     """Mirror every entry of fal's ``images`` list (dicts with ``url``), in order.
 
-    Keys come from :meth:`Storage.key_base` with the entry's position as index, so a
-    re-run after a crash re-targets the same objects and skips those already stored.
+    Keys come from :meth:`Storage.key_base` with the entry's position as index (under the
+    job's tenant's folder, ``tenant_prefix``), so a re-run after a crash re-targets the same
+    objects and skips those already stored.
 
     Example::
 
@@ -212,7 +214,7 @@ def mirror_outputs(
                 storage=storage,
                 settings=settings,
                 source_url=url,
-                key=storage.key_base(endpoint, job_id, created_at, index),
+                key=storage.key_base(endpoint, job_id, created_at, index, tenant_prefix),
                 job_id=job_id,
                 request_id=request_id,
                 index=index,

@@ -16,6 +16,7 @@ from falq.shared.errors import (
 )
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.schemas import GenerateOutput
+from falq.shared.tenants import TenantStore, s3_prefix_of
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
 from falq.workers.mirror import TRUNCATED_TRIES, mirror_image
@@ -50,9 +51,10 @@ def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
         raise FalBadAnswer("fal's result has no images")
     ctx.ensure_bucket()
     fmt = rec.input.get("output_format", "png")
+    folder = s3_prefix_of(TenantStore(ctx.store.r, prefix=ctx.settings.key_prefix), rec.tenant)
     stored = []
     for index, image in enumerate(output.images):
-        key = ctx.storage.key_base(rec.endpoint, rec.id, rec.created_at, index)
+        key = ctx.storage.key_base(rec.endpoint, rec.id, rec.created_at, index, folder)
         stored.append(
             mirror_image(
                 http=ctx.media_http,

@@ -115,7 +115,10 @@ def prune_expired(store: JobStore, settings: Settings, *, batch: int = 1000) -> 
     ``FALQ_RECORD_TTL_S``; their ids would otherwise stay in ``{p}:created`` and the finished
     ``{p}:state:*`` sets for ever). Returns how many ids were pruned."""
     r = store.r
-    old = time.time() - settings.record_ttl_s
+    # With the catalogue on, an archived record lives only FALQ_ARCHIVED_TTL_S (falq.workers.archive);
+    # ids still in Redis (not archived yet, or live) are kept below whatever their age.
+    keep_s = min(settings.record_ttl_s, settings.archived_ttl_s) if settings.catalogue else settings.record_ttl_s
+    old = time.time() - keep_s
     pruned = 0
     for key in [store.keys.created, *(store.keys.state(s) for s in TERMINAL)]:
         ids = [x.decode() for x in r.zrangebyscore(key, "-inf", old, start=0, num=batch)]

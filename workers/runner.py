@@ -26,7 +26,7 @@ from falq.workers.context import WorkerContext
 from falq.workers.follow import FollowPhase
 from falq.workers.mirror_step import MirrorPhase
 from falq.workers.reaper import mark_seen
-from falq.workers.step import DONE, Outcome, Stop
+from falq.workers.step import DONE, Fenced, Outcome, Stop
 from falq.workers.submit import SubmitInterrupted, SubmitPhase
 
 __all__ = ["DONE", "Outcome", "Runner", "SubmitInterrupted"]
@@ -76,6 +76,10 @@ class _Step(SubmitPhase, FollowPhase, MirrorPhase):
             return self._loop()
         except Stop:
             return DONE
+        except Fenced:
+            # A stale step (its host was cut off longer than the lease) wrote nothing. The job
+            # lives on with its new holder; this message comes back later as a harmless watchdog.
+            return Outcome(False, self.s.lease_ttl_s)
         except JobNotFound:
             # The record was deleted under us: nobody wants this result any more, so stop
             # paying for it at fal before dropping the job.

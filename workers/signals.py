@@ -25,8 +25,20 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     start_reaper(app, ctx.store, ctx.settings)
     # Per-job callbacks from the Redis outbox; stops claiming on a warm shutdown.
     start_callbacks(ctx.store, ctx.settings, ctx.callback_http, stop=ctx.shutting_down)
+    if ctx.settings.catalogue:  # finished jobs into the SQL catalogue (falq.workers.archive)
+        from falq.workers.archive import start_archiver
+
+        start_archiver(ctx.store, ctx.settings, ctx.storage, stop=ctx.shutting_down)
+    # Children of jobs that just ended (the chain:done stream, falq.workers.chains).
+    from falq.workers.chains import start_chains
+
+    start_chains(ctx.store, ctx.settings, app, stop=ctx.shutting_down)
     if ctx.settings.takeover:
         start_takeover(app, ctx.store, ctx.settings, ctx.leases)
+    # Fair dispatch ticks and the recovery of dispatched-unpublished jobs (falq.workers.dispatcher).
+    from falq.workers.dispatcher import start_dispatcher
+
+    start_dispatcher(app, ctx)
 
 
 def _on_shutdown(**_: Any) -> None:

@@ -25,7 +25,7 @@ from falq.shared.errors import (
     JobNotFound,
     is_redis_oom,
 )
-from falq.shared.jobstore import Conflict
+from falq.shared.jobstore import Conflict, LeaseLost
 from falq.shared.records import AT_FAL, JobRecord
 from falq.shared.settings import Settings
 from falq.workers.backoff import backoff_delay
@@ -48,6 +48,12 @@ DONE = Outcome(True)
 
 class Stop(Exception):
     """The record turned terminal under us (cancelled or retried by someone else)."""
+
+
+class Fenced(Exception):
+    """A save was refused because this step no longer holds the job's lease (it expired while
+    the host was cut off from Redis, and another worker may have taken the job over). The step
+    ends without writing anything; the job goes on wherever its lease now is."""
 
 
 class StepBase:
@@ -74,15 +80,24 @@ class StepBase:
 
         While Redis refuses writes at ``maxmemory`` (OOM), the save is retried with backoff
         for as long as the step holds its lease and has time: the job keeps its progress
-        and goes on the moment memory frees (see :meth:`_ride_out_oom`)."""
+        and goes on the moment memory frees (see :meth:`_ride_out_oom`).
+
+        Every save is fenced by the step's lease token (checked inside the save's script): a
+        step whose lease expired (its host was cut off from Redis longer than the lease) gets
+        :class:`Fenced` instead of overwriting what the job's new holder wrote."""
         conflicts, oom_delay = 0, 0.0
+        fence = (self.ctx.leases.key(self.rec.id), self.lease.token)
         while conflicts < 50:
             old_state, old_errors = self.rec.state, len(self.rec.errors)
             change(self.rec)
             try:
-                self.ctx.store.save(self.rec)
+                self.ctx.store.save(self.rec, fence=fence)
                 self._notify(old_state, old_errors)
                 return
+            except LeaseLost:
+                log.warning("job %s: this step lost its lease (another worker may hold the job); it stops "
+                            "without saving", self.rec.id)
+                raise Fenced(self.rec.id) from None
             except Conflict:
                 conflicts += 1
             except redis.RedisError as exc:

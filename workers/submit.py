@@ -25,7 +25,7 @@ from falq.shared.falclient import Submitted, request_urls, submit_headers
 from falq.shared.records import JobRecord, Submission
 from falq.shared.redisconn import replicas_to_wait_for, wait_for_replicas
 from falq.workers.backoff import backoff_delay
-from falq.workers.step import DONE, Outcome, StepBase, _note, _requeue_with
+from falq.workers.step import DONE, Fenced, Outcome, StepBase, _note, _requeue_with
 
 log = logging.getLogger("falq.runner")
 
@@ -146,6 +146,13 @@ class SubmitPhase(StepBase):
                 self.commit(change, allow_terminal=True)
                 self._replicated(f"request id {request_id} of job {self.rec.id}")
                 return
+            except Fenced:
+                # Our lease ran out while Redis was out of reach: the job's next holder counts a
+                # new attempt and never learns of this request. Stop paying for it at fal.
+                log.warning("job %s: lease lost before request %s could be recorded; cancelling it at fal",
+                            self.rec.id, request_id)
+                self._cancel_at_fal()
+                raise
             except redis.RedisError as exc:
                 if time.monotonic() > end:
                     log.error("job %s: fal accepted request %s but Redis is unreachable (%s); the next delivery "

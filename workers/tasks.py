@@ -47,6 +47,10 @@ def register(app: Celery) -> Task:
                 log.exception("step of job %s crashed (%s); re-publishing", job_id, type(exc).__name__)
             outcome = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
         if outcome.done:
+            # The job ended (or was parked): its dispatch room is free for the next fair pick.
+            from falq.workers.dispatcher import after_step
+
+            after_step(self.app, ctx)
             return "done"
         try:
             _republish(self.app, ctx, job_id, lane, endpoint, outcome.delay)

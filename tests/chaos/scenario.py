@@ -22,7 +22,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -40,7 +40,7 @@ EMULATOR_FAULTS = {"fail_5xx": 0.10, "fail_429": 0.05, "drop": 0.02, "slow": 0.0
                    "submit_500_created": 0.02, "moderation_rate": 0.01}
 #: Failures the faults above cause by design: a moderated prompt, and a submit whose answer
 #: was dropped after it was sent (never sent again: FALQ_SUBMIT_UNCERTAIN=fail).
-EXPECTED_FAILURES = frozenset({"content_policy", "submit_uncertain"})
+EXPECTED_FAILURES = frozenset({"content_policy", "submit_uncertain", "parent_failed"})
 
 
 @dataclass
@@ -65,12 +65,16 @@ class Report:
     emulator_faults: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    #: The chained batch (generates, each with edits of its image): jobs, and batch states whose
+    #: kept count differs from a recount from the records (must be none).
+    chain_jobs: int = 0
+    batch_count_mismatches: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return (self.lost == 0 and self.unexplained_failures == 0 and self.images_bad == 0
                 and self.over_attempts == 0 and self.states.get("terminal_missing", 0) == 0
-                and self.extra_submissions == 0)
+                and self.extra_submissions == 0 and not self.batch_count_mismatches)
 
     @property
     def expected_failures(self) -> int:
@@ -114,6 +118,10 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
             requests.append(JobRequest(endpoint, falq.validate(endpoint, data).input,
                                        lane="bulk" if i % 2 else "interactive"))
         job_ids = [job_id for job_id, _ in falq.submit_many(requests)]
+        batch_id, chained = _chained_batch(falq, max(3, n_jobs // 20))
+        job_ids += chained
+        report.chain_jobs = len(chained)
+        total = len(job_ids)
         stack.emu.configure(**EMULATOR_FAULTS)
         procs = [stack.start_worker(concurrency=concurrency) for _ in range(workers)]
         stop = threading.Event()
@@ -128,7 +136,7 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
                 procs.append(stack.start_worker(concurrency=concurrency))
                 done = falq.store.counts()
                 finished = done["completed"] + done["failed"] + done["cancelled"]
-                if not restarted and finished >= n_jobs // 3:
+                if not restarted and finished >= total // 3:
                     stack.redis.restart()
                     report.redis_restarts += 1
                     restarted = True
@@ -142,7 +150,7 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
             except Exception:  # Redis is restarting
                 time.sleep(0.5)
                 continue
-            if counts["completed"] + counts["failed"] + counts["cancelled"] >= n_jobs:
+            if counts["completed"] + counts["failed"] + counts["cancelled"] >= total:
                 break
             time.sleep(1.0)
         stop.set()
@@ -151,8 +159,31 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
                             moderation_rate=0)
         report.seconds = time.monotonic() - t0
         _audit(report, stack, falq, Storage(direct), job_ids)
+        from falq.shared.batches import BatchStore
+
+        batches = BatchStore(falq.redis, prefix=falq.settings.key_prefix)
+        kept, recount = batches.get(batch_id).counts, batches.recount(batch_id, falq.store.get_many)
+        report.batch_count_mismatches = {s: (kept[s], recount[s]) for s in kept if kept[s] != recount[s]}
+        report.jobs = total
         report.s3_faults = dict(proxy.injected)
     return report
+
+
+def _chained_batch(falq: Any, n: int) -> tuple[str, list[str]]:
+    """A batch of ``n`` generates, each edited twice from its own output (``falq:LINE_ID#0``)."""
+    from falq.producers.batches import enqueue_batch, open_batch
+    from falq.producers.bulk_parse import BulkLine
+
+    lines = []
+    for i in range(n):
+        gen = falq.validate(ENDPOINTS[0], {"prompt": f"chain root {i}", "seed": i})
+        lines.append(BulkLine(len(lines) + 1, f"root-{i}", replace(gen, idempotency_key=f"chaos-root-{i}")))
+        for k in range(2):
+            edit = falq.validate(ENDPOINTS[2], {"prompt": f"chain edit {i}.{k}", "image_urls": [f"falq:root-{i}#0"]})
+            key = f"chaos-edit-{i}-{k}"
+            lines.append(BulkLine(len(lines) + 1, f"edit-{i}-{k}", replace(edit, idempotency_key=key)))
+    batch, _ = open_batch(falq, name="chaos chain", source_name="chaos", source_sha256="0" * 64, run_key="chaos")
+    return batch.id, enqueue_batch(falq, lines, batch)
 
 
 def _audit(report: Report, stack: DevStack, falq: Any, storage: Any, job_ids: list[str]) -> None:
@@ -232,6 +263,8 @@ def table(r: Report) -> str:
         ("worker SIGKILLs / Redis restarts", f"{r.worker_kills} / {r.redis_restarts}"),
         ("S3 write faults injected", ", ".join(f"{k} {v}" for k, v in sorted(r.s3_faults.items()))),
         ("emulator faults injected", ", ".join(f"{k} {v}" for k, v in sorted(r.emulator_faults.items()))),
+        ("jobs of the chained batch / batch counts off a recount",
+         f"{r.chain_jobs} / {r.batch_count_mismatches or 'none'}"),
         ("duration", f"{r.seconds:.0f}s"),
     ]
     width = max(len(k) for k, _ in rows)

@@ -11,6 +11,7 @@ from types import ModuleType
 from falq.ops.bench.harness import Harness
 from falq.ops.bench.model import Row
 from falq.ops.bench.scenarios import (
+    chain,
     connections,
     cost,
     enqueue,
@@ -22,5 +23,6 @@ from falq.ops.bench.scenarios import (
     saturation,
 )
 
-_MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost, connections, recovery]
+_MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost, connections, recovery,
+                             chain]
 SCENARIOS: dict[str, Callable[[Harness], list[Row]]] = {m.NAME: m.run for m in _MODULES}

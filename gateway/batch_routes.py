@@ -1,0 +1,151 @@
+"""``/v1/batches``: batches over HTTP, OpenAI-Batch style (a JSONL upload, counts, an output
+file and an error file). Thin layer over :mod:`falq.producers.batches`, as ``falq batch`` is.
+
+* ``POST /v1/batches?name=&allow_over_budget=`` -- the body is a JSONL file, one line per job
+  exactly as ``falq bulk`` takes (``{endpoint?, input, id?, metadata?, lane?, callback_url?}``;
+  an edit's ``image_urls`` may hold ``falq:LINE_ID#N`` or ``falq:JOB_ID#N``). Every line is
+  validated first: one bad line -> 422 naming each by line and field, nothing enqueued. An
+  estimate over what is left of the budget -> 422 on ``budget`` unless ``allow_over_budget=true``.
+  Else 201 with the batch (200 when the same upload was sent before: the same batch and jobs).
+* ``GET /v1/batches?limit=`` -- the caller's tenant's batches, newest first
+* ``GET /v1/batches/{id}`` -- counts by state, spend, throughput, ETA, the tree of a chained batch
+* ``POST /v1/batches/{id}/cancel`` and ``POST /v1/batches/{id}/retry?only=failed|moderated``
+* ``GET /v1/batches/{id}/results`` and ``GET /v1/batches/{id}/errors`` -- JSONL
+
+Another tenant's batch answers 404 exactly as an unknown id.
+
+Example::
+
+    curl -H "Authorization: Key $K" --data-binary @pipeline.jsonl "http://gw/v1/batches?name=spring"
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from falq.gateway.auth import Principal, require
+from falq.gateway.core import Gateway, Unprocessable, blocking, json_response
+from falq.producers.batches import Batches, enqueue_batch, open_batch, price
+from falq.producers.bulk import upload_lines
+from falq.producers.client import Falq
+
+#: Largest upload accepted (bytes).
+MAX_UPLOAD = 64 * 1024 * 1024
+MAX_LIMIT = 1000
+
+
+def _gw(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def _falq(gw: Gateway, who: Principal) -> Falq:
+    """A producer client of the caller's tenant over the gateway's connections."""
+    return Falq(gw.settings, redis_client=gw.falq.redis, celery_app=gw.falq.app, tenant=who.tenant)
+
+
+def _service(gw: Gateway, who: Principal) -> Batches:
+    return Batches(_falq(gw, who), tenant=who.tenant)
+
+
+def _flag(request: Request, name: str) -> bool:
+    raw = request.query_params.get(name, "false").lower()
+    if raw not in ("true", "false", "1", "0"):
+        raise Unprocessable.field(["query", name], "must be true or false")
+    return raw in ("true", "1")
+
+
+async def create_batch(request: Request) -> Response:
+    who = require(request, "submit")
+    gw = _gw(request)
+    data = await request.body()
+    if not data.strip():
+        raise Unprocessable.field(["body"], "must be a JSONL file of at least one job")
+    if len(data) > MAX_UPLOAD:
+        raise Unprocessable.field(["body"], f"must be at most {MAX_UPLOAD} bytes")
+    name = request.query_params.get("name") or "upload"
+    if len(name) > 200:
+        raise Unprocessable.field(["query", "name"], "must be at most 200 characters")
+    over_ok = _flag(request, "allow_over_budget")
+    return await blocking(_create, gw, who, data, name, over_ok)
+
+
+def _create(gw: Gateway, who: Principal, data: bytes, name: str, over_ok: bool) -> Response:
+    import hashlib
+
+    falq = _falq(gw, who)
+    lines, rejects, run_key = upload_lines(falq, data, name=name)
+    if rejects:
+        detail = [{"loc": ["body", f"line {r.line}", *([e.field] if e.field else [])], "msg": e.message,
+                   "type": "value_error"} for r in rejects for e in r.errors]
+        return json_response(422, {"detail": detail, "invalid": [r.to_json() for r in rejects]})
+    cost = price(falq, lines)
+    if cost.exceeds and not over_ok:
+        return json_response(422, {"detail": [{"loc": ["budget"], "type": "value_error",
+                                               "msg": f"the estimated ${cost.total_usd:.2f} exceeds what is left of "
+                                                      "the budget (send allow_over_budget=true to start anyway)"}],
+                                   "price": cost.as_json()})
+    batch, created = open_batch(falq, name=name, source_name=name, source_sha256=hashlib.sha256(data).hexdigest(),
+                                run_key=run_key)
+    ids = enqueue_batch(falq, lines, batch)
+    doc = Batches(falq, tenant=who.tenant).show(batch.id).as_json()
+    doc.update(price=cost.as_json(), jobs=len(ids))
+    return json_response(201 if created else 200, doc)
+
+
+async def list_batches(request: Request) -> Response:
+    who = require(request, "read")
+    raw = request.query_params.get("limit", "50")
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise Unprocessable.field(["query", "limit"], f"must be an integer from 1 to {MAX_LIMIT}")
+    found = await blocking(_service(_gw(request), who).recent, int(raw))
+    return json_response(200, {"object": "list", "data": [b.as_json() for b in found]})
+
+
+async def get_batch(request: Request) -> Response:
+    who = require(request, "read")
+    view = await blocking(_service(_gw(request), who).show, request.path_params["batch_id"])
+    return json_response(200, view.as_json())
+
+
+async def cancel_batch(request: Request) -> Response:
+    who = require(request, "submit")
+    svc = _service(_gw(request), who)
+    bid = request.path_params["batch_id"]
+    out = await blocking(svc.cancel, bid)
+    doc = (await blocking(svc.show, bid)).as_json()
+    doc["outcomes"] = out
+    return json_response(200, doc)
+
+
+async def retry_batch(request: Request) -> Response:
+    who = require(request, "submit")
+    only = request.query_params.get("only", "failed")
+    if only not in ("failed", "moderated"):
+        raise Unprocessable.field(["query", "only"], "must be failed or moderated")
+    svc = _service(_gw(request), who)
+    done = await blocking(svc.retry, request.path_params["batch_id"], which=only)
+    return json_response(200, {"retried": done, "count": len(done)})
+
+
+async def batch_results(request: Request) -> Response:
+    return await _rows(request, 0)
+
+
+async def batch_errors(request: Request) -> Response:
+    return await _rows(request, 1)
+
+
+async def _rows(request: Request, which: int) -> Response:
+    who = require(request, "read")
+    rows: Any = (await blocking(_service(_gw(request), who).rows, request.path_params["batch_id"]))[which]
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    return Response(body, status_code=200, media_type="application/jsonl")
+
+
+__all__ = ["batch_errors", "batch_results", "cancel_batch", "create_batch", "get_batch", "list_batches",
+           "retry_batch"]

@@ -1,0 +1,103 @@
+"""The web console's pure parts: thumbnails, the chart's arithmetic, filters, commands, sessions."""
+
+from __future__ import annotations
+
+import io
+import shlex
+
+import pytest
+from PIL import Image
+
+from falq.gateway.console.access import Principal, Sessions, check_csrf, is_https
+from falq.gateway.console.data import chart, commands, parse_gallery, timeline
+from falq.gateway.console.thumbs import ByteLRU, NoPreview, make_thumbnail
+from falq.shared.errors import InvalidInput
+from falq.shared.records import JobRecord
+
+
+def _png(w: int, h: int, mode: str = "RGBA") -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), (10, 200, 30, 128) if mode == "RGBA" else (10, 200, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_thumbnail_is_a_small_jpeg_with_the_aspect_kept() -> None:
+    out = make_thumbnail(_png(1600, 900), 384)
+    with Image.open(io.BytesIO(out)) as im:
+        assert im.format == "JPEG" and im.size == (384, 216) and im.mode == "RGB"
+        r, g, b = im.getpixel((10, 10))  # half-transparent green flattened onto white
+        assert g > 200 and r > 100 and b > 100
+
+
+def test_no_preview_for_garbage() -> None:
+    with pytest.raises(NoPreview):
+        make_thumbnail(b"not an image at all", 384)
+
+
+def test_lru_keeps_within_its_byte_budget() -> None:
+    lru = ByteLRU(10)
+    lru.put("a", b"12345")
+    lru.put("b", b"12345")
+    assert lru.get("a") == b"12345"  # a is now the most recent
+    lru.put("c", b"123")
+    assert lru.get("b") is None and lru.get("a") == b"12345" and lru.get("c") == b"123"
+
+
+def test_chart_bars_stack_failed_on_completed_within_the_plot() -> None:
+    c = chart([(100, 0, 0), (101, 4, 0), (102, 2, 2)], width=300, height=120)
+    assert c.peak == 4 and c.total_completed == 6 and c.total_failed == 2
+    tall, mixed = c.bars[1], c.bars[2]
+    assert tall.done_h == pytest.approx(120 - 18 - 6) and tall.fail_h == 0
+    assert mixed.done_h == pytest.approx(mixed.fail_h) and mixed.fail_y + mixed.fail_h == pytest.approx(mixed.done_y)
+    assert c.bars[0].done_h == 0 and c.bars[0].minute == "01:40"
+
+
+def test_gallery_filters_name_every_bad_field() -> None:
+    with pytest.raises(InvalidInput) as err:
+        parse_gallery({"state": "done", "endpoint": "x/y", "date": "yesterday", "before": "soon", "q": "x" * 201})
+    assert sorted(e.field for e in err.value.errors) == ["before", "date", "endpoint", "q", "state"]
+    q = parse_gallery({"state": "failed", "date": "2026-12-01", "q": " fox "})
+    assert q.state == "failed" and q.text == "fox" and q.params(before=1.5)["before"] == "1.5"
+
+
+def test_commands_quote_hostile_prompts_and_carry_no_key() -> None:
+    prompt = "it's a \"fox\"; rm -rf / $(whoami) `id`"
+    rec = JobRecord.new(endpoint="fal-ai/qwen-image-2/pro/text-to-image",
+                        input={"prompt": prompt, "seed": 3, "image_size": {"width": 640, "height": 480},
+                               "enable_safety_checker": False})
+    cmds = commands(rec, "http://gw:8080")
+    argv = shlex.split(cmds["falq"])
+    assert argv[:3] == ["falq", "generate", prompt] and "--pro" in argv and "--no-safety-checker" in argv
+    assert argv[argv.index("--image-size") + 1] == "640x480"
+    curl = shlex.split(cmds["curl"])
+    assert curl[-1] == "http://gw:8080/v1/jobs" and "Authorization: Key $FALQ_API_KEY" in curl
+    big = JobRecord.new(endpoint="fal-ai/qwen-image-2/edit",
+                        input={"prompt": "p", "image_urls": ["data:" + "A" * 9000]})
+    assert set(commands(big, "http://gw")) == {"status", "curl_status"}
+
+
+def test_timeline_durations_between_states() -> None:
+    rec = JobRecord.new(endpoint="fal-ai/qwen-image-2/text-to-image", input={"prompt": "p"})
+    rec.timestamps = {"queued": 10.0, "in_queue": 10.5, "in_progress": 12.0, "completed": 15.0}
+    steps = timeline(rec)
+    assert [(s.state, s.seconds) for s in steps] == [("queued", 0.5), ("in_queue", 1.5), ("in_progress", 3.0),
+                                                     ("completed", 0.0)]
+    rec.timestamps = {"queued": 10.0, "in_progress": 11.0}
+    assert timeline(rec)[-1].seconds is None  # still running
+
+
+def test_sessions_keep_only_a_hash_of_the_id(redis_server: str) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_server)
+    sessions = Sessions(r, "falqtest", ttl_s=120)
+    p = Principal("default", frozenset({"admin"}), "env", "d" * 64)
+    sid, sess = sessions.create(p)
+    assert sessions.get(sid) is not None and sessions.get(sid).principal == p  # type: ignore[union-attr]
+    stored = [k.decode() for k in r.keys("falqtest:console:session:*")]
+    assert len(stored) == 1 and sid not in stored[0] and sid.encode() not in (r.get(stored[0]) or b"")
+    assert 0 < r.ttl(stored[0]) <= 120
+    assert check_csrf(sess.csrf, sess.csrf) and not check_csrf(sess.csrf, "x") and not check_csrf(sess.csrf, None)
+    sessions.drop(sid)
+    assert sessions.get(sid) is None and sessions.get("nonsense") is None
+    assert is_https("http", {"x-forwarded-proto": "https"}) and not is_https("http", {})

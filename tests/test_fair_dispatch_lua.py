@@ -1,0 +1,255 @@
+"""Fair dispatch (shared/fairshare.py) against a real redis-server: weights, no burst, caps,
+budget pauses, crash recovery, and no record without its ready entry."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from falq.shared.fairshare import FairShare
+from falq.shared.jobstore import JobStore
+from falq.shared.keys import Keys
+from falq.shared.limits import tenant_spend_today
+from falq.shared.records import JobRecord
+from falq.shared.settings import Settings
+from falq.shared.tenants import Tenant, TenantStore
+from falq.workers.reaper import queue_depth, reap_once
+
+EP = "fal-ai/qwen-image-2/text-to-image"
+
+
+@pytest.fixture
+def r(redis_server: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def settings(url: str, **over: Any) -> Settings:
+    fields: dict[str, Any] = {"redis_url": url, "broker_url": url, "max_outstanding": 4, "fair_headroom": 0.0,
+                              "fair_recover_after_s": 0.2, "visibility_timeout_s": 60, **over}
+    return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def s(redis_server: str) -> Settings:
+    return settings(redis_server)
+
+
+@pytest.fixture
+def app(s: Settings) -> Iterator[Celery]:
+    from falq.shared.celery_app import make_app
+
+    a = make_app(s)
+    yield a
+    a.close()
+
+
+def enqueue(store: JobStore, tenant: str, n: int, lane: str = "bulk") -> list[str]:
+    recs = [JobRecord.new(endpoint=EP, input={"prompt": f"{tenant} {i}"}, lane=lane, tenant=tenant)
+            for i in range(n)]
+    return store.create_many([(rec, None) for rec in recs], fair=True)
+
+
+def finish(store: JobStore, job_ids: list[str]) -> None:
+    for job_id in job_ids:
+        store.update(job_id, lambda rec: rec.move("completed"))
+
+
+def tenant_of(store: JobStore, job_ids: list[str]) -> list[str]:
+    return [rec.tenant for rec in store.get_many(job_ids) if rec is not None]
+
+
+def drain_order(store: JobStore, fair: FairShare, n: int) -> list[str]:
+    """Dispatch one job at a time (each finishes before the next pick): the order of service."""
+    order: list[str] = []
+    while len(order) < n:
+        got = [job_id for job_id, _, _ in fair.take(1)]
+        if not got:
+            break
+        order += tenant_of(store, got)
+        finish(store, got)
+    return order
+
+
+def test_target_is_max_outstanding_plus_headroom(r: redis.Redis, redis_server: str) -> None:
+    store = JobStore(r)
+    enqueue(store, "a", 50)
+    assert len(FairShare(r, settings(redis_server, max_outstanding=10, fair_headroom=0.5)).take()) == 15
+    r.flushall()
+    enqueue(store, "a", 50)
+    assert len(FairShare(r, settings(redis_server, max_outstanding=2, fair_headroom=0.5)).take()) == 6  # min 4
+    r.flushall()
+    enqueue(store, "a", 50)
+    assert len(FairShare(r, settings(redis_server, max_outstanding=0, fair_uncapped_room=7)).take()) == 7
+    # the runtime limits (falq limits set) win over the environment
+    r.flushall()
+    enqueue(store, "a", 50)
+    r.hset(Keys("falq").limits_config, "max_outstanding", "3")
+    assert len(FairShare(r, settings(redis_server, max_outstanding=40, fair_headroom=0.0)).take()) == 7
+
+
+def test_weights_are_honoured(r: redis.Redis, s: Settings) -> None:
+    store, tenants = JobStore(r), TenantStore(r)
+    tenants.put(Tenant(name="a", weight=1))
+    tenants.put(Tenant(name="b", weight=1))
+    tenants.put(Tenant(name="c", weight=2))
+    for t in "abc":
+        enqueue(store, t, 300)
+    counts = Counter(drain_order(store, FairShare(r, s), 400))
+    assert counts == {"a": 100, "b": 100, "c": 200}
+
+
+def test_a_tenant_that_becomes_active_gets_no_burst_and_no_starvation(r: redis.Redis, s: Settings) -> None:
+    store, fair = JobStore(r), FairShare(r, s)
+    enqueue(store, "a", 400)
+    assert drain_order(store, fair, 200) == ["a"] * 200   # alone, a gets everything
+    enqueue(store, "b", 50)
+    order = drain_order(store, fair, 40)
+    # b is served at once, then alternates with a: neither a burst for b nor a wait behind a
+    assert order[:2].count("b") == 1 and Counter(order) == {"a": 20, "b": 20}
+
+
+def test_ready_sets_survive_in_creation_order(r: redis.Redis, s: Settings) -> None:
+    store = JobStore(r)
+    ids = enqueue(store, "a", 10)
+    got = [job_id for job_id, _, _ in FairShare(r, s).take(10)]
+    assert got[:8] == ids[:8]  # target 4 + 4 (min headroom) = 8 jobs dispatched, oldest first
+
+
+def test_interactive_is_dispatched_before_bulk(r: redis.Redis, s: Settings) -> None:
+    store, fair = JobStore(r), FairShare(r, s)
+    enqueue(store, "a", 20, lane="bulk")
+    enqueue(store, "b", 20, lane="interactive")
+    got = fair.take()
+    lanes = Counter(lane for _, lane, _ in got)
+    assert lanes == {"interactive": 16}  # interactive may fill twice the target; bulk waits
+
+
+def test_a_tenant_at_its_own_cap_is_skipped(r: redis.Redis, redis_server: str) -> None:
+    s = settings(redis_server, max_outstanding=20, fair_headroom=0.0)
+    store, tenants, fair = JobStore(r), TenantStore(r), FairShare(r, s)
+    tenants.put(Tenant(name="capped", weight=10, max_outstanding=1))
+    enqueue(store, "capped", 30)
+    enqueue(store, "free", 30)
+    got = fair.take()
+    counts = Counter(tenant_of(store, [j for j, _, _ in got]))
+    assert counts == {"capped": 3, "free": 21}  # its cap 1 + 2 headroom; the others fill the rest
+    finish(store, [j for j, _, _ in got if tenant_of(store, [j]) == ["capped"]][:1])
+    assert tenant_of(store, [j for j, _, _ in fair.take()]) == ["capped"]
+    assert int(r.hget(Keys("falq").fair_count, "capped") or 0) == 3
+
+
+def test_a_tenant_over_its_budget_pauses_alone(r: redis.Redis, s: Settings) -> None:
+    store, tenants, fair = JobStore(r), TenantStore(r), FairShare(r, s)
+    tenants.put(Tenant(name="poor", budget_usd=1.0))
+    enqueue(store, "poor", 10)
+    enqueue(store, "rich", 10)
+    day, _ = tenant_spend_today(r, "falq", [])
+    r.set(Keys("falq").tenant_spend(day, "poor"), 1_000_000)
+    got = fair.take()
+    assert set(tenant_of(store, [j for j, _, _ in got])) == {"rich"}
+    # the limiter's pause mark (set when it refused a job of the tenant) works the same way
+    r.delete(Keys("falq").tenant_spend(day, "poor"))
+    r.set(Keys("falq").fair_paused("poor"), "1", px=60000)
+    finish(store, [j for j, _, _ in got])
+    assert set(tenant_of(store, [j for j, _, _ in fair.take()])) == {"rich"}
+    r.delete(Keys("falq").fair_paused("poor"))
+    assert drain_order(store, fair, 3) == ["poor"] * 3  # once unpaused it is served (rich is drained)
+
+
+def test_no_record_without_its_ready_entry(r: redis.Redis, s: Settings) -> None:
+    store, keys = JobStore(r), Keys("falq")
+    rec, created = store.create(JobRecord.new(endpoint=EP, input={"prompt": "x"}, lane="bulk", tenant="t1"),
+                                fair=True)
+    assert created and r.zscore(keys.fair_ready("bulk", "t1"), rec.id) == pytest.approx(rec.created_at)
+    assert r.sismember(keys.fair_active("bulk"), "t1") and not store.is_published(rec.id)
+    # a second create with the same idempotency key adds nothing anywhere
+    a, _ = store.create(JobRecord.new(endpoint=EP, input={"prompt": "y"}, lane="bulk", tenant="t1"), "k", fair=True)
+    b, created_b = store.create(JobRecord.new(endpoint=EP, input={"prompt": "y"}, lane="bulk", tenant="t1"), "k",
+                                fair=True)
+    assert b.id == a.id and not created_b and r.zcard(keys.fair_ready("bulk", "t1")) == 2
+    # Redis full: the create script is refused as a whole, so neither the record nor its entry exists
+    r.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.ResponseError):
+            store.create(JobRecord.new(endpoint=EP, input={"prompt": "z"}, lane="bulk", tenant="t2"), fair=True)
+    finally:
+        r.config_set("maxmemory", "0")
+    assert r.zcard(keys.fair_ready("bulk", "t2")) == 0 and len(store.ids_in_state("queued")) == 2
+
+
+def test_terminal_saves_free_the_room_and_cancelled_jobs_are_skipped(r: redis.Redis, s: Settings) -> None:
+    store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
+    ids = enqueue(store, "a", 12)
+    finish(store, ids[:2])   # cancelled/finished while still waiting: dispatch skips them
+    got = [j for j, _, _ in fair.take()]
+    assert got == ids[2:10] and r.zcard(keys.inflight) == 8 and r.hget(keys.fair_count, "a") == b"8"
+    finish(store, got[:3])
+    assert r.zcard(keys.inflight) == 5 and r.hget(keys.fair_count, "a") == b"5"
+    assert [j for j, _, _ in fair.take()] == ids[10:12]
+
+
+def test_crash_between_pop_and_publish_is_recovered(r: redis.Redis, s: Settings, app: Celery) -> None:
+    import time
+
+    store, fair = JobStore(r), FairShare(r, s)
+    waiting = enqueue(store, "a", 20)
+    taken = [j for j, _, _ in fair.take()]          # the dispatcher dies before publishing these
+    assert taken and all(not p for p in store.published_flags(taken))
+    assert fair.recover_dispatched(app) == []       # too fresh: its dispatcher may still publish
+    time.sleep(0.3)
+    assert sorted(fair.recover_dispatched(app)) == sorted(taken)
+    assert all(store.published_flags(taken)) and queue_depth(r, s.queue_bulk) == len(taken)
+    # a job that only waits in its ready set is published by no recovery: not this one, not the reaper
+    rest = [j for j in waiting if j not in taken]
+    r.delete(s.queue_bulk)
+    old = time.time() - 3600
+    for job_id in rest:
+        r.zadd(store.keys.state("queued"), {job_id: old})
+    assert fair.recover_dispatched(app) == [] and reap_once(app, store, s) == []
+    assert queue_depth(r, s.queue_bulk) == 0 and not any(store.published_flags(rest))
+
+
+def test_park_puts_a_dispatched_job_back_and_frees_its_room(r: redis.Redis, s: Settings, app: Celery) -> None:
+    store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
+    ids = enqueue(store, "a", 3)
+    sent = fair.dispatch(app)
+    assert sent == ids and all(store.published_flags(ids))
+    rec = store.get(ids[0])
+    assert fair.park(rec) and fair.park(rec)        # again (a redelivered message): still parked
+    assert r.zscore(keys.fair_ready("bulk", "a"), rec.id) is not None and not store.is_published(rec.id)
+    assert r.zscore(keys.inflight, rec.id) is None and r.hget(keys.fair_count, "a") == b"2"
+    assert fair.dispatch(app) == [rec.id]
+    # a job published directly (fair dispatch off when it was enqueued) is never parked
+    direct, _ = store.create(JobRecord.new(endpoint=EP, input={"prompt": "d"}, lane="bulk", tenant="a"))
+    assert not fair.park(direct)
+
+
+def test_make_ready_is_the_one_hand_off(r: redis.Redis, s: Settings, app: Celery, redis_server: str) -> None:
+    store, keys = JobStore(r), Keys("falq")
+    rec, _ = store.create(JobRecord.new(endpoint=EP, input={"prompt": "late"}, lane="interactive", tenant="x"))
+    assert FairShare(r, s).make_ready(rec, app)     # ready set, then a dispatch publishes it
+    assert store.is_published(rec.id) and r.zscore(keys.inflight, rec.id) is not None
+    # without fair dispatch it publishes at once
+    other, _ = store.create(JobRecord.new(endpoint=EP, input={"prompt": "fifo"}, lane="bulk", tenant="x"))
+    assert FairShare(r, settings(redis_server, fair_dispatch=False)).make_ready(other, app)
+    assert store.is_published(other.id) and r.zscore(keys.inflight, other.id) is None
+    assert queue_depth(r, s.queue_bulk) == 1
+
+
+def test_figures_per_tenant(r: redis.Redis, s: Settings) -> None:
+    store, fair = JobStore(r), FairShare(r, s)
+    enqueue(store, "a", 5)
+    enqueue(store, "b", 3, lane="interactive")
+    fair.take(2)
+    figs = {f.tenant: f for f in fair.figures(["default"])}
+    assert set(figs) == {"a", "b", "default"}
+    assert figs["b"].ready == {"interactive": 1, "bulk": 0} and figs["b"].dispatched == 2
+    assert figs["a"].ready == {"interactive": 0, "bulk": 5} and figs["a"].dispatched == 0

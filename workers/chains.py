@@ -1,0 +1,167 @@
+"""The chain loop of a worker: release (or end) the children of jobs that just ended.
+
+The save that ends a job with children pushes it on ``{p}:chain:done`` (a Redis stream) in
+the same Lua step (:mod:`falq.shared.jobstore`). Every worker reads that stream through the
+consumer group ``chains`` (:data:`falq.shared.chains.GROUP`): an entry is delivered to one
+worker, which evaluates each child (:meth:`falq.shared.chains.Chains.evaluate`) and only then
+acknowledges and deletes it. An entry a worker claimed and never acknowledged (SIGKILL) is
+taken over by another worker after ``FALQ_CHAIN_CLAIM_IDLE_S`` (``XAUTOCLAIM``); evaluating
+twice is harmless. One worker at a time also runs :meth:`~falq.shared.chains.Chains.sweep`
+every ``FALQ_CHAIN_SWEEP_S`` (a Redis lock), which re-drives waiting children whose parents
+ended while the stream lost its entry (a Redis restart without AOF of the stream) and
+half-done releases.
+
+A released child is made runnable the way a retried job is (:func:`make_runnable`).
+
+Example::
+
+    start_chains(ctx.store, ctx.settings, app, stop=ctx.shutting_down)   # once per worker
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery
+
+from falq.shared.chains import GROUP, Chains
+from falq.shared.fairshare import FairShare
+from falq.shared.jobstore import JobStore
+from falq.shared.records import JobRecord
+from falq.shared.settings import Settings
+
+log = logging.getLogger("falq.chains")
+#: How long one read of the stream blocks when it is empty.
+BLOCK_MS = 1000
+#: Entries read (or taken over) at once.
+COUNT = 100
+
+
+def make_runnable(app: Celery, settings: Settings, store: JobStore) -> Callable[[JobRecord], None]:
+    """The hand-off of a job that just became ``queued``: THE one path producers use too
+    (:meth:`falq.shared.fairshare.FairShare.make_ready`: its tenant's ready set with fair
+    dispatch, else its broker message at once)."""
+    fair = FairShare(store.r, settings)
+
+    def runnable(rec: JobRecord) -> None:
+        fair.make_ready(rec, app)
+
+    return runnable
+
+
+class ChainLoop:
+    """One worker's reader of ``{p}:chain:done``.
+
+    Parameters:
+        store: the job store.
+        settings: the chain settings (claim idle time, sweep interval).
+        runnable: the hand-off of released children (:func:`make_runnable`).
+    """
+
+    def __init__(self, store: JobStore, settings: Settings, runnable: Callable[[JobRecord], None],
+                 *, consumer: str | None = None) -> None:
+        self.store = store
+        self.r = store.r
+        self.s = settings
+        self.keys = store.keys
+        self.chains = Chains(store, settings, runnable=runnable)
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+        self._group_ready = False
+        self._last_claim = 0.0
+        self._last_sweep = 0.0
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.keys.chain_done, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def tick(self, block_ms: int = BLOCK_MS) -> int:
+        """Handle what is due: taken-over entries, new entries, the sweep. Returns entries handled."""
+        if not self._group_ready:
+            self.ensure_group()
+        handled = 0
+        now = time.monotonic()
+        try:
+            if now - self._last_claim >= self.s.chain_claim_idle_s / 2:
+                self._last_claim = now
+                claimed = self.r.xautoclaim(self.keys.chain_done, GROUP, self.consumer,
+                                            min_idle_time=int(self.s.chain_claim_idle_s * 1000), start_id="0-0",
+                                            count=COUNT)
+                handled += self._handle(claimed[1] if len(claimed) > 1 else [])
+            got = self.r.xreadgroup(GROUP, self.consumer, {self.keys.chain_done: ">"}, count=COUNT,
+                                    block=block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis restarted without the stream: create it again
+                self._group_ready = False
+                return handled
+            raise
+        for _, entries in got or []:
+            handled += self._handle(entries)
+        if time.monotonic() - self._last_sweep >= self.s.chain_sweep_s:
+            self._last_sweep = time.monotonic()
+            self.sweep()
+        return handled
+
+    def _handle(self, entries: list[Any]) -> int:
+        n = 0
+        for entry_id, fields in entries:
+            if fields is None:  # deleted meanwhile (XAUTOCLAIM reports such ids)
+                continue
+            parent = (fields.get(b"parent") or b"").decode()
+            if parent:
+                outcomes = self.chains.on_parent_done(parent)
+                if outcomes:
+                    log.info("parent %s ended: %s", parent, _summary(outcomes))
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xack(self.keys.chain_done, GROUP, entry_id)
+            pipe.xdel(self.keys.chain_done, entry_id)
+            pipe.execute()
+            n += 1
+        return n
+
+    def sweep(self) -> dict[str, int] | None:
+        """:meth:`Chains.sweep`, by one worker at a time."""
+        lock_ms = max(1000, int(self.s.chain_sweep_s * 900))
+        if not self.r.set(self.keys.chain_lock, self.consumer.encode(), nx=True, px=lock_ms):
+            return None
+        stats = self.chains.sweep()
+        if stats["released"] or stats["ended"] or stats["relinked"] or stats["finished"]:
+            log.warning("chain sweep re-drove waiting children: %s", stats)
+        return stats
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # Redis may be restarting; try next round
+                log.warning("chain pass failed: %s", type(exc).__name__)
+                self._group_ready = False
+                stop.wait(1.0)
+
+
+def _summary(outcomes: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def start_chains(store: JobStore, settings: Settings, app: Celery,
+                 stop: threading.Event | None = None) -> ChainLoop:
+    """Start this worker's chain loop (a daemon thread) until ``stop`` (a warm shutdown) is set."""
+    loop = ChainLoop(store, settings, make_runnable(app, settings, store))
+    threading.Thread(target=loop.run, args=(stop or threading.Event(),), name="falq-chains", daemon=True).start()
+    return loop
+
+
+__all__ = ["ChainLoop", "make_runnable", "start_chains"]
