@@ -172,6 +172,7 @@ def record_view(rec: JobRecord, *, elapsed: float | None = None, logs: int = 5) 
     grid.add_row("job", rec.id)
     grid.add_row("state", Text(state, style=_STATE_STYLE.get(rec.state, "")))
     grid.add_row("endpoint", f"{rec.endpoint}  lane {rec.lane}")
+    grid.add_row("tenant", rec.tenant)
     grid.add_row("prompt", prompt_of(rec))
     grid.add_row("created", _when(rec.created_at))
     if elapsed is not None:
@@ -199,13 +200,15 @@ _STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "i
 def jobs_table(recs: list[JobRecord]) -> Table:
     table = Table(show_edge=False)
     table.add_column("id", no_wrap=True, min_width=32)
-    for col in ("state", "endpoint", "lane", "age"):
+    # The tenant column only once there is more than the default tenant (single-tenant output stays as it was).
+    tenants = any(r.tenant != "default" for r in recs)
+    for col in ("state", "endpoint", "lane", *(("tenant",) if tenants else ()), "age"):
         table.add_column(col, no_wrap=True)
     table.add_column("prompt", overflow="ellipsis", no_wrap=True)
     now = time.time()
     for r in recs:
         table.add_row(r.id, Text(r.state, style=_STATE_STYLE.get(r.state, "")), short_endpoint(r.endpoint), r.lane,
-                      age(r.created_at, now), prompt_of(r, 40))
+                      *((r.tenant,) if tenants else ()), age(r.created_at, now), prompt_of(r, 40))
     return table
 
 

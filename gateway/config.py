@@ -9,8 +9,10 @@ everything else (Redis, S3, limits, the callback secret) comes from the shared
 | ``FALQ_API_KEYS`` | unset | comma-separated falq API keys callers present as ``Authorization: Key <k>`` |
 | ``FALQ_GATEWAY_PUBLIC_URL`` | unset | base URL put into ``status_url`` etc. (default: the request's own) |
 | ``FALQ_FAL_JWKS_URL`` | fal's JWKS | public keys of fal's webhook signatures (the receiver) |
-| ``FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE`` | ``false`` | let ``fal_webhook`` target private/loopback hosts (tests) |
-| ``FALQ_GATEWAY_HOOK_POLL_S`` | ``0.5`` | how often finished jobs are checked for pending ``fal_webhook`` deliveries |
+
+``fal_webhook`` deliveries are the workers' (the job outbox, :mod:`falq.workers.callbacks`) and
+follow ``FALQ_CALLBACK_ALLOW_PRIVATE``; the former ``FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE`` and
+``FALQ_GATEWAY_HOOK_POLL_S`` are ignored.
 
 Example::
 
@@ -20,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from falq.shared.errors import PermanentError
@@ -40,8 +42,6 @@ class GatewaySettings(BaseSettings):
     api_keys: SecretStr | None = None
     gateway_public_url: str | None = None
     fal_jwks_url: str | None = None
-    gateway_webhook_allow_private: bool = False
-    gateway_hook_poll_s: float = Field(0.5, gt=0, le=60)
 
     def key_list(self) -> list[str]:
         """The configured API keys (empty entries dropped)."""

@@ -82,10 +82,17 @@ class Gateway:
         return (self.gsettings.gateway_public_url or str(request.base_url)).rstrip("/")
 
     def queue_position(self, rec: JobRecord) -> int:
-        """Jobs waiting in falq ahead of ``rec`` (0 once it is submitted to fal): one ZRANK."""
+        """Jobs waiting in falq ahead of ``rec`` (0 once it is dispatched or submitted): one ZRANK.
+
+        With fair dispatch (:mod:`falq.shared.fairshare`) a job waits in its own tenant's ready
+        set, so the position counts only its tenant's jobs ahead of it: the order it is served
+        in, and nothing about other tenants' work. Without it, the rank among all queued jobs.
+        """
         if rec.state != "queued":
             return 0
-        rank = self.store.r.zrank(self.store.keys.state("queued"), rec.id)
+        index = self.store.keys.fair_ready(rec.lane, rec.tenant) if self.settings.fair_dispatch \
+            else self.store.keys.state("queued")
+        rank = self.store.r.zrank(index, rec.id)
         return int(rank) if isinstance(rank, int) else 0
 
     def presign(self, key: str) -> str:
@@ -102,8 +109,9 @@ def visible_job(gw: Gateway, who: Principal, job_id: str) -> JobRecord:
     for an id that does not exist (blocking: call it through :func:`blocking`).
 
     Every gateway route that takes a job id goes through here. Both "no such job" and
-    "another tenant's job" cost the same one HMGET and raise the same error with the same
-    text, so neither the answer nor the Redis work tells them apart.
+    "another tenant's job" cost the same one HMGET (and, with the catalogue on, the same
+    tenant-filtered catalogue query) and raise the same error with the same text, so neither
+    the answer nor the work done tells them apart (``tests/test_tenant_isolation.py``).
 
     Example::
 

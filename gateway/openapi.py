@@ -138,6 +138,8 @@ def _rest_paths() -> dict[str, Any]:
         _param("until", "query", {"type": "string"}, "Exclusive upper bound; `next_until` pages on"),
         _param("endpoint", "query", {"type": "string", "enum": list(ENDPOINTS)}, "Only this endpoint"),
         _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size (100)"),
+        _param("text", "query", {"type": "string", "maxLength": 500}, "Every word in the prompt (full-text search)"),
+        _param("batch_id", "query", {"type": "string"}, "Only jobs of this batch"),
         {"name": "metadata", "in": "query", "style": "deepObject", "explode": True,
          "schema": {"type": "object", "additionalProperties": {"type": "string"}},
          "description": "`metadata.KEY=VALUE` filters (exact match)"},

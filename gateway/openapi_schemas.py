@@ -77,6 +77,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "jobs": {"type": "array", "items": ref("JobRecord")}, "count": INT, "scanned": INT,
         "truncated": {"type": "boolean", "description": "the metadata scan stopped at its cap; page on"},
         "next_until": {**NULLABLE_NUM, "description": "pass as `until` for the next page"},
+        "history": {"type": "string", "enum": ["included", "unavailable", "off"],
+                    "description": "finished jobs from the catalogue: merged in, unreachable now, or not kept"},
     }, ["jobs", "count", "truncated", "next_until"]),
     "BulkResult": obj({
         "jobs": {"type": "array", "items": obj({"index": INT, "id": STR, "created": BOOL})},

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from falq.shared.catalogue.search import merge_newest, record_matches
-from falq.shared.errors import FieldError, InvalidInput
+from falq.shared.errors import CatalogueUnavailable, FieldError, InvalidInput
 from falq.shared.jobstore import JobStore
 from falq.shared.records import STATES, TERMINAL, JobRecord
 
@@ -144,12 +144,16 @@ def search(store: JobStore, q: JobQuery, *, tenant: str, catalogue: Catalogue | 
             more = False
             break
     next_until = last_score if more else None
+    history = "included" if catalogue is not None else "off"
     if catalogue is not None and (q.state is None or q.state in TERMINAL):
         from falq.shared.catalogue.store import CatalogueQuery
 
-        archived = catalogue.search(CatalogueQuery(
-            state=q.state, endpoint=q.endpoint, tenant=tenant, batch_id=q.batch_id, since=q.since, until=q.until,
-            metadata=q.metadata, text=q.text, limit=q.limit))
+        try:
+            archived = catalogue.search(CatalogueQuery(
+                state=q.state, endpoint=q.endpoint, tenant=tenant, batch_id=q.batch_id, since=q.since,
+                until=q.until, metadata=q.metadata, text=q.text, limit=q.limit))
+        except CatalogueUnavailable:  # live jobs still answer; the page says history is missing
+            archived, history = [], "unavailable"
         found = merge_newest(found, archived, q.limit)
         more = len(found) >= q.limit
         next_until = found[-1].created_at if more else None
@@ -159,4 +163,5 @@ def search(store: JobStore, q: JobQuery, *, tenant: str, catalogue: Catalogue | 
         "scanned": scanned,
         "truncated": more and len(found) < q.limit,
         "next_until": next_until,
+        "history": history,
     }

@@ -55,7 +55,7 @@ class GatewayServer(BackgroundServer):
                                                  "(default: the request's own; FALQ_GATEWAY_PUBLIC_URL)")
 @click.option("--unauthenticated", is_flag=True, help="serve without API keys (local use only)")
 @click.option("--no-webhook-delivery", is_flag=True,
-              help="do not deliver fal_webhook callbacks from this process (another replica does)")
+              help="ignored (kept for old scripts): fal_webhook callbacks are delivered by the workers")
 @click.option("--log-level", default="warning", show_default=True, help="uvicorn's log level")
 def command(host: str, port: int, public_url: str | None, unauthenticated: bool, no_webhook_delivery: bool,
             log_level: str) -> int:

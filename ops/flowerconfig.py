@@ -4,8 +4,9 @@ Flower executes this file and picks up the names it knows. ``format_task`` rewri
 task is *shown* (the task list, task pages and the API; not events or ``/metrics``): a
 falq message's kwargs are ``{'endpoint': ..., 'lane': ...}``, which Flower's narrow column
 cuts off before the lane. Shown as ``lane=bulk · qwen-image-2/edit`` instead,
-the part that matters most comes first. Only those two keys are shown, so whatever else
-might ever reach a message's kwargs never reaches the page.
+the part that matters most comes first. Only those two keys are shown (and the tenant, when
+it is not ``default``: ``lane=bulk · qwen-image-2/edit · tenant=shop``), so whatever else might
+ever reach a message's kwargs never reaches the page.
 
 Example (what Flower calls)::
 
@@ -18,6 +19,8 @@ from __future__ import annotations
 import ast
 from typing import Any
 
+from falq.shared.tenants import DEFAULT_TENANT, valid_name
+
 
 def format_task(task: Any) -> Any:
     """Flower's hook: ``task`` is a copy of Celery's ``events.state.Task``; return it changed."""
@@ -29,5 +32,7 @@ def format_task(task: Any) -> Any:
         return task
     if isinstance(kwargs, dict):
         endpoint = str(kwargs.get("endpoint", "?")).removeprefix("fal-ai/")
-        task.kwargs = f"lane={kwargs.get('lane', '?')} · {endpoint}"
+        tenant = kwargs.get("tenant")
+        shown = f" · tenant={tenant}" if valid_name(tenant) and tenant != DEFAULT_TENANT else ""
+        task.kwargs = f"lane={kwargs.get('lane', '?')} · {endpoint}{shown}"
     return task

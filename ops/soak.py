@@ -192,7 +192,7 @@ def audit_keys(r: Any, prefix: str, record_ttl_s: int) -> tuple[dict[str, dict[s
         if n:
             problems.append(f"{n} {name} left")
     records = int(kinds.get(f"{p}:job:{{id}}", {}).get("count", 0))
-    active = ("queued", "submitting", "in_queue", "in_progress", "mirroring")
+    active = ("waiting", "queued", "submitting", "in_queue", "in_progress", "mirroring")
     for index in [f"{p}:created"] + [f"{p}:state:{s}" for s in (*active, "completed", "failed", "cancelled")]:
         n = int(r.zcard(index))
         if index.rsplit(":", 1)[1] in active and n:

@@ -29,7 +29,15 @@ from falq.shared.catalogue.search import record_matches
 from falq.shared.chains import Chains, Ref, parents_of, refs_in, restore_refs, split_refs
 from falq.shared.dispatch import publish
 from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint, validate_input
-from falq.shared.errors import FieldError, InvalidInput, JobNotFound, JobTimeout, RedisMemoryFull, is_redis_oom
+from falq.shared.errors import (
+    CatalogueUnavailable,
+    FieldError,
+    InvalidInput,
+    JobNotFound,
+    JobTimeout,
+    RedisMemoryFull,
+    is_redis_oom,
+)
 from falq.shared.fairshare import FairShare
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import OutboundRefused, check_url
@@ -378,7 +386,12 @@ class Falq:
         from falq.shared.catalogue.store import CatalogueQuery
 
         q = CatalogueQuery(state=state, since=since, limit=limit, **filters)  # type: ignore[arg-type]
-        return merge_newest(live, cat.search(q), limit)
+        try:
+            archived = cat.search(q)
+        except CatalogueUnavailable as exc:  # the live part still answers; say what is missing
+            log.warning("listing without the catalogue's history: %s", exc)
+            archived = []
+        return merge_newest(live, archived, limit)
 
     def cancel(self, job_id: str) -> JobRecord:
         """Ask for a job to be cancelled; returns the record as it stands.

@@ -62,7 +62,7 @@ import redis
 from celery import Celery
 
 from falq.shared.dispatch import publish
-from falq.shared.fairshare_lua import DISPATCH, READY
+from falq.shared.fairshare_lua import DISPATCH, FREE, READY
 from falq.shared.keys import Keys
 from falq.shared.limits import Limiter, tenant_spend_today
 from falq.shared.records import TERMINAL, JobRecord
@@ -98,6 +98,7 @@ class FairShare:
         self.keys = Keys(self.prefix)
         self._ready = client.register_script(READY)
         self._dispatch = client.register_script(DISPATCH)
+        self._free = client.register_script(FREE)
 
     @property
     def enabled(self) -> bool:
@@ -122,29 +123,32 @@ class FairShare:
         if not self.enabled:
             if app is None:
                 raise ValueError("make_ready without fair dispatch publishes, so it needs the Celery app")
-            publish(app, self.s, rec.id, lane=rec.lane, endpoint=rec.endpoint)
+            publish(app, self.s, rec.id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)
             self.r.hset(self.keys.job(rec.id), "published", "1")
             return True
-        ok = bool(self._ready(keys=[], args=[self.prefix, rec.id, rec.tenant, rec.lane, rec.created_at, "0"]))
+        ok = bool(self._ready(keys=[], args=[self.prefix, rec.id, rec.tenant, rec.lane, rec.created_at]))
         if ok and dispatch and app is not None:
             self.dispatch(app)
         return ok
 
     def park(self, rec: JobRecord) -> bool:
-        """Put a dispatched job back into its ready set (its tenant is over its own budget), so it
-        holds no room while it waits. True when the job now waits there (also if it already did:
-        a redelivered message of a parked job); the step then ends without re-publishing."""
-        return bool(self._ready(keys=[], args=[self.prefix, rec.id, rec.tenant, rec.lane, rec.created_at, "1"]))
+        """Put a job back into its ready set (its tenant is over its own budget), so it holds no
+        dispatch room and no broker message while it waits. True when the job now waits there;
+        the step then ends without re-publishing (its message is acked: the ready entry is its
+        hand-off). False without fair dispatch: the job then waits in place, as before."""
+        if not self.enabled:
+            return False
+        return bool(self._ready(keys=[], args=[self.prefix, rec.id, rec.tenant, rec.lane, rec.created_at]))
 
     # --- dispatch --------------------------------------------------------------------------------
-    def take(self, max_jobs: int = 500) -> list[tuple[str, str, str]]:
-        """Run the dispatch script: ``[(job id, lane, endpoint)]`` now dispatched, to publish."""
+    def take(self, max_jobs: int = 500) -> list[tuple[str, str, str, str]]:
+        """Run the dispatch script: ``[(job id, lane, endpoint, tenant)]`` now dispatched, to publish."""
         raw = self._dispatch(keys=[], args=[
             self.prefix, int(self.s.max_outstanding), float(self.s.fair_headroom), int(self.s.fair_uncapped_room),
-            int(max_jobs),
+            int(max_jobs), float(self.s.rate_per_s), float(self.s.fair_wait_s),
         ])
         vals = [_s(x) for x in raw]
-        return [(vals[i], vals[i + 1], vals[i + 2]) for i in range(0, len(vals), 3)]
+        return [(vals[i], vals[i + 1], vals[i + 2], vals[i + 3]) for i in range(0, len(vals), 4)]
 
     def dispatch(self, app: Celery, max_jobs: int = 500) -> list[str]:
         """Dispatch as many jobs as there is room for, in weighted fair order, and publish them.
@@ -157,8 +161,8 @@ class FairShare:
         sent: list[str] = []
         try:
             with app.producer_or_acquire() as producer:
-                for job_id, lane, endpoint in jobs:
-                    publish(app, self.s, job_id, lane=lane, endpoint=endpoint, producer=producer)
+                for job_id, lane, endpoint, tenant in jobs:
+                    publish(app, self.s, job_id, lane=lane, endpoint=endpoint, producer=producer, tenant=tenant)
                     sent.append(job_id)
         finally:
             if sent:
@@ -200,18 +204,14 @@ class FairShare:
         if stale:
             # Gone (expired, deleted) or finished without the terminal save seeing it: free the room.
             for job_id in stale:
-                if self.r.zrem(self.keys.inflight, job_id):
-                    owner = self.r.hget(self.keys.fair_owner, job_id)
-                    if owner is not None:
-                        self.r.hdel(self.keys.fair_owner, job_id)
-                        self.r.hincrby(self.keys.fair_count, _s(owner), -1)
+                self._free(keys=[], args=[self.prefix, job_id])
         sent = []
         for job_id, doc in lost:
             try:
                 rec = JobRecord.model_validate_json(doc)
             except Exception:
                 continue
-            publish(app, self.s, job_id, lane=rec.lane, endpoint=rec.endpoint)
+            publish(app, self.s, job_id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)
             self.r.hset(self.keys.job(job_id), "published", "1")
             sent.append(job_id)
         if sent:
@@ -253,7 +253,7 @@ class FairShare:
         mo = int(float(_s(raw))) if raw is not None else int(self.s.max_outstanding)
         if mo <= 0:
             return int(self.s.fair_uncapped_room)
-        return mo + max(4, math.ceil(mo * self.s.fair_headroom))
+        return mo + math.ceil(mo * self.s.fair_headroom)
 
 
 def _s(v: Any) -> str:

@@ -8,7 +8,7 @@ ready entry and a terminal save always frees its room.
 
 from __future__ import annotations
 
-from falq.shared.limits_lua import YMD
+from falq.shared.lua_common import FAIR_FREE, YMD
 from falq.shared.records import TERMINAL
 
 _TERMINAL_TEST = " or ".join(f"st == '{s}'" for s in sorted(TERMINAL))
@@ -27,64 +27,58 @@ end
 #: Spliced into the job store's save script (``JobStore.save``): a job saved in a terminal
 #: state leaves ``{p}:inflight`` and its tenant's dispatched count, in the same step. Uses the
 #: script's ``state``, ``id`` and ``prefix``.
-ON_TERMINAL_LUA = f"""
+ON_TERMINAL_LUA = FAIR_FREE + f"""
 do
   local st = state
-  if ({_TERMINAL_TEST}) and redis.call('ZREM', prefix .. ':inflight', id) == 1 then
-    local owner = redis.call('HGET', prefix .. ':fair:owner', id)
-    if owner then
-      redis.call('HDEL', prefix .. ':fair:owner', id)
-      redis.call('HINCRBY', prefix .. ':fair:count', owner, -1)
-    end
-  end
+  if {_TERMINAL_TEST} then fair_free(prefix, id) end
 end
 """
 
-# ready(prefix, id, tenant, lane, score, only_if_dispatched 0|1) -> 1 (the job is in its ready
-# set now) | 0 (nothing done: the record is gone or terminal; or, with only_if_dispatched, the
-# job is neither dispatched nor waiting). A dispatched job leaves {p}:inflight; the record is
-# marked unpublished, so no recovery publishes it while it waits.
-READY = f"""
-local prefix, id, tenant, lane, score, only = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+# ready(prefix, id, tenant, lane, score) -> 1 (the job is in its ready set now) | 0 (nothing
+# done: the record is gone or terminal). A dispatched job frees its room; the record is marked
+# unpublished, so no recovery publishes it while it waits.
+READY = FAIR_FREE + f"""
+local prefix, id, tenant, lane, score = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 local job_key = prefix .. ':job:' .. id
 local st = redis.call('HGET', job_key, 'state')
 if not st or {_TERMINAL_TEST} then return 0 end
 local ready = prefix .. ':fair:ready:' .. lane .. ':' .. tenant
-local was = redis.call('ZREM', prefix .. ':inflight', id)
-if was == 1 then
-  local owner = redis.call('HGET', prefix .. ':fair:owner', id)
-  if owner then
-    redis.call('HDEL', prefix .. ':fair:owner', id)
-    redis.call('HINCRBY', prefix .. ':fair:count', owner, -1)
-  end
-elseif only == '1' then
-  if redis.call('ZSCORE', ready, id) then return 1 end  -- parked before (a redelivery)
-  return 0
-end
+fair_free(prefix, id)
 redis.call('ZADD', ready, score, id)
 redis.call('SADD', prefix .. ':fair:active:' .. lane, tenant)
 redis.call('HSET', job_key, 'published', '0')
 return 1
 """
 
-# dispatch(prefix, default max_outstanding, headroom ratio, uncapped room, max jobs)
-# -> flat list {id, lane, endpoint, ...} of the jobs now dispatched (in {p}:inflight), to publish.
+# dispatch(prefix, default max_outstanding, headroom ratio, uncapped room, max jobs, default rate,
+#          seconds of submissions that may wait for admission)
+# -> flat list {id, lane, endpoint, tenant, ...} of the jobs now dispatched (in {p}:inflight), to publish.
 DISPATCH = YMD + f"""
 local prefix = ARGV[1]
 local default_mo, ratio, uncapped, max_jobs = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local default_rate, wait_s = tonumber(ARGV[6]) or 0, tonumber(ARGV[7]) or 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local today = ymd(math.floor(now / 86400000))
 local inflight = prefix .. ':inflight'
-local mo = tonumber(redis.call('HGET', prefix .. ':limits:config', 'max_outstanding') or '') or default_mo
+local unadmitted = prefix .. ':fair:unadmitted'
+local cfg = redis.call('HMGET', prefix .. ':limits:config', 'max_outstanding', 'rate')
+local mo = tonumber(cfg[1] or '') or default_mo
+local rate = tonumber(cfg[2] or '') or default_rate
+-- Room 1: requests dispatched and not yet done at fal (the slot cap plus a little headroom).
 local target = uncapped
-if mo > 0 then target = mo + math.max(4, math.ceil(mo * ratio)) end
+if mo > 0 then target = mo + math.ceil(mo * ratio) end
+-- Room 2: jobs dispatched and not yet admitted by the limiter (about wait_s of the rate): under
+-- a rate limit, jobs waiting for tokens are the ones whose order decides who is served.
+local wtarget = math.huge
+if rate > 0 then wtarget = math.max(2, math.ceil(rate * wait_s)) end
 local n_in = redis.call('ZCARD', inflight)
+local n_wait = redis.call('ZCARD', unadmitted)
 local out = {{}}
 local taken = 0
 for _, lane in ipairs({{'interactive', 'bulk'}}) do
-  local room = (lane == 'interactive' and 2 * target or target) - n_in
-  room = math.min(room, max_jobs - taken)
+  local k = lane == 'interactive' and 2 or 1
+  local room = math.min(k * target - n_in, k * wtarget - n_wait, max_jobs - taken)
   local active = {{}}
   if room > 0 then active = redis.call('SMEMBERS', prefix .. ':fair:active:' .. lane) end
   if #active > 0 then
@@ -106,7 +100,7 @@ for _, lane in ipairs({{'interactive', 'bulk'}}) do
       if w <= 0 then w = 1 end
       weight[i] = w
       cap[i] = math.huge
-      if tmax and tmax > 0 then cap[i] = tmax + math.max(2, math.ceil(tmax * ratio)) end
+      if tmax and tmax > 0 then cap[i] = tmax + math.ceil(tmax * ratio) end
       count[i] = tonumber(counts[i] or '0') or 0
       local p = redis.call('ZSCORE', passkey, name)
       pass[i] = p and tonumber(p) or vt   -- newly active: start at the virtual time
@@ -137,7 +131,8 @@ for _, lane in ipairs({{'interactive', 'bulk'}}) do
           redis.call('HSET', prefix .. ':fair:owner', id, name)
           redis.call('HINCRBY', prefix .. ':fair:count', name, 1)
           count[best] = count[best] + 1
-          n_in, room, taken = n_in + 1, room - 1, taken + 1
+          redis.call('ZADD', unadmitted, now, id)
+          n_in, n_wait, room, taken = n_in + 1, n_wait + 1, room - 1, taken + 1
           vt = pass[best]
           pass[best] = pass[best] + 1 / weight[best]
           if count[best] >= cap[best] then elig[best] = false end
@@ -145,6 +140,7 @@ for _, lane in ipairs({{'interactive', 'bulk'}}) do
           out[#out + 1] = id
           out[#out + 1] = lane
           out[#out + 1] = string.match(doc, '"endpoint":"([^"]*)"') or ''
+          out[#out + 1] = name
         end
       end
     end
@@ -164,4 +160,9 @@ for _, lane in ipairs({{'interactive', 'bulk'}}) do
   end
 end
 return out
+"""
+
+# free(prefix, id) -> 1 if the job held dispatch room (see FAIR_FREE)
+FREE = FAIR_FREE + """
+return fair_free(ARGV[1], ARGV[2])
 """

@@ -17,6 +17,8 @@ key                             type    what
 ``{p}:seen:{id}``               string  a delivery of the job ran recently (the reaper's sign of life)
 ``{p}:holders``                 zset    jobs whose lease a worker took (by when): one whose lease
                                         expired without a release lost its holder
+``{p}:reach``                   hash    worker (lease owner) -> what it reaches (``{at, cut}``),
+                                        :mod:`falq.workers.reach`
 ``{p}:takeover:lock``           string  one takeover sweep at a time
 ``{p}:reaper:lock``             string  one reaper at a time
 ``{p}:falhook:{request_id}``    string  fal's pushed completion, received by the gateway
@@ -32,7 +34,8 @@ key                             type    what
 ``{p}:fair:active:{lane}``      set     tenants with a non-empty ready set in the lane
 ``{p}:fair:pass:{lane}``        zset    active tenant -> its stride-scheduling pass
 ``{p}:fair:vt:{lane}``          string  the pass of the last tenant served (virtual time)
-``{p}:inflight``                zset    dispatched, not yet terminal jobs -> dispatch time (ms)
+``{p}:inflight``                zset    dispatched jobs not yet done at fal -> dispatch time (ms)
+``{p}:fair:unadmitted``         zset    dispatched jobs the limiter has not admitted yet -> the same
 ``{p}:fair:owner``              hash    dispatched job id -> its tenant
 ``{p}:fair:count``              hash    tenant -> its dispatched, not yet terminal jobs
 ``{p}:fair:paused:{tenant}``    string  the tenant is over its own budget (TTL): not dispatched
@@ -122,6 +125,10 @@ class Keys:
         return f"{self.prefix}:holders"
 
     @property
+    def reach(self) -> str:
+        return f"{self.prefix}:reach"
+
+    @property
     def takeover_lock(self) -> str:
         return f"{self.prefix}:takeover:lock"
 
@@ -172,6 +179,10 @@ class Keys:
     @property
     def inflight(self) -> str:
         return f"{self.prefix}:inflight"
+
+    @property
+    def fair_unadmitted(self) -> str:
+        return f"{self.prefix}:fair:unadmitted"
 
     @property
     def fair_owner(self) -> str:

@@ -26,21 +26,7 @@ at once; they hold on top of the global limits.
 
 from __future__ import annotations
 
-#: ``ymd(days since 1970-01-01)`` -> ``yyyy-mm-dd``, shared with :mod:`falq.shared.fairshare`.
-YMD = """local function ymd(days)
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local d = doy - math.floor((153 * mp + 2) / 5) + 1
-  local m = mp < 10 and mp + 3 or mp - 9
-  local y = yoe + era * 400
-  if m <= 2 then y = y + 1 end
-  return string.format('%04d-%02d-%02d', y, m, d)
-end
-"""
+from falq.shared.lua_common import FAIR_FREE, YMD
 
 # Shared prelude: time, key names, config (seeded from the caller's defaults), housekeeping.
 _PRELUDE = """
@@ -51,7 +37,7 @@ local base = prefix .. ':limits:' .. kid
 local slots, slot_ep, slot_t = base .. ':slots', base .. ':slot_ep', base .. ':slot_t'
 
 -- Civil date from days since 1970-01-01 (H. Hinnant's algorithm): Redis Lua has no os.date.
-""" + YMD + """local today = ymd(math.floor(now / 86400000))
+""" + YMD + FAIR_FREE + """local today = ymd(math.floor(now / 86400000))
 
 -- Drop expired slots (a dead worker's slots end here) together with their endpoint entries.
 local function expire_slots()
@@ -229,6 +215,8 @@ if cost > 0 then
   redis.call('HSET', base .. ':charges', job, today .. '|' .. cost .. '|' .. tenant)
 end
 for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do redis.call('ZREM', W .. w, job) end
+-- Fair dispatch (falq.shared.fairshare): the job no longer waits for admission.
+redis.call('ZREM', prefix .. ':fair:unadmitted', job)
 return {'ok', math.floor(delay), math.floor(now + delay)}
 """
 
@@ -292,9 +280,11 @@ return 1
 """
 
 # release(prefix, kid, job, refund 0|1): the request is no longer outstanding. With refund,
-# the reservation made at admission is given back (fal never accepted the request).
+# the reservation made at admission is given back (fal never accepted the request). The job's
+# fair-dispatch room is freed in the same step (falq.shared.fairshare): the next job can go.
 RELEASE = _PRELUDE + """
 local job, refund = ARGV[3], ARGV[4] == '1'
+fair_free(prefix, job)
 local ep = redis.call('HGET', slot_ep, job)
 if ep then redis.call('ZREM', base .. ':slots:ep:' .. ep, job) end
 redis.call('HDEL', slot_ep, job)

@@ -260,9 +260,9 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
     pipe.get(spend_key(p, day))
     pipe.hget(Keys(p).limits_config, "max_outstanding")
     pipe.hget(Keys(p).limits_config, "budget_daily")
-    pipe.hkeys(Keys(p).tenants)
     res = pipe.execute()
-    tenants = sorted({DEFAULT_TENANT, *(_s(t) for t in res.pop())})[: MAX_TENANTS + 1]
+    # The tenant label's allowed values (bounded by MAX_TENANTS at `falq tenants add`).
+    tenants = sorted({DEFAULT_TENANT, *(_s(t) for t in r.hkeys(Keys(p).tenants))})[: MAX_TENANTS + 1]
     states: dict[str, int] = {s: int(x) for s, x in zip(STATES, res[: len(STATES)], strict=True)}
     i = len(STATES)
     counters = {_s(k): float(v) for k, v in res[i].items()}

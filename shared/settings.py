@@ -174,9 +174,14 @@ class Settings(BaseSettings):
     #: Jobs wait in per-tenant ready sets and are dispatched to the broker in weighted
     #: order; ``false`` publishes every job at enqueue, plain FIFO (falq's behaviour before tenants).
     fair_dispatch: bool = True
-    #: Dispatched-not-finished jobs allowed beyond ``max_outstanding`` (a fraction of it, at
-    #: least 4): jobs mirroring or on their way to a slot, so fal's capacity never idles.
-    fair_headroom: float = Field(0.5, ge=0, le=10)
+    #: Jobs dispatched and not yet done at fal, beyond ``max_outstanding`` (a fraction of it).
+    #: 0: a job is dispatched the moment a slot frees, so a newly active tenant waits at most
+    #: about one slot turnover; a slot idles only for the hand-off (publish, pick-up, POST:
+    #: milliseconds). Raise it with several fal keys (each has its own slots) or a slow broker.
+    fair_headroom: float = Field(0.0, ge=0, le=10)
+    #: Under a rate limit, jobs dispatched but not yet admitted are capped to this many
+    #: seconds of the rate (at least 2): their order decides who gets the next tokens.
+    fair_wait_s: float = Field(1.0, gt=0)
     #: The dispatch target when ``max_outstanding`` is 0 (unlimited).
     fair_uncapped_room: int = Field(200, ge=1)
     #: How often a worker runs a dispatch tick (and the recovery of dispatched-unpublished jobs).

@@ -195,7 +195,8 @@ class ApiKeyStore:
         """The key a caller presented, or None (one HGETALL by digest; no cache)."""
         if not token.startswith(KEY_TOKEN_PREFIX):
             return None
-        return self._load(hash_key(token), self.r.hgetall(self.keys.apikey(hash_key(token))))
+        digest = hash_key(token)
+        return self._load(digest, self.r.hgetall(self.keys.apikey(digest)))
 
     def _load(self, digest: str, raw: dict[Any, Any]) -> ApiKey | None:
         if not raw:

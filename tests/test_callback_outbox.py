@@ -5,7 +5,8 @@
   stale claim cannot finish; tries are logged (capped, TTL of the record); redelivery;
 * on the stack, with real workers: a receiver failing the first tries gets exactly one
   accepted delivery, every try logged and all with one ``X-Falq-Delivery-Id``; a worker
-  SIGKILLed in the middle of a delivery leaves it to another worker; ``falq callbacks
+  SIGKILLed in the middle of a delivery leaves it to another worker -- a per-job callback
+  and a gateway ``fal_webhook`` alike (one outbox, one sender); ``falq callbacks
   pending`` shows an undelivered callback and ``falq callbacks redeliver --failed`` sends
   the failed ones again.
 """
@@ -244,6 +245,44 @@ def test_the_sender_gives_up_when_the_retry_window_ends(store: JobStore, receive
     assert outcome == {**outcome, "delivered": False, "status": 503, "tries": len(tries)}
 
 
+def test_a_job_with_callback_url_and_fal_webhook_gets_each_once_from_one_entry(store: JobStore,
+                                                                           receiver: Receiver) -> None:
+    """Both targets ride one outbox entry: the one that got through is not posted again while
+    the other is retried; each has its own outcome; the fal target gets fal's shape."""
+    import httpx
+
+    from falq.workers.callbacks import CallbackSender
+
+    fal_rx = Receiver()
+    try:
+        fal_rx.fail_first = 1
+        rec, _ = store.create(JobRecord.new(endpoint=T2I, input={"prompt": "x"}, callback_url=receiver.url))
+        store.update(rec.id, lambda r: setattr(r, "fal_webhook", fal_rx.url))
+        store.update(rec.id, lambda r: r.move("completed"))
+        assert _score(store, rec.id) is not None  # a job with only a fal_webhook enters the outbox too
+        settings = Settings(_env_file=None, callback_allow_private=True)  # type: ignore[call-arg]
+        with httpx.Client() as http:
+            sender = CallbackSender(store, settings, http, presign=lambda key: f"https://s3.example/{key}")
+            assert sender.deliver_due() == 1
+            assert len(receiver.hits) == 1 and len(fal_rx.hits) == 1 and _score(store, rec.id) is not None
+            store.r.zadd(store.keys.outbox, {rec.id: 0})  # due again now
+            assert sender.deliver_due() == 1
+        assert len(receiver.hits) == 1 and len(fal_rx.hits) == 2 and _score(store, rec.id) is None
+        body = json.loads(fal_rx.hits[-1][2])
+        assert body["request_id"] == rec.id and body["status"] == "OK" and body["error"] is None
+        assert json.loads(receiver.hits[0][2])["id"] == rec.id  # falq's record on the callback_url
+        assert fal_rx.hits[-1][1]["user-agent"] == "falq-gateway/0.1"
+        assert receiver.ids() == fal_rx.ids()  # one idempotency id per outcome, on every target
+        tries = Outbox(store).log(rec.id)
+        assert [(t["target"], t["status_code"], t["final"]) for t in tries] == [
+            ("callback", 204, True), ("fal_webhook", 503, False), ("fal_webhook", 204, True)]
+        meta = store.get(rec.id).metadata
+        assert meta["callback"]["delivered"] is True and meta["callback"]["tries"] == 1
+        assert meta["fal_webhook"]["delivered"] is True and meta["fal_webhook"]["tries"] == 2
+    finally:
+        fal_rx.close()
+
+
 def test_admin_validates_redelivery(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from falq.producers import Falq
     from falq.producers.admin import Admin
@@ -331,6 +370,48 @@ def test_a_worker_killed_during_a_delivery_leaves_it_to_another_worker(
     assert len(receiver.hits) == 2 and receiver.ids() == {outcome["delivery_id"]}
     [t] = _log(clean_stack, rec.id)  # the killed worker's try never ended; the second one did
     assert t["status_code"] == 204 and t["final"] is True and t["at"] > killed_at
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_before_delivering_a_gateway_fal_webhook_leaves_it_to_another_worker(
+        clean_stack: DevStack, receiver: Receiver) -> None:
+    """``?fal_webhook=`` on the gateway goes through the same outbox: the job's terminal save
+    enters it; the worker that finished the job is SIGKILLed with the webhook POST in flight;
+    another worker delivers fal's payload."""
+    import httpx
+
+    from falq.gateway.server import GatewayServer
+    from falq.producers import Falq
+    from falq.workers.callbacks import LEASE_S
+
+    key = "gw-key-0123456789"
+    receiver.hold.clear()  # the first POST hangs: the worker is killed while it waits
+    first = clean_stack.start_worker(concurrency=5)
+    falq = Falq(clean_stack.settings())
+    with GatewayServer(clean_stack.settings(), api_keys=[key],
+                       fal_jwks_url=f"{clean_stack.emu.url}/.well-known/jwks.json") as gw:
+        resp = httpx.post(f"{gw.url}/{T2I}", params={"fal_webhook": receiver.url}, json={"prompt": "hook me"},
+                          headers={"Authorization": f"Key {key}"}, timeout=30)
+        assert resp.status_code == 200, resp.text
+    job_id = resp.json()["request_id"]  # the gateway is gone too: nothing of it is needed any more
+    rec = falq.job(job_id).wait(60)
+    assert rec.state == "completed" and rec.fal_webhook == receiver.url and rec.callback_url is None
+    assert receiver.held.wait(30), "the delivery never started"
+    killed_at = time.time()
+    clean_stack.kill_worker(first)
+    receiver.hold.set()
+    assert falq.job(job_id).record().metadata.get("fal_webhook") is None  # the dead worker never recorded it
+
+    clean_stack.start_worker(concurrency=5)
+    outcome = wait_for(lambda: falq.job(job_id).record().metadata.get("fal_webhook"), LEASE_S + 60,
+                       what="the other worker's delivery")
+    assert outcome["delivered"] is True and outcome["status"] == 204
+    assert len(receiver.hits) == 2 and receiver.ids() == {outcome["delivery_id"]}
+    body = json.loads(receiver.hits[-1][2])  # fal's webhook shape, presigned S3 URLs that work
+    assert body["request_id"] == body["gateway_request_id"] == job_id and body["status"] == "OK"
+    assert httpx.get(body["payload"]["images"][0]["url"], timeout=30).status_code == 200
+    [t] = _log(clean_stack, job_id)
+    assert t["target"] == "fal_webhook" and t["status_code"] == 204 and t["at"] > killed_at
 
 
 @pytest.mark.timeout(120)

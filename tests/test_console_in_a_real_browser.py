@@ -124,6 +124,13 @@ def test_console_user_flows_in_a_real_browser(console: tuple[DevStack, str], gat
         assert page.evaluate("window.__xss") is None  # ... and never run
         assert page.locator("img[onerror]").count() == 0
         keep("gallery")
+        # A job enqueued now appears on the open page by itself: no reload (the marker survives).
+        page.evaluate("window.__same_page = true")
+        late = falq.generate("a late arrival, a hot air balloon", seed=12)
+        page.wait_for_function("""id => { const i = document.querySelector(`#grid a[data-job="${id}"] img.thumb`);
+                                          return i && i.complete && i.naturalWidth > 0; }""", arg=late.id,
+                               timeout=30_000)
+        assert page.evaluate("window.__same_page") is True
 
         # The batch: its progress on the batches page, and its own gallery.
         page.goto(f"{base}/ui/batches")
@@ -205,6 +212,14 @@ def test_console_user_flows_in_a_real_browser(console: tuple[DevStack, str], gat
         assert int(page.locator("#states td[data-state=completed]").inner_text()) >= len(jobs)
         assert int(page.inner_text("#moderated")) >= 1
         assert page.locator("#throughput rect.bar-done").count() >= 1
+        mine = page.locator("#tenants tr[data-tenant=default] td")
+        other = page.locator("#tenants tr[data-tenant=other] td")
+        assert int(mine.nth(4).inner_text()) >= len(jobs) and other.count() == 7  # per tenant: completed ...
+        assert int(mine.nth(2).inner_text()) == 0  # ... and waiting in the bulk lane (the cancelled job left)
+        stamp = page.inner_text("#stamp")  # the figures refresh in place every 5 s
+        page.evaluate("window.__same_page = true")
+        page.wait_for_function("s => document.querySelector('#stamp').textContent !== s", arg=stamp, timeout=15_000)
+        assert page.evaluate("window.__same_page") is True
         keep("overview")
         shots = capture(page, base, tmp_path / "shots", lighthouse.id, thumbnails=len(jobs))
         assert all(s.stat().st_size > 20_000 for s in shots.values())
@@ -212,7 +227,7 @@ def test_console_user_flows_in_a_real_browser(console: tuple[DevStack, str], gat
         # Every thumbnail was made once, however often the (polled) gallery showed it; a fresh
         # process (a restart, another replica) finds them in S3 and makes none.
         thumbs = console_of(gateway.app).thumbs
-        assert thumbs.made == len(jobs)
+        assert thumbs.made == len(jobs) + 1  # and the late arrival's
         assert thumbs.storage.get_bytes_if_exists(thumbs.key(lighthouse.outputs[0]))[:2] == b"\xff\xd8"  # a JPEG
         fresh = Thumbnails(thumbs.storage, thumbs.px)
         assert fresh.get(lighthouse.outputs[0])[:2] == b"\xff\xd8" and fresh.made == 0

@@ -33,7 +33,7 @@ def r(redis_server: str) -> Iterator[redis.Redis]:
 
 def settings(url: str, **over: Any) -> Settings:
     fields: dict[str, Any] = {"redis_url": url, "broker_url": url, "max_outstanding": 4, "fair_headroom": 0.0,
-                              "fair_recover_after_s": 0.2, "visibility_timeout_s": 60, **over}
+                              "rate_per_s": 0, "fair_recover_after_s": 0.2, "visibility_timeout_s": 60, **over}
     return Settings(_env_file=None, **fields)  # type: ignore[call-arg]
 
 
@@ -70,7 +70,7 @@ def drain_order(store: JobStore, fair: FairShare, n: int) -> list[str]:
     """Dispatch one job at a time (each finishes before the next pick): the order of service."""
     order: list[str] = []
     while len(order) < n:
-        got = [job_id for job_id, _, _ in fair.take(1)]
+        got = [job_id for job_id, *_ in fair.take(1)]
         if not got:
             break
         order += tenant_of(store, got)
@@ -84,7 +84,7 @@ def test_target_is_max_outstanding_plus_headroom(r: redis.Redis, redis_server: s
     assert len(FairShare(r, settings(redis_server, max_outstanding=10, fair_headroom=0.5)).take()) == 15
     r.flushall()
     enqueue(store, "a", 50)
-    assert len(FairShare(r, settings(redis_server, max_outstanding=2, fair_headroom=0.5)).take()) == 6  # min 4
+    assert len(FairShare(r, settings(redis_server, max_outstanding=2, fair_headroom=0.0)).take()) == 2
     r.flushall()
     enqueue(store, "a", 50)
     assert len(FairShare(r, settings(redis_server, max_outstanding=0, fair_uncapped_room=7)).take()) == 7
@@ -92,7 +92,37 @@ def test_target_is_max_outstanding_plus_headroom(r: redis.Redis, redis_server: s
     r.flushall()
     enqueue(store, "a", 50)
     r.hset(Keys("falq").limits_config, "max_outstanding", "3")
-    assert len(FairShare(r, settings(redis_server, max_outstanding=40, fair_headroom=0.0)).take()) == 7
+    assert len(FairShare(r, settings(redis_server, max_outstanding=40, fair_headroom=0.0)).take()) == 3
+
+
+def test_under_a_rate_limit_about_a_second_of_jobs_waits_for_admission(r: redis.Redis, redis_server: str) -> None:
+    from falq.shared.limits import Limiter
+
+    s = settings(redis_server, max_outstanding=0, rate_per_s=5, fal_key="unit-key-for-fair-tests")
+    store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
+    enqueue(store, "a", 50)
+    got = [j for j, *_ in fair.take()]
+    assert len(got) == 5 and r.zcard(keys.fair_unadmitted) == 5 and fair.take() == []
+    # admitted by the limiter: no longer waiting, so the next one is dispatched
+    lim = Limiter(r, s)
+    assert lim.acquire(got[0], EP, "bulk", 0, tenant="a").ok
+    assert r.zcard(keys.fair_unadmitted) == 4 and len(fair.take()) == 1
+
+
+def test_a_released_slot_frees_the_room_at_once(r: redis.Redis, redis_server: str) -> None:
+    from falq.shared.limits import Limiter
+
+    s = settings(redis_server, max_outstanding=2, fal_key="unit-key-for-fair-tests")
+    store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
+    enqueue(store, "a", 10)
+    got = [j for j, *_ in fair.take()]
+    lim = Limiter(r, s)
+    assert all(lim.acquire(j, EP, "bulk", 0, tenant="a").ok for j in got) and fair.take() == []
+    lim.release(got[0], refund=False)   # done at fal; the job may still be mirroring
+    assert r.zscore(keys.inflight, got[0]) is None and r.hget(keys.fair_count, "a") == b"1"
+    assert len(fair.take()) == 1
+    lim.release(got[0], refund=False)   # released twice: nothing more is freed
+    assert r.hget(keys.fair_count, "a") == b"2" and fair.take() == []
 
 
 def test_weights_are_honoured(r: redis.Redis, s: Settings) -> None:
@@ -119,8 +149,8 @@ def test_a_tenant_that_becomes_active_gets_no_burst_and_no_starvation(r: redis.R
 def test_ready_sets_survive_in_creation_order(r: redis.Redis, s: Settings) -> None:
     store = JobStore(r)
     ids = enqueue(store, "a", 10)
-    got = [job_id for job_id, _, _ in FairShare(r, s).take(10)]
-    assert got[:8] == ids[:8]  # target 4 + 4 (min headroom) = 8 jobs dispatched, oldest first
+    got = [job_id for job_id, *_ in FairShare(r, s).take(10)]
+    assert got == ids[:4]  # the target (max_outstanding 4, no headroom): the oldest first
 
 
 def test_interactive_is_dispatched_before_bulk(r: redis.Redis, s: Settings) -> None:
@@ -128,8 +158,8 @@ def test_interactive_is_dispatched_before_bulk(r: redis.Redis, s: Settings) -> N
     enqueue(store, "a", 20, lane="bulk")
     enqueue(store, "b", 20, lane="interactive")
     got = fair.take()
-    lanes = Counter(lane for _, lane, _ in got)
-    assert lanes == {"interactive": 16}  # interactive may fill twice the target; bulk waits
+    lanes = Counter(lane for _, lane, *_ in got)
+    assert lanes == {"interactive": 8}  # interactive may fill twice the target; bulk waits
 
 
 def test_a_tenant_at_its_own_cap_is_skipped(r: redis.Redis, redis_server: str) -> None:
@@ -139,11 +169,11 @@ def test_a_tenant_at_its_own_cap_is_skipped(r: redis.Redis, redis_server: str) -
     enqueue(store, "capped", 30)
     enqueue(store, "free", 30)
     got = fair.take()
-    counts = Counter(tenant_of(store, [j for j, _, _ in got]))
-    assert counts == {"capped": 3, "free": 21}  # its cap 1 + 2 headroom; the others fill the rest
-    finish(store, [j for j, _, _ in got if tenant_of(store, [j]) == ["capped"]][:1])
-    assert tenant_of(store, [j for j, _, _ in fair.take()]) == ["capped"]
-    assert int(r.hget(Keys("falq").fair_count, "capped") or 0) == 3
+    counts = Counter(tenant_of(store, [j for j, *_ in got]))
+    assert counts == {"capped": 1, "free": 19}  # its own cap; the others fill the rest
+    finish(store, [j for j, *_ in got if tenant_of(store, [j]) == ["capped"]][:1])
+    assert tenant_of(store, [j for j, *_ in fair.take()]) == ["capped"]
+    assert int(r.hget(Keys("falq").fair_count, "capped") or 0) == 1
 
 
 def test_a_tenant_over_its_budget_pauses_alone(r: redis.Redis, s: Settings) -> None:
@@ -154,14 +184,17 @@ def test_a_tenant_over_its_budget_pauses_alone(r: redis.Redis, s: Settings) -> N
     day, _ = tenant_spend_today(r, "falq", [])
     r.set(Keys("falq").tenant_spend(day, "poor"), 1_000_000)
     got = fair.take()
-    assert set(tenant_of(store, [j for j, _, _ in got])) == {"rich"}
+    assert set(tenant_of(store, [j for j, *_ in got])) == {"rich"}
     # the limiter's pause mark (set when it refused a job of the tenant) works the same way
     r.delete(Keys("falq").tenant_spend(day, "poor"))
     r.set(Keys("falq").fair_paused("poor"), "1", px=60000)
-    finish(store, [j for j, _, _ in got])
-    assert set(tenant_of(store, [j for j, _, _ in fair.take()])) == {"rich"}
+    finish(store, [j for j, *_ in got])
+    got = fair.take()
+    assert set(tenant_of(store, [j for j, *_ in got])) == {"rich"}
+    finish(store, [j for j, *_ in got])
     r.delete(Keys("falq").fair_paused("poor"))
-    assert drain_order(store, fair, 3) == ["poor"] * 3  # once unpaused it is served (rich is drained)
+    order = drain_order(store, fair, 20)  # once unpaused it is served at once, beside rich's last two
+    assert order[0] == "poor" and Counter(order) == {"poor": 10, "rich": 2}
 
 
 def test_no_record_without_its_ready_entry(r: redis.Redis, s: Settings) -> None:
@@ -189,11 +222,12 @@ def test_terminal_saves_free_the_room_and_cancelled_jobs_are_skipped(r: redis.Re
     store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
     ids = enqueue(store, "a", 12)
     finish(store, ids[:2])   # cancelled/finished while still waiting: dispatch skips them
-    got = [j for j, _, _ in fair.take()]
-    assert got == ids[2:10] and r.zcard(keys.inflight) == 8 and r.hget(keys.fair_count, "a") == b"8"
+    got = [j for j, *_ in fair.take()]
+    assert got == ids[2:6] and r.zcard(keys.inflight) == 4 and r.hget(keys.fair_count, "a") == b"4"
     finish(store, got[:3])
-    assert r.zcard(keys.inflight) == 5 and r.hget(keys.fair_count, "a") == b"5"
-    assert [j for j, _, _ in fair.take()] == ids[10:12]
+    assert r.zcard(keys.inflight) == 1 and r.hget(keys.fair_count, "a") == b"1"
+    assert r.zcard(keys.fair_unadmitted) == 1
+    assert [j for j, *_ in fair.take()] == ids[6:9]
 
 
 def test_crash_between_pop_and_publish_is_recovered(r: redis.Redis, s: Settings, app: Celery) -> None:
@@ -201,7 +235,7 @@ def test_crash_between_pop_and_publish_is_recovered(r: redis.Redis, s: Settings,
 
     store, fair = JobStore(r), FairShare(r, s)
     waiting = enqueue(store, "a", 20)
-    taken = [j for j, _, _ in fair.take()]          # the dispatcher dies before publishing these
+    taken = [j for j, *_ in fair.take()]          # the dispatcher dies before publishing these
     assert taken and all(not p for p in store.published_flags(taken))
     assert fair.recover_dispatched(app) == []       # too fresh: its dispatcher may still publish
     time.sleep(0.3)
@@ -227,9 +261,9 @@ def test_park_puts_a_dispatched_job_back_and_frees_its_room(r: redis.Redis, s: S
     assert r.zscore(keys.fair_ready("bulk", "a"), rec.id) is not None and not store.is_published(rec.id)
     assert r.zscore(keys.inflight, rec.id) is None and r.hget(keys.fair_count, "a") == b"2"
     assert fair.dispatch(app) == [rec.id]
-    # a job published directly (fair dispatch off when it was enqueued) is never parked
+    # without fair dispatch a job is never parked (it waits in place, as before)
     direct, _ = store.create(JobRecord.new(endpoint=EP, input={"prompt": "d"}, lane="bulk", tenant="a"))
-    assert not fair.park(direct)
+    assert not FairShare(r, settings(str(s.redis_url), fair_dispatch=False)).park(direct)
 
 
 def test_make_ready_is_the_one_hand_off(r: redis.Redis, s: Settings, app: Celery, redis_server: str) -> None:

@@ -10,7 +10,6 @@ save script does. Real Redis, two lease keepers standing for two hosts.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import cast

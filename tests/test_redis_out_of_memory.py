@@ -87,10 +87,12 @@ def test_producer_gets_a_typed_error_and_leaves_nothing_when_redis_is_full(
 def test_record_created_but_publish_refused_is_removed_again(
         r: redis.Redis, clean_stack: DevStack, redis_server: str) -> None:
     # Job records in the stack's Redis (room to spare), the broker in a Redis that is full:
-    # the record is created, the publish is refused, and the record must go again.
+    # the record is created, the publish is refused, and the record must go again. This is the
+    # direct-publish (FIFO) path; with fair dispatch the job waits in its ready set instead
+    # (tests/test_fair_dispatch_end_to_end.py).
     broker = redis.Redis.from_url(redis_server)
     broker.flushall()
-    falq = Falq(clean_stack.settings(FALQ_BROKER_URL=redis_server))
+    falq = Falq(clean_stack.settings(FALQ_BROKER_URL=redis_server, FALQ_FAIR_DISPATCH="false"))
     falq.app.connection_for_write().ensure_connection(max_retries=1)
     try:
         fill_to_the_limit(broker)

@@ -15,10 +15,12 @@ jobs are put in their states directly), so the whole table runs in a few seconds
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,12 +76,13 @@ class Env:
 
 
 @pytest.fixture
-def env(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+def env(redis_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:
     from falq.gateway.app import create_app
     from falq.gateway.config import GatewaySettings
 
     tag = f"t{uuid.uuid4().hex[:10]}"
-    for name, value in {"FALQ_REDIS_URL": redis_server, "FALQ_KEY_PREFIX": tag,
+    # The catalogue is on (its embedded SQLite file here): a job Redis lacks is looked up there too.
+    for name, value in {"FALQ_REDIS_URL": redis_server, "FALQ_KEY_PREFIX": tag, "FALQ_DATA_DIR": str(tmp_path),
                         "FALQ_QUEUE_INTERACTIVE": f"{tag}.interactive", "FALQ_QUEUE_BULK": f"{tag}.bulk",
                         "FAL_KEY": "fal-isolation-secret", "AWS_ACCESS_KEY_ID": "test-access",
                         "AWS_SECRET_ACCESS_KEY": "test-secret", "FALQ_S3_ENDPOINT_URL": "http://127.0.0.1:9"}.items():
@@ -95,6 +98,9 @@ def env(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     app = create_app(settings, GatewaySettings(api_keys=OPERATOR_KEY), dispatch_hooks=False)
     yield Env(settings, r, admin, Falq(settings, tenant="shop"), Falq(settings, tenant="other"), keys, app)
     r.close()
+    from falq.shared.catalogue.store import reset_catalogues
+
+    reset_catalogues()
     reset_settings()
 
 
@@ -262,3 +268,76 @@ def test_presigned_urls_only_for_own_images(env: Env) -> None:
     for path in (f"/v1/jobs/{theirs.id}", f"/{APP}/requests/{theirs.id}"):
         resp = env.call("GET", path, env.keys["admin"])
         assert resp.status_code == 404 and "X-Amz" not in resp.text and theirs.outputs[0].key not in resp.text
+
+
+def test_archived_jobs_of_another_tenant_are_not_found_either(env: Env) -> None:
+    """A finished job Redis no longer holds comes from the catalogue, still only for its tenant."""
+    from falq.shared.catalogue.rows import row_from_record
+
+    cat = env.shop.catalogue
+    assert cat is not None
+    mine, theirs = env.failed_job(env.shop, "mine"), env.failed_job(env.other, SECRET_PROMPT)
+    cat.upsert([row_from_record(rec, archived_at=time.time()) for rec in (mine, theirs)])
+    env.r.delete(env.shop.store.job_key(mine.id), env.shop.store.job_key(theirs.id))  # expired from Redis
+    assert env.call("GET", f"/v1/jobs/{mine.id}", env.keys["read"]).json()["id"] == mine.id
+    missing = uuid.uuid4().hex
+    for path in ("/v1/jobs/{id}", f"/{APP}/requests/{{id}}/status", f"/{APP}/requests/{{id}}"):
+        answers = [(env.call("GET", path.format(id=i), env.keys["read"]), i) for i in (theirs.id, missing)]
+        assert answers[0][0].status_code == 404, path
+        assert normalised(*answers[0]) == normalised(*answers[1]), path
+
+
+def test_queue_position_counts_only_the_tenants_own_jobs(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With fair dispatch a job waits in its tenant's ready set: its position says how many of
+    its own tenant's jobs are ahead, and nothing about how busy the other tenants are."""
+    for i in range(30):  # the other tenant's backlog: more than fair dispatch has room for
+        env.other.generate(f"backlog {i}", lane="bulk")
+    mine = [env.shop.generate(f"mine {i}", lane="bulk").id for i in range(3)]
+    positions = [env.call("GET", f"/{APP}/requests/{job_id}/status", env.keys["read"]).json()["queue_position"]
+                 for job_id in mine]
+    waiting = env.r.zcard(env.shop.store.keys.fair_ready("bulk", "shop"))
+    assert waiting == 3, waiting  # the check is about jobs that really wait in falq
+    assert positions == [0] * (3 - waiting) + list(range(waiting))
+
+
+BATCH_ROUTES = [
+    ("batch-get", "GET", "/v1/batches/{id}", "read", 200),
+    ("batch-results", "GET", "/v1/batches/{id}/results", "read", 200),
+    ("batch-errors", "GET", "/v1/batches/{id}/errors", "read", 200),
+    ("batch-cancel", "POST", "/v1/batches/{id}/cancel", "submit", 200),
+    ("batch-retry", "POST", "/v1/batches/{id}/retry", "submit", 200),
+]
+
+
+def test_batch_isolation_table(env: Env) -> None:
+    """The same table for the routes that take a batch id (``/v1/batches/{id}...``)."""
+
+    def batch(key: str, prompt: str) -> str:
+        body = "".join(json.dumps({"input": {"prompt": f"{prompt} {i}"}}) + "\n" for i in range(2))
+        resp = env.call("POST", "/v1/batches?name=iso", key, content=body.encode())
+        assert resp.status_code in (200, 201), resp.text
+        return str(resp.json()["id"])
+
+    for _, method, path, _, _ in BATCH_ROUTES:  # warm up
+        env.call(method, path.format(id="b" + uuid.uuid4().hex[:24]), env.keys["admin"])
+    for name, method, path, scope, own_status in BATCH_ROUTES:
+        for key_scope in KEYS:
+            key = env.keys[key_scope]
+            allowed = key_scope == "admin" or key_scope == scope
+            own = batch(env.keys["admin"], f"mine {uuid.uuid4().hex}")
+            other = batch(env.keys["other-admin"], SECRET_PROMPT + uuid.uuid4().hex)
+            missing = "b" + uuid.uuid4().hex[:24]
+            assert len(missing) == len(other)
+            answers, spent = {}, {}
+            for case, bid in (("own", own), ("other", other), ("missing", missing)):
+                before = env.commands()
+                resp = env.call(method, path.format(id=bid), key)
+                after = env.commands()
+                spent[case] = {k: n - before.get(k, 0) for k, n in after.items() if n != before.get(k, 0)}
+                answers[case] = (resp, bid)
+                where = f"{name} with a {key_scope} key on the {case} batch"
+                expected = 403 if not allowed else own_status if case == "own" else 404
+                assert resp.status_code == expected, (where, resp.text)
+                assert SECRET_PROMPT not in resp.text, where
+            assert normalised(*answers["other"]) == normalised(*answers["missing"]), f"{name}/{key_scope}"
+            assert spent["other"] == spent["missing"], f"{name}/{key_scope}: Redis work differs: {spent}"

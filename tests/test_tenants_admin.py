@@ -12,6 +12,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -70,9 +71,9 @@ class Env:
 
 
 @pytest.fixture
-def env(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+def env(redis_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Env]:
     tag = f"n{uuid.uuid4().hex[:10]}"
-    for name, value in {"FALQ_REDIS_URL": redis_server, "FALQ_KEY_PREFIX": tag,
+    for name, value in {"FALQ_REDIS_URL": redis_server, "FALQ_KEY_PREFIX": tag, "FALQ_DATA_DIR": str(tmp_path),
                         "FALQ_QUEUE_INTERACTIVE": f"{tag}.interactive", "FALQ_QUEUE_BULK": f"{tag}.bulk",
                         "FAL_KEY": "fal-tenants-secret"}.items():
         monkeypatch.setenv(name, value)
@@ -82,6 +83,9 @@ def env(redis_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     r = redis.Redis.from_url(redis_server)
     yield Env(settings, r, Admin(Falq(settings)))
     r.close()
+    from falq.shared.catalogue.store import reset_catalogues
+
+    reset_catalogues()
     reset_settings()
 
 
@@ -323,6 +327,29 @@ def test_tenant_in_s3_keys_metrics_and_bulk_results(env: Env) -> None:
         unacked=None, limiter_slots={}, outstanding_cap=None, spend_today=0.0, spend_source="estimate",
         tenants=["default", "shop"])
     assert snap.labelled("tenant_finished") == {("completed", "shop"): 3, ("completed", "other"): 3}
+    from falq.ops.exporter import counters
+
+    samples = {(m.name, tuple(sorted(x.labels.items())), x.value) for m in counters(snap) for x in m.samples
+               if m.name.startswith("falq_tenant")}
+    assert ("falq_tenant_jobs_finished", (("state", "completed"), ("tenant", "other")), 3) in samples
+    assert ("falq_tenant_spend_dollars", (("tenant", "shop"),), 0.5) in samples
+    assert not any("gone" in str(x) for x in samples)
 
     rec = Falq(env.settings, tenant="shop").generate("x").record()
     assert result_row(1, None, rec.id, rec, None, lambda k: k)["tenant"] == "shop"  # type: ignore[arg-type]
+
+
+def test_flower_shows_the_tenant() -> None:
+    from types import SimpleNamespace
+
+    from falq.ops.flowerconfig import format_task
+
+    def shown(kwargs: str) -> str:
+        return str(format_task(SimpleNamespace(name="falq.job", kwargs=kwargs)).kwargs)
+
+    assert shown("{'endpoint': 'fal-ai/qwen-image-2/edit', 'lane': 'bulk', 'tenant': 'shop'}") == \
+        "lane=bulk · qwen-image-2/edit · tenant=shop"
+    assert shown("{'endpoint': 'fal-ai/qwen-image-2/edit', 'lane': 'bulk', 'tenant': 'default'}") == \
+        "lane=bulk · qwen-image-2/edit"
+    assert shown("{'endpoint': 'fal-ai/qwen-image-2/edit', 'lane': 'bulk', 'tenant': '<script>'}") == \
+        "lane=bulk · qwen-image-2/edit"

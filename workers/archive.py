@@ -302,9 +302,14 @@ class Archiver:
         if group is None:
             return 0
         summary = self.r.xpending(self.key, GROUP)
-        minid = _s(summary.get("min")) if summary.get("pending") else _s(group.get("last-delivered-id"))
-        if not minid or minid == "0-0":
-            return 0
+        if summary.get("pending"):
+            minid = _s(summary.get("min"))  # the oldest entry still pending stays, and all after it
+        else:  # everything read was acked: keep only what was never read
+            last = _s(group.get("last-delivered-id"))
+            if not last or last == "0-0":
+                return 0
+            ms, _, seq = last.partition("-")
+            minid = f"{ms}-{int(seq or 0) + 1}"
         trimmed = int(self.r.xtrim(self.key, minid=minid, approximate=False))
         for c in self.r.xinfo_consumers(self.key, GROUP):
             name = _s(c.get("name"))

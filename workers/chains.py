@@ -44,14 +44,16 @@ BLOCK_MS = 1000
 COUNT = 100
 
 
-def make_runnable(app: Celery, settings: Settings, store: JobStore) -> Callable[[JobRecord], None]:
+def make_runnable(app: Celery, settings: Settings, store: JobStore, *,
+                  dispatch: bool = True) -> Callable[[JobRecord], None]:
     """The hand-off of a job that just became ``queued``: THE one path producers use too
     (:meth:`falq.shared.fairshare.FairShare.make_ready`: its tenant's ready set with fair
-    dispatch, else its broker message at once)."""
+    dispatch, else its broker message at once). ``dispatch=False`` leaves the dispatch to the
+    caller (the chain loop dispatches once per round of released children)."""
     fair = FairShare(store.r, settings)
 
     def runnable(rec: JobRecord) -> None:
-        fair.make_ready(rec, app)
+        fair.make_ready(rec, app, dispatch=dispatch)
 
     return runnable
 
@@ -66,13 +68,14 @@ class ChainLoop:
     """
 
     def __init__(self, store: JobStore, settings: Settings, runnable: Callable[[JobRecord], None],
-                 *, consumer: str | None = None) -> None:
+                 *, consumer: str | None = None, after_round: Callable[[], object] | None = None) -> None:
         self.store = store
         self.r = store.r
         self.s = settings
         self.keys = store.keys
         self.chains = Chains(store, settings, runnable=runnable)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+        self.after_round = after_round
         self._group_ready = False
         self._last_claim = 0.0
         self._last_sweep = 0.0
@@ -110,31 +113,51 @@ class ChainLoop:
         if time.monotonic() - self._last_sweep >= self.s.chain_sweep_s:
             self._last_sweep = time.monotonic()
             self.sweep()
+            if self.after_round is not None:
+                self.after_round()
         return handled
 
     def _handle(self, entries: list[Any]) -> int:
-        n = 0
-        for entry_id, fields in entries:
-            if fields is None:  # deleted meanwhile (XAUTOCLAIM reports such ids)
-                continue
-            parent = (fields.get(b"parent") or b"").decode()
-            if parent:
-                outcomes = self.chains.on_parent_done(parent)
-                if outcomes:
-                    log.info("parent %s ended: %s", parent, _summary(outcomes))
+        """Evaluate the children of each entry's parent -- the entries side by side (threads are
+        greenlets in a worker: the work is Redis and S3 round trips) -- then acknowledge the
+        entries that were handled, and dispatch the released children once."""
+        todo = [(entry_id, (fields.get(b"parent") or b"").decode()) for entry_id, fields in entries
+                if fields is not None]  # None: deleted meanwhile (XAUTOCLAIM reports such ids)
+        if not todo:
+            return 0
+        handled: list[Any] = []
+
+        def one(entry_id: Any, parent: str) -> None:
+            try:
+                if parent:
+                    outcomes = self.chains.on_parent_done(parent)
+                    if outcomes:
+                        log.info("parent %s ended: %s", parent, _summary(outcomes))
+                handled.append(entry_id)
+            except Exception as exc:  # left unacknowledged: taken over and evaluated again
+                log.warning("children of %s not handled yet (%s)", parent, type(exc).__name__)
+
+        threads = [threading.Thread(target=one, args=item, name="falq-chain", daemon=True) for item in todo]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.after_round is not None:
+            self.after_round()
+        if handled:
             pipe = self.r.pipeline(transaction=False)
-            pipe.xack(self.keys.chain_done, GROUP, entry_id)
-            pipe.xdel(self.keys.chain_done, entry_id)
+            pipe.xack(self.keys.chain_done, GROUP, *handled)
+            pipe.xdel(self.keys.chain_done, *handled)
             pipe.execute()
-            n += 1
-        return n
+        return len(handled)
 
     def sweep(self) -> dict[str, int] | None:
         """:meth:`Chains.sweep`, by one worker at a time."""
         lock_ms = max(1000, int(self.s.chain_sweep_s * 900))
         if not self.r.set(self.keys.chain_lock, self.consumer.encode(), nx=True, px=lock_ms):
             return None
-        stats = self.chains.sweep()
+        # Children waiting longer than a sweep interval (at most 5 s): a fresh one is the stream's.
+        stats = self.chains.sweep(older_than_s=max(1.0, min(5.0, self.s.chain_sweep_s)))
         if stats["released"] or stats["ended"] or stats["relinked"] or stats["finished"]:
             log.warning("chain sweep re-drove waiting children: %s", stats)
         return stats
@@ -159,7 +182,9 @@ def _summary(outcomes: dict[str, str]) -> str:
 def start_chains(store: JobStore, settings: Settings, app: Celery,
                  stop: threading.Event | None = None) -> ChainLoop:
     """Start this worker's chain loop (a daemon thread) until ``stop`` (a warm shutdown) is set."""
-    loop = ChainLoop(store, settings, make_runnable(app, settings, store))
+    fair = FairShare(store.r, settings)
+    loop = ChainLoop(store, settings, make_runnable(app, settings, store, dispatch=False),
+                     after_round=(lambda: fair.try_dispatch(app)) if fair.enabled else None)
     threading.Thread(target=loop.run, args=(stop or threading.Event(),), name="falq-chains", daemon=True).start()
     return loop
 

@@ -22,6 +22,7 @@ from falq.workers.lease import LeaseKeeper
 
 if TYPE_CHECKING:
     from falq.workers.falhooks import FalHookWaiter
+    from falq.workers.reach import Reach
 from falq.workers.middleware import Middleware
 
 log = logging.getLogger("falq.worker")
@@ -45,6 +46,8 @@ class WorkerContext:
         self.admission = admission or Unlimited()
         self.middleware: list[Middleware] = []
         self.shutting_down = threading.Event()
+        #: This host's view of fal and S3 (workers.reach), started with the worker; None in-process.
+        self.reach: Reach | None = None
         self._bucket_ready = False
 
     @cached_property

@@ -9,8 +9,9 @@ Every worker process runs a small thread that, every ``FALQ_FAIR_TICK_S`` (jitte
   before publishing them and frees the room of entries whose record is gone
   (:meth:`FairShare.recover_dispatched`).
 
-Besides the tick, :func:`after_step` dispatches right after a job's step ended for good
-(terminal or parked): that is when room frees up.
+Besides the tick, :func:`room_freed` dispatches the moment room frees up: when the limiter
+released a job's slot (its request is done at fal, or never got there), when a job was
+admitted (under a rate limit), and when a job was parked.
 
 Example::
 
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("falq.dispatcher")
 
 _fair: dict[int, FairShare] = {}
+_app: list[Celery] = []
+
+
+def bind_app(app: Celery) -> None:
+    """The Celery app this process publishes dispatched jobs with (set when falq's task is registered)."""
+    _app[:] = [app]
 
 
 def fair_for(ctx: WorkerContext) -> FairShare:
@@ -44,10 +51,10 @@ def fair_for(ctx: WorkerContext) -> FairShare:
     return _fair[key]
 
 
-def after_step(app: Celery, ctx: WorkerContext) -> None:
-    """A job's step ended for good: room may have freed, so dispatch (never raises)."""
-    if ctx.settings.fair_dispatch:
-        fair_for(ctx).try_dispatch(app)
+def room_freed(ctx: WorkerContext) -> None:
+    """Dispatch room may have freed: dispatch now (never raises; no app bound: the tick will)."""
+    if ctx.settings.fair_dispatch and _app:
+        fair_for(ctx).try_dispatch(_app[0])
 
 
 def tick_once(app: Celery, ctx: WorkerContext) -> None:

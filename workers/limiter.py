@@ -48,6 +48,7 @@ from falq.shared.fairshare import FairShare
 from falq.shared.limits import Limiter, micro
 from falq.shared.records import JobRecord
 from falq.workers.admission import Admission
+from falq.workers.dispatcher import room_freed
 from falq.workers.step import Stop
 
 if TYPE_CHECKING:
@@ -167,10 +168,9 @@ class LimitsAdmission(Admission):
         return max(0.05, ans.wait_s + random.uniform(0, ans.spread_s))
 
     def _park(self, rec: JobRecord, was: str | None) -> None:
-        """The job's tenant is over its own budget: show ``paused: budget`` and, if the job was
-        dispatched from a ready set, put it back there and end the step (``Stop``: the message is
-        acked, the ready set is the job's only hand-off). A job published directly (FIFO mode)
-        waits in place as before."""
+        """The job's tenant is over its own budget: show ``paused: budget``, put the job back into
+        its ready set and end the step (``Stop``: the message is acked, the ready entry is the
+        job's hand-off), so it holds no room. Without fair dispatch it waits in place, as before."""
         if not self.fair.park(rec):
             return
 
@@ -182,6 +182,7 @@ class LimitsAdmission(Admission):
 
         if was != "budget":
             self.ctx.store.update(rec.id, paused)
+        room_freed(self.ctx)
         raise Stop()
 
     def sending(self, rec: JobRecord) -> None:
@@ -206,6 +207,7 @@ class LimitsAdmission(Admission):
     def submitted(self, rec: JobRecord) -> None:
         # rec.submitted_at was taken right after fal's answer, before the record was saved.
         self._answered(rec, rec.submitted_at or time.time())
+        room_freed(self.ctx)  # admitted: under a rate limit, the next job may wait for a token
 
     def following(self, rec: JobRecord) -> None:
         self.limiter.hold(rec.id, rec.endpoint, rec.tenant)
@@ -234,3 +236,5 @@ class LimitsAdmission(Admission):
             self.limiter.release(rec.id, refund=rec.request_id is None)
         except redis.RedisError as exc:
             log.warning("could not release the slot of %s (%s); it expires by itself", rec.id, type(exc).__name__)
+            return
+        room_freed(self.ctx)  # the slot and its dispatch room are free: the next fair pick goes now

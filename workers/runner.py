@@ -25,6 +25,7 @@ from falq.shared.records import AT_FAL
 from falq.workers.context import WorkerContext
 from falq.workers.follow import FollowPhase
 from falq.workers.mirror_step import MirrorPhase
+from falq.workers.reach import NEEDS
 from falq.workers.reaper import mark_seen
 from falq.workers.step import DONE, Fenced, Outcome, Stop
 from falq.workers.submit import SubmitInterrupted, SubmitPhase
@@ -54,6 +55,8 @@ class Runner:
         if rec.terminal:
             return DONE
         mark_seen(self.ctx.redis, self.s, job_id)  # a sign of life for workers.reaper
+        if self.ctx.reach is not None and self.ctx.reach.bounce(job_id, NEEDS.get(rec.state, "")):
+            return Outcome(False, 0.0)  # this host is cut off from what the job needs: hand it on unrun
         lease = self.ctx.leases.acquire(job_id)
         if lease is None:
             # Another live delivery works on it. Come back later as a watchdog, so the job

@@ -35,6 +35,10 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     start_chains(ctx.store, ctx.settings, app, stop=ctx.shutting_down)
     if ctx.settings.takeover:
         start_takeover(app, ctx.store, ctx.settings, ctx.leases)
+        # A host cut off from fal or S3 (Redis still reachable) hands its jobs to hosts that are not.
+        from falq.workers.reach import Reach
+
+        ctx.reach = Reach(ctx.redis, ctx.settings, owner=ctx.leases.owner).start()
     # Fair dispatch ticks and the recovery of dispatched-unpublished jobs (falq.workers.dispatcher).
     from falq.workers.dispatcher import start_dispatcher
 

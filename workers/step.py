@@ -31,6 +31,7 @@ from falq.shared.settings import Settings
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
 from falq.workers.lease import Lease
+from falq.workers.reach import NEEDS
 
 log = logging.getLogger("falq.runner")
 
@@ -140,6 +141,9 @@ class StepBase:
             return "shutdown"
         if not self.ctx.leases.still_held(self.lease):
             return "lease"
+        reach = self.ctx.reach
+        if reach is not None and reach.hand_back(NEEDS.get(self.rec.state, "")):
+            return "unreachable"  # this host is cut off from fal or S3, others are not (workers.reach)
         if time.monotonic() > self.ends_at:
             return "step"
         sub = self.rec.submitted_at
@@ -160,6 +164,8 @@ class StepBase:
             while time.monotonic() < end:
                 time.sleep(min(1.0, end - time.monotonic()))
                 stop = self.stop_reason()
+                if stop == "unreachable":
+                    return Outcome(False, 0.0)  # another host goes on at once
                 if stop in ("cancel", "shutdown", "lease"):
                     return self._cancel() if stop == "cancel" else Outcome(False, max(0.0, end - time.monotonic()))
             return None

@@ -35,6 +35,10 @@ def get_context() -> WorkerContext:
 def register(app: Celery) -> Task:
     """Register falq's task on ``app`` and return it."""
 
+    from falq.workers.dispatcher import bind_app
+
+    bind_app(app)  # fair dispatch publishes through this app when a slot frees (workers.dispatcher)
+
     @app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
     def run_job(self: Task, job_id: str, lane: str = "interactive", endpoint: str = "") -> str:
         ctx = get_context()
@@ -47,10 +51,6 @@ def register(app: Celery) -> Task:
                 log.exception("step of job %s crashed (%s); re-publishing", job_id, type(exc).__name__)
             outcome = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
         if outcome.done:
-            # The job ended (or was parked): its dispatch room is free for the next fair pick.
-            from falq.workers.dispatcher import after_step
-
-            after_step(self.app, ctx)
             return "done"
         try:
             _republish(self.app, ctx, job_id, lane, endpoint, outcome.delay)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from falq.gateway.console.access import Principal
+from falq.gateway.search import JobQuery, search
 from falq.producers.admin import Admin, BudgetView
 from falq.shared.endpoints import ENDPOINTS, TEXT_TO_IMAGE
 from falq.shared.errors import FieldError, InvalidInput
@@ -30,10 +31,8 @@ from falq.shared.metrics import Snapshot, read_snapshot
 from falq.shared.records import STATES, TERMINAL, JobRecord
 from falq.shared.settings import Settings
 
-#: Jobs per gallery page (one thumbnail each) and the most records one page request reads.
+#: Jobs per gallery page (one thumbnail each).
 PAGE_SIZE = 60
-SCAN_CAP = 5000
-_WALK = 300
 CHART_MINUTES = 60
 #: Failure reasons shown on their own line (fal's content checker refused the prompt or image).
 MODERATION = "content_policy"
@@ -107,7 +106,7 @@ class Overview:
     chart: Chart
     states: list[tuple[str, int]]
     queue_depth: dict[str, int]
-    queued_by_tenant: list[tuple[str, int]]
+    tenants: list[TenantRow]
     outstanding: int
     outstanding_cap: int | None
     budget: BudgetView
@@ -141,22 +140,38 @@ def overview(store: JobStore, settings: Settings, admin: Admin, *, now: float | 
     return Overview(
         taken_at=now, chart=chart(per_minute(store.r, settings.key_prefix, now)),
         states=[(s, snap.states.get(s, 0)) for s in STATES], queue_depth=dict(snap.queue_depth),
-        queued_by_tenant=queued_by_tenant(store), outstanding=snap.outstanding,
+        tenants=tenant_rows(store, settings, snap), outstanding=snap.outstanding,
         outstanding_cap=snap.outstanding_cap, budget=admin.budget_show(),
         failures=sorted(fails.items(), key=lambda kv: -kv[1]), retries=sorted(retries.items(), key=lambda kv: -kv[1]),
         moderated=moderated, rate_1m=snap.jobs_per_minute(1), rate_15m=snap.jobs_per_minute(15),
     )
 
 
-def queued_by_tenant(store: JobStore, cap: int = 2000) -> list[tuple[str, int]]:
-    """Jobs waiting in falq per tenant, from the newest ``cap`` queued records (bounded work)."""
-    ids = [m.decode() if isinstance(m, bytes) else str(m) for m in store.r.zrevrange(store.keys.state("queued"), 0,
-                                                                                      cap - 1)]
-    counts: dict[str, int] = {}
-    for rec in store.get_many(ids) if ids else []:
-        if rec is not None:
-            counts[rec.tenant] = counts.get(rec.tenant, 0) + 1
-    return sorted(counts.items())
+@dataclass
+class TenantRow:
+    """One tenant on the overview: waiting per lane, at fal, finished, spend (as ``falq top``)."""
+
+    tenant: str
+    waiting: dict[str, int]
+    outstanding: int
+    completed: int
+    failed: int
+    spend_usd: float
+
+
+def tenant_rows(store: JobStore, settings: Settings, snap: Snapshot) -> list[TenantRow]:
+    """Per tenant: jobs waiting in each lane (fair dispatch's ready sets), requests outstanding
+    at fal, jobs finished and spend today, as :mod:`falq.shared.fairshare` and the metrics count them."""
+    from falq.shared.fairshare import FairShare
+
+    finished = snap.labelled("tenant_finished")
+    rows = []
+    for f in FairShare(store.r, settings).figures(list(snap.tenants)):
+        rows.append(TenantRow(f.tenant, dict(f.ready), f.outstanding,
+                              int(sum(v for k, v in finished.items() if k[-1] == f.tenant and k[0] == "completed")),
+                              int(sum(v for k, v in finished.items() if k[-1] == f.tenant and k[0] == "failed")),
+                              f.spend_today_usd))
+    return rows
 
 
 # --- gallery ---------------------------------------------------------------------------------------
@@ -241,63 +256,31 @@ class GalleryPage:
     next_before: float | None
     capped: bool = False
     query: GalleryQuery = field(default_factory=GalleryQuery)
+    #: Whether the SQL catalogue's history is in the page: ``included``, ``off`` or ``unavailable``.
+    history: str = "off"
 
 
-def _matches(rec: JobRecord, q: GalleryQuery, p: Principal, day: tuple[float, float] | None) -> bool:
-    if not p.can_see(rec):
-        return False
-    if q.state and rec.state != q.state:
-        return False
-    if q.endpoint and rec.endpoint != q.endpoint:
-        return False
-    if q.batch and rec.batch_id != q.batch and str(rec.metadata.get("batch", "")) != q.batch:
-        return False
-    if q.tenant and rec.tenant != q.tenant:
-        return False
-    if day is not None and not day[0] <= rec.created_at < day[1]:
-        return False
-    return not (q.text and q.text.casefold() not in str(rec.input.get("prompt", "")).casefold())
+def gallery(store: JobStore, q: GalleryQuery, p: Principal, *, catalogue: Any = None,
+            size: int = PAGE_SIZE) -> GalleryPage:
+    """One page of the jobs matching ``q`` that ``p`` may see, newest first.
 
-
-def gallery(store: JobStore, q: GalleryQuery, p: Principal, *, size: int = PAGE_SIZE) -> GalleryPage:
-    """One page of jobs matching ``q`` that ``p`` may see, newest first.
-
-    The walk goes through Redis' indexes (``{p}:state:{state}`` by last update when a state is
-    chosen, else ``{p}:created``), :data:`_WALK` records at a time, for at most
-    :data:`SCAN_CAP` records; ``next_before`` continues where the page ended. (When the SQL
-    catalogue holds the history beyond Redis, this is the function to point at it.)
+    The same search as ``GET /v1/jobs`` (:func:`falq.gateway.search.search`): the key's tenant
+    only, Redis' live records merged with the SQL catalogue's history when it is on, and
+    ``next_before`` (the listing's ``next_until``) continues where the page ended.
     """
-    index = store.keys.state(q.state) if q.state else store.keys.created
-    day = None
+    since = until = None
     if q.day is not None:
-        start = dt.datetime.combine(q.day, dt.time(), dt.UTC).timestamp()
-        day = (start, start + 86400)
-    hi: str | float = f"({q.before!r}" if q.before is not None else "+inf"
-    if day is not None and not q.state:  # the created index is ordered by the very field filtered on
-        hi = f"({min(q.before, day[1])!r}" if q.before is not None else f"({day[1]!r}"
-    lo: str | float = day[0] if day is not None and not q.state else "-inf"
-    cards: list[Card] = []
-    scanned, offset, last = 0, 0, None
-    more = True
-    while len(cards) < size and scanned < SCAN_CAP:
-        rows = store.r.zrevrangebyscore(index, hi, lo, start=offset, num=_WALK, withscores=True)
-        if not rows:
-            more = False
-            break
-        offset += len(rows)
-        ids = [m.decode() if isinstance(m, bytes) else str(m) for m, _ in rows]
-        for (_, score), rec in zip(rows, store.get_many(ids), strict=True):
-            scanned += 1
-            last = float(score)
-            if rec is not None and _matches(rec, q, p, day):
-                cards.append(Card(rec))
-                if len(cards) >= size:
-                    break
-        if len(rows) < _WALK and len(cards) < size:
-            more = False
-            break
-    return GalleryPage(cards, scanned, last if more and last is not None else None,
-                       capped=more and len(cards) < size, query=q)
+        since = dt.datetime.combine(q.day, dt.time(), dt.UTC).timestamp()
+        until = since + 86400
+    if q.before is not None:
+        until = q.before if until is None else min(until, q.before)
+    if q.tenant is not None and q.tenant != p.tenant:  # a key sees its own tenant only
+        return GalleryPage([], 0, None, query=q)
+    page = search(store, JobQuery(state=q.state, since=since, until=until, endpoint=q.endpoint, limit=size,
+                                  text=q.text, batch_id=q.batch), tenant=p.tenant, catalogue=catalogue)
+    cards = [Card(JobRecord.model_validate(doc)) for doc in page["jobs"]]
+    return GalleryPage(cards, int(page["scanned"]), page["next_until"], capped=bool(page["truncated"]), query=q,
+                       history=str(page.get("history", "off")))
 
 
 # --- one job ---------------------------------------------------------------------------------------

@@ -323,7 +323,7 @@ async def overview_live(request: Request) -> Response:
 def _gallery_ctx(c: Console, request: Request) -> dict[str, Any]:
     q = data.parse_gallery(request.query_params)
     p = _principal(request)
-    page = data.gallery(c.gw.store, q, p)
+    page = data.gallery(c.gw.store, q, p, catalogue=c.gw.falq.catalogue)
     tenants = [p.tenant]  # a key sees its own tenant's jobs only (as on the REST routes)
     return {"page": page, "q": q, "states": STATES, "endpoints": list(ENDPOINTS), "tenants": tenants,
             "next_url": urlencode(q.params(before=page.next_before)) if page.next_before is not None else None,

@@ -100,7 +100,19 @@ def row_from_record(rec: JobRecord, *, archived_at: float) -> dict[str, Any]:
         "version": rec.version,
         "archived_at": archived_at,
     }
-    return row
+    return {k: _no_nul(v) for k, v in row.items()}
+
+
+def _no_nul(value: Any) -> Any:
+    """``value`` without NUL characters, which PostgreSQL's text and JSONB cannot hold (a hostile
+    answer's error text may carry one); a row that cannot be stored would be a job not archived."""
+    if isinstance(value, str):
+        return value.replace("\x00", "") if "\x00" in value else value
+    if isinstance(value, list):
+        return [_no_nul(v) for v in value]
+    if isinstance(value, dict):
+        return {_no_nul(k): _no_nul(v) for k, v in value.items()}
+    return value
 
 
 def record_from_row(row: Any) -> JobRecord:

@@ -9,8 +9,9 @@ never replaces a row with an older version of the same job.
 The indexes answer the questions people ask (see the migrations for the dialect-specific
 ones): time (``created_at``, ``finished_at``), state, endpoint and tenant (each with time),
 batch, a metadata key (PostgreSQL: GIN on ``metadata``; SQLite: the ``job_meta`` side table
-kept by triggers) and prompt text (PostgreSQL: GIN on ``to_tsvector('english', prompt)``;
-SQLite: the FTS5 table ``jobs_fts`` kept by triggers).
+kept by triggers) and prompt text (PostgreSQL: the stored, GIN-indexed generated column
+``prompt_tsv`` = ``to_tsvector('english', prompt)``, not declared here since it is never
+written; SQLite: the FTS5 table ``jobs_fts`` kept by triggers).
 
 Example::
 

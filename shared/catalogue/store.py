@@ -89,6 +89,8 @@ class Catalogue:
     # --- read ----------------------------------------------------------------------------------
     def get_row(self, job_id: str, *, tenant: str | None = None) -> dict[str, Any] | None:
         """The row of ``job_id`` (only if it belongs to ``tenant``, when given), or None."""
+        if "\x00" in job_id or (tenant is not None and "\x00" in tenant):
+            return None  # no stored id holds a NUL (and PostgreSQL refuses it as a parameter)
         q = sa.select(jobs).where(jobs.c.id == job_id)
         if tenant is not None:
             q = q.where(jobs.c.tenant == tenant)
@@ -110,6 +112,9 @@ class Catalogue:
     def select(self, q: CatalogueQuery, columns: Any = None) -> sa.Select[Any]:
         """The SELECT of a search (``explain`` shows its plan)."""
         stmt = sa.select(*(columns if columns is not None else [jobs]))
+        given = [q.state, q.endpoint, q.tenant, q.batch_id, *q.metadata.keys(), *q.metadata.values()]
+        if any(isinstance(v, str) and "\x00" in v for v in given):
+            return stmt.where(sa.false()).limit(q.limit)  # nothing stored holds a NUL
         if q.state:
             stmt = stmt.where(jobs.c.state == q.state)
         if q.endpoint:
@@ -139,9 +144,8 @@ class Catalogue:
     def _text_filter(self, text: str) -> Any:
         words = _WORD.findall(text)
         if self.dialect == "postgresql":
-            # The very expression of ix_jobs_prompt_fts, spelled literally so the index applies.
-            return sa.text("to_tsvector('english', coalesce(jobs.prompt, '')) @@ plainto_tsquery('english', :q)"
-                           ).bindparams(q=" ".join(words))
+            # jobs.prompt_tsv: to_tsvector('english', prompt), stored and GIN-indexed (migration 0003).
+            return sa.text("jobs.prompt_tsv @@ plainto_tsquery('english', :q)").bindparams(q=" ".join(words))
         match = " ".join('"' + w.replace('"', "") + '"' for w in words) or '""'
         return sa.text("jobs.rowid IN (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH :q)").bindparams(q=match)
 

@@ -30,10 +30,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import pytest
 import redis
@@ -128,16 +126,13 @@ def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
         a.block(port)
         assert not a.can_reach(port), f"the cut of host a from {target} did not take"
         assert hosts[1].can_reach(port), "the other hosts must still reach it"
-        taken: dict[str, float] = {}
+        cut_wall = time.time()
+        taken: dict[str, float] = {}  # job id -> wall time its lease was first seen held by another host
         while time.monotonic() < t_cut + cut_s:
             for j, lv in zip(held, r.mget([keys.lease(j) for j in held]), strict=True):
                 pid = _holder_pid(lv)
                 if j not in taken and pid is not None and pid != pid_a:
-                    taken[j] = time.monotonic() - t_cut
-            done = {j for j, rec in zip(held, falq.store.get_many(list(held)), strict=True)
-                    if rec is not None and rec.terminal}
-            for j in done:  # finished before we saw its holder: finished elsewhere if not by a
-                taken.setdefault(j, time.monotonic() - t_cut)
+                    taken[j] = time.time()
             time.sleep(0.25)
         a.unblock(port)
         t_heal = time.monotonic()
@@ -155,7 +150,7 @@ def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
         final = falq.store.get_many(ids)
 
         subs = emulator_submissions(stack)
-        finished_by_a = _finished_by(stack, a)
+        need_at: dict[str, float] = {}  # when the job first needed what was cut (S3: its mirroring)
         for j, rec in zip(ids, final, strict=True):
             if rec is None or not rec.terminal:
                 figs.lost += 1
@@ -176,33 +171,34 @@ def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
                 figs.notes.append(f"{j}: changed after the end {snapshot.get(j)} -> {(rec.version, rec.state)}")
             if j in held and rec.request_id == held[j]:
                 figs.same_request += 1
-        figs.notes.append("takeover after the cut (s): " + ", ".join(
-            f"{j[:8]}={taken[j]:.1f}" if j in taken else f"{j[:8]}=never" for j in held))
-        figs.taken_over = sum(1 for j in held if j in taken and j not in finished_by_a)
-        takeover_times = [taken[j] for j in held if j in taken and j not in finished_by_a]
-        figs.takeover_s = round(max(takeover_times), 1) if takeover_times else None
+            if j in held:
+                need_at[j] = max(cut_wall, rec.timestamps.get("mirroring", 0.0) if target == "s3" else 0.0)
+        delays = {j: taken[j] - need_at[j] for j in held if j in taken and j in need_at}
+        figs.notes.append("takeover delay (s): " + ", ".join(
+            f"{j[:8]}={delays[j]:.1f}" if j in delays else f"{j[:8]}=never" for j in held))
+        figs.taken_over = len(delays)
+        figs.takeover_s = round(max(delays.values()), 1) if delays else None
         lim = Limiter(r, settings)
         state = lim.state()
         figs.live_slots = state.outstanding + sum(state.per_endpoint.values())
-        figs.leftover_leases = sum(1 for _ in r.scan_iter(match=keys.lease("*"), count=500)) + int(r.zcard(keys.holders))
+        figs.leftover_leases = sum(1 for _ in r.scan_iter(match=keys.lease("*"), count=500)) \
+            + int(r.zcard(keys.holders))
         figs.spend_usd = round(state.spend_today_usd, 6)
         figs.submissions_cost_usd = round(figs.submissions * settings.price_standard, 6)
         figs.fenced_saves_logged = stack.host_log(a).count("lost its lease")
+        if figs.taken_over < figs.held_by_cut_host:  # what host a saw, for the failure message
+            figs.notes.append("host a's log (tail): " + stack.host_log(a)[-4000:])
         figs.seconds = round(time.monotonic() - t_start, 1)
         r.close()
     return figs
-
-
-def _finished_by(stack: PartitionStack, host: Host) -> set[str]:
-    """Jobs the cut host itself finished (not taken over): none expected for a Redis cut."""
-    return set()
 
 
 CASES = {
     # target: (full cut, quick cut, jobs full, jobs quick, emulator latency full, quick)
     "redis": (60.0, LEASE_TTL_S + 10, 30, 9, "uniform:35,45", "uniform:30,35"),
     "fal": (60.0, 30.0, 30, 9, "uniform:35,45", "uniform:30,35"),
-    "s3": (60.0, 30.0, 30, 9, "uniform:8,10", "uniform:8,10"),
+    # S3: the cut starts while the jobs are at fal; they need S3 once fal finished them.
+    "s3": (60.0, 30.0, 30, 9, "uniform:15,18", "uniform:15,18"),
 }
 
 
@@ -226,16 +222,13 @@ def test_partition(target: str) -> None:
     figs = run_case(target, cut_s=full_cut if FULL else quick_cut, jobs=full_jobs if FULL else quick_jobs,
                     latency=full_lat if FULL else quick_lat)
     _check(figs)
+    assert figs.taken_over == figs.held_by_cut_host, figs.notes
+    assert figs.takeover_s is not None
     if target == "redis":
         # Taken over by the lease: expiry (TTL after a's last renewal) + the takeover sweep
         # (every TTL/2) + the new step's start. Never the visibility timeout (600 s).
-        assert figs.taken_over == figs.held_by_cut_host, figs.line()
-        assert figs.takeover_s is not None and figs.takeover_s <= LEASE_TTL_S * 1.5 + 5, figs.line()
-
-
-def test_hostname_is_shared_by_the_namespaces() -> None:
-    """Lease owners are ``hostname:pid``: namespaces share the hostname, the pids tell hosts apart."""
-    assert socket.gethostname()
-
-
-_ = Any
+        assert figs.takeover_s <= LEASE_TTL_S * 1.5 + 5, figs.line()
+    else:
+        # Handed back by a's own steps once its probes call the link cut (workers.reach: 6 s of
+        # failed probes, every 2 s) -- within the lease time.
+        assert figs.takeover_s <= LEASE_TTL_S, figs.line()

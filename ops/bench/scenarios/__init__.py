@@ -15,6 +15,7 @@ from falq.ops.bench.scenarios import (
     connections,
     cost,
     enqueue,
+    fairness,
     inflight,
     limiter,
     mirror,
@@ -24,5 +25,5 @@ from falq.ops.bench.scenarios import (
 )
 
 _MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost, connections, recovery,
-                             chain]
+                             chain, fairness]
 SCENARIOS: dict[str, Callable[[Harness], list[Row]]] = {m.NAME: m.run for m in _MODULES}
