@@ -14,6 +14,8 @@ Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
 
 Every write is a compare-and-set on ``version`` done in Lua, so a worker and a producer
 (cancel, retry) can never overwrite each other's changes: the loser reloads and reapplies.
+A worker step's saves are also fenced by its lease token (``save(rec, fence=...)``): one whose
+lease expired (cut off from Redis longer than the lease) cannot write over the new holder.
 Non-terminal records never expire (that would lose a job); terminal ones expire after
 ``FALQ_RECORD_TTL_S``. With the catalogue on (``archive=True``, :mod:`falq.shared.catalogue`)
 a terminal save instead enqueues the job on ``{p}:archive`` in the same script and keeps the

@@ -283,7 +283,7 @@ class Storage:
         import hashlib
         import io
 
-        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324 - S3's integrity check
+        md5 = base64.b64encode(hashlib.md5(data).digest()).decode()  # Content-MD5: S3 checks the bytes
         self.put_fileobj(key, io.BytesIO(data), content_type=content_type, metadata=metadata or {}, size=len(data),
                          content_md5=md5)
 

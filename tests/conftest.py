@@ -7,6 +7,7 @@ configuration, and any worker processes it started stopped afterwards.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -71,10 +72,15 @@ def clean_stack(stack: DevStack) -> Iterator[DevStack]:
     stack.emu.reset()
     stack.emu.configure(**BASELINE_EMULATOR)
     stack.extra_env.clear()
+    # A fresh catalogue too (its SQLite file), as Redis was flushed: no history of earlier tests.
+    stack.extra_env["FALQ_DATA_DIR"] = str(stack.workdir / f"data-{uuid.uuid4().hex[:8]}")
     reset_settings()
     yield stack
     stack.stop_workers(kill=True)  # the next test flushes Redis: no need for a warm shutdown
     reset_settings()
+    from falq.shared.catalogue.store import reset_catalogues
+
+    reset_catalogues()
 
 
 @pytest.fixture

@@ -10,6 +10,14 @@ A holder that could not renew (its lease was taken over, or Redis was out of rea
 whole TTL, so it may have expired) counts the lease as lost at once: :meth:`still_held`
 turns false and the step stops, so two workers never go on working one job.
 
+**Fencing.** Stopping is not enough on its own: a save already on its way when the lease ran
+out (a host cut off from Redis, its redis-py call retried once the link heals) would land
+after the new holder's. So every save of a step carries the lease's key and token
+(:meth:`falq.shared.jobstore.JobStore.save` ``fence=``) and the save script checks, in the same
+atomic step, that the lease still holds that token; a stale holder gets ``LeaseLost`` and
+writes nothing (:class:`falq.workers.step.Fenced`). Limiter slots are renewed only for jobs
+whose lease this process holds, so a stale holder cannot keep a slot alive either.
+
 Example::
 
     keeper = LeaseKeeper(redis_client, prefix="falq", ttl_s=20)
