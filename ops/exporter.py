@@ -35,6 +35,10 @@ Metrics (all prefixed ``falq_``):
 ``falq_fal_key_paused{key}``           gauge      1 while a fal key's submissions are paused (locked)
 ``falq_limiter_waiting_jobs{reason}``  gauge      jobs the limiter holds back: budget, locked, ...
 ``falq_archive_lag``                   gauge      finished jobs not yet copied to the SQL catalogue
+``falq_tenant_spend_today_dollars``    gauge      ``{tenant}``: reserved spend this UTC day (fair share)
+``falq_tenant_ready_jobs``             gauge      ``{tenant, lane}``: jobs waiting in its ready sets
+``falq_tenant_dispatched_jobs``        gauge      ``{tenant}``: dispatched, not yet done at fal
+``falq_tenant_fal_outstanding``        gauge      ``{tenant}``: its requests outstanding at fal
 =====================================  =========  ==============================================
 
 Counters the alert rules (``ops/prometheus/alerts.yml``) divide are exported as 0 before
@@ -181,8 +185,28 @@ def gauges(snap: Snapshot) -> Iterable[Metric]:
     for why, n in sorted(snap.waiting.items()):
         waiting.add_metric([why], n)
     yield waiting
+    yield from tenant_gauges(snap)
     yield GaugeMetricFamily("falq_archive_lag", "Finished jobs not yet copied into the SQL catalogue",
                             value=snap.archive_lag)
+
+
+def tenant_gauges(snap: Snapshot) -> Iterable[Metric]:
+    """Fair-share figures per tenant (bounded: only tenants in the store, see Snapshot.fair)."""
+    spend = GaugeMetricFamily("falq_tenant_spend_today_dollars", "Reserved spend this UTC day, by tenant",
+                              labels=["tenant"])
+    ready = GaugeMetricFamily("falq_tenant_ready_jobs", "Jobs waiting in the tenant's ready sets, by lane",
+                              labels=["tenant", "lane"])
+    dispatched = GaugeMetricFamily("falq_tenant_dispatched_jobs", "Jobs dispatched, not yet done at fal, by tenant",
+                                   labels=["tenant"])
+    outstanding = GaugeMetricFamily("falq_tenant_fal_outstanding", "Requests outstanding at fal, by tenant",
+                                    labels=["tenant"])
+    for f in snap.fair:
+        spend.add_metric([f.tenant], f.spend_today_usd)
+        for lane, n in f.ready.items():
+            ready.add_metric([f.tenant, lane], n)
+        dispatched.add_metric([f.tenant], f.dispatched)
+        outstanding.add_metric([f.tenant], f.outstanding)
+    yield from (spend, ready, dispatched, outstanding)
 
 
 def counters(snap: Snapshot) -> Iterable[Metric]:

@@ -3,7 +3,8 @@
 It reads the same Redis figures as ``falq metrics`` (see :mod:`falq.shared.metrics`) once a
 second: jobs per minute over 1/5/15 minutes, jobs per state, queue depth per lane,
 failures and retries by reason, latency percentiles, outstanding requests at fal against
-the cap, spend today, and per tenant the jobs finished and spend.
+the cap, spend today, and per tenant the jobs finished and spend, and the fair-share figures:
+spend today, jobs waiting in its ready sets per lane, dispatched, and outstanding at fal.
 
 Example::
 
@@ -101,13 +102,19 @@ def tenants_table(snap: Snapshot) -> Table:
     """Per tenant: jobs finished (completed / failed) and spend; tenants no longer in the store
     are one ``other`` row. (The fair-share columns sit beside these.)"""
     table = _table("tenants")
-    for col in ("tenant", "completed", "failed", "spend"):
+    # Fair share (falq.shared.fairshare): spend today (the limiter's reservations), jobs waiting
+    # in the tenant's ready sets (interactive / bulk), dispatched not yet done, and at fal now.
+    for col in ("tenant", "completed", "failed", "spend", "today", "waiting i/b", "dispatched", "at fal"):
         table.add_column(col, justify="right" if col != "tenant" else "left")
     finished, spend = snap.labelled("tenant_finished"), snap.labelled("tenant_spend")
+    fair = {f.tenant: f for f in snap.fair}
     names = sorted({*snap.tenants, *(k[-1] for k in finished), *(k[-1] for k in spend)})
     for name in names:
+        f = fair.get(name)
+        share = [f"${f.spend_today_usd:,.2f}", f"{f.ready['interactive']} / {f.ready['bulk']}", str(f.dispatched),
+                 str(f.outstanding)] if f else ["", "", "", ""]
         table.add_row(name, f"{finished.get(('completed', name), 0):.0f}", f"{finished.get(('failed', name), 0):.0f}",
-                      f"${spend.get((name,), 0.0):,.2f}")
+                      f"${spend.get((name,), 0.0):,.2f}", *share)
     return table
 
 

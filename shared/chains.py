@@ -417,8 +417,8 @@ class Chains:
         return True
 
     def reopen_children(self, parent_id: str) -> list[str]:
-        """Reopen every descendant that ``parent_id`` (or a descendant it failed) failed or
-        cancelled with ``parent_failed``; returns their ids."""
+        """Reopen every descendant of ``parent_id`` that a parent ended (``failed`` or
+        ``cancelled`` with ``parent_failed``), down the tree; returns their ids."""
         out: list[str] = []
         todo = [parent_id]
         seen: set[str] = set()
@@ -431,7 +431,9 @@ class Chains:
             for kid, rec in zip(kids, self.store.get_many(kids), strict=True):
                 if rec is None or rec.state not in ("failed", "cancelled") or rec.error is None:
                     continue
-                if rec.error.type != ParentFailed.kind or pid not in rec.error.message:
+                # Ended by a parent (the error's type, not its text); re-evaluated once reopened, so
+                # a child another failed parent still blocks simply ends again.
+                if rec.error.type != ParentFailed.kind or pid not in rec.parents:
                     continue
                 if self.reopen(kid):
                     out.append(kid)

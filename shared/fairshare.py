@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,7 @@ from celery import Celery
 from falq.shared.dispatch import publish
 from falq.shared.fairshare_lua import DISPATCH, FREE, READY
 from falq.shared.keys import Keys
-from falq.shared.limits import Limiter, tenant_spend_today
+from falq.shared.limits import Limiter, key_id, known_keys, tenant_spend_today
 from falq.shared.records import TERMINAL, JobRecord
 from falq.shared.settings import Settings
 
@@ -240,7 +241,12 @@ class FairShare:
         names = sorted(set(tenants) | set(depths))
         _, spend = tenant_spend_today(self.r, self.prefix, names)
         counts = self.r.hmget(self.keys.fair_count, names) if names else []
-        outstanding = Limiter(self.r, self.s).tenant_outstanding(names)
+        # Every fal key a worker registered (and this process' own): a reader such as `falq top`
+        # need not hold the key.
+        kids = {key_id(self.s.fal_key_value()), *known_keys(self.r, self.prefix)}
+        outstanding: Counter[str] = Counter()
+        for kid in sorted(kids):
+            outstanding.update(Limiter(self.r, self.s, kid=kid).tenant_outstanding(names))
         return [
             TenantFigures(t, spend.get(t, 0.0), depths.get(t, {lane: 0 for lane in LANES}),
                           max(0, int(_s(c or b"0"))), outstanding.get(t, 0))

@@ -176,6 +176,9 @@ class Snapshot:
     #: The tenants in the store (``default`` always): the values the ``tenant`` label may take,
     #: with ``other`` for the rest.
     tenants: list[str] = field(default_factory=lambda: [DEFAULT_TENANT])
+    #: Per tenant, from fair dispatch (:class:`falq.shared.fairshare.TenantFigures`): spend today,
+    #: jobs waiting in its ready sets per lane, dispatched, and requests outstanding at fal.
+    fair: list[Any] = field(default_factory=list)
 
     @property
     def outstanding(self) -> int:
@@ -297,8 +300,17 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
         outstanding_cap=_cap(configured_cap, settings),
         spend_today=spend, spend_source=source,
         budget_daily=_budget(configured_budget, settings), **_limiter_waits(r, p), archive_lag=_archive_lag(r, p),
-        tenants=tenants,
+        tenants=tenants, fair=_fair_figures(r, settings, tenants),
     )
+
+
+def _fair_figures(r: redis.Redis, settings: Settings, tenants: list[str]) -> list[Any]:
+    """Per-tenant fair-share figures (:meth:`falq.shared.fairshare.FairShare.figures`), bounded to
+    the tenants in the store (the others, names of old jobs, are left out)."""
+    from falq.shared.fairshare import FairShare
+
+    known = set(tenants)
+    return [f for f in FairShare(r, settings).figures(tenants) if f.tenant in known]
 
 
 def _limiter_slots(r: redis.Redis, prefix: str) -> dict[str, int]:

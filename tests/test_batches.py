@@ -236,3 +236,12 @@ def test_gateway_batches_upload_progress_results_and_tenant_isolation(clean_stac
         listed = httpx.get(f"{gw.url}/v1/batches", headers=auth).json()["data"]
         assert [x["id"] for x in listed] == [b["id"]]
         assert httpx.get(f"{gw.url}/v1/batches/bnope", headers=auth).status_code == 404
+    # Another tenant sees neither the batch nor it in its list (the service the routes use).
+    from falq.producers import Falq
+    from falq.producers.batches import Batches
+    from falq.shared.errors import BatchNotFound
+
+    other = Batches(Falq(clean_stack.settings()), tenant="other")
+    with pytest.raises(BatchNotFound):
+        other.show(b["id"])
+    assert other.recent() == []

@@ -287,3 +287,38 @@ def test_figures_per_tenant(r: redis.Redis, s: Settings) -> None:
     assert set(figs) == {"a", "b", "default"}
     assert figs["b"].ready == {"interactive": 1, "bulk": 0} and figs["b"].dispatched == 2
     assert figs["a"].ready == {"interactive": 0, "bulk": 5} and figs["a"].dispatched == 0
+
+
+def test_top_and_metrics_show_per_tenant_figures(r: redis.Redis, redis_server: str) -> None:
+    from io import StringIO
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from rich.console import Console
+
+    from falq.ops.exporter import FalqCollector
+    from falq.ops.top import render
+    from falq.shared.limits import Limiter
+    from falq.shared.metrics import read_snapshot
+
+    s = settings(redis_server, fal_key="unit-key-for-fair-tests")
+    store = JobStore(r)
+    TenantStore(r).put(Tenant(name="shop", weight=2))
+    enqueue(store, "shop", 7)
+    got = [j for j, *_ in FairShare(r, s).take(2)]
+    enqueue(store, "ghost", 2)  # not in the store: left out, the label stays bounded
+    lim = Limiter(r, s)
+    lim.register_key()
+    assert lim.acquire(got[0], EP, "bulk", 35_000, tenant="shop").ok
+    snap = read_snapshot(r, s)
+    figs = {f.tenant: f for f in snap.fair}
+    assert set(figs) == {"default", "shop"}
+    assert figs["shop"].ready == {"interactive": 0, "bulk": 5} and figs["shop"].dispatched == 2
+    assert figs["shop"].outstanding == 1 and figs["shop"].spend_today_usd == pytest.approx(0.035)
+    out = StringIO()
+    Console(file=out, width=160).print(render(snap))
+    assert "waiting i/b" in out.getvalue() and "0 / 5" in out.getvalue() and "$0.04" in out.getvalue()
+    registry = CollectorRegistry()
+    registry.register(FalqCollector(s, r))
+    text = generate_latest(registry).decode()
+    assert 'falq_tenant_ready_jobs{lane="bulk",tenant="shop"} 5.0' in text
+    assert 'falq_tenant_fal_outstanding{tenant="shop"} 1.0' in text and "ghost" not in text

@@ -19,6 +19,8 @@ def _check(report_text: str, report: object) -> None:
     assert r.unexplained_failures == 0  # type: ignore[attr-defined]
     assert r.extra_submissions == 0, r.failures[:20]  # type: ignore[attr-defined]
     assert not r.batch_count_mismatches, r.batch_count_mismatches  # type: ignore[attr-defined]
+    # Three tenants through fair dispatch: no room or count left held once every job ended.
+    assert len(r.tenants) == 3 and not r.fair_leftover, r.fair_leftover  # type: ignore[attr-defined]
     # Every job completes but those the faults fail by design (moderation, a lost submit answer).
     expected = r.expected_failures  # type: ignore[attr-defined]
     assert r.states.get("completed", 0) + expected >= 0.98 * r.jobs, r.failed_by_kind  # type: ignore[attr-defined]

@@ -9,8 +9,11 @@ the leases, not from the broker's visibility timeout.
 
 The audit, per case:
 
-* **takeover**: every job ``a`` held is taken by another host (its lease holder changes),
-  and how long after the cut that took (``takeover_s``: max over the jobs);
+* **takeover**: every job ``a`` held is taken by another host (its lease holder changes, or it
+  is finished while ``a`` could not have done it), and how long that took (``takeover_s``, max
+  over the jobs): from the cut, or for S3 from the moment the job needed S3 (fal finished it).
+  A Redis cut is taken over when ``a``'s leases expire (takeover sweep); a fal or S3 cut when
+  ``a``'s own probes call the link cut and its steps hand the jobs back (:mod:`falq.workers.reach`);
 * **the same fal requests**: each of those jobs ends on the request id it had at the cut;
   fal submissions per job (the emulator's count) never above the attempts recorded, and no
   job submitted more than once (``extra_submissions``);
@@ -135,7 +138,7 @@ def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
                     taken[j] = time.time()
             time.sleep(0.25)
         a.unblock(port)
-        t_heal = time.monotonic()
+        t_heal, heal_wall = time.monotonic(), time.time()
 
         # Everything ends; then a has a full lease TTL and more to come back and do damage.
         deadline = time.monotonic() + 240
@@ -173,6 +176,11 @@ def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
                 figs.same_request += 1
             if j in held:
                 need_at[j] = max(cut_wall, rec.timestamps.get("mirroring", 0.0) if target == "s3" else 0.0)
+                done_at = rec.timestamps.get("completed", 0.0)
+                if target != "fal" and j not in taken and cut_wall <= done_at < heal_wall:
+                    # Finished while a could not reach what that needs (Redis for any save, S3
+                    # for the images): another host did it, too fast for the lease poll to see.
+                    taken[j] = done_at
         delays = {j: taken[j] - need_at[j] for j in held if j in taken and j in need_at}
         figs.notes.append("takeover delay (s): " + ", ".join(
             f"{j[:8]}={delays[j]:.1f}" if j in delays else f"{j[:8]}=never" for j in held))
