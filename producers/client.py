@@ -144,11 +144,12 @@ class Falq:
             model = validate_input(spec.id, data, max_num_images=self.settings.max_num_images)
         except InvalidInput as exc:
             errors.extend(exc.errors)
-        errors.extend(self._tenant_errors(owner, endpoint))
         if lane not in ("interactive", "bulk"):
             errors.append(FieldError("lane", f"must be 'interactive' or 'bulk', not {lane!r}"))
         if callback_url is not None:
             errors.extend(_callback_url_errors(callback_url, allow_private=self.settings.callback_allow_private))
+        if not errors:  # the tenant check needs Redis: a request refused on its own terms never waits on it
+            errors.extend(self._tenant_errors(owner, endpoint))
         if errors or model is None:
             raise InvalidInput(errors)
         payload = restore_refs(model.model_dump(mode="json", exclude_none=True), refs)

@@ -4,11 +4,12 @@ Celery's Redis queues are FIFO: 50,000 messages of one tenant in front of anothe
 one would make it wait for all of them. So falq does not put a waiting job into the broker at
 all. A job waits in a **ready set** of its tenant and lane (``{p}:fair:ready:{lane}:{tenant}``,
 a ZSET by creation time) and is **dispatched** (taken out, then published to Celery) only when
-there is room: at most ``target`` jobs are dispatched and not yet finished (``{p}:inflight``),
-where ``target = max_outstanding + max(4, FALQ_FAIR_HEADROOM x max_outstanding)`` (or
-``FALQ_FAIR_UNCAPPED_ROOM`` when the account has no outstanding cap). The broker then never
-holds more than about ``target`` job messages per lane, so its FIFO order no longer matters: the
-order of dispatch is the order of service.
+there is room: at most ``target`` jobs are dispatched and not yet done at fal (``{p}:inflight``),
+where ``target = max_outstanding x (1 + FALQ_FAIR_HEADROOM)`` (headroom 0 by default; or
+``FALQ_FAIR_UNCAPPED_ROOM`` when the account has no outstanding cap), and, under a rate limit, at
+most about ``FALQ_FAIR_WAIT_S`` of the rate dispatched and not yet admitted by the limiter
+(``{p}:fair:unadmitted``). The broker then never holds more than about ``target`` job messages,
+so its FIFO order no longer matters: the order of dispatch is the order of service.
 
 Which tenant is dispatched next is weighted **stride scheduling**, done in one Lua script
 (``DISPATCH`` in :mod:`falq.shared.fairshare_lua`): every active tenant (non-empty ready set)
@@ -32,14 +33,17 @@ Guarantees (every step survives SIGKILL anywhere):
   ``FALQ_FAIR_RECOVER_AFTER_S``. A record that only waits in a ready set is never published by
   any recovery (the reaper skips unpublished records). A duplicate message is harmless: leases
   and the record's state make it a no-op, so no second fal submission can follow.
-* **Finish**: the save that makes a job terminal removes it from ``{p}:inflight`` in the same
-  script (``ON_TERMINAL_LUA``, inside ``JobStore.save``), so room is never leaked.
-* **Park**: a dispatched job refused because its tenant is over its own budget goes back to its
-  ready set (:meth:`FairShare.park`), so paused jobs never hold room the others need.
+* **Room freed**: the limiter's release (the request is done at fal, or never got there) frees
+  the job's room in the same script (``fair_free`` in :mod:`falq.shared.lua_common`); so does
+  the save that makes a job terminal (``ON_TERMINAL_LUA``, inside ``JobStore.save``), so a job
+  that ends without a release (cancelled while waiting) leaks nothing. The limiter's admission
+  takes the job out of ``{p}:fair:unadmitted``.
+* **Park**: a job refused because its tenant is over its own budget goes back to its ready set
+  (:meth:`FairShare.park`), so paused jobs hold neither room nor a broker message.
 
-Who dispatches: the producer right after an enqueue, every worker after a job's step ends for
-good (terminal or parked), and every worker on a tick of ``FALQ_FAIR_TICK_S``
-(:mod:`falq.workers.dispatcher`).
+Who dispatches: the producer right after an enqueue; a worker the moment room frees (after a
+release, an admission, a park: :func:`falq.workers.dispatcher.room_freed`); and every worker on
+a tick of ``FALQ_FAIR_TICK_S`` for anything else (:mod:`falq.workers.dispatcher`).
 
 ``FALQ_FAIR_DISPATCH=false`` publishes every job at enqueue (plain FIFO, falq's behaviour before
 tenants); ready sets left from before are still drained by the workers' ticks.

@@ -169,10 +169,10 @@ class Storage:
         ext = ext.lstrip(".")
         return f"{base}.{ext}" if ext else base
 
-    def job_json_key(self, endpoint: str, job_id: str, created_at: float) -> str:
-        """``{prefix}/{endpoint}/{yyyy}/{mm}/{dd}/{job_id}/job.json``: the job's catalogue row,
-        beside its images (:mod:`falq.shared.catalogue`)."""
-        return self.key_base(endpoint, job_id, created_at, 0).rsplit("/", 1)[0] + "/job.json"
+    def job_json_key(self, endpoint: str, job_id: str, created_at: float, tenant_prefix: str = "") -> str:
+        """``{prefix}[/{tenant prefix}]/{endpoint}/{yyyy}/{mm}/{dd}/{job_id}/job.json``: the job's
+        catalogue row, beside its images (:mod:`falq.shared.catalogue`)."""
+        return self.key_base(endpoint, job_id, created_at, 0, tenant_prefix).rsplit("/", 1)[0] + "/job.json"
 
     # --- bucket ----------------------------------------------------------------------------
 

@@ -316,10 +316,10 @@ def test_callback_to_a_private_name_is_refused_once_without_posting(dns: FakeDNS
     assert sent[0].headers["x-falq-delivery-id"] == f"{rec2.id}:3"
 
 
-def test_producer_refuses_private_callback_url_at_enqueue() -> None:
+def test_producer_refuses_private_callback_url_at_enqueue(redis_server: str) -> None:
     from falq.producers import Falq
 
-    lazy = redis.Redis(port=1)  # never connected: validate touches nothing
+    lazy = redis.Redis(port=1)  # never connected: a refused request touches nothing
     strict = Falq(strict_settings(), redis_client=lazy)
     with pytest.raises(InvalidInput, match="callback_url: must not target a private or loopback address"):
         strict.validate(T2I, {"prompt": "x"}, callback_url="http://127.0.0.1:9/cb")
@@ -327,8 +327,11 @@ def test_producer_refuses_private_callback_url_at_enqueue() -> None:
         strict.validate(T2I, {"prompt": "x"}, callback_url="https://u:p@example.com/cb")
     with pytest.raises(InvalidInput, match="callback_url: must be an http"):
         strict.validate(T2I, {"prompt": "x"}, callback_url="ftp://example.com/cb")
+    # An accepted one is checked against its tenant, which lives in Redis.
+    live = redis.Redis.from_url(redis_server)
+    strict = Falq(strict_settings(), redis_client=live)
     assert strict.validate(T2I, {"prompt": "x"}, callback_url="https://example.com/cb").callback_url
-    relaxed = Falq(strict_settings(callback_allow_private=True), redis_client=lazy)
+    relaxed = Falq(strict_settings(callback_allow_private=True), redis_client=live)
     assert relaxed.validate(T2I, {"prompt": "x"}, callback_url="http://127.0.0.1:9/cb").callback_url
 
 

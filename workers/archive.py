@@ -52,6 +52,7 @@ from falq.shared.jobstore import JobStore
 from falq.shared.records import TERMINAL, JobRecord
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
+from falq.shared.tenants import DEFAULT_TENANT, TenantStore, s3_prefix_of
 from falq.workers.backoff import backoff_delay
 
 __all__ = ["GROUP", "Archiver", "check_catalogue", "start_archiver"]
@@ -273,8 +274,15 @@ class Archiver:
         storage = self.storage
         assert storage is not None
 
+        tenants = TenantStore(self.store.r, prefix=self.settings.key_prefix)
+
         def put(row: dict[str, Any]) -> None:
-            key = storage.job_json_key(row["endpoint"], row["id"], row["created_at"])
+            outputs = row.get("outputs") or []
+            if outputs and outputs[0].get("key"):  # beside the images, wherever they were put
+                key = outputs[0]["key"].rsplit("/", 1)[0] + "/job.json"
+            else:
+                key = storage.job_json_key(row["endpoint"], row["id"], row["created_at"],
+                                           s3_prefix_of(tenants, row.get("tenant") or DEFAULT_TENANT))
             body = json.dumps(job_doc(row), sort_keys=True, separators=(",", ":")).encode()
             storage.put_bytes(key, body, content_type="application/json")
 
