@@ -39,8 +39,11 @@ prometheus:
 	  else echo "falq's tests need prometheus and promtool on PATH (Debian: apt-get install prometheus)"; exit 1; fi; }
 
 ## make test: lint, type-check and run the whole default suite (starts its own servers).
+# Two processes (pytest-xdist), one test file each at a time: most tests wait on real servers,
+# so two halve the wall time on a 2-core machine; each process starts its own stack on free ports.
+TEST_PROCS ?= 2
 test: install redis-server prometheus lint typecheck contracts
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
 
 lint: install
 	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway tests

@@ -19,7 +19,8 @@
 * ``release`` frees the slot; the cost reserved at admission is refunded only when fal never
   accepted the request (no ``request_id``). A request fal accepted stays counted even if it
   later fails: falq cannot tell from the answer whether fal billed it, so the estimate errs
-  high, never low.
+  high, never low. The release frees the job's fair-dispatch room in the same Lua step, and
+  the worker dispatches the next fair pick at once (:func:`falq.workers.dispatcher.room_freed`).
 
 :class:`SlotKeeper` (one per process, like :class:`falq.workers.lease.LeaseKeeper`) renews the
 slot of every job whose job lease this process holds, every third of ``FALQ_SLOT_LEASE_S``,

@@ -11,7 +11,8 @@ and attributed to tenants through the ``X-Falq-Job-Id`` header and the job recor
   published at enqueue, FIFO).
 * **no starvation**: tenant A holds 20,000 queued bulk jobs (quick: 2,000) and is running
   (latency uniform 1-3 s, so slots free at random times); then five new tenants arrive one after
-  the other, each with 50 bulk jobs. Figure: the mean time from a newcomer's enqueue to its
+  the other, each with 50 bulk jobs (the rest of them cancelled before the next arrives, so each
+  meets A alone). Figure: the mean time from a newcomer's enqueue to its
   first submission at fal, against 2x the mean slot turnover (mean fal latency / cap). Reference:
   FIFO puts the newcomer behind every queued job of A; it is watched for 20 s (it must get
   nothing meanwhile) and its figure is A's queue ahead of it times the measured turnover.
@@ -116,7 +117,8 @@ def _starvation(h: Harness, n_a: int, latency: str, fifo: bool, watch_s: float,
     waits = []
     for name in names:
         t0 = time.time()
-        owner.update(dict.fromkeys(_enqueue(falq, name, 50, "starve"), name))
+        new = _enqueue(falq, name, 50, "starve")
+        owner.update(dict.fromkeys(new, name))
         first = float("inf")
         end = time.monotonic() + watch_s
         while time.monotonic() < end:
@@ -128,6 +130,10 @@ def _starvation(h: Harness, n_a: int, latency: str, fifo: bool, watch_s: float,
         waits.append(first)
         if first == float("inf"):
             break  # FIFO: the next ones are behind this one too
+        # Each newcomer meets A alone (as the B does), not the newcomers before it:
+        # cancel what is left of this one's jobs before the next arrives.
+        for job_id in new:
+            falq.cancel(job_id)
         time.sleep(1.0)
     subs = _order(h, since, owner)
     done_a = [r for r in subs if r["tenant"] == "a" and r.get("completed_at")]
