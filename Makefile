@@ -46,7 +46,7 @@ test: install redis-server prometheus lint typecheck contracts
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
 
 lint: install
-	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway tests
+	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway cli tests
 
 typecheck: install
 	$(BIN)/mypy
