@@ -165,12 +165,22 @@ def test_sse_status_stream(gw: GatewayServer, clean_stack: DevStack) -> None:
     assert all(f["request_id"] == sub["request_id"] for f in frames)
 
 
-def test_cancel_before_a_worker_picks_it_up(gw: GatewayServer) -> None:
+def test_cancel_before_a_worker_picks_it_up(gw: GatewayServer, clean_stack: DevStack) -> None:
+    from falq.producers import Falq
+    from falq.producers.admin import Admin
+
+    # One request outstanding at a time: fair dispatch hands the first job on, the others wait
+    # in the tenant's ready set, and queue_position counts the jobs ahead of one there.
+    Admin(Falq(clean_stack.settings())).limits_set(max_outstanding=1)
     sub = submit(gw, {"prompt": "cancel me"}).json()
     status = httpx.get(sub["status_url"], headers=AUTH)
     assert status.status_code == 202 and status.json()["queue_position"] == 0
-    second = submit(gw, {"prompt": "behind"}).json()
-    assert httpx.get(second["status_url"], headers=AUTH).json()["queue_position"] == 1
+    behind = [submit(gw, {"prompt": f"behind {i}"}).json() for i in range(3)]
+    second = behind[0]
+    # The dispatch room (the cap, plus what may wait for admission) takes one or two; the jobs
+    # after them wait in the ready set, one behind the other.
+    positions = [httpx.get(b["status_url"], headers=AUTH).json()["queue_position"] for b in behind]
+    assert positions[0] == 0 and positions[2] == positions[1] + 1, positions
     resp = httpx.put(sub["cancel_url"], headers=AUTH)
     assert (resp.status_code, resp.json()) == (202, {"status": "CANCELLATION_REQUESTED"})
     done = httpx.get(sub["status_url"], headers=AUTH)
