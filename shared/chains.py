@@ -41,7 +41,7 @@ point loses no child.
 
 Example::
 
-    chains = Chains(store, settings, runnable=lambda rec: publish(app, settings, rec.id, lane=rec.lane))
+    chains = Chains(store, settings, runnable=lambda rec: FairShare(r, settings).make_ready(rec, app))
     chains.evaluate("child-id")          # 'released' | 'failed' | 'cancelled' | 'waiting' | 'gone'
 """
 
