@@ -57,6 +57,15 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+@pytest.fixture
+def r(redis_server: str) -> Iterator[redis.Redis]:
+    """A client of this module's own redis-server, emptied for the test."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    yield client
+    client.close()
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[DevStack]:
     with DevStack() as st:

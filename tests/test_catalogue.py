@@ -101,14 +101,6 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
         d.drop()
 
 
-@pytest.fixture
-def r(redis_server: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server)
-    client.flushall()
-    yield client
-    client.close()
-
-
 def _settings(db: Db, redis_url: str, **kw: Any) -> Settings:
     fields: dict[str, Any] = {"database_url": db.url, "redis_url": redis_url, "database_auto_upgrade": "always",
                               "database_timeout_s": 3.0, "archived_ttl_s": 3600, "job_json": False,

@@ -23,14 +23,6 @@ from falq.workers.reaper import queue_depth, reap_once
 EP = "fal-ai/qwen-image-2/text-to-image"
 
 
-@pytest.fixture
-def r(redis_server: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server)
-    client.flushall()
-    yield client
-    client.close()
-
-
 def settings(url: str, **over: Any) -> Settings:
     fields: dict[str, Any] = {"redis_url": url, "broker_url": url, "max_outstanding": 4, "fair_headroom": 0.0,
                               "rate_per_s": 0, "fair_recover_after_s": 0.2, "visibility_timeout_s": 60, **over}

@@ -10,7 +10,6 @@ save script does. Real Redis, two lease keepers standing for two hosts.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import cast
 
@@ -25,14 +24,6 @@ from falq.workers.step import Fenced, StepBase
 
 PREFIX = "falqfence"
 TTL_S = 0.5
-
-
-@pytest.fixture
-def r(redis_server: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server)
-    client.flushall()
-    yield client
-    client.close()
 
 
 def _ctx(r: redis.Redis, keeper: LeaseKeeper) -> WorkerContext:

@@ -21,14 +21,6 @@ from falq.workers.reach import Reach
 
 
 @pytest.fixture
-def r(redis_server: str) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(redis_server)
-    client.flushall()
-    yield client
-    client.close()
-
-
-@pytest.fixture
 def listening() -> Iterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
