@@ -47,26 +47,30 @@ class RedisServer:
         port: 0 picks a free port; a restart keeps the port.
     """
 
-    def __init__(self, workdir: Path, *, aof: bool = False, port: int = 0) -> None:
+    def __init__(self, workdir: Path, *, aof: bool = False, port: int = 0, host: str = "127.0.0.1") -> None:
         self.workdir = workdir
         self.aof = aof
         self.port = port or free_port()
+        #: The address clients use; the server also listens on loopback (tests/netns.py binds
+        #: a network-namespace lab's gateway address).
+        self.host = host
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> RedisServer:
         exe = shutil.which("redis-server")
         if not exe:
             raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+        bind = "127.0.0.1" if self.host == "127.0.0.1" else f"{self.host} 127.0.0.1"
+        args = [exe, "--port", str(self.port), "--bind", bind, "--dir", str(self.workdir),
                 "--save", "", "--maxmemory-policy", "noeviction", "--protected-mode", "no"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -75,7 +79,7 @@ class RedisServer:
                     return self
             except redis.RedisError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                    raise RuntimeError(f"redis-server did not start on {self.host}:{self.port}") from None
                 time.sleep(0.05)
 
     def stop(self, *, kill: bool = False) -> None:

@@ -391,3 +391,13 @@ def verify(secret: str, body: bytes, header: str, *, max_age_s: int = 300) -> bo
     if abs(time.time() - ts) > max_age_s:
         return False
     return hmac.compare_digest(sign(secret, body, ts), header)
+
+
+def url_host(url: str | None) -> str | None:
+    """The host of ``url`` (never its path or query, which may carry tokens); None if absent or unparsable."""
+    if not url:
+        return None
+    try:
+        return httpx.URL(url).host or None
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return None

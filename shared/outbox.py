@@ -41,11 +41,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
 from pydantic import ValidationError
 
 from falq.shared.errors import JobNotFound
 from falq.shared.jobstore import JobStore
+from falq.shared.outbound import url_host
 from falq.shared.records import JobRecord
 
 #: Tries kept per job in ``{p}:delivery:{id}`` (the newest).
@@ -328,7 +328,7 @@ class Outbox:
                 delivery_id=delivery_id(job_id, _s(cb_version)) if cb_version is not None else None,
                 tries=int(tries or 0), since=float(since) if since is not None else None,
                 next_at=score if status == "pending" else None, failed_at=score if status == "failed" else None,
-                url_host=_host(rec.callback_url or rec.fal_webhook), job_state=rec.state, last=last_doc,
+                url_host=url_host(rec.callback_url or rec.fal_webhook), job_state=rec.state, last=last_doc,
             ))
         if gone:
             pipe = self.r.pipeline(transaction=False)
@@ -339,13 +339,6 @@ class Outbox:
         return out
 
 
-def _host(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        return httpx.URL(url).host or None
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return None
 
 
 __all__ = ["LOG_CAP", "CallbackView", "Claim", "Entry", "Outbox", "delivery_id"]

@@ -30,13 +30,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-import redis
 
 from falq.ops.stack import ROOT, DevStack, RedisServer, S3Server
 
@@ -180,38 +176,6 @@ class NetLab:
         self.hosts.clear()
 
 
-class _BoundRedis(RedisServer):
-    """``redis-server`` listening on the lab's gateway address (and loopback)."""
-
-    def __init__(self, workdir: Path, host: str) -> None:
-        super().__init__(workdir)
-        self.host = host
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
-
-    def start(self) -> _BoundRedis:
-        exe = shutil.which("redis-server")
-        if not exe:
-            raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [exe, "--port", str(self.port), "--bind", f"{self.host} 127.0.0.1", "--dir", str(self.workdir),
-                "--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--protected-mode", "no"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                if client.ping():
-                    client.close()
-                    return self
-            except redis.RedisError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on {self.host}:{self.port}") from None
-                time.sleep(0.05)
-
-
 class _BoundS3(S3Server):
     def __init__(self, host: str) -> None:
         from moto.server import ThreadedMotoServer
@@ -228,7 +192,7 @@ class PartitionStack(DevStack):
                  env: dict[str, str] | None = None) -> None:
         super().__init__(emulator=emulator, env=env)
         self.lab = lab
-        self.redis = _BoundRedis(self.workdir / "redis", lab.gateway)
+        self.redis = RedisServer(self.workdir / "redis", host=lab.gateway)
         self.s3 = _BoundS3(lab.gateway)
         #: worker process -> the host it runs on
         self.host_of: dict[int, Host] = {}

@@ -20,9 +20,8 @@ import hashlib
 import re
 from typing import Any
 
-import httpx
-
 from falq.shared.catalogue.schema import STATE_COLUMNS, jobs
+from falq.shared.outbound import url_host
 from falq.shared.records import TERMINAL, JobRecord
 
 #: Bumped when the document's shape changes incompatibly (rebuild reads older ones too).
@@ -48,13 +47,6 @@ def scrub_value(value: Any) -> Any:
     return value
 
 
-def _host(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        return httpx.URL(url).host or None
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return None
 
 
 def row_from_record(rec: JobRecord, *, archived_at: float) -> dict[str, Any]:
@@ -96,7 +88,7 @@ def row_from_record(rec: JobRecord, *, archived_at: float) -> dict[str, Any]:
         "logs": data["logs"],
         "parents": data["parents"],
         "idempotency_key": rec.idempotency_key,
-        "callback_host": _host(rec.callback_url),
+        "callback_host": url_host(rec.callback_url),
         "version": rec.version,
         "archived_at": archived_at,
     }
