@@ -1,15 +1,21 @@
 """Job listing and search for ``GET /v1/jobs``: by state, time window and metadata.
 
-Redis keeps two kinds of index (:mod:`falq.shared.jobstore`): ``{p}:created`` (every job by
-creation time) and ``{p}:state:{state}`` (by last update). A search walks the right index
-newest first, in pages, and keeps the records whose metadata matches. Metadata is not
-indexed, so a walk stops after :data:`SCAN_CAP` records and says so (``truncated``);
-``next_until`` continues a listing where the last page ended.
+Redis keeps three kinds of index (:mod:`falq.shared.jobstore`): ``{p}:created:t:{tenant}``
+(the tenant's jobs by creation time), ``{p}:created`` (every job) and ``{p}:state:{state}``
+(by last update). A search walks the right index newest first, in pages, and keeps the records
+whose metadata matches. Metadata is not indexed, so a walk stops after :data:`SCAN_CAP` records
+and says so (``truncated``); ``next_until`` continues a listing where the last page ended.
 
-A search sees one tenant's jobs only (the caller's): other tenants' records are skipped as
-if they did not exist, and ``scanned`` counts only the caller's own records. (The walk's cap
-counts every record walked, so a tenant among much busier ones sees ``truncated`` sooner:
-that is the only trace of the others, and it names neither a job nor a count.)
+A search sees one tenant's jobs only (the caller's), and walks only those: without ``state``
+the tenant's own creation index; with ``state``, the tenant's ids found in the state index
+(:meth:`~falq.shared.jobstore.JobStore.tenant_rows_in_state`), the same rows in the same order
+as a walk of the state index. So other tenants' jobs, however many, neither count towards the
+cap nor show in ``scanned`` or ``truncated``. Some searches still walk a shared index and skip
+other tenants' records: a ``state=`` search of a tenant with more than
+:data:`~falq.shared.jobstore.TENANT_STATE_CAP` jobs in Redis, or with at least as many as the
+state holds (that walk is then the shorter, and no longer than the tenant's own jobs), and any
+search while the one-time backfill of records older than the per-tenant index has not finished
+(after an upgrade; :meth:`~falq.shared.jobstore.JobStore.tenant_index_ready`).
 
 Example::
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -111,18 +118,30 @@ def matches(rec: JobRecord, q: JobQuery) -> bool:
     return True
 
 
+def _index_pages(store: JobStore, q: JobQuery, tenant: str) -> Callable[[int, int], Sequence[tuple[Any, float]]]:
+    """``fetch(offset, n)``: the next ``(id, score)`` rows of the index the query walks, newest first."""
+    if q.state:
+        own = store.tenant_rows_in_state(tenant, q.state, since=q.since, until=q.until)
+        if own is not None:
+            return lambda offset, n: own[offset:offset + n]
+        index = store.keys.state(q.state)
+    else:
+        index = store.keys.created_tenant(tenant) if store.tenant_index_ready() else store.keys.created
+    hi: str | float = f"({q.until!r}" if q.until is not None else "+inf"
+    lo: str | float = q.since if q.since is not None else "-inf"
+    return lambda offset, n: store.r.zrevrangebyscore(index, hi, lo, start=offset, num=n, withscores=True)
+
+
 def search(store: JobStore, q: JobQuery, *, tenant: str, catalogue: Catalogue | None = None) -> dict[str, Any]:
     """One page of ``tenant``'s matching records, newest first (see module docs for the fields).
 
     With ``catalogue`` (:mod:`falq.shared.catalogue`), finished jobs Redis no longer holds come
     from it too (one indexed SQL query, the tenant's rows only), merged newest first by creation."""
-    index = store.keys.state(q.state) if q.state else store.keys.created
-    hi: str | float = f"({q.until!r}" if q.until is not None else "+inf"
-    lo: str | float = q.since if q.since is not None else "-inf"
+    fetch = _index_pages(store, q, tenant)
     found: list[JobRecord] = []
     scanned, walked, offset, last_score, more = 0, 0, 0, None, True
     while len(found) < q.limit and walked < SCAN_CAP:
-        rows = store.r.zrevrangebyscore(index, hi, lo, start=offset, num=PAGE, withscores=True)
+        rows = fetch(offset, PAGE)
         if not rows:
             more = False
             break

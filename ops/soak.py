@@ -199,6 +199,9 @@ def audit_keys(r: Any, prefix: str, record_ttl_s: int) -> tuple[dict[str, dict[s
             problems.append(f"{n} job(s) still in {index}")
         elif n > records:
             problems.append(f"{index} lists {n} ids for {records} records (ids outlive their records)")
+    tenant_ids = sum(int(r.zcard(k)) for k in r.scan_iter(match=f"{p}:created:t:*", count=2000))
+    if tenant_ids > records:
+        problems.append(f"{p}:created:t:* list {tenant_ids} ids for {records} records (ids outlive their records)")
     for kind, info in kinds.items():
         per_job = "{id}" in kind and not kind.startswith("_kombu")
         if per_job and info["no_ttl"]:

@@ -378,7 +378,9 @@ class Falq:
         filters = {"tenant": tenant, "endpoint": endpoint, "batch_id": batch_id, "text": text,
                    "metadata": dict(metadata or {})}
         filtered = any(v for v in filters.values())
-        live = self.store.find(state, limit=limit if not filtered else max(limit, 1000), since=since)
+        # With a tenant, its own index: other tenants' jobs never crowd its newest out.
+        live = self.store.find(state, limit=limit if not filtered else max(limit, 1000), since=since,
+                               tenant=tenant or None)
         live = [r for r in live if record_matches(r, **filters)]  # type: ignore[arg-type]
         cat = self.catalogue
         if cat is None or (state is not None and state not in TERMINAL):

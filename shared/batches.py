@@ -9,9 +9,11 @@ spend, and from those a throughput and an ETA.
 job store's Lua scripts (:mod:`falq.shared.jobstore`): the create that stores a job with a
 ``batch_id`` adds it to ``total`` and to its first state, and every save that changes a job's
 state moves one from the old state's count to the new one's in the same atomic step (a terminal
-save also adds the billed micro-dollars). Concurrent workers, a SIGKILL between two writes or a
-retry therefore cannot make them drift; :meth:`BatchStore.recount` recounts from the records
-to prove it (the chaos suite does).
+save also adds the billed micro-dollars), and the undo of an enqueue whose broker message could
+not be sent (Redis out of memory, ``JobStore.forget_unpublished``) takes the job out of ``total``,
+its state's count and ``est_micro`` in the same step that deletes the record. Concurrent
+workers, a SIGKILL between two writes or a retry therefore cannot make them drift;
+:meth:`BatchStore.recount` recounts from the records to prove it (the chaos suite does).
 
 **Ids.** A batch's id is derived from its tenant and its run key (``b`` + 24 hex digits of
 sha256), the same run key that makes bulk lines idempotent (:func:`falq.producers.bulk.file_key`:

@@ -6,6 +6,10 @@ Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
   record JSON, ``result`` fal's output JSON kept from COMPLETED until the images are in S3.
 * ``{p}:state:{state}`` -- sorted set of job ids by last update, one per state.
 * ``{p}:created`` -- sorted set of all job ids by creation time.
+* ``{p}:created:t:{tenant}`` -- the same, of one tenant's jobs (written by the create, removed
+  with the record): tenant listings walk it instead of skipping other tenants' records. Records
+  older than it are entered once by the reaper's backfill (:meth:`JobStore.backfill_tenant_index`);
+  until that is done listings walk ``{p}:created`` (:meth:`JobStore.tenant_index_ready`).
 * ``{p}:idem:{key}`` -- idempotency key -> job id.
 * ``{p}:cancel:{id}`` -- set when a producer asked to cancel.
 * ``{p}:outbox`` -- sorted set of jobs whose callback is still to be delivered; the save that
@@ -36,6 +40,7 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from falq.shared.errors import JobNotFound
 from falq.shared.fairshare_lua import CREATE_READY_LUA, ON_TERMINAL_LUA
@@ -63,7 +68,17 @@ local first = ARGV[5] or 'queued'
 if first == '' then first = 'queued' end
 redis.call('HSET', job_key, 'version', '1', 'state', first, 'doc', doc, 'published', '0')
 redis.call('ZADD', prefix .. ':state:' .. first, created_at, id)
+-- The tenant's own creation index (ARGV[10], falq.gateway.search): written with the record, so
+-- a tenant's listing never misses a job. The first record of a Redis with none has no older
+-- record to backfill: the per-tenant indexes are complete from here on (``{p}:created:backfill``).
+local owner = ARGV[10] or ''
+if owner == '' then owner = 'default' end
+if redis.call('ZCARD', prefix .. ':created') == 0 then
+  redis.call('HSETNX', prefix .. ':created:backfill', 'done', created_at)
+end
 redis.call('ZADD', prefix .. ':created', created_at, id)
+redis.call('ZADD', prefix .. ':created:t:' .. owner, created_at, id)
+redis.call('SADD', prefix .. ':created:tenants', owner)
 if ARGV[6] and ARGV[6] ~= '' then
   redis.call('HINCRBY', ARGV[6], 'n:' .. first, 1)
   redis.call('HINCRBY', ARGV[6], 'total', 1)
@@ -140,6 +155,38 @@ return 1
 """
 
 
+# Backfill (JobStore.backfill_tenant_index): ARGV[1] the prefix, then (id, creation score, tenant)
+# triples; each id enters its tenant's creation index only if its record still exists, checked
+# in this same step, so the backfill never leaves an entry for a record deleted meanwhile.
+_INDEX_OWNED = """
+local prefix, n = ARGV[1], 0
+for i = 2, #ARGV, 3 do
+  local id, score, tenant = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('EXISTS', prefix .. ':job:' .. id) == 1 then
+    redis.call('ZADD', prefix .. ':created:t:' .. tenant, score, id)
+    redis.call('SADD', prefix .. ':created:tenants', tenant)
+    n = n + 1
+  end
+end
+return n
+"""
+
+# A tenant whose creation index is empty leaves {p}:created:tenants, unless a create refilled the
+# index in between (checked in this step: the create adds to both in its own step).
+_FORGET_TENANT_IF_EMPTY = """
+if redis.call('ZCARD', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
+
+#: Tenants with up to this many jobs in Redis answer a ``state=`` listing from their own
+#: creation index (:meth:`JobStore.tenant_rows_in_state`): ids only, ``ZMSCORE`` in pages.
+TENANT_STATE_CAP = 20_000
+_ZMSCORE_PAGE = 2_000
+#: How far before the end of the last walk :meth:`JobStore.catch_up_tenant_index` starts again
+#: (producers stamp ``created_at`` before their create reaches Redis, on their own clocks).
+CATCH_UP_MARGIN_S = 600.0
+
+
 class Conflict(Exception):
     """Someone else saved the record since it was read; reload and reapply."""
 
@@ -170,6 +217,9 @@ class JobStore:
         self._create = client.register_script(_CREATE)
         self._save = client.register_script(_SAVE)
         self._save_result = client.register_script(_SAVE_RESULT)
+        self._index_owned = client.register_script(_INDEX_OWNED)
+        self._forget_tenant_if_empty = client.register_script(_FORGET_TENANT_IF_EMPTY)
+        self._forget = client.register_script(_FORGET_UNPUBLISHED)
 
     # --- keys ----------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -359,18 +409,29 @@ class JobStore:
         raw = self.r.zrevrangebyscore(key, "+inf", lo, start=0, num=limit)
         return [x.decode() for x in raw]
 
-    def find(self, state: str | None = None, *, limit: int = 100, since: float | None = None) -> list[JobRecord]:
-        """Records in ``state`` (or all), newest first. Expired ids are pruned on the way."""
+    def find(self, state: str | None = None, *, limit: int = 100, since: float | None = None,
+             tenant: str | None = None) -> list[JobRecord]:
+        """Records in ``state`` (or all), newest first. Expired ids are pruned on the way.
+
+        With ``tenant`` only that tenant's records, read from its own creation index
+        (``{p}:created:t:{tenant}``, see :meth:`tenant_index_ready`) so other tenants' jobs
+        never crowd its newest ``limit`` out; before that index is complete (an upgrade whose
+        backfill has not finished), the global index is read and filtered, as before it existed.
+        """
+        lo = since if since is not None else "-inf"
+        own = tenant is not None and self.tenant_index_ready()
         if state is None:
-            lo = since if since is not None else "-inf"
-            ids = [x.decode() for x in self.r.zrevrangebyscore(self.keys.created, "+inf", lo, 0, limit)]
+            index = self.keys.created_tenant(tenant) if own and tenant is not None else self.keys.created
+            ids = [x.decode() for x in self.r.zrevrangebyscore(index, "+inf", lo, 0, limit)]
         else:
-            ids = self.ids_in_state(state, limit=limit, since=since)
+            rows = self.tenant_rows_in_state(tenant, state, since=since) if tenant is not None else None
+            ids = [i for i, _ in rows[:limit]] if rows is not None else \
+                self.ids_in_state(state, limit=limit, since=since)
         recs = self.get_many(ids)
         gone = [i for i, r in zip(ids, recs, strict=True) if r is None]
         if gone:
-            self._prune(gone, state)
-        return [r for r in recs if r is not None]
+            self._prune(gone, state, tenant if own else None)
+        return [r for r in recs if r is not None and (tenant is None or r.tenant == tenant)]
 
     def counts(self) -> dict[str, int]:
         pipe = self.r.pipeline(transaction=False)
@@ -378,41 +439,252 @@ class JobStore:
             pipe.zcard(self.keys.state(s))
         return dict(zip(STATES, pipe.execute(), strict=True))
 
-    def _prune(self, ids: list[str], state: str | None) -> None:
+    def _prune(self, ids: list[str], state: str | None, tenant: str | None = None) -> None:
+        """Drop index entries of records that are gone (the tenant's too, when it is known:
+        a gone record no longer says whose it was; the reaper prunes the rest)."""
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
             pipe.zrem(self.keys.created, i)
+            if tenant is not None:
+                pipe.zrem(self.keys.created_tenant(tenant), i)
             for s in [state] if state else STATES:
                 pipe.zrem(self.keys.state(s), i)
         pipe.execute()
 
+    # --- the per-tenant creation index ------------------------------------------------------------
+    def tenant_index_ready(self) -> bool:
+        """Whether every record is in its tenant's ``{p}:created:t:{tenant}`` index.
+
+        True from the first record of a fresh Redis on (the create marks it), or once the
+        one-time backfill of records created before the index existed has finished
+        (:meth:`backfill_tenant_index`, run by the reaper). Until then tenant listings walk the
+        global ``{p}:created`` and skip other tenants' records: slower, never incomplete."""
+        return bool(self.r.hexists(self.keys.created_backfill, "done"))
+
+    def tenant_rows_in_state(self, tenant: str, state: str, *, since: float | None = None,
+                             until: float | None = None,
+                             cap: int = TENANT_STATE_CAP) -> list[tuple[str, float]] | None:
+        """``(id, score)`` of ``tenant``'s jobs in ``state``, newest first, exactly what a walk of
+        ``{p}:state:{state}`` keeping the tenant's records would give (the same scores, last
+        update; ``since`` inclusive, ``until`` exclusive; ties by id, as Redis orders them).
+
+        Found from the tenant's creation index: its ids (no record is read) looked up in the
+        state index with ``ZMSCORE``, so a small tenant's ``state=`` listing costs its own jobs,
+        not the busy tenants'. None when that does not pay or cannot answer (walk the state index
+        then): the tenant holds more than ``cap`` jobs, or at least as many as the state index
+        (which is then no longer than the tenant's index), or the index is not complete yet.
+
+        There is no per-tenant state index: it would be one more sorted-set entry per job
+        (about as much memory again as this index) and two more writes in every save, for a
+        gain only to tenants with more than ``cap`` jobs, whose own state walk is short anyway.
+        """
+        if not self.tenant_index_ready():
+            return None
+        key = self.keys.created_tenant(tenant)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(key)
+        pipe.zcard(self.keys.state(state))
+        own, in_state = (int(n) for n in pipe.execute())
+        if own > cap or own >= in_state:
+            # A state index no longer than the tenant's own walks whole within the same cap, and
+            # costs fewer reads (a single tenant's ``state=failed``); a bigger tenant walks it too.
+            return None
+        ids = [x.decode() for x in self.r.zrange(key, 0, cap - 1)]
+        pipe = self.r.pipeline(transaction=False)
+        for start in range(0, len(ids), _ZMSCORE_PAGE):
+            pipe.zmscore(self.keys.state(state), ids[start:start + _ZMSCORE_PAGE])
+        scores = [sc for page in pipe.execute() for sc in page] if ids else []
+        rows: list[tuple[str, float]] = []
+        for job_id, score in zip(ids, scores, strict=True):
+            if score is None:
+                continue  # in another state
+            if (since is None or score >= since) and (until is None or score < until):
+                rows.append((job_id, float(score)))
+        rows.sort(key=lambda row: (row[1], row[0]), reverse=True)
+        return rows
+
+    def backfill_tenant_index(self, *, budget_s: float = 20.0, page: int = 1000) -> bool:
+        """Enter records created before the per-tenant index existed in it, oldest first, ``page``
+        at a time for about ``budget_s`` (at least one page; resumable: the cursor is kept in
+        ``{p}:created:backfill``). Returns True once every record is indexed (the flag
+        :meth:`tenant_index_ready` reads is set then).
+
+        Idempotent and safe beside live traffic: entries are added only for records that still
+        exist (in the same script that checks), new records index themselves, and two processes
+        running it at once only repeat each other's ``ZADD``s."""
+        if self.tenant_index_ready():
+            return True
+        cursor = (self.r.hget(self.keys.created_backfill, "cursor") or b"-inf").decode()
+        if not self._walk_created(cursor, time.monotonic() + budget_s, page):
+            return False
+        self.r.hset(self.keys.created_backfill, "done", repr(time.time()))
+        return True
+
+    def catch_up_tenant_index(self, *, margin_s: float = CATCH_UP_MARGIN_S, budget_s: float = 20.0,
+                              page: int = 1000) -> bool:
+        """Index records a falq from before the per-tenant index created after the backfill
+        finished (its producers, library code in users' programs, can outlive an upgrade by
+        days). Seen as ``{p}:created`` holding more ids than all ``created:t`` indexes together
+        (a create and an undo write both in one step and pruning takes the global entry first,
+        so only such records, or a corrupt one no walk can index, make it so); the creation
+        times from ``margin_s`` before where the last walk ended are walked again, each pass
+        while it lasts (a few minutes of records). Returns True if it walked."""
+        raw = self.r.hmget(self.keys.created_backfill, "done", "cursor")
+        if raw[0] is None:
+            return False  # the backfill itself is not done: it walks to the newest anyway
+        tenants = sorted(self.r.smembers(self.keys.created_tenants))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.zcard(self.keys.created)
+        for t in tenants:
+            pipe.zcard(self.keys.created_tenant(t.decode()))
+        total, *own = pipe.execute()
+        if int(total) <= sum(int(n) for n in own):
+            return False
+        since = float((raw[1] or raw[0]).decode().lstrip("(")) - margin_s
+        self._walk_created(repr(since), time.monotonic() + budget_s, page)
+        return True
+
+    def _walk_created(self, cursor: str, deadline: float, page: int) -> bool:
+        """Index the records of ``{p}:created`` from ``cursor`` (a Redis score bound) on, saving
+        the cursor after each page; True when it reached the newest, False at ``deadline``."""
+        while True:  # at least one page a call, however small the budget
+            rows = self.r.zrangebyscore(self.keys.created, cursor, "+inf", start=0, num=page, withscores=True)
+            if not rows:
+                return True
+            last = float(rows[-1][1])
+            if len(rows) == page and float(rows[0][1]) == last:
+                # A whole page of one creation time: take every id of that time, then move past it.
+                rows = self.r.zrangebyscore(self.keys.created, last, last, withscores=True)
+                cursor = f"({last!r}"
+            else:
+                # Inclusive: ids sharing the last time that did not fit in this page come next.
+                cursor = repr(last)
+            self._index_rows([(m.decode(), float(sc)) for m, sc in rows])
+            self.r.hset(self.keys.created_backfill, "cursor", cursor)
+            if len(rows) < page:  # the newest: every later record was created with its entry
+                return True
+            if time.monotonic() >= deadline:
+                return False
+
+    def _index_rows(self, rows: list[tuple[str, float]]) -> None:
+        """Add ``(id, created score)`` to the owners' ``created:t`` indexes (reading each owner)."""
+        if not rows:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, _ in rows:
+            pipe.hget(self.job_key(job_id), "doc")
+        args: list[str] = []
+        gone: list[str] = []
+        for (job_id, score), doc in zip(rows, pipe.execute(), strict=True):
+            if doc is None:
+                # Expired (or undone) but still listed: drop its entries now, as a listing would,
+                # or the catch-up would take the global index for longer than the tenants' ones.
+                gone.append(job_id)
+                continue
+            try:
+                tenant = str(from_json(doc).get("tenant") or "default")
+            except (ValueError, AttributeError):
+                continue  # a corrupt record is never listed (JobStore.get treats it as gone)
+            args += [job_id, repr(score), tenant]
+        if args:
+            self._index_owned(keys=[], args=[self.prefix, *args])
+        if gone:
+            self._prune(gone, None)
+
+    def prune_tenant_indexes(self, older_than: float, *, batch: int = 1000) -> int:
+        """Drop ``created:t`` entries older than ``older_than`` whose record expired (the
+        reaper's :func:`~falq.workers.reaper.prune_expired` does the same for the global
+        indexes: an expired record no longer says whose it was, so each tenant's index is
+        walked). A tenant's emptied index leaves ``{p}:created:tenants`` too. Returns how many
+        entries were dropped."""
+        pruned = 0
+        for raw in sorted(self.r.smembers(self.keys.created_tenants)):
+            tenant = raw.decode()
+            key = self.keys.created_tenant(tenant)
+            ids = [x.decode() for x in self.r.zrangebyscore(key, "-inf", older_than, start=0, num=batch)]
+            if ids:
+                pipe = self.r.pipeline(transaction=False)
+                for job_id in ids:
+                    pipe.exists(self.job_key(job_id))
+                gone = [j for j, there in zip(ids, pipe.execute(), strict=True) if not there]
+                if gone:
+                    self.r.zrem(key, *gone)
+                    pruned += len(gone)
+            self._forget_tenant_if_empty(keys=[key, self.keys.created_tenants], args=[tenant])
+        return pruned
+
+    def tenant_index_upkeep(self, older_than: float, *, batch: int = 1000, budget_s: float = 20.0) -> int:
+        """The reaper's pass over the per-tenant indexes: a step of the one-time backfill (until
+        done, at most ``budget_s``) or else :meth:`catch_up_tenant_index`, then
+        :meth:`prune_tenant_indexes`. Returns entries pruned."""
+        if self.backfill_tenant_index(budget_s=budget_s):
+            self.catch_up_tenant_index(budget_s=budget_s)
+        return self.prune_tenant_indexes(older_than, batch=batch)
+
     # --- undo an enqueue whose broker message was never sent ------------------------------------
     def forget_unpublished(self, job_id: str, idempotency_key: str | None = None, tenant: str = "default") -> bool:
         """Delete a record created by a producer whose broker message could not be sent
-        (Redis out of memory): the record, its entries in ``{p}:created`` / ``{p}:state:*``
-        and its idempotency key (if it still names this job). Only while ``published`` is
-        still 0, so a job that has a message is never touched. Only deletes, so it works
-        when Redis refuses writes at ``maxmemory``. Returns True if something was removed."""
-        script = self.r.register_script(_FORGET_UNPUBLISHED)
-        return bool(script(keys=[self.job_key(job_id), self.idem_key(idempotency_key, tenant)],
-                           args=[job_id, self.prefix]))
+        (Redis out of memory): the record, its entries in ``{p}:created``,
+        ``{p}:created:t:{tenant}`` and ``{p}:state:*``, its idempotency key (if it still names
+        this job), and its place in its batch: ``total``, its state's count and its estimate go
+        down in the same step, so the batch's counts stay equal to a recount. Only while
+        ``published`` is still 0, so a job that has a message is never touched. It deletes
+        before it decrements, which Redis allows a script when it refuses writes at
+        ``maxmemory``. Returns True if something was removed."""
+        return bool(self._forget(keys=[self.job_key(job_id), self.idem_key(idempotency_key, tenant)],
+                                 args=[job_id, self.prefix]))
 
 
 def _ready_args(rec: JobRecord, fair: bool) -> list[str]:
-    """ARGV[8..9] of the create: the tenant whose ready set the job enters ('' = none), the lane."""
-    return [rec.tenant if fair else "", rec.lane]
+    """ARGV[8..10] of the create: the tenant whose ready set the job enters ('' = none), the lane,
+    and the tenant that owns the job (its ``{p}:created:t:{tenant}`` entry)."""
+    return [rec.tenant if fair else "", rec.lane, rec.tenant]
 
 
 # Deletes a never-published record and what points at it. Returns 1 if it did, 0 if the
-# record is gone or has a broker message (published != 0).
+# record is gone or has a broker message (published != 0). Its batch (falq.shared.batches) loses
+# the job in the same step: ``total``, the count of the state it is in and its estimate, exactly
+# what the create (and any save since) added, so the counts stay equal to a recount. Every call
+# before the batch's HINCRBYs deletes, and Redis lets a script that has already written finish
+# even at maxmemory, so this runs when Redis refuses new writes (the reason it is called).
 _FORGET_UNPUBLISHED = """
 local job_key, idem_key, id, prefix = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local cur = redis.call('HMGET', job_key, 'published', 'state')
+local cur = redis.call('HMGET', job_key, 'published', 'state', 'doc')
 if cur[1] and cur[1] ~= '0' then return 0 end
 if idem_key ~= '' and redis.call('GET', idem_key) == id then redis.call('DEL', idem_key) end
 if not cur[1] then return 0 end
+local state = cur[2] or 'queued'
+-- Python's round(x * 1e6) (half to even), the rounding the create's estimate went through.
+local function micro(x)
+  if type(x) ~= 'number' then return 0 end
+  local v = x * 1000000
+  local f = math.floor(v)
+  local frac = v - f
+  if frac > 0.5 or (frac == 0.5 and f % 2 == 1) then f = f + 1 end
+  return f
+end
+local tenant, batch, est, billed = 'default', '', 0, 0
+local ok, d = pcall(cjson.decode, cur[3] or '')
+if ok and type(d) == 'table' then
+  if type(d.tenant) == 'string' and d.tenant ~= '' then tenant = d.tenant end
+  if type(d.batch_id) == 'string' then batch = d.batch_id end
+  est, billed = micro(d.cost_estimate), micro(d.cost_billed)
+end
 redis.call('DEL', job_key, prefix .. ':cancel:' .. id)
-redis.call('ZREM', prefix .. ':state:' .. (cur[2] or 'queued'), id)
+redis.call('ZREM', prefix .. ':state:' .. state, id)
 redis.call('ZREM', prefix .. ':created', id)
+redis.call('ZREM', prefix .. ':created:t:' .. tenant, id)
+if batch ~= '' then
+  local bkey = prefix .. ':batch:' .. batch
+  if redis.call('EXISTS', bkey) == 1 then  -- never make a hash for a batch that is gone
+    redis.call('HINCRBY', bkey, 'n:' .. state, -1)
+    redis.call('HINCRBY', bkey, 'total', -1)
+    if est ~= 0 then redis.call('HINCRBY', bkey, 'est_micro', -est) end
+    if billed ~= 0 and (""" + " or ".join(f"state == '{t}'" for t in sorted(TERMINAL)) + """) then
+      redis.call('HINCRBY', bkey, 'billed_micro', -billed)
+    end
+  end
+  redis.call('ZREM', bkey .. ':jobs', id)
+end
 return 1
 """

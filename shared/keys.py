@@ -9,6 +9,15 @@ key                             type    what
                                         the terminal state), ``cb_tries``, ``cb_since``
 ``{p}:state:{state}``           zset    job ids in that state, by last update
 ``{p}:created``                 zset    every job id, by creation time
+``{p}:created:t:{tenant}``      zset    the tenant's job ids, by creation time (written with the
+                                        record, removed with it): a tenant's listings walk only
+                                        its own jobs, however busy the others are
+``{p}:created:tenants``         set     tenants that have a ``created:t`` index (the reaper's
+                                        pruning walks them)
+``{p}:created:backfill``        hash    the one-time build of the ``created:t`` indexes for
+                                        records older than them: ``cursor`` (the creation time
+                                        walked up to), ``done`` (when it finished; until then
+                                        listings walk ``{p}:created``)
 ``{p}:idem:{key}``              string  idempotency key -> job id (tenant ``default``)
 ``{p}:idem@{tenant}:{key}``     string  idempotency key -> job id of any other tenant (keys of
                                         two tenants never collide; ``default``'s stay as before)
@@ -72,6 +81,12 @@ key                             type    what
 ``{p}:apikeys:{tenant}``        set     the sha256 of every API key of the tenant (listing, revoking)
 ``{p}:console:session:{sha}``   string  a web console session (:mod:`falq.gateway.console.access`), by
                                         the sha256 of its cookie's id: principal, CSRF token (TTL)
+``{p}:console:login:ip:{a}``    string  failed console sign-ins from one client address (IPv6: its
+                                        /64) in the current window (TTL: the window)
+``{p}:console:login:key:{d}``   string  failed console sign-ins with one key prefix, by a digest of
+                                        the key's first 16 characters (never the key), TTL
+``{p}:console:thumb:{d}``       string  a gateway claimed making this thumbnail ahead (TTL), so one
+                                        replica makes it (:mod:`falq.gateway.console.ahead`)
 ==============================  ======  ==========================================================
 
 Lua scripts that build keys from ids they read inside Redis (the job store's create, the
@@ -103,6 +118,19 @@ class Keys:
     @property
     def created(self) -> str:
         return f"{self.prefix}:created"
+
+    def created_tenant(self, tenant: str) -> str:
+        # Tenant names cannot hold ':' (falq.shared.tenants.NAME_RE), so no tenant's key can be
+        # another key of this table.
+        return f"{self.prefix}:created:t:{tenant}"
+
+    @property
+    def created_tenants(self) -> str:
+        return f"{self.prefix}:created:tenants"
+
+    @property
+    def created_backfill(self) -> str:
+        return f"{self.prefix}:created:backfill"
 
     def idem(self, key: str, tenant: str = "default") -> str:
         # Another tenant's keys get their own namespace: ``idem@`` can never be the start of a
@@ -267,3 +295,12 @@ class Keys:
     @property
     def archive(self) -> str:
         return f"{self.prefix}:archive"
+
+    def console_signin_addr(self, address: str) -> str:
+        return f"{self.prefix}:console:login:ip:{address}"
+
+    def console_signin_key(self, digest: str) -> str:
+        return f"{self.prefix}:console:login:key:{digest}"
+
+    def console_thumb_claim(self, digest: str) -> str:
+        return f"{self.prefix}:console:thumb:{digest}"

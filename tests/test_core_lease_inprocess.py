@@ -172,3 +172,50 @@ def test_renewal_reports_cancel_requests_and_deleted_records(
     assert one.cancel_seen(cancelled) and not one.deleted_seen(cancelled)
     assert one.deleted_seen(deleted) and not one.cancel_seen(deleted)
     assert not one.cancel_seen(untouched) and not one.deleted_seen(untouched)
+
+
+@pytest.mark.timeout(10)
+def test_holders_are_scored_by_lease_end_and_renewal_moves_it(
+    keepers: tuple[LeaseKeeper, LeaseKeeper], clients: tuple[redis.Redis, redis.Redis]
+) -> None:
+    one, _ = keepers
+    r = clients[0]
+    job = _job()
+    sec, usec = r.time()
+    before = sec + usec / 1e6
+
+    assert one.acquire(job) is not None
+
+    first = r.zscore(one.keys.holders, job)
+    assert first is not None and before + TTL_S - 0.05 <= first <= before + TTL_S + 0.5
+    time.sleep(TTL_S * 0.6)
+    one.renew_now()
+    moved = r.zscore(one.keys.holders, job)
+    assert moved is not None and moved >= first + TTL_S * 0.5
+
+
+@pytest.mark.timeout(10)
+def test_orphans_reads_only_leases_past_their_end(
+    keepers: tuple[LeaseKeeper, LeaseKeeper], clients: tuple[redis.Redis, redis.Redis]
+) -> None:
+    """A sweep claims a dead holder's job once its lease ran out, and never a live holder's,
+    however long that one has held it; an entry an older falq scored by the lease's start is
+    kept while its lease lives."""
+    one, two = keepers
+    r = clients[0]
+    live, dead, legacy = _job(), _job(), _job()
+    assert one.acquire(live) is not None
+    assert two.acquire(dead) is not None
+    # Held by an older falq: its lease renewed without moving the score, which is when it was taken.
+    r.set(one.key(legacy), "old-falq:token", px=60_000)
+    r.zadd(one.keys.holders, {legacy: time.time() - 3600})
+    _stop_renewing(two)
+
+    assert one.orphans() == []  # nothing has run out yet
+    time.sleep(TTL_S + 0.2)
+    one.renew_now()
+
+    assert one.orphans() == [dead]
+    assert one.orphans() == []  # claimed once, for one sweeper
+    assert r.zscore(one.keys.holders, live) is not None
+    assert r.zscore(one.keys.holders, legacy) is not None

@@ -17,6 +17,7 @@ import redis
 from falq.ops.stack import DevStack
 from falq.producers import Falq
 from falq.producers.client import JobRequest
+from falq.shared.batches import Batch, BatchStore, batch_id_for
 from falq.shared.endpoints import TEXT_TO_IMAGE
 from falq.shared.errors import RedisMemoryFull, is_redis_oom
 from falq.shared.records import TERMINAL
@@ -108,6 +109,70 @@ def test_record_created_but_publish_refused_is_removed_again(
         broker.config_set("maxmemory", 0)
         broker.flushall()
         broker.close()
+
+
+def _batch(falq: Falq, run_key: str) -> tuple[BatchStore, Batch]:
+    store = BatchStore(falq.redis, prefix=falq.settings.key_prefix)
+    bid = batch_id_for(falq.tenant, run_key)
+    return store, store.open(bid, name=run_key, tenant=falq.tenant, source_name=f"{run_key}.jsonl",
+                             source_sha256="0" * 64, run_key=run_key)[0]
+
+
+def _batch_requests(batch: Batch, n: int, tag: str) -> list[JobRequest]:
+    return [JobRequest(TEXT_TO_IMAGE["standard"], {"prompt": f"{tag} {i}"}, "bulk", idempotency_key=f"{tag}-{i}",
+                       batch_id=batch.id) for i in range(n)]
+
+
+def assert_counts_exact(falq: Falq, store: BatchStore, batch: Batch, jobs: list[str]) -> None:
+    """The batch's kept counts equal a recount of its records, and its total and estimate are
+    those of the records that exist (``jobs``: the ids that stayed enqueued)."""
+    recs = [rec for rec in falq.store.get_many(jobs) if rec is not None]
+    kept = store.get(batch.id)
+    assert kept.counts == store.recount(batch.id, falq.store.get_many)
+    assert kept.total == len(recs) == len(jobs) == sum(kept.counts.values())
+    assert round(kept.est_usd * 1e6) == sum(round(rec.cost_estimate * 1e6) for rec in recs)
+    assert [job_id for job_id, _ in store.job_ids(batch.id)] == sorted(jobs, key=jobs.index)
+
+
+def test_an_undone_enqueue_leaves_the_batch_counts_exact(r: redis.Redis, clean_stack: DevStack,
+                                                        redis_server: str) -> None:
+    # The broker refuses (it is full), the job records' Redis does not: the records of the
+    # batch's second chunk are created, then removed again; the batch must lose them too.
+    broker = redis.Redis.from_url(redis_server)
+    broker.flushall()
+    falq = Falq(clean_stack.settings(FALQ_BROKER_URL=redis_server, FALQ_FAIR_DISPATCH="false"))
+    falq.app.connection_for_write().ensure_connection(max_retries=1)
+    store, batch = _batch(falq, "oom-broker")
+    try:
+        first = [job_id for job_id, _ in falq.submit_many(_batch_requests(batch, 3, "kept"))]
+        store.add_jobs(batch.id, [(job_id, line) for line, job_id in enumerate(first, 1)])
+        fill_to_the_limit(broker)
+        with pytest.raises(RedisMemoryFull) as many:
+            falq.submit_many(_batch_requests(batch, 5, "undone"))
+        assert many.value.enqueued == []
+        assert r.zcard("falq:created") == 3  # the 5 records are gone again
+        assert_counts_exact(falq, store, batch, first)
+        assert store.get(batch.id).counts["queued"] == 3
+    finally:
+        broker.config_set("maxmemory", 0)
+        broker.flushall()
+        broker.close()
+
+
+def test_an_enqueue_undone_at_maxmemory_leaves_the_batch_counts_exact(r: redis.Redis, falq: Falq) -> None:
+    # Redis fills up in the middle of the creates' pipeline: the creates before that went
+    # through (and counted in the batch); their undo runs while Redis still refuses writes.
+    falq.app  # noqa: B018 - connect the broker before Redis is full
+    store, batch = _batch(falq, "oom-records")
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 256 * 1024)
+    with pytest.raises(RedisMemoryFull) as many:
+        falq.submit_many(_batch_requests(batch, 2000, "half"))
+    assert many.value.enqueued == []
+    nothing_enqueued(r)
+    # Some creates did count in the batch (the field exists) before being taken back.
+    assert r.hexists(f"falq:batch:{batch.id}", "total")
+    assert_counts_exact(falq, store, batch, [])
+    r.config_set("maxmemory", 0)
 
 
 def test_jobs_at_fal_finish_once_memory_frees(r: redis.Redis, clean_stack: DevStack, falq: Falq) -> None:

@@ -43,13 +43,27 @@ from falq.shared.keys import Keys
 
 log = logging.getLogger("falq.lease")
 
-# Renews each lease still held with its token; returns 1/0 per key, so a lease another
-# worker took over (ours expired) is known as lost at once.
-_RENEW = """
+# {p}:holders scores each held job by when its lease runs out, on Redis' clock (TIME: the
+# hosts' clocks may disagree), so the takeover sweep reads only leases already past their end
+# instead of testing every lease held, and can run every second at no cost.
+_EXPIRY_LUA = """
+local function lease_end(ttl_ms)
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ttl_ms) / 1000
+end
+"""
+# Renews each lease still held with its token and moves its end in {p}:holders; returns 1/0
+# per lease, so a lease another worker took over (ours expired) is known as lost at once.
+# KEYS: the lease keys, then {p}:holders; ARGV: the TTL (ms), the tokens, then the job ids.
+_RENEW = _EXPIRY_LUA + """
+local n = #KEYS - 1
+local holders = KEYS[#KEYS]
+local ends = lease_end(ARGV[1])
 local out = {}
-for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[i + 1] then
-    redis.call('PEXPIRE', key, ARGV[1])
+for i = 1, n do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[1])
+    redis.call('ZADD', holders, 'XX', ends, ARGV[n + 1 + i])
     out[i] = 1
   else
     out[i] = 0
@@ -59,10 +73,10 @@ return out
 """
 # Taking a lease also enters the job in {p}:holders; releasing it removes it there. A job
 # still in {p}:holders with no lease lost its holder without a release (SIGKILL, a host cut
-# off): see takeover_orphans.
-_ACQUIRE = """
+# off): see orphans. (ARGV[3], the caller's clock, is no longer read; kept for the layout.)
+_ACQUIRE = _EXPIRY_LUA + """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZADD', KEYS[2], ARGV[3], ARGV[4])
+  redis.call('ZADD', KEYS[2], lease_end(ARGV[2]), ARGV[4])
   return 1
 end
 return 0
@@ -157,10 +171,18 @@ class LeaseKeeper:
         """True once the keeper saw the job's record gone (deleted under a running job)."""
         return job_id in self._deleted
 
-    def orphans(self, *, older_than_s: float, limit: int = 5000) -> list[str]:
-        """Jobs whose holder died: a lease taken more than ``older_than_s`` ago, gone without a
-        release. Each is claimed (removed from ``{p}:holders``) for this caller alone."""
-        ids = [x.decode() for x in self.r.zrangebyscore(self.keys.holders, "-inf", time.time() - older_than_s,
+    def orphans(self, *, grace_s: float = 0.0, limit: int = 5000) -> list[str]:
+        """Jobs whose holder died: a lease that ran out (``grace_s`` ago or more, on Redis'
+        clock) without a release. Each is claimed (removed from ``{p}:holders``) for this
+        caller alone.
+
+        Only entries past their end are read. Entries written by an older falq scored the
+        lease's start, so they look past their end until released; the ``EXISTS`` test below
+        keeps them, as it keeps a lease renewed between the read and the test.
+        """
+        sec, usec = self.r.time()
+        now = sec + usec / 1_000_000
+        ids = [x.decode() for x in self.r.zrangebyscore(self.keys.holders, "-inf", now - grace_s,
                                                         start=0, num=limit)]
         if not ids:
             return []
@@ -191,9 +213,8 @@ class LeaseKeeper:
         pipe = self.r.pipeline(transaction=False)
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
-            self._renew(
-                keys=[self.key(j) for j in chunk], args=[self.ttl_ms, *[held[j] for j in chunk]], client=pipe
-            )
+            self._renew(keys=[*(self.key(j) for j in chunk), self.keys.holders],
+                        args=[self.ttl_ms, *[held[j] for j in chunk], *chunk], client=pipe)
         for j in ids:
             pipe.exists(self.keys.cancel(j))
             pipe.exists(self.keys.job(j))
