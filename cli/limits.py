@@ -158,11 +158,16 @@ def retry(job_ids: tuple[str, ...], all_failed: bool, since: str | None, as_json
     else:
         for o in outcomes:
             r = o.record
-            click.echo(f"{r.id}: queued again (attempt {r.attempts + 1})" if o.retried
-                       else f"{r.id}: not retried, it is {r.state}")
+            if o.retried:
+                click.echo(f"{r.id}: queued again (attempt {r.attempts + 1})")
+            else:  # the reason names the state (e.g. "it completed: a completed job is not run again ...")
+                click.echo(f"{r.id}: not retried: {o.reason or f'it is {r.state}'}")
+            if o.warning:
+                click.echo(f"{r.id}: warning: {o.warning}", err=True)
         if all_failed and not outcomes:
             click.echo("no failed jobs", err=True)
-    return EXIT_OK if all(o.record.state == "queued" for o in outcomes) else EXIT_FAILED
+    # A retried chained job waits for its parents first ("waiting"): retried all the same.
+    return EXIT_OK if all(o.retried or o.record.state == "queued" for o in outcomes) else EXIT_FAILED
 
 
 def errors_view(recs: list[JobRecord]) -> Table:

@@ -3,7 +3,9 @@
 * ``GET  /v1/jobs?state=&since=&until=&endpoint=&metadata.KEY=VALUE&limit=`` -- list and search
 * ``POST /v1/jobs`` -- one job (``{endpoint, input, lane?, idempotency_key?, metadata?, callback_url?, fal_webhook?}``)
 * ``GET  /v1/jobs/{id}`` -- the record (plus ``result`` with presigned URLs once completed)
-* ``POST /v1/jobs/{id}/cancel`` and ``POST /v1/jobs/{id}/retry`` (409 when the job is not failed)
+* ``POST /v1/jobs/{id}/cancel`` and ``POST /v1/jobs/{id}/retry`` (409 with ``reason`` when the job is
+  not failed); both also for a job only the catalogue holds (cancel: 200, it has ended; retry: it
+  runs again from its row)
 * ``POST /v1/bulk`` -- a list of ``{endpoint, input, id?, metadata?, lane?}``: all validated first;
   one bad item -> 422 naming every bad item by index and nothing enqueued; else enqueued in
   one pipelined batch, each ``id`` becoming the item's idempotency key (a resend is a no-op)
@@ -215,9 +217,13 @@ async def retry_job(request: Request) -> Response:
     who = require(request, "submit")
     gw = _gw(request)
     rec = await blocking(visible_job, gw, who, request.path_params["job_id"])
-    [done] = await blocking(admin(request).retry, [rec.id])
+    [done] = await blocking(admin(request).retry, [rec.id])  # a job only the catalogue holds included
     doc = await blocking(_job_view, gw, done.record)
     doc["retried"] = done.retried
+    if done.reason:  # why not (409), e.g. a completed job is never run again
+        doc["reason"] = done.reason
+    if done.warning:  # what the new run lacks (an archived job's callback URL is not kept)
+        doc["warning"] = done.warning
     return json_response(200 if done.retried else 409, doc, done.record.id)
 
 

@@ -45,6 +45,8 @@ from falq.shared.records import JobRecord
 from falq.shared.tenants import TenantStore
 
 RETRY_WHICH = ("failed", "moderated")
+#: At most this many archived failed members of one batch are read back for a retry (one query).
+MAX_BATCH_ARCHIVED = 1_000_000
 
 
 # --- planning ------------------------------------------------------------------------------------
@@ -399,19 +401,38 @@ class Batches:
             raise InvalidInput([FieldError("which", f"must be one of {', '.join(RETRY_WHICH)}")])
         from falq.producers.admin import Admin
 
+        members = self.records(batch_id)
+        archived = self._archived_failed(batch_id) if any(rec is None for _, _, rec in members) else {}
         picked = []
-        for _, job_id, rec in self.records(batch_id):
+        children: list[JobRecord] = []
+        for _, job_id, live in members:
+            rec = live or archived.get(job_id)  # a member Redis forgot: its catalogue row (Admin revives it)
             if rec is None or rec.state != "failed":
                 continue
             moderated = rec.moderation is not None or (rec.error is not None and rec.error.type == "content_policy")
             if which == "moderated" and not moderated:
                 continue
             if which == "failed" and rec.error is not None and rec.error.type == "parent_failed":
+                if live is None:  # no Redis children set reopens it: retried after its parents, below
+                    children.append(rec)
                 continue  # reopened by its parent's retry (below), or left if its parent is not retried
             picked.append(job_id)
+        # An archived child that a parent failed waits again once one of its parents is retried too.
+        retried = set(picked)
+        picked += [c.id for c in children if retried.intersection(c.parents)]
         if not picked:
             return []
         return [o.record.id for o in Admin(self.falq).retry(picked) if o.retried]
+
+    def _archived_failed(self, batch_id: str) -> dict[str, JobRecord]:
+        """The batch's failed jobs the catalogue holds (``{}`` without a catalogue)."""
+        cat = self.falq.catalogue
+        if cat is None:
+            return {}
+        from falq.shared.catalogue.store import CatalogueQuery
+
+        q = CatalogueQuery(state="failed", batch_id=batch_id, tenant=self.tenant, limit=MAX_BATCH_ARCHIVED)
+        return {rec.id: rec for rec in cat.search(q)}
 
     def rows(self, batch_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``(completed rows, other rows)`` in line order: one result row per job (the shape of

@@ -35,6 +35,7 @@ BASELINE_EMULATOR = {
     "fault_calls": ["submit", "status", "stream", "result", "cancel", "file"],
     "fault_seed": None,
     "moderation_rate": 0.0,
+    "moderation_marker": "[[moderate]]",  # a test may change it; the next must not inherit that
     "submit_500_created": 0.0,
     "stream_mode": "live",
     "stream_heartbeat_s": 15.0,

@@ -391,6 +391,23 @@ def test_rebuild_from_s3_gives_back_the_same_rows(db: Db, r: redis.Redis, redis_
     assert rebuild_from_s3(s, prefix=keys[0].rsplit("/", 1)[0])["upserted"] == 1  # --prefix
 
 
+def test_archive_makes_the_bucket_when_no_image_upload_did(db: Db, r: redis.Redis, redis_server: str,
+                                                            s3: str) -> None:
+    """A new deployment whose first finished jobs made no image (failed, cancelled): the bucket
+    did not exist yet, and the archive writes their job.json anyway instead of stalling."""
+    from falq.shared.storage import Storage
+
+    s = _settings(db, redis_server, job_json=True, s3_endpoint_url=s3, s3_bucket=f"b{uuid.uuid4().hex[:10]}",
+                  aws_access_key_id="k", aws_secret_access_key="s")
+    storage = Storage(s)
+    store = JobStore(r, prefix=s.key_prefix, archive=True)
+    ids = _finish(store, 2, state="failed") + _finish(store, 1, state="cancelled")
+    archiver = Archiver(store, s, storage)
+    _drain(archiver)
+    assert sorted(_rows(archiver.catalogue)) == sorted(ids)
+    assert len([k for k in storage.list_keys() if k.endswith("/job.json")]) == 3
+
+
 # --- schema ----------------------------------------------------------------------------------------
 
 

@@ -273,6 +273,9 @@ class Archiver:
     def _write_docs(self, rows: list[dict[str, Any]]) -> None:
         storage = self.storage
         assert storage is not None
+        # The bucket is otherwise made by the first image upload: a deployment whose first
+        # finished jobs made no image (failed, moderated) must not stall its archive on NoSuchBucket.
+        _offload(storage.ensure_bucket)
 
         tenants = TenantStore(self.store.r, prefix=self.settings.key_prefix)
 

@@ -10,7 +10,8 @@ catalogue for jobs Redis no longer has.
 * :mod:`.schema` -- the tables (SQLAlchemy Core); :mod:`.engine` -- URLs, engines, Alembic
   migrations (``falq db upgrade``); :mod:`.rows` -- record <-> row <-> ``job.json``;
   :mod:`.store` -- upsert, lookup, search, spend reports; :mod:`.search` -- the same filters
-  in memory and the merge of live and archived records.
+  in memory and the merge of live and archived records; :mod:`.revive` -- an archived job
+  written back into Redis, for ``falq retry`` of a job Redis forgot.
 
 Names are imported on first use, so ``from falq.shared.catalogue.search import ...`` (what
 producers import at start) does not load SQLAlchemy.
@@ -35,6 +36,7 @@ _WHERE = {
     "GROUP_KEYS": "store", "Catalogue": "store", "CatalogueQuery": "store", "get_catalogue": "store",
     "reset_catalogues": "store",
     "merge_newest": "search", "record_matches": "search",
+    "lost_in": "rows",
 }
 
 __all__ = sorted(_WHERE)

@@ -47,6 +47,35 @@ def scrub_value(value: Any) -> Any:
     return value
 
 
+#: What :func:`scrub_value` leaves of a data URI, and of a URL's query string.
+_DATA_SUMMARY = re.compile(r"^data:[^;,]*;sha256=[0-9a-f]{64};chars=\d+$")
+_QUERY_DROPPED = "?\u2026"
+
+
+def lost_in(value: Any, path: str = "input") -> list[tuple[str, str]]:
+    """Where :func:`scrub_value` dropped something from ``value`` (a row's input), as
+    ``(path, what was lost)``: a data URI kept as its sha256, a URL without its query string.
+
+    An archived job is run again only from an input kept whole (``falq retry`` of a job only the
+    catalogue holds, :mod:`falq.producers.admin`): a summary or a cut signed URL sent to fal
+    would be a different job, or a refused one billed nothing but an attempt.
+
+    Example::
+
+        lost_in({"image_urls": ["https://h/k.png?\u2026"]})
+        # [('input.image_urls[0]', 'a URL whose query string (a signature) is not kept')]
+    """
+    if isinstance(value, str):
+        if _DATA_SUMMARY.match(value):
+            return [(path, "a data URI, of which only its sha256 is kept")]
+        if value.startswith(("http://", "https://")) and value.endswith(_QUERY_DROPPED):
+            return [(path, "a URL whose query string (a signature) is not kept")]
+        return []
+    if isinstance(value, list):
+        return [hit for i, v in enumerate(value) for hit in lost_in(v, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        return [hit for k, v in value.items() for hit in lost_in(v, f"{path}.{k}")]
+    return []
 
 
 def row_from_record(rec: JobRecord, *, archived_at: float) -> dict[str, Any]:
