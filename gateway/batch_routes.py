@@ -1,8 +1,10 @@
 """``/v1/batches``: batches over HTTP, OpenAI-Batch style (a JSONL upload, counts, an output
 file and an error file). Thin layer over :mod:`falq.producers.batches`, as ``falq batch`` is.
 
-* ``POST /v1/batches?name=&allow_over_budget=`` -- the body is a JSONL file, one line per job
-  exactly as ``falq bulk`` takes (``{endpoint?, input, id?, metadata?, lane?, callback_url?}``;
+* ``POST /v1/batches?name=&allow_over_budget=`` -- the body is a JSONL file (at most
+  ``MAX_UPLOAD`` bytes, refused on its Content-Length before it is read; its Content-Type is not
+  checked, as curl's ``--data-binary`` sends a form type), one line per job exactly as
+  ``falq bulk`` takes (``{endpoint?, input, id?, metadata?, lane?, callback_url?}``;
   an edit's ``image_urls`` may hold ``falq:LINE_ID#N`` or ``falq:JOB_ID#N``). Every line is
   validated first: one bad line -> 422 naming each by line and field, nothing enqueued. An
   estimate over what is left of the budget -> 422 on ``budget`` unless ``allow_over_budget=true``.
@@ -22,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from starlette.requests import Request
@@ -32,10 +35,15 @@ from falq.gateway.core import Gateway, Unprocessable, blocking, json_response
 from falq.producers.batches import Batches, enqueue_batch, open_batch, price
 from falq.producers.bulk import upload_lines
 from falq.producers.client import Falq
+from falq.shared.errors import InvalidInput
 
 #: Largest upload accepted (bytes).
 MAX_UPLOAD = 64 * 1024 * 1024
+#: Most batches one ``GET /v1/batches`` lists.
 MAX_LIMIT = 1000
+#: Longest batch name (characters).
+MAX_NAME = 200
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
 
 
 def _gw(request: Request) -> Gateway:
@@ -62,23 +70,50 @@ def _flag(request: Request, name: str) -> bool:
 async def create_batch(request: Request) -> Response:
     who = require(request, "submit")
     gw = _gw(request)
-    data = await request.body()
+    # The query first: a bad flag or name is answered without reading (or storing) the upload.
+    name = request.query_params.get("name") or "upload"
+    if len(name) > MAX_NAME:
+        raise Unprocessable.field(["query", "name"], f"must be at most {MAX_NAME} characters")
+    over_ok = _flag(request, "allow_over_budget")
+    data = await _read_upload(request)
     if not data.strip():
         raise Unprocessable.field(["body"], "must be a JSONL file of at least one job")
-    if len(data) > MAX_UPLOAD:
-        raise Unprocessable.field(["body"], f"must be at most {MAX_UPLOAD} bytes")
-    name = request.query_params.get("name") or "upload"
-    if len(name) > 200:
-        raise Unprocessable.field(["query", "name"], "must be at most 200 characters")
-    over_ok = _flag(request, "allow_over_budget")
     return await blocking(_create, gw, who, data, name, over_ok)
+
+
+async def _read_upload(request: Request) -> bytes:
+    """The body, refused (422 on ``body``) as soon as it is known to exceed ``MAX_UPLOAD``: from
+    its Content-Length before reading, else while reading, so an oversized upload is never held
+    whole in memory."""
+    too_big = Unprocessable.field(["body"], f"must be at most {MAX_UPLOAD} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > MAX_UPLOAD:
+        raise too_big
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_UPLOAD:
+            raise too_big
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _create(gw: Gateway, who: Principal, data: bytes, name: str, over_ok: bool) -> Response:
     import hashlib
 
     falq = _falq(gw, who)
-    lines, rejects, run_key = upload_lines(falq, data, name=name)
+    try:
+        lines, rejects, run_key = upload_lines(falq, data, name=name)
+    except InvalidInput:
+        raise  # the upload as a whole (no job in it): the app's handler answers 422
+    except (RecursionError, ValueError):
+        # json.loads raises these, not JSONDecodeError, for a line nested too deeply or holding an
+        # integer of more than 4300 digits; the parser lets them through (a 500). Name the line.
+        bad = _unparsable_line(data)
+        if bad is None:
+            raise
+        return _unparsable(*bad)
     if rejects:
         detail = [{"loc": ["body", f"line {r.line}", *([e.field] if e.field else [])], "msg": e.message,
                    "type": "value_error"} for r in rejects for e in r.errors]
@@ -97,10 +132,33 @@ def _create(gw: Gateway, who: Principal, data: bytes, name: str, over_ok: bool) 
     return json_response(201 if created else 200, doc)
 
 
+def _unparsable_line(data: bytes) -> tuple[int, str, str] | None:
+    """``(line number, message, raw line)`` of the first line ``json.loads`` fails on with
+    something other than a ``JSONDecodeError`` (run only after such a failure)."""
+    for n, raw in enumerate(data.removeprefix(b"\xef\xbb\xbf").split(b"\n"), start=1):
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        try:
+            json.loads(text)
+        except RecursionError:
+            return n, "is not valid JSON (nested too deeply)", text
+        except json.JSONDecodeError:
+            continue
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            return n, f"is not valid JSON ({str(exc).split(';')[0][:120]})", text
+    return None
+
+
+def _unparsable(line: int, msg: str, raw: str) -> Response:
+    """The 422 of a line the parser cannot read, in the shape of every bad-line answer."""
+    shown = raw if len(raw) <= 1000 else raw[:1000] + "..."
+    return json_response(422, {"detail": [{"loc": ["body", f"line {line}"], "msg": msg, "type": "value_error"}],
+                               "invalid": [{"line": line, "errors": [{"field": "", "message": msg}], "raw": shown}]})
+
+
 async def list_batches(request: Request) -> Response:
     who = require(request, "read")
     raw = request.query_params.get("limit", "50")
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise Unprocessable.field(["query", "limit"], f"must be an integer from 1 to {MAX_LIMIT}")
     found = await blocking(_service(_gw(request), who).recent, int(raw))
     return json_response(200, {"object": "list", "data": [b.as_json() for b in found]})

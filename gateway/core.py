@@ -170,7 +170,7 @@ async def read_json(request: Request) -> Any:
     raw = await request.body()
     try:
         return json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         raise Unprocessable([{"loc": ["body"], "msg": "Body is not valid JSON", "type": "json_invalid"}]) from None
 
 

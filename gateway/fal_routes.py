@@ -126,7 +126,7 @@ async def submit(request: Request, endpoint: str) -> Response:
     detail: list[dict[str, Any]] = []
     try:
         data = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         bad = {"loc": ["body"], "msg": "Body is not valid JSON", "type": "json_invalid"}
         return json_response(422, {"detail": [bad]})
     priority = (request.headers.get("x-fal-queue-priority") or "normal").strip().lower()
@@ -172,7 +172,7 @@ def _metadata(raw: str | None, detail: list[dict[str, Any]]) -> dict[str, Any] |
         return None
     try:
         value = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         value = None
     if not isinstance(value, dict):
         detail.append({"loc": ["header", "x-falq-metadata"], "msg": "must be a JSON object", "type": "value_error"})

@@ -1,10 +1,19 @@
 """The gateway's OpenAPI 3.1 document, served at ``GET /openapi.json``.
 
-Written by hand, route by route, so it says exactly what the gateway answers; only the
-request bodies that already exist as pydantic models (the four endpoints' inputs and the
-REST bodies) are generated from those models, so a schema change cannot drift from the doc.
+Written by hand, route by route, so it says exactly what the gateway answers: every status a
+route can answer (401/403/503 of the auth layer on every authenticated operation), and each
+answer's schema (:mod:`falq.gateway.openapi_schemas`). Only the request bodies that already
+exist as pydantic models (the four endpoints' inputs and the REST bodies) are generated from
+those models, so a schema change cannot drift from the doc; the limits, budget and tenant
+bodies are widened to what :mod:`falq.producers.admin` really takes (numbers as text too).
 fal's routes are spelled out for the one app falq serves (``fal-ai/qwen-image-2``): OpenAPI
 path templates cannot hold the slash-separated ``{owner}/{app}/{path}`` of fal's ids.
+
+Every route of :func:`falq.gateway.app.routes` is here but the web console's (``/ui``: HTML
+pages); ``tests/test_gateway_openapi_covers_routes.py`` fails when one is missing, and
+``tests/test_gateway_openapi_schemathesis.py`` holds every answer of a real gateway to it.
+The JSONL bodies (the ``POST /v1/batches`` upload, the results and errors files) are
+described as the array of their lines, as OpenAPI 3.2 reads sequential media types.
 
 Example::
 
@@ -17,9 +26,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from falq.gateway.batch_routes import MAX_LIMIT, MAX_NAME, MAX_UPLOAD
 from falq.gateway.limits_routes import BudgetIn, LimitsIn, TenantIn
 from falq.gateway.openapi_schemas import SCHEMAS
 from falq.gateway.rest_routes import BulkItem, JobIn
+from falq.producers.bulk import DEFAULT_ENDPOINT
 from falq.shared.endpoints import ENDPOINTS
 from falq.shared.records import STATES
 from falq.shared.schemas import EditInput, TextToImageInput
@@ -44,17 +55,31 @@ def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, A
     return out
 
 
+def _not_found(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A 404 of a route with an id in its path. An id holding a line break (``%0A``, ``%0D``)
+    matches no route pattern, so Starlette's router answers it with its own plain-text 404."""
+    return {"description": f"{description} (an id holding a line break: the router's plain-text 404)",
+            "content": {**_content(schema), "text/plain": {"schema": {"const": "Not Found"}}}}
+
+
 def _errors(*codes: int) -> dict[str, Any]:
     known = {
         400: _resp("Not possible in the job's current state", ref("Error")),
         401: _resp("Missing or wrong API key", ref("Error")),
-        404: _resp("Unknown job", ref("NotFound")),
+        403: _resp("The API key lacks the route's scope (or is not the operator's)", ref("Error")),
+        404: _not_found("Unknown job, or another tenant's (the same answer)", ref("NotFound")),
         405: _resp("Method not allowed", ref("Error")),
         409: _resp("Not applicable to the job's state", ref("JobRecord")),
         422: _resp("Invalid request: nothing was changed", ref("ValidationError")),
-        503: _resp("Redis or S3 unavailable", ref("Error")),
+        503: _resp("Redis, the broker or S3 unavailable (Retry-After: 1)", ref("Error")),
     }
     return {str(c): known[c] for c in codes}
+
+
+#: What every authenticated operation may answer besides its own codes: no or a wrong key
+#: (AuthMiddleware), a key without the route's scope (``require``, checked first), and Redis
+#: unreachable while the key is looked up.
+_AUTH_ERRORS = (401, 403, 503)
 
 
 def _param(name: str, where: str, schema: dict[str, Any], description: str, required: bool = False) -> dict[str, Any]:
@@ -69,6 +94,13 @@ _LOGS = _param("logs", "query", {"type": "string", "enum": ["0", "1", "true", "f
                "Include the logs tail (fal's `logs=1`; Python's client sends true/false)")
 
 
+#: The 404 of fal's request routes: ``{status: NOT_FOUND, detail}`` for an unknown id (or another
+#: tenant's), ``{detail: "Not found"}`` for a path fal's protocol has no route for (an id made of
+#: whitespace is read as no id at all).
+_FAL_404 = {"404": _not_found("Unknown request id, or another tenant's (`status: NOT_FOUND`); a path the queue "
+                              "protocol does not know (`detail` only)", ref("Error"))}
+
+
 def _submit_op(endpoint: str) -> dict[str, Any]:
     model = ENDPOINTS[endpoint].input_model.__name__
     return {"post": {
@@ -77,14 +109,14 @@ def _submit_op(endpoint: str) -> dict[str, Any]:
         "parameters": [
             _param("fal_webhook", "query", {"type": "string", "format": "uri"},
                    "Called back (fal's webhook shape, X-Falq-Signature) when the job ends"),
-            _param("X-Fal-Queue-Priority", "header", {"type": "string", "enum": ["normal", "low"]},
-                   "`low` runs the job in falq's bulk lane, `normal` in the interactive lane"),
+            _param("X-Fal-Queue-Priority", "header", {"type": "string", "enum": ["normal", "low", ""]},
+                   "`low` runs the job in falq's bulk lane, `normal` (or empty) in the interactive lane"),
             _param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 200,
                                                  "pattern": r"^\S+$"}, "Same key again: the same job"),
             _param("X-Falq-Metadata", "header", {"type": "string"}, "A JSON object stored as the job's metadata"),
         ],
         "requestBody": {"required": True, "content": _content(ref(model))},
-        "responses": {"200": _resp("Enqueued", ref("SubmitResponse")), **_errors(401, 422, 503)},
+        "responses": {"200": _resp("Enqueued", ref("SubmitResponse")), **_errors(*_AUTH_ERRORS, 422)},
     }}
 
 
@@ -95,37 +127,49 @@ def _fal_paths() -> dict[str, Any]:
         "tags": ["fal queue"], "operationId": "status", "summary": "Status (202 until COMPLETED, then 200)",
         "parameters": [_RID, _LOGS],
         "responses": {"200": _resp("COMPLETED", ref("QueueStatus")), "202": _resp("Pending", ref("QueueStatus")),
-                      **_errors(401, 404)}}}
+                      **_errors(*_AUTH_ERRORS), **_FAL_404}}}
     paths[f"{base}/status/stream"] = {"get": {
         "tags": ["fal queue"], "operationId": "status_stream",
         "summary": "Server-sent status events: one `data:` frame per change, closed after COMPLETED",
         "parameters": [_RID, _LOGS],
-        "responses": {"200": {"description": "SSE stream of QueueStatus objects",
-                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                      **_errors(401, 404)}}}
+        "responses": {"200": {"description": "SSE stream: `data:` events holding a QueueStatus as JSON, `: ping` "
+                                             "comments every 15 s while nothing changes",
+                              "content": {"text/event-stream": {"schema": ref("StatusEvent")}}},
+                      **_errors(*_AUTH_ERRORS), **_FAL_404}}}
     paths[base] = {"get": {
         "tags": ["fal queue"], "operationId": "result",
         "summary": "Result: images as presigned URLs of falq's S3 copies; a failed job answers fal's error "
                    "(422 validation, 499 cancelled, 500/503/504)",
         "parameters": [_RID],
-        "responses": {"200": _resp("Completed", ref("Result")), **_errors(400, 401, 404),
+        "responses": {"200": _resp("Completed", ref("Result")), **_errors(400, *_AUTH_ERRORS), **_FAL_404,
                       "422": _resp("The job failed validation at fal", ref("ValidationError")),
                       "499": _resp("The job was cancelled", ref("FalError"))}}}
     paths[f"{base}/cancel"] = {"put": {
         "tags": ["fal queue"], "operationId": "cancel", "summary": "Cancel",
         "parameters": [_RID],
         "responses": {"202": _resp("Cancellation requested", ref("CancelStatus")),
-                      "400": _resp("Already completed", ref("CancelStatus")), **_errors(401, 404)}}}
+                      "400": _resp("Already completed", ref("CancelStatus")), **_errors(*_AUTH_ERRORS), **_FAL_404}}}
     return paths
 
 
 def _op(op_id: str, summary: str, responses: dict[str, Any], *, tag: str = "falq", params: Any = None,
-        body: dict[str, Any] | None = None, public: bool = False) -> dict[str, Any]:
-    op: dict[str, Any] = {"tags": [tag], "operationId": op_id, "summary": summary, "responses": responses}
+        body: dict[str, Any] | None = None, public: bool = False, content: dict[str, Any] | None = None,
+        description: str | None = None) -> dict[str, Any]:
+    """One operation; an authenticated one also answers 401, 403 and 503 (``_AUTH_ERRORS``).
+
+    ``body`` is a JSON request body's schema; ``content`` a whole request-body object for any
+    other media type (the JSONL upload of ``POST /v1/batches``).
+    """
+    all_responses = responses if public else {**_errors(*_AUTH_ERRORS), **responses}
+    op: dict[str, Any] = {"tags": [tag], "operationId": op_id, "summary": summary, "responses": all_responses}
+    if description:
+        op["description"] = description
     if params:
         op["parameters"] = params
     if body is not None:
         op["requestBody"] = {"required": True, "content": _content(body)}
+    if content is not None:
+        op["requestBody"] = content
     if public:
         op["security"] = []
     return op
@@ -133,10 +177,11 @@ def _op(op_id: str, summary: str, responses: dict[str, Any], *, tag: str = "falq
 
 def _rest_paths() -> dict[str, Any]:
     list_params = [
-        _param("state", "query", {"type": "string", "enum": list(STATES)}, "Only jobs in this state"),
+        _param("state", "query", {"type": "string", "enum": [*STATES, ""]}, "Only jobs in this state (empty: any)"),
         _param("since", "query", {"type": "string"}, "Epoch seconds, ISO time or a duration ago (30s, 2h, 1d)"),
         _param("until", "query", {"type": "string"}, "Exclusive upper bound; `next_until` pages on"),
-        _param("endpoint", "query", {"type": "string", "enum": list(ENDPOINTS)}, "Only this endpoint"),
+        # Not an enum: the route takes any value, and one that is no endpoint matches no job.
+        _param("endpoint", "query", {"type": "string"}, f"Only this endpoint ({', '.join(ENDPOINTS)})"),
         _param("limit", "query", {"type": "integer", "minimum": 1, "maximum": 1000}, "Page size (100)"),
         _param("text", "query", {"type": "string", "maxLength": 500}, "Every word in the prompt (full-text search)"),
         _param("batch_id", "query", {"type": "string"}, "Only jobs of this batch"),
@@ -181,6 +226,7 @@ def _rest_paths() -> dict[str, Any]:
                        {"200": _resp("Budget", ref("Budget")), **_errors(401, 422)}, body=ref("BudgetIn")),
         },
         **_tenant_paths(),
+        **_batch_paths(),
         "/healthz": {"get": _op("healthz", "Liveness", {"200": _resp("Alive", ref("Health"))}, tag="probes",
                                 public=True)},
         "/readyz": {"get": _op("readyz", "Readiness: Redis answers, the S3 bucket is reachable",
@@ -210,41 +256,115 @@ def _rest_paths() -> dict[str, Any]:
 
 def _tenant_paths() -> dict[str, Any]:
     """``/v1/tenants``: tenants and their API keys (see the README's scope matrix for who may)."""
-    name = _param("name", "path", {"type": "string"}, "The tenant's name", required=True)
-    key_id = _param("key_id", "path", {"type": "string"}, "The key's id (falq tenants key list)", required=True)
-    obj = {"type": "object"}
-    forbidden = {"403": _resp("The key lacks the scope (or is not the operator's)", ref("Error"))}
+    pattern = TenantIn.model_json_schema()["properties"]["name"]["pattern"]
+    name = _param("name", "path", {"type": "string", "pattern": pattern},
+                  "The tenant's name (another spelling: 422 on name)", required=True)
+    key_id = _param("key_id", "path", {"type": "string", "minLength": 1}, "The key's id (falq tenants key list)",
+                    required=True)
+    no_tenant = {"404": _not_found("Unknown tenant (for a non-operator also another tenant's: the same answer)",
+                                   ref("Error"))}
+    key_body = {"type": "object", "additionalProperties": False, "required": ["scopes"], "properties": {
+        "scopes": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": ["submit", "read", "admin"]}},
+        "label": {"type": "string", "maxLength": 100, "description": "printable characters"}}}
     return {
         "/v1/tenants": {
             "get": _op("list_tenants", "Tenants (the operator: all; other keys: their own)",
-                       {"200": _resp("Tenants", obj), **forbidden, **_errors(401)}),
+                       {"200": _resp("Tenants", ref("TenantList"))}),
             "post": _op("create_tenant", "Create a tenant (operator)",
-                        {"201": _resp("The tenant", obj), **forbidden, **_errors(401, 422)}, body=ref("TenantIn")),
+                        {"201": _resp("The tenant", ref("Tenant")), **_errors(422)}, body=ref("TenantIn")),
         },
         "/v1/tenants/{name}": {
             "get": _op("get_tenant", "One tenant (another tenant's name: 404, as an unknown one)",
-                       {"200": _resp("The tenant", obj), **forbidden, **_errors(401, 404, 422)}, params=[name]),
+                       {"200": _resp("The tenant", ref("Tenant")), **no_tenant, **_errors(422)}, params=[name]),
             "patch": _op("patch_tenant", "Change some of a tenant's settings (operator)",
-                         {"200": _resp("The tenant", obj), **forbidden, **_errors(401, 404, 422)}, params=[name],
-                         body=obj),
+                         {"200": _resp("The tenant", ref("Tenant")), **no_tenant, **_errors(422)}, params=[name],
+                         body=ref("TenantPatch")),
             "delete": _op("delete_tenant", "Remove a tenant and its keys (operator; refused while it has "
                           "unfinished jobs, and for default)",
-                          {"200": _resp("Removed", obj), **forbidden, **_errors(401, 404, 422)}, params=[name]),
+                          {"200": _resp("Removed", ref("TenantRemoved")), **no_tenant, **_errors(422)}, params=[name]),
         },
         "/v1/tenants/{name}/keys": {
             "get": _op("list_keys", "The tenant's API keys: id, label, scopes, created, last 4 characters (operator)",
-                       {"200": _resp("Keys", obj), **forbidden, **_errors(401, 404)}, params=[name]),
+                       {"200": _resp("Keys", ref("ApiKeyList")), **no_tenant, **_errors(422)}, params=[name]),
             "post": _op("create_key", "A new API key of the tenant, answered once (operator)",
-                        {"201": _resp("The key (shown only here)", obj), **forbidden, **_errors(401, 404, 422)},
-                        params=[name], body={"type": "object", "properties": {
-                            "scopes": {"type": "array", "items": {"enum": ["submit", "read", "admin"]}},
-                            "label": {"type": "string"}}, "required": ["scopes"]}),
+                        {"201": _resp("The key (shown only here; Cache-Control: no-store)", ref("ApiKeyCreated")),
+                         **no_tenant, **_errors(422)}, params=[name], body=key_body),
         },
         "/v1/tenants/{name}/keys/{key_id}": {
-            "delete": _op("revoke_key", "Revoke a key at once (operator)",
-                          {"200": _resp("Revoked", obj), **forbidden, **_errors(401, 404, 422)},
+            "delete": _op("revoke_key", "Revoke a key at once (operator; an unknown key id: 422 on key_id)",
+                          {"200": _resp("Revoked", ref("ApiKeyRevoked")), **no_tenant, **_errors(422)},
                           params=[name, key_id]),
         },
+    }
+
+
+#: What ``POST /v1/batches`` says about its body (the route and :func:`falq.producers.bulk.upload_lines`).
+_UPLOAD_RULES = (
+    "A JSONL file: one JSON object per line, as `falq bulk` takes (UTF-8, an optional BOM, blank lines skipped, "
+    "`\\r\\n` or `\\n`), at most {max_bytes} bytes. The Content-Type is not checked (curl's `--data-binary` sends "
+    "`application/x-www-form-urlencoded`); `application/jsonl` is the one to send. Every line is validated "
+    "before anything is enqueued: a body that is empty, whitespace only or over the size limit is a 422 on "
+    "`body`; bad lines are a 422 naming each by line and field (`loc: [body, \"line 3\", input.prompt]`, and "
+    "`invalid[]` with the raw line), and nothing is enqueued. A line's `id` (1-200 characters, unique in the "
+    "upload) lets edits of later lines reference its outputs (`falq:LINE_ID#N` in `input.image_urls`); "
+    "`falq:JOB_ID#N` names an existing job of the tenant. The schema below reads the stream as an array of its "
+    "lines. Sending the same bytes again answers 200 with the same batch and jobs."
+)
+
+
+def _batch_paths() -> dict[str, Any]:
+    """``/v1/batches`` (:mod:`falq.gateway.batch_routes`): a JSONL upload, its batch, its output files."""
+    bid = _param("batch_id", "path", {"type": "string", "minLength": 1, "maxLength": 200},
+                 "The batch id (`b` and 24 hex digits)")
+    no_batch = {"404": _not_found("Unknown batch, or another tenant's (the same answer)", ref("NotFound"))}
+    jsonl_rows = {"description": "JSONL, one row per job in line order (the schema reads the file as an array of "
+                                 "its rows; an empty file when there is none)",
+                  "content": {"application/jsonl": {"schema": {"type": "array", "items": ref("BatchRow")}}}}
+    flag = {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee]|1|0)$", "default": "false"}
+    upload = {"required": True, "description": "The JSONL file (its rules: the operation's description)", "content": {
+        "application/jsonl": {
+            "schema": {"type": "array", "minItems": 1, "items": ref("BatchLine")},
+            "example": [{"id": "fox", "input": {"prompt": "a red fox in the snow", "num_images": 1}},
+                        {"endpoint": "fal-ai/qwen-image-2/edit", "lane": "bulk", "metadata": {"set": "spring"},
+                         "input": {"prompt": "the same fox, at night", "image_urls": ["falq:fox#0"]}}],
+        }}}
+    create_422 = _resp("Invalid upload or query, bad lines (`invalid`), or an estimate over what is left of the "
+                       "budget (`price`, `loc: [budget]`): nothing was enqueued",
+                       {"anyOf": [ref("BatchRejected"), ref("BatchOverBudget"), ref("ValidationError")]})
+    return {
+        "/v1/batches": {
+            "get": _op("list_batches", "The caller's tenant's batches, newest first",
+                       {"200": _resp("Batches (without `tree`)", ref("BatchList")), **_errors(422)},
+                       params=[_param("limit", "query", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT,
+                                                         "default": 50}, "How many (50)")]),
+            "post": _op("create_batch", "Upload a JSONL file of jobs as one batch (OpenAI-Batch style)",
+                        {"201": _resp("The batch, its price and how many jobs it holds", ref("BatchCreated")),
+                         "200": _resp("The same upload was sent before: the same batch and jobs", ref("BatchCreated")),
+                         "422": create_422},
+                        description=_UPLOAD_RULES.format(max_bytes=MAX_UPLOAD), content=upload, params=[
+                            _param("name", "query", {"type": "string", "maxLength": MAX_NAME},
+                                   "The batch's name (empty or absent: `upload`)"),
+                            _param("allow_over_budget", "query", flag,
+                                   "`true` (or `1`, any case) starts the batch even when its estimate exceeds what is "
+                                   "left of the daily or the tenant's budget")]),
+        },
+        "/v1/batches/{batch_id}": {"get": _op(
+            "get_batch", "Counts by state, spend, throughput, ETA and the tree of a chained batch",
+            {"200": _resp("The batch", ref("Batch")), **no_batch}, params=[bid])},
+        "/v1/batches/{batch_id}/cancel": {"post": _op(
+            "cancel_batch", "Cancel every job of the batch that has not ended",
+            {"200": _resp("The batch, and the jobs by outcome", ref("BatchCancelled")), **no_batch}, params=[bid])},
+        "/v1/batches/{batch_id}/retry": {"post": _op(
+            "retry_batch", "Run the batch's failed jobs again (`only=moderated`: those fal's checker refused)",
+            {"200": _resp("The jobs queued again", ref("RetryFailed")), **no_batch, **_errors(422)}, params=[
+                bid, _param("only", "query", {"type": "string", "enum": ["failed", "moderated"], "default": "failed"},
+                            "Which failed jobs")])},
+        "/v1/batches/{batch_id}/results": {"get": _op(
+            "batch_results", "The output file: a row per completed job (presigned URLs of the images)",
+            {"200": jsonl_rows, **no_batch}, params=[bid])},
+        "/v1/batches/{batch_id}/errors": {"get": _op(
+            "batch_errors", "The error file: a row per job that did not complete (failed, cancelled, still running, "
+            "record gone)", {"200": jsonl_rows, **no_batch}, params=[bid])},
     }
 
 
@@ -255,7 +375,58 @@ def _model_schemas() -> dict[str, Any]:
         schema = model.model_json_schema(ref_template=REF)
         out.update(schema.pop("$defs", {}))
         out[model.__name__] = schema
+    _as_admin_reads(out)
+    # PATCH /v1/tenants/{name}: TenantIn's fields but the name, every one optional
+    out["TenantPatch"] = {**{k: v for k, v in out["TenantIn"].items() if k != "required"}, "title": "TenantPatch",
+                          "properties": {k: v for k, v in out["TenantIn"]["properties"].items() if k != "name"}}
+    out["BatchLine"] = _batch_line()
     return out
+
+
+#: A number as its decimal text, which :mod:`falq.producers.admin` takes too (the CLI's spelling).
+_NUMBER_TEXT = {"type": "string", "pattern": r"^\s*[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$",
+                "description": "a number's decimal text"}
+_NULL_TEXT = {"type": "string", "pattern": "^\\s*([Nn][Oo][Nn][Ee]|[Nn][Uu][Ll][Ll])\\s*$",
+              "description": "`none` or `null`: no cap"}
+
+
+def _as_admin_reads(out: dict[str, Any]) -> None:
+    """Widen the limits, budget and tenant bodies to what their one set of rules
+    (:mod:`falq.producers.admin`, shared with the CLI) accepts: a number or its decimal text,
+    for a tenant's caps also ``none``/``null`` text, ``null`` for a flag (false), a tenant's
+    endpoints (every one) and its S3 prefix (the tenant's name)."""
+    def widen(model: str, field: str, *extra: dict[str, Any]) -> None:
+        prop = out[model]["properties"][field]
+        keep = {k: prop.pop(k) for k in ("default", "title", "description") if k in prop}
+        out[model]["properties"][field] = {"anyOf": [prop, *extra], **keep}
+
+    for field in ("rate", "burst", "max_outstanding"):
+        widen("LimitsIn", field, _NUMBER_TEXT)
+    for field in ("resume", "reset"):
+        widen("LimitsIn", field, {"type": "null"})
+    widen("BudgetIn", "budget_usd", _NUMBER_TEXT)
+    widen("TenantIn", "weight", _NUMBER_TEXT)
+    for field in ("max_outstanding", "rate", "budget_usd"):
+        widen("TenantIn", field, _NUMBER_TEXT, _NULL_TEXT)
+    widen("TenantIn", "endpoints", {"type": "null"})
+    widen("TenantIn", "s3_prefix", {"type": "null"})
+
+
+def _batch_line() -> dict[str, Any]:
+    """One line of a ``POST /v1/batches`` upload (the fields :mod:`falq.producers.bulk` knows)."""
+    return {
+        "type": "object", "title": "BatchLine", "additionalProperties": False, "required": ["input"],
+        "properties": {
+            "endpoint": {"enum": list(ENDPOINTS), "default": DEFAULT_ENDPOINT},
+            "input": {"anyOf": [ref("TextToImageInput"), ref("EditInput")],
+                      "description": "the endpoint's input; an edit's `image_urls` may hold `falq:LINE_ID#N` "
+                                     "(output N of the line with that id) or `falq:JOB_ID#N`"},
+            "id": {"type": "string", "minLength": 1, "maxLength": 200, "description": "unique in the upload"},
+            "metadata": {"type": ["object", "null"]},
+            "lane": {"enum": ["interactive", "bulk"], "default": "bulk"},
+            "callback_url": {"type": ["string", "null"], "description": "an http(s) URL called when the job ends"},
+        },
+    }
 
 
 @cache

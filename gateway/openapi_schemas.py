@@ -1,5 +1,9 @@
 """The response schemas of the gateway's OpenAPI document (see :mod:`falq.gateway.openapi`).
 
+Each schema is the shape the route's code builds (the ``as_json`` / ``model_dump`` it answers),
+so the schemathesis run (``tests/test_gateway_openapi_schemathesis.py``) can hold every answer
+to it: a field renamed or a status word added in the code fails that test until it is here.
+
 Example::
 
     SCHEMAS["QueueStatus"]["properties"]["status"]["enum"]    # ['IN_QUEUE', 'IN_PROGRESS', 'COMPLETED']
@@ -30,9 +34,98 @@ BOOL: dict[str, Any] = {"type": "boolean"}
 NULLABLE_STR: dict[str, Any] = {"type": ["string", "null"]}
 NULLABLE_NUM: dict[str, Any] = {"type": ["number", "null"]}
 
+def _tenant_schemas() -> dict[str, dict[str, Any]]:
+    """``/v1/tenants``: a tenant as :class:`falq.shared.tenants.Tenant` dumps it, and its keys
+    as :meth:`falq.shared.tenants.ApiKey.as_json` gives them (never the key but once, at creation)."""
+    key_props = {"id": STR, "tenant": STR, "scopes": {"type": "array", "items": {"enum": ["submit", "read", "admin"]}},
+                 "label": STR, "created": NUM, "last4": STR}
+    return {
+        "Tenant": obj({"name": STR, "weight": NUM, "max_outstanding": {"type": ["integer", "null"]},
+                       "rate": NULLABLE_NUM, "budget_usd": NULLABLE_NUM,
+                       "endpoints": {"type": "array", "items": STR, "description": "empty: every endpoint"},
+                       "s3_prefix": {"type": "string", "description": "empty: the tenant's name"}},
+                      ["name", "weight", "max_outstanding", "rate", "budget_usd", "endpoints", "s3_prefix"],
+                      additionalProperties=False),
+        "TenantList": obj({"tenants": {"type": "array", "items": ref("Tenant")}}, ["tenants"]),
+        "TenantRemoved": obj({"removed": STR}, ["removed"]),
+        "ApiKeyInfo": obj(key_props, list(key_props), additionalProperties=False),
+        "ApiKeyList": obj({"keys": {"type": "array", "items": ref("ApiKeyInfo")}}, ["keys"]),
+        "ApiKeyCreated": obj({**key_props, "key": {"type": "string", "description": "the key itself: shown only here"}},
+                             [*key_props, "key"], additionalProperties=False),
+        "ApiKeyRevoked": obj({"revoked": STR}, ["revoked"]),
+    }
+
+
+def _batch_schemas() -> dict[str, dict[str, Any]]:
+    """``/v1/batches``: :meth:`falq.shared.batches.Batch.as_json` (plus ``tree`` from
+    :class:`falq.producers.batches.BatchView`), the price of an upload, and the JSONL rows."""
+    counts = obj({s: INT for s in STATES}, list(STATES), additionalProperties=False)
+    usd_row = obj({"jobs": INT, "images": INT, "unit_usd": NUM, "usd": NUM}, ["jobs", "images", "unit_usd", "usd"])
+    line_error = obj({"field": {"type": "string", "description": "dotted (input.prompt); empty: the whole line"},
+                      "message": STR}, ["field", "message"])
+    batch_id = {"type": "string", "pattern": "^b[0-9a-f]{24}$"}
+    return {
+        "Batch": obj({
+            "id": batch_id, "object": {"const": "batch"}, "name": STR, "tenant": STR,
+            "source": obj({"file_name": STR, "sha256": STR, "run_key": STR}, ["file_name", "sha256", "run_key"]),
+            "created_at": NUM, "finished_at": {**NULLABLE_NUM, "description": "when the last job ended (null while "
+                                                                              "some still run)"},
+            "status": {"enum": ["in_progress", "completed"]}, "counts": counts, "total": INT, "done": INT,
+            "spend": obj({"estimated_usd": NUM, "billed_usd": NUM}, ["estimated_usd", "billed_usd"]),
+            "throughput_per_min": NUM, "eta_s": {**NULLABLE_NUM, "description": "null: no job has ended yet"},
+            "tree": {"type": "array", "description": "per depth of a chained batch (0: jobs without parents), "
+                                                     "counts by state; absent in listings, empty for a flat batch",
+                     "items": obj({"depth": INT, "counts": {"type": "object", "additionalProperties": INT},
+                                   "total": INT}, ["depth", "counts", "total"])},
+        }, ["id", "object", "name", "tenant", "source", "created_at", "finished_at", "status", "counts", "total",
+            "done", "spend", "throughput_per_min", "eta_s"]),
+        "BatchList": obj({"object": {"const": "list"}, "data": {"type": "array", "items": ref("Batch")}},
+                         ["object", "data"]),
+        "BatchPrice": obj({
+            "images": INT, "jobs": INT, "by_endpoint": {"type": "object", "additionalProperties": usd_row},
+            "estimated_usd": NUM, "day": STR, "spent_today_usd": NUM, "budget_usd": NULLABLE_NUM,
+            "remaining_usd": NULLABLE_NUM, "tenant": STR, "tenant_budget_usd": NULLABLE_NUM,
+            "tenant_remaining_usd": NULLABLE_NUM, "exceeds_budget": BOOL,
+        }, ["images", "jobs", "by_endpoint", "estimated_usd", "day", "spent_today_usd", "budget_usd", "remaining_usd",
+            "tenant", "tenant_budget_usd", "tenant_remaining_usd", "exceeds_budget"]),
+        "BatchCreated": {"allOf": [ref("Batch"), obj({"price": ref("BatchPrice"), "jobs": INT},
+                                                     ["price", "jobs", "tree"])]},
+        "BatchCancelled": {"allOf": [ref("Batch"), obj({"outcomes": {
+            "type": "object", "additionalProperties": INT,
+            "description": "jobs by what cancelling did to them (cancelled, requested, ...)"}}, ["outcomes", "tree"])]},
+        "BatchRejected": obj({
+            "detail": {"type": "array", "items": obj({
+                "loc": {"type": "array", "items": {"type": ["string", "integer"]},
+                        "description": "body, `line N`, then the field (dotted)"},
+                "msg": STR, "type": STR}, ["loc", "msg", "type"])},
+            "invalid": {"type": "array", "items": obj({"line": {"type": "integer", "minimum": 1},
+                                                       "errors": {"type": "array", "items": line_error},
+                                                       "raw": {"type": "string", "description": "the line as sent"}},
+                                                      ["line", "errors", "raw"])},
+        }, ["detail", "invalid"]),
+        "BatchOverBudget": obj({"detail": {
+            "type": "array", "items": obj({"loc": {"type": "array", "items": {"const": "budget"}}, "msg": STR,
+                                           "type": STR}, ["loc", "msg", "type"])}, "price": ref("BatchPrice")},
+            ["detail", "price"]),
+        "BatchRow": obj({
+            "line": {"type": "integer", "minimum": 1}, "id": {**NULLABLE_STR, "description": "the line's id"},
+            "job_id": STR, "state": {"enum": [*STATES, "missing"]},
+            "outputs": {"type": "array", "items": obj({
+                "bucket": STR, "key": STR, "sha256": STR, "size": INT, "content_type": STR,
+                "width": {"type": ["integer", "null"]}, "height": {"type": ["integer", "null"]},
+                "presigned_url": NULLABLE_STR}, ["bucket", "key", "presigned_url"])},
+            "error": {"oneOf": [{"type": "null"}, obj({"type": STR, "message": STR,
+                                                        "categories": {"description": "fal's moderation verdict"}},
+                                                       ["type", "message"])]},
+            "moderated": BOOL, "cost": NUM, "cost_source": {"enum": ["estimate", "fal_billable_units"]},
+            "tenant": STR, "metadata": {"type": "object"}, "parents": {"type": "array", "items": STR},
+        }, ["line", "id", "job_id", "state", "outputs", "error", "metadata", "parents"]),
+    }
+
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": obj({"detail": {}, "error_type": STR}, ["detail"]),
-    "NotFound": obj({"status": {"const": "NOT_FOUND"}, "detail": STR}),
+    "NotFound": obj({"status": {"const": "NOT_FOUND"}, "detail": STR}, ["status", "detail"]),
     "FalError": obj({"detail": {}, "error_type": STR}, ["detail"]),
     "ValidationError": obj({
         "detail": {"type": "array", "items": obj({"loc": {"type": "array", "items": {"type": ["string", "integer"]}},
@@ -54,6 +147,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "metrics": obj({"inference_time": NUM}),
         "error": STR, "error_type": STR,
     }, ["status", "request_id", "logs"]),
+    "StatusEvent": obj({"event": {"const": "message"}, "id": STR,
+                        "data": {"type": "string", "contentMediaType": "application/json",
+                                 "contentSchema": ref("QueueStatus")}}, ["data"],
+                       description="one server-sent event of the status stream"),
     "S3Location": obj({"bucket": STR, "key": STR, "sha256": STR}, ["bucket", "key", "sha256"]),
     "Image": obj({
         "url": {"type": "string", "description": "presigned GET URL of falq's S3 copy"},
@@ -97,4 +194,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Health": obj({"ok": BOOL}, ["ok"]),
     "Ready": obj({"ok": BOOL, "checks": {"type": "object", "additionalProperties": STR}}, ["ok", "checks"]),
     "Ok": obj({"ok": BOOL}, ["ok"]),
+    **_tenant_schemas(),
+    **_batch_schemas(),
 }

@@ -88,7 +88,7 @@ async def fal_webhook(request: Request) -> Response:
         return json_response(503, {"detail": "fal's JWKS is unreachable; deliver again later"})
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         body = None
     if not isinstance(body, dict):
         return json_response(422, {"detail": "webhook body must be a JSON object"}, info.request_id)

@@ -88,6 +88,12 @@ def parse_jsonl(data: bytes) -> tuple[list[Entry], list[Reject]]:
         except json.JSONDecodeError as exc:
             rejects.append(Reject(n, [FieldError("", f"is not valid JSON ({exc.msg} at column {exc.colno})")], raw))
             continue
+        except RecursionError:
+            rejects.append(Reject(n, [FieldError("", "is not valid JSON here (nested too deeply)")], raw[:200]))
+            continue
+        except ValueError as exc:  # e.g. an integer past Python's 4300-digit limit
+            rejects.append(Reject(n, [FieldError("", f"is not valid JSON here ({exc})")], raw[:200]))
+            continue
         if not isinstance(obj, dict):
             rejects.append(Reject(n, [FieldError("", f"must be a JSON object, not {json_type(obj)}")], raw))
             continue

@@ -91,6 +91,12 @@ def test_invalid_submit_is_422_and_changes_nothing(gw: GatewayServer, r: redis.R
     assert submit(gw, {"prompt": "ok"}, params={"fal_webhook": "ftp://x"}).status_code == 422
     bad_json = httpx.post(f"{gw.url}/{T2I}", content=b"{nope", headers=AUTH)
     assert bad_json.status_code == 422 and bad_json.json()["detail"][0]["type"] == "json_invalid"
+    # Nested past Python's recursion limit, or an integer past its 4300 digits: still a 422, not a 500.
+    for hostile in (b"[" * 100_000, b'{"prompt": "x", "seed": ' + b"9" * 5000 + b"}"):
+        for url in (f"{gw.url}/{T2I}", f"{gw.url}/v1/jobs", f"{gw.url}/v1/bulk"):
+            answer = httpx.post(url, content=hostile, headers=AUTH)
+            assert answer.status_code == 422, (url, answer.status_code, answer.text[:200])
+    assert submit(gw, {"prompt": "ok"}, headers={"X-Falq-Metadata": "[" * 100_000}).status_code == 422
     assert submit(gw, {"prompt": "x"}, endpoint="fal-ai/other-model").status_code == 404
     assert httpx.post(f"{gw.url}/v1/jobs", json={"endpoint": T2I, "input": {"prompt": ""}}, headers=AUTH
                       ).json()["detail"][0]["loc"] == ["body", "input", "prompt"]
