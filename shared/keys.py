@@ -24,8 +24,9 @@ key                             type    what
 ``{p}:cancel:{id}``             string  a producer asked to cancel the job
 ``{p}:lease:{id}``              string  the worker step holding the job (``host:pid:token``), TTL
 ``{p}:seen:{id}``               string  a delivery of the job ran recently (the reaper's sign of life)
-``{p}:holders``                 zset    jobs whose lease a worker took (by when): one whose lease
-                                        expired without a release lost its holder
+``{p}:holders``                 zset    jobs whose lease a worker holds, by when the lease runs out
+                                        (Redis' clock, moved on renewal): one past its end with no
+                                        lease lost its holder without a release
 ``{p}:reach``                   hash    worker (lease owner) -> what it reaches (``{at, cut}``),
                                         :mod:`falq.workers.reach`
 ``{p}:takeover:lock``           string  one takeover sweep at a time

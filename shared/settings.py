@@ -239,6 +239,18 @@ class Settings(BaseSettings):
     #: Write ``job.json`` (the catalogue row) beside each job's images in the bucket.
     job_json: bool = True
 
+    # --- web console: sign-in limits and thumbnails made ahead (falq.gateway.console) ----------
+    #: Failed sign-ins allowed from one client address (IPv6: one /64) per window; then 429.
+    console_signin_max_per_address: int = Field(20, ge=1, le=100_000)
+    #: Failed sign-ins allowed with one key prefix (the key's first 16 characters) per window.
+    console_signin_max_per_key: int = Field(10, ge=1, le=100_000)
+    #: The window of those counts (seconds), from the first failure; Retry-After is what is left of it.
+    console_signin_window_s: int = Field(900, ge=10, le=86_400)
+    #: Threads per gateway making completed jobs' thumbnails ahead of any page view (0: off).
+    console_thumbs_ahead_workers: int = Field(2, ge=0, le=16)
+    #: Thumbnails waiting to be made ahead at most (the oldest waiting are dropped beyond it).
+    console_thumbs_ahead_queue: int = Field(500, ge=1, le=100_000)
+
     @field_validator("fal_queue_url", "fal_rest_url")
     @classmethod
     def _strip(cls, v: str) -> str:

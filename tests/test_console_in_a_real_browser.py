@@ -227,8 +227,14 @@ def test_console_user_flows_in_a_real_browser(console: tuple[DevStack, str], gat
         # Every thumbnail was made once, however often the (polled) gallery showed it; a fresh
         # process (a restart, another replica) finds them in S3 and makes none.
         thumbs = console_of(gateway.app).thumbs
-        assert thumbs.made == len(jobs) + 1  # and the late arrival's
-        assert thumbs.storage.get_bytes_if_exists(thumbs.key(lighthouse.outputs[0]))[:2] == b"\xff\xd8"  # a JPEG
+        # The other tenant's job too: made ahead (nobody of that tenant has looked yet), in its own folder.
+        their_rec = theirs.wait(30)
+        their_key = thumbs.key(their_rec.outputs[0], thumbs.folder_of(their_rec.endpoint, their_rec.outputs[0]))
+        assert their_key.startswith(f"{thumbs.storage.prefix}/other/_thumbs/")
+        wait_for(lambda: thumbs.storage.head(their_key) is not None, timeout=30, what="their thumbnail made ahead")
+        assert thumbs.made == len(jobs) + 2  # and the late arrival's, and theirs
+        stored = thumbs.storage.get_bytes_if_exists(thumbs.key(lighthouse.outputs[0]))
+        assert stored is not None and stored[:2] == b"\xff\xd8"  # a JPEG
         fresh = Thumbnails(thumbs.storage, thumbs.px)
         assert fresh.get(lighthouse.outputs[0])[:2] == b"\xff\xd8" and fresh.made == 0
 

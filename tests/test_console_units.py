@@ -8,11 +8,13 @@ import shlex
 import pytest
 from PIL import Image
 
-from falq.gateway.console.access import Principal, Sessions, check_csrf, is_https
+from falq.gateway.console.access import Principal, Refused, Sessions, check_csrf, is_https
 from falq.gateway.console.data import chart, commands, parse_gallery, timeline
-from falq.gateway.console.thumbs import ByteLRU, NoPreview, make_thumbnail
+from falq.gateway.console.thumbs import ByteLRU, NoPreview, Thumbnails, make_thumbnail
 from falq.shared.errors import InvalidInput
-from falq.shared.records import JobRecord
+from falq.shared.records import JobRecord, StoredImage
+from falq.shared.settings import Settings
+from falq.shared.storage import Storage
 
 
 def _png(w: int, h: int, mode: str = "RGBA") -> bytes:
@@ -25,7 +27,9 @@ def test_thumbnail_is_a_small_jpeg_with_the_aspect_kept() -> None:
     out = make_thumbnail(_png(1600, 900), 384)
     with Image.open(io.BytesIO(out)) as im:
         assert im.format == "JPEG" and im.size == (384, 216) and im.mode == "RGB"
-        r, g, b = im.getpixel((10, 10))  # half-transparent green flattened onto white
+        pixel = im.getpixel((10, 10))
+        assert isinstance(pixel, tuple)
+        r, g, b = pixel  # half-transparent green flattened onto white
         assert g > 200 and r > 100 and b > 100
 
 
@@ -101,3 +105,31 @@ def test_sessions_keep_only_a_hash_of_the_id(redis_server: str) -> None:
     sessions.drop(sid)
     assert sessions.get(sid) is None and sessions.get("nonsense") is None
     assert is_https("http", {"x-forwarded-proto": "https"}) and not is_https("http", {})
+
+
+def test_thumbnail_keys_sit_in_the_image_s_tenant_folder() -> None:
+    storage = Storage(Settings(s3_prefix="falq", _env_file=None), client=object())  # type: ignore[call-arg,arg-type]
+    thumbs = Thumbnails(storage, 384)
+    ep = "fal-ai/qwen-image-2/text-to-image"
+
+    def img(key: str) -> StoredImage:
+        return StoredImage(index=0, bucket="b", key=key, size=1, sha256="ab" * 32, content_type="image/png",
+                           width=1, height=1)
+
+    default = img(storage.object_key(ep, "j1", 0.0, 0, "png"))
+    acme = img(storage.key_base(ep, "j2", 0.0, 0, "acme") + ".png")
+    nested = img(storage.key_base(ep, "j3", 0.0, 0, "teams/blue") + ".png")
+    assert thumbs.folder_of(ep, default) == "" and thumbs.key(default) == f"falq/_thumbs/384/{'ab' * 32}.jpg"
+    assert thumbs.folder_of(ep, acme) == "acme"
+    assert thumbs.key(acme, "acme") == f"falq/acme/_thumbs/384/{'ab' * 32}.jpg"
+    assert thumbs.folder_of(ep, nested) == "teams/blue"
+    assert thumbs.folder_of("fal-ai/other", default) == ""  # an endpoint the key does not name: no folder
+    unprefixed = Thumbnails(Storage(Settings(s3_prefix="", _env_file=None), client=object()), 64)  # type: ignore[call-arg,arg-type]
+    assert unprefixed.key(default) == f"_thumbs/64/{'ab' * 32}.jpg"
+
+
+def test_refusal_messages_say_what_and_how_long() -> None:
+    assert Refused("address", 900).message == ("Too many failed sign-in attempts from this address. "
+                                               "Try again in 15 minutes.")
+    assert Refused("key", 61).message == "Too many failed sign-in attempts with this key. Try again in 2 minutes."
+    assert Refused("key", 5).message.endswith("Try again in 1 minute.")

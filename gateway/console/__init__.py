@@ -5,13 +5,16 @@
   cap, spend today against the budget, failures and retries by reason (moderation apart);
   an htmx-polled fragment keeps it live.
 * **Gallery** -- recent outputs as thumbnails (made once per image, cached in S3:
-  :mod:`falq.gateway.console.thumbs`), filtered by state, endpoint, batch, tenant, day and
-  prompt text, paginated.
+  :mod:`falq.gateway.console.thumbs`; made ahead as jobs complete, in the gateway's background
+  threads: :mod:`falq.gateway.console.ahead`), filtered by state, endpoint, batch, tenant, day
+  and prompt text, paginated. The page answers at once, each card a placeholder until its
+  thumbnail arrives.
 * **Job** -- full-size images, prompt, input, seed, a timeline with durations, attempts and
   errors, fal's logs, cost, parents and children, and retry / cancel / download / copy-command.
 * **Batches** -- progress, counts, ETA and spend per batch.
 
-Access (:mod:`falq.gateway.console.access`): sign in with a falq API key; a server-side
+Access (:mod:`falq.gateway.console.access`): sign in with a falq API key (failed attempts
+limited per client address and per key prefix, in Redis: 429 with ``Retry-After``); a server-side
 session in Redis, an HttpOnly SameSite=Strict cookie holding only its id, CSRF tokens on
 every action, the same tenant and scope rules as the REST routes, a strict CSP.
 

@@ -8,6 +8,13 @@ the browser keeps only that id in a cookie that is HttpOnly, SameSite=Strict, Se
 https and expires with the session. Every request re-checks that the key behind the session
 still exists (a revoked key ends its sessions at once).
 
+Failed sign-ins are limited (:class:`SignInLimiter`): per client address (an IPv6 address
+counts as its /64) and per key prefix (the first :data:`KEY_PREFIX_CHARS` characters of the key
+tried), counted in Redis so every gateway process shares the count. Once either count reaches
+its limit, sign-ins from that address or with that prefix answer 429 with ``Retry-After``
+until the window ends -- right keys too, so the limit is no oracle. Redis holds the address and
+a digest of the prefix, never a key; nothing here logs a key.
+
 Each session carries its own CSRF token; every state-changing form (retry, cancel, sign out)
 sends it in a hidden field (htmx requests in ``X-CSRF-Token``) and :func:`check_csrf` compares
 it in constant time. The sign-in form, which has no session yet, uses a double-submit token
@@ -24,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
+import logging
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -42,6 +51,11 @@ COOKIE = "falq_session"
 LOGIN_COOKIE = "falq_login_csrf"
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
+#: How much of a tried key names its per-key count (16: enough that only someone who knows that
+#: much of a key can make its holder wait, while variations of one known prefix share a count).
+KEY_PREFIX_CHARS = 16
+
+log = logging.getLogger("falq.gateway.console")
 
 
 @dataclass(frozen=True)
@@ -203,3 +217,128 @@ def is_https(scheme: str, headers: Any) -> bool:
     """Whether the browser reached us over https: the request's scheme or a proxy's ``X-Forwarded-Proto``."""
     forwarded = str(headers.get("x-forwarded-proto") or "").split(",")[0].strip().lower()
     return scheme == "https" or forwarded == "https"
+
+
+# --- sign-in limits --------------------------------------------------------------------------------
+
+
+def client_address(client_host: str | None) -> str:
+    """The address failed sign-ins are counted by: the peer's address as uvicorn reports it,
+    an IPv6 one as its /64 network (one host holds a whole /64), ``unknown`` if none.
+
+    Behind a reverse proxy uvicorn takes the address from ``X-Forwarded-For`` only when the
+    proxy is one of ``FORWARDED_ALLOW_IPS`` (uvicorn's setting, default ``127.0.0.1``); a
+    client elsewhere cannot pick its own address by sending that header.
+    """
+    try:
+        ip = ipaddress.ip_address((client_host or "").strip())
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A sign-in refused by the limit: which count is full and how long until it clears."""
+
+    by: str  # "address" or "key"
+    retry_after_s: int
+
+    @property
+    def message(self) -> str:
+        minutes = max(1, -(-self.retry_after_s // 60))
+        what = "from this address" if self.by == "address" else "with this key"
+        return (f"Too many failed sign-in attempts {what}. Try again in {minutes} minute"
+                f"{'s' if minutes != 1 else ''}.")
+
+
+# KEYS: the counts (address, then key prefix if any); ARGV: window seconds, then each count's limit.
+# Atomic: a full count refuses (it alone counts on, which never extends its window: the first
+# refusal is the one that reads limit + 1, and only that one is logged); otherwise every count
+# takes this attempt (a success gives it back, see _RELEASE), so concurrent guesses cannot
+# overshoot the limit. Returns {index of the full count or 0, its TTL, its new value}.
+_ACQUIRE = """
+for i, k in ipairs(KEYS) do
+  local n = tonumber(redis.call('GET', k) or '0')
+  if n >= tonumber(ARGV[i + 1]) then
+    n = redis.call('INCR', k)
+    local ttl = redis.call('TTL', k)
+    if ttl < 0 then redis.call('EXPIRE', k, ARGV[1]); ttl = tonumber(ARGV[1]) end
+    return {i, ttl, n}
+  end
+end
+for _, k in ipairs(KEYS) do
+  if redis.call('INCR', k) == 1 then redis.call('EXPIRE', k, ARGV[1]) end
+end
+return {0, 0, 0}
+"""
+_RELEASE = """
+for _, k in ipairs(KEYS) do
+  if tonumber(redis.call('GET', k) or '0') > 0 then redis.call('DECR', k) end
+end
+return 0
+"""
+
+
+class SignInLimiter:
+    """Failed console sign-ins per client address and per key prefix, counted in Redis.
+
+    Each attempt first *takes* one from both counts (:meth:`attempt`, one atomic script); a
+    sign-in that succeeds gives it back (:meth:`succeeded`), so the counts are the failures
+    within the window, and many guesses racing in at once cannot exceed the limit. A count
+    starts its window (``window_s``) at its first failure and is dropped by Redis when that
+    ends (a fixed window: a full count clears at once, after at most ``window_s``).
+
+    Example::
+
+        lim = SignInLimiter(r, "falq", per_address=20, per_key=10, window_s=900)
+        refused = lim.attempt("203.0.113.7", key)   # None: go on and check the key
+        ...; lim.succeeded("203.0.113.7", key)      # only when the key was accepted
+    """
+
+    def __init__(self, r: redis.Redis, prefix: str, *, per_address: int, per_key: int, window_s: int) -> None:
+        if min(per_address, per_key, window_s) < 1:
+            raise ValueError("sign-in limits and window must be at least 1")
+        self.r = r
+        self.keys = Keys(prefix)
+        self.per_address, self.per_key, self.window_s = int(per_address), int(per_key), int(window_s)
+        self._acquire = r.register_script(_ACQUIRE)
+        self._release = r.register_script(_RELEASE)
+
+    def _counts(self, address: str, key: str) -> tuple[list[str], list[int]]:
+        names, limits = [self.keys.console_signin_addr(address[:64])], [self.per_address]
+        prefix = key.strip()[:KEY_PREFIX_CHARS]
+        if prefix:  # an empty key counts against the address only
+            digest = hashlib.sha256(f"falq-console-signin:{prefix}".encode()).hexdigest()[:32]
+            names.append(self.keys.console_signin_key(digest))
+            limits.append(self.per_key)
+        return names, limits
+
+    def attempt(self, address: str, key: str) -> Refused | None:
+        """Count one sign-in attempt; a :class:`Refused` when a count is already full (blocking)."""
+        names, limits = self._counts(address, key)
+        which, ttl, count = (int(v) for v in self._acquire(keys=names, args=[self.window_s, *limits]))
+        if not which:
+            return None
+        by = "address" if which == 1 else "key"
+        refused = Refused(by, max(1, ttl))
+        if count == limits[which - 1] + 1:  # the first refusal of this window: one line, not a flood
+            # The address is fine to log; a key (or its prefix, or its digest) never is.
+            where = f"from {address}" if by == "address" else "with one key prefix"
+            log.warning("console sign-in limit reached: %d failures %s; refused for %d s", limits[which - 1],
+                        where, refused.retry_after_s)
+        return refused
+
+    def succeeded(self, address: str, key: str) -> None:
+        """The attempt signed in: give back what :meth:`attempt` took (blocking)."""
+        names, _ = self._counts(address, key)
+        self._release(keys=names, args=[])
+
+    def failures(self, address: str, key: str = "") -> list[int]:
+        """The current counts (address, then key prefix if any): tests and operators read them."""
+        names, _ = self._counts(address, key)
+        return [int(v or 0) for v in self.r.mget(names)]

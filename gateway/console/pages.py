@@ -8,7 +8,8 @@ Content-Security-Policy below can forbid them.
 Routes (under ``/ui``)::
 
     GET  /                      -> the overview (operators, admin keys) or the gallery
-    GET  /login, POST /login    sign in with a falq API key; POST /logout signs out
+    GET  /login, POST /login    sign in with a falq API key (failures limited: 429 + Retry-After);
+                                POST /logout signs out
     GET  /overview              figures, chart; /overview/live is its polled fragment
     GET  /gallery               thumbnails with filters; /gallery/grid is its polled fragment
     GET  /batches               batches with progress (extension point until batches exist)
@@ -19,9 +20,11 @@ Routes (under ``/ui``)::
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -48,11 +51,14 @@ from falq.gateway.console.access import (
     Principal,
     Session,
     Sessions,
+    SignInLimiter,
     check_csrf,
+    client_address,
     is_https,
     principal_for_key,
     still_valid,
 )
+from falq.gateway.console.ahead import ThumbsAhead
 from falq.gateway.console.thumbs import NoPreview, Thumbnails
 from falq.gateway.core import Gateway, blocking, visible_job
 from falq.producers.admin import Admin
@@ -86,20 +92,48 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
 
 class Console:
-    """The console's state: one per gateway app (see :func:`create_console`)."""
+    """The console's state: one per gateway app (see :func:`create_console`).
+
+    ``ahead`` (when ``FALQ_CONSOLE_THUMBS_AHEAD_WORKERS`` > 0) makes completed jobs' thumbnails
+    in background threads. It starts with the console's first request in this process
+    (:meth:`start_ahead`; a mounted app gets no lifespan events, and a gateway that never
+    serves the console spends nothing on it) and ends with the event loop that served it, on
+    :meth:`close`, or when the console is collected.
+    """
 
     def __init__(self, gw: Gateway, api: ApiKeys) -> None:
+        s = gw.settings
         self.gw = gw
         self.keys = KeyContext(api, gw.gsettings.key_list() if api.enabled else None,
                                ApiKeyStore(gw.store.r, prefix=gw.prefix))
-        self.sessions = Sessions(gw.store.r, gw.prefix, gw.settings.console_session_ttl_s)
-        self.admin = Admin(gw.falq, gw.settings)
-        self.thumbs = Thumbnails(gw.storage, gw.settings.console_thumb_px)
+        self.sessions = Sessions(gw.store.r, gw.prefix, s.console_session_ttl_s)
+        self.signin = SignInLimiter(gw.store.r, gw.prefix, per_address=s.console_signin_max_per_address,
+                                    per_key=s.console_signin_max_per_key, window_s=s.console_signin_window_s)
+        self.admin = Admin(gw.falq, s)
+        self.thumbs = Thumbnails(gw.storage, s.console_thumb_px)
+        self.ahead: ThumbsAhead | None = None
         self.env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                                       undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.env.filters["ts"] = _fmt_ts
         self.env.filters["secs"] = _fmt_secs
         self.env.filters["usd"] = lambda v: "-" if v is None else f"${v:,.2f}"
+
+    def start_ahead(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start making thumbnails ahead (once), for as long as ``loop`` runs (on the loop's thread)."""
+        s = self.gw.settings
+        if self.ahead is not None or s.console_thumbs_ahead_workers <= 0:
+            return
+        # alive() holds the loop only, never the console: a collected console ends the threads too.
+        self.ahead = ThumbsAhead(self.gw.store.r, self.gw.store, self.thumbs, prefix=self.gw.prefix,
+                                 workers=s.console_thumbs_ahead_workers, queue=s.console_thumbs_ahead_queue,
+                                 alive=lambda: loop.is_running() and not loop.is_closed()).start()
+        done = weakref.finalize(self, self.ahead.close, 0)  # signal only: never block a gc pass
+        done.atexit = False  # daemon threads end with the process anyway
+
+    def close(self) -> None:
+        """Stop making thumbnails ahead (idempotent)."""
+        if self.ahead is not None:
+            self.ahead.close()
 
     def render(self, request: Request, name: str, status: int = 200, **ctx: Any) -> HTMLResponse:
         base = request.scope.get("root_path", "").rstrip("/")
@@ -126,6 +160,21 @@ def _fmt_secs(value: float | None) -> str:
 def _console(request: Request) -> Console:
     c: Console = request.app.state.console
     return c
+
+
+class StartsAhead:
+    """On the console's first request, starts its thumbnails made ahead
+    (:meth:`Console.start_ahead`) for as long as the event loop serving it runs."""
+
+    def __init__(self, app: ASGIApp, console: Console) -> None:
+        self.app = app
+        self.console: Console | None = console
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.console is not None and scope["type"] == "http":
+            self.console.start_ahead(asyncio.get_running_loop())
+            self.console = None  # once: then this is a plain pass-through
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:
@@ -266,13 +315,24 @@ async def login_form(request: Request, error: str | None = None, status: int = 2
 
 
 async def login(request: Request) -> Response:
+    """Sign in. Failed attempts are limited per client address and per key prefix
+    (:class:`~falq.gateway.console.access.SignInLimiter`): over the limit the answer is 429
+    with ``Retry-After``, before the key is even looked at."""
     c = _console(request)
     form = await _form(request)
     if not _same_origin(request) or not check_csrf(request.cookies.get(LOGIN_COOKIE) or "", form.get(CSRF_FIELD)):
         return await login_form(request, "The sign-in form expired; try again.", 403)
-    principal = await blocking(principal_for_key, c.keys, form.get("key", ""))
+    key = form.get("key", "")
+    address = client_address(request.client.host if request.client else None)
+    refused = await blocking(c.signin.attempt, address, key)
+    if refused is not None:
+        resp = await login_form(request, refused.message, 429)
+        resp.headers["retry-after"] = str(refused.retry_after_s)
+        return resp
+    principal = await blocking(principal_for_key, c.keys, key)
     if principal is None:
         return await login_form(request, "That key is not accepted.", 401)
+    await blocking(c.signin.succeeded, address, key)
     sid, _ = await blocking(c.sessions.create, principal)
     resp = RedirectResponse(_next(request, form.get("next")), 303)
     resp.set_cookie(COOKIE, sid, **_cookie_kw(request, c.sessions.ttl_s))
@@ -390,7 +450,7 @@ async def thumb(request: Request) -> Response:
     rec = await _visible(c, request)
     img = _image(rec, request)
     try:
-        jpeg = await blocking(c.thumbs.get, img)
+        jpeg = await blocking(c.thumbs.get, img, c.thumbs.folder_of(rec.endpoint, img))
     except NoPreview:
         return Response("no preview for this image", 404, media_type="text/plain")
     return Response(jpeg, media_type="image/jpeg",
@@ -477,7 +537,7 @@ def create_console(gw: Gateway, api: ApiKeys) -> Starlette:
         Route("/jobs/{job_id}/cancel", cancel, methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, middleware=[Middleware(SecurityHeaders)],
+    app = Starlette(routes=routes, middleware=[Middleware(StartsAhead, console=console), Middleware(SecurityHeaders)],
                     exception_handlers=_handlers(lambda: console))
     app.state.console = console
     app.state.gateway = gw
