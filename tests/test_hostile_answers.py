@@ -209,9 +209,13 @@ def test_truncated_media_is_fetched_again_and_never_stored(run: Run) -> None:
     for name in ("media-truncated-png", "media-truncated-jpeg"):
         rec = run.records[name]
         assert run.fal.hits[f"/media/{name}.png"] == 3, name  # TRUNCATED_TRIES downloads, then failed
-        # three retryable notes, then the same error as the final, non-retryable one
-        assert [(e.type, e.retryable) for e in rec.errors] == [("media_truncated", True)] * 3 + [
-            ("media_truncated", False)], [e.message for e in rec.errors]
+        # three retryable notes, then the same error as the final, non-retryable one. A status
+        # stream this loaded test server drops now and then adds a retryable fal_transient note
+        # (the follower reconnects); any other note would be a real difference.
+        media = [(e.type, e.retryable) for e in rec.errors if e.type != "fal_transient"]
+        assert media == [("media_truncated", True)] * 3 + [("media_truncated", False)], \
+            [e.message for e in rec.errors]
+        assert all(e.retryable for e in rec.errors if e.type == "fal_transient"), [e.message for e in rec.errors]
         assert rec.outputs == []
         listed = storage.client.list_objects_v2(Bucket=storage.bucket, Prefix=f"{run.client.settings.s3_prefix}/")
         # no image (the job's job.json, its catalogue row, is written for failed jobs too)
