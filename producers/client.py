@@ -435,11 +435,7 @@ class Falq:
             applied["last"] = r.state == "failed"
             if r.state != "failed":
                 return False
-            r.retry_from = r.attempts
-            r.request_id = r.status_url = r.response_url = r.cancel_url = None
-            r.submitted_at = r.fal_completed_at = r.queue_wait = r.inference_time = None
-            r.outputs, r.seed, r.paused, r.cancel_requested = [], None, None, False
-            r.move("queued")
+            r.start_over("queued")
             return True
 
         out = []

@@ -398,11 +398,7 @@ class Chains:
                 return False
             if r.input_refs is not None:
                 r.input = {**r.input, "image_urls": list(r.input_refs)}
-            r.retry_from = r.attempts
-            r.request_id = r.status_url = r.response_url = r.cancel_url = None
-            r.submitted_at = r.fal_completed_at = r.queue_wait = r.inference_time = None
-            r.outputs, r.seed, r.paused, r.cancel_requested = [], None, None, False
-            r.move("waiting")
+            r.start_over("waiting")
             return True
 
         before = self.store.get(job_id)

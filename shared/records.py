@@ -164,6 +164,20 @@ class JobRecord(BaseModel):
         """The last error, if any."""
         return self.errors[-1] if self.errors else None
 
+    def start_over(self, state: State) -> None:
+        """Make the job runnable again as a new attempt, entering ``state`` (``queued``, or
+        ``waiting`` for a chained job): what fal knew of the last attempt is forgotten, the
+        attempts and errors so far are kept (``retry_from`` marks where the new run began).
+
+        The one reset behind every retry (:meth:`falq.producers.Falq.retry`,
+        :meth:`falq.shared.chains.Chains.reopen`).
+        """
+        self.retry_from = self.attempts
+        self.request_id = self.status_url = self.response_url = self.cancel_url = None
+        self.submitted_at = self.fal_completed_at = self.queue_wait = self.inference_time = None
+        self.outputs, self.seed, self.paused, self.cancel_requested = [], None, None, False
+        self.move(state)
+
     def move(self, state: State) -> None:
         """Enter ``state`` now (records the timestamp of the state)."""
         now = time.time()
