@@ -220,6 +220,7 @@ class JobStore:
         self._index_owned = client.register_script(_INDEX_OWNED)
         self._forget_tenant_if_empty = client.register_script(_FORGET_TENANT_IF_EMPTY)
         self._forget = client.register_script(_FORGET_UNPUBLISHED)
+        self._restore = client.register_script(_RESTORE)
 
     # --- keys ----------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -621,6 +622,22 @@ class JobStore:
             self.catch_up_tenant_index(budget_s=budget_s)
         return self.prune_tenant_indexes(older_than, batch=batch)
 
+    # --- an archived record back (falq.shared.catalogue.revive) -----------------------------------
+    def restore(self, rec: JobRecord, *, ttl_s: int) -> int:
+        """Write the archived ``rec`` back, unchanged (its version, state and ``published`` = 1),
+        with its index entries (the tenant's creation index included) and its idempotency key,
+        only if Redis holds no record of the job. The record expires after ``ttl_s`` unless a
+        later (non-terminal) save persists it. Returns 1 written, 0 already there, 2 when the
+        idempotency key names another live job (nothing written: restore without the key)."""
+        ttl = max(1, int(ttl_s))
+        tenant = rec.tenant or "default"
+        idem = self.idem_key(rec.idempotency_key, tenant)
+        return int(self._restore(
+            keys=[self.job_key(rec.id), idem, self.keys.state(rec.state), self.keys.created,
+                  self.keys.created_tenant(tenant), self.keys.created_tenants],
+            args=[rec.id, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.created_at,
+                  self.prefix, ttl, tenant]))
+
     # --- undo an enqueue whose broker message was never sent ------------------------------------
     def forget_unpublished(self, job_id: str, idempotency_key: str | None = None, tenant: str = "default") -> bool:
         """Delete a record created by a producer whose broker message could not be sent
@@ -647,6 +664,30 @@ def _ready_args(rec: JobRecord, fair: bool) -> list[str]:
 # what the create (and any save since) added, so the counts stay equal to a recount. Every call
 # before the batch's HINCRBYs deletes, and Redis lets a script that has already written finish
 # even at maxmemory, so this runs when Redis refuses new writes (the reason it is called).
+# JobStore.restore: an archived record written back, unchanged, only if Redis has none
+# (falq.shared.catalogue.revive). KEYS: the record, its idempotency key ('' for none), its
+# state index, {p}:created, its tenant's creation index, {p}:created:tenants. Returns 1 written,
+# 0 already there, 2 the idempotency key names another live job (nothing written).
+_RESTORE = """
+local job_key, idem_key = KEYS[1], KEYS[2]
+local id, version, state, doc, updated_at, created_at, prefix, ttl, tenant =
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
+if redis.call('EXISTS', job_key) == 1 then return 0 end
+if idem_key ~= '' then
+  local owner = redis.call('GET', idem_key)
+  if owner and owner ~= id and redis.call('EXISTS', prefix .. ':job:' .. owner) == 1 then return 2 end
+  redis.call('SET', idem_key, id, 'EX', ttl)
+end
+redis.call('HSET', job_key, 'version', version, 'state', state, 'doc', doc, 'published', '1')
+redis.call('EXPIRE', job_key, ttl)
+redis.call('ZADD', KEYS[3], updated_at, id)
+redis.call('ZADD', KEYS[4], created_at, id)
+redis.call('ZADD', KEYS[5], created_at, id)
+redis.call('SADD', KEYS[6], tenant)
+return 1
+"""
+
+
 _FORGET_UNPUBLISHED = """
 local job_key, idem_key, id, prefix = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local cur = redis.call('HMGET', job_key, 'published', 'state', 'doc')

@@ -204,3 +204,19 @@ def test_records_from_before_the_index_are_listed_then_backfilled(r: redis.Redis
     assert r.zscore(store.keys.created_tenant("small"), old_style.id) == old_style.created_at
     assert search(store, JobQuery(limit=100), tenant="small")["jobs"][0]["id"] == old_style.id
     assert not store.catch_up_tenant_index()  # nothing is missing now: no walk
+
+
+def test_a_restored_archived_record_is_in_its_tenants_index(r: redis.Redis) -> None:
+    """falq.shared.catalogue.revive writes an archived record back (JobStore.restore): its
+    tenant's listing finds it, as it finds a record that never left Redis."""
+    r.flushall()
+    store = JobStore(r, prefix=PREFIX)
+    _create(store, _records("other", 3, start=time.time() - 120))  # a live Redis: the index is complete
+    assert store.tenant_index_ready()
+    [rec] = _records("shop", 1, start=time.time() - 60)
+    rec.move("failed")
+    assert store.restore(rec, ttl_s=600) == 1
+    assert store.restore(rec, ttl_s=600) == 0  # already there: nothing written
+    assert [x.id for x in store.find(tenant="shop")] == [rec.id]
+    assert [x.id for x in store.find("failed", tenant="shop")] == [rec.id]
+    assert rec.id not in [x.id for x in store.find(tenant="other")]

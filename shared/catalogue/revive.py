@@ -10,12 +10,13 @@ live retry then runs on it exactly as on a job Redis never forgot. Every rule of
 retry therefore holds for archived jobs too, and two retries at once still make one (the
 revive is an "only if absent" write, the retry a compare-and-set).
 
-What the revive writes (one Lua step, only if ``{p}:job:{id}`` does not exist):
+What the revive writes (:meth:`falq.shared.jobstore.JobStore.restore`, one Lua step, only if
+``{p}:job:{id}`` does not exist):
 
 * the record hash with the row's ``version`` (so every later save, archived again by id,
   is newer than the row and replaces it), its state, ``published`` = 1 (it had its message;
   an idempotent resubmit must not publish a finished job again);
-* its entries in ``{p}:state:{state}`` and ``{p}:created``;
+* its entries in ``{p}:state:{state}``, ``{p}:created`` and its tenant's ``{p}:created:t:{tenant}``;
 * its idempotency key, when no other live job owns it meanwhile (else the record is revived
   without one: :data:`IDEM_TAKEN`);
 * an expiry of ``ttl_s``: a revived record that no retry moves on (a parent revived for a
@@ -39,37 +40,16 @@ from urllib.parse import unquote, urlsplit
 from falq.shared.jobstore import JobStore
 from falq.shared.records import JobRecord
 
-#: :func:`revive` answers: written, already in Redis, or the idempotency key names another job.
+#: :meth:`JobStore.restore` answers: written, already in Redis, or the idempotency key names another job.
 REVIVED, PRESENT, IDEM_TAKEN = 1, 0, 2
-
-_REVIVE = """
-local job_key, idem_key = KEYS[1], KEYS[2]
-local id, version, state, doc, updated_at, created_at, prefix, ttl =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
-if redis.call('EXISTS', job_key) == 1 then return 0 end
-if idem_key ~= '' then
-  local owner = redis.call('GET', idem_key)
-  if owner and owner ~= id and redis.call('EXISTS', prefix .. ':job:' .. owner) == 1 then return 2 end
-  redis.call('SET', idem_key, id, 'EX', ttl)
-end
-redis.call('HSET', job_key, 'version', version, 'state', state, 'doc', doc, 'published', '1')
-redis.call('EXPIRE', job_key, ttl)
-redis.call('ZADD', prefix .. ':state:' .. state, updated_at, id)
-redis.call('ZADD', prefix .. ':created', created_at, id)
-return 1
-"""
 
 
 def revive(store: JobStore, rec: JobRecord, *, ttl_s: int) -> bool:
     """Write the archived ``rec`` back into Redis unless the job is there already (see the
     module docs); returns True if this call wrote it. A live job owning the record's
     idempotency key meanwhile keeps it: the record is then revived without the key."""
-    script = store.r.register_script(_REVIVE)
-    ttl = max(1, int(ttl_s))
     for _ in range(2):
-        res = int(script(keys=[store.job_key(rec.id), store.idem_key(rec.idempotency_key, rec.tenant)],
-                         args=[rec.id, rec.version, rec.state, rec.model_dump_json(), rec.updated_at,
-                               rec.created_at, store.prefix, ttl]))
+        res = store.restore(rec, ttl_s=ttl_s)
         if res != IDEM_TAKEN:
             return res == REVIVED
         rec = rec.model_copy(update={"idempotency_key": None})
