@@ -242,9 +242,15 @@ class LeaseKeeper:
         while not self._stop.wait(interval):
             try:
                 self.renew_now()
-            except redis.RedisError as exc:
-                # Keep trying: if Redis is back before the TTL runs out, nobody noticed.
+            except Exception as exc:
+                # Keep trying: if Redis is back before the TTL runs out, nobody noticed. Not only
+                # RedisError: a connection torn down mid-read surfaces as ValueError from redis-py's
+                # socket buffer, and a keeper thread that died would let every lease it holds lapse.
                 log.warning("lease renewal failed: %s", type(exc).__name__)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 2.0) -> None:
+        """Stop renewing; waits up to ``timeout_s`` for a renewal in flight to end."""
         self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
