@@ -9,6 +9,7 @@ Example::
     falq batch show b5e0c... --watch               # live progress (the tree of a chained batch)
     falq batch show b5e0c... --json
     falq batch cancel b5e0c...
+    falq batch set-cap b5e0c... 40                 # raise its spend cap: jobs paused at it go on
     falq batch retry b5e0c... --moderated
     falq batch results b5e0c... --out results.jsonl   # + results.errors.jsonl
 """
@@ -76,6 +77,12 @@ def _view(v: BatchView) -> Table:
     grid.add_row("throughput", f"{b.throughput_per_min():.1f} jobs/min, ETA "
                  + ("-" if eta is None else f"{eta:.0f}s"))
     grid.add_row("spend", f"estimated ${b.est_usd:.4f}, billed ${b.billed_usd:.4f}")
+    if b.cap is not None and b.cap.max_spend_usd is not None:
+        grid.add_row("spend cap", f"${b.cap.max_spend_usd:.2f}: billed ${b.cap.billed_usd:.4f} + reserved "
+                                  f"${b.cap.reserved_usd:.4f}" + (
+                                      f"; {b.cap.waiting} job(s) PAUSED: batch_spend_cap (raise it with "
+                                      f"falq batch set-cap {b.id} USD)" if b.cap.waiting and not b.finished_at
+                                      else ""))
     for depth, counts in enumerate(v.levels):
         total = sum(counts.values())
         ended = sum(n for s, n in counts.items() if s in TERMINAL)
@@ -109,6 +116,23 @@ def show(batch_id: str, watch: bool, tenant: str | None, as_json: bool) -> int:
             if v.batch.finished_at:
                 return EXIT_OK
             time.sleep(1.0)
+
+
+@batch.command("set-cap")
+@click.argument("batch_id")
+@click.argument("max_spend", metavar="USD|none")
+@click.option("--tenant", metavar="NAME")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def set_cap(batch_id: str, max_spend: str, tenant: str | None, as_json: bool) -> int:
+    """Set the batch's spend cap (USD; none removes it). Jobs waiting at the cap
+    (paused: batch_spend_cap) go on within one poll (FALQ_PAUSE_POLL_S) once they fit."""
+    view = _service(tenant).set_cap(batch_id, max_spend)
+    if as_json:
+        emit_json(view.as_json())
+    else:
+        stdout().print(_view(view))
+    return EXIT_OK
 
 
 @batch.command("cancel")

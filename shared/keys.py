@@ -88,6 +88,12 @@ key                             type    what
                                         the key's first 16 characters (never the key), TTL
 ``{p}:console:thumb:{d}``       string  a gateway claimed making this thumbnail ahead (TTL), so one
                                         replica makes it (:mod:`falq.gateway.console.ahead`)
+``{p}:pricing``                 string  the account's unit prices from fal's pricing API (JSON, with
+                                        their source and expiry), :mod:`falq.shared.pricing`
+``{p}:bcap:{batch}``            hash    a batch's spend cap (:mod:`falq.shared.batch_cap`):
+                                        ``cap_micro``, ``reserved_micro``, ``billed_micro``
+``{p}:bcap:{batch}:charges``    hash    job id -> micro-dollars reserved against the cap
+``{p}:bcap:{batch}:billed``     hash    job id -> micro-dollars billed (settled once per job)
 ==============================  ======  ==========================================================
 
 Lua scripts that build keys from ids they read inside Redis (the job store's create, the
@@ -246,6 +252,13 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"
+
+    @property
+    def pricing(self) -> str:
+        return f"{self.prefix}:pricing"
+
+    def batch_cap(self, batch_id: str) -> str:
+        return f"{self.prefix}:bcap:{batch_id}"
 
     def batch_jobs(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:jobs"

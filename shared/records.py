@@ -124,6 +124,15 @@ class JobRecord(BaseModel):
     #: when fal did not report units (``cost_source`` then stays ``estimate``).
     cost_billed: float | None = None
     cost_source: Literal["estimate", "fal_billable_units"] = "estimate"
+    #: The unit price (USD) ``cost_estimate`` and ``cost_billed`` were computed with.
+    unit_price: float | None = None
+    #: Where ``unit_price`` came from (:mod:`falq.shared.pricing`): ``fal_pricing_api`` (the
+    #: account's price) or ``list_price_fallback`` (the configured list price; the API was unreachable).
+    price_source: Literal["fal_pricing_api", "list_price_fallback"] | None = None
+    #: fal's ``x-fal-billable-units`` of the result, as reported.
+    billable_units: float | None = None
+    #: ``X-Fal-Queue-Priority`` chosen for this job (its batch's or its tenant's); None: the lane's setting.
+    priority: Literal["normal", "low"] | None = None
     #: fal's moderation categories when its content checker refused the job (``content_policy``).
     moderation: list[str] | None = None
     #: When fal's output JSON was saved beside the record (fetched once, right after COMPLETED).
