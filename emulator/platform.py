@@ -35,7 +35,6 @@ from falq.emulator.config import EmulatorConfig
 from falq.shared.endpoints import ENDPOINTS
 
 if TYPE_CHECKING:
-    from falq.emulator.core import Emulator
     from falq.emulator.state import RequestRecord
 
 #: Prices per page of ``/v1/models/pricing`` (small, so clients must follow the cursor).
@@ -104,9 +103,9 @@ def _json(code: int, body: Any) -> Response:
     return Response(json.dumps(body, separators=(",", ":")), code, media_type="application/json")
 
 
-def _emu(request: Request) -> Emulator:
-    emu: Emulator = request.app.state.emulator
-    return emu
+def _emu(request: Request) -> Any:
+    """The :class:`falq.emulator.core.Emulator` behind the app (not imported: core imports this module)."""
+    return request.app.state.emulator
 
 
 def _key(request: Request) -> str | None:

@@ -159,7 +159,9 @@ async def submit(request: Request, endpoint: str) -> Response:
     # The webhook is part of the record from its creation on; the save that ends the job puts
     # it in the outbox (falq.workers.callbacks delivers it, in fal's shape).
     handle = await blocking(gw.falq.submit, endpoint, data, lane=lane,  # type: ignore[arg-type]
-                            idempotency_key=key, metadata=metadata, tenant=tenant, fal_webhook=webhook or None)
+                            idempotency_key=key, metadata=metadata, tenant=tenant, fal_webhook=webhook or None,
+                            # a client's explicit X-Fal-Queue-Priority goes on to fal as it asked
+                            priority=priority if request.headers.get("x-fal-queue-priority") else None)
     rec = await blocking(handle.record)
     position = await blocking(gw.queue_position, rec)
     body: dict[str, Any] = {"status": "IN_QUEUE", "request_id": rec.id, **queue_urls(gw.base_url(request), rec),

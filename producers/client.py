@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -191,12 +191,16 @@ class Falq:
     def submit(self, endpoint: str, data: dict[str, Any], *, lane: Lane = "interactive",
                idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
                callback_url: str | None = None, tenant: str | None = None,
-               fal_webhook: str | None = None) -> JobHandle:
+               fal_webhook: str | None = None, priority: str | None = None) -> JobHandle:
         """Validate and enqueue one job; with a known ``idempotency_key`` (of the same tenant),
         return that job. ``tenant`` overrides the client's tenant for this job. ``fal_webhook``
         (the gateway's, checked there) gets fal's webhook shape when the job ends, through the
         same outbox as ``callback_url``; it is part of the record from its creation on."""
         req = self.validate(endpoint, data, lane=lane, callback_url=callback_url, tenant=tenant)
+        if priority is not None:
+            if priority not in ("normal", "low"):
+                raise InvalidInput([FieldError("priority", "must be normal or low")])
+            req = replace(req, priority=priority)
         if idempotency_key is not None:
             _check_key(idempotency_key)
         rec = self._record(req, metadata)

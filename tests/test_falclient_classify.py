@@ -274,7 +274,7 @@ def test_submit_headers_all_options() -> None:
 
 def test_submit_sends_the_headers() -> None:
     seen: list[httpx.Request] = []
-    s = settings(fal_media_expiry_s=600, fal_store_io=False)
+    s = settings(fal_media_expiry_s=600, fal_store_io=False, fal_priority_bulk="low")
     fal = client_for(Answer(200, SUBMITTED), seen=seen)
     fal.submit(ENDPOINT, {"prompt": "x"}, headers=submit_headers(s, "bulk"))
     sent = seen[0].headers
