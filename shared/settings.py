@@ -140,8 +140,11 @@ class Settings(BaseSettings):
     #: none (``Falq(tenant=...)`` and ``--tenant`` override it); checked at enqueue.
     tenant: str = "default"
     max_num_images: int = 4
-    price_standard: float = 0.035
-    price_pro: float = 0.075
+    price_standard: float = Field(0.035, ge=0, description=(
+        "List price (USD per image) of the standard endpoints: used only while fal's pricing API "
+        "(FALQ_FAL_PLATFORM_URL) cannot be read; records then say price_source=list_price_fallback."))
+    price_pro: float = Field(0.075, ge=0, description=(
+        "List price (USD per image) of the pro endpoints: the fallback when fal's pricing API cannot be read."))
     record_ttl_s: int = 7 * 24 * 3600
     max_attempts: int = 8
     #: fal must finish an attempt within this many seconds of its submission.
