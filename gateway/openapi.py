@@ -352,7 +352,7 @@ def _batch_paths() -> dict[str, Any]:
                             _param("dry_run", "query", flag,
                                    "`true`: validate and quote the upload at the account's prices (`num_images` and "
                                    "chained edits counted); nothing is enqueued"),
-                            _param("max_spend", "query", {"type": "string", "maxLength": 40},
+                            _param("max_spend", "query", {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,6})?$"},
                                    "The batch's spend cap in USD (0 to 1000000000): jobs are submitted only while its "
                                    "billed plus reserved spend stays within it; the rest wait as "
                                    "`paused: batch_spend_cap` until the cap is raised (PATCH)"),

@@ -149,6 +149,7 @@ class Pricing:
         self.transport = transport
         self._local: tuple[float, dict[str, Any]] | None = None
         self._lock = threading.Lock()
+        self._missing: set[str] = set()
 
     def quote(self, endpoint: str) -> Quote:
         """The unit price of ``endpoint`` now (read from fal when the cache is stale)."""
@@ -157,7 +158,8 @@ class Pricing:
         if doc.get("source") == "fal_pricing_api" and isinstance(entry, dict):
             return Quote(endpoint, float(entry["unit_price"]), "fal_pricing_api", str(entry.get("unit", "image")),
                          float(doc.get("fetched_at", 0.0)))
-        if doc.get("source") == "fal_pricing_api":
+        if doc.get("source") == "fal_pricing_api" and endpoint not in self._missing:
+            self._missing.add(endpoint)  # once per process and endpoint, not once per job
             log.warning("fal's pricing API has no price for %s; using the list price $%.4f", endpoint,
                         list_price(endpoint, self.s))
         return Quote(endpoint, list_price(endpoint, self.s), "list_price_fallback", "image",
