@@ -34,13 +34,16 @@ def _service(tenant: str | None) -> Batches:
     return Batches(falq, tenant=falq.tenant if tenant else None)
 
 
-@click.command("batches")
+@click.group("batches", invoke_without_command=True)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--tenant", metavar="NAME", help="Only this tenant's batches.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
 @handle_errors
-def batches(limit: int, tenant: str | None, as_json: bool) -> int:
-    """List batches, newest first."""
+def batches(ctx: click.Context, limit: int, tenant: str | None, as_json: bool) -> int:
+    """List batches, newest first (``falq batches set-cap ID USD``: a batch's spend cap)."""
+    if ctx.invoked_subcommand is not None:
+        return EXIT_OK
     found = _service(tenant).recent(limit)
     if as_json:
         emit_json([b.as_json() for b in found])
@@ -50,7 +53,8 @@ def batches(limit: int, tenant: str | None, as_json: bool) -> int:
         table.add_column(col, no_wrap=True)
     for b in found:
         table.add_row(b.id, b.name, b.tenant, age(b.created_at), f"{b.done}/{b.total}", str(b.counts.get("failed", 0)),
-                      "finished" if b.finished_at else "running", f"{b.est_usd:.2f}", f"{b.billed_usd:.2f}")
+                      "finished" if b.finished_at else ("paused" if b.cap is not None and b.cap.waiting else "running"),
+                      f"{b.est_usd:.2f}", f"{b.billed_usd:.2f}")
     stdout().print(table)
     return EXIT_OK
 
@@ -190,5 +194,7 @@ def results(batch_id: str, out: Path, errors: Path | None, tenant: str | None, a
         click.echo(f"{n_ok} result(s) -> {outp}; {n_err} other(s) -> {errp}")
     return EXIT_OK if n_err == 0 else EXIT_FAILED
 
+
+batches.add_command(set_cap, "set-cap")  # `falq batches set-cap ID USD`, the same as `falq batch set-cap`
 
 __all__ = ["batch", "batches"]

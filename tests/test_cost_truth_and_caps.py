@@ -207,11 +207,27 @@ def test_a_batch_spend_cap_pauses_the_rest_nothing_past_it_is_submitted_and_rais
     assert len(emulator_submissions(clean_stack)) == 3 and billed(clean_stack)["billed_total_micro"] == 90_000
     code, out, err = _cli(clean_stack, "batch", "set-cap", bid, "none-such")
     assert code == 2 and "max_spend" in err
-    code, out, err = _cli(clean_stack, "batch", "set-cap", bid, "0.18", "--json")
+    # Raised over the gateway (PATCH) by one job's worth: exactly one more goes.
+    from falq.gateway import GatewayServer
+
+    key = "falq-cap-key-0123456789"
+    with GatewayServer(clean_stack.settings(), api_keys=[key]) as gw:
+        url, auth = f"{gw.url}/v1/batches/{bid}", {"Authorization": f"Key {key}"}
+        for bad in (-1, "nan", "1e99", True):
+            resp = httpx.patch(url, json={"max_spend": bad}, headers=auth, timeout=30)
+            assert resp.status_code == 422 and resp.json()["detail"][0]["loc"] == ["body", "max_spend"], resp.text
+        resp = httpx.patch(url, json={"max_spend": 0.12}, headers=auth, timeout=30)
+        assert resp.status_code == 200 and resp.json()["spend_cap"]["max_spend_usd"] == 0.12, resp.text
+    wait_for(lambda: svc.show(bid).as_json()["counts"]["completed"] == 4, 60, 0.5, "one more after PATCH")
+    time.sleep(12)
+    assert len(emulator_submissions(clean_stack)) == 4
+    code, out, err = _cli(clean_stack, "batches", "set-cap", bid, "0.18", "--json")
     assert code == 0, err
     done = wait_for(lambda: (x := svc.show(bid).as_json())["counts"]["completed"] == 6 and x, 90, 0.5, "resumed")
     assert done["status"] == "completed" and done["spend_cap"]["billed_usd"] == 0.18
     assert len(emulator_submissions(clean_stack)) == 6 and billed(clean_stack)["billed_total_micro"] == 180_000
+    code, out, err = _cli(clean_stack, "batches", "--json")
+    assert code == 0 and [b["id"] for b in json.loads(out)] == [bid]
 
 
 @pytest.mark.timeout(180)
