@@ -260,3 +260,20 @@ def test_priority_is_normal_for_both_lanes_and_low_only_when_chosen(
     wait_for(lambda: records(falq, [e, f]), 60, 0.3, "2 jobs")
     seen = priorities(clean_stack)
     assert seen[e] == "low" and seen[f] == "normal"
+
+
+@pytest.mark.timeout(300)
+def test_the_spend_truth_scenario_prints_falq_spend_beside_the_emulators_bill(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from falq.ops.stack import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "falq.ops.spend_truth", "--jobs", "15", "--cancel", "2",
+                           "--workers", "1", "--json"], cwd=ROOT, env=dict(os.environ), capture_output=True,
+                          text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["equal"] is True and out["falq_spend_usd"] == out["fal_billed_usd"] > 0
+    assert out["price_sources"] == ["fal_pricing_api"] and sum(out["states"].values()) == 15
