@@ -30,7 +30,8 @@ Content-Length and while streaming. Time is bounded in total, not only per read
 whole download within ``deadline_s`` -- a host that trickles its headers or body one byte
 at a time is cut off. Network trouble, 408/429/5xx and a missed deadline become
 :class:`StorageTransientError` (reason ``media_fetch``, with Retry-After); any other refusal
-is a :class:`MirrorRejected`. Messages name the host, never the full URL (fal's URLs may
+is a :class:`MirrorRejected` (403/404: :class:`MediaAccessDenied`, which the mirror answers
+with a signed URL). Messages name the host, never the full URL (fal's URLs may
 carry access tokens).
 
 Use a client from :func:`make_media_client` (no environment proxy: a proxy would resolve
@@ -56,7 +57,7 @@ from dataclasses import dataclass
 import httpx
 
 from falq.shared import deadline
-from falq.shared.errors import MirrorRejected, StorageTransientError
+from falq.shared.errors import MediaAccessDenied, MirrorRejected, StorageTransientError
 from falq.shared.outbound import IPAddress, OutboundUnresolved, is_public, resolve
 from falq.shared.settings import Settings
 
@@ -312,6 +313,8 @@ def _check_status(response: httpx.Response, host: str) -> None:
             retry_after=_retry_after(response.headers.get("retry-after")),
             reason=_REASON,
         )
+    if status in (403, 404):
+        raise MediaAccessDenied(f"media host {host} answered HTTP {status}", status_code=status)
     raise MirrorRejected(f"media host {host} answered HTTP {status}")
 
 
