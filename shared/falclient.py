@@ -76,8 +76,6 @@ log = logging.getLogger(__name__)
 #: briefly (another path exists), then fal-client's ``gcs`` fallback with fal-client's budget
 #: (``MAX_ATTEMPTS = 10``, delays 0.1 s doubling up to 30 s, jittered).
 _UPLOAD_PATHS: tuple[tuple[str, int], ...] = (("fal-cdn-v3", 3), ("gcs", 10))
-_UPLOAD_BASE_DELAY_S = 0.1
-_UPLOAD_MAX_DELAY_S = 30.0
 _RETRYABLE_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
 #: What fal-client retries on every call, submit included: nothing was created.
 _NOTHING_CREATED_CODES = {408, 409, 429}
@@ -151,6 +149,11 @@ class FalClient:
             transport to test against something other than the network.
         max_connections: connection pool size (SSE streams each hold one connection).
     """
+
+    #: Upload retry delays: the first, doubling up to the cap, each jittered by x0.5-1.5
+    #: (fal-client's ``BASE_DELAY`` and ``MAX_DELAY``).
+    upload_base_delay_s: float = 0.1
+    upload_max_delay_s: float = 30.0
 
     def __init__(self, settings: Settings, http: httpx.Client | None = None, max_connections: int = 2000) -> None:
         self.settings = settings
@@ -388,8 +391,7 @@ class FalClient:
         self._with_upload_retries(attempts, put)
         return file_url
 
-    @staticmethod
-    def _with_upload_retries(attempts: int, call: Callable[[], httpx.Response]) -> httpx.Response:
+    def _with_upload_retries(self, attempts: int, call: Callable[[], httpx.Response]) -> httpx.Response:
         """``call()`` again on what fal-client retries, at most ``attempts`` times in all."""
         for attempt in range(1, attempts + 1):
             try:
@@ -397,9 +399,10 @@ class FalClient:
             except FalTransientError as exc:
                 if attempt == attempts:
                     raise
-                delay = min(_UPLOAD_BASE_DELAY_S * 2 ** (attempt - 1), _UPLOAD_MAX_DELAY_S) * random.uniform(0.5, 1.5)
+                cap = self.upload_max_delay_s
+                delay = min(self.upload_base_delay_s * 2 ** (attempt - 1), cap) * random.uniform(0.5, 1.5)
                 if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, _UPLOAD_MAX_DELAY_S))
+                    delay = max(delay, min(exc.retry_after, cap))
                 time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
