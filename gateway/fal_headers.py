@@ -50,7 +50,7 @@ def fal_headers_of(headers: Mapping[str, str]) -> tuple[dict[str, str], list[dic
     out: dict[str, str] = {}
     detail: list[dict[str, Any]] = []
     priority = low.get("x-fal-queue-priority")
-    if priority is not None:
+    if priority:  # empty: falq's default for the lane, as before
         if priority.lower() in ("normal", "low"):
             out["X-Fal-Queue-Priority"] = priority.lower()
         else:
