@@ -5,6 +5,7 @@ webhook signer (against a bare redis-server)."""
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 from collections.abc import Callable
 
@@ -15,9 +16,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from falq.gateway.fal_headers import fal_headers_of
-from falq.shared.errors import FalAuthError, FalBadAnswer, FalIngressError
+from falq.shared.errors import FalAuthError, FalBadAnswer, FalIngressError, MirrorRejected
 from falq.shared.falclient import FalClient
 from falq.shared.falsigner import FalWebhookSigner, SigningKeyInvalid
+from falq.shared.outbound import OutboundRefused
 from falq.shared.settings import Settings
 from falq.shared.webhooks import WebhookVerifier
 
@@ -167,3 +169,39 @@ def test_a_configured_signing_key_is_used_and_a_bad_one_refused(r: redis.Redis) 
     short = Settings(fal_webhook_signing_key="c2hvcnQ", _env_file=None)  # type: ignore[call-arg]
     with pytest.raises(SigningKeyInvalid):
         FalWebhookSigner.for_deployment(short, r)
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "127.0.0.1", "[::1]"])
+def test_callbacks_and_media_downloads_read_numeric_hosts_alike(host: str) -> None:
+    """One egress path: a webhook target and a media URL with the same numeric host spelling
+    become the same pinned request (no SNI name for an address, Host kept, the checked IP)."""
+    from falq.shared.outbound import check_target, pinned_request
+    from falq.workers.download import _check as media_target
+    from falq.workers.download import check_media_url
+
+    url = f"https://{host}:8443/x.png"
+    settings = Settings(media_hosts=f"{host}:8443", allow_private_media=True,
+                        _env_file=None)  # type: ignore[call-arg]
+    check_media_url(url, settings)
+    hook, media = check_target(url, allow_private=True), media_target(url, settings)
+    assert hook == media and hook.literal
+    with httpx.Client() as http:
+        a = pinned_request(http, hook, hook.addresses[0], "GET", headers={})
+        b = pinned_request(http, media, media.addresses[0], "GET", headers={})
+    assert (a.url, a.headers["host"], a.extensions) == (b.url, b.headers["host"], b.extensions)
+    assert "sni_hostname" not in a.extensions and a.headers["connection"] == "close"
+    with pytest.raises(OutboundRefused):
+        check_target(url, allow_private=False)
+    with pytest.raises(MirrorRejected):
+        check_media_url(url, Settings(media_hosts=f"{host}:8443", _env_file=None))  # type: ignore[call-arg]
+
+
+def test_a_named_host_gets_its_name_as_sni_on_both_paths() -> None:
+    from falq.shared.outbound import Target, pinned_request
+
+    target = Target(url=httpx.URL("https://v3.fal.media/files/x.png"), host="v3.fal.media", port=443,
+                    addresses=(ipaddress.ip_address("93.184.216.34"),))
+    with httpx.Client() as http:
+        req = pinned_request(http, target, target.addresses[0], "GET", headers={"Accept": "image/*"})
+    assert req.extensions["sni_hostname"] == "v3.fal.media" and req.headers["host"] == "v3.fal.media"
+    assert req.url.host == "93.184.216.34" and not target.literal
