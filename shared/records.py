@@ -129,7 +129,8 @@ class JobRecord(BaseModel):
     #: Where ``unit_price`` came from (:mod:`falq.shared.pricing`): ``fal_pricing_api`` (the
     #: account's price) or ``list_price_fallback`` (the configured list price; the API was unreachable).
     price_source: Literal["fal_pricing_api", "list_price_fallback"] | None = None
-    #: fal's ``x-fal-billable-units`` of the result, as reported.
+    #: fal's ``x-fal-billable-units`` on the result (None when fal sent none); the gateway
+    #: returns it on the result of a job submitted through its fal routes.
     billable_units: float | None = None
     #: ``X-Fal-Queue-Priority`` chosen for this job (its batch's or its tenant's); None: the lane's setting.
     priority: Literal["normal", "low"] | None = None
@@ -156,6 +157,10 @@ class JobRecord(BaseModel):
     #: Where fal's webhook shape goes when the job ends (the gateway's ``?fal_webhook=``);
     #: delivered through the same outbox as ``callback_url`` (:mod:`falq.workers.callbacks`).
     fal_webhook: str | None = None
+    #: fal request headers a client of the gateway's fal routes sent (priority, start timeout,
+    #: store-IO, object lifecycle, no-retry: :data:`falq.gateway.fal_headers.PASSED_ON`), sent
+    #: with this job's submit to fal over falq's own defaults.
+    fal_headers: dict[str, str] = Field(default_factory=dict)
     cancel_requested: bool = False
 
     @classmethod

@@ -45,6 +45,14 @@ class Settings(BaseSettings):
     fal_queue_url: str = DEFAULT_FAL_QUEUE_URL
     #: fal's REST host, used for storage uploads of local edit images.
     fal_rest_url: str = "https://rest.fal.ai"
+    fal_platform_url: str = Field(
+        DEFAULT_FAL_PLATFORM_URL,
+        description="fal's platform API (FALQ_FAL_PLATFORM_URL: pricing, billing, storage). falq reads the "
+                    "account's unit prices from GET {url}/models/pricing with the workers' FAL_KEY; `falq report "
+                    "reconcile` reads GET {url}/models/billing-events with FAL_ADMIN_KEY; and falq calls "
+                    "``/storage/files/sign`` with the workers' FAL_KEY when an output URL answers 403/404 "
+                    "on an account with restricted file access, and mirrors the image through the signed URL.",
+    )
     fal_http_timeout_s: float = 30.0
     #: Silence after which a status stream counts as dropped. fal sends a ``: ping`` comment
     #: about every 15 s, so this must stay well above 15 (a shorter one reconnects per job
@@ -54,12 +62,6 @@ class Settings(BaseSettings):
     #: falq's own ordering. ``low`` is an opt-in (also per tenant and per batch).
     fal_priority_interactive: Literal["normal", "low"] = Field("normal", description=PRIORITY_HELP)
     fal_priority_bulk: Literal["normal", "low"] = Field("normal", description=PRIORITY_HELP)
-    #: fal's platform API (pricing, billing events, usage).
-    fal_platform_url: str = Field(
-        DEFAULT_FAL_PLATFORM_URL,
-        description="fal's platform API base (FALQ_FAL_PLATFORM_URL). falq reads the account's unit prices from "
-                    "GET {url}/models/pricing with the workers' FAL_KEY, and `falq report reconcile` reads "
-                    "GET {url}/models/billing-events with FAL_ADMIN_KEY.")
     #: fal admin key: only `falq report reconcile` uses it; a secret, never logged or recorded.
     fal_admin_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("FAL_ADMIN_KEY", "fal_admin_key"),
@@ -172,6 +174,14 @@ class Settings(BaseSettings):
     #: How local edit images reach fal: ``fal`` (upload to fal storage) or ``data-uri``.
     input_upload: Literal["fal", "data-uri"] = "fal"
     callback_secret: SecretStr | None = None
+    fal_webhook_signing_key: SecretStr | None = Field(
+        None,
+        description="Ed25519 private key (base64url of the 32-byte seed) the gateway's outgoing "
+                    "``fal_webhook`` deliveries are signed with, the way fal signs its webhooks; its public "
+                    "key is served at the gateway's ``/.well-known/jwks.json``. Unset: a key is generated on "
+                    "first use and kept in Redis (``{prefix}:fal-webhook-signing-key``), shared by every "
+                    "worker and gateway of the deployment.",
+    )
     #: How long a per-job callback is retried (exponential backoff with jitter) before it is
     #: marked failed; about fal's own webhook retry window. ``falq callbacks redeliver`` re-queues.
     callback_retry_for_s: float = Field(7200.0, ge=0)

@@ -49,6 +49,8 @@ BASELINE_EMULATOR = {
     "admin_keys": ["falq-emulator-admin"],
     "billing_delay_s": 0.0,
     "platform_down": False,
+    "upload_cdn_outage": False,
+    "file_access": "allow",
 }
 
 

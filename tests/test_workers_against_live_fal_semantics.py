@@ -200,7 +200,7 @@ def test_fal_headers_priority_lifecycle_store_io_and_billed_units(clean_stack: D
     bulk = falq.generate("bulk", seed=2, lane="bulk")
     recs = {"interactive": inter.wait(40), "bulk": bulk.wait(40)}
     subs = _requests_by_job(clean_stack)
-    for lane, rec in recs.items():
+    for rec in recs.values():
         assert rec.state == "completed", rec.errors
         headers = {k.lower(): v for k, v in subs[rec.id][0]["headers"].items()}
         assert headers["x-fal-queue-priority"] == "normal"  # low is only ever an explicit choice

@@ -309,8 +309,8 @@ class FollowPhase(StepBase):
         def kept(r: JobRecord) -> None:
             r.result_saved_at = saved_at
             r.unit_price, r.price_source = quote.unit_price, quote.source
+            r.billable_units = res.billable_units
             if res.billable_units is not None:
-                r.billable_units = res.billable_units
                 r.cost_billed = quote.cost(res.billable_units)
                 r.cost_source = "fal_billable_units"
 
