@@ -276,7 +276,7 @@ def check_shared_history(settings: Settings) -> Check:
     if mine != shared:  # a database server about to take over from an SQLite file
         return Check("shared-history", "warn", f"the shared history is {shared}; this host's {mine} takes it "
                      "over when its first worker starts (a database server wins over a file)",
-                     "copy the old file's history if it matters: `falq catalogue rebuild` reads it back from S3")
+                     "to keep the old file's history: `falq catalogue rebuild --from-s3` reads it back from S3")
     return _ok("shared-history", f"{len(hosts)} host(s), one history: {shared}")
 
 

@@ -138,3 +138,17 @@ def test_registration_never_stores_a_password(r: redis.Redis, url: str) -> None:
     assert b"pw" not in raw
     [g] = reg.registrations()
     assert (g.role, g.host) == ("gateway", "h1")
+
+
+def test_registrations_of_hosts_long_gone_are_forgotten(r: redis.Redis) -> None:
+    old = {"catalogue": "sqlite://gone/x.sqlite3", "kind": "file", "seen": time.time() - 8 * 24 * 3600}
+    week = {"catalogue": "sqlite://away/x.sqlite3", "kind": "file", "seen": time.time() - 2 * 24 * 3600}
+    r.hset("falq:catalogues", mapping={"worker@gone": json.dumps(old), "worker@away": json.dumps(week),
+                                       "worker@garbled": "{not json"})
+    reg = CatalogueRegistry(r, prefix="falq", host="here")
+    reg.register("worker", "postgresql://falq@db:5432/falq")
+    assert reg.claim("postgresql://falq@db:5432/falq") == "postgresql://falq@db:5432/falq"
+    hosts = {g.host: g for g in reg.registrations()}
+    assert set(hosts) == {"here", "away"}  # the week-old one forgotten, the garbled one never shown
+    assert hosts["away"].stale() and not hosts["here"].stale()
+    assert reg.outside() == []  # a stale host is not counted as a split

@@ -42,6 +42,8 @@ __all__ = ["CatalogueRegistry", "Registration", "host_name", "identity_of", "is_
 
 #: A registration not refreshed for this long is shown as stale (a host that went away).
 STALE_S = 24 * 3600.0
+#: ... and removed after this long (containers get a new hostname on every start).
+FORGET_S = 7 * 24 * 3600.0
 
 # KEYS[1] the claim; ARGV[1] this identity, ARGV[2] 'server' or 'file'. Returns the shared identity.
 _CLAIM = """
@@ -104,8 +106,12 @@ class CatalogueRegistry:
 
     def register(self, role: str, identity: str) -> None:
         """Record that ``role`` on this host uses the catalogue ``identity`` (refreshes ``seen``)."""
-        doc = {"catalogue": identity, "kind": "file" if is_file(identity) else "server", "seen": round(time.time(), 3)}
+        now = time.time()
+        doc = {"catalogue": identity, "kind": "file" if is_file(identity) else "server", "seen": round(now, 3)}
         self.r.hset(self.keys.catalogues, f"{role}@{self.host}", json.dumps(doc))
+        gone = [f"{g.role}@{g.host}" for g in self.registrations() if now - g.seen > FORGET_S]
+        if gone:
+            self.r.hdel(self.keys.catalogues, *gone)
 
     def claim(self, identity: str) -> str:
         """Claim the shared history for ``identity`` where the rule allows; returns the shared identity."""
@@ -149,5 +155,5 @@ def explain_outside(identity: str, shared: str) -> str:
     """Why this host's archiver stands aside, and the fix."""
     return (f"this host's catalogue {identity} is not the deployment's shared history {shared}: "
             "finished jobs are left in Redis for the archivers that share it. Fix: set FALQ_DATABASE_URL "
-            "to the shared database on every host (docs: multi-host checklist); "
-            "to make a different database server the shared history, run `falq db shared --reset`")
+            "to the shared database on every host (docs: multi-host checklist); to make another "
+            "catalogue the shared history on purpose, run `falq db shared --reset` and restart its workers")
