@@ -115,7 +115,7 @@ def check_broker(settings: Settings) -> Check:
 
 def check_sentinel(settings: Settings) -> Check:
     """Every configured sentinel names a master for the service (some down: a warning)."""
-    urls = [u for u in (settings.redis_url, settings.broker_url) if u and is_sentinel_url(u)]
+    urls = list(dict.fromkeys(u for u in (settings.redis_url, settings.broker_url) if u and is_sentinel_url(u)))
     if not urls:
         return Check("sentinel", "skip", "not configured (no redis+sentinel:// URL)")
     problems: list[str] = []

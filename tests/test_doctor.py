@@ -118,3 +118,20 @@ def test_doctor_fails_on_a_refused_fal_key(clean_stack: DevStack, tmp_path: Path
     assert "not-the-key" not in json.dumps(checks)
     assert _doctor(clean_stack, tmp_path)[1]["fal"]["status"] == "pass"
     assert clean_stack.emu.requests()["requests"] == []  # the probe started no generation
+
+
+def test_doctor_follows_sentinel(clean_stack: DevStack, tmp_path: Path) -> None:
+    """With a redis+sentinel:// URL: the sentinels agree on the master (pass); one sentinel down
+    is a warning, not a failure; the Redis probe goes through Sentinel to the primary."""
+    from tests.test_redis_failover import SentinelSet
+
+    sentinels = SentinelSet(tmp_path / "redis").start()
+    try:
+        code, checks = _doctor(clean_stack, tmp_path, FALQ_REDIS_URL=sentinels.url)
+        assert checks["sentinel"]["status"] == "pass" and "3 sentinel(s) agree" in checks["sentinel"]["detail"]
+        assert checks["redis"]["status"] == "pass" and checks["clock"]["status"] == "pass"
+        sentinels.kill("sentinel-2")
+        code, checks = _doctor(clean_stack, tmp_path, FALQ_REDIS_URL=sentinels.url)
+        assert checks["sentinel"]["status"] == "warn" and "1 of 3 sentinels" in checks["sentinel"]["detail"]
+    finally:
+        sentinels.stop()

@@ -105,10 +105,19 @@ def test_second_host_with_its_own_sqlite_file_stands_aside(clean_stack: DevStack
     assert checks["shared-history"]["status"] == "fail"
     assert "host-b" in checks["shared-history"]["detail"] and "FALQ_DATABASE_URL" in checks["shared-history"]["fix"]
 
+    gw = _gateway(clean_stack, tmp_path, FALQ_API_KEYS="operator-key-0123456789", **b_env)
+    try:
+        assert gw.stdout is not None and "listening on" in gw.stdout.readline()
+    finally:
+        gw.terminate()
+        _, err = gw.communicate(timeout=30)
+    assert "not the deployment's shared history" in err and "shows only part of the history" in err
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FalqCollector(settings_a))
     text = generate_latest(registry).decode()
     assert 'falq_catalogue_outside_shared_history{host="host-b",role="worker"} 1.0' in text
+    assert 'falq_catalogue_outside_shared_history{host="host-b",role="gateway"} 1.0' in text
     assert 'host="host-a"' not in text
 
     wait_for(lambda: archiver_a.tick() and archiver_a.catalogue.get(job.id), timeout=30, what="host A archives")
