@@ -127,11 +127,31 @@ def test_doctor_follows_sentinel(clean_stack: DevStack, tmp_path: Path) -> None:
 
     sentinels = SentinelSet(tmp_path / "redis").start()
     try:
-        code, checks = _doctor(clean_stack, tmp_path, FALQ_REDIS_URL=sentinels.url)
+        _, checks = _doctor(clean_stack, tmp_path, FALQ_REDIS_URL=sentinels.url)
         assert checks["sentinel"]["status"] == "pass" and "3 sentinel(s) agree" in checks["sentinel"]["detail"]
         assert checks["redis"]["status"] == "pass" and checks["clock"]["status"] == "pass"
         sentinels.kill("sentinel-2")
-        code, checks = _doctor(clean_stack, tmp_path, FALQ_REDIS_URL=sentinels.url)
+        _, checks = _doctor(clean_stack, tmp_path, FALQ_REDIS_URL=sentinels.url)
         assert checks["sentinel"]["status"] == "warn" and "1 of 3 sentinels" in checks["sentinel"]["detail"]
     finally:
         sentinels.stop()
+
+
+def test_callback_settings_are_judged_against_where_fal_is() -> None:
+    from falq.ops.doctor import check_callbacks
+    from falq.shared.settings import Settings
+
+    def judge(**fields: Any) -> Any:
+        return check_callbacks(Settings(_env_file=None, **fields))  # type: ignore[call-arg]
+
+    signed = {"callback_secret": "s" * 32}
+    assert judge(**signed).status == "pass"
+    assert judge().status == "warn" and "unsigned" in judge().detail
+    local_hook = judge(fal_webhook_url="http://127.0.0.1:8080/_falq/fal-webhook", **signed)
+    assert local_hook.status == "fail" and "fal cannot reach" in local_hook.detail
+    # against a local emulator a local webhook is right
+    assert judge(fal_webhook_url="http://127.0.0.1:8080/_falq/fal-webhook", fal_queue_url="http://127.0.0.1:8790",
+                 **signed).status == "pass"
+    assert judge(fal_webhook_url="https://falq.example.com/hooks", **signed).status == "warn"
+    assert judge(fal_webhook_url="https://falq.example.com/_falq/fal-webhook", **signed).status == "pass"
+    assert judge(callback_allow_private=True, **signed).status == "warn"
