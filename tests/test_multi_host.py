@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -161,3 +162,22 @@ def test_registrations_of_hosts_long_gone_are_forgotten(r: redis.Redis) -> None:
     assert set(hosts) == {"here", "away"}  # the week-old one forgotten, the garbled one never shown
     assert hosts["away"].stale() and not hosts["here"].stale()
     assert reg.outside() == []  # a stale host is not counted as a split
+
+
+def test_falq_db_shared_shows_and_resets_the_claim(clean_stack: DevStack, tmp_path: Path) -> None:
+    settings = clean_stack.settings(FALQ_HOST_NAME="host-a")
+    store = JobStore(redis.Redis.from_url(clean_stack.redis.url), prefix=settings.key_prefix, archive=True)
+    archiver = Archiver(store, settings, None)
+    assert archiver.shares_history(force=True)
+
+    def db_shared(*args: str) -> dict[str, Any]:
+        done = subprocess.run([sys.executable, "-m", "falq.cli", "db", "shared", "--json", *args], cwd=tmp_path,
+                              env=_env(clean_stack), capture_output=True, text=True, timeout=60, check=True)
+        return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+    shown = db_shared()
+    assert shown["shared"] == archiver.identity()
+    assert [(g["role"], g["host"], g["stale"]) for g in shown["registrations"]] == [("worker", "host-a", False)]
+    assert db_shared("--reset")["reset"] == archiver.identity()
+    assert db_shared()["shared"] is None
+    assert archiver.shares_history(force=True)  # the next archiver claims it again
