@@ -31,7 +31,7 @@ import httpx
 import redis
 
 from falq.shared.endpoints import TEXT_TO_IMAGE
-from falq.shared.redisconn import is_sentinel_url, parse_sentinel_url, redis_client
+from falq.shared.redisconn import SentinelConnection, SentinelSSLConnection, is_sentinel_url, parse_sentinel_url
 from falq.shared.settings import Settings, mask_url_password
 
 __all__ = ["CLOCK_SKEW_MAX_S", "Check", "run_checks"]
@@ -66,9 +66,22 @@ def _ok(name: str, detail: str) -> Check:
 
 
 def _plain_client(url: str, settings: Settings) -> redis.Redis:
-    if is_sentinel_url(url):
-        return redis_client(url, max_connections=4, settings=settings)
-    return redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
+    """A client without retries whose every wait is bounded by :data:`TIMEOUT_S` (through
+    Sentinel for a ``redis+sentinel://`` URL): a dead server is a FAIL line, not a hang."""
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT_S, socket_timeout=TIMEOUT_S)
+    from redis.sentinel import Sentinel
+
+    u = parse_sentinel_url(url)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S}
+    if u.sentinel_password is not None:
+        sentinel_kwargs.update(password=u.sentinel_password, username=u.sentinel_username)
+    if u.tls:
+        sentinel_kwargs["ssl"] = True
+    sentinel = Sentinel(u.sentinels, sentinel_kwargs=sentinel_kwargs)
+    return sentinel.master_for(u.service, db=u.db, username=u.username, password=u.password,
+                               connection_class=SentinelSSLConnection if u.tls else SentinelConnection,
+                               socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S)
 
 
 def _probe_redis(name: str, url: str, settings: Settings, what: str) -> Check:

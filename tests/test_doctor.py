@@ -79,6 +79,9 @@ def test_doctor_passes_on_the_test_stack(clean_stack: DevStack, tmp_path: Path) 
 
 
 def test_doctor_fails_on_a_stopped_redis(clean_stack: DevStack, tmp_path: Path) -> None:
+    from falq.shared.storage import Storage
+
+    Storage(clean_stack.settings()).ensure_bucket()
     stopped = RedisServer(tmp_path / "redis").start()
     url = stopped.url
     stopped.stop()
