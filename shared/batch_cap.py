@@ -38,6 +38,7 @@ import redis
 
 from falq.shared.errors import FieldError, InvalidInput
 from falq.shared.keys import Keys
+from falq.shared.lua_common import FAIR_FREE
 
 #: The largest cap accepted (USD).
 MAX_CAP_USD = 1_000_000_000.0
@@ -93,6 +94,14 @@ return 0
 """
 
 
+# unroom(prefix, job): a job waiting at its batch's cap gives back its fair-dispatch room, so the
+# jobs of other batches, tenants and lanes are dispatched meanwhile (it waits in its worker, not in
+# the dispatcher's count). Its later release frees nothing twice (fair_free is idempotent).
+_UNROOM = FAIR_FREE + """
+return fair_free(ARGV[1], ARGV[2])
+"""
+
+
 def micro(usd: float) -> int:
     return math.floor(usd * 1_000_000 + 0.5)
 
@@ -137,6 +146,8 @@ class BatchCaps:
         self._reserve = client.register_script(_RESERVE)
         self._refund = client.register_script(_REFUND)
         self._settle = client.register_script(_SETTLE)
+        self._unroom = client.register_script(_UNROOM)
+        self.prefix = prefix
 
     def set_cap(self, batch_id: str, usd: float | None) -> None:
         """Set (``None``: remove) the batch's cap; waiting jobs go at their next poll if they fit."""
@@ -146,6 +157,10 @@ class BatchCaps:
         """Reserve the job's cost if it fits under the cap (True), else mark it waiting (False)."""
         raw = self._reserve(keys=[], args=[self.keys.batch_cap(batch_id), job_id, int(cost_micro)])
         return int(raw[0]) == 1
+
+    def give_back_room(self, job_id: str) -> bool:
+        """The job waits at its cap: it stops counting as dispatched (True if it did)."""
+        return bool(self._unroom(keys=[], args=[self.prefix, job_id]))
 
     def refund(self, batch_id: str, job_id: str) -> None:
         self._refund(keys=[], args=[self.keys.batch_cap(batch_id), job_id])

@@ -203,8 +203,17 @@ def test_a_batch_spend_cap_pauses_the_rest_nothing_past_it_is_submitted_and_rais
     assert b["spend_cap"]["max_spend_usd"] == 0.09 and b["spend_cap"]["billed_usd"] == 0.09
     recs = [r for _, _, r in svc.records(bid)]
     assert sorted(str(r.paused) for r in recs if not r.terminal) == ["batch_spend_cap"] * 3
-    time.sleep(12)  # more than a pause poll: still nothing past the cap
-    assert len(emulator_submissions(clean_stack)) == 3 and billed(clean_stack)["billed_total_micro"] == 90_000
+    # Jobs waiting at the cap hold no dispatch room: with room for 2 at fal, other work still runs.
+    from falq.shared.limits import write_config
+
+    falq = Falq(clean_stack.settings())
+    write_config(falq.redis, "falq", {"max_outstanding": "2"})
+    others = [falq.submit(T2I, {"prompt": f"other {lane}"}, lane=lane).id for lane in ("interactive", "bulk")]
+    assert [r.state for r in wait_for(lambda: records(falq, others), 60, 0.3, "other work")] == ["completed"] * 2
+    write_config(falq.redis, "falq", {"max_outstanding": "100000"})
+    time.sleep(12)  # more than a pause poll: still nothing of the batch past the cap
+    subs = emulator_submissions(clean_stack)
+    assert len([j for j in subs if j not in others]) == 3 and billed(clean_stack)["billed_total_micro"] == 150_000
     code, out, err = _cli(clean_stack, "batch", "set-cap", bid, "none-such")
     assert code == 2 and "max_spend" in err
     # Raised over the gateway (PATCH) by one job's worth: exactly one more goes.
@@ -220,12 +229,12 @@ def test_a_batch_spend_cap_pauses_the_rest_nothing_past_it_is_submitted_and_rais
         assert resp.status_code == 200 and resp.json()["spend_cap"]["max_spend_usd"] == 0.12, resp.text
     wait_for(lambda: svc.show(bid).as_json()["counts"]["completed"] == 4, 60, 0.5, "one more after PATCH")
     time.sleep(12)
-    assert len(emulator_submissions(clean_stack)) == 4
+    assert len(emulator_submissions(clean_stack)) == 4 + 2
     code, out, err = _cli(clean_stack, "batches", "set-cap", bid, "0.18", "--json")
     assert code == 0, err
     done = wait_for(lambda: (x := svc.show(bid).as_json())["counts"]["completed"] == 6 and x, 90, 0.5, "resumed")
     assert done["status"] == "completed" and done["spend_cap"]["billed_usd"] == 0.18
-    assert len(emulator_submissions(clean_stack)) == 6 and billed(clean_stack)["billed_total_micro"] == 180_000
+    assert len(emulator_submissions(clean_stack)) == 6 + 2 and billed(clean_stack)["billed_total_micro"] == 240_000
     code, out, err = _cli(clean_stack, "batches", "--json")
     assert code == 0 and [b["id"] for b in json.loads(out)] == [bid]
 

@@ -148,8 +148,11 @@ class LimitsAdmission(Admission):
         cost = self.cost_micro(rec)
         if rec.batch_id and not self.caps.reserve(rec.batch_id, rec.id, cost):
             # Its batch's spend cap: nothing of the batch is submitted past it. The job waits in
-            # place and asks again; raising the cap (falq batches set-cap) lets it through.
+            # place and asks again; raising the cap (falq batches set-cap) lets it through. While
+            # it waits it holds no dispatch room: other batches, tenants and lanes go on.
             rec.paused = PAUSED_REASON
+            if self.caps.give_back_room(rec.id):
+                room_freed(self.ctx)
             return self.s.pause_poll_s * random.uniform(0.5, 1.5)
         ans = self.limiter.acquire(rec.id, rec.endpoint, rec.lane, cost, tenant=rec.tenant)
         if ans.ok:
