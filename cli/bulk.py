@@ -5,7 +5,9 @@ The work is done by :mod:`falq.producers.bulk`; this module only wires options a
 Example::
 
     falq bulk prompts.jsonl                       # validate, enqueue, watch, write prompts.jsonl.results.jsonl
-    falq bulk prompts.csv --dry-run               # validate only
+    falq bulk prompts.csv --dry-run               # validate and quote at the account's prices; enqueue nothing
+    falq bulk prompts.jsonl --max-spend 25.00     # a spend cap: nothing of the batch is submitted past it
+    falq bulk prompts.jsonl --priority low        # X-Fal-Queue-Priority: low (waits behind every normal request)
     falq bulk prompts.jsonl --skip-invalid        # enqueue the good lines, bad ones -> prompts.jsonl.rejects.jsonl
 """
 
