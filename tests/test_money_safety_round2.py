@@ -13,7 +13,9 @@ import time
 from typing import Any
 
 import pytest
+from rich.console import Console
 
+from falq.cli.output import record_view
 from falq.ops.stack import DevStack
 from falq.shared.dispatch import publish
 from falq.shared.records import JobRecord
@@ -106,6 +108,9 @@ def test_a_cancelled_job_fal_finished_anyway_is_kept_billed_and_never_paid_again
     assert fal_req["cancelled"] and fal_req["cancel_ignored"]  # the cancel reached fal, which finished it
     assert rec.cost_billed == _billed(falq, clean_stack, rec) > 0  # the bill counts
     _assert_mirrored(falq, rec)
+    console = Console(record=True, width=200)
+    console.print(record_view(rec))  # what `falq status` shows
+    assert "fal finished it despite the cancel: billed" in console.export_text()
     # A retry uses the kept output: it completes without a second submission.
     [again] = falq.retry([rec.id])
     assert again.state == "completed" and again.outputs == rec.outputs
