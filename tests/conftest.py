@@ -51,6 +51,8 @@ BASELINE_EMULATOR = {
     "result_5xx_with_id": 0.0,
     "result_5xx_first": 0,
     "submit_outage_s": 0.0,
+    "upload_cdn_outage": False,
+    "file_access": "allow",
 }
 
 
