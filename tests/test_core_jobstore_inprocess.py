@@ -145,7 +145,7 @@ def test_save_of_a_deleted_record_raises_job_not_found(store: JobStore, r: redis
     copy = store.get(rec.id)
     r.delete(store.job_key(rec.id))
 
-    copy.move("in_queue")
+    copy.walk_to("in_queue")
     with pytest.raises(JobNotFound):
         store.save(copy)
     assert not r.exists(store.job_key(rec.id))  # not resurrected
@@ -165,7 +165,7 @@ def test_save_load_and_drop_result(store: JobStore, r: redis.Redis) -> None:
     store.save_result(rec.id, raw)
 
     assert store.load_result(rec.id) == raw
-    store.update(rec.id, lambda x: x.move("mirroring"))  # a record save keeps the result
+    store.update(rec.id, lambda x: x.walk_to("mirroring"))  # a record save keeps the result
     assert store.load_result(rec.id) == raw
     assert store.get(rec.id).state == "mirroring"
     store.drop_result(rec.id)
@@ -192,11 +192,11 @@ def test_terminal_records_expire_and_non_terminal_ones_never(store: JobStore, r:
         store.update(rec.id, lambda x, s=state: x.move(s))  # type: ignore[misc]
         assert r.ttl(key) == -1, state
 
-    store.update(rec.id, lambda x: x.move("completed"))
+    store.update(rec.id, lambda x: x.move("failed"))
 
     assert 0 < r.ttl(key) <= TTL_S
     assert 0 < r.ttl(idem) <= TTL_S  # the key expires with its job
-    # A retried job (terminal -> queued) must not keep the expiry it had as a terminal one.
+    # A retried job (failed -> queued; completed is final) must not keep the expiry it had as a terminal one.
     store.update(rec.id, lambda x: x.move("queued"))
     assert r.ttl(key) == -1 and r.ttl(idem) == -1
 
