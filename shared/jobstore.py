@@ -501,6 +501,10 @@ class JobStore:
         only if Redis holds no record of the job. The record expires after ``ttl_s`` unless a
         later (non-terminal) save persists it. Returns 1 written, 0 already there, 2 when the
         idempotency key names another live job (nothing written: restore without the key)."""
+        if rec.state not in TERMINAL:
+            # Only terminal records carry a TTL (the save persists a record only when it leaves a
+            # terminal state); the catalogue only holds finished jobs anyway.
+            raise ValueError(f"restore takes a finished job; job {rec.id} is {rec.state}")
         ttl = max(1, int(ttl_s))
         tenant = rec.tenant or "default"
         idem = self.idem_key(rec.idempotency_key, tenant)

@@ -215,3 +215,19 @@ def test_terminal_record_is_gone_after_its_ttl(r: redis.Redis) -> None:
         store.get(rec.id)
     assert store.find("failed") == []  # the dangling index entry is pruned on the way
     assert _members(r, f"{PREFIX}:state:failed") == set()
+
+
+@pytest.mark.timeout(10)
+def test_restore_takes_only_a_finished_job(store: JobStore, r: redis.Redis) -> None:
+    # Only terminal records carry a TTL, so a save persists a record only when it leaves a
+    # terminal state: a restored (expiring) record must be a terminal one.
+    live = _rec()
+    with pytest.raises(ValueError, match="finished job"):
+        store.restore(live, ttl_s=60)
+    assert not store.exists(live.id)
+    done = _rec()
+    done.walk_to("failed")
+    assert store.restore(done, ttl_s=60) == 1
+    assert 0 < r.ttl(store.job_key(done.id)) <= 60
+    store.update(done.id, lambda x: x.start_over("queued"))  # the retry: the record is live again
+    assert r.ttl(store.job_key(done.id)) == -1

@@ -15,7 +15,7 @@
 -- KEYS[12] unadmitted  {p}:fair:unadmitted           zset   | fair dispatch room, freed on a
 -- KEYS[13] fair_owner  {p}:fair:owner                hash   | terminal save (lib.fair_free)
 -- KEYS[14] fair_count  {p}:fair:count                hash  /
--- ARGV: expected version, new version, state, doc (record JSON), now, id, ttl (0: persist),
+-- ARGV: expected version, new version, state, doc (record JSON), now, id, ttl (0: no TTL),
 --       callback ('1': a terminal state with a callback), lease token, billed micro-dollars,
 --       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here)
 -- Returns 1 saved, 0 version conflict, -1 record gone, -2 the lease is no longer the caller's.
@@ -61,10 +61,12 @@ if moved then
 end
 -- Fair dispatch: a terminal save frees the job's dispatch room.
 if lib.is_terminal(state) then lib.fair_free(inflight_key, unadmitted_key, owner_key, count_key, id) end
+-- Only a terminal record carries a TTL (this save's EXPIRE, the archiver's, a restore's): a
+-- record leaving a terminal state loses it; one that was not terminal has none to lose.
 if ttl > 0 then
   redis.call('EXPIRE', job_key, ttl)
   if idem_key ~= '' then redis.call('EXPIRE', idem_key, ttl) end
-else
+elseif lib.is_terminal(old) then
   redis.call('PERSIST', job_key)
   if idem_key ~= '' then redis.call('PERSIST', idem_key) end
 end
