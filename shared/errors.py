@@ -269,10 +269,28 @@ class MirrorRejected(PermanentError):
     kind = "mirror_rejected"
 
 
+class MediaAccessDenied(MirrorRejected):
+    """The media host refused the output URL without credentials (403, or 404 for a hidden
+    file): fal's restricted file access. The mirror asks fal for a signed URL before giving up."""
+
+    kind = "media_access_denied"
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class StorageError(PermanentError):
     """S3 refused for good (access denied, no such bucket and creation not permitted)."""
 
     kind = "storage"
+
+
+class ObjectMissing(StorageError):
+    """The object is no longer in the bucket (deleted, expired by a lifecycle rule): the
+    console shows "no longer in the bucket" instead of a broken image."""
+
+    kind = "object_missing"
 
 
 # --- jobs --------------------------------------------------------------------------------
