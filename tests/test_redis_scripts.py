@@ -60,3 +60,20 @@ def test_lib_terminal_states_are_the_records_terminal_states(r: redis.Redis) -> 
 
 def _lib_functions() -> str:
     return (LUA_DIR / "lib.lua").read_text().split("local lib = {}", 1)[1]
+
+
+def test_each_script_has_one_caller_and_no_python_module_holds_lua() -> None:
+    import importlib
+    import inspect
+
+    root = LUA_DIR.parent.parent
+    for name, owner in scripts.OWNERS.items():
+        module, cls, meth = owner.rsplit(".", 2)
+        method = getattr(getattr(importlib.import_module(module), cls), meth)
+        assert f'"{name}"' in inspect.getsource(importlib.import_module(module)), (name, owner)
+        assert callable(method), owner
+    stray = [str(p.relative_to(root)) for folder in ("shared", "workers", "producers", "gateway", "cli", "ops")
+             for p in (root / folder).rglob("*.py")
+             if p.name != "scripts.py" and ("register_script(" in (t := p.read_text(encoding="utf-8"))
+                                            or "redis.call(" in t)]
+    assert stray == [], f"Lua outside shared/lua (load it with falq.shared.scripts.register): {stray}"
