@@ -50,8 +50,11 @@ TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 #:   its end, so ``in_progress``/``mirroring -> cancelled`` are the ends of a cancelled job fal
 #:   completed anyway);
 #: * re-entering the same live state is allowed (its timestamp restarts);
-#: * a terminal state leads only to a new attempt (:meth:`JobRecord.start_over`, ``falq retry``):
-#:   ``failed`` and ``cancelled`` back to ``queued`` (or ``waiting``, a chained job reopened);
+#: * a terminal state leads only to a retry (``falq retry``): a new attempt
+#:   (:meth:`JobRecord.start_over`), ``failed`` and ``cancelled`` back to ``queued`` (or
+#:   ``waiting``, a chained job reopened); or, for a job holding an output fal made and billed,
+#:   never a new submission: ``-> mirroring`` when fal's result is kept beside the record, and
+#:   ``cancelled -> completed`` for a cancelled job fal finished anyway whose images are mirrored;
 #:   ``completed`` is final.
 TRANSITIONS: dict[str, frozenset[str]] = {
     "waiting": frozenset({"waiting", "queued", "failed", "cancelled"}),
@@ -61,8 +64,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     "in_progress": frozenset({"in_progress", "in_queue", "mirroring", "queued", "failed", "cancelled"}),
     "mirroring": frozenset({"mirroring", "completed", "queued", "failed", "cancelled"}),
     "completed": frozenset(),
-    "failed": frozenset({"queued", "waiting"}),
-    "cancelled": frozenset({"queued", "waiting"}),
+    "failed": frozenset({"queued", "waiting", "mirroring"}),
+    "cancelled": frozenset({"queued", "waiting", "mirroring", "completed"}),
 }
 #: States in which a fal request may be outstanding (submitted and not finished).
 AT_FAL: frozenset[str] = frozenset({"submitting", "in_queue", "in_progress"})

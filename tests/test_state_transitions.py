@@ -40,10 +40,13 @@ def test_move_accepts_exactly_the_table(src: str, dst: str) -> None:
         assert rec.model_dump() == before
 
 
-def test_terminal_states_lead_only_to_a_new_attempt() -> None:
+def test_terminal_states_lead_only_to_a_retry() -> None:
+    # A new attempt, or the output fal already made (and billed) taken up again: never a state
+    # in which a new submission to fal could be on its way.
     for state in TERMINAL:
-        assert TRANSITIONS[state] <= {"queued", "waiting"}  # type: ignore[index]
+        assert TRANSITIONS[state] <= {"queued", "waiting", "mirroring", "completed"}  # type: ignore[index]
     assert TRANSITIONS["completed"] == frozenset()
+    assert "completed" not in TRANSITIONS["failed"]
 
 
 def test_every_state_is_reachable_from_a_new_job_and_every_live_one_can_end() -> None:
