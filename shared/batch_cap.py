@@ -38,69 +38,12 @@ import redis
 
 from falq.shared.errors import FieldError, InvalidInput
 from falq.shared.keys import Keys
-from falq.shared.lua_common import FAIR_FREE
+from falq.shared.scripts import register
 
 #: The largest cap accepted (USD).
 MAX_CAP_USD = 1_000_000_000.0
 CAP_RULE = f"must be a number of USD from 0 to {MAX_CAP_USD:,.0f} (or none to remove the cap)"
 PAUSED_REASON = "batch_spend_cap"
-
-# reserve(base, job, cost_micro) -> {ok 0|1, cap (-1: none), billed, reserved}
-_RESERVE = """
-local base, job, cost = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local cap = redis.call('HGET', base, 'cap_micro')
-local billed = tonumber(redis.call('HGET', base, 'billed_micro') or '0')
-local reserved = tonumber(redis.call('HGET', base, 'reserved_micro') or '0')
-local capn = tonumber(cap or 'none') or -1
-if redis.call('HEXISTS', base .. ':charges', job) == 1 then
-  redis.call('SREM', base .. ':waiting', job)
-  return {1, capn, billed, reserved}
-end
-if capn >= 0 and billed + reserved + cost > capn then
-  redis.call('SADD', base .. ':waiting', job)
-  return {0, capn, billed, reserved}
-end
-redis.call('HSET', base .. ':charges', job, cost)
-redis.call('HINCRBY', base, 'reserved_micro', cost)
-redis.call('SREM', base .. ':waiting', job)
-return {1, capn, billed, reserved + cost}
-"""
-
-# refund(base, job): give back the job's reservation (fal never accepted its request).
-_REFUND = """
-local base, job = ARGV[1], ARGV[2]
-redis.call('SREM', base .. ':waiting', job)
-local charge = redis.call('HGET', base .. ':charges', job)
-if not charge then return 0 end
-redis.call('HDEL', base .. ':charges', job)
-redis.call('HINCRBY', base, 'reserved_micro', -tonumber(charge))
-return 1
-"""
-
-# settle(base, job, billed_micro): the job's reservation becomes what fal billed (once per job).
-_SETTLE = """
-local base, job, amount = ARGV[1], ARGV[2], tonumber(ARGV[3])
-redis.call('SREM', base .. ':waiting', job)
-local charge = redis.call('HGET', base .. ':charges', job)
-if charge then
-  redis.call('HDEL', base .. ':charges', job)
-  redis.call('HINCRBY', base, 'reserved_micro', -tonumber(charge))
-end
-if redis.call('HSETNX', base .. ':billed', job, amount) == 1 then
-  redis.call('HINCRBY', base, 'billed_micro', amount)
-  return 1
-end
-return 0
-"""
-
-
-# unroom(prefix, job): a job waiting at its batch's cap gives back its fair-dispatch room, so the
-# jobs of other batches, tenants and lanes are dispatched meanwhile (it waits in its worker, not in
-# the dispatcher's count). Its later release frees nothing twice (fair_free is idempotent).
-_UNROOM = FAIR_FREE + """
-return fair_free(ARGV[1], ARGV[2])
-"""
-
 
 def micro(usd: float) -> int:
     return math.floor(usd * 1_000_000 + 0.5)
@@ -143,11 +86,10 @@ class BatchCaps:
     def __init__(self, client: redis.Redis, *, prefix: str = "falq") -> None:
         self.r = client
         self.keys = Keys(prefix)
-        self._reserve = client.register_script(_RESERVE)
-        self._refund = client.register_script(_REFUND)
-        self._settle = client.register_script(_SETTLE)
-        self._unroom = client.register_script(_UNROOM)
-        self.prefix = prefix
+        self._reserve = register(client, "batch_cap_reserve")
+        self._refund = register(client, "batch_cap_refund")
+        self._settle = register(client, "batch_cap_settle")
+        self._unroom = register(client, "batch_cap_unroom")
 
     def set_cap(self, batch_id: str, usd: float | None) -> None:
         """Set (``None``: remove) the batch's cap; waiting jobs go at their next poll if they fit."""
@@ -155,24 +97,31 @@ class BatchCaps:
 
     def reserve(self, batch_id: str, job_id: str, cost_micro: int) -> bool:
         """Reserve the job's cost if it fits under the cap (True), else mark it waiting (False)."""
-        raw = self._reserve(keys=[], args=[self.keys.batch_cap(batch_id), job_id, int(cost_micro)])
+        raw = self._reserve(keys=self._keys(batch_id)[:3], args=[job_id, int(cost_micro)])
         return int(raw[0]) == 1
 
     def give_back_room(self, job_id: str) -> bool:
         """The job waits at its cap: it stops counting as dispatched (True if it did)."""
-        return bool(self._unroom(keys=[], args=[self.prefix, job_id]))
+        k = self.keys
+        return bool(self._unroom(keys=[k.inflight, k.fair_unadmitted, k.fair_owner, k.fair_count], args=[job_id]))
 
     def refund(self, batch_id: str, job_id: str) -> None:
-        self._refund(keys=[], args=[self.keys.batch_cap(batch_id), job_id])
+        self._refund(keys=self._keys(batch_id)[:3], args=[job_id])
 
     def settle(self, batch_id: str, job_id: str, billed_usd: float) -> None:
-        self._settle(keys=[], args=[self.keys.batch_cap(batch_id), job_id, micro(billed_usd)])
+        self._settle(keys=self._keys(batch_id), args=[job_id, micro(billed_usd)])
+
+    def _keys(self, batch_id: str) -> list[str]:
+        """The cap hash, its charges, waiting set and billed hash (the scripts' KEYS)."""
+        k = self.keys
+        return [k.batch_cap(batch_id), k.batch_cap_charges(batch_id), k.batch_cap_waiting(batch_id),
+                k.batch_cap_billed(batch_id)]
 
     def state(self, batch_id: str) -> CapState:
         base = self.keys.batch_cap(batch_id)
         pipe = self.r.pipeline(transaction=False)
         pipe.hmget(base, "cap_micro", "billed_micro", "reserved_micro")
-        pipe.scard(f"{base}:waiting")
+        pipe.scard(self._keys(batch_id)[2])
         (cap, billed, reserved), waiting = pipe.execute()
         cap_s = cap.decode() if isinstance(cap, bytes) else cap
         return CapState(max_spend_usd=None if cap_s in (None, "none") else int(cap_s) / 1e6,
