@@ -75,7 +75,10 @@ LOGS_TAIL = 20
 
 def path_to(src: str, dst: str) -> list[str] | None:
     """The shortest list of states :data:`TRANSITIONS` leads through from ``src`` to ``dst``
-    (``dst`` last; ``[dst]`` for a direct step), or None when ``dst`` cannot be reached."""
+    (``dst`` last; ``[dst]`` for a direct step), or None when ``dst`` cannot be reached.
+
+    The path passes through no terminal state but ``dst`` itself: a record walked to
+    ``completed`` must not carry a ``cancelled`` timestamp (its finish time is its last terminal one)."""
     if dst in TRANSITIONS.get(src, frozenset()):
         return [dst]
     prev: dict[str, str] = {src: src}
@@ -84,7 +87,7 @@ def path_to(src: str, dst: str) -> list[str] | None:
         nxt: list[str] = []
         for here in todo:
             for there in sorted(TRANSITIONS[here]):
-                if there not in prev:
+                if there not in prev and (there == dst or there not in TERMINAL):
                     prev[there] = here
                     if there == dst:
                         path = [dst]
