@@ -223,11 +223,21 @@ class Pricing:
                     self._local = (time.monotonic(), doc)
                     return doc
             # Stale or absent: one process refreshes, the others use the stale copy meanwhile.
-            if self.r.set(f"{self.key}:refreshing", "1", nx=True, ex=30):
+            try:
+                mine = bool(self.r.set(f"{self.key}:refreshing", "1", nx=True, ex=30))
+            except redis.RedisError as exc:
+                # Redis refusing writes (maxmemory) must not fail a quote: read fal without the
+                # lock; refresh() keeps the answer in this process when Redis cannot.
+                log.warning("could not take the price-refresh lock in Redis (%s)", type(exc).__name__)
+                return self.refresh()
+            if mine:
                 try:
                     return self.refresh()
                 finally:
-                    self.r.delete(f"{self.key}:refreshing")
+                    try:
+                        self.r.delete(f"{self.key}:refreshing")
+                    except redis.RedisError:
+                        pass  # it expires in 30 s
             if raw:
                 try:
                     return dict(json.loads(raw))
