@@ -14,7 +14,8 @@ Layout (``{p}`` is ``FALQ_KEY_PREFIX``):
   ``MAX_TENANTS``, plus ``default``) into ``other``.
 * ``{p}:metrics:hist:{name}`` -- one histogram per hash: ``{endpoint}|{i}`` counts the
   observations in bucket ``i`` (not cumulative; ``i == len(BUCKETS)`` is ``+Inf``), plus
-  ``{endpoint}|sum`` and ``{endpoint}|count``.
+  ``{endpoint}|sum``. The count is the buckets' total, computed when read (one command less
+  per observation); a ``{endpoint}|count`` field older versions wrote is ignored.
 * ``{p}:metrics:minute:{epoch minute}`` -- hash ``{completed, failed, cancelled}`` for
   jobs per minute; expires after :data:`MINUTE_TTL_S`.
 * ``{p}:metrics:spend:{yyyy-mm-dd}`` -- estimated $ billed that UTC day (float string).
@@ -102,7 +103,6 @@ def observe(pipe: Any, prefix: str, name: str, endpoint: str, seconds: float) ->
     key = hist_key(prefix, name)
     pipe.hincrby(key, f"{endpoint}|{bucket_index(seconds)}", 1)
     pipe.hincrbyfloat(key, f"{endpoint}|sum", seconds)
-    pipe.hincrby(key, f"{endpoint}|count", 1)
 
 
 # --- reading ---------------------------------------------------------------------------------
@@ -413,10 +413,12 @@ def _histograms(raw: dict[Any, Any]) -> dict[str, Histogram]:
         h = out.setdefault(endpoint, Histogram())
         if part == "sum":
             h.sum = float(v)
-        elif part == "count":
-            h.count = int(v)
         elif part.isdigit() and int(part) < len(h.buckets):
             h.buckets[int(part)] = int(v)
+    for h in out.values():
+        # Every observation lands in exactly one bucket (the last is +Inf), so their total is
+        # the count, for histograms written by this version and by older ones alike.
+        h.count = sum(h.buckets)
     return out
 
 

@@ -16,7 +16,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from falq.ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
-from falq.shared.metrics import BUCKETS, Histogram, read_snapshot
+from falq.shared.metrics import BUCKETS, Histogram, _histograms, read_snapshot
 from falq.shared.settings import Settings, reset_settings
 from tests.conftest import wait_for
 
@@ -225,6 +225,16 @@ def test_histogram_quantiles_interpolate_within_buckets() -> None:
     h.buckets[-1] = 1000  # beyond the last bound: report that bound
     assert h.quantile(0.99) == BUCKETS[-1]
     assert h.cumulative()[-1] == ("+Inf", 1100)
+
+
+def test_histogram_count_is_the_bucket_total_for_old_and_new_hashes() -> None:
+    # Older workers also wrote `{endpoint}|count`; it is ignored (a rolling upgrade mixes both
+    # writers in one hash), and the count is the total of the buckets either way.
+    old = {b"t2i|3": b"2", b"t2i|sum": b"1.5", b"t2i|count": b"2"}
+    mixed = {b"t2i|3": b"5", b"t2i|%d" % len(BUCKETS): b"1", b"t2i|sum": b"9.0", b"t2i|count": b"2"}
+    assert _histograms(old)["t2i"].count == 2 and _histograms(old)["t2i"].sum == 1.5
+    assert _histograms(mixed)["t2i"].count == 6
+    assert _histograms({b"t2i|0": b"4", b"t2i|sum": b"0.01"})["t2i"].count == 4
 
 
 def test_settings_carry_the_metrics_token_as_a_secret() -> None:

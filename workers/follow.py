@@ -34,7 +34,6 @@ Example::
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 from typing import Literal
@@ -68,15 +67,9 @@ _CURSOR_MAX = 64
 StopReason = str
 
 
-class Kept(enum.Enum):
-    """What :meth:`FollowPhase._keep_result` returns once fal's output is saved beside the
-    record. A type of its own: an :class:`Outcome` (wait, re-publish, failed) can never be
-    read as "saved"."""
-
-    KEPT = "kept"
-
-
-KEPT: Literal[Kept.KEPT] = Kept.KEPT
+def _noted_already(rec: JobRecord) -> None:
+    """What :meth:`FollowPhase._keep_result` returns when the record already notes the kept
+    result: nothing left to write."""
 
 
 def fresh_log_lines(entries: list[LogEntry], cursor: list[str], tail: list[str]) -> tuple[list[str], list[str]]:
@@ -277,24 +270,35 @@ class FollowPhase(StepBase):
                 return self._ended_after_cancel("unknown", "no answer from fal")
             return Outcome(False, 0.0)
         self.ctx.admission.release(self.rec)
-        if pending_logs:
+        done_at = time.time()
+        # One save for fal's log tail and the clock of FALQ_FAL_RESULT_RETRY_S (kept across
+        # steps, so it spans redeliveries): both are written before the result is fetched.
+        clock = not result.error and self.rec.fal_completed_at is None
+        if pending_logs or clock:
             logs, at = list(pending_logs), list(cursor[0])
-            self.commit(lambda r: take_logs(r, logs, at))
+
+            def noted(r: JobRecord) -> None:
+                if logs:
+                    take_logs(r, logs, at)
+                if clock:
+                    r.fal_completed_at = r.fal_completed_at or done_at
+
+            self.commit(noted)
         if result.error:
             if self.rec.fal_cancel_at is not None:
                 # fal's answer to the cancel: removed from its queue, or stopped while running.
                 how: Literal["stopped", "removed"] = "removed" if self.rec.state == "in_queue" else "stopped"
                 return self._ended_after_cancel(how, f"{result.error_type or ''} {result.error}".strip())
             return self._failed_attempt(self._failure_detail(result))
-        done_at = time.time()
-        if self.rec.fal_completed_at is None:
-            # The clock of FALQ_FAL_RESULT_RETRY_S: kept across steps, so it spans redeliveries.
-            self.commit(lambda r: setattr(r, "fal_completed_at", r.fal_completed_at or done_at))
         kept = self._keep_result()
-        if kept is not KEPT:
+        if isinstance(kept, Outcome):
             return kept
 
         def completed(r: JobRecord) -> None:
+            # What the kept result says (billed units, its time) is saved with the move to
+            # mirroring: one save. A step that ends between the two finds no result_saved_at
+            # and asks fal for the result again (a read, never a new submission).
+            kept(r)
             inference = result.metrics.get("inference_time")
             r.inference_time = float(inference) if isinstance(inference, int | float) else None
             r.fal_completed_at = r.fal_completed_at or done_at
@@ -303,11 +307,14 @@ class FollowPhase(StepBase):
             r.move("mirroring")
 
         self.commit(completed)
+        if kept is not _noted_already and self.rec.cost_billed is not None:
+            self.ctx.admission.billed(self.rec)  # the batch's reservation becomes what fal billed
         self.fresh_mirror = True
         return None
 
-    def _keep_result(self) -> Outcome | Literal[Kept.KEPT]:
-        """Fetch fal's output once and save it beside the record (:data:`KEPT`: saved, go on).
+    def _keep_result(self) -> Outcome | Callable[[JobRecord], None]:
+        """Fetch fal's output once and save it beside the record. Saved: returns the change that
+        notes it on the record (billed units, when), for the caller's next save to apply.
 
         The request COMPLETED without an error: it succeeded and is billed. An answer that
         says nothing about the request (an ingress page, a reset, a 5xx with or without a
@@ -317,7 +324,7 @@ class FollowPhase(StepBase):
         A user's cancel does not stop this: the output is paid for.
         """
         if self.rec.result_saved_at is not None and self.ctx.store.load_result(self.rec.id) is not None:
-            return KEPT
+            return _noted_already
         assert self.rec.response_url
         since = self.rec.fal_completed_at or time.time()
         tries = 0
@@ -361,10 +368,7 @@ class FollowPhase(StepBase):
                 r.cost_billed = quote.cost(res.billable_units)
                 r.cost_source = "fal_billable_units"
 
-        self.commit(kept)
-        if self.rec.cost_billed is not None:
-            self.ctx.admission.billed(self.rec)
-        return KEPT
+        return kept
 
     def _await_webhook(self) -> Status | str | None:
         """fal's pushed completion (see :mod:`falq.workers.falhooks`), a stop reason, or None once

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 #: :data:`falq.ops.bench.scenarios.SCENARIOS`, written out so ``--help`` and the option's
 #: check need not import the harness (a test keeps the two equal).
 SCENARIO_NAMES = ("overhead", "inflight", "saturation", "mirror", "limiter", "enqueue", "cost", "connections",
-                  "recovery", "chain", "fairness")
+                  "recovery", "chain", "fairness", "profile")
 
 
 @click.command(name="bench", context_settings=HELP_OPTIONS)

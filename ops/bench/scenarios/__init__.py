@@ -20,10 +20,11 @@ from falq.ops.bench.scenarios import (
     limiter,
     mirror,
     overhead,
+    profile,
     recovery,
     saturation,
 )
 
 _MODULES: list[ModuleType] = [overhead, inflight, saturation, mirror, limiter, enqueue, cost, connections, recovery,
-                             chain, fairness]
+                             chain, fairness, profile]
 SCENARIOS: dict[str, Callable[[Harness], list[Row]]] = {m.NAME: m.run for m in _MODULES}
