@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from falq.gateway.auth import Principal
 from falq.gateway.config import GatewaySettings
 from falq.producers.client import Falq
-from falq.shared.errors import JobNotFound
+from falq.shared.errors import FalqError, JobNotFound
 from falq.shared.jobstore import JobStore
 from falq.shared.records import JobRecord
 from falq.shared.settings import Settings
@@ -153,8 +153,10 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class Unprocessable(Exception):
+class Unprocessable(FalqError):
     """A request the gateway refuses with 422; ``detail`` holds fal-style ``{loc, msg, type}`` entries."""
+
+    kind = "unprocessable"
 
     def __init__(self, detail: list[dict[str, Any]]) -> None:
         super().__init__(f"{len(detail)} invalid field(s)")

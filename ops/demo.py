@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
 
@@ -153,7 +153,7 @@ def _keep_running(stack: DevStack) -> None:
     import subprocess
 
     from falq.gateway.server import GatewayServer
-    from falq.ops.stack import ROOT, free_port
+    from falq.testing.stack import ROOT, free_port
 
     password = secrets.token_urlsafe(12)
     port = free_port()

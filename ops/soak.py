@@ -30,7 +30,7 @@ from typing import Any
 
 import click
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.settings import Settings, reset_settings
 
 BASELINE_EMULATOR = {
@@ -49,7 +49,7 @@ BASELINE_EMULATOR = {
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A bare redis-server of this module's own (no S3, no emulator); yields its URL."""
-    from falq.ops.stack import RedisServer
+    from falq.testing.stack import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
@@ -130,7 +130,7 @@ def emulator_submissions(stack: DevStack) -> dict[str, list[dict[str, Any]]]:
 
 
 def fetch_fal_result(stack: DevStack, request_id: str) -> dict[str, Any]:
-    from falq.ops.stack import TEST_FAL_KEY
+    from falq.testing.stack import TEST_FAL_KEY
 
     resp = httpx.get(f"{stack.emu.url}/fal-ai/qwen-image-2/requests/{request_id}",
                      headers={"Authorization": f"Key {TEST_FAL_KEY}"}, timeout=30)

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from falq.ops.stack import ROOT, DevStack, RedisServer, S3Server
+from falq.testing.stack import ROOT, DevStack, RedisServer, S3Server
 
 
 class NetnsUnavailable(RuntimeError):
@@ -185,7 +185,7 @@ class _BoundS3(S3Server):
 
 
 class PartitionStack(DevStack):
-    """A :class:`~falq.ops.stack.DevStack` whose Redis, S3 and emulator listen on the lab's
+    """A :class:`~falq.testing.stack.DevStack` whose Redis, S3 and emulator listen on the lab's
     gateway address, with workers started inside the lab's host namespaces."""
 
     def __init__(self, lab: NetLab, *, emulator: dict[str, Any] | None = None,

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from falq.ops.stack import ROOT, DevStack
+from falq.testing.stack import ROOT, DevStack
 from tests.conftest import emulator_submissions, wait_for
 
 T2I = "fal-ai/qwen-image-2/text-to-image"

@@ -17,7 +17,7 @@ import pytest
 from falq.ops.bench import report
 from falq.ops.bench.harness import Harness
 from falq.ops.bench.scenarios import SCENARIOS
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 
 
 def test_the_commands_scenario_names_are_the_scenarios() -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 
 QUEUE = "falq.interactive"

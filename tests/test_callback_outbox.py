@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.errors import InvalidInput, JobNotFound
 from falq.shared.jobstore import Conflict, JobStore
 from falq.shared.outbox import LOG_CAP, Outbox

@@ -24,7 +24,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from falq.ops.stack import RedisServer, S3Server
+from falq.testing.stack import RedisServer, S3Server
 from falq.shared.catalogue.engine import check_schema, current, head, make_engine, upgrade
 from falq.shared.catalogue.rows import row_from_record
 from falq.shared.catalogue.schema import jobs

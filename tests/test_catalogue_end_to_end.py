@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.catalogue.engine import head, make_engine, upgrade
 from falq.shared.catalogue.store import get_catalogue
 from falq.shared.settings import reset_settings

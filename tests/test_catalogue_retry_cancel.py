@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.catalogue.revive import refs_from_parents
 from falq.shared.catalogue.rows import lost_in, scrub_value
 from falq.shared.catalogue.store import Catalogue, get_catalogue

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.errors import InvalidInput
 from falq.shared.settings import reset_settings
 from tests.conftest import BASELINE_EMULATOR, emulator_submissions, wait_for

@@ -21,7 +21,7 @@ import redis
 from PIL import Image
 
 from falq.cli.main import main
-from falq.ops.stack import free_port
+from falq.testing.stack import free_port
 from falq.shared.errors import PermanentError
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings

@@ -25,7 +25,7 @@ from falq.gateway.console import console_of
 from falq.gateway.console.thumbs import Thumbnails
 from falq.gateway.server import GatewayServer
 from falq.ops.screenshots import capture, launch, sign_in, wait_full_images, wait_thumbnails
-from falq.ops.stack import TEST_FAL_KEY, DevStack
+from falq.testing.stack import TEST_FAL_KEY, DevStack
 from falq.producers import Falq
 from falq.producers.client import JobRequest
 from falq.shared.batches import BatchStore, batch_id_for

@@ -31,7 +31,7 @@ import redis
 
 from falq.gateway.console.access import KEY_PREFIX_CHARS, client_address
 from falq.gateway.server import GatewayServer
-from falq.ops.stack import DevStack, free_port
+from falq.testing.stack import DevStack, free_port
 from tests.conftest import wait_for
 
 KEY = "falq-console-limit-key-0123456789abcdef"

@@ -23,7 +23,7 @@ from falq.gateway.console import console_of
 from falq.gateway.console.ahead import ThumbsAhead, _Work
 from falq.gateway.console.pages import Console
 from falq.gateway.server import GatewayServer
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.producers import Falq
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.storage import Storage

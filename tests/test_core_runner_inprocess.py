@@ -21,7 +21,7 @@ import pytest
 import redis
 
 from falq.emulator.server import EmulatorServer
-from falq.ops.stack import TEST_FAL_KEY
+from falq.testing.stack import TEST_FAL_KEY
 from falq.shared.falclient import submit_headers
 from falq.shared.records import AT_FAL, JobRecord, Submission
 from falq.shared.settings import Settings

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from falq.gateway.server import GatewayServer
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 
 
 @pytest.fixture

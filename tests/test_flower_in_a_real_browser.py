@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from falq.ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
+from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from tests.conftest import wait_for
 
 USER, PASSWORD = "ops", "flower-pass-0123456789"

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from falq.gateway import GatewayServer
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.storage import Storage
 from tests.conftest import wait_for
 

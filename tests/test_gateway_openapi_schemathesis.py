@@ -45,7 +45,7 @@ from schemathesis.checks import (
 from schemathesis.core.result import Ok
 
 from falq.gateway import GatewayServer
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.storage import Storage
 
 KEY = "falq-schemathesis-key-1"

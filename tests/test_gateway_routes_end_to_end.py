@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from falq.gateway import GatewayServer
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.outbound import verify
 from falq.shared.storage import Storage
 from tests.conftest import wait_for

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from falq.gateway import GatewayServer
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.storage import Storage
 from tests.test_emulator_with_official_fal_clients import JS_DIR, _npm_install
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.records import JobRecord
 from falq.shared.settings import reset_settings
 from tests.hostile_fal import HostileFal

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.outbound import sign, verify
 from tests.conftest import wait_for
 

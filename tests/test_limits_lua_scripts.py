@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from falq.ops.stack import RedisServer
+from falq.testing.stack import RedisServer
 from falq.shared.limits import Answer, Limiter, key_id, micro, read_config, spend_today, write_config
 from falq.shared.settings import Settings
 from falq.workers.limiter import SlotKeeper

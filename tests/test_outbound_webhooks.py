@@ -23,7 +23,7 @@ import httpx
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.errors import InvalidInput
 from falq.shared.outbound import (
     OutboundRefused,

@@ -16,7 +16,7 @@ import pytest
 import redis
 from PIL import Image
 
-from falq.ops.stack import ROOT, DevStack
+from falq.testing.stack import ROOT, DevStack
 from tests.conftest import emulator_submissions, wait_for
 
 

@@ -1,6 +1,6 @@
 """Recovery with the settings a new user gets: a SIGKILLed worker's jobs resume in seconds.
 
-The test bed (ops/stack.py) shortens the visibility timeout to 30 s and the lease to 6 s;
+The test bed (testing/stack.py) shortens the visibility timeout to 30 s and the lease to 6 s;
 here both are put back to their defaults, and the global limits too, so this is what a
 user sees out of the box: a dead worker's messages would come back only after 600 s, but
 its jobs are taken over once their leases expire (``workers/reaper.py``, takeover).
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.records import AT_FAL
 from falq.shared.settings import Settings
 from tests.conftest import emulator_submissions, wait_for

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.producers import Falq
 from falq.producers.client import JobRequest
 from falq.shared.batches import Batch, BatchStore, batch_id_for

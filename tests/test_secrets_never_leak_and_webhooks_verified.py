@@ -32,7 +32,7 @@ import pytest
 import redis
 
 from falq.emulator.webhooks import WebhookSigner
-from falq.ops.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
+from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from falq.shared.outbound import verify as verify_callback
 from falq.shared.storage import Storage
 from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier

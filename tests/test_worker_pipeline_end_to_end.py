@@ -11,7 +11,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from falq.ops.stack import TEST_FAL_KEY, DevStack
+from falq.testing.stack import TEST_FAL_KEY, DevStack
 from falq.shared.records import JobRecord
 from falq.shared.storage import Storage
 from tests.conftest import emulator_submissions, fetch_fal_result, wait_for

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from falq.shared.metrics import counters_key
 from falq.shared.storage import Storage
 from tests.chaos.s3_faults import S3FaultProxy

@@ -35,7 +35,7 @@ import psycopg
 import redis
 from pydantic import SecretStr
 
-from falq.ops.stack import RedisServer, S3Server
+from falq.testing.stack import RedisServer, S3Server
 from falq.shared.catalogue.engine import make_engine, upgrade
 from falq.shared.catalogue.store import Catalogue, CatalogueQuery, reset_catalogues
 from falq.shared.jobstore import JobStore

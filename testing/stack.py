@@ -101,7 +101,10 @@ class S3Server:
     """moto's S3 server over real HTTP, in a thread of this process."""
 
     def __init__(self) -> None:
-        from moto.server import ThreadedMotoServer
+        try:
+            from moto.server import ThreadedMotoServer
+        except ImportError as exc:  # moto is the `testing` extra, not a dependency of falq itself
+            raise RuntimeError("falq's local S3 needs moto: pip install 'falq[testing]'") from exc
 
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.url = ""
