@@ -111,7 +111,7 @@ def visible_job(gw: Gateway, who: Principal, job_id: str) -> JobRecord:
     Every gateway route that takes a job id goes through here. Both "no such job" and
     "another tenant's job" cost the same one HMGET (and, with the catalogue on, the same
     tenant-filtered catalogue query) and raise the same error with the same text, so neither
-    the answer nor the work done tells them apart (``tests/test_tenant_isolation.py``).
+    the answer nor the work done tells them apart (``tests/integration/test_tenant_isolation.py``).
 
     Example::
 

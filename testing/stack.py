@@ -51,7 +51,7 @@ class RedisServer:
         self.workdir = workdir
         self.aof = aof
         self.port = port or free_port()
-        #: The address clients use; the server also listens on loopback (tests/netns.py binds
+        #: The address clients use; the server also listens on loopback (tests/support/netns.py binds
         #: a network-namespace lab's gateway address).
         self.host = host
         self.proc: subprocess.Popen[bytes] | None = None

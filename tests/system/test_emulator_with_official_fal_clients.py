@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable as plain `pytest` without installing the project
     sys.path.insert(0, str(ROOT))
 
@@ -29,8 +29,8 @@ from falq.emulator import EmulatorServer  # noqa: E402
 T2I = "fal-ai/qwen-image-2/text-to-image"
 PRO_T2I = "fal-ai/qwen-image-2/pro/text-to-image"
 EDIT = "fal-ai/qwen-image-2/edit"
-JS_DIR = ROOT / "tests" / "js"
-SEED_EXAMPLES = json.loads((ROOT / "tests" / "fixtures" / "seed_examples.json").read_text(encoding="utf-8"))
+JS_DIR = ROOT / "tests" / "support" / "js"
+SEED_EXAMPLES = json.loads((ROOT / "tests" / "support" / "fixtures" / "seed_examples.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from botocore.stub import Stubber
 
 from falq.shared.errors import StorageError, StorageTransientError
 from falq.shared.storage import Storage, get_storage, reset_storage
-from tests.s3server import moto_s3, s3_settings
+from tests.support.s3server import moto_s3, s3_settings
 
 SECRET = "test-secret-value-never-printed"
 

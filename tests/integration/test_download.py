@@ -15,7 +15,7 @@ import respx
 from falq.shared.errors import MirrorRejected, StorageTransientError
 from falq.shared.settings import Settings
 from falq.workers.download import _retry_after, check_media_url, host_allowed, open_media
-from tests.s3server import MediaServer, make_png, media_server
+from tests.support.s3server import MediaServer, make_png, media_server
 
 
 def settings(**kw: Any) -> Settings:
@@ -326,7 +326,7 @@ def rebound(media: MediaServer, rebinding_dns: Rebinding) -> Settings:
 
     With ``allow_private_media`` the name is still resolved once per hop and the request pinned
     to that answer. (The rebinding attack itself, public-then-private with private media
-    refused, over https with SNI: tests/test_media_rebinding_tls.py.)"""
+    refused, over https with SNI: tests/integration/test_media_rebinding_tls.py.)"""
     rebinding_dns.first, rebinding_dns.then = "127.0.0.1", "127.0.0.2"
     with socket.socket() as probe, pytest.raises(OSError):  # the rebound address really is dead
         probe.settimeout(2)

@@ -31,7 +31,7 @@ from falq.workers.limiter import LimitsAdmission
 from falq.workers.limits_admission import build_admission
 from falq.workers.metrics import MetricsMiddleware
 from falq.workers.runner import Outcome, Runner
-from tests.s3server import moto_s3
+from tests.support.s3server import moto_s3
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 

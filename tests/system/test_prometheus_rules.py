@@ -2,7 +2,7 @@
 
 ``promtool`` comes with Debian's ``prometheus`` package (``.ci/run`` and ``make test`` install
 it on a bare machine). The rules are ops/prometheus/alerts.yml, their unit tests
-ops/prometheus/tests/*.yml; tests/test_prometheus_scrapes_real_stack.py runs the same rules in
+ops/prometheus/tests/*.yml; tests/system/test_prometheus_scrapes_real_stack.py runs the same rules in
 a real Prometheus against a real stack.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "ops" / "prometheus" / "alerts.yml"
 RULE_TESTS = sorted((ROOT / "ops" / "prometheus" / "tests").glob("*.yml"))
 CONFIG = ROOT / "ops" / "prometheus.yml"

@@ -36,7 +36,7 @@ from falq.shared.settings import Settings
 from falq.workers.archive import GROUP, Archiver
 
 PG = "postgresql://postgres@127.0.0.1:5432"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EP = "fal-ai/qwen-image-2/text-to-image"
 
 

@@ -1,7 +1,7 @@
 """Hostile answers from fal, end to end: every one ends its job with a plain error, none hurts the worker.
 
 One real worker process (gevent pool, the stack's real Redis and S3) runs one job per case
-against :class:`tests.hostile_fal.HostileFal` at once: bad submit answers, bad status and
+against :class:`tests.support.hostile_fal.HostileFal` at once: bad submit answers, bad status and
 SSE answers, bad results and bad media. A second, *strict* worker (private media
 refused, its own queues) proves loopback addresses are refused even when allowlisted.
 
@@ -24,7 +24,7 @@ import redis
 from falq.testing.stack import DevStack
 from falq.shared.records import JobRecord
 from falq.shared.settings import reset_settings
-from tests.hostile_fal import HostileFal
+from tests.support.hostile_fal import HostileFal
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -6,8 +6,8 @@ Celery messages decoded from base64, events on pub/sub), ``falq status/jobs --js
 Flower's API and log, the metrics exporter, callback deliveries, S3 object metadata, the
 workers' answers to Celery's remote-control ``inspect`` and their command lines.
 
-SSRF checks of media URLs are in ``tests/test_ssrf.py``; Flower refusing to start without
-a password is in ``tests/test_cli_options_and_errors.py``.
+SSRF checks of media URLs are in ``tests/unit/test_ssrf.py``; Flower refusing to start without
+a password is in ``tests/integration/test_cli_options_and_errors.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from falq.shared.outbound import verify as verify_callback
 from falq.shared.storage import Storage
 from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
 from tests.conftest import wait_for
-from tests.hostile_fal import HostileFal
+from tests.support.hostile_fal import HostileFal
 
 FALQ = [sys.executable, "-c", "import sys; from falq.cli.main import main; sys.exit(main())"]
 

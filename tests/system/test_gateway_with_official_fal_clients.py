@@ -17,7 +17,7 @@ import pytest
 from falq.gateway import GatewayServer
 from falq.testing.stack import DevStack
 from falq.shared.storage import Storage
-from tests.test_emulator_with_official_fal_clients import JS_DIR, _npm_install
+from tests.system.test_emulator_with_official_fal_clients import JS_DIR, _npm_install
 
 KEY = "falq-gw-client-key-42"
 T2I = "fal-ai/qwen-image-2/text-to-image"

@@ -18,7 +18,7 @@ import httpx
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # runnable as plain `pytest` without installing the project
     sys.path.insert(0, str(ROOT))
 

@@ -18,7 +18,7 @@ from falq.shared.records import StoredImage
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
 from falq.workers.mirror import mirror_image, mirror_outputs
-from tests.s3server import MediaServer, make_png, media_server, moto_s3, s3_settings
+from tests.support.s3server import MediaServer, make_png, media_server, moto_s3, s3_settings
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 CREATED = 1735689600.0  # 2025-01-01T00:00:00Z

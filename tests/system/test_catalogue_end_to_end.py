@@ -1,6 +1,6 @@
 """The catalogue through the real parts: workers archive what they finish (rows and job.json),
 and the CLI, ``Falq`` and the gateway find jobs there once Redis forgot them. PostgreSQL and
-SQLite alike (each test its own database, see tests/test_catalogue.py)."""
+SQLite alike (each test its own database, see tests/system/test_catalogue.py)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from falq.shared.catalogue.engine import head, make_engine, upgrade
 from falq.shared.catalogue.store import get_catalogue
 from falq.shared.settings import reset_settings
 from tests.conftest import wait_for
-from tests.test_catalogue import EP, Db, db  # noqa: F401 - the fixture, per dialect
+from tests.system.test_catalogue import EP, Db, db  # noqa: F401 - the fixture, per dialect
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ SHORT = {T2I: "t2i", PRO_T2I: "pro-t2i", EDIT: "edit", PRO_EDIT: "pro-edit"}
 URL = "https://v3b.fal.media/files/b/0a90b2a1/i89tMXz0SmiwL0ZvbnUvS_image_00240.png"
 PRESETS = ("square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9")
 MB10 = 10 * 1024 * 1024
-SEEDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "seeds"
+SEEDS_DIR = Path(__file__).resolve().parents[3] / "shared" / "seeds"
 
 #: Phrases pydantic uses; a FieldError message must be in falq's own plain words instead.
 RAW_PYDANTIC = ("Input should be", "String should have", "List should have", "Value error,")

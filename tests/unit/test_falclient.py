@@ -2,28 +2,21 @@
 
 Each answer is served by an ``httpx.MockTransport`` to the same client calls falq makes
 (submit, status, result, cancel), and the raised error type is checked side by side for
-submit and result. Also: fal's submit headers, log deduplication across moving windows and
-stream events, and the status stream's reader against a real HTTP server that pings.
+submit and result. Also: fal's submit headers and log deduplication across moving windows and
+stream events. The status stream's reader against a real HTTP server that pings is in
+tests/integration/test_falclient_stream.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
 
-from falq.shared.asgi import BackgroundServer
 from falq.shared.errors import (
     FalAccountLocked,
     FalAuthError,
@@ -39,7 +32,7 @@ from falq.shared.errors import (
     FalSubmitUncertain,
     FalTransientError,
 )
-from falq.shared.falclient import FalClient, LogEntry, Result, Status, StreamEnd, submit_headers
+from falq.shared.falclient import FalClient, LogEntry, Result, submit_headers
 from falq.shared.settings import Settings
 from falq.workers.follow import fresh_log_lines
 
@@ -367,88 +360,3 @@ def test_cursor_round_trips_through_strings() -> None:
     assert fresh == ["a", "b"] and all(isinstance(x, str) for x in cursor)
     saved = json.loads(json.dumps(cursor))
     assert fresh_log_lines([*entries, LogEntry(1_700_000_001.0, "c")], saved, [])[0] == ["c"]
-
-
-# --- the status stream against a real server ------------------------------------------------------
-
-
-class PingServer:
-    """An SSE endpoint that pings every 0.2 s, sends one event after ``data_after`` s (never if None)
-    and then keeps pinging."""
-
-    def __init__(self, data_after: float | None = 1.0) -> None:
-        self.connections = 0
-        self.disconnected = threading.Event()
-
-        async def stream(request: Request) -> Response:
-            self.connections += 1
-
-            async def frames() -> AsyncIterator[bytes]:
-                started = time.monotonic()
-                sent = False
-                try:
-                    while time.monotonic() - started < 30:
-                        await asyncio.sleep(0.2)
-                        if not sent and data_after is not None and time.monotonic() - started >= data_after:
-                            body = {"status": "IN_PROGRESS", "logs": [
-                                {"message": "step 1", "timestamp": "2026-01-01T00:00:00Z"}]}
-                            yield f"data: {json.dumps(body)}\n\n".encode()
-                            sent = True
-                        else:
-                            yield b": ping\n\n"
-                finally:
-                    self.disconnected.set()
-
-            return StreamingResponse(frames(), media_type="text/event-stream")
-
-        self.app = Starlette(routes=[Route("/fal-ai/app/requests/r-1/status/stream", stream)])
-
-
-def test_status_stream_waits_through_pings_and_closes_promptly() -> None:
-    srv = PingServer()
-    with BackgroundServer(srv.app, name="ping-sse") as server:
-        fal = FalClient(settings(fal_queue_url=server.url))
-        try:
-            stream = fal.open_stream(f"{server.url}/fal-ai/app/requests/r-1/status", read_timeout=5)
-            got: list[Status | None] = []
-            started = time.monotonic()
-            while time.monotonic() - started < 8:
-                item = stream.next(timeout=0.3)
-                assert item is not StreamEnd
-                got.append(item)  # type: ignore[arg-type]
-                if item is not None:
-                    break
-            nones, last = got[:-1], got[-1]
-            assert isinstance(last, Status), got
-            assert last.status == "IN_PROGRESS" and [e.message for e in last.logs] == ["step 1"]
-            assert len(nones) >= 2 and all(x is None for x in nones)  # ~1 s of pings, polled every 0.3 s
-            assert 0.7 < time.monotonic() - started < 4
-            assert stream.next(timeout=0.5) is None  # only pings again: nothing new, no error
-
-            t0 = time.monotonic()
-            stream.close()
-            assert time.monotonic() - t0 < 1.0
-            stream._thread.join(timeout=1.0)
-            assert not stream._thread.is_alive(), "the reader thread still blocks on the socket"
-            assert time.monotonic() - t0 < 1.5
-            assert srv.connections == 1  # pings kept the one connection; no reconnects
-            assert srv.disconnected.wait(5), "the server never saw the connection go"
-            stream.close()  # idempotent
-        finally:
-            fal.close()
-
-
-def test_status_stream_close_while_only_pings_arrive() -> None:
-    srv = PingServer(data_after=None)
-    with BackgroundServer(srv.app, name="ping-sse") as server:
-        fal = FalClient(settings(fal_queue_url=server.url))
-        try:
-            with fal.open_stream(f"{server.url}/fal-ai/app/requests/r-1/status", read_timeout=5) as stream:
-                assert stream.next(timeout=0.5) is None
-                assert stream.next(timeout=0.5) is None
-                t0 = time.monotonic()
-            assert time.monotonic() - t0 < 1.0
-            stream._thread.join(timeout=1.0)
-            assert not stream._thread.is_alive()
-        finally:
-            fal.close()

@@ -29,7 +29,7 @@ from falq.shared.records import JobRecord, StoredImage
 from falq.shared.storage import Storage
 from falq.shared.tenants import Tenant, TenantStore
 from tests.conftest import wait_for
-from tests.test_console_signin_limit import try_key
+from tests.system.test_console_signin_limit import try_key
 
 KEY = "falq-console-ahead-key-0123456789abcdef"
 

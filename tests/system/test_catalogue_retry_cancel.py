@@ -2,7 +2,7 @@
 archiving), through the real parts: workers, the fal emulator over HTTP, Redis, S3 (moto), the
 CLI, the gateway over HTTP and PostgreSQL or SQLite (each test its own database).
 
-A job is made "archived only" as in tests/test_catalogue_end_to_end.py: workers archive it, and
+A job is made "archived only" as in tests/system/test_catalogue_end_to_end.py: workers archive it, and
 ``FALQ_ARCHIVED_TTL_S=2`` lets its Redis copy expire. A moderated job (the emulator's
 ``[[moderate]]`` marker) is a real fal failure; switching the marker off afterwards lets the
 retried job complete at the emulator, so every retry below is a real new attempt at fal.
@@ -29,8 +29,8 @@ from falq.shared.catalogue.rows import lost_in, scrub_value
 from falq.shared.catalogue.store import Catalogue, get_catalogue
 from falq.shared.records import JobRecord, StoredImage
 from tests.conftest import emulator_submissions, wait_for
-from tests.test_catalogue import Db, db  # noqa: F401 - the fixture, per dialect
-from tests.test_catalogue_end_to_end import env  # noqa: F401 - the stack's env with this test's database
+from tests.system.test_catalogue import Db, db  # noqa: F401 - the fixture, per dialect
+from tests.system.test_catalogue_end_to_end import env  # noqa: F401 - the stack's env with this test's database
 
 EDIT = "fal-ai/qwen-image-2/edit"
 APP = "fal-ai/qwen-image-2"

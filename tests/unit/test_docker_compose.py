@@ -10,7 +10,7 @@ import yaml
 
 from falq.shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _compose() -> dict[str, Any]:
@@ -58,7 +58,7 @@ def test_the_image_copies_every_folder_of_the_falq_package() -> None:
     copied = {line.split()[1] for line in (ROOT / "ops" / "Dockerfile").read_text().splitlines()
               if line.startswith("COPY ")}
     linked = {p.name for p in (ROOT / "falq").iterdir() if p.is_symlink()}
-    assert linked == {"shared", "workers", "producers", "emulator", "gateway", "ops", "cli"}
+    assert linked == {"shared", "workers", "producers", "emulator", "gateway", "ops", "cli", "testing"}
     assert {"falq", *linked} <= copied, sorted({"falq", *linked} - copied)
 
 

@@ -21,7 +21,7 @@ from falq.shared.errors import FalSubmitUncertain, FalTransientError, StorageTra
 from falq.shared.falclient import FalClient
 from falq.shared.settings import Settings
 from falq.workers.download import make_media_client, open_media
-from tests.s3server import make_png
+from tests.support.s3server import make_png
 
 pytestmark = pytest.mark.timeout(60)
 

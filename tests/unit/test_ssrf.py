@@ -1,10 +1,10 @@
-"""SSRF: the media URL checks against the tricks tests/test_download.py does not cover.
+"""SSRF: the media URL checks against the tricks tests/integration/test_download.py does not cover.
 
 Each URL's host is put on the allowlist, so what is tested is the address check (private
 media not allowed): numeric IPv4 spellings, names that resolve to loopback, IPv6 forms
 that embed an IPv4 address, userinfo and fragment tricks, and redirects to such hosts. The
 same spellings are refused as outgoing webhook targets (``falq.shared.outbound``; the
-sender's own tests are in ``tests/test_outbound_webhooks.py``).
+sender's own tests are in ``tests/system/test_outbound_webhooks.py``).
 Resolution is real (numeric forms and ``localhost`` need no network).
 """
 

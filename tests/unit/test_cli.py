@@ -19,7 +19,7 @@ import pytest
 
 from falq.cli.main import LAZY, cli, main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ("shared", "workers", "producers", "emulator", "gateway", "ops", "cli")
 COMMANDS = sorted(cli.list_commands(click.Context(cli)))
 

@@ -2,7 +2,7 @@
 
 ``falq_budget_daily_dollars``, ``falq_fal_key_paused{key}``, ``falq_limiter_waiting_jobs{reason}``,
 ``falq_archive_lag``, and the counters exported as 0 before their first increment (so that
-``rate()`` sees the first one). tests/test_prometheus_scrapes_real_stack.py sees them in a real
+``rate()`` sees the first one). tests/system/test_prometheus_scrapes_real_stack.py sees them in a real
 Prometheus; this checks the edge cases a run does not reach (no stream, no group, a key of
 another type, expired waits).
 """

@@ -28,7 +28,7 @@ from falq.shared.errors import PermanentError
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EDIT = "fal-ai/qwen-image-2/edit"
 
 
@@ -245,7 +245,7 @@ def _lines(n: int) -> list[dict[str, Any]]:
 def test_rerun_after_interruption_enqueues_only_what_is_missing(env: Env, capsys: pytest.CaptureFixture[str],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # A record without its message exists only with FIFO publishing (with fair dispatch the
-    # record and its ready entry are written in one step, tests/test_fair_dispatch_lua.py).
+    # record and its ready entry are written in one step, tests/integration/test_fairshare_lua.py).
     monkeypatch.setenv("FALQ_FAIR_DISPATCH", "false")
     reset_settings()
     env.settings = get_settings()

@@ -1,4 +1,6 @@
-"""The web console's pure parts: thumbnails, the chart's arithmetic, filters, commands, sessions."""
+"""The web console's pure parts: thumbnails, the chart's arithmetic, filters, commands.
+
+Its sessions live in Redis: tests/integration/test_console_sessions.py."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import shlex
 import pytest
 from PIL import Image
 
-from falq.gateway.console.access import Principal, Refused, Sessions, check_csrf, is_https
+from falq.gateway.console.access import Refused
 from falq.gateway.console.data import chart, commands, parse_gallery, timeline
 from falq.gateway.console.thumbs import ByteLRU, NoPreview, Thumbnails, make_thumbnail
 from falq.shared.errors import InvalidInput
@@ -88,23 +90,6 @@ def test_timeline_durations_between_states() -> None:
                                                      ("completed", 0.0)]
     rec.timestamps = {"queued": 10.0, "in_progress": 11.0}
     assert timeline(rec)[-1].seconds is None  # still running
-
-
-def test_sessions_keep_only_a_hash_of_the_id(redis_server: str) -> None:
-    import redis
-
-    r = redis.Redis.from_url(redis_server)
-    sessions = Sessions(r, "falqtest", ttl_s=120)
-    p = Principal("default", frozenset({"admin"}), "env", "d" * 64)
-    sid, sess = sessions.create(p)
-    assert sessions.get(sid) is not None and sessions.get(sid).principal == p  # type: ignore[union-attr]
-    stored = [k.decode() for k in r.keys("falqtest:console:session:*")]
-    assert len(stored) == 1 and sid not in stored[0] and sid.encode() not in (r.get(stored[0]) or b"")
-    assert 0 < r.ttl(stored[0]) <= 120
-    assert check_csrf(sess.csrf, sess.csrf) and not check_csrf(sess.csrf, "x") and not check_csrf(sess.csrf, None)
-    sessions.drop(sid)
-    assert sessions.get(sid) is None and sessions.get("nonsense") is None
-    assert is_https("http", {"x-forwarded-proto": "https"}) and not is_https("http", {})
 
 
 def test_thumbnail_keys_sit_in_the_image_s_tenant_folder() -> None:

@@ -90,7 +90,7 @@ def test_record_created_but_publish_refused_is_removed_again(
     # Job records in the stack's Redis (room to spare), the broker in a Redis that is full:
     # the record is created, the publish is refused, and the record must go again. This is the
     # direct-publish (FIFO) path; with fair dispatch the job waits in its ready set instead
-    # (tests/test_fair_dispatch_end_to_end.py).
+    # (tests/system/test_fair_dispatch_end_to_end.py).
     broker = redis.Redis.from_url(redis_server)
     broker.flushall()
     falq = Falq(clean_stack.settings(FALQ_BROKER_URL=redis_server, FALQ_FAIR_DISPATCH="false"))

@@ -10,7 +10,7 @@ for what they stand for instead:
   endpoint, and the app's request routes for each of the actions the catch-all serves;
 * ``/_falq/fal-proxy`` (a middleware, not a route): GET, POST and PUT;
 * ``/ui`` (the web console: HTML pages behind a session cookie, not the JSON API; tested
-  in a real browser by ``tests/test_console_in_a_real_browser.py``): left out on purpose.
+  in a real browser by ``tests/system/test_console_in_a_real_browser.py``): left out on purpose.
 """
 
 from __future__ import annotations

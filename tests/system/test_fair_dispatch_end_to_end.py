@@ -100,7 +100,7 @@ def test_a_tenant_over_its_budget_pauses_alone(clean_stack: DevStack, falq: Falq
 
 def test_broker_full_jobs_wait_dispatched_and_are_published_later(
         clean_stack: DevStack, redis_server: str) -> None:
-    from tests.test_redis_out_of_memory import fill_to_the_limit
+    from tests.system.test_redis_out_of_memory import fill_to_the_limit
 
     broker = redis.Redis.from_url(redis_server)
     broker.flushall()

@@ -31,7 +31,7 @@ import falq.workers.download as download
 from falq.shared.errors import MirrorRejected, StorageTransientError
 from falq.shared.settings import Settings
 from falq.workers.download import open_media
-from tests.s3server import make_png
+from tests.support.s3server import make_png
 
 NAME = "media.rebind.test"
 OTHER = "other.rebind.test"  # allowlisted, resolves to the same server, but not on its certificate
