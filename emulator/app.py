@@ -11,7 +11,7 @@ Queue routes (``Authorization: Key ...`` required):
 Other routes: ``GET /files/{name}``, ``GET /.well-known/jwks.json``, the storage upload
 routes of :mod:`falq.emulator.storage`, and ``/_emulator/{config,reset,requests,health}``.
 
-Answers that follow the live service (``shared/reference/fal-queue-protocol.md`` §10):
+Answers that follow the live service (README, "fal, as the live service behaves"):
 
 * a locked key's submit: 403 ``{"detail": "User is locked. Reason: Exhausted balance. ..."}``
   (``locked_status``; 402 is the legacy option), no request id, nothing created;

@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from falq.testing.stack import DevStack
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
+from falq.testing.stack import DevStack
 
 PROMPTS: list[tuple[str, dict[str, Any]]] = [
     ("a lighthouse on a cliff at dusk, oil painting", {}),

@@ -102,9 +102,9 @@ def _run(out: Path, minutes: float) -> int:
     from playwright.sync_api import sync_playwright
 
     from falq.gateway.server import GatewayServer
-    from falq.testing.stack import DevStack
     from falq.producers import Falq
     from falq.producers.admin import Admin
+    from falq.testing.stack import DevStack
 
     key = "falq-screens-" + secrets.token_urlsafe(12)
     print("screenshots: starting Redis, S3 (moto), the fal emulator and 2 workers ...", flush=True)

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import redis
 
-from falq.testing.stack import DevStack
 from falq.shared.settings import Settings, reset_settings
+from falq.testing.stack import DevStack
 
 BASELINE_EMULATOR = {
     "latency": "fixed:0.3",

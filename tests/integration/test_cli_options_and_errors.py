@@ -21,10 +21,10 @@ import redis
 from PIL import Image
 
 from falq.cli.main import main
-from falq.testing.stack import free_port
 from falq.shared.errors import PermanentError
 from falq.shared.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings
+from falq.testing.stack import free_port
 
 SECRET = "fal-secret-key-never-printed-0123456789"
 

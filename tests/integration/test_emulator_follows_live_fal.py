@@ -1,4 +1,4 @@
-"""The emulator follows the live fal service by default (fal-queue-protocol.md §10).
+"""The emulator follows the live fal service by default (README: "fal, as the live service behaves").
 
 Each test drives the emulator over HTTP (uvicorn on a free port via EmulatorServer) and
 checks one behaviour where the live service differs from what the emulator first assumed:

@@ -21,11 +21,11 @@ import pytest
 import redis
 
 from falq.emulator.server import EmulatorServer
-from falq.testing.stack import TEST_FAL_KEY
 from falq.shared.falclient import submit_headers
 from falq.shared.records import AT_FAL, JobRecord, Submission
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
+from falq.testing.stack import TEST_FAL_KEY
 from falq.workers.context import WorkerContext
 from falq.workers.limiter import LimitsAdmission
 from falq.workers.limits_admission import build_admission

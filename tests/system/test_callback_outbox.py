@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 import redis
 
-from falq.testing.stack import DevStack
 from falq.shared.errors import InvalidInput, JobNotFound
 from falq.shared.jobstore import Conflict, JobStore
 from falq.shared.outbox import LOG_CAP, Outbox
 from falq.shared.records import JobRecord
 from falq.shared.settings import Settings, reset_settings
+from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 
 T2I = "fal-ai/qwen-image-2/text-to-image"

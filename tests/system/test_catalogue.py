@@ -24,7 +24,6 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from falq.testing.stack import RedisServer, S3Server
 from falq.shared.catalogue.engine import check_schema, current, head, make_engine, upgrade
 from falq.shared.catalogue.rows import row_from_record
 from falq.shared.catalogue.schema import jobs
@@ -33,6 +32,7 @@ from falq.shared.errors import CatalogueSchemaOutdated, CatalogueUnavailable, Jo
 from falq.shared.jobstore import JobStore
 from falq.shared.records import JobRecord
 from falq.shared.settings import Settings
+from falq.testing.stack import RedisServer, S3Server
 from falq.workers.archive import GROUP, Archiver
 
 PG = "postgresql://postgres@127.0.0.1:5432"

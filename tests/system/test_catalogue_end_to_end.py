@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from falq.testing.stack import DevStack
 from falq.shared.catalogue.engine import head, make_engine, upgrade
 from falq.shared.catalogue.store import get_catalogue
 from falq.shared.settings import reset_settings
+from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 from tests.system.test_catalogue import EP, Db, db  # noqa: F401 - the fixture, per dialect
 

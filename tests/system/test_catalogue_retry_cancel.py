@@ -23,11 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
-from falq.testing.stack import DevStack
 from falq.shared.catalogue.revive import refs_from_parents
 from falq.shared.catalogue.rows import lost_in, scrub_value
 from falq.shared.catalogue.store import Catalogue, get_catalogue
 from falq.shared.records import JobRecord, StoredImage
+from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 from tests.system.test_catalogue import Db, db  # noqa: F401 - the fixture, per dialect
 from tests.system.test_catalogue_end_to_end import env  # noqa: F401 - the stack's env with this test's database

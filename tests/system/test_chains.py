@@ -16,9 +16,9 @@ import httpx
 import pytest
 import redis
 
-from falq.testing.stack import DevStack
 from falq.shared.errors import InvalidInput
 from falq.shared.settings import reset_settings
+from falq.testing.stack import DevStack
 from tests.conftest import BASELINE_EMULATOR, emulator_submissions, wait_for
 
 EDIT = "fal-ai/qwen-image-2/edit"

@@ -25,12 +25,12 @@ from falq.gateway.console import console_of
 from falq.gateway.console.thumbs import Thumbnails
 from falq.gateway.server import GatewayServer
 from falq.ops.screenshots import capture, launch, sign_in, wait_full_images, wait_thumbnails
-from falq.testing.stack import TEST_FAL_KEY, DevStack
 from falq.producers import Falq
 from falq.producers.client import JobRequest
 from falq.shared.batches import BatchStore, batch_id_for
 from falq.shared.endpoints import TEXT_TO_IMAGE
 from falq.shared.tenants import ApiKeyStore, Tenant, TenantStore
+from falq.testing.stack import TEST_FAL_KEY, DevStack
 from tests.conftest import wait_for
 
 KEY = "falq-console-key-0123456789abcdef"

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import redis
 
-from falq.testing.stack import DevStack
 from falq.producers import Falq
 from falq.producers.client import JobRequest
 from falq.shared.fairshare import FairShare
 from falq.shared.limits import tenant_spend_today, write_config
 from falq.shared.tenants import Tenant, TenantStore
+from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 
 EP = "fal-ai/qwen-image-2/text-to-image"

@@ -1,4 +1,4 @@
-"""The gateway answers the way fal's live service does (fal-queue-protocol.md section 10), through the
+"""The gateway answers the way fal's live service does (README: "fal, as the live service behaves"), through the
 real stack (Redis, S3, the fal emulator, a worker, the gateway):
 
 * ``sync_mode`` results carry the images as data URIs of falq's S3 copies;
@@ -22,8 +22,8 @@ import httpx
 import pytest
 
 from falq.gateway import GatewayServer
-from falq.testing.stack import DevStack
 from falq.shared.storage import Storage
+from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.timeout(90)

@@ -45,8 +45,8 @@ from schemathesis.checks import (
 from schemathesis.core.result import Ok
 
 from falq.gateway import GatewayServer
-from falq.testing.stack import DevStack
 from falq.shared.storage import Storage
+from falq.testing.stack import DevStack
 
 KEY = "falq-schemathesis-key-1"
 AUTH = {"Authorization": f"Key {KEY}"}

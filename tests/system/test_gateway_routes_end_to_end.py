@@ -15,9 +15,9 @@ import pytest
 import redis
 
 from falq.gateway import GatewayServer
-from falq.testing.stack import DevStack
 from falq.shared.outbound import verify
 from falq.shared.storage import Storage
+from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 
 KEY = "falq-gw-key-0123456789"

@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from falq.gateway import GatewayServer
-from falq.testing.stack import DevStack
 from falq.shared.storage import Storage
+from falq.testing.stack import DevStack
 from tests.system.test_emulator_with_official_fal_clients import JS_DIR, _npm_install
 
 KEY = "falq-gw-client-key-42"

@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import redis
 
-from falq.testing.stack import DevStack
 from falq.shared.records import JobRecord
 from falq.shared.settings import reset_settings
+from falq.testing.stack import DevStack
 from tests.support.hostile_fal import HostileFal
 
 pytestmark = pytest.mark.timeout(240)

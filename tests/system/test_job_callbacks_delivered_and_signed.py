@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from falq.testing.stack import DevStack
 from falq.shared.outbound import sign, verify
+from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 
 

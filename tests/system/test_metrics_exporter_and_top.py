@@ -15,9 +15,9 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from falq.shared.metrics import BUCKETS, Histogram, read_snapshot
 from falq.shared.settings import Settings, reset_settings
+from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from tests.conftest import wait_for
 
 TOKEN = "metrics-token-for-tests-0123456789"

@@ -23,7 +23,6 @@ import httpx
 import pytest
 import redis
 
-from falq.testing.stack import DevStack
 from falq.shared.errors import InvalidInput
 from falq.shared.outbound import (
     OutboundRefused,
@@ -37,6 +36,7 @@ from falq.shared.outbound import (
 )
 from falq.shared.records import JobRecord
 from falq.shared.settings import Settings
+from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 
 T2I = "fal-ai/qwen-image-2/text-to-image"

@@ -46,8 +46,8 @@ import pytest
 import redis
 import yaml
 
-from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from falq.shared.metrics import read_snapshot
+from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from tests.chaos.s3_faults import S3FaultProxy
 from tests.conftest import wait_for
 

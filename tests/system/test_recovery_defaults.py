@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from falq.testing.stack import DevStack
 from falq.shared.records import AT_FAL
 from falq.shared.settings import Settings
+from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 
 DEFAULTS = Settings(_env_file=None)  # type: ignore[call-arg]

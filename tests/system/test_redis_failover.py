@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from falq.testing.stack import DevStack, free_port
 from falq.shared.redisconn import parse_sentinel_url, redis_client, replicas_to_wait_for, wait_for_replicas
 from falq.shared.settings import Settings
+from falq.testing.stack import DevStack, free_port
 from tests.conftest import BASELINE_EMULATOR, emulator_submissions, wait_for
 
 SERVICE = "mymaster"

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 import redis
 
-from falq.testing.stack import DevStack
 from falq.producers import Falq
 from falq.producers.client import JobRequest
 from falq.shared.batches import Batch, BatchStore, batch_id_for
 from falq.shared.endpoints import TEXT_TO_IMAGE
 from falq.shared.errors import RedisMemoryFull, is_redis_oom
 from falq.shared.records import TERMINAL
+from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 
 QUEUES = ("falq.interactive", "falq.bulk")

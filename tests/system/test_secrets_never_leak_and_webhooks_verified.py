@@ -32,10 +32,10 @@ import pytest
 import redis
 
 from falq.emulator.webhooks import WebhookSigner
-from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from falq.shared.outbound import verify as verify_callback
 from falq.shared.storage import Storage
 from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
+from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from tests.conftest import wait_for
 from tests.support.hostile_fal import HostileFal
 

@@ -11,9 +11,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from falq.testing.stack import TEST_FAL_KEY, DevStack
 from falq.shared.records import JobRecord
 from falq.shared.storage import Storage
+from falq.testing.stack import TEST_FAL_KEY, DevStack
 from tests.conftest import emulator_submissions, fetch_fal_result, wait_for
 
 

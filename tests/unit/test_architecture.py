@@ -9,15 +9,11 @@ its own is checked in ``tests/system/test_wheel.py`` (it builds one, which takes
 from __future__ import annotations
 
 import ast
-import os
 import subprocess
 import sys
-import sysconfig
-import zipfile
 from pathlib import Path
 
 import grimp
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = ("shared", "workers", "producers", "emulator", "gateway", "ops", "cli", "testing")

@@ -1,4 +1,4 @@
-"""How falq's fal client classifies fal's answers (fal-queue-protocol.md section 10).
+"""How falq's fal client classifies fal's answers (README: "fal, as the live service behaves").
 
 Each answer is served by an ``httpx.MockTransport`` to the same client calls falq makes
 (submit, status, result, cancel), and the raised error type is checked side by side for
