@@ -9,7 +9,9 @@ through the layer folders below, and may change between versions.
 * :mod:`falq.emulator` -- fal's queue API offline, for tests and demos;
 * :mod:`falq.producers` -- the Python API (:class:`Falq`) and the ``falq`` CLI;
 * :mod:`falq.gateway` -- the HTTP gateway (``falq api``);
-* :mod:`falq.ops` -- the demo, benchmarks, Flower, metrics.
+* :mod:`falq.ops` -- the demo, benchmarks, Flower, metrics;
+* :mod:`falq.testing` -- falq on one machine (Redis, S3, the emulator, workers) for the demo,
+  the benchmarks and the tests.
 
 Example::
 
