@@ -6,6 +6,7 @@ configuration, and any worker processes it started stopped afterwards.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -44,6 +45,25 @@ BASELINE_EMULATOR = {
     "result_retention_large_s": 360.0,
     "payload_retention_s": 30 * 24 * 3600.0,
 }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The session's own ``FALQ_DATA_DIR`` (the embedded catalogue's SQLite file), unless one is set.
+
+    The default (``~/.local/share/falq``) is the user's: a test that reaches the catalogue through
+    default settings must neither read nor migrate a database another checkout left there.
+    """
+    if os.environ.get("FALQ_DATA_DIR"):
+        yield
+        return
+    os.environ["FALQ_DATA_DIR"] = str(tmp_path_factory.mktemp("falq-data"))
+    reset_settings()
+    try:
+        yield
+    finally:
+        os.environ.pop("FALQ_DATA_DIR", None)
+        reset_settings()
 
 
 @pytest.fixture(scope="module")
