@@ -36,6 +36,7 @@ brackets is defined in that module, every other one here)::
         - FalStartTimeout                (also FalError)
         - FalBadAnswer                   (also FalError)
         - MirrorRejected
+          - MediaAccessDenied
         - StorageError
         - ParentFailed
         - DeadlineExceeded
@@ -43,6 +44,7 @@ brackets is defined in that module, every other one here)::
         - OutboundRefused                [falq.shared.outbound]
         - WebhookRejected                [falq.shared.webhooks]
         - GatewayConfigError             [falq.gateway.config]
+        - SigningKeyInvalid              [falq.shared.falsigner]
       - FalError
         - FalRequestFailed
           - FalRequestFailedTransient    (also RetryableError)
@@ -327,6 +329,17 @@ class MirrorRejected(PermanentError):
     """An output image falq refuses to copy: host not allowlisted, too big, not an image."""
 
     kind = "mirror_rejected"
+
+
+class MediaAccessDenied(MirrorRejected):
+    """The media host refused the output URL without credentials (403, or 404 for a hidden
+    file): fal's restricted file access. The mirror asks fal for a signed URL before giving up."""
+
+    kind = "media_access_denied"
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class StorageError(PermanentError):

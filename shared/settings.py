@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     fal_queue_url: str = DEFAULT_FAL_QUEUE_URL
     #: fal's REST host, used for storage uploads of local edit images.
     fal_rest_url: str = "https://rest.fal.ai"
+    fal_platform_url: str = Field(
+        "https://api.fal.ai/v1",
+        description="fal's platform API (pricing, billing, storage). falq calls its "
+                    "``/storage/files/sign`` with the workers' FAL_KEY when an output URL answers 403/404 "
+                    "on an account with restricted file access, and mirrors the image through the signed URL.",
+    )
     fal_http_timeout_s: float = 30.0
     #: Silence after which a status stream counts as dropped. fal sends a ``: ping`` comment
     #: about every 15 s, so this must stay well above 15 (a shorter one reconnects per job
@@ -141,6 +147,14 @@ class Settings(BaseSettings):
     #: How local edit images reach fal: ``fal`` (upload to fal storage) or ``data-uri``.
     input_upload: Literal["fal", "data-uri"] = "fal"
     callback_secret: SecretStr | None = None
+    fal_webhook_signing_key: SecretStr | None = Field(
+        None,
+        description="Ed25519 private key (base64url of the 32-byte seed) the gateway's outgoing "
+                    "``fal_webhook`` deliveries are signed with, the way fal signs its webhooks; its public "
+                    "key is served at the gateway's ``/.well-known/jwks.json``. Unset: a key is generated on "
+                    "first use and kept in Redis (``{prefix}:fal-webhook-signing-key``), shared by every "
+                    "worker and gateway of the deployment.",
+    )
     #: How long a per-job callback is retried (exponential backoff with jitter) before it is
     #: marked failed; about fal's own webhook retry window. ``falq callbacks redeliver`` re-queues.
     callback_retry_for_s: float = Field(7200.0, ge=0)
@@ -251,7 +265,7 @@ class Settings(BaseSettings):
     #: Thumbnails waiting to be made ahead at most (the oldest waiting are dropped beyond it).
     console_thumbs_ahead_queue: int = Field(500, ge=1, le=100_000)
 
-    @field_validator("fal_queue_url", "fal_rest_url")
+    @field_validator("fal_queue_url", "fal_rest_url", "fal_platform_url")
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.rstrip("/")
