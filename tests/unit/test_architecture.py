@@ -88,3 +88,13 @@ def test_code_imports_only_through_the_falq_root() -> None:
                     [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
                 bare += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if n.split(".")[0] in FOLDERS]
     assert bare == []
+
+
+def test_every_test_file_is_in_a_tier() -> None:
+    # tests/unit (no servers), tests/integration (a real Redis, in-process servers), tests/system
+    # (the stack, worker processes, browsers...), tests/chaos; support code in tests/support.
+    tiers = {"unit", "integration", "system", "chaos"}
+    stray = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
+                   if "node_modules" not in p.parts and p.relative_to(ROOT / "tests").parts[0] not in tiers)
+    assert stray == [], "put each test file in tests/unit, tests/integration or tests/system"
+    assert sorted(p.name for p in (ROOT / "tests").glob("*.py")) == ["__init__.py", "conftest.py"]
