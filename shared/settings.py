@@ -239,6 +239,9 @@ class Settings(BaseSettings):
     database_url: str | None = None
     #: Where the embedded SQLite catalogue lives when ``database_url`` is unset.
     data_dir: str = "~/.local/share/falq"
+    host_name: str | None = Field(
+        None, description="The name this host registers its catalogue under in Redis (falq doctor shows it; "
+        "an embedded SQLite file is identified by it and its path). Default: the machine's hostname.")
     #: Apply the catalogue's migrations when a worker or the gateway starts: ``sqlite`` (the
     #: embedded default upgrades itself), ``always``, or ``never`` (run ``falq db upgrade``).
     database_auto_upgrade: Literal["sqlite", "always", "never"] = "sqlite"
