@@ -38,6 +38,7 @@ brackets is defined in that module, every other one here)::
         - MirrorRejected
           - MediaAccessDenied
         - StorageError
+          - ObjectMissing
         - ParentFailed
         - DeadlineExceeded
         - AttemptsExhausted

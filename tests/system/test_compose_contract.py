@@ -32,11 +32,11 @@ import pytest
 import redis
 import yaml
 
-from falq.ops.stack import TEST_FAL_KEY, DevStack, free_port
 from falq.shared.endpoints import TEXT_TO_IMAGE
+from falq.testing.stack import TEST_FAL_KEY, DevStack, free_port
 from tests.conftest import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 API_KEY = "falq-compose-contract-key-0123456789"
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from falq.ops.stack import TEST_FAL_KEY, DevStack, RedisServer
+from falq.testing.stack import TEST_FAL_KEY, DevStack, RedisServer
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 
@@ -126,7 +126,7 @@ def test_doctor_fails_on_a_refused_fal_key(clean_stack: DevStack, tmp_path: Path
 def test_doctor_follows_sentinel(clean_stack: DevStack, tmp_path: Path) -> None:
     """With a redis+sentinel:// URL: the sentinels agree on the master (pass); one sentinel down
     is a warning, not a failure; the Redis probe goes through Sentinel to the primary."""
-    from tests.test_redis_failover import SentinelSet
+    from tests.system.test_redis_failover import SentinelSet
 
     sentinels = SentinelSet(tmp_path / "redis").start()
     try:

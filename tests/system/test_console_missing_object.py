@@ -11,9 +11,9 @@ import pytest
 from falq.gateway.console.thumbs import Thumbnails
 from falq.gateway.server import GatewayServer
 from falq.ops.screenshots import launch, sign_in
-from falq.ops.stack import DevStack
 from falq.producers import Falq
 from falq.shared.storage import Storage
+from falq.testing.stack import DevStack
 
 KEY = "falq-console-key-missing-0123456789"
 

@@ -19,15 +19,15 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from falq.ops.exporter import FalqCollector
-from falq.ops.stack import DevStack
 from falq.producers import Falq
 from falq.shared.catalogue.registry import CatalogueRegistry, identity_of
 from falq.shared.jobstore import JobStore
 from falq.shared.tenants import ApiKeyStore
+from falq.testing.stack import DevStack
 from falq.workers.archive import Archiver
 from tests.conftest import wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(stack: DevStack, **extra: str) -> dict[str, str]:
