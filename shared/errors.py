@@ -19,6 +19,7 @@ brackets is defined in that module, every other one here)::
       - RetryableError
         - FalTransientError              (also FalError)
           - FalIngressError
+          - FalResultError
         - FalAccountLocked               (also FalError)
         - StorageTransientError
           - MediaTruncated
@@ -35,6 +36,8 @@ brackets is defined in that module, every other one here)::
         - FalResultGone                  (also FalError)
         - FalStartTimeout                (also FalError)
         - FalBadAnswer                   (also FalError)
+        - FalResultUnavailable           (also FalError)
+        - SubmitRefused                  (also FalError)
         - MirrorRejected
           - MediaAccessDenied
         - StorageError
@@ -42,6 +45,7 @@ brackets is defined in that module, every other one here)::
         - ParentFailed
         - DeadlineExceeded
         - AttemptsExhausted
+        - StepCrashed
         - OutboundRefused                [falq.shared.outbound]
         - WebhookRejected                [falq.shared.webhooks]
         - GatewayConfigError             [falq.gateway.config]

@@ -16,14 +16,14 @@ import pytest
 from rich.console import Console
 
 from falq.cli.output import record_view
-from falq.ops.stack import DevStack
 from falq.shared.dispatch import publish
 from falq.shared.records import JobRecord
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
+from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 
-#: falq's defaults for what the test bed shortens (ops/stack.py DevStack.env).
+#: falq's defaults for what the test bed shortens (testing/stack.py DevStack.env).
 _D = Settings()
 DEFAULTS = {
     "FALQ_RETRY_BASE_S": str(_D.retry_base_s),
