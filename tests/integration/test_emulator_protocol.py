@@ -283,7 +283,7 @@ def test_low_priority_waits_behind_normal(make_server: MakeServer) -> None:
 
 def test_start_timeout_while_queued(make_server: MakeServer) -> None:
     # COMPLETED with request_timeout on status, the 504 on the result only (the default answers
-    # the 504 on status too: tests/test_emulator_follows_live_fal.py)
+    # the 504 on status too: tests/integration/test_emulator_follows_live_fal.py)
     server = make_server(concurrency=1, latency="fixed:1.5", start_timeout_status="completed")
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
         first = submit(c)
