@@ -62,8 +62,12 @@ system: install redis-server prometheus
 test: install redis-server prometheus lint typecheck contracts
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
 
+# The Redis scripts (shared/lua/*.lua, settings in .luacheckrc) are linted by luacheck (Debian:
+# `apt-get install lua-check`); tests/integration/test_redis_scripts.py also loads each into a real Redis.
 lint: install
 	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway cli testing tests
+	@command -v luacheck >/dev/null 2>&1 || { echo "need luacheck for the Lua scripts (apt-get install lua-check)"; exit 1; }
+	luacheck --no-color -q shared/lua/*.lua
 
 typecheck: install
 	$(BIN)/mypy
