@@ -28,6 +28,8 @@ brackets is defined in that module, every other one here)::
         - OutboundUnresolved             [falq.shared.outbound]
         - JwksUnavailable                [falq.shared.webhooks]
         - SubmitInterrupted              [falq.workers.submit]
+        - PricingUnavailable             [falq.shared.pricing]
+        - BillingUnavailable             [falq.shared.reconcile]
       - PermanentError
         - FalRejected                    (also FalError)
         - FalAuthError                   (also FalError)

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from falq.ops.stack import DevStack
 from falq.producers.client import JobRequest
+from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
-from tests.test_batches import _cli, _write
+from tests.system.test_batches import _cli, _write
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
 EDIT = "fal-ai/qwen-image-2/edit"
@@ -81,7 +81,7 @@ def test_an_unreachable_pricing_api_falls_back_to_list_prices_with_a_warning_and
     # The process that asked fal (the producer here, or a worker) warned, without the key.
     log = "".join(p.read_text(errors="replace") for p in clean_stack.workdir.glob("worker-*.log")) + caplog.text
     assert "pricing API answered HTTP 503" in log and "list prices" in log
-    from falq.ops.stack import TEST_FAL_KEY
+    from falq.testing.stack import TEST_FAL_KEY
 
     assert TEST_FAL_KEY not in log
 
@@ -277,7 +277,7 @@ def test_the_spend_truth_scenario_prints_falq_spend_beside_the_emulators_bill(tm
     import subprocess
     import sys
 
-    from falq.ops.stack import ROOT
+    from falq.testing.stack import ROOT
 
     proc = subprocess.run([sys.executable, "-m", "falq.ops.spend_truth", "--jobs", "15", "--cancel", "2",
                            "--workers", "1", "--json"], cwd=ROOT, env=dict(os.environ), capture_output=True,
