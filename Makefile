@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test redis-server prometheus lint typecheck contracts unit chaos chaos-net bench bench-quick bench-connections soak clean screenshots
+.PHONY: install demo test redis-server prometheus lint typecheck contracts unit integration system chaos chaos-net bench bench-quick bench-connections soak clean screenshots
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -30,7 +30,7 @@ redis-server:
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
 	  else echo "falq needs redis-server on PATH (Debian: apt-get install redis-server)"; exit 1; fi; }
 
-# tests/test_prometheus_*.py run Debian's prometheus and promtool (their own process, on a free port).
+# tests/system/test_prometheus_*.py run Debian's prometheus and promtool (their own process, on a free port).
 prometheus:
 	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
@@ -38,24 +38,41 @@ prometheus:
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
 	  else echo "falq's tests need prometheus and promtool on PATH (Debian: apt-get install prometheus)"; exit 1; fi; }
 
-## make test: lint, type-check and run the whole default suite (starts its own servers).
 # Two processes (pytest-xdist), one test file each at a time: most tests wait on real servers,
 # so two halve the wall time on a 2-core machine; each process starts its own stack on free ports.
 TEST_PROCS ?= 2
+
+## make unit: the tests that need no server (tests/unit): pure modules, the fal client through
+## httpx.MockTransport, the public API and error tree, the architecture. Under a minute.
+# Plugins are not auto-loaded here: hypothesis and schemathesis (system tests only) take seconds to import.
+unit: install
+	PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider -p pytest_timeout tests/unit
+
+## make integration: tests/integration: a real redis-server and servers in this process (the fal
+## emulator, moto's S3, the gateway); no worker processes.
+integration: install redis-server
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile tests/integration
+
+## make system: tests/system: the whole stack with worker processes, browsers, Prometheus,
+## PostgreSQL, the official fal clients, the wheel.
+system: install redis-server prometheus
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile tests/system
+
+## make test: lint, type-check and run the whole default suite, every tier (starts its own servers).
 test: install redis-server prometheus lint typecheck contracts
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
 
 # The Redis scripts (shared/lua/*.lua, settings in .luacheckrc) are linted by luacheck (Debian:
-# `apt-get install lua-check`); tests/test_redis_scripts.py also loads each into a real Redis.
+# `apt-get install lua-check`); tests/integration/test_redis_scripts.py also loads each into a real Redis.
 lint: install
-	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway cli tests
+	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway cli testing tests
 	@command -v luacheck >/dev/null 2>&1 || { echo "need luacheck for the Lua scripts (apt-get install lua-check)"; exit 1; }
 	luacheck --no-color -q shared/lua/*.lua
 
 typecheck: install
 	$(BIN)/mypy
 
-# The layers (pyproject [tool.importlinter]): cli > ops > gateway > producers > workers | emulator > shared.
+# The layers (pyproject [tool.importlinter]): cli > ops > testing > gateway > producers > workers | emulator > shared.
 contracts: install
 	$(BIN)/lint-imports --no-cache
 

@@ -3,8 +3,8 @@
 Start one in-process for tests and benchmarks with :class:`~falq.emulator.server.EmulatorServer`,
 or from a shell with ``python -m falq.emulator --port 8790`` (``falq emulator``).
 
-By default it behaves like the live fal service as the evidence in
-``shared/reference/fal-queue-protocol.md`` §10 describes it (403 for a locked account,
+By default it behaves like the live fal service as the README's section "fal, as the live
+service behaves" describes it, with its evidence (403 for a locked account,
 422 moderation, quiet status streams with ``: ping``, a window of polled logs, expiring
 results, billing headers, 1-2 MB images); the emulator's older behaviours stay available
 behind named :class:`EmulatorConfig` options.

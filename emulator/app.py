@@ -13,7 +13,7 @@ routes of :mod:`falq.emulator.storage`, fal's platform API (``/v1/models/pricing
 ``/v1/models/billing-events``, ``/v1/models/usage``, :mod:`falq.emulator.platform`) and
 ``/_emulator/{config,reset,requests,health,billing}``.
 
-Storage, as the live service answers it (fal-queue-protocol.md §5, §11.7):
+Storage, as the live service answers it (README, "fal, as the live service behaves"):
 
 * ``POST /storage/upload/initiate`` needs ``Authorization: Key`` (401) and a ``storage_type``
   query (422 when missing, 400 ``Invalid storage type`` when unknown); with
@@ -23,7 +23,7 @@ Storage, as the live service answers it (fal-queue-protocol.md §5, §11.7):
   emulator's ``/v1``); with ``file_access`` ``forbid``/``hide`` a file answers 403/404 unless
   the request carries ``Authorization: Key`` or a signed URL.
 
-Answers that follow the live service (``shared/reference/fal-queue-protocol.md`` §10):
+Answers that follow the live service (README, "fal, as the live service behaves"):
 
 * a locked key's submit: 403 ``{"detail": "User is locked. Reason: Exhausted balance. ..."}``
   (``locked_status``; 402 is the legacy option), no request id, nothing created;

@@ -3,8 +3,8 @@
 Every field can be changed at runtime through ``POST /_emulator/config`` (a partial JSON
 update, validated as a whole), so one running emulator can serve a whole chaos run.
 
-The defaults follow the live fal service as far as the public evidence goes (see
-``shared/reference/fal-queue-protocol.md`` section 10): a locked account is a 403, status
+The defaults follow the live fal service as far as the public evidence goes (see the
+README's section "fal, as the live service behaves"): a locked account is a 403, status
 streams stay quiet between changes, polled logs are a moving window, results expire,
 outputs have realistic sizes. The behaviours an older emulator had are kept behind named
 options (``locked_status=402``, ``stream_mode="legacy"``, ``status_logs_window=0``,

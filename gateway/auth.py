@@ -38,6 +38,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from falq.gateway.config import GatewayConfigError
+from falq.shared.errors import FalqError
 from falq.shared.tenants import DEFAULT_TENANT, ApiKeyStore
 
 log = logging.getLogger("falq.gateway")
@@ -76,8 +77,10 @@ UNAUTHENTICATED = Principal(DEFAULT_TENANT, frozenset({"submit", "read", "admin"
 CONFIGURED = Principal(DEFAULT_TENANT, frozenset({"admin"}), "config")
 
 
-class Forbidden(Exception):
+class Forbidden(FalqError):
     """The key is valid but lacks what the route needs (answered 403)."""
+
+    kind = "forbidden"
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)

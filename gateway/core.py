@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from falq.gateway.auth import Principal
 from falq.gateway.config import GatewaySettings
 from falq.producers.client import Falq
-from falq.shared.errors import JobNotFound
+from falq.shared.errors import FalqError, JobNotFound
 from falq.shared.jobstore import JobStore
 from falq.shared.records import JobRecord
 from falq.shared.settings import Settings
@@ -111,7 +111,7 @@ def visible_job(gw: Gateway, who: Principal, job_id: str) -> JobRecord:
     Every gateway route that takes a job id goes through here. Both "no such job" and
     "another tenant's job" cost the same one HMGET (and, with the catalogue on, the same
     tenant-filtered catalogue query) and raise the same error with the same text, so neither
-    the answer nor the work done tells them apart (``tests/test_tenant_isolation.py``).
+    the answer nor the work done tells them apart (``tests/integration/test_tenant_isolation.py``).
 
     Example::
 
@@ -153,8 +153,10 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-class Unprocessable(Exception):
+class Unprocessable(FalqError):
     """A request the gateway refuses with 422; ``detail`` holds fal-style ``{loc, msg, type}`` entries."""
+
+    kind = "unprocessable"
 
     def __init__(self, detail: list[dict[str, Any]]) -> None:
         super().__init__(f"{len(detail)} invalid field(s)")

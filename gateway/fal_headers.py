@@ -1,6 +1,6 @@
 """fal's request headers, as a client sends them to the gateway's fal routes: checked, then passed on.
 
-A client written for fal sets these on its submit (fal-queue-protocol.md §2.2, §11.5; fal's
+A client written for fal sets these on its submit (fal's
 "common parameters" page). The gateway honours each one by sending it with the job's submit
 to fal, over falq's own default for it (:func:`falq.shared.falclient.submit_headers`):
 

@@ -10,8 +10,8 @@ fal's routes are spelled out for the one app falq serves (``fal-ai/qwen-image-2`
 path templates cannot hold the slash-separated ``{owner}/{app}/{path}`` of fal's ids.
 
 Every route of :func:`falq.gateway.app.routes` is here but the web console's (``/ui``: HTML
-pages); ``tests/test_gateway_openapi_covers_routes.py`` fails when one is missing, and
-``tests/test_gateway_openapi_schemathesis.py`` holds every answer of a real gateway to it.
+pages); ``tests/unit/test_openapi.py`` fails when one is missing, and
+``tests/system/test_gateway_openapi_schemathesis.py`` holds every answer of a real gateway to it.
 The JSONL bodies (the ``POST /v1/batches`` upload, the results and errors files) are
 described as the array of their lines, as OpenAPI 3.2 reads sequential media types.
 

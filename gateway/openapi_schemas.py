@@ -1,7 +1,7 @@
 """The response schemas of the gateway's OpenAPI document (see :mod:`falq.gateway.openapi`).
 
 Each schema is the shape the route's code builds (the ``as_json`` / ``model_dump`` it answers),
-so the schemathesis run (``tests/test_gateway_openapi_schemathesis.py``) can hold every answer
+so the schemathesis run (``tests/system/test_gateway_openapi_schemathesis.py``) can hold every answer
 to it: a field renamed or a status word added in the code fails that test until it is here.
 
 Example::

@@ -18,9 +18,9 @@ from typing import Any
 
 import click
 
-from falq.ops.stack import DevStack
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
+from falq.testing.stack import DevStack
 
 
 def max_in_window(times: list[float], width: float = 1.0) -> int:

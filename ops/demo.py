@@ -17,9 +17,9 @@ from typing import Any
 
 import click
 
-from falq.ops.stack import DevStack
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
+from falq.testing.stack import DevStack
 
 PROMPTS: list[tuple[str, dict[str, Any]]] = [
     ("a lighthouse on a cliff at dusk, oil painting", {}),
@@ -161,7 +161,7 @@ def _keep_running(stack: DevStack) -> None:
     import subprocess
 
     from falq.gateway.server import GatewayServer
-    from falq.ops.stack import ROOT, free_port
+    from falq.testing.stack import ROOT, free_port
 
     password = secrets.token_urlsafe(12)
     port = free_port()

@@ -6,9 +6,8 @@ makes ``falq doctor`` exit non-zero. The checks only read, except three probes t
 after themselves: a Redis key (and a broker key) with a 60 s TTL, deleted at once, and an S3
 object put, read back and deleted. No check starts a generation or spends money: the fal check
 asks for the status of a made-up request id, which the live queue answers 404 for an accepted
-key and 401/403 for a refused one (``shared/reference/fal-queue-protocol.md`` section 5,
-"401, 403, 404": a third-party measurement and doc; fal documents no cheaper authenticated
-call on the queue host).
+key and 401/403 for a refused one (a third-party measurement, see the README's section "fal,
+as the live service behaves"; fal documents no cheaper authenticated call on the queue host).
 
 Example::
 

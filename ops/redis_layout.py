@@ -3,7 +3,7 @@
 The key families come from :class:`falq.shared.keys.Keys` (each method is one family, shown
 with its parameters as placeholders) and the table in its module docstring (type and meaning);
 the scripts from ``shared/lua/*.lua`` (their headers) and :data:`falq.shared.scripts.OWNERS`.
-``tests/test_redis_layout.py`` fails when the committed page is not what this writes, or when
+``tests/unit/test_redis_layout.py`` fails when the committed page is not what this writes, or when
 a family has no row in the table (or a row no family).
 
 Example::

@@ -1,6 +1,6 @@
 """``make screenshots``: the web console's README pictures, taken from a real run.
 
-Starts a :class:`~falq.ops.stack.DevStack` (Redis, moto S3, the fal emulator, two workers),
+Starts a :class:`~falq.testing.stack.DevStack` (Redis, moto S3, the fal emulator, two workers),
 runs a small batch spread over a few minutes (so the throughput chart has minutes to show;
 one moderated prompt fails on purpose, and the emulator injects a few 5xx and 429 answers that
 workers retry), serves the gateway with a fresh API key, and drives
@@ -102,9 +102,9 @@ def _run(out: Path, minutes: float) -> int:
     from playwright.sync_api import sync_playwright
 
     from falq.gateway.server import GatewayServer
-    from falq.ops.stack import DevStack
     from falq.producers import Falq
     from falq.producers.admin import Admin
+    from falq.testing.stack import DevStack
 
     key = "falq-screens-" + secrets.token_urlsafe(12)
     print("screenshots: starting Redis, S3 (moto), the fal emulator and 2 workers ...", flush=True)

@@ -30,9 +30,9 @@ from typing import Any
 
 import click
 
-from falq.ops.stack import DevStack
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
+from falq.testing.stack import DevStack
 
 EMULATOR = {"latency": "uniform:0.3,1.5", "concurrency": 100_000, "fail_5xx": 0.01, "fail_429": 0.01,
             "completed_error": 0.005, "small_images": True, "drop": 0.0, "slow": 0.0}

@@ -29,9 +29,9 @@ from typing import Any
 import click
 import httpx
 
-from falq.ops.stack import DevStack
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
+from falq.testing.stack import DevStack
 
 T2I, PRO, EDIT = ("fal-ai/qwen-image-2/text-to-image", "fal-ai/qwen-image-2/pro/text-to-image",
                   "fal-ai/qwen-image-2/edit")

@@ -1,7 +1,7 @@
 """falq's exception hierarchy.
 
 Errors are types, never strings matched later. Everything falq raises on purpose derives
-from :class:`FalqError` and falls in exactly one of three families:
+from :class:`FalqError`; most of it falls in one of three families:
 
 * :class:`InvalidInput` -- the caller sent something falq will not accept. Nothing was
   enqueued or changed. Carries one :class:`FieldError` per problem.
@@ -10,10 +10,80 @@ from :class:`FalqError` and falls in exactly one of three families:
 * :class:`PermanentError` -- trying again cannot help (422 from fal, 401/403, a hostile
   answer). The job ends ``failed`` with this message.
 
+The whole tree (``tests/unit/test_errors.py`` checks it against the classes: every
+error's direct bases are the one it hangs from plus those named after "also"; a name in
+brackets is defined in that module, every other one here)::
+
+    * FalqError
+      - InvalidInput                     (also ValueError)
+      - RetryableError
+        - FalTransientError              (also FalError)
+          - FalIngressError
+          - FalResultError
+        - FalAccountLocked               (also FalError)
+        - StorageTransientError
+          - MediaTruncated
+        - RedisMemoryFull
+        - CatalogueUnavailable
+        - OutboundUnresolved             [falq.shared.outbound]
+        - JwksUnavailable                [falq.shared.webhooks]
+        - SubmitInterrupted              [falq.workers.submit]
+        - PricingUnavailable             [falq.shared.pricing]
+        - BillingUnavailable             [falq.shared.reconcile]
+      - PermanentError
+        - FalRejected                    (also FalError)
+        - FalAuthError                   (also FalError)
+        - FalContentPolicy               (also FalError)
+        - FalSubmitUncertain             (also FalError)
+        - FalResultGone                  (also FalError)
+        - FalStartTimeout                (also FalError)
+        - FalBadAnswer                   (also FalError)
+        - FalResultUnavailable           (also FalError)
+        - SubmitRefused                  (also FalError)
+        - MirrorRejected
+          - MediaAccessDenied
+        - StorageError
+          - ObjectMissing
+        - ParentFailed
+        - DeadlineExceeded
+        - AttemptsExhausted
+        - StepCrashed
+        - InvalidTransition
+        - OutboundRefused                [falq.shared.outbound]
+        - WebhookRejected                [falq.shared.webhooks]
+        - GatewayConfigError             [falq.gateway.config]
+        - SigningKeyInvalid              [falq.shared.falsigner]
+      - FalError
+        - FalRequestFailed
+          - FalRequestFailedTransient    (also RetryableError)
+          - FalRequestFailedPermanent    (also PermanentError)
+      - JobNotFound                      (also KeyError)
+        - BatchNotFound
+      - TenantNotFound                   (also KeyError)
+      - JobTimeout                       (also TimeoutError)
+      - CatalogueSchemaOutdated
+      - Forbidden                        [falq.gateway.auth]
+      - Unprocessable                    [falq.gateway.core]
+
+Internal signals: control flow inside one part of falq, caught by the code that calls the
+raiser, never raised to a user, so they stay beside that code and outside the tree::
+
+    ~ Stop                               [falq.workers.step]
+    ~ Fenced                             [falq.workers.step]
+    ~ Conflict                           [falq.shared.jobstore]
+    ~ LeaseLost                          [falq.shared.jobstore]
+    ~ StreamUnsupported                  [falq.shared.falclient]
+    ~ MalformedMessage                   [falq.shared.broker]
+    ~ NoPreview                          [falq.gateway.console.thumbs]
+
+The errors a user of :class:`falq.Falq` catches are exported from ``falq`` itself.
+
 Example::
 
+    from falq import Falq, InvalidInput
+
     try:
-        client.generate(prompt="")
+        Falq().generate(prompt="")
     except InvalidInput as exc:
         for err in exc.errors:
             print(err.field, err.message)   # prompt  must not be empty
@@ -390,8 +460,10 @@ class AttemptsExhausted(PermanentError):
     kind = "attempts_exhausted"
 
 
-class JobTimeout(TimeoutError):
+class JobTimeout(FalqError, TimeoutError):
     """``wait`` ran out of time; the job goes on."""
+
+    kind = "timeout"
 
 
 # --- Redis memory ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Signing falq's outgoing ``fal_webhook`` deliveries the way fal signs its webhooks.
 
 A client that submitted through the gateway's fal-compatible routes with ``?fal_webhook=URL``
-gets fal's webhook body, and with it fal's signature (fal-queue-protocol.md §4, fal's docs
+gets fal's webhook body, and with it fal's signature (fal's docs
 "Verifying Your Webhook"): Ed25519 over ::
 
     "{request_id}\\n{user_id}\\n{timestamp}\\n{hex(sha256(body))}"

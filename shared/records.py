@@ -283,7 +283,7 @@ class JobRecord(BaseModel):
         """Move along the shortest path of :data:`TRANSITIONS` to ``state``, each step through
         :meth:`move`: how tests and benchmarks make a record that has been where a worker would
         have taken it (``queued`` to ``completed`` passes every step of an attempt). Workers and
-        producers move one step at a time, never with this (tests/test_state_transitions.py)."""
+        producers move one step at a time, never with this (tests/unit/test_records.py)."""
         path = path_to(self.state, state)
         if path is None:
             from falq.shared.errors import InvalidTransition

@@ -124,7 +124,7 @@ class SentinelConnection(SentinelManagedConnection):
     (``Connection``'s default is True), so a read cut short -- a greenlet killed while it
     waits for WAIT, a socket timeout -- puts the connection back in the pool with its answer
     still unread, and the *next* command on it reads that answer as its own (measured in
-    tests/test_redis_failover.py: ``HMGET`` returning WAIT's integer, jobs "cancelled" by a
+    tests/system/test_redis_failover.py: ``HMGET`` returning WAIT's integer, jobs "cancelled" by a
     stray 1). Used for job records (here) and the broker (falq.shared.broker).
     """
 

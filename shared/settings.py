@@ -6,7 +6,7 @@ Secrets are :class:`pydantic.SecretStr`, so they print as ``**********`` everywh
 
 Example::
 
-    >>> from shared.settings import Settings
+    >>> from falq.shared.settings import Settings
     >>> s = Settings(fal_key="k", redis_url="redis://127.0.0.1:6399/0")
     >>> s.broker_url            # follows the Redis URL unless set
     'redis://127.0.0.1:6399/0'

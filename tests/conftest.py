@@ -6,6 +6,7 @@ configuration, and any worker processes it started stopped afterwards.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,8 +16,8 @@ import httpx
 import pytest
 import redis
 
-from falq.ops.stack import DevStack
 from falq.shared.settings import Settings, reset_settings
+from falq.testing.stack import DevStack
 
 BASELINE_EMULATOR = {
     "latency": "fixed:0.3",
@@ -62,10 +63,29 @@ BASELINE_EMULATOR = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The session's own ``FALQ_DATA_DIR`` (the embedded catalogue's SQLite file), unless one is set.
+
+    The default (``~/.local/share/falq``) is the user's: a test that reaches the catalogue through
+    default settings must neither read nor migrate a database another checkout left there.
+    """
+    if os.environ.get("FALQ_DATA_DIR"):
+        yield
+        return
+    os.environ["FALQ_DATA_DIR"] = str(tmp_path_factory.mktemp("falq-data"))
+    reset_settings()
+    try:
+        yield
+    finally:
+        os.environ.pop("FALQ_DATA_DIR", None)
+        reset_settings()
+
+
 @pytest.fixture(scope="module")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A bare redis-server of this module's own (no S3, no emulator); yields its URL."""
-    from falq.ops.stack import RedisServer
+    from falq.testing.stack import RedisServer
 
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
@@ -146,7 +166,7 @@ def emulator_submissions(stack: DevStack) -> dict[str, list[dict[str, Any]]]:
 
 
 def fetch_fal_result(stack: DevStack, request_id: str) -> dict[str, Any]:
-    from falq.ops.stack import TEST_FAL_KEY
+    from falq.testing.stack import TEST_FAL_KEY
 
     resp = httpx.get(f"{stack.emu.url}/fal-ai/qwen-image-2/requests/{request_id}",
                      headers={"Authorization": f"Key {TEST_FAL_KEY}"}, timeout=30)

@@ -35,12 +35,12 @@ import psycopg
 import redis
 from pydantic import SecretStr
 
-from falq.ops.stack import RedisServer, S3Server
 from falq.shared.catalogue.engine import make_engine, upgrade
 from falq.shared.catalogue.store import Catalogue, CatalogueQuery, reset_catalogues
 from falq.shared.jobstore import JobStore
 from falq.shared.records import JobRecord, StoredImage, Submission
 from falq.shared.settings import Settings
+from falq.testing.stack import RedisServer, S3Server
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 EP = "fal-ai/qwen-image-2/text-to-image"

@@ -44,7 +44,7 @@ def bench(quick: bool, only: tuple[str, ...], out: Path | None, json_path: Path 
     from datetime import UTC, datetime
 
     from falq.ops.bench import report
-    from falq.ops.stack import ROOT
+    from falq.testing.stack import ROOT
 
     out = out or ROOT / "docs" / "bench.png"
     t0 = time.monotonic()
@@ -72,7 +72,7 @@ def run(quick: bool, only: list[str] | None = None) -> list[Row]:
     """Start the stack, run the chosen scenarios in order, return all rows."""
     from falq.ops.bench.harness import Harness
     from falq.ops.bench.scenarios import SCENARIOS
-    from falq.ops.stack import DevStack
+    from falq.testing.stack import DevStack
 
     names = only or list(SCENARIOS)
     rows: list[Row] = []

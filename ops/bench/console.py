@@ -121,8 +121,8 @@ def _present_at(console: Any, recs: list[Any], timeout_s: float = 120) -> float 
 def run(jobs: int, views: int, ahead_workers: int = 2, spread: float = 6.0) -> dict[str, Any]:
     from falq.gateway.console import console_of
     from falq.gateway.server import GatewayServer
-    from falq.ops.stack import DevStack
     from falq.producers import Falq
+    from falq.testing.stack import DevStack
 
     with DevStack(emulator={"latency": "fixed:0.2", "concurrency": 64, "small_images": False}) as stack:
         stack.start_worker(concurrency=64)

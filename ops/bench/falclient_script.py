@@ -6,7 +6,7 @@ Run by the harness in its own process (so its CPU does not compete inside the ha
     python -m falq.ops.bench.falclient_script --url EMULATOR --n 500 --concurrency 200 --out r.json
 
 ``fal_client`` is pointed at the emulator through its module globals, as
-``tests/test_emulator_with_official_fal_clients.py`` does, and otherwise runs unchanged (``subscribe``, which
+``tests/system/test_emulator_with_official_fal_clients.py`` does, and otherwise runs unchanged (``subscribe``, which
 polls the status every 0.1 s). ``--sequential`` runs one job at a time (latency). The JSON
 written has the wall time, this process' CPU seconds, and per request its id and the
 epoch time its result was in hand.

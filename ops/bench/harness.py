@@ -1,6 +1,6 @@
 """The bench's local deployment and its measuring tools.
 
-One :class:`Harness` wraps one :class:`falq.ops.stack.DevStack` for the whole run (Redis, moto
+One :class:`Harness` wraps one :class:`falq.testing.stack.DevStack` for the whole run (Redis, moto
 S3 over HTTP, the fal emulator in this process) and resets it between scenarios, so every
 scenario and every reference meets the same Redis, the same S3 and the same emulator.
 Processes are measured from ``/proc``: CPU (utime + stime) and resident memory of a
@@ -23,7 +23,7 @@ import redis
 
 from falq.ops.bench.model import T2I
 from falq.ops.bench_limiter import wait_ready
-from falq.ops.stack import ROOT, DevStack
+from falq.testing.stack import ROOT, DevStack
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

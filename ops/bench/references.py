@@ -22,7 +22,7 @@ from typing import Any
 
 from falq.ops.bench.harness import Harness, cpu_s
 from falq.ops.bench.model import NAIVE_COUNTER, NAIVE_QUEUE, NOOP_COUNTER, NOOP_QUEUE, T2I
-from falq.ops.stack import ROOT
+from falq.testing.stack import ROOT
 
 
 def drain_rate(times: list[float]) -> float:

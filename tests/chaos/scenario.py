@@ -36,7 +36,7 @@ from typing import Any
 
 from PIL import Image
 
-from falq.ops.stack import DevStack
+from falq.testing.stack import DevStack
 from tests.chaos.s3_faults import S3FaultProxy
 
 ENDPOINTS = [

@@ -1,6 +1,6 @@
 """Network partitions: a worker host cut off from Redis, from fal or from S3 while it holds jobs.
 
-Three worker hosts, each a falq worker in its own network namespace (:mod:`tests.netns`),
+Three worker hosts, each a falq worker in its own network namespace (:mod:`tests.support.netns`),
 reach Redis, the fal emulator and moto's S3 over real addresses on a bridge. While host
 ``a`` holds jobs at fal, its link to one of them is cut (packets dropped both ways, so the
 host sees silence, as on a real partition), then healed. Default settings throughout
@@ -40,7 +40,7 @@ import pytest
 import redis
 
 from tests.conftest import emulator_submissions
-from tests.netns import Host, NetLab, PartitionStack
+from tests.support.netns import Host, NetLab, PartitionStack
 
 FULL = os.environ.get("FALQ_CHAOS_NET_FULL", "") == "1"
 LEASE_TTL_S = 20.0

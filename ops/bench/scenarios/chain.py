@@ -32,7 +32,7 @@ import time
 
 from falq.ops.bench.harness import Harness, children, cpu_s
 from falq.ops.bench.model import REF_FAL_CLIENT, Goal, Row, percentile
-from falq.ops.stack import ROOT
+from falq.testing.stack import ROOT
 
 NAME = "chain"
 WORKERS, CONCURRENCY = 2, 500

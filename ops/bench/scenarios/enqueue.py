@@ -17,7 +17,7 @@ import time
 
 from falq.ops.bench.harness import Harness
 from falq.ops.bench.model import REF_NOOP, Row
-from falq.ops.stack import ROOT
+from falq.testing.stack import ROOT
 
 
 def _child_cpu() -> float:

@@ -1,0 +1,406 @@
+"""The worker core in this process: Runner.run_step against real Redis, S3 (moto) and the emulator.
+
+No Celery and no worker subprocess: the test thread plays the task (``workers/tasks.py``),
+calling ``Runner(ctx).run_step(job_id)`` until the step says the job is done, with the
+same admission and middleware the task's ``get_context`` installs. A failure here points
+at the runner, its phases (submit, follow, mirror), the fal client or the job store,
+not at broker plumbing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from falq.emulator.server import EmulatorServer
+from falq.shared.falclient import submit_headers
+from falq.shared.records import AT_FAL, JobRecord, Submission
+from falq.shared.settings import Settings
+from falq.shared.storage import Storage
+from falq.testing.stack import TEST_FAL_KEY
+from falq.workers.context import WorkerContext
+from falq.workers.limiter import LimitsAdmission
+from falq.workers.limits_admission import build_admission
+from falq.workers.metrics import MetricsMiddleware
+from falq.workers.runner import Outcome, Runner
+from tests.support.s3server import moto_s3
+
+ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
+
+FAST_EMULATOR: dict[str, Any] = {
+    "latency": "fixed:0.2",
+    "concurrency": 40,
+    "small_images": True,
+    "tiny_images": False,
+    "fail_5xx": 0.0,
+    "fail_429": 0.0,
+    "drop": 0.0,
+    "slow": 0.0,
+    "completed_error": 0.0,
+    "submit_500_created": 0.0,
+    "moderation_rate": 0.0,
+    "fail_5xx_codes": [502, 503, 504],
+    "fault_calls": ["submit", "status", "stream", "result", "cancel", "file"],
+    "fault_seed": None,
+    "stream_mode": "live",
+}
+
+
+# --- the parts, started once per module ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def emulator() -> Iterator[EmulatorServer]:
+    with EmulatorServer(**FAST_EMULATOR) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with moto_s3() as url:
+        yield url
+
+
+@pytest.fixture
+def settings(redis_server: str, emulator: EmulatorServer, s3_endpoint: str) -> Settings:
+    emu_host = emulator.url.split("://", 1)[1]
+    return Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        fal_key=TEST_FAL_KEY,
+        fal_queue_url=emulator.url,
+        fal_rest_url=emulator.url,
+        redis_url=redis_server,
+        s3_endpoint_url=s3_endpoint,
+        s3_bucket=f"falq-inproc-{uuid.uuid4().hex[:10]}",
+        s3_prefix="falq",
+        s3_region="us-east-1",
+        aws_access_key_id="falq-test-access",
+        aws_secret_access_key="falq-test-secret-0123456789",
+        media_hosts=emu_host,
+        allow_private_media=True,
+        visibility_timeout_s=8,  # a step lasts at most 4 s
+        lease_ttl_s=3.0,  # the lease keeper renews (and sees cancels) every second
+        retry_base_s=0.1,
+        retry_max_s=1.0,
+        poll_min_s=0.1,
+        poll_max_s=0.5,
+        worker_concurrency=10,
+        rate_per_s=100000,
+        max_outstanding=100000,
+    )
+
+
+@pytest.fixture
+def ctx(settings: Settings, emulator: EmulatorServer) -> Iterator[WorkerContext]:
+    """A worker context set up the way ``workers.tasks.get_context`` does, on a clean slate."""
+    flush = redis.Redis.from_url(settings.redis_url)
+    flush.flushall()
+    flush.close()
+    emulator.reset()
+    emulator.configure(**FAST_EMULATOR)
+    context = WorkerContext(settings)
+    context.admission = build_admission(context)
+    context.middleware.append(MetricsMiddleware(context.redis, settings.key_prefix))
+    try:
+        yield context
+    finally:
+        context.shutting_down.set()
+        context.leases.stop()
+        if isinstance(context.admission, LimitsAdmission):
+            context.admission.keeper.stop()
+        for name in ("fal", "media_http", "callback_http"):  # the clients the steps built
+            client = context.__dict__.get(name)
+            if client is not None:
+                client.close()
+        context.redis.close()
+
+
+@pytest.fixture
+def runner(ctx: WorkerContext) -> Runner:
+    return Runner(ctx)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def new_job(ctx: WorkerContext, prompt: str, **input_: Any) -> JobRecord:
+    rec, created = ctx.store.create(JobRecord.new(endpoint=ENDPOINT, input={"prompt": prompt, **input_},
+                                                  cost_estimate=0.035))
+    assert created
+    return rec
+
+
+def drive(runner: Runner, job_id: str, *, timeout_s: float = 8.0) -> tuple[JobRecord, list[Outcome]]:
+    """Play the Celery task: run steps until one says done (a short pause for each delay)."""
+    outcomes: list[Outcome] = []
+    end = time.monotonic() + timeout_s
+    while True:
+        outcome = runner.run_step(job_id)
+        outcomes.append(outcome)
+        if outcome.done:
+            return runner.ctx.store.get(job_id), outcomes
+        if time.monotonic() > end:
+            raise AssertionError(f"job {job_id} not done after {timeout_s}s: {runner.ctx.store.get(job_id)!r}")
+        time.sleep(min(outcome.delay, 0.5))
+
+
+def submissions_of(emulator: EmulatorServer, job_id: str) -> list[dict[str, Any]]:
+    """The requests the emulator accepted for ``job_id`` (by the X-Falq-Job-Id header)."""
+    out = []
+    for req in emulator.requests()["requests"]:
+        headers = {k.lower(): v for k, v in (req.get("headers") or {}).items()}
+        if headers.get("x-falq-job-id") == job_id:
+            out.append({**req, "headers": headers})
+    return out
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    end = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def in_background(target: Callable[[], None]) -> tuple[threading.Thread, list[BaseException]]:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
+def assert_mirrored(ctx: WorkerContext, rec: JobRecord, emulator: EmulatorServer) -> None:
+    """Every output is in S3 with the recorded hash and size, byte-identical to fal's image."""
+    assert rec.request_id
+    fal = httpx.get(f"{emulator.url}/{ENDPOINT}/requests/{rec.request_id}",
+                    headers={"Authorization": f"Key {TEST_FAL_KEY}"}, timeout=10)
+    fal.raise_for_status()
+    served = fal.json()["images"]
+    assert len(rec.outputs) == len(served) == 1
+    storage = Storage(ctx.settings)
+    for stored, image in zip(rec.outputs, served, strict=True):
+        data = storage.get_bytes(stored.key)
+        assert hashlib.sha256(data).hexdigest() == stored.sha256
+        assert stored.size == len(data) and stored.bucket == ctx.settings.s3_bucket
+        assert data == httpx.get(image["url"], timeout=10).content
+        assert f"/{rec.id}/" in stored.key
+
+
+def assert_slot_free(ctx: WorkerContext) -> None:
+    assert isinstance(ctx.admission, LimitsAdmission)
+    assert ctx.admission.limiter.live_slots() == []
+
+
+# --- the happy path -----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_queued_job_completes_in_process_with_image_in_s3(ctx: WorkerContext, runner: Runner,
+                                                          emulator: EmulatorServer) -> None:
+    rec = new_job(ctx, "a red fox in the snow", seed=7)
+
+    done, outcomes = drive(runner, rec.id)
+
+    assert done.state == "completed", done.errors
+    assert outcomes[-1].done
+    assert done.attempts == 1 and done.errors == []
+    assert [s.attempt for s in done.submissions] == [1]
+    assert done.timestamps.keys() >= {"queued", "submitting", "in_queue", "mirroring", "completed"}
+    assert done.seed is not None and done.inference_time is not None
+    assert_mirrored(ctx, done, emulator)
+    subs = submissions_of(emulator, rec.id)
+    assert [s["request_id"] for s in subs] == [done.request_id]
+    assert subs[0]["headers"]["x-falq-attempt"] == "1"
+    assert ctx.store.load_result(rec.id) is None  # the kept output is dropped once mirrored
+    assert ctx.leases.holder(rec.id) is None  # the step released its lease
+    assert_slot_free(ctx)
+    # a further delivery of a finished job is a no-op
+    assert runner.run_step(rec.id).done
+    assert len(submissions_of(emulator, rec.id)) == 1
+
+
+# --- recovery from what a killed delivery left behind -------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_submitting_without_request_id_is_written_off_and_resubmitted_as_counted_attempt(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    rec = new_job(ctx, "a fox whose first submit was interrupted")
+
+    def died_around_post(r: JobRecord) -> None:  # what start_attempt persisted before the POST
+        r.attempts = 1
+        r.move("submitting")
+
+    ctx.store.update(rec.id, died_around_post)
+
+    done, _ = drive(runner, rec.id)
+
+    assert done.state == "completed", done.errors
+    assert done.attempts == 2
+    assert [e.type for e in done.errors] == ["submit_interrupted"]
+    assert done.errors[0].attempt == 1 and done.errors[0].retryable
+    assert [s.attempt for s in done.submissions] == [2]
+    subs = submissions_of(emulator, rec.id)
+    assert len(subs) == 1  # fal never saw more submissions than the record has attempts
+    assert subs[0]["headers"]["x-falq-attempt"] == "2"
+    assert subs[0]["request_id"] == done.request_id
+    assert_mirrored(ctx, done, emulator)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("left_in", ["in_queue", "submitting"])
+def test_record_with_request_id_is_followed_never_resubmitted(ctx: WorkerContext, runner: Runner,
+                                                              emulator: EmulatorServer, left_in: str) -> None:
+    rec = new_job(ctx, "a fox submitted by a delivery that died right after")
+    # The previous delivery's POST, as the submit phase sends it.
+    headers = {**submit_headers(ctx.settings, rec.lane), "X-Falq-Job-Id": rec.id, "X-Falq-Attempt": "1"}
+    sub = ctx.fal.submit(ENDPOINT, rec.input, headers=headers)
+    now = time.time()
+
+    def accepted(r: JobRecord) -> None:
+        r.attempts = 1
+        r.request_id, r.status_url, r.response_url, r.cancel_url = (
+            sub.request_id, sub.status_url, sub.response_url, sub.cancel_url)
+        r.submitted_at = now
+        r.submissions = [Submission(attempt=1, request_id=sub.request_id, submitted_at=now)]
+        r.walk_to(left_in)  # type: ignore[arg-type]
+
+    ctx.store.update(rec.id, accepted)
+
+    done, _ = drive(runner, rec.id)
+
+    assert done.state == "completed", done.errors
+    assert done.request_id == sub.request_id
+    assert done.attempts == 1 and len(done.submissions) == 1
+    assert not any(e.type == "submit_interrupted" for e in done.errors)
+    subs = submissions_of(emulator, rec.id)
+    assert [s["request_id"] for s in subs] == [sub.request_id]
+    assert emulator.requests()["total_requests"] == 1
+    assert_mirrored(ctx, done, emulator)
+
+
+# --- cancel -------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("how", ["cancel_key", "record_flag"])
+def test_cancel_before_submit_never_reaches_fal(ctx: WorkerContext, runner: Runner,
+                                                emulator: EmulatorServer, how: str) -> None:
+    rec = new_job(ctx, "a fox nobody wants any more")
+    if how == "cancel_key":
+        ctx.store.request_cancel(rec.id)
+    else:
+        ctx.store.update(rec.id, lambda r: setattr(r, "cancel_requested", True))
+
+    outcome = runner.run_step(rec.id)
+
+    assert outcome.done
+    done = ctx.store.get(rec.id)
+    assert done.state == "cancelled"
+    assert done.attempts == 0 and done.request_id is None and done.submissions == []
+    assert emulator.requests()["total_requests"] == 0
+    assert ctx.leases.holder(rec.id) is None
+    assert_slot_free(ctx)
+
+
+@pytest.mark.timeout(30)
+def test_cancel_while_following_cancels_at_fal(ctx: WorkerContext, runner: Runner,
+                                               emulator: EmulatorServer) -> None:
+    emulator.configure(latency="fixed:30")  # fal would take far longer than this test
+    rec = new_job(ctx, "a fox that takes forever")
+
+    def submitted() -> bool:
+        now = ctx.store.get(rec.id)
+        return now.state in AT_FAL and now.request_id is not None
+
+    def cancel_once_at_fal() -> None:
+        wait_until(submitted, 5.0, "the job to be submitted")
+        # what the producer's cancel does for a job a worker holds
+        ctx.store.request_cancel(rec.id)
+        ctx.store.update(rec.id, lambda r: setattr(r, "cancel_requested", True))
+
+    thread, errors = in_background(cancel_once_at_fal)
+    started = time.monotonic()
+    done, outcomes = drive(runner, rec.id)
+    took = time.monotonic() - started
+    thread.join(5)
+    assert not errors, errors
+
+    assert done.state == "cancelled", done.errors
+    assert len(outcomes) == 1  # noticed within the step that was following the request
+    assert took < 6.0
+    subs = submissions_of(emulator, rec.id)
+    assert len(subs) == 1 and subs[0]["request_id"] == done.request_id
+    assert subs[0]["cancelled"] is True  # the cancel reached fal
+    assert done.outputs == []
+    assert_slot_free(ctx)
+
+
+# --- fal's answers ------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(30)
+def test_moderated_prompt_fails_content_policy_after_one_submission(ctx: WorkerContext, runner: Runner,
+                                                                     emulator: EmulatorServer) -> None:
+    rec = new_job(ctx, "a fox [[moderate]]")
+
+    done, _ = drive(runner, rec.id)
+
+    assert done.state == "failed"
+    assert done.error is not None
+    assert done.error.type == "content_policy" and not done.error.retryable
+    assert done.moderation  # fal's categories, or ["unspecified"]
+    assert done.attempts == 1 and len(done.submissions) == 1
+    subs = submissions_of(emulator, rec.id)
+    assert len(subs) == 1 and subs[0]["moderated"] is True
+    assert done.outputs == []
+    assert ctx.store.get(rec.id).state == "failed"
+    assert_slot_free(ctx)
+
+
+@pytest.mark.timeout(30)
+def test_ingress_502_page_on_result_get_costs_no_new_submission(ctx: WorkerContext, runner: Runner,
+                                                                emulator: EmulatorServer) -> None:
+    emulator.configure(fault_calls=["result"], fail_5xx=1.0, fail_5xx_codes=[502])
+    rec = new_job(ctx, "a fox behind a flaky edge")
+
+    def ingress_errors() -> list[Any]:
+        return [e for e in ctx.store.get(rec.id).errors if e.type == "fal_ingress"]
+
+    def heal_after_two_pages() -> None:
+        wait_until(lambda: len(ingress_errors()) >= 2, 6.0, "two ingress pages on the result GET")
+        emulator.configure(fail_5xx=0.0)
+
+    thread, errors = in_background(heal_after_two_pages)
+    done, _ = drive(runner, rec.id)
+    thread.join(5)
+    assert not errors, errors
+
+    assert done.state == "completed", done.errors
+    pages = [e for e in done.errors if e.type == "fal_ingress"]
+    assert len(pages) >= 2 and all(e.retryable and "502" in e.message for e in pages)
+    assert {e.type for e in done.errors} == {"fal_ingress"}
+    assert done.attempts == 1 and len(done.submissions) == 1
+    intro = emulator.requests()
+    assert intro["faults"].get("5xx", 0) >= 2
+    assert intro["total_requests"] == 1
+    assert [s["request_id"] for s in submissions_of(emulator, rec.id)] == [done.request_id]
+    assert_mirrored(ctx, done, emulator)
