@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -234,10 +235,8 @@ class Pricing:
                 try:
                     return self.refresh()
                 finally:
-                    try:
+                    with contextlib.suppress(redis.RedisError):  # else it expires in 30 s
                         self.r.delete(f"{self.key}:refreshing")
-                    except redis.RedisError:
-                        pass  # it expires in 30 s
             if raw:
                 try:
                     return dict(json.loads(raw))

@@ -23,7 +23,7 @@ from typing import Any
 from falq.ops.bench.harness import Harness, children, cpu_s
 from falq.ops.bench.model import Row
 from falq.ops.bench_limiter import wait_ready
-from falq.ops.stack import ROOT
+from falq.testing.stack import ROOT
 
 NAME = "profile"
 #: Where the table and the HTML call tree go (committed beside the bench's other figures).
