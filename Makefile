@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test redis-server prometheus lint typecheck contracts unit chaos chaos-net bench bench-quick bench-connections soak clean screenshots
+.PHONY: install demo test redis-server prometheus lint typecheck contracts unit chaos chaos-net bench bench-quick bench-connections soak clean screenshots docs docs-gen
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -42,7 +42,7 @@ prometheus:
 # Two processes (pytest-xdist), one test file each at a time: most tests wait on real servers,
 # so two halve the wall time on a 2-core machine; each process starts its own stack on free ports.
 TEST_PROCS ?= 2
-test: install redis-server prometheus lint typecheck contracts
+test: install redis-server prometheus lint typecheck contracts docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
 
 lint: install
@@ -55,6 +55,16 @@ typecheck: install
 contracts: install
 	$(BIN)/lint-imports --no-cache
 
+## make docs: build the documentation site strictly (a broken link or anchor fails) into build/site,
+## after checking that the generated reference pages match the code.
+docs: install
+	$(BIN)/python -m falq.cli.docsgen --check
+	$(BIN)/mkdocs build --strict --site-dir build/site
+
+## make docs-gen: regenerate docs/reference/{configuration,cli,rest-api,errors,redis-layout}.md from the code.
+docs-gen: install
+	$(BIN)/python -m falq.cli.docsgen
+
 chaos: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/chaos
 
@@ -65,7 +75,7 @@ chaos-net: install redis-server
 	FALQ_CHAOS_NET_FULL=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -m chaos tests/chaos/test_partitions.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build/site
 
 ## make bench: the full benchmark the README reports (falq beside its references; table + docs/bench.png).
 bench: install

@@ -22,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from falq.shared.errors import PermanentError
@@ -39,9 +39,21 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FALQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    api_keys: SecretStr | None = None
-    gateway_public_url: str | None = None
-    fal_jwks_url: str | None = None
+    api_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "Comma-separated operator API keys (`default` tenant, `admin` scope), presented as"
+            " `Authorization: Key <k>` (as fal's clients send) or `Bearer <k>`; compared in constant time."
+        ),
+    )
+    gateway_public_url: str | None = Field(
+        None,
+        description="Base URL put into `status_url`, `response_url` and `cancel_url` (unset: the request's own).",
+    )
+    fal_jwks_url: str | None = Field(
+        None,
+        description="Public keys (JWKS) that verify fal's webhooks at `/_falq/fal-webhook` (unset: fal's own JWKS).",
+    )
 
     def key_list(self) -> list[str]:
         """The configured API keys (empty entries dropped)."""
