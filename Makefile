@@ -59,7 +59,7 @@ contracts: install
 ## after checking that the generated reference pages match the code.
 docs: install
 	$(BIN)/python -m falq.cli.docsgen --check
-	$(BIN)/mkdocs build --strict --site-dir build/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 ## make docs-gen: regenerate docs/reference/{configuration,cli,rest-api,errors,redis-layout}.md from the code.
 docs-gen: install
