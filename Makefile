@@ -77,7 +77,7 @@ chaos-net: install redis-server
 clean:
 	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build/site
 
-## make bench: the full benchmark the README reports (falq beside its references; table + docs/bench.png).
+## make bench: the full benchmark docs/benchmarks.md reports (falq beside its references; table + docs/bench.png).
 bench: install
 	$(BIN)/python -m falq.ops.bench
 
@@ -90,7 +90,7 @@ bench-quick: install
 bench-connections: install
 	$(BIN)/python -m falq.ops.bench --only connections
 
-## make screenshots: the web console's README pictures (docs/console-*.png) from a real run in Chromium.
+## make screenshots: the web console's pictures in the docs (docs/console-*.png) from a real run in Chromium.
 screenshots: install redis-server
 	$(BIN)/python -m falq.ops.screenshots $(ARGS)
 

@@ -1,18 +1,8 @@
 """The gateway's own settings (``FALQ_API_KEYS`` ...), read like every other falq setting.
 
-They live here rather than in :mod:`falq.shared.settings` because only ``falq api`` reads them;
-everything else (Redis, S3, limits, the callback secret) comes from the shared
-:class:`~falq.shared.settings.Settings`.
-
-| Variable | Default | Meaning |
-|---|---|---|
-| ``FALQ_API_KEYS`` | unset | comma-separated falq API keys callers present as ``Authorization: Key <k>`` |
-| ``FALQ_GATEWAY_PUBLIC_URL`` | unset | base URL put into ``status_url`` etc. (default: the request's own) |
-| ``FALQ_FAL_JWKS_URL`` | fal's JWKS | public keys of fal's webhook signatures (the receiver) |
-
-``fal_webhook`` deliveries are the workers' (the job outbox, :mod:`falq.workers.callbacks`) and
-follow ``FALQ_CALLBACK_ALLOW_PRIVATE``; the former ``FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE`` and
-``FALQ_GATEWAY_HOOK_POLL_S`` are ignored.
+They live here rather than in :mod:`falq.shared.settings` because only ``falq api`` reads them.
+Each field's ``description`` is its documentation: docs/reference/configuration.md is generated
+from it (``make docs-gen``).
 
 Example::
 
