@@ -127,12 +127,12 @@ def missing_descriptions() -> list[str]:
 
 
 def _rows(model: type[BaseSettings], names: list[str]) -> list[str]:
-    out = ["| Variable | Default | Type | Meaning |", "|---|---|---|---|"]
+    out = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name in names:
         field = model.model_fields[name]
         env = " / ".join(f"`{e}`" for e in env_names(model, name, field))
-        out.append(f"| {env} | {_md(_default(field))} | {_md(_type_name(field.annotation))} "
-                   f"| {_md(field.description or '')} |")
+        out.append(f"| {env} | {_md(_default(field))} "
+                   f"| {_md(field.description or '')} Type: {_md(_type_name(field.annotation))}. |")
     return out
 
 
