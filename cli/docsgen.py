@@ -342,6 +342,15 @@ def errors_page() -> str:
                 branch(sub, depth + 1)
 
     branch(FalqError, 0)
+    from falq.shared import errors
+
+    others = sorted((obj for obj in vars(errors).values() if isinstance(obj, type) and issubclass(obj, Exception)
+                     and not issubclass(obj, FalqError) and obj.__module__ == errors.__name__),
+                    key=lambda c: c.__name__)
+    if others:
+        lines += ["", "Outside the tree, in the same module (they are not job outcomes):", ""]
+        lines += [f"* **`{c.__name__}`** (bases {', '.join(b.__name__ for b in c.__bases__)}): {_first_paragraph(c)}"
+                  for c in others]
     lines.append("")
     return "\n".join(lines)
 
