@@ -325,7 +325,12 @@ def errors_page() -> str:
         "  is known);",
         "* `PermanentError`: the job fails at once with that `error.type`.",
         "",
-        "The [job lifecycle](../internals/job-lifecycle.md) shows where each is raised.",
+        "The [job lifecycle](../internals/job-lifecycle.md) shows where each is raised. The public names",
+        "(`FalqError`, `InvalidInput`, `FieldError`, `RetryableError`, `PermanentError`, `JobNotFound`,",
+        "`JobTimeout`, `RedisMemoryFull`, `CatalogueUnavailable`) are importable from `falq` itself. The",
+        "hierarchy is also drawn at the top of `shared/errors.py`, where a test holds the drawing to the",
+        "classes; internal signals (control flow caught by the code that calls the raiser, never raised",
+        "to a user) are listed in its notes and are not `FalqError`s.",
         "",
     ]
 
