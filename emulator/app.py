@@ -11,6 +11,16 @@ Queue routes (``Authorization: Key ...`` required):
 Other routes: ``GET /files/{name}``, ``GET /.well-known/jwks.json``, the storage upload
 routes of :mod:`falq.emulator.storage`, and ``/_emulator/{config,reset,requests,health}``.
 
+Storage, as the live service answers it (fal-queue-protocol.md §5, §11.7):
+
+* ``POST /storage/upload/initiate`` needs ``Authorization: Key`` (401) and a ``storage_type``
+  query (422 when missing, 400 ``Invalid storage type`` when unknown); with
+  ``upload_cdn_outage`` the ``fal-cdn-v3`` type answers an nginx 503 while ``gcs`` works;
+* ``POST /v1/storage/files/sign?url=FILE_URL`` with ``{"expiration_seconds": N}`` (1..604800)
+  answers ``{"signed_url": ...}`` (fal's platform API; ``FALQ_FAL_PLATFORM_URL`` is then the
+  emulator's ``/v1``); with ``file_access`` ``forbid``/``hide`` a file answers 403/404 unless
+  the request carries ``Authorization: Key`` or a signed URL.
+
 Answers that follow the live service (``shared/reference/fal-queue-protocol.md`` §10):
 
 * a locked key's submit: 403 ``{"detail": "User is locked. Reason: Exhausted balance. ..."}``
@@ -212,8 +222,29 @@ def _stream(request: Request, emu: Emulator, rec: RequestRecord) -> Response:
 # --- files and storage ------------------------------------------------------------------
 
 
+#: ``storage_type`` values fal's storage API knows (fal-js: fal-cdn-v3; fal-client's fallback: gcs).
+STORAGE_TYPES = ("fal-cdn-v3", "fal-cdn", "gcs")
+#: What fal's edge answers while a backend is down (no x-fal-request-id: nothing was created).
+NGINX_503 = "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center><h1>503 " \
+            "Service Temporarily Unavailable</h1></center><hr><center>nginx</center></body></html>"
+
+
+def _file_allowed(request: Request, emu: Emulator, name: str) -> bool:
+    """The account's file ACL: public, or credentials / a signed URL when restricted."""
+    if emu.config.file_access == "allow":
+        return True
+    if emu.files.signature_ok(name, request.query_params.get("identity")):
+        return True
+    key, denied = _auth(request, emu)
+    return denied is None and key is not None
+
+
 async def get_file(request: Request) -> Response:
     emu = _emu(request)
+    if not _file_allowed(request, emu, request.path_params["name"]):
+        if emu.config.file_access == "hide":
+            return _json(404, {"detail": "File not found"})
+        return _json(403, {"detail": "Access to this file is forbidden"})
     found = await emu.outputs.file_bytes(request.path_params["name"])
     if found is None:
         return _json(404, {"detail": "File not found"})
@@ -228,6 +259,18 @@ async def get_file(request: Request) -> Response:
 
 async def upload_initiate(request: Request) -> Response:
     emu = _emu(request)
+    _, denied = _auth(request, emu)
+    if denied is not None:
+        return denied
+    storage_type = request.query_params.get("storage_type")
+    if storage_type is None:
+        return _json(422, {"detail": [{"loc": ["query", "storage_type"], "msg": "field required",
+                                       "type": "value_error.missing"}]})
+    if storage_type not in STORAGE_TYPES:
+        return _json(400, {"detail": "Invalid storage type"})
+    if storage_type == "fal-cdn-v3" and emu.config.upload_cdn_outage:
+        emu.stats.faults["upload_cdn_outage"] += 1
+        return Response(NGINX_503, 503, media_type="text/html")
     try:
         body = await request.json()
     except ValueError:
@@ -269,6 +312,33 @@ async def cdn_upload(request: Request) -> Response:
     name = emu.files.new_name(request.headers.get("x-fal-file-name") or "upload.bin")
     emu.files.put_bytes(name, await request.body(), request.headers.get("content-type", "application/octet-stream"))
     return _json(200, {"access_url": f"{_base(request, emu)}/files/{name}"})
+
+
+async def sign_file(request: Request) -> Response:
+    """fal's ``POST /v1/storage/files/sign``: a URL that opens a restricted file for a while."""
+    emu = _emu(request)
+    _, denied = _auth(request, emu)
+    if denied is not None:
+        return denied
+    url = request.query_params.get("url")
+    if not url:
+        return _json(422, {"detail": [{"loc": ["query", "url"], "msg": "field required", "type": "missing"}]})
+    if "?" in url:
+        return _json(422, {"detail": [{"loc": ["query", "url"], "msg": "must not contain query parameters",
+                                       "type": "value_error"}]})
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    expiry = body.get("expiration_seconds") if isinstance(body, dict) else None
+    if not isinstance(expiry, int) or isinstance(expiry, bool) or not 1 <= expiry <= 604800:
+        return _json(422, {"detail": [{"loc": ["body", "expiration_seconds"],
+                                       "msg": "required integer, 1 <= x <= 604800", "type": "value_error"}]})
+    _base(request, emu)  # records this netloc as the emulator's own
+    name = emu.files.name_from_url(url, emu.outputs.own_netlocs)
+    if name is None:
+        return _json(404, {"detail": "File not found"})
+    return _json(200, {"signed_url": f"{url}?identity={emu.files.sign(name, expiry)}"})
 
 
 # --- admin ---------------------------------------------------------------------------------
@@ -334,6 +404,7 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         Route("/storage/upload/put/{token}", upload_put, methods=["PUT"]),
         Route("/storage/auth/token", storage_token, methods=["POST"]),
         Route("/files/upload", cdn_upload, methods=["POST"]),
+        Route("/v1/storage/files/sign", sign_file, methods=["POST"]),
         Route("/files/{name:path}", get_file, methods=["GET", "HEAD"]),
         Route("/{path:path}", queue_call, methods=["GET", "POST", "PUT"]),
     ]

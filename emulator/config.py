@@ -130,6 +130,13 @@ class EmulatorConfig(BaseModel):
             storage on (the default there: 30 days). Expiry is computed at GET time from
             the current config, so shrinking these on a running emulator expires results.
         webhook_*: delivery attempts, first retry delay (doubles), per-attempt timeout, user id.
+        upload_cdn_outage: storage ``initiate`` with ``storage_type=fal-cdn-v3`` answers 503
+            (an nginx page, no request id) while ``storage_type=gcs`` works: the outage
+            fal-client's fallback to ``gcs`` exists for (fault option, default off).
+        file_access: the account's default file ACL for ``/files/...`` (fal's "file access
+            controls"): ``allow`` (public links, fal's default), ``forbid`` (403 without
+            credentials) or ``hide`` (404). ``Authorization: Key`` or a URL signed by
+            ``POST /v1/storage/files/sign`` passes.
         public_url: base URL put in returned URLs (default: the Host the client used).
     """
 
@@ -172,6 +179,8 @@ class EmulatorConfig(BaseModel):
     webhook_retry_delay_s: float = Field(0.5, ge=0)
     webhook_timeout_s: float = Field(15.0, gt=0)
     webhook_user_id: str = "falq-emulator-user"
+    upload_cdn_outage: bool = False
+    file_access: Literal["allow", "forbid", "hide"] = "allow"
     public_url: str | None = None
 
     @field_validator("latency")

@@ -97,8 +97,8 @@ class FaultInjector:
 
 
 def classify(method: str, path: str) -> CallKind | None:
-    """Which kind of queue/file call a request is, or None for admin/storage routes."""
-    if path.startswith(("/_emulator", "/.well-known", "/storage/")):
+    """Which kind of queue/file call a request is, or None for admin, storage and platform-API routes."""
+    if path.startswith(("/_emulator", "/.well-known", "/storage/", "/v1/")):
         return None
     if path.startswith("/files/"):
         return "file" if method in ("GET", "HEAD") and path != "/files/upload" else None

@@ -11,6 +11,10 @@ Upload flows emulated (base URL = the emulator root for REST and CDN alike):
 * Python client: ``POST /storage/auth/token`` -> ``{token, token_type, base_url, expires_at}``,
   then ``POST /files/upload`` (raw body, ``X-Fal-File-Name``) -> ``{access_url}``.
 
+Restricted file access (``file_access`` forbid/hide): a file URL passes with a signature from
+:meth:`FileStore.sign` (``?identity=<expiry>.<hmac>``), what ``POST /v1/storage/files/sign``
+hands out, as fal's platform API does.
+
 Example::
 
     >>> store = FileStore()
@@ -22,9 +26,12 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -50,6 +57,21 @@ class FileStore:
         self._files: dict[str, StoredFile] = {}
         self._pending: dict[str, tuple[str, str]] = {}  # upload token -> (name, content_type)
         self._lock = threading.Lock()
+        self._sign_key = secrets.token_bytes(32)
+
+    def sign(self, name: str, expires_in_s: int) -> str:
+        """The ``identity`` query value that opens file ``name`` for ``expires_in_s`` seconds."""
+        expires = int(time.time()) + expires_in_s
+        mac = hmac.new(self._sign_key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+        return f"{expires}.{mac}"
+
+    def signature_ok(self, name: str, identity: str | None) -> bool:
+        """Whether ``identity`` is an unexpired signature of ``name`` from :meth:`sign`."""
+        expires, _, mac = (identity or "").partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        want = hmac.new(self._sign_key, f"{name}:{expires}".encode(), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(want, mac)
 
     @staticmethod
     def new_name(file_name: str | None = None, ext: str | None = None) -> str:

@@ -30,7 +30,7 @@ from falq.gateway import batch_routes, fal_routes, limits_routes, rest_routes
 from falq.gateway.auth import ApiKeys, AuthMiddleware, Forbidden
 from falq.gateway.config import GatewaySettings
 from falq.gateway.console import console_routes
-from falq.gateway.core import Gateway, RequestIdMiddleware, Unprocessable, json_response
+from falq.gateway.core import Gateway, RequestIdMiddleware, Unprocessable, blocking, json_response
 from falq.gateway.openapi import build_document
 from falq.gateway.proxy import FalProxyMiddleware
 from falq.gateway.views import validation_detail
@@ -45,6 +45,7 @@ from falq.shared.errors import (
     StorageTransientError,
     TenantNotFound,
 )
+from falq.shared.falsigner import JWKS_PATH, FalWebhookSigner
 from falq.shared.settings import Settings
 from falq.shared.tenants import ApiKeyStore
 from falq.shared.webhooks import WebhookVerifier, settings_jwks_url
@@ -87,6 +88,15 @@ def _handlers() -> dict[Any, Any]:
             StorageError: unavailable, RedisMemoryFull: unavailable, CatalogueUnavailable: unavailable}
 
 
+async def jwks(request: Request) -> Response:
+    """The public keys falq's outgoing ``fal_webhook`` deliveries are signed with (a JWKS in
+    fal's shape, :mod:`falq.shared.falsigner`): a receiver written for fal points its JWKS URL
+    here. Public, like fal's own."""
+    gw: Gateway = request.app.state.gateway
+    signer = await blocking(FalWebhookSigner.for_deployment, gw.settings, gw.store.r)
+    return json_response(200, signer.jwks(), headers={"cache-control": "max-age=3600"})
+
+
 def routes() -> list[Route]:
     r, lim = rest_routes, limits_routes
     return [
@@ -94,6 +104,7 @@ def routes() -> list[Route]:
         Route("/readyz", r.readyz, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/_falq/fal-webhook", fal_webhook, methods=["POST"]),
+        Route(JWKS_PATH, jwks, methods=["GET"]),
         Route("/v1/jobs", r.list_jobs, methods=["GET"]),
         Route("/v1/jobs", r.create_job, methods=["POST"]),
         Route("/v1/jobs/{job_id}", r.get_job, methods=["GET"]),

@@ -43,7 +43,7 @@ from falq.shared.tenants import DEFAULT_TENANT, ApiKeyStore
 log = logging.getLogger("falq.gateway")
 
 #: Paths answered without an API key.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/_falq/fal-webhook"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/_falq/fal-webhook", "/.well-known/jwks.json"})
 #: The web console signs people in itself (a session cookie, :mod:`falq.gateway.console.access`).
 CONSOLE_PREFIX = "/ui"
 #: Where the middleware leaves the caller's :class:`Principal` (``request.state.principal``).

@@ -3,13 +3,16 @@
 Routes (one catch-all, as in the emulator, so every path form fal's clients send works):
 
 * ``POST /{owner}/{app}/{path}`` -- validate, enqueue a falq job, answer like fal's submit
-  (``request_id`` = the falq job id; ``?fal_webhook=URL``; ``X-Fal-Queue-Priority: low`` ->
-  the bulk lane; ``Idempotency-Key``; ``X-Falq-Metadata: {json}``). Bad input: 422 with
-  fal's ``detail`` entries, and nothing is enqueued.
+  (``request_id`` = the falq job id; ``?fal_webhook=URL``, delivered signed the way fal signs,
+  keys at ``/.well-known/jwks.json``; fal's request headers passed on to the job's submit
+  (:mod:`falq.gateway.fal_headers`), ``X-Fal-Queue-Priority: low`` -> also the bulk lane;
+  ``Idempotency-Key``; ``X-Falq-Metadata: {json}``). Bad input: 422 with fal's ``detail``
+  entries, and nothing is enqueued.
 * ``GET  /{owner}/{app}[/{path}]/requests/{id}/status[/]?logs=1|0|true|false``: 202, or 200 when COMPLETED
 * ``GET  /{owner}/{app}[/{path}]/requests/{id}/status/stream``: SSE, closed after COMPLETED
 * ``GET  /{owner}/{app}[/{path}]/requests/{id}[/]``: the result (presigned S3 URLs; data URIs
-  for ``sync_mode``) or fal's error answer (422 ``content_policy_violation`` for moderation)
+  for ``sync_mode``; ``x-fal-billable-units`` as fal reported it) or fal's error answer
+  (422 ``content_policy_violation`` for moderation)
 * ``PUT  /{owner}/{app}[/{path}]/requests/{id}/cancel``: 202 ``CANCELLATION_REQUESTED`` / 400 ``ALREADY_COMPLETED``
 
 Unknown ids answer 404 ``{"status": "NOT_FOUND"}``, and so do ids of another tenant's jobs
@@ -37,6 +40,7 @@ from starlette.responses import Response, StreamingResponse
 
 from falq.gateway.auth import Principal, principal, require
 from falq.gateway.core import Gateway, blocking, json_response, visible_job
+from falq.gateway.fal_headers import fal_headers_of
 from falq.gateway.hooks import check_webhook_url
 from falq.gateway.views import (
     APPS,
@@ -123,17 +127,13 @@ async def submit(request: Request, endpoint: str) -> Response:
     """Validate everything first; enqueue only a request that is entirely valid."""
     gw = _gw(request)
     tenant = principal(request).tenant
-    detail: list[dict[str, Any]] = []
     try:
         data = json.loads(await request.body() or b"null")
     except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deep
         bad = {"loc": ["body"], "msg": "Body is not valid JSON", "type": "json_invalid"}
         return json_response(422, {"detail": [bad]})
-    priority = (request.headers.get("x-fal-queue-priority") or "normal").strip().lower()
-    if priority not in ("normal", "low"):
-        detail.append({"loc": ["header", "x-fal-queue-priority"], "msg": "must be 'normal' or 'low'",
-                       "type": "value_error"})
-    lane = "bulk" if priority == "low" else "interactive"
+    passed, detail = fal_headers_of(request.headers)
+    lane = "bulk" if passed.get("X-Fal-Queue-Priority") == "low" else "interactive"
     key = request.headers.get("idempotency-key")
     if key is not None and (not 1 <= len(key) <= 200 or any(c.isspace() for c in key)):
         detail.append({"loc": ["header", "idempotency-key"], "msg": "must be 1-200 characters without whitespace",
@@ -159,7 +159,8 @@ async def submit(request: Request, endpoint: str) -> Response:
     # The webhook is part of the record from its creation on; the save that ends the job puts
     # it in the outbox (falq.workers.callbacks delivers it, in fal's shape).
     handle = await blocking(gw.falq.submit, endpoint, data, lane=lane,  # type: ignore[arg-type]
-                            idempotency_key=key, metadata=metadata, tenant=tenant, fal_webhook=webhook or None)
+                            idempotency_key=key, metadata=metadata, tenant=tenant, fal_webhook=webhook or None,
+                            fal_headers=passed)
     rec = await blocking(handle.record)
     position = await blocking(gw.queue_position, rec)
     body: dict[str, Any] = {"status": "IN_QUEUE", "request_id": rec.id, **queue_urls(gw.base_url(request), rec),
@@ -256,7 +257,8 @@ async def result(gw: Gateway, rec: JobRecord) -> Response:
         code, body, headers = error_result(fail)
         return json_response(code, body, rec.id, headers)
     body = await blocking(result_body, rec, gw.presign, gw.storage.get_bytes)
-    return json_response(200, body, rec.id)
+    billed = {} if rec.billable_units is None else {"x-fal-billable-units": f"{rec.billable_units:g}"}
+    return json_response(200, body, rec.id, billed)
 
 
 async def cancel(gw: Gateway, rec: JobRecord) -> Response:

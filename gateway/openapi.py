@@ -108,9 +108,23 @@ def _submit_op(endpoint: str) -> dict[str, Any]:
         "summary": f"Submit a {endpoint} job (fal's queue submit)",
         "parameters": [
             _param("fal_webhook", "query", {"type": "string", "format": "uri"},
-                   "Called back (fal's webhook shape, X-Falq-Signature) when the job ends"),
+                   "Called back (fal's webhook shape) when the job ends, signed the way fal signs "
+                   "(X-Fal-Webhook-*, Ed25519; keys at /.well-known/jwks.json)"),
             _param("X-Fal-Queue-Priority", "header", {"type": "string", "enum": ["normal", "low", ""]},
-                   "`low` runs the job in falq's bulk lane, `normal` (or empty) in the interactive lane"),
+                   "`low` runs the job in falq's bulk lane and is sent to fal; `normal` (or empty) the "
+                   "interactive lane"),
+            _param("X-Fal-Request-Start-Timeout", "header", {"type": "string"},
+                   "Seconds (> 1) fal may take to start the request, else it drops it unbilled; sent to fal"),
+            _param("X-Fal-Request-Timeout", "header", {"type": "string"},
+                   "fal's older name of X-Fal-Request-Start-Timeout (the newer wins)"),
+            _param("X-Fal-Store-IO", "header", {"type": "string", "enum": ["0", "1", "true", "false"]},
+                   "`0`: fal keeps no copy of the payloads in its history; sent to fal"),
+            _param("X-Fal-Object-Lifecycle-Preference", "header", {"type": "string"},
+                   "A JSON object (expiration_duration_seconds >= 60, initial_acl ...) sent to fal"),
+            _param("x-fal-no-retry", "header", {"type": "string", "enum": ["1", "true", "yes", "0", "false", "no"]},
+                   "`1`: fal does not retry failed runners itself; sent to fal"),
+            _param("X-Fal-Runner-Hint", "header", {"type": "string", "minLength": 1, "maxLength": 256},
+                   "fal's routing hint; sent to fal"),
             _param("Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 200,
                                                  "pattern": r"^\S+$"}, "Same key again: the same job"),
             _param("X-Falq-Metadata", "header", {"type": "string"}, "A JSON object stored as the job's metadata"),
@@ -242,6 +256,12 @@ def _rest_paths() -> dict[str, Any]:
             tag="fal queue",
             params=[_param("x-fal-target-url", "header", {"type": "string"}, "The fal URL", required=True)],
         ) for m in ("get", "post", "put")},
+        "/.well-known/jwks.json": {"get": _op(
+            "jwks", "The public keys of falq's outgoing fal_webhook signatures (a JWKS in fal's shape; no API key)",
+            {"200": _resp("JWKS", {"type": "object", "required": ["keys"],
+                                   "properties": {"keys": {"type": "array", "items": {"type": "object"}}}}),
+             "503": _resp("Redis unreachable", ref("Error"))},
+            tag="fal webhooks", public=True)},
         "/_falq/fal-webhook": {"post": _op(
             "fal_webhook", "fal's webhook deliveries (Ed25519-signed; no API key)",
             {"200": _resp("Stored for the workers", ref("Ok")), "401": _resp("Refused", ref("Error")),

@@ -175,16 +175,18 @@ class Falq:
     def submit(self, endpoint: str, data: dict[str, Any], *, lane: Lane = "interactive",
                idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
                callback_url: str | None = None, tenant: str | None = None,
-               fal_webhook: str | None = None) -> JobHandle:
+               fal_webhook: str | None = None, fal_headers: dict[str, str] | None = None) -> JobHandle:
         """Validate and enqueue one job; with a known ``idempotency_key`` (of the same tenant),
         return that job. ``tenant`` overrides the client's tenant for this job. ``fal_webhook``
         (the gateway's, checked there) gets fal's webhook shape when the job ends, through the
-        same outbox as ``callback_url``; it is part of the record from its creation on."""
+        same outbox as ``callback_url``; it is part of the record from its creation on.
+        ``fal_headers`` (the gateway's, checked there) go with the job's submit to fal."""
         req = self.validate(endpoint, data, lane=lane, callback_url=callback_url, tenant=tenant)
         if idempotency_key is not None:
             _check_key(idempotency_key)
         rec = self._record(req, metadata)
         rec.fal_webhook = fal_webhook
+        rec.fal_headers = dict(fal_headers or {})
         if rec.parents:  # missing parents, another tenant's, too deep: refused, nothing enqueued
             self.check_parents([rec])
         try:

@@ -269,6 +269,17 @@ class MirrorRejected(PermanentError):
     kind = "mirror_rejected"
 
 
+class MediaAccessDenied(MirrorRejected):
+    """The media host refused the output URL without credentials (403, or 404 for a hidden
+    file): fal's restricted file access. The mirror asks fal for a signed URL before giving up."""
+
+    kind = "media_access_denied"
+
+    def __init__(self, message: str, *, status_code: int) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
 class StorageError(PermanentError):
     """S3 refused for good (access denied, no such bucket and creation not permitted)."""
 

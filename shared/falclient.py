@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import queue
+import random
 import re
 import socket
 import threading
@@ -57,6 +59,7 @@ from falq.shared.errors import (
     FalBadAnswer,
     FalContentPolicy,
     FalIngressError,
+    FalqError,
     FalRejected,
     FalResultGone,
     FalStartTimeout,
@@ -68,6 +71,11 @@ from falq.shared.settings import Settings
 from falq.shared.sse import bounded_lines
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: Storage paths tried in turn, with the attempts each call gets on it: fal-js's CDN path first,
+#: briefly (another path exists), then fal-client's ``gcs`` fallback with fal-client's budget
+#: (``MAX_ATTEMPTS = 10``, delays 0.1 s doubling up to 30 s, jittered).
+_UPLOAD_PATHS: tuple[tuple[str, int], ...] = (("fal-cdn-v3", 3), ("gcs", 10))
 _RETRYABLE_CODES = {408, 409, 425, 429, 500, 502, 503, 504}
 #: What fal-client retries on every call, submit included: nothing was created.
 _NOTHING_CREATED_CODES = {408, 409, 429}
@@ -141,6 +149,11 @@ class FalClient:
             transport to test against something other than the network.
         max_connections: connection pool size (SSE streams each hold one connection).
     """
+
+    #: Upload retry delays: the first, doubling up to the cap, each jittered by x0.5-1.5
+    #: (fal-client's ``BASE_DELAY`` and ``MAX_DELAY``).
+    upload_base_delay_s: float = 0.1
+    upload_max_delay_s: float = 30.0
 
     def __init__(self, settings: Settings, http: httpx.Client | None = None, max_connections: int = 2000) -> None:
         self.settings = settings
@@ -331,25 +344,86 @@ class FalClient:
         return "UNKNOWN"
 
     def upload(self, data: bytes, content_type: str, file_name: str) -> str:
-        """Upload bytes to fal's storage the way the JS client does; return the file URL."""
-        init = self._call(
+        """Upload bytes to fal's storage the way fal's clients do; return the file URL.
+
+        ``POST {rest}/storage/upload/initiate?storage_type=fal-cdn-v3`` (fal-js), then ``PUT`` the
+        bytes to the ``upload_url`` it returned. Each call is retried like fal-client's
+        ``_maybe_retry_request`` (408/409/429, 5xx and transport errors; exponential backoff from
+        0.1 s with jitter). When the CDN path still fails, the same upload goes through
+        ``storage_type=gcs``, fal-client's fallback (``ea805f65``): an upload blip must not
+        refuse an edit. A refused key (401/403) is not retried and not sent down the other path.
+        """
+        last: FalqError | None = None
+        for storage_type, attempts in _UPLOAD_PATHS:
+            try:
+                return self._upload_via(storage_type, attempts, data, content_type, file_name)
+            except (FalAuthError, FalAccountLocked):
+                raise
+            except (FalTransientError, FalRejected, FalBadAnswer) as exc:
+                last = exc
+                log.warning("upload of %s through storage_type=%s failed: %s", file_name, storage_type, exc)
+        assert last is not None
+        raise last
+
+    def _upload_via(self, storage_type: str, attempts: int, data: bytes, content_type: str, file_name: str) -> str:
+        init = self._with_upload_retries(attempts, lambda: self._call(
             "POST",
             f"{self.settings.fal_rest_url}/storage/upload/initiate",
-            params={"storage_type": "fal-cdn-v3"},
+            params={"storage_type": storage_type},
             json={"content_type": content_type, "file_name": file_name},
-        )
+        ))
         body = self._json(init)
         try:
             upload_url, file_url = _str(body, "upload_url"), _str(body, "file_url")
         except (KeyError, TypeError) as exc:
             raise FalBadAnswer(f"fal's upload answer lacks {exc}") from None
-        try:
-            put = self.http.put(upload_url, content=data, headers={"Content-Type": content_type})
-        except httpx.TransportError as exc:
-            raise FalTransientError(f"upload: {type(exc).__name__}", reason="transport") from None
-        if put.status_code >= 300:
-            self._raise_for_status(put)
+
+        def put() -> httpx.Response:
+            # The signed upload URL carries its own authorisation: fal-js sends no key with it.
+            try:
+                resp = self.http.put(upload_url, content=data, headers={"Content-Type": content_type})
+            except httpx.TransportError as exc:
+                raise FalTransientError(f"upload: {type(exc).__name__}", reason="transport") from None
+            if resp.status_code >= 300:
+                self._raise_for_status(resp)
+            return resp
+
+        self._with_upload_retries(attempts, put)
         return file_url
+
+    def _with_upload_retries(self, attempts: int, call: Callable[[], httpx.Response]) -> httpx.Response:
+        """``call()`` again on what fal-client retries, at most ``attempts`` times in all."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return call()
+            except FalTransientError as exc:
+                if attempt == attempts:
+                    raise
+                cap = self.upload_max_delay_s
+                delay = min(self.upload_base_delay_s * 2 ** (attempt - 1), cap) * random.uniform(0.5, 1.5)
+                if exc.retry_after is not None:
+                    delay = max(delay, min(exc.retry_after, cap))
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def sign_file_url(self, file_url: str, expires_in_s: int = 3600) -> str:
+        """A signed URL that opens a fal CDN file whatever its ACL (fal's platform API).
+
+        ``POST {FALQ_FAL_PLATFORM_URL}/storage/files/sign?url=<file url without query>`` with
+        ``{"expiration_seconds": N}`` (1..604800) answers ``{"signed_url": ...}``; the key needs
+        the ``assets:read`` permission (fal docs, platform-apis/v1/storage/files/sign). Used by
+        the mirror when an output URL answers 403/404 on an account with restricted file access.
+        The request and answer shapes come from that docs page only (no client library calls it
+        yet): an answer without ``signed_url`` is a :class:`FalBadAnswer`.
+        """
+        bare = file_url.split("?", 1)[0]
+        resp = self._call("POST", f"{self.settings.fal_platform_url}/storage/files/sign", params={"url": bare},
+                          json={"expiration_seconds": max(1, min(int(expires_in_s), 604800))})
+        body = self._json(resp)
+        try:
+            return _str(body, "signed_url")
+        except (KeyError, TypeError) as exc:
+            raise FalBadAnswer(f"fal's sign answer lacks {exc}") from None
 
     # --- plumbing --------------------------------------------------------------------------------
     def _call(

@@ -25,8 +25,10 @@ failure :class:`OutboundUnresolved` (retryable); network trouble is httpx's own
 (``trust_env=False``: an environment proxy would connect by itself, and a CONNECT tunnel to
 an IP cannot verify the certificate against the name).
 
-The same module holds the rules :mod:`falq.workers.download` applies to media hosts
-(:func:`is_public`, :func:`resolve`) and the ``X-Falq-Signature`` scheme (:func:`sign`,
+It is falq's one SSRF-safe egress path: :mod:`falq.workers.download` checks media URLs into
+the same :class:`Target` (adding its host allowlist) and sends through the same
+:func:`send_pinned`, so callbacks and downloads judge and pin addresses, numeric host
+spellings included, identically. The module also holds the ``X-Falq-Signature`` scheme (:func:`sign`,
 :func:`verify`): ``t=<unix>,v1=<hex hmac-sha256(secret, "<t>.<body>")>``, as
 Stripe-style webhooks do.
 
@@ -51,7 +53,7 @@ import ipaddress
 import re
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -72,9 +74,11 @@ __all__ = [
     "make_async_client",
     "make_client",
     "parse_url",
+    "pinned_request",
     "post_json",
     "post_json_async",
     "resolve",
+    "send_pinned",
     "sign",
     "unwrap",
     "verify",
@@ -228,7 +232,12 @@ def check_url(url: object, *, allow_private: bool, what: str = "webhook URL") ->
 
 @dataclass(frozen=True)
 class Target:
-    """A checked URL and the addresses it may be sent to (in the resolver's order)."""
+    """A checked URL and the addresses it may be sent to (in the resolver's order).
+
+    The one description of an egress target: callbacks (:func:`post_json`) and media
+    downloads (:mod:`falq.workers.download`) both check into one and send through
+    :func:`send_pinned`, so both read numeric host spellings alike (:attr:`literal`).
+    """
 
     url: httpx.URL
     host: str
@@ -238,6 +247,11 @@ class Target:
     @property
     def https(self) -> bool:
         return self.url.scheme == "https"
+
+    @property
+    def literal(self) -> bool:
+        """The host is an IP address in any spelling the C library reads (no SNI name to send)."""
+        return _numeric_address(self.host) is not None
 
 
 def check_target(url: object, *, allow_private: bool, what: str = "webhook URL") -> Target:
@@ -261,17 +275,43 @@ def check_target(url: object, *, allow_private: bool, what: str = "webhook URL")
     return Target(url=parsed, host=host, port=port, addresses=tuple(addrs))
 
 
-def _pinned_request(http: httpx.Client | httpx.AsyncClient, target: Target, addr: IPAddress, body: bytes,
-                    headers: Mapping[str, str], timeout: float) -> httpx.Request:
-    """A POST of ``body`` to ``addr``, addressed (Host, SNI, certificate) to the target's name."""
-    hdrs = {"Content-Type": "application/json", **headers, "Host": target.url.netloc.decode("ascii")}
+def pinned_request(http: httpx.Client | httpx.AsyncClient, target: Target, addr: IPAddress, method: str, *,
+                   headers: Mapping[str, str], content: bytes | None = None,
+                   timeout: float | None = None) -> httpx.Request:
+    """A request to ``addr``, addressed (Host, SNI, certificate) to the target's name.
+
+    https requests carry ``Connection: close``: a pooled TLS connection verified for one name
+    is never reused for another name on the same address. ``timeout`` None: the client's.
+    """
+    hdrs = {**headers, "Host": target.url.netloc.decode("ascii")}
     extensions: dict[str, object] = {}
     if target.https:
-        hdrs["Connection"] = "close"  # never reuse a TLS connection verified for another name
-        if _numeric_address(target.host) is None:
+        hdrs["Connection"] = "close"
+        if not target.literal:
             extensions["sni_hostname"] = target.host
-    return http.build_request("POST", target.url.copy_with(host=str(addr)), content=body, headers=hdrs,
+    if timeout is None:
+        return http.build_request(method, target.url.copy_with(host=str(addr)), content=content, headers=hdrs,
+                                  extensions=extensions)
+    return http.build_request(method, target.url.copy_with(host=str(addr)), content=content, headers=hdrs,
                               timeout=timeout, extensions=extensions)
+
+
+def send_pinned(http: httpx.Client, target: Target, method: str, *, headers: Mapping[str, str],
+                content: bytes | None = None, timeout: float | None = None, stream: bool = False,
+                give_up: Callable[[], bool] | None = None) -> tuple[httpx.Response, IPAddress]:
+    """Send to the target's checked addresses in turn (the next one if connecting fails, unless
+    ``give_up()``); never follows redirects. Returns the response and the address it came from.
+
+    Raises httpx's error of the last address tried.
+    """
+    for i, addr in enumerate(target.addresses):
+        request = pinned_request(http, target, addr, method, headers=headers, content=content, timeout=timeout)
+        try:
+            return http.send(request, stream=stream, follow_redirects=False), addr
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            if i == len(target.addresses) - 1 or (give_up is not None and give_up()):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover - resolve() never returns no address
 
 
 # --- sending -----------------------------------------------------------------------------------
@@ -310,32 +350,24 @@ def post_json(http: httpx.Client, url: str, body: bytes, headers: Mapping[str, s
               allow_private: bool, timeout: float = 10.0, secret: str | None = None) -> Delivery:
     """POST the JSON ``body`` to ``url`` under the rules of this module; returns the :class:`Delivery`.
 
-    Resolves once (:func:`check_target`) and connects only to the checked addresses (the
-    next one if connecting to one fails). With ``secret``, adds ``X-Falq-Signature``.
+    Resolves once (:func:`check_target`) and connects only to the checked addresses
+    (:func:`send_pinned`). With ``secret``, adds ``X-Falq-Signature``.
     Raises :class:`OutboundRefused`, :class:`OutboundUnresolved` or :class:`httpx.HTTPError`.
     """
     target = check_target(url, allow_private=allow_private)
-    hdrs = _signed(headers, body, secret)
-    for i, addr in enumerate(target.addresses):
-        request = _pinned_request(http, target, addr, body, hdrs, timeout)
-        try:
-            response = http.send(request, follow_redirects=False)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
-            if i == len(target.addresses) - 1:
-                raise
-            continue
-        response.close()
-        return Delivery(status_code=response.status_code, address=str(addr))
-    raise AssertionError("unreachable")  # pragma: no cover - resolve() never returns no address
+    hdrs = {"Content-Type": "application/json", **_signed(headers, body, secret)}
+    response, addr = send_pinned(http, target, "POST", headers=hdrs, content=body, timeout=timeout)
+    response.close()
+    return Delivery(status_code=response.status_code, address=str(addr))
 
 
 async def post_json_async(http: httpx.AsyncClient, url: str, body: bytes, headers: Mapping[str, str] | None = None,
                           *, allow_private: bool, timeout: float = 15.0, secret: str | None = None) -> Delivery:
     """:func:`post_json` for asyncio; the DNS lookup runs in a thread."""
     target = await asyncio.to_thread(check_target, url, allow_private=allow_private)
-    hdrs = _signed(headers, body, secret)
+    hdrs = {"Content-Type": "application/json", **_signed(headers, body, secret)}
     for i, addr in enumerate(target.addresses):
-        request = _pinned_request(http, target, addr, body, hdrs, timeout)
+        request = pinned_request(http, target, addr, "POST", headers=hdrs, content=body, timeout=timeout)
         try:
             response = await http.send(request, follow_redirects=False)
         except (httpx.ConnectError, httpx.ConnectTimeout):

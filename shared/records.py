@@ -124,6 +124,9 @@ class JobRecord(BaseModel):
     #: when fal did not report units (``cost_source`` then stays ``estimate``).
     cost_billed: float | None = None
     cost_source: Literal["estimate", "fal_billable_units"] = "estimate"
+    #: fal's ``x-fal-billable-units`` on the result (None when fal sent none); the gateway
+    #: returns it on the result of a job submitted through its fal routes.
+    billable_units: float | None = None
     #: fal's moderation categories when its content checker refused the job (``content_policy``).
     moderation: list[str] | None = None
     #: When fal's output JSON was saved beside the record (fetched once, right after COMPLETED).
@@ -147,6 +150,10 @@ class JobRecord(BaseModel):
     #: Where fal's webhook shape goes when the job ends (the gateway's ``?fal_webhook=``);
     #: delivered through the same outbox as ``callback_url`` (:mod:`falq.workers.callbacks`).
     fal_webhook: str | None = None
+    #: fal request headers a client of the gateway's fal routes sent (priority, start timeout,
+    #: store-IO, object lifecycle, no-retry: :data:`falq.gateway.fal_headers.PASSED_ON`), sent
+    #: with this job's submit to fal over falq's own defaults.
+    fal_headers: dict[str, str] = Field(default_factory=dict)
     cancel_requested: bool = False
 
     @classmethod

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         "https://rest.fal.ai",
         description="fal's REST host, used for storage uploads of local edit images.",
     )
+    fal_platform_url: str = Field(
+        "https://api.fal.ai/v1",
+        description="fal's platform API (pricing, billing, storage). falq calls its "
+                    "``/storage/files/sign`` with the workers' FAL_KEY when an output URL answers 403/404 "
+                    "on an account with restricted file access, and mirrors the image through the signed URL.",
+    )
     fal_http_timeout_s: float = Field(
         30.0,
         description="Per-read timeout of calls to fal (seconds); a whole answer must arrive within twice this.",
@@ -54,60 +60,55 @@ class Settings(BaseSettings):
     fal_stream_read_timeout_s: float = Field(
         45.0, gt=0,
         description=(
-            "Silence after which a status stream counts as dropped. fal sends a `: ping` comment about every 15 "
-            "s, so this must stay well above 15 (a shorter one reconnects per job every few seconds: hundreds of "
-            "new connections a second with thousands in flight)."
+            "Silence after which a status stream counts as dropped. fal sends a `: ping` comment about every 15 s, so "
+            "this must stay well above 15 (a shorter one reconnects per job every few seconds: hundreds of new "
+            "connections a second with thousands in flight)."
         ),
     )
     fal_priority_interactive: Literal["normal", "low"] = Field(
         "normal",
-        description=(
-            "`X-Fal-Queue-Priority` of the interactive lane:"
-            " `low` waits behind every `normal` request of the account."
-        ),
+        description="`X-Fal-Queue-Priority` per lane: `low` waits behind every `normal` request of the account.",
     )
     fal_priority_bulk: Literal["normal", "low"] = Field(
         "low",
         description=(
-            "`X-Fal-Queue-Priority` of the bulk lane:"
-            " `low` waits behind every `normal` request of the account."
+            "`X-Fal-Queue-Priority` of the bulk lane: `low` waits behind every `normal` request of the account."
         ),
     )
     fal_start_timeout_s: float | None = Field(
         None, gt=1,
         description=(
-            "`X-Fal-Request-Timeout`: fal drops a request no runner started within this many seconds, unbilled "
-            "(the job fails as `start_timeout`). Unset: no start timeout."
+            "`X-Fal-Request-Timeout`: fal drops a request no runner started within this many seconds, unbilled (the job"
+            " fails as `start_timeout`). Unset: no start timeout."
         ),
     )
     fal_media_expiry_s: int | None = Field(
         7 * 24 * 3600, ge=60,
         description=(
-            "`X-Fal-Object-Lifecycle-Preference` `expiration_duration_seconds` for the media fal generates: how "
-            "long fal's public CDN copy lives. It is set at submit (fal has no later per-request call), long "
-            "enough to outlast mirroring retries. Unset: fal's default."
+            "`X-Fal-Object-Lifecycle-Preference` `expiration_duration_seconds` for the media fal generates: how long "
+            "fal's public CDN copy lives. It is set at submit (fal has no later per-request call), long enough to "
+            "outlast mirroring retries. Unset: fal's default."
         ),
     )
     fal_store_io: bool = Field(
         True,
         description=(
-            "`X-Fal-Store-IO`: false sends `0` and keeps payloads out of fal's 30-day history (results are then "
-            "kept by fal for about an hour, 6 minutes at 10 KB or more)."
+            "`X-Fal-Store-IO`: false sends `0` and keeps payloads out of fal's 30-day history (results are then kept by"
+            " fal for about an hour, 6 minutes at 10 KB or more)."
         ),
     )
     fal_no_retry: bool = Field(
         False,
         description=(
-            "`x-fal-no-retry`: fal retries failed runners up to 10 times itself; true turns that off so falq's "
-            "own attempts are the only ones (see the fal compatibility page)."
+            "`x-fal-no-retry`: fal retries failed runners up to 10 times itself; true turns that off so falq's own "
+            "attempts are the only ones (see the fal compatibility page)."
         ),
     )
     submit_uncertain: Literal["fail", "resubmit"] = Field(
         "fail",
         description=(
-            "A submit whose answer was lost after the request was sent, or a 5xx without a request id fal may "
-            "have sent after creating it: `fail` the job (never pay twice) or `resubmit` (a new, counted "
-            "attempt)."
+            "A submit whose answer was lost after the request was sent, or a 5xx without a request id fal may have sent"
+            " after creating it: `fail` the job (never pay twice) or `resubmit` (a new, counted attempt)."
         ),
     )
     media_hosts: str = Field(
@@ -148,9 +149,9 @@ class Settings(BaseSettings):
     redis_wait_replicas: int | None = Field(
         None, ge=0,
         description=(
-            "Replicas that must acknowledge (Redis `WAIT`) the writes that must survive a failover (job creation,"
-            " attempt count, fal request id) before falq acts on them. Unset: as many as the master has online, "
-            "at most 1; 0: never wait."
+            "Replicas that must acknowledge (Redis `WAIT`) the writes that must survive a failover (job creation, "
+            "attempt count, fal request id) before falq acts on them. Unset: as many as the master has online, at most "
+            "1; 0: never wait."
         ),
     )
     redis_wait_timeout_ms: int = Field(
@@ -182,8 +183,8 @@ class Settings(BaseSettings):
     s3_prefix: str = Field(
         "falq",
         description=(
-            "Object key prefix: `{prefix}/{endpoint}/{yyyy}/{mm}/{dd}/{job_id}/{index}.{ext}`; tenants other than"
-            " `default` add their own prefix: `{prefix}/{tenant prefix}/{endpoint}/...`."
+            "Object key prefix: `{prefix}/{endpoint}/{yyyy}/{mm}/{dd}/{job_id}/{index}.{ext}`; tenants other than "
+            "`default` add their own prefix: `{prefix}/{tenant prefix}/{endpoint}/...`."
         ),
     )
     s3_region: str = Field(
@@ -275,15 +276,14 @@ class Settings(BaseSettings):
     lease_ttl_s: float = Field(
         20.0,
         description=(
-            "Seconds a worker keeps a job lease without renewing it; a dead worker's job is taken over after this"
-            " long."
+            "Seconds a worker keeps a job lease without renewing it; a dead worker's job is taken over after this long."
         ),
     )
     takeover: bool = Field(
         True,
         description=(
-            "Re-publish a job as soon as its lease holder died (lease expired, never released) instead of waiting"
-            " for the broker's visibility timeout. Off only to measure the difference."
+            "Re-publish a job as soon as its lease holder died (lease expired, never released) instead of waiting for "
+            "the broker's visibility timeout. Off only to measure the difference."
         ),
     )
     worker_concurrency: int = Field(
@@ -293,8 +293,7 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(
         1.0,
         description=(
-            "First delay of the exponential backoff with full jitter"
-            " (seconds; fal's `Retry-After` is honoured)."
+            "First delay of the exponential backoff with full jitter (seconds; fal's `Retry-After` is honoured)."
         ),
     )
     retry_max_s: float = Field(
@@ -312,8 +311,8 @@ class Settings(BaseSettings):
     fal_webhook_url: str | None = Field(
         None,
         description=(
-            "Public URL of the gateway's `/_falq/fal-webhook`: fal pushes completions there and workers wait for "
-            "them instead of following each request (unset: always follow)."
+            "Public URL of the gateway's `/_falq/fal-webhook`: fal pushes completions there and workers wait for them "
+            "instead of following each request (unset: always follow)."
         ),
     )
     fal_webhook_wait_s: float = Field(
@@ -331,15 +330,22 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = Field(
         None,
         description=(
-            "HMAC key that signs per-job callbacks and `fal_webhook` deliveries (`X-Falq-Signature`); unset: "
-            "unsigned."
+            "HMAC key that signs per-job callbacks and `fal_webhook` deliveries (`X-Falq-Signature`); unset: unsigned."
         ),
+    )
+    fal_webhook_signing_key: SecretStr | None = Field(
+        None,
+        description="Ed25519 private key (base64url of the 32-byte seed) the gateway's outgoing "
+                    "``fal_webhook`` deliveries are signed with, the way fal signs its webhooks; its public "
+                    "key is served at the gateway's ``/.well-known/jwks.json``. Unset: a key is generated on "
+                    "first use and kept in Redis (``{prefix}:fal-webhook-signing-key``), shared by every "
+                    "worker and gateway of the deployment.",
     )
     callback_retry_for_s: float = Field(
         7200.0, ge=0,
         description=(
-            "How long a per-job callback is retried (exponential backoff with jitter) before it is marked failed;"
-            " about fal's own webhook retry window. `falq callbacks redeliver` re-queues."
+            "How long a per-job callback is retried (exponential backoff with jitter) before it is marked failed; about"
+            " fal's own webhook retry window. `falq callbacks redeliver` re-queues."
         ),
     )
     callback_allow_private: bool = Field(
@@ -363,8 +369,8 @@ class Settings(BaseSettings):
     rate_strict: bool = Field(
         True,
         description=(
-            "Check each POST against the log of arrivals, so no 1-second window *at fal* exceeds the rate even "
-            "when workers send late. Costs about submit-RTT/1 s of throughput."
+            "Check each POST against the log of arrivals, so no 1-second window *at fal* exceeds the rate even when "
+            "workers send late. Costs about submit-RTT/1 s of throughput."
         ),
     )
     max_outstanding: int = Field(
@@ -386,8 +392,7 @@ class Settings(BaseSettings):
     locked_pause_s: float = Field(
         300.0, gt=0,
         description=(
-            "How long a locked answer (403 \"User is locked\") pauses all submissions of the key"
-            " (renewed by each)."
+            "How long a locked answer (403 \"User is locked\") pauses all submissions of the key (renewed by each)."
         ),
     )
     pause_poll_s: float = Field(
@@ -399,24 +404,24 @@ class Settings(BaseSettings):
     fair_dispatch: bool = Field(
         True,
         description=(
-            "Jobs wait in per-tenant ready sets and are dispatched to the broker in weighted order; `false` "
-            "publishes every job at enqueue, plain FIFO (falq's behaviour before tenants)."
+            "Jobs wait in per-tenant ready sets and are dispatched to the broker in weighted order; `false` publishes "
+            "every job at enqueue, plain FIFO (falq's behaviour before tenants)."
         ),
     )
     fair_headroom: float = Field(
         0.0, ge=0, le=10,
         description=(
             "Jobs dispatched and not yet done at fal, beyond `max_outstanding` (a fraction of it). 0: a job is "
-            "dispatched the moment a slot frees, so a newly active tenant waits at most about one slot turnover; "
-            "a slot idles only for the hand-off (publish, pick-up, POST: milliseconds). Raise it with several fal"
-            " keys (each has its own slots) or a slow broker."
+            "dispatched the moment a slot frees, so a newly active tenant waits at most about one slot turnover; a slot"
+            " idles only for the hand-off (publish, pick-up, POST: milliseconds). Raise it with several fal keys (each "
+            "has its own slots) or a slow broker."
         ),
     )
     fair_wait_s: float = Field(
         1.0, gt=0,
         description=(
-            "Under a rate limit, jobs dispatched but not yet admitted are capped to this many seconds of the rate"
-            " (at least 2): their order decides who gets the next tokens."
+            "Under a rate limit, jobs dispatched but not yet admitted are capped to this many seconds of the rate (at "
+            "least 2): their order decides who gets the next tokens."
         ),
     )
     fair_uncapped_room: int = Field(
@@ -430,8 +435,8 @@ class Settings(BaseSettings):
     fair_recover_after_s: float = Field(
         10.0, gt=0,
         description=(
-            "A dispatched job still unpublished after this long is published by the recovery pass (its dispatcher"
-            " died between taking it from the ready set and publishing it)."
+            "A dispatched job still unpublished after this long is published by the recovery pass (its dispatcher died "
+            "between taking it from the ready set and publishing it)."
         ),
     )
 
@@ -443,8 +448,7 @@ class Settings(BaseSettings):
     flower_password: SecretStr | None = Field(
         None,
         description=(
-            "Flower's basic-auth password; without it `falq flower` refuses to start unless given "
-            "`--unauthenticated`."
+            "Flower's basic-auth password; without it `falq flower` refuses to start unless given `--unauthenticated`."
         ),
     )
     flower_max_tasks: int = Field(
@@ -474,8 +478,8 @@ class Settings(BaseSettings):
     chain_url_expiry_s: int = Field(
         24 * 3600, ge=60, le=7 * 24 * 3600,
         description=(
-            "How long the presigned URLs of a parent's S3 copy, handed to a child's `image_urls`, stay valid: "
-            "long enough for the child's retries and fal's queue (SigV4 allows 7 days)."
+            "How long the presigned URLs of a parent's S3 copy, handed to a child's `image_urls`, stay valid: long "
+            "enough for the child's retries and fal's queue (SigV4 allows 7 days)."
         ),
     )
     chain_sweep_s: float = Field(
@@ -488,8 +492,8 @@ class Settings(BaseSettings):
     chain_claim_idle_s: float = Field(
         10.0, gt=0,
         description=(
-            "A chain:done entry a worker claimed and did not acknowledge within this many seconds (it died) is "
-            "taken over by another worker."
+            "A chain:done entry a worker claimed and did not acknowledge within this many seconds (it died) is taken "
+            "over by another worker."
         ),
     )
 
@@ -497,8 +501,8 @@ class Settings(BaseSettings):
     catalogue: bool = Field(
         True,
         description=(
-            "Archive every finished job to the SQL catalogue (and `job.json` beside its images). While on, a "
-            "finished record stays in Redis (no expiry) until it is archived."
+            "Archive every finished job to the SQL catalogue (and `job.json` beside its images). While on, a finished "
+            "record stays in Redis (no expiry) until it is archived."
         ),
     )
     database_url: str | None = Field(
@@ -515,8 +519,8 @@ class Settings(BaseSettings):
     database_auto_upgrade: Literal["sqlite", "always", "never"] = Field(
         "sqlite",
         description=(
-            "Apply the catalogue's migrations when a worker or the gateway starts: `sqlite` (the embedded default"
-            " upgrades itself), `always`, or `never` (run `falq db upgrade`)."
+            "Apply the catalogue's migrations when a worker or the gateway starts: `sqlite` (the embedded default "
+            "upgrades itself), `always`, or `never` (run `falq db upgrade`)."
         ),
     )
     database_timeout_s: float = Field(
@@ -562,7 +566,7 @@ class Settings(BaseSettings):
         description="Thumbnails waiting to be made ahead at most (the oldest waiting are dropped beyond it).",
     )
 
-    @field_validator("fal_queue_url", "fal_rest_url")
+    @field_validator("fal_queue_url", "fal_rest_url", "fal_platform_url")
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.rstrip("/")

@@ -43,6 +43,8 @@ BASELINE_EMULATOR = {
     "result_retention_s": 3600.0,
     "result_retention_large_s": 360.0,
     "payload_retention_s": 30 * 24 * 3600.0,
+    "upload_cdn_outage": False,
+    "file_access": "allow",
 }
 
 

@@ -54,6 +54,7 @@ import httpx
 
 from falq.shared.errors import FalqError
 from falq.shared.falshape import fal_payload
+from falq.shared.falsigner import FalWebhookSigner
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import OutboundRefused, OutboundUnresolved, post_json, sign, verify
 from falq.shared.outbox import Action, Claim, Outbox
@@ -148,9 +149,12 @@ def post_callback(rec: JobRecord, *, delivery_id: str, settings: Settings, http:
 
 
 def post_fal_webhook(rec: JobRecord, *, delivery_id: str, settings: Settings, http: httpx.Client,
-                     presign: Callable[[str], str]) -> Attempt:
+                     presign: Callable[[str], str], signer: FalWebhookSigner | None = None) -> Attempt:
     """POST fal's webhook body (:func:`falq.shared.falshape.fal_payload`, presigned S3 URLs) once
-    to the job's ``fal_webhook``; same signature, headers and address rules as :func:`post_callback`."""
+    to the job's ``fal_webhook``; same headers and address rules as :func:`post_callback`, and
+    signed the way fal signs (``X-Fal-Webhook-*``, Ed25519, :mod:`falq.shared.falsigner`) by
+    ``signer``, afresh on every try, so a receiver written for fal verifies it against the
+    gateway's JWKS."""
     assert rec.fal_webhook
     try:
         body = json.dumps(fal_payload(rec, presign), separators=(",", ":")).encode()
@@ -158,6 +162,8 @@ def post_fal_webhook(rec: JobRecord, *, delivery_id: str, settings: Settings, ht
         return Attempt(delivered=False, final=False, status=type(exc).__name__)
     headers = {"Content-Type": "application/json", "User-Agent": "falq-gateway/0.1", "X-Falq-Job-Id": rec.id,
                DELIVERY_ID_HEADER: delivery_id}
+    if signer is not None:
+        headers.update(signer.headers(rec.id, rec.tenant, body))
     return _post(rec.fal_webhook, body, headers, settings, http)
 
 
@@ -188,6 +194,7 @@ class CallbackSender:
         self.inflight = inflight
         self.poll_s = poll_s
         self._presign = presign
+        self._signer: FalWebhookSigner | None = None
         self._busy = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -198,6 +205,12 @@ class CallbackSender:
 
             self._presign = Storage(self.settings).presign
         return self._presign(key)
+
+    def signer(self) -> FalWebhookSigner:
+        """The deployment's fal webhook signing key (read, or made, on first use)."""
+        if self._signer is None:
+            self._signer = FalWebhookSigner.for_deployment(self.settings, self.store.r)
+        return self._signer
 
     def wake(self) -> None:
         """Look at the outbox now (a job of this worker just ended)."""
@@ -213,7 +226,7 @@ class CallbackSender:
     def _send(self, rec: JobRecord, target: Target, delivery_id: str) -> Attempt:
         if target.kind == "fal_webhook":
             return post_fal_webhook(rec, delivery_id=delivery_id, settings=self.settings, http=self.http,
-                                    presign=self.presign)
+                                    presign=self.presign, signer=self.signer())
         return post_callback(rec, delivery_id=delivery_id, settings=self.settings, http=self.http)
 
     def deliver(self, claim: Claim) -> Action:

@@ -13,7 +13,8 @@ target -- is checked before we connect:
   of :func:`falq.shared.outbound.is_public`, shared with outgoing webhooks).
 
 Each host is resolved **once** per hop and the request is sent **to the checked address**
-(as :func:`falq.shared.outbound.post_json` does): the URL's host is replaced by the IP,
+through :func:`falq.shared.outbound.send_pinned`, the one egress path callbacks use too
+(numeric host spellings are read alike on both): the URL's host is replaced by the IP,
 ``Host`` carries the name and, for https, the ``sni_hostname`` request extension makes TLS
 send the name as SNI and verify the certificate against it; https requests carry
 ``Connection: close`` so a TLS connection verified for one name is never reused for
@@ -30,7 +31,8 @@ Content-Length and while streaming. Time is bounded in total, not only per read
 whole download within ``deadline_s`` -- a host that trickles its headers or body one byte
 at a time is cut off. Network trouble, 408/429/5xx and a missed deadline become
 :class:`StorageTransientError` (reason ``media_fetch``, with Retry-After); any other refusal
-is a :class:`MirrorRejected`. Messages name the host, never the full URL (fal's URLs may
+is a :class:`MirrorRejected` (403/404: :class:`MediaAccessDenied`, which the mirror answers
+with a signed URL). Messages name the host, never the full URL (fal's URLs may
 carry access tokens).
 
 Use a client from :func:`make_media_client` (no environment proxy: a proxy would resolve
@@ -47,7 +49,6 @@ Example::
 from __future__ import annotations
 
 import email.utils
-import ipaddress
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,8 +57,8 @@ from dataclasses import dataclass
 import httpx
 
 from falq.shared import deadline
-from falq.shared.errors import MirrorRejected, StorageTransientError
-from falq.shared.outbound import IPAddress, OutboundUnresolved, is_public, resolve
+from falq.shared.errors import MediaAccessDenied, MirrorRejected, StorageTransientError
+from falq.shared.outbound import IPAddress, OutboundUnresolved, Target, is_public, resolve, send_pinned
 from falq.shared.settings import Settings
 
 __all__ = [
@@ -79,17 +80,6 @@ HEADERS_DEADLINE_FACTOR = 2.0
 _REASON = "media_fetch"
 # identity: the size cap then counts wire bytes, and no decompression bomb is possible.
 _HEADERS = {"Accept": "image/*", "Accept-Encoding": "identity"}
-
-
-@dataclass(frozen=True)
-class _Hop:
-    """A checked URL: its name, port and the addresses it resolved to (once)."""
-
-    url: httpx.URL
-    host: str
-    port: int
-    addresses: tuple[IPAddress, ...]
-    literal: bool  # the URL's host is an IP literal (no SNI name to send)
 
 
 def host_allowed(host: str, port: int, allowlist: list[str]) -> bool:
@@ -120,7 +110,7 @@ def check_media_url(url: str, settings: Settings) -> None:
     _check(url, settings)
 
 
-def _check(url: str, settings: Settings) -> _Hop:
+def _check(url: str, settings: Settings) -> Target:
     """:func:`check_media_url`, returning the addresses the host resolved to (one lookup)."""
     try:
         parsed = httpx.URL(url)
@@ -145,7 +135,7 @@ def _check(url: str, settings: Settings) -> _Hop:
         for addr in addrs:
             if not is_public(addr):
                 raise MirrorRejected(f"media host {host} resolves to a non-public address ({addr})")
-    return _Hop(url=parsed, host=host, port=port, addresses=tuple(addrs), literal=_is_literal(host))
+    return Target(url=parsed, host=host, port=port, addresses=tuple(addrs))
 
 
 def make_media_client(settings: Settings, *, max_connections: int | None = None) -> httpx.Client:
@@ -279,27 +269,16 @@ def _connect(http: httpx.Client, url: str, settings: Settings, budget: deadline.
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _send_pinned(http: httpx.Client, hop: _Hop, budget: deadline.Budget,
+def _send_pinned(http: httpx.Client, hop: Target, budget: deadline.Budget,
                  expired: str) -> tuple[httpx.Response, str]:
-    """GET ``hop.url`` from its checked addresses in turn (the next one if connecting fails)."""
-    headers = {**_HEADERS, "Host": hop.url.netloc.decode("ascii")}
-    extensions: dict[str, object] = {}
-    if hop.url.scheme == "https":
-        headers["Connection"] = "close"  # never reuse a TLS connection verified for another name
-        if not hop.literal:
-            extensions["sni_hostname"] = hop.host
-    for i, addr in enumerate(hop.addresses):
-        request = http.build_request("GET", hop.url.copy_with(host=str(addr)), headers=headers,
-                                     extensions=extensions)
-        try:
-            return http.send(request, stream=True, follow_redirects=False), str(addr)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            if i < len(hop.addresses) - 1 and not budget.expired:
-                continue
-            raise _transport_error(exc, hop.host, budget, expired) from None
-        except httpx.TransportError as exc:
-            raise _transport_error(exc, hop.host, budget, expired) from None
-    raise AssertionError("unreachable")  # pragma: no cover - resolve() never returns no address
+    """GET ``hop.url`` from its checked addresses in turn (:func:`falq.shared.outbound.send_pinned`,
+    the egress path callbacks use too)."""
+    try:
+        response, addr = send_pinned(http, hop, "GET", headers=_HEADERS, stream=True,
+                                     give_up=lambda: budget.expired)
+    except httpx.TransportError as exc:
+        raise _transport_error(exc, hop.host, budget, expired) from None
+    return response, str(addr)
 
 
 def _check_status(response: httpx.Response, host: str) -> None:
@@ -312,6 +291,8 @@ def _check_status(response: httpx.Response, host: str) -> None:
             retry_after=_retry_after(response.headers.get("retry-after")),
             reason=_REASON,
         )
+    if status in (403, 404):
+        raise MediaAccessDenied(f"media host {host} answered HTTP {status}", status_code=status)
     raise MirrorRejected(f"media host {host} answered HTTP {status}")
 
 
@@ -352,14 +333,6 @@ def _split_entry(entry: str) -> tuple[str, int | None]:
         host, _, port = entry.partition(":")
         return host.rstrip("."), int(port) if port.isdigit() else None
     return entry.rstrip("."), None
-
-
-def _is_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _resolve(host: str, port: int) -> list[IPAddress]:

@@ -309,6 +309,7 @@ class FollowPhase(StepBase):
 
         def kept(r: JobRecord) -> None:
             r.result_saved_at = saved_at
+            r.billable_units = res.billable_units
             if res.billable_units is not None and price is not None:
                 r.cost_billed = round(res.billable_units * price, 6)
                 r.cost_source = "fal_billable_units"

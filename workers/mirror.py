@@ -4,6 +4,8 @@ The bytes are streamed (or decoded, for sync-mode data URIs) into a spooled temp
 file -- memory up to ``settings.mirror_memory_bytes``, disk beyond -- while their
 SHA-256, MD5 and size are computed. Then:
 
+* an output URL that answers 403/404 (an account whose files are not public) is fetched
+  again through a signed URL from fal's platform API (``sign_url``);
 * the first bytes are sniffed: anything that is not really JPEG/PNG/WEBP (an HTML error
   page served as ``image/png``, say) is a :class:`MirrorRejected` naming what was found;
 * the image must end where its format says it ends -- a JPEG's end-of-image marker
@@ -36,12 +38,12 @@ import base64
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 import httpx
 
-from falq.shared.errors import MediaTruncated, MirrorRejected
+from falq.shared.errors import MediaAccessDenied, MediaTruncated, MirrorRejected, PermanentError
 from falq.shared.images import EXTENSIONS, MIME_OF_FORMAT, parse_data_uri, sniff_mime
 from falq.shared.records import StoredImage
 from falq.shared.settings import Settings
@@ -90,6 +92,7 @@ def mirror_image(
     index: int,
     expected_format: str | None,
     check_existing: bool = True,
+    sign_url: Callable[[str], str] | None = None,
 ) -> StoredImage:
     """Copy one output image into the bucket and describe it.
 
@@ -101,6 +104,9 @@ def mirror_image(
             not rejected (the image is valid and already paid for).
         check_existing: look for an identical object first (False only when this is certainly
             the first copy: re-putting the same bytes would be harmless, just wasted).
+        sign_url: file URL -> a signed URL (:meth:`FalClient.sign_file_url`), asked for when the
+            URL answers 403/404 (an account with restricted file access): the image is paid
+            for, so a refused public link is not the end of it.
 
     Raises:
         MirrorRejected: host not allowed, too big, not a JPEG/PNG/WEBP, unreadable.
@@ -115,11 +121,7 @@ def mirror_image(
             source_host = "data-uri"
             claimed = _read_data_uri(source_url, sink, settings)
         else:
-            with open_media(http, source_url, settings) as media:
-                source_host = media.host
-                claimed = media.content_type
-                for chunk in media.iter_bytes():
-                    sink.write(chunk)
+            source_host, claimed = _download(http, source_url, settings, sink, sign_url)
         what = f"output image {index} from {source_host}"
         if sink.size == 0:
             raise MirrorRejected(f"{what} is empty")
@@ -176,6 +178,32 @@ def mirror_image(
             height=height,
             source_host=source_host,
         )
+
+
+def _download(http: httpx.Client, url: str, settings: Settings, sink: _Sink,
+              sign_url: Callable[[str], str] | None) -> tuple[str, str | None]:
+    """Stream ``url`` into ``sink``; on 403/404 once more through a signed URL. Returns
+    (host, claimed content type)."""
+    try:
+        return _stream_into(http, url, settings, sink)
+    except MediaAccessDenied as exc:
+        if sign_url is None:
+            raise
+        refused = exc
+    # Nothing was written yet: the refusal came with the answer's status line.
+    try:
+        signed = sign_url(url)
+    except PermanentError as exc:
+        raise MirrorRejected(f"{refused}; a signed URL was refused too ({exc})") from None
+    log.info("%s; mirroring through a signed URL from fal's platform API", refused)
+    return _stream_into(http, signed, settings, sink)
+
+
+def _stream_into(http: httpx.Client, url: str, settings: Settings, sink: _Sink) -> tuple[str, str | None]:
+    with open_media(http, url, settings) as media:
+        for chunk in media.iter_bytes():
+            sink.write(chunk)
+        return media.host, media.content_type
 
 
 def mirror_outputs(

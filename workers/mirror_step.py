@@ -67,6 +67,7 @@ def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
                 index=index,
                 expected_format=fmt,
                 check_existing=not first_try,
+                sign_url=ctx.fal.sign_file_url,
             )
         )
     return output, stored
