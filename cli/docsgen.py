@@ -9,7 +9,8 @@ it, so a page cannot go stale). The pages:
 * ``cli.md``: every ``falq`` command's ``--help``, from click;
 * ``rest-api.md``: every route of the gateway's OpenAPI document (:mod:`falq.gateway.openapi`);
 * ``errors.md``: the error tree under :class:`falq.shared.errors.FalqError`, from the classes;
-* ``redis-layout.md``: the key table of :mod:`falq.shared.keys`.
+* ``redis-layout.md``: the key table of :mod:`falq.shared.keys`, unless the Redis layer's own
+  generator (``falq.ops.redis_layout``) exists, which then owns that page.
 
 It lives in the CLI layer because it reads every layer (the CLI's commands included).
 """
@@ -17,6 +18,7 @@ It lives in the CLI layer because it reads every layer (the CLI's commands inclu
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import sys
 import types
@@ -420,8 +422,11 @@ PAGES: dict[str, Callable[[], str]] = {
     "cli.md": cli_page,
     "rest-api.md": rest_api_page,
     "errors.md": errors_page,
-    "redis-layout.md": redis_layout_page,
 }
+# The Redis layout page belongs to the Redis layer's own generator (falq.ops.redis_layout, with its
+# scripts) where it exists; this module writes the key table only in a checkout without it.
+if importlib.util.find_spec("falq.ops.redis_layout") is None:
+    PAGES["redis-layout.md"] = redis_layout_page
 
 
 def default_dir() -> Path:
