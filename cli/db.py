@@ -85,3 +85,35 @@ def current(as_json: bool) -> int:
         note = "up to date" if have == want else "behind: run `falq db upgrade`"
         click.echo(f"{where}: {have or 'empty'} (newest {want}; {note})")
     return EXIT_OK if have == want else 1
+
+
+@db.command()
+@click.option("--reset", is_flag=True, help="Drop the claim: the next worker to start makes its catalogue the "
+                                            "shared history (to move it to another database server).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@handle_errors
+def shared(reset: bool, as_json: bool) -> int:
+    """The deployment's shared history (the catalogue archivers write) and which catalogue each
+    registered worker and gateway uses (falq.shared.catalogue.registry)."""
+    from falq.shared.catalogue.registry import CatalogueRegistry
+    from falq.shared.redisconn import redis_client
+    from falq.shared.settings import get_settings
+
+    settings = get_settings()
+    reg = CatalogueRegistry(redis_client(settings.redis_url, max_connections=2, settings=settings),
+                            prefix=settings.key_prefix)
+    was = reg.reset() if reset else reg.shared()
+    hosts = reg.registrations()
+    if as_json:
+        emit_json({"shared": None if reset else was, "reset": was if reset else None,
+                   "registrations": [{"role": g.role, "host": g.host, "catalogue": g.catalogue, "seen": g.seen,
+                                      "stale": g.stale()} for g in hosts]})
+        return EXIT_OK
+    if reset:
+        click.echo(f"shared history claim dropped (was {was or 'unset'}); the next worker to start claims it")
+    else:
+        click.echo(f"shared history: {was or 'unset (no archiver has started)'}")
+    for g in hosts:
+        mark = "" if was is None or reset or g.catalogue == was else "  <- outside the shared history"
+        click.echo(f"  {g.role}@{g.host}: {g.catalogue}{' (stale)' if g.stale() else ''}{mark}")
+    return EXIT_OK

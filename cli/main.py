@@ -66,6 +66,7 @@ LAZY = {
     "callbacks": ("falq.cli.callbacks", "callbacks", "Per-job callbacks: pending ones, every try, redeliver."),
     "tenants": ("falq.cli.tenants", "tenants", "Tenants sharing the fal account, and their gateway API keys."),
     "top": ("falq.cli.ops", "top", "Live view of throughput, latency, failures, spend."),
+    "doctor": ("falq.cli.doctor", "doctor", "Check the configuration: Redis, S3, catalogue, fal key, clock..."),
     "db": ("falq.cli.db", "db", "The catalogue's database: apply migrations (upgrade), show the revision."),
     "catalogue": ("falq.cli.catalogue", "catalogue", "The catalogue of finished jobs: rebuild it from S3."),
     "report": ("falq.cli.report", "report", "Reports from the catalogue: spend by day, endpoint, tenant..."),

@@ -91,8 +91,10 @@ class ApiKeys:
         keys: the ``FALQ_API_KEYS`` keys (``default``-tenant admin keys).
         store: where tenant keys are looked up (None: only the configured keys work).
 
-    Raises :class:`GatewayConfigError` for an empty key list: refusing to start beats
-    silently accepting everyone.
+    Raises :class:`GatewayConfigError` when there is no way in at all: no configured key and no
+    tenant key in ``store`` (a gateway nobody can call is a configuration mistake, said at start).
+    Tenant keys alone are enough: a deployment that only uses ``falq tenants key create`` needs
+    no operator key.
     """
 
     def __init__(self, keys: Iterable[str] | None, store: ApiKeyStore | None = None) -> None:
@@ -101,8 +103,20 @@ class ApiKeys:
             self._keys: list[bytes] | None = None
             return
         self._keys = [k.encode() for k in keys if k]
-        if not self._keys:
-            raise GatewayConfigError("no API keys configured: set FALQ_API_KEYS or run with --unauthenticated")
+        if not self._keys and not self._tenant_keys_exist():
+            raise GatewayConfigError(
+                "no API keys configured: set FALQ_API_KEYS, create a tenant key (`falq tenants key create`) "
+                "or run with --unauthenticated")
+
+    def _tenant_keys_exist(self) -> bool:
+        if self.store is None:
+            return False
+        try:
+            return self.store.any_key()
+        except redis.RedisError as exc:
+            raise GatewayConfigError(
+                f"no FALQ_API_KEYS, and Redis cannot be asked for tenant keys ({type(exc).__name__}): "
+                "start Redis first, or set FALQ_API_KEYS") from exc
 
     @property
     def enabled(self) -> bool:

@@ -78,12 +78,13 @@ def command(host: str, port: int, public_url: str | None, unauthenticated: bool,
     if problem:  # an outdated catalogue schema: refuse to start, naming `falq db upgrade`
         print(f"falq api: {problem}", file=sys.stderr)
         return 2
+    _register_catalogue(app)
     try:
         sock = bind(host, port)
     except OSError as exc:
         print(f"falq api: cannot serve on {host}:{port}: {exc}", file=sys.stderr)
         return 1
-    auth = "unauthenticated" if unauthenticated else "API keys required"
+    auth = "unauthenticated" if unauthenticated else "API keys required"  # FALQ_API_KEYS or tenant keys
     print(f"falq gateway listening on {base_url(host, sock)} ({auth})", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(uvicorn_config(app, log_level)).run(sockets=[sock])
@@ -106,6 +107,31 @@ def _catalogue_problem(app: Any) -> str | None:
     except CatalogueUnavailable as exc:
         print(f"falq api: warning: {exc}", file=sys.stderr)
     return None
+
+
+def _register_catalogue(app: Any) -> None:
+    """Register the catalogue this gateway reads; warn when it is not the shared history (the
+    console and /v1 would show only part of it). Redis down: said, and the gateway starts."""
+    settings = app.state.gateway.settings
+    if not settings.catalogue:
+        return
+    import redis
+
+    from falq.shared.catalogue.engine import database_url
+    from falq.shared.catalogue.registry import CatalogueRegistry, host_name, identity_of
+
+    registry = CatalogueRegistry(app.state.gateway.store.r, prefix=settings.key_prefix, host=host_name(settings))
+    mine = identity_of(database_url(settings), registry.host)
+    try:
+        registry.register("gateway", mine)
+        shared = registry.shared()
+    except redis.RedisError as exc:
+        print(f"falq api: warning: cannot register the catalogue in Redis: {type(exc).__name__}", file=sys.stderr)
+        return
+    if shared is not None and shared != mine:
+        print(f"falq api: warning: this gateway reads {mine}, not the deployment's shared history {shared}: "
+              "it shows only part of the history. Set FALQ_DATABASE_URL to the shared database "
+              "(`falq doctor` checks every host)", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

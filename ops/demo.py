@@ -122,6 +122,14 @@ def _demo(out: Path, n_bulk: int, keep: bool) -> int:
         from falq.ops.top import run as top
 
         top(settings, once=True)
+        print("\nWhat `falq doctor` says about this stack (run it on every host of a deployment):")
+        from falq.ops.doctor import run_checks
+
+        checks = run_checks(settings)
+        for check in checks:
+            print(check.line())
+        if any(c.status == "fail" for c in checks):
+            return 1
         if keep:
             _keep_running(stack)
         else:

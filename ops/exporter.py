@@ -41,6 +41,10 @@ Metrics (all prefixed ``falq_``):
 ``falq_tenant_fal_outstanding``        gauge      ``{tenant}``: its requests outstanding at fal
 =====================================  =========  ==============================================
 
+``falq_catalogue_outside_shared_history{host, role}`` (gauge) is 1 for each live worker or
+gateway whose catalogue is not the deployment's shared history (its archiver stands aside,
+:mod:`falq.shared.catalogue.registry`); no series means one history.
+
 Counters the alert rules (``ops/prometheus/alerts.yml``) divide are exported as 0 before
 their first increment (finished per state and endpoint, content-policy failures, mirror
 retries): Prometheus' ``rate()`` cannot see a series' first value as an increase, so a
@@ -72,6 +76,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from falq.shared.catalogue.registry import CatalogueRegistry
 from falq.shared.commands import HELP_OPTIONS, verbatim
 from falq.shared.commands import run as run_command
 from falq.shared.endpoints import ENDPOINTS
@@ -141,6 +146,10 @@ class FalqCollector(Collector):
         yield from gauges(snap)
         yield from counters(snap)
         yield from histograms(snap)
+        try:
+            yield from catalogue_gauges(self.r, self.settings)
+        except redis.RedisError as exc:
+            log.warning("scrape: catalogue registry unreadable (%s)", type(exc).__name__)
 
 
 def gauges(snap: Snapshot) -> Iterable[Metric]:
@@ -188,6 +197,17 @@ def gauges(snap: Snapshot) -> Iterable[Metric]:
     yield from tenant_gauges(snap)
     yield GaugeMetricFamily("falq_archive_lag", "Finished jobs not yet copied into the SQL catalogue",
                             value=snap.archive_lag)
+
+
+def catalogue_gauges(client: redis.Redis, settings: Settings) -> Iterable[Metric]:
+    """Hosts whose catalogue is not the deployment's shared history (0 series: none)."""
+    outside = GaugeMetricFamily(
+        "falq_catalogue_outside_shared_history",
+        "1 per live worker/gateway whose catalogue is not the shared history (history split across hosts)",
+        labels=["host", "role"])
+    for reg in CatalogueRegistry(client, prefix=settings.key_prefix).outside():
+        outside.add_metric([reg.host, reg.role], 1)
+    yield outside
 
 
 def tenant_gauges(snap: Snapshot) -> Iterable[Metric]:

@@ -286,6 +286,13 @@ class StorageError(PermanentError):
     kind = "storage"
 
 
+class ObjectMissing(StorageError):
+    """The object is no longer in the bucket (deleted, expired by a lifecycle rule): the
+    console shows "no longer in the bucket" instead of a broken image."""
+
+    kind = "object_missing"
+
+
 # --- jobs --------------------------------------------------------------------------------
 
 

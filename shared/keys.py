@@ -65,6 +65,9 @@ key                             type    what
 ``{p}:archive``                 stream  finished jobs to copy into the SQL catalogue (``id``,
                                         ``v``: the saved version); consumer group ``archivers``
                                         (:mod:`falq.workers.archive`), acked after the commit
+``{p}:catalogues``              hash    ``role@host`` -> the catalogue that process uses (JSON, no
+                                        password; :mod:`falq.shared.catalogue.registry`)
+``{p}:catalogue:shared``        string  the shared history: the one catalogue archivers write
 ``{p}:batch:{id}``              hash    a batch (:mod:`falq.shared.batches`): ``doc`` (JSON), counts
                                         ``n:{state}``, ``total``, ``est_micro``, ``billed_micro``,
                                         ``last_end``; counts move in the job store's Lua scripts
@@ -296,6 +299,16 @@ class Keys:
     @property
     def archive(self) -> str:
         return f"{self.prefix}:archive"
+
+    @property
+    def catalogues(self) -> str:
+        """Hash ``role@host`` -> JSON: the catalogue each worker/gateway uses (shared.catalogue.registry)."""
+        return f"{self.prefix}:catalogues"
+
+    @property
+    def shared_catalogue(self) -> str:
+        """String: the identity of the deployment's shared history (the catalogue archivers write)."""
+        return f"{self.prefix}:catalogue:shared"
 
     def console_signin_addr(self, address: str) -> str:
         return f"{self.prefix}:console:login:ip:{address}"

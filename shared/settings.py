@@ -516,6 +516,9 @@ class Settings(BaseSettings):
         "~/.local/share/falq",
         description="Where the embedded SQLite catalogue lives when `database_url` is unset.",
     )
+    host_name: str | None = Field(
+        None, description="The name this host registers its catalogue under in Redis (falq doctor shows it; "
+        "an embedded SQLite file is identified by it and its path). Default: the machine's hostname.")
     database_auto_upgrade: Literal["sqlite", "always", "never"] = Field(
         "sqlite",
         description=(

@@ -32,7 +32,7 @@ from botocore import exceptions as boto_exc
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from falq.shared.errors import StorageError, StorageTransientError
+from falq.shared.errors import ObjectMissing, StorageError, StorageTransientError
 from falq.shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -363,6 +363,8 @@ class Storage:
             text = f"S3 {op} {where} failed: {code} (HTTP {status})" + (f": {detail}" if detail else "")
             if code in TRANSIENT_CODES or status == 429 or status >= 500:
                 return StorageTransientError(text, reason=f"s3_{code}")
+            if key and code in _NOT_FOUND_CODES and op in ("GetObject", "HeadObject"):
+                return ObjectMissing(text)
             return StorageError(text)
         if isinstance(exc, boto_exc.NoCredentialsError | boto_exc.PartialCredentialsError):
             return StorageError(f"S3 {op} {where} failed: no usable AWS credentials ({type(exc).__name__})")

@@ -207,6 +207,10 @@ class ApiKeyStore:
         return ApiKey(digest, f.get("tenant", ""), scopes, f.get("label", ""), float(f.get("created") or 0),
                       f.get("last4", ""))
 
+    def any_key(self) -> bool:
+        """Whether at least one tenant key exists (a SCAN that stops at the first)."""
+        return next(iter(self.r.scan_iter(match=self.keys.apikey("*"), count=1000)), None) is not None
+
     def list(self, tenant: str) -> list[ApiKey]:
         """The tenant's keys, oldest first."""
         digests = sorted(d.decode() if isinstance(d, bytes) else d for d in self.r.smembers(self.keys.apikeys(tenant)))

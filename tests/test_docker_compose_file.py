@@ -18,7 +18,9 @@ def _compose() -> dict[str, Any]:
 
 
 def _setting_env_names() -> set[str]:
-    names = set()
+    from falq.gateway.config import GatewaySettings
+
+    names = {f"FALQ_{name.upper()}" for name in GatewaySettings.model_fields}
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
         if alias is not None and hasattr(alias, "choices"):
@@ -28,8 +30,12 @@ def _setting_env_names() -> set[str]:
 
 
 def test_services_and_persistence() -> None:
-    services = _compose()["services"]
-    assert {"redis", "s3", "worker", "flower", "emulator", "metrics", "prometheus", "grafana"} <= services.keys()
+    compose = _compose()
+    services = compose["services"]
+    assert {"redis", "s3", "postgres", "migrate", "worker", "gateway", "flower", "emulator", "metrics", "prometheus",
+            "grafana"} <= services.keys()
+    assert "postgres-data:/var/lib/postgresql/data" in services["postgres"]["volumes"]
+    assert {"redis-data", "s3-data", "postgres-data"} <= compose["volumes"].keys()
     redis_cmd = services["redis"]["command"]
     assert "--appendonly yes" in redis_cmd and "--maxmemory-policy noeviction" in redis_cmd
     assert services["emulator"]["profiles"] == ["dev"]
@@ -90,8 +96,10 @@ def test_every_falq_environment_variable_is_a_setting() -> None:
 def test_no_secret_is_hard_coded() -> None:
     # Secrets come from the operator's .env; a missing one stops compose with a message.
     text = (ROOT / "docker-compose.yml").read_text()
-    secrets = "REDIS_PASSWORD|S3_SECRET_KEY|FALQ_FLOWER_PASSWORD|FALQ_METRICS_TOKEN|GRAFANA_ADMIN_PASSWORD"
-    for var in re.findall(rf"\$\{{((?:{secrets})[^}}]*)\}}", text):
+    secrets = ("REDIS_PASSWORD|S3_SECRET_KEY|POSTGRES_PASSWORD|FALQ_FLOWER_PASSWORD|FALQ_METRICS_TOKEN|"
+               "GRAFANA_ADMIN_PASSWORD")
+    # ($${VAR} is the container's own variable, expanded inside it: not compose interpolation.)
+    for var in re.findall(rf"(?<!\$)\$\{{((?:{secrets})[^}}]*)\}}", text):
         assert ":?" in var, var
     for name, svc in _compose()["services"].items():
         for var, value in (svc.get("environment") or {}).items():
@@ -237,3 +245,49 @@ def test_every_required_variable_is_in_env_example() -> None:
                if "=" in line and not line.startswith("#")}
     assert {"FALQ_METRICS_TOKEN", "GRAFANA_ADMIN_PASSWORD"} <= required
     assert required <= example, required - example
+
+
+# --- the whole product: pinned images, one catalogue, a start order that waits -----------------
+
+
+def test_every_image_is_pinned() -> None:
+    for name, svc in _compose()["services"].items():
+        if "image" in svc:
+            image = svc["image"]
+            repo, _, tag = image.rpartition(":")
+            assert repo and tag and tag != "latest" and "/" not in tag, (name, image)
+
+
+def test_one_catalogue_url_for_every_falq_service() -> None:
+    services = _compose()["services"]
+    falq = {name: svc for name, svc in services.items() if "build" in svc and "dev" not in svc.get("profiles", [])}
+    urls = {name: (svc.get("environment") or {}).get("FALQ_DATABASE_URL") for name, svc in falq.items()}
+    assert set(urls) >= {"migrate", "worker", "gateway", "flower", "metrics"}
+    assert len(set(urls.values())) == 1, urls
+    [url] = set(urls.values())
+    assert url.startswith("postgresql://") and "@postgres:5432/" in url
+    assert services["migrate"]["command"] == ["db", "upgrade"]
+
+
+def test_workers_and_gateway_wait_for_healthy_services_and_the_migration() -> None:
+    services = _compose()["services"]
+    for name in ("worker", "gateway"):
+        deps = services[name]["depends_on"]
+        assert deps["migrate"] == {"condition": "service_completed_successfully"}, name
+        assert deps["redis"] == {"condition": "service_healthy"}, name
+        assert deps["s3"] == {"condition": "service_healthy"}, name
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert services["migrate"].get("restart", "no") == "no"
+    # every service another waits on as healthy has a healthcheck
+    for name, svc in services.items():
+        for dep, cond in (svc.get("depends_on") or {}).items() if isinstance(svc.get("depends_on"), dict) else []:
+            if cond.get("condition") == "service_healthy":
+                assert "healthcheck" in services[dep], (name, dep)
+    assert services["gateway"]["command"][0] == "api" and "healthcheck" in services["gateway"]
+
+
+def test_the_media_hosts_default_is_falqs() -> None:
+    from falq.shared.settings import DEFAULT_MEDIA_HOSTS
+
+    env = _compose()["x-falq-env"]
+    assert env["FALQ_MEDIA_HOSTS"] == "${FALQ_MEDIA_HOSTS:-" + DEFAULT_MEDIA_HOSTS + "}"

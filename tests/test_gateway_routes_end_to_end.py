@@ -77,6 +77,7 @@ def test_refuses_to_start_without_keys(clean_stack: DevStack, monkeypatch: pytes
         GatewayServer(clean_stack.settings(), api_keys=[])
     monkeypatch.chdir(tmp_path)  # no .env
     monkeypatch.setenv("FALQ_API_KEYS", " , ")
+    monkeypatch.setenv("FALQ_REDIS_URL", clean_stack.redis.url)  # flushed: no tenant key either
     assert main(["--port", "0"]) == 2
 
 

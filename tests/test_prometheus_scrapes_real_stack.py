@@ -277,6 +277,15 @@ def test_every_dashboard_and_alert_expression_returns_series(clean_stack: DevSta
     assert spent > 0
     admin.budget_set(round(spent / 0.9, 6))
     prom.wait_series(alert_expr("FalqBudgetNearlySpent"), "the budget alert")
+
+    # 7. A second host whose worker keeps its own SQLite catalogue: its archiver registers it
+    # and stands aside (the stack's worker claimed the shared history), and the split shows.
+    from falq.shared.jobstore import JobStore
+    from falq.workers.archive import Archiver
+
+    host_b = clean_stack.settings(FALQ_HOST_NAME="host-b", FALQ_DATA_DIR=str(clean_stack.workdir / "host-b"))
+    assert not Archiver(JobStore(r, prefix=host_b.key_prefix, archive=True), host_b, None).shares_history(force=True)
+    prom.wait_series(alert_expr("FalqCatalogueSplit"), "the catalogue split")
     time.sleep(2)  # two more scrapes: every figure of the last phase is in
     ended = time.time()
 

@@ -45,6 +45,7 @@ import redis
 import sqlalchemy as sa
 
 from falq.shared.catalogue.engine import auto_upgrades, check_schema, database_url
+from falq.shared.catalogue.registry import CatalogueRegistry, explain_outside, host_name, identity_of
 from falq.shared.catalogue.rows import job_doc, row_from_record
 from falq.shared.catalogue.store import Catalogue, get_catalogue
 from falq.shared.errors import CatalogueSchemaOutdated, CatalogueUnavailable, StorageError, StorageTransientError
@@ -71,6 +72,8 @@ TRIM_EVERY_S = 10.0
 DEAD_CONSUMER_MS = 3_600_000
 #: job.json uploads in flight per batch.
 UPLOADS = 16
+#: How often an archiver re-registers its catalogue and re-checks that it is the shared history.
+CLAIM_EVERY_S = 30.0
 
 # Gives archived records their short TTL, each only if it is still the version archived
 # (a record saved again since has a newer entry on the stream and is archived again).
@@ -130,6 +133,10 @@ class Archiver:
         #: Jobs archived by this consumer (rows upserted), for tests and benchmarks.
         self.archived = 0
         self.skipped = 0
+        self.registry = CatalogueRegistry(self.r, prefix=settings.key_prefix, host=host_name(settings))
+        self._next_claim_check = 0.0
+        #: Whether this archiver's catalogue is the deployment's shared history (None: not checked yet).
+        self.shares: bool | None = None
 
     @property
     def catalogue(self) -> Catalogue:
@@ -137,11 +144,37 @@ class Archiver:
             self._catalogue = get_catalogue(self.settings)
         return self._catalogue
 
+    def identity(self) -> str:
+        """This archiver's catalogue identity (:mod:`falq.shared.catalogue.registry`)."""
+        return identity_of(self.catalogue.engine.url.render_as_string(hide_password=False), self.registry.host)
+
+    def shares_history(self, *, force: bool = False) -> bool:
+        """Register this catalogue and claim the shared history (every :data:`CLAIM_EVERY_S`);
+        whether this archiver may consume the stream. Says so in the log when it changes."""
+        now = time.monotonic()
+        if not force and self.shares is not None and now < self._next_claim_check:
+            return self.shares
+        self._next_claim_check = now + CLAIM_EVERY_S
+        mine = self.identity()
+        self.registry.register("worker", mine)
+        shared = self.registry.claim(mine)
+        shares = shared == mine
+        if shares != self.shares:
+            if shares:
+                log.info("archiving into %s, the deployment's shared history", mine)
+            else:
+                log.warning("archiver off: %s", explain_outside(mine, shared))
+        self.shares = shares
+        return shares
+
     # --- the loop --------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         """Archive until ``stop`` is set; never raises, backs off on failures."""
         while not stop.is_set():
             try:
+                if not self.shares_history():
+                    stop.wait(CLAIM_EVERY_S)
+                    continue
                 self.tick(block_ms=BLOCK_MS)
                 self.failures = 0
             except Exception as exc:  # the database, S3 or Redis is down: wait and go on
@@ -152,8 +185,10 @@ class Archiver:
 
     def tick(self, *, block_ms: int = 0) -> int:
         """One pass: take over stale entries, archive this consumer's pending ones, else new
-        ones. Returns how many entries were handled (acked). Raises on a failure (the
-        entries stay pending)."""
+        ones. Returns how many entries were handled (acked); 0 without reading when this
+        catalogue is not the shared history. Raises on a failure (the entries stay pending)."""
+        if not self.shares_history():
+            return 0
         self._ensure_group()
         now = time.monotonic()
         if now >= self._next_claim:
@@ -370,6 +405,10 @@ def start_archiver(store: JobStore, settings: Settings, storage: Storage | None,
                    stop: threading.Event | None = None) -> Archiver:
     """Start this worker's archiver (a daemon thread) until ``stop`` is set."""
     archiver = Archiver(store, settings, storage)
+    try:  # said at start; the loop re-checks (a reset claim, a database that was down)
+        archiver.shares_history(force=True)
+    except Exception as exc:
+        log.warning("cannot check the shared history yet: %s", _describe(exc))
     threading.Thread(target=archiver.run, args=(stop or threading.Event(),), name="falq-archiver",
                      daemon=True).start()
     return archiver

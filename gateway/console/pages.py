@@ -63,11 +63,13 @@ from falq.gateway.console.thumbs import NoPreview, Thumbnails
 from falq.gateway.core import Gateway, blocking, visible_job
 from falq.producers.admin import Admin
 from falq.shared.endpoints import ENDPOINTS
-from falq.shared.errors import InvalidInput, JobNotFound, StorageError, StorageTransientError
+from falq.shared.errors import InvalidInput, JobNotFound, ObjectMissing, StorageError, StorageTransientError
 from falq.shared.records import STATES, JobRecord
 from falq.shared.tenants import ApiKeyStore
 
 HERE = Path(__file__).parent
+#: What the console says for an image whose object is no longer in the bucket.
+MISSING_TEXT = "no longer in the bucket"
 #: The policy: only falq's own scripts, styles and images (thumbnails and images come through
 #: the console's own routes, so no S3 host is needed); no inline script or style, no framing.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -453,6 +455,8 @@ async def thumb(request: Request) -> Response:
         jpeg = await blocking(c.thumbs.get, img, c.thumbs.folder_of(rec.endpoint, img))
     except NoPreview:
         return Response("no preview for this image", 404, media_type="text/plain")
+    except ObjectMissing:
+        return _gone()
     return Response(jpeg, media_type="image/jpeg",
                     headers={"cache-control": "private, max-age=86400", "etag": f'"{img.sha256[:32]}"'})
 
@@ -462,13 +466,21 @@ async def image(request: Request) -> Response:
     c = _console(request)
     rec = await _visible(c, request)
     img = _image(rec, request)
-    body = await blocking(c.gw.storage.get_bytes, img.key)
+    try:
+        body = await blocking(c.gw.storage.get_bytes, img.key)
+    except ObjectMissing:
+        return _gone()
     ext = img.key.rsplit(".", 1)[-1] if "." in img.key.rsplit("/", 1)[-1] else "bin"
     name = _SAFE_NAME.sub("_", f"{rec.id}_{img.index}.{ext}")
     ctype = img.content_type if img.content_type in IMAGE_TYPES else "application/octet-stream"
     disposition = "attachment" if request.query_params.get("download") or ctype not in IMAGE_TYPES else "inline"
     return Response(body, media_type=ctype, headers={"content-disposition": f'{disposition}; filename="{name}"',
                                                      "cache-control": "private, max-age=3600"})
+
+
+def _gone() -> Response:
+    """An image whose object is no longer in the bucket: 410 (console.js shows the placeholder)."""
+    return Response(MISSING_TEXT, 410, media_type="text/plain", headers={"cache-control": "no-store"})
 
 
 @guarded("submit", action=True)

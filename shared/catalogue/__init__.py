@@ -4,7 +4,8 @@
   migrations (``falq db upgrade``); :mod:`.rows` -- record <-> row <-> ``job.json``;
   :mod:`.store` -- upsert, lookup, search, spend reports; :mod:`.search` -- the same filters
   in memory and the merge of live and archived records; :mod:`.revive` -- an archived job
-  written back into Redis, for ``falq retry`` of a job Redis forgot.
+  written back into Redis, for ``falq retry`` of a job Redis forgot; :mod:`.registry` -- which
+  catalogue each host uses, and the one shared history archivers write (``falq db shared``).
 
 Names are imported on first use, so ``from falq.shared.catalogue.search import ...`` (what
 producers import at start) does not load SQLAlchemy. How jobs get here and why it is
