@@ -102,7 +102,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                                   "pause_poll_s")),
     ("Fair share between tenants", ("fair_",)),
     ("Chains", ("chain_",)),
-    ("Catalogue", ("catalogue", "database_", "data_dir", "archive", "archived_ttl_s", "job_json")),
+    ("Catalogue", ("catalogue", "database_", "data_dir", "archive", "archived_ttl_s", "job_json", "host_name")),
     ("Web console", ("console_",)),
     ("Flower and metrics", ("flower_", "metrics_")),
 )
