@@ -187,10 +187,23 @@ def record_view(rec: JobRecord, *, elapsed: float | None = None, logs: int = 5) 
                      f"{img.content_type}, {img.size} bytes)")
     if rec.error is not None and (rec.state == "failed" or not rec.terminal):
         grid.add_row("error", f"{rec.error.type}: {rec.error.message}")
+    if rec.fal_cancel_at is not None and not rec.terminal:
+        grid.add_row("fal", "asked to cancel; following the request until fal says how it ended")
+    if rec.fal_outcome is not None:
+        grid.add_row("fal", FAL_OUTCOME_NOTES[rec.fal_outcome])
     for line in rec.logs[-logs:] if logs else []:
         grid.add_row("log", line)
     return grid
 
+
+#: What ``falq status`` says about how fal ended a request falq asked it to cancel.
+FAL_OUTCOME_NOTES = {
+    "finished": "fal finished it despite the cancel: billed, output kept and mirrored (`falq retry` completes it "
+                "from that output, without paying again)",
+    "stopped": "fal stopped it after the cancel: not billed",
+    "removed": "fal removed it from its queue before it ran: not billed",
+    "unknown": "fal never said how it ended after the cancel: whether it was billed is unknown",
+}
 
 _STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "in_progress": "cyan",
                 "in_queue": "blue", "mirroring": "magenta",

@@ -128,6 +128,10 @@ async def queue_call(request: Request) -> Response:
     if action == "" and method == "GET":
         code, body, headers = emu.result(rec)
         return _json(code, body, rid, headers)
+    if action in ("status", "status/stream") and method == "GET":
+        dropped = emu.start_timeout_answer(rec)
+        if dropped is not None:
+            return _json(*dropped[:2], rid, dropped[2])
     if action == "status" and method == "GET":
         body = emu.status_body(rec, _truthy(request.query_params.get("logs")))
         return _json(200 if rec.state == COMPLETED else 202, body, rid)
@@ -181,6 +185,8 @@ def _stream(request: Request, emu: Emulator, rec: RequestRecord) -> Response:
             position = emu.queue_of(rec).position(rec) if rec.state == IN_QUEUE else None
             key = (rec.state, position)
             new_logs = with_logs and rec.state != IN_QUEUE and len(rec.logs) > sent
+            if emu.start_timeout_answer(rec) is not None:
+                return  # dropped at its start timeout: a reconnect gets the 504
             if last is None or key != last or new_logs:
                 body = emu.status_body(rec, False)
                 if with_logs and rec.state != IN_QUEUE:

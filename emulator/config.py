@@ -104,6 +104,29 @@ class EmulatorConfig(BaseModel):
             created and runs, but the submit answers 500 ``{"detail": "Internal server
             error"}`` with its ``x-fal-request-id`` (fal may have created the request).
         completed_error: per-request rate of finishing COMPLETED with ``runner_disconnected``.
+        cancel_ignored_share: the share of cancels of a *running* request that the app ignores:
+            the request goes on and completes, billed (fal's cancel docs: "the model app decides
+            how to stop the work"; fal's e2e ``test_app_cancellation``: an app without a cancel
+            handler "should just ignore the cancellation"). Whether Qwen-Image-2 honours cancels
+            is unknown, so by default half do (0.5). The share is spread deterministically over
+            the cancels of running requests (the k-th is ignored when ``floor(k*share)`` grows),
+            so the first such cancel is honoured at 0.5 and a run replays. A queued request is
+            always removed (nothing billed).
+        result_5xx_with_id: per-call rate at which the result GET of a request that succeeded
+            answers 500 ``{"detail": "Internal Server Error"}`` **with** ``x-fal-request-id``
+            (fal-ai/fal#694; how often the live service does it is not established). A fault
+            option, 0 by default; applies when ``result`` is in ``fault_calls``.
+        result_5xx_first: the first this many result GETs of every successful request answer
+            that 500 (a deterministic form of the same fault; 0 by default).
+        submit_outage_s: an edge outage on submit: from the moment this value is set (changed
+            to a positive number), every submit for this many seconds answers fal's nginx 502
+            page without ``x-fal-request-id``; nothing is created. 0 (default): none. Set it to
+            0 and back to start another outage of the same length.
+        start_timeout_status: how status calls and the status stream report a request fal
+            dropped at its start timeout: ``504`` (default) answers 504 with
+            ``X-Fal-Request-Timeout-Type: user`` on them as on the result (the live service may
+            answer either way, reference section 11.5); ``completed`` answers COMPLETED with
+            ``error_type`` ``request_timeout`` and keeps the 504 for the result only.
         fault_seed: seeds the fault RNG (None: random).
         fault_calls: the call kinds the per-call faults apply to (default: all).
         retry_after_rate: share of injected 429s that carry ``Retry-After: retry_after_s``.
@@ -158,6 +181,11 @@ class EmulatorConfig(BaseModel):
     slow_s: float = Field(2.0, ge=0)
     submit_500_created: Rate = Field(0.0, ge=0, le=1)
     completed_error: Rate = Field(0.0, ge=0, le=1)
+    cancel_ignored_share: Rate = Field(0.5, ge=0, le=1)
+    result_5xx_with_id: Rate = Field(0.0, ge=0, le=1)
+    result_5xx_first: int = Field(0, ge=0, le=1000)
+    submit_outage_s: float = Field(0.0, ge=0, le=24 * 3600)
+    start_timeout_status: Literal["504", "completed"] = "504"
     fault_seed: int | None = None
     fault_calls: list[CallKind] = Field(default_factory=lambda: list(CALL_KINDS))
     retry_after_rate: Rate = Field(0.5, ge=0, le=1)

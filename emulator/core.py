@@ -8,7 +8,14 @@ that includes a moderated prompt (``content_policy_violation``, result 422) and 
 dropped unbilled because no runner started it within ``X-Fal-Request-Timeout``.
 
 Results expire as fal documents (see :meth:`Emulator.result_expired`), and a successful
-result carries ``x-fal-billable-units``. ``X-Fal-Queue-Priority: low`` requests wait
+result carries ``x-fal-billable-units``. A cancel removes a queued request; a running one
+stops, or (``cancel_ignored_share``, half by default) goes on and completes, billed, as an
+app without a cancel handler does on fal. A request dropped at its start timeout answers 504
+with ``X-Fal-Request-Timeout-Type: user`` on status and stream as on its result
+(``start_timeout_status``); ``X-Fal-Request-Start-Timeout`` wins over the deprecated
+``X-Fal-Request-Timeout``. Fault options: ``result_5xx_with_id`` / ``result_5xx_first`` (a
+500 naming the request on the result of one that succeeded) and ``submit_outage_s`` (an edge
+outage on submit, see :mod:`falq.emulator.faults`). ``X-Fal-Queue-Priority: low`` requests wait
 behind every normal request of the key (:class:`~falq.emulator.state.KeyQueue`).
 
 Example::
@@ -26,6 +33,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import math
 import random
 import time
 import uuid
@@ -49,6 +57,9 @@ LOCKED_DETAIL = "User is locked. Reason: Exhausted balance. Top up your balance 
 CANCELLED_BODY = {"detail": "Request was cancelled", "error_type": "client_cancelled"}
 DISCONNECTED_BODY = {"detail": "Runner disconnected", "error_type": "runner_disconnected"}
 TIMEOUT_BODY = {"detail": "Request timed out before it started", "error_type": "request_timeout"}
+#: The result of a request that succeeded, under the ``result_5xx_*`` fault (fal-ai/fal#694).
+RESULT_500_BODY = {"detail": "Internal Server Error"}
+START_TIMEOUT_HEADERS = {"X-Fal-Request-Timeout-Type": "user"}
 EXPIRED_BODY = {"detail": "Request result not found or expired"}
 VALIDATION_ERROR_TYPE = "validation_error"
 MODERATION_ERROR_TYPE = "content_policy_violation"
@@ -135,6 +146,8 @@ class Emulator:
         self._http: httpx.AsyncClient | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self.generation = 0
+        #: Until when (unix time) submits meet the edge outage of ``submit_outage_s``.
+        self.outage_until = time.time() + self.config.submit_outage_s if self.config.submit_outage_s else 0.0
         self._clear()
 
     def _clear(self) -> None:
@@ -143,6 +156,7 @@ class Emulator:
         self._times: list[float] = []
         self.queues: dict[str, KeyQueue] = {}
         self.stats = Stats()
+        self.running_cancels = 0  # cancels of running requests so far (cancel_ignored_share)
 
     # --- configuration ------------------------------------------------------------------
 
@@ -151,6 +165,8 @@ class Emulator:
         old = self.config
         self.config = config
         self.faults.configure(config, reseed=config.fault_seed != old.fault_seed)
+        if config.submit_outage_s != old.submit_outage_s:
+            self.outage_until = time.time() + config.submit_outage_s if config.submit_outage_s else 0.0
         self.renderer.cache_size = config.render_cache_size
         self.renderer.cache_bytes = config.render_cache_mb * 2**20
         for kh in list(self.queues):
@@ -165,6 +181,7 @@ class Emulator:
             if rec.timeout_handle is not None:
                 rec.timeout_handle.cancel()
         self._clear()
+        self.outage_until = 0.0
         self.files.clear()
         self.renderer.clear()
         self.faults.configure(self.config, reseed=True)
@@ -206,7 +223,9 @@ class Emulator:
         except (ValueError, UnicodeDecodeError):
             rec.input = {"_raw": body[:1000].decode("utf-8", "replace")}
             rec.parse_error = {"detail": [{"loc": ["body"], "msg": "Body is not valid JSON", "type": "json_invalid"}]}
-        timeout = headers.get("x-fal-request-timeout")
+        # fal: X-Fal-Request-Start-Timeout is the new name, the deprecated X-Fal-Request-Timeout is
+        # honoured, and the new one wins when both are sent.
+        timeout = headers.get("x-fal-request-start-timeout") or headers.get("x-fal-request-timeout")
         with contextlib.suppress(ValueError):
             rec.start_timeout_s = float(timeout) if timeout else None
         rec.store_io = headers.get("x-fal-store-io", "").strip().lower() not in ("0", "false")
@@ -330,14 +349,31 @@ class Emulator:
             return
         self.queue_of(rec).remove(rec)
         rec.timeout_handle = None
-        self._complete(
-            rec,
-            504,
-            TIMEOUT_BODY,
-            "Request timed out",
-            "request_timeout",
-            {"X-Fal-Request-Timeout-Type": "user"},
-        )
+        rec.start_timed_out = True
+        self._complete(rec, 504, TIMEOUT_BODY, "Request timed out", "request_timeout", dict(START_TIMEOUT_HEADERS))
+
+    def start_timeout_answer(self, rec: RequestRecord) -> tuple[int, dict[str, Any], dict[str, str]] | None:
+        """The 504 a status call or stream gets for a request dropped at its start timeout
+        (``start_timeout_status="504"``), else None (answer as usual)."""
+        if rec.start_timed_out and self.config.start_timeout_status == "504":
+            return 504, dict(TIMEOUT_BODY), dict(START_TIMEOUT_HEADERS)
+        return None
+
+    def submit_outage(self) -> bool:
+        """Whether a submit now meets the edge outage of ``submit_outage_s``."""
+        return self.outage_until > 0 and time.time() < self.outage_until
+
+    def result_fault(self, rec: RequestRecord) -> bool:
+        """Whether this result GET of a request that succeeded answers the 500 naming it."""
+        cfg = self.config
+        if rec.result_status != 200 or "result" not in cfg.fault_calls:
+            return False
+        rec.result_gets += 1
+        hit = rec.result_gets <= cfg.result_5xx_first or (
+            cfg.result_5xx_with_id > 0 and self.faults.rng.random() < cfg.result_5xx_with_id)
+        if hit:
+            self.stats.faults["result_5xx_with_id"] += 1
+        return hit
 
     async def _run(self, rec: RequestRecord, queue: KeyQueue) -> None:
         t0 = time.monotonic()
@@ -475,7 +511,14 @@ class Emulator:
             self._complete(rec, 499, CANCELLED_BODY, "Request was cancelled", "client_cancelled")
         elif not rec.cancelled:
             rec.cancelled = True
-            if rec.task is not None:
+            share = self.config.cancel_ignored_share
+            self.running_cancels += 1
+            k = self.running_cancels
+            if math.floor(k * share) > math.floor((k - 1) * share):
+                # The app has no cancel handler: the request runs on and completes, billed.
+                rec.cancel_ignored = True
+                self.stats.faults["cancel_ignored"] += 1
+            elif rec.task is not None:
                 rec.task.cancel()
         return 202, {"status": "CANCELLATION_REQUESTED"}
 
@@ -514,6 +557,8 @@ class Emulator:
             return 400, {"detail": "Request is still in progress"}, {}
         if self.result_expired(rec):
             return 404, dict(EXPIRED_BODY), {}
+        if self.result_fault(rec):
+            return 500, dict(RESULT_500_BODY), {}
         return rec.result_status or 500, rec.result_body, rec.result_headers
 
     async def wait_change(self, rec: RequestRecord, timeout: float) -> None:

@@ -15,6 +15,9 @@ A faulted submit never creates a request, with one deliberate exception:
 ``submit_500_created`` lets the submit through, so the request IS created and runs, and
 then answers 500 ``{"detail": "Internal server error"}`` **with** ``x-fal-request-id``:
 the case where fal may have created the request and a client must not blindly resubmit.
+``submit_outage_s`` is an edge outage: while it lasts every submit answers the nginx 502
+page without ``x-fal-request-id`` and nothing is created (a minute or more of these is what
+fal's edge does now and then, reference section 11.4).
 The per-request ``completed_error`` and ``moderation_rate`` draws happen at submit time
 (:meth:`FaultInjector.draw_completed_error`, :meth:`FaultInjector.draw_moderation`).
 
@@ -130,6 +133,13 @@ def _client(scope: Scope) -> tuple[str, int] | None:
     return str(client[0]), int(client[1])
 
 
+def _nginx_page(code: int) -> bytes:
+    """fal's edge error page (what fal-client's ``_is_ingress_error`` recognises by "nginx")."""
+    reason = _REASONS.get(code, "Server Error")
+    return (f"<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} "
+            f"{reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n").encode()
+
+
 async def _send_simple(send: Send, code: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": code, "headers": headers})
@@ -145,6 +155,8 @@ class Emulator(Protocol):
     stats: Stats
 
     def note_call(self, rid: str | None, kind: str, client: Any) -> None: ...
+
+    def submit_outage(self) -> bool: ...
 
 
 class FaultMiddleware:
@@ -170,6 +182,12 @@ class FaultMiddleware:
             send = self._attributing(send, client)
         elif kind != "file":
             emu.note_call(request_id_in_path(scope["path"]), kind, client)
+        if kind == "submit" and emu.submit_outage():
+            emu.stats.faults["submit_outage"] += 1
+            emu.stats.rejected["submit_outage"] += 1
+            emu.stats.rejected_submits["outage"] += 1
+            await _send_simple(send, 502, _nginx_page(502), [(b"content-type", b"text/html")])
+            return
         fault = emu.faults.draw(kind)
         if fault is None:
             if kind == "submit" and emu.faults.draw_submit_500():
@@ -195,12 +213,7 @@ class FaultMiddleware:
             return  # uvicorn closes the transport: the client sees an incomplete body
         if fault == "5xx":
             code = emu.faults.rng.choice(emu.config.fail_5xx_codes)
-            reason = _REASONS.get(code, "Server Error")
-            page = (
-                f"<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} "
-                f"{reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
-            )
-            await _send_simple(send, code, page.encode(), [(b"content-type", b"text/html")])
+            await _send_simple(send, code, _nginx_page(code), [(b"content-type", b"text/html")])
             return
         headers = [(b"content-type", b"application/json")]
         if emu.faults.rng.random() < emu.config.retry_after_rate:

@@ -58,6 +58,11 @@ class RequestRecord:
     error: str | None = None
     error_type: str | None = None
     cancelled: bool = False
+    #: The request was cancelled while running and its app ignored that: it completes, billed.
+    cancel_ignored: bool = False
+    #: fal dropped it unbilled: no runner started it within its start timeout.
+    start_timed_out: bool = False
+    result_gets: int = 0  # result GETs of a successful request (the result_5xx_first fault)
     inference_time: float | None = None
     seed: int | None = None
     inject_error: bool = False
@@ -116,6 +121,10 @@ class RequestRecord:
             "error": self.error,
             "error_type": self.error_type,
             "cancelled": self.cancelled,
+            "cancel_ignored": self.cancel_ignored,
+            "start_timed_out": self.start_timed_out,
+            #: What fal bills for it: x-fal-billable-units of a successful result, else 0.
+            "billable_units": float(self.result_headers.get("x-fal-billable-units", 0) or 0),
             "inference_time": self.inference_time,
             "seed": self.seed,
             "log_count": len(self.logs),

@@ -804,7 +804,9 @@ class Admin(TenantAdmin):
                 continue
             r = recs[job_id]
             # A chained job retried goes back to waiting for its parents (falq.shared.chains).
-            retried = before.get(job_id) == "failed" and r.state in ("queued", "waiting")
+            # A job holding an output fal billed is run on from it (mirroring, or completed at once).
+            retried = (before.get(job_id) in ("failed", "cancelled") and r.state != before.get(job_id)
+                       and r.state in ("queued", "waiting", "mirroring", "completed"))
             out.append(RetryOutcome(r, retried, "" if retried else _not_retried(r), warnings.get(job_id, "")))
         return out
 

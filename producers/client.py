@@ -426,14 +426,30 @@ class Falq:
         and ``submissions`` keep the whole history, and ``retry_from`` restarts the attempt
         limit. Jobs not in ``failed`` are returned unchanged. Raises :class:`JobNotFound`
         for an unknown id (before anything is changed).
+
+        A job that holds an output fal made and billed is never submitted again: a cancelled
+        job fal finished anyway completes from its mirrored images, and a failed (or cancelled)
+        job whose result is kept beside its record goes back to mirroring it.
         """
         ids = list(dict.fromkeys(job_ids))
         for job_id in ids:
             self.store.get(job_id)
 
         applied = {"last": False}  # set by the last (successful) run of `again`
+        kept = {"last": ""}  # how the last run of `again` reused an output fal made (and billed)
 
         def again(r: JobRecord) -> bool:
+            applied["last"], kept["last"] = False, ""
+            paid = self._kept_output(r)
+            if paid:
+                # fal made (and billed) this job's output: use it, never submit again.
+                kept["last"] = paid
+                if paid == "mirrored":
+                    r.move("completed")
+                else:
+                    r.paused, r.cancel_requested = None, False
+                    r.move("mirroring")
+                return True
             applied["last"] = r.state == "failed"
             if r.state != "failed":
                 return False
@@ -442,6 +458,13 @@ class Falq:
 
         out = []
         for job_id in ids:
+            if self._kept_output(self.store.get(job_id)):
+                rec = self.store.update(job_id, again)
+                if kept["last"] == "saved":
+                    self.redis.delete(self.store.cancel_key(job_id))
+                    publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)
+                out.append(rec)
+                continue
             # A chained job waits for its parents again, its references restored (falq.shared.chains).
             if self.chains.reopen(job_id, states=("failed",)):
                 out.append(self.store.get(job_id))
@@ -453,6 +476,17 @@ class Falq:
                 self.chains.reopen_children(rec.id)  # the children it failed wait for it again
             out.append(rec)
         return out
+
+    def _kept_output(self, r: JobRecord) -> str:
+        """How a failed or cancelled job still holds an output fal made and billed: ``mirrored``
+        (a cancelled job fal finished anyway: its images are in the bucket), ``saved`` (fal's
+        result JSON is kept beside the record, not yet mirrored), or '' (none: a retry submits)."""
+        if r.state == "cancelled" and r.fal_outcome == "finished" and r.outputs:
+            return "mirrored"
+        if r.state in ("failed", "cancelled") and r.result_saved_at is not None and r.response_url \
+                and self.store.load_result(r.id) is not None:
+            return "saved"
+        return ""
 
     def retry_failed(self, since: float | None = None, *, limit: int = 100_000) -> list[JobRecord]:
         """:meth:`retry` every failed job (that failed after ``since``, epoch seconds)."""

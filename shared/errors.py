@@ -130,6 +130,18 @@ class FalIngressError(FalTransientError):
     kind = "fal_ingress"
 
 
+class FalResultError(FalTransientError):
+    """The result GET of a request fal reported COMPLETED without an error answered a 5xx
+    (with or without ``x-fal-request-id``) that names no infrastructure ``error_type``.
+
+    The request succeeded and is billed; neither official client ever submits again here
+    (reference section 11.1). The same result is fetched again with backoff, for as long as
+    fal keeps results (``FALQ_FAL_RESULT_RETRY_S``); never a reason for a new submission.
+    """
+
+    kind = "fal_result_error"
+
+
 class FalAccountLocked(RetryableError, FalError):
     """fal refused the key's account: ``403 User is locked. Reason: Exhausted balance...``
     (or a 402). No request was created; every job of the key pauses until a top-up or
@@ -181,6 +193,30 @@ class FalStartTimeout(PermanentError, FalError):
     (``FALQ_FAL_START_TIMEOUT_S``): fal dropped it unbilled (504, timeout type ``user``)."""
 
     kind = "start_timeout"
+
+
+class FalResultUnavailable(PermanentError, FalError):
+    """fal kept answering errors for the result of a request it finished cleanly, for longer
+    than it keeps results (``FALQ_FAL_RESULT_RETRY_S``). The request was billed; the job
+    fails with this reason and is never submitted again by falq on its own."""
+
+    kind = "result_unavailable"
+
+
+class SubmitRefused(PermanentError, FalError):
+    """Every submit of a job met answers that created nothing at fal (edge pages, 429s,
+    connections never made) for longer than ``FALQ_SUBMIT_REFUSED_MAX_S``. Nothing was
+    created or billed; ``falq retry`` runs the job again."""
+
+    kind = "submit_refused"
+
+
+class StepCrashed(PermanentError):
+    """A step of the job raised an unexpected error ``FALQ_MAX_STEP_CRASHES`` times in a row
+    (a bug, or a record falq cannot handle). The job fails with the last error instead of
+    looping; a request at fal stays on the record."""
+
+    kind = "step_crashed"
 
 
 class FalBadAnswer(PermanentError, FalError):

@@ -15,11 +15,17 @@ README's "fal, as the live service behaves"):
   key pauses. Any other 401/403: :class:`FalAuthError`. The test is on fal's wording of the
   lock, never on a loose substring ("Prompt blocked" is not a lock).
 * ``422`` with ``detail[].type == "content_policy_violation"``: :class:`FalContentPolicy`.
-* ``502/503/504`` without ``x-fal-request-id``: :class:`FalIngressError`, retry the same call.
+* ``502/503/504`` without ``x-fal-request-id`` and with nginx's page: :class:`FalIngressError`
+  (exactly fal-client's ``_is_ingress_error``), retry the same call.
+* ``504`` with ``X-Fal-Request-Timeout-Type``: :class:`FalStartTimeout` on every call (status,
+  stream, result), never a transient error: fal dropped the request unbilled.
 * On submit only what cannot have created a request is retryable (408, 409, 429, ingress,
-  a connection never made); a 5xx fal may have sent after creating the request, or an
-  answer lost after the POST went out, is :class:`FalSubmitUncertain`.
-* A result error is the request's own outcome only when it carries ``x-fal-request-id``.
+  a connection never made); any other 5xx (a plain page from a proxy too) may have come
+  after the POST went through, and it or an answer lost after the POST went out is
+  :class:`FalSubmitUncertain`.
+* A result error is the request's own outcome only when it carries ``x-fal-request-id`` and
+  is not a bare 5xx: a 5xx naming no infrastructure ``error_type`` on the result of a request
+  is :class:`FalResultError` (fetch the same result again, section 11.1).
 
 Example::
 
@@ -54,6 +60,7 @@ import httpx
 
 from falq.shared import deadline
 from falq.shared.errors import (
+    TRANSIENT_ERROR_TYPES,
     FalAccountLocked,
     FalAuthError,
     FalBadAnswer,
@@ -61,6 +68,7 @@ from falq.shared.errors import (
     FalIngressError,
     FalqError,
     FalRejected,
+    FalResultError,
     FalResultGone,
     FalStartTimeout,
     FalSubmitUncertain,
@@ -84,6 +92,8 @@ _INGRESS_CODES = {502, 503, 504}
 _LOCKED_RE = re.compile(r"\buser is locked\b", re.IGNORECASE)
 #: Header fal sets on answers from its queue (absent on pages from the edge in front of it).
 REQUEST_ID_HEADER = "x-fal-request-id"
+#: Set (``user``) on fal's 504 for a request no runner started within its start timeout.
+TIMEOUT_TYPE_HEADER = "x-fal-request-timeout-type"
 #: Billed units fal reports on inference answers (price = units x the endpoint's unit price).
 BILLABLE_UNITS_HEADER = "x-fal-billable-units"
 _MAX_JSON_BYTES = 8 * 1024 * 1024
@@ -311,9 +321,8 @@ class FalClient:
         if policy is not None:
             raise policy
         from_queue = REQUEST_ID_HEADER in resp.headers
-        if code == 504 and resp.headers.get("x-fal-request-timeout-type"):
-            raise FalStartTimeout(f"fal dropped the request unbilled: no runner started it within the "
-                                  f"start timeout (FALQ_FAL_START_TIMEOUT_S={self.settings.fal_start_timeout_s})")
+        if _is_start_timeout(resp):
+            raise self._start_timeout(resp)
         if code in (404, 410) and from_queue:
             raise FalResultGone(
                 f"fal no longer has the result of request {_request_id(resp)} ({code}): fal keeps results about an "
@@ -326,8 +335,12 @@ class FalClient:
         if not from_queue:
             # Not fal's account of the request (an edge page, a proxy): ask again, never resubmit.
             self._raise_for_status(resp)
-        if error_type is None and code >= 500:
-            error_type = "internal_error"
+        if code >= 500 and error_type not in TRANSIENT_ERROR_TYPES:
+            # A bare 5xx on the result names no outcome of the request (fal-ai/fal#694): fetch the
+            # same result again. The caller, who knows whether the status said COMPLETED cleanly,
+            # never submits again on it (reference section 11.1).
+            raise FalResultError(f"fal answered {code} for the result of request {_request_id(resp)}: {detail[:300]}",
+                                 retry_after=_retry_after(resp), reason=f"result_{code}")
         raise fal_failure(f"fal request failed ({code}): {detail}", error_type, code)
 
     def cancel(self, cancel_url: str) -> str:
@@ -482,9 +495,18 @@ class FalClient:
         return FalTransientError(f"fal's answer to {method} {_safe(url)} was still arriving after {limit_s:.0f}s "
                                  f"({what})", reason="slow_answer")
 
+    def _start_timeout(self, resp: httpx.Response) -> FalStartTimeout:
+        kind = resp.headers.get(TIMEOUT_TYPE_HEADER, "")[:40]
+        return FalStartTimeout(
+            f"fal dropped request {_request_id(resp) or '(unnamed)'} unbilled: no runner started it within the "
+            f"start timeout (FALQ_FAL_START_TIMEOUT_S={self.settings.fal_start_timeout_s}; "
+            f"{resp.request.method} answered 504, timeout type {kind!r})")
+
     def _raise_for_submit(self, resp: httpx.Response) -> None:
         """A submit's error answer: retryable only if fal cannot have created a request."""
         code = resp.status_code
+        if _is_start_timeout(resp):
+            raise self._start_timeout(resp)
         if code in _NOTHING_CREATED_CODES or _is_ingress(resp) or code < 500:
             self._raise_for_status(resp)
         _, detail = _error_info(resp)
@@ -497,6 +519,8 @@ class FalClient:
 
     def _raise_for_status(self, resp: httpx.Response) -> None:
         code = resp.status_code
+        if _is_start_timeout(resp):
+            raise self._start_timeout(resp)
         _, detail = _error_info(resp)
         detail = self.scrub(detail)
         where = f"{resp.request.method} {_safe(str(resp.request.url))}"
@@ -515,7 +539,7 @@ class FalClient:
         policy = _content_policy(resp, self.scrub)
         if policy is not None:
             raise policy
-        if code in _INGRESS_CODES and REQUEST_ID_HEADER not in resp.headers:
+        if _is_ingress(resp):
             raise FalIngressError(f"fal's edge answered {code} on {where} (no request id): {detail[:120]}",
                                   retry_after=_retry_after(resp), reason=f"ingress_{code}")
         if code in _RETRYABLE_CODES:
@@ -718,19 +742,18 @@ def _request_id(resp: httpx.Response) -> str | None:
     return rid[:200] if rid else None
 
 
-def _is_json(resp: httpx.Response) -> bool:
-    return "json" in resp.headers.get("content-type", "")
-
-
 def _is_ingress(resp: httpx.Response) -> bool:
-    """fal-client's ``_is_ingress_error``: 502-504, no request id, an HTML page (nginx's).
-
-    fal-client looks for "nginx" in the body; any non-JSON page is taken here, since a
-    proxy of the user's own may sit in front too and neither can have created a request.
-    """
+    """Exactly fal-client's ``_is_ingress_error``: 502-504, no ``x-fal-request-id``, and "nginx"
+    in the body (fal's edge page). A plain 5xx from something else (a proxy of the user's own)
+    may come after the POST went through: on a submit that is an uncertain submit, not this."""
     if resp.status_code not in _INGRESS_CODES or REQUEST_ID_HEADER in resp.headers:
         return False
-    return "nginx" in resp.text.lower() or not _is_json(resp)
+    return "nginx" in resp.text
+
+
+def _is_start_timeout(resp: httpx.Response) -> bool:
+    """fal's start timeout: 504 with ``X-Fal-Request-Timeout-Type`` (fal-client never retries it)."""
+    return resp.status_code == 504 and bool(resp.headers.get(TIMEOUT_TYPE_HEADER))
 
 
 def _content_policy(resp: httpx.Response, scrub: Callable[[str], str]) -> FalContentPolicy | None:
@@ -797,13 +820,17 @@ def submit_headers(settings: Settings, lane: str) -> dict[str, str]:
 
     Example::
 
-        >>> submit_headers(Settings(fal_media_expiry_s=None), "bulk")
+        >>> submit_headers(Settings(fal_media_expiry_s=None, fal_start_timeout_s=None), "bulk")
         {'X-Fal-Queue-Priority': 'low'}
     """
     priority = settings.fal_priority_bulk if lane == "bulk" else settings.fal_priority_interactive
     headers: dict[str, str] = {"X-Fal-Queue-Priority": priority}
     if settings.fal_start_timeout_s:
-        headers["X-Fal-Request-Timeout"] = str(float(settings.fal_start_timeout_s))
+        # Both names: X-Fal-Request-Start-Timeout is fal's new one (it wins when both are sent),
+        # X-Fal-Request-Timeout the deprecated one fal-client still sends.
+        value = str(float(settings.fal_start_timeout_s))
+        headers["X-Fal-Request-Start-Timeout"] = value
+        headers["X-Fal-Request-Timeout"] = value
     if settings.fal_media_expiry_s:
         headers["X-Fal-Object-Lifecycle-Preference"] = json.dumps(
             {"expiration_duration_seconds": int(settings.fal_media_expiry_s)})

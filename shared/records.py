@@ -155,6 +155,17 @@ class JobRecord(BaseModel):
     #: with this job's submit to fal over falq's own defaults.
     fal_headers: dict[str, str] = Field(default_factory=dict)
     cancel_requested: bool = False
+    #: When falq asked fal to cancel the job's request (a user's cancel, or the deadline), and
+    #: why: the request is then followed until fal says how it ended (a cancel is a request).
+    fal_cancel_at: float | None = None
+    fal_cancel_why: Literal["cancel", "deadline"] | None = None
+    #: How fal ended a request falq asked it to cancel: ``finished`` (fal completed it anyway:
+    #: billed, output kept and mirrored), ``stopped`` (fal stopped it: not billed), ``removed``
+    #: (taken out of fal's queue before it ran: not billed) or ``unknown`` (fal never said).
+    fal_outcome: Literal["finished", "stopped", "removed", "unknown"] | None = None
+    #: When the current streak of submit answers that created nothing at fal began (edge
+    #: pages, 429s, connections never made): bounded by time, not by the attempt limit.
+    refused_since: float | None = None
 
     @classmethod
     def new(cls, *, endpoint: str, input: dict[str, Any], job_id: str | None = None, **kw: Any) -> JobRecord:
@@ -183,6 +194,7 @@ class JobRecord(BaseModel):
         self.request_id = self.status_url = self.response_url = self.cancel_url = None
         self.submitted_at = self.fal_completed_at = self.queue_wait = self.inference_time = None
         self.outputs, self.seed, self.paused, self.cancel_requested = [], None, None, False
+        self.fal_cancel_at = self.fal_cancel_why = self.fal_outcome = self.refused_since = None
         self.move(state)
 
     def move(self, state: State) -> None:

@@ -76,10 +76,13 @@ class Settings(BaseSettings):
         ),
     )
     fal_start_timeout_s: float | None = Field(
-        None, gt=1,
+        900.0, gt=1,
         description=(
-            "`X-Fal-Request-Timeout`: fal drops a request no runner started within this many seconds, unbilled (the job"
-            " fails as `start_timeout`). Unset: no start timeout."
+            "Seconds fal may keep a request waiting before a runner starts it (queue wait, runner "
+            "acquisition, fal's own retries). fal drops a request not started in time, unbilled, and the "
+            "job fails as start_timeout. Sent as X-Fal-Request-Start-Timeout and as the deprecated "
+            "X-Fal-Request-Timeout (fal: the new name wins when both are sent). This, not a falq "
+            "deadline, bounds queue time: queue time is never billed. Unset: no start timeout."
         ),
     )
     fal_media_expiry_s: int | None = Field(
@@ -266,8 +269,53 @@ class Settings(BaseSettings):
         description="fal submissions a job may make (each submission is an attempt).",
     )
     job_deadline_s: float = Field(
-        900.0,
-        description="fal must finish an attempt within this many seconds of its submission.",
+        3600.0, gt=0,
+        description=(
+            "Upper bound on one request's life at fal, from its submission. Queue time is bounded first "
+            "by FALQ_FAL_START_TIMEOUT_S (fal drops it unbilled). A running generation is never cut off "
+            "and thrown away: past this bound falq asks fal to cancel it and keeps following it until fal "
+            "says how it ended; an output fal still delivers is billed, so it is kept, mirrored and the job "
+            "completes; a request fal stopped fails as deadline_exceeded, unbilled. Where the value comes "
+            "from: fal ends a running request itself at the app's request_timeout (fal.App request_timeout, "
+            "reported as error_type request_timeout) and publishes no value for these endpoints, which run "
+            "for seconds; 3600 s is the hour fal keeps a finished result (its queue docs), past which an "
+            "output could not be fetched anyway."
+        ),
+    )
+    fal_after_cancel_s: float = Field(
+        3600.0, gt=0,
+        description=(
+            "After falq asked fal to cancel a request (a user's cancel, or FALQ_JOB_DEADLINE_S), how long it "
+            "keeps following the request for fal's answer. fal removes a queued request at once and signals "
+            "a running one, which may stop or finish (billed); past this bound the job ends without fal's "
+            "answer and its record says its cost is unknown."
+        ),
+    )
+    fal_result_retry_s: float = Field(
+        3600.0, gt=0,
+        description=(
+            "How long, from fal's COMPLETED, falq keeps fetching the result of a request that finished "
+            "without an error while the result GET answers errors (5xx with or without x-fal-request-id, "
+            "edge pages). Such a request succeeded and is billed, so it is never submitted again. fal keeps "
+            "results about an hour (6 minutes at 10 KB or more with X-Fal-Store-IO: 0; 30 days with payload "
+            "storage on, fal's default), so 3600 s. Past it the job fails as result_unavailable."
+        ),
+    )
+    submit_refused_max_s: float = Field(
+        900.0, gt=0,
+        description=(
+            "How long a job's submits may keep meeting answers that created nothing at fal (fal's nginx edge "
+            "pages 502/503/504 without x-fal-request-id, 408/409/429, connections never made) before the job "
+            "fails as submit_refused. Such answers are not attempts (they do not count against "
+            "FALQ_MAX_ATTEMPTS); 15 minutes rides out a several-minute fal edge outage without failing jobs."
+        ),
+    )
+    max_step_crashes: int = Field(
+        5, ge=1,
+        description=(
+            "A job whose step raises an unexpected error this many times in a row fails as step_crashed, "
+            "with the error on its record, instead of being re-published for ever."
+        ),
     )
     visibility_timeout_s: int = Field(
         600,

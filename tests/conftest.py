@@ -43,6 +43,14 @@ BASELINE_EMULATOR = {
     "result_retention_s": 3600.0,
     "result_retention_large_s": 360.0,
     "payload_retention_s": 30 * 24 * 3600.0,
+    # What the live service always does stays on (the emulator's defaults): half of the cancels
+    # of running requests are ignored (deterministically: the first one in a test is honoured)
+    # and a start-timed-out request answers 504 on status as on its result. Rare faults off.
+    "cancel_ignored_share": 0.5,
+    "start_timeout_status": "504",
+    "result_5xx_with_id": 0.0,
+    "result_5xx_first": 0,
+    "submit_outage_s": 0.0,
     "upload_cdn_outage": False,
     "file_access": "allow",
 }

@@ -333,7 +333,7 @@ def test_low_priority_starts_after_later_normal_requests(make_server: MakeServer
 
 
 def test_start_timeout_drops_the_request_unbilled(make_server: MakeServer) -> None:
-    server = make_server(concurrency=1, latency="fixed:1.5")
+    server = make_server(concurrency=1, latency="fixed:1.5", start_timeout_status="completed")
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
         submit(c)
         late = submit(c, headers={"X-Fal-Request-Timeout": "0.3"})
@@ -429,3 +429,86 @@ def test_render_cache_is_bounded_by_bytes() -> None:
     assert (renderer.misses, renderer.hits) == (3, 1)  # only the newest entry was kept
     renderer.render(RenderSpec("cache", T2I, 0, 256, 256, "png"))
     assert renderer.misses == 4
+
+
+# --- 10. section 11.8: cancels, result 5xx with a request id, submit outages, start timeouts ---
+
+
+def test_running_requests_ignore_a_documented_share_of_cancels_and_bill(make_server: MakeServer) -> None:
+    assert EmulatorConfig().cancel_ignored_share == 0.5
+    server = make_server(latency="fixed:1.0", concurrency=4)
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
+        running = [submit(c) for _ in range(4)]
+        time.sleep(0.3)  # all four started
+        for sub in running:
+            assert c.put(sub["cancel_url"]).json() == {"status": "CANCELLATION_REQUESTED"}
+        dones = [wait_done(c, sub, timeout=5) for sub in running]
+        results = [c.get(sub["response_url"]) for sub in running]
+    # Every second cancel of a running request is ignored (the first is honoured): replayable.
+    assert [d.get("error_type") for d in dones] == ["client_cancelled", None, "client_cancelled", None]
+    assert [r.status_code for r in results] == [499, 200, 499, 200]
+    assert results[1].headers["x-fal-billable-units"] == "1"
+    recs = [record(server, sub["request_id"]) for sub in running]
+    assert [r["cancel_ignored"] for r in recs] == [False, True, False, True]
+    assert all(r["cancelled"] for r in recs)
+    assert [r["billable_units"] for r in recs] == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_a_queued_request_is_always_removed_on_cancel(make_server: MakeServer) -> None:
+    server = make_server(latency="fixed:2", concurrency=1, cancel_ignored_share=1.0)
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
+        submit(c)
+        queued = submit(c)
+        assert c.put(queued["cancel_url"]).status_code == 202
+        done = wait_done(c, queued, timeout=3)
+    assert done["error_type"] == "client_cancelled"
+    rec = record(server, queued["request_id"])
+    assert rec["started_at"] is None and rec["billable_units"] == 0.0 and not rec["cancel_ignored"]
+
+
+def test_result_5xx_with_request_id_for_a_request_that_succeeded(make_server: MakeServer) -> None:
+    server = make_server(latency="0", result_5xx_first=2, small_images=True)
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
+        sub = submit(c)
+        done = wait_done(c, sub)
+        assert done["status"] == "COMPLETED" and "error" not in done
+        codes = []
+        for _ in range(3):
+            r = c.get(sub["response_url"])
+            codes.append(r.status_code)
+            assert r.headers["x-fal-request-id"] == sub["request_id"]
+        assert codes == [500, 500, 200]
+        server.configure(result_5xx_first=0, result_5xx_with_id=1.0)
+        r = c.get(sub["response_url"])
+        assert r.status_code == 500 and r.json() == {"detail": "Internal Server Error"}
+        assert "x-fal-error-type" not in r.headers
+
+
+def test_submit_edge_outage_answers_nginx_pages_and_creates_nothing(make_server: MakeServer) -> None:
+    server = make_server(latency="0", small_images=True)
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
+        server.configure(submit_outage_s=1.0)
+        r = c.post(f"/{T2I}", json={"prompt": "x"})
+        assert r.status_code == 502 and "nginx" in r.text and "x-fal-request-id" not in r.headers
+        assert server.requests()["total_requests"] == 0
+        time.sleep(1.1)
+        ok = submit(c)
+        assert wait_done(c, ok)["status"] == "COMPLETED"
+    info = server.requests()
+    assert info["total_requests"] == 1 and info["rejected_submits"]["outage"] >= 1
+
+
+def test_start_timeout_504_on_status_and_stream_and_the_new_header_wins(make_server: MakeServer) -> None:
+    server = make_server(concurrency=1, latency="fixed:1.5")
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
+        submit(c)
+        # the new name wins over the deprecated one
+        late = submit(c, headers={"X-Fal-Request-Start-Timeout": "0.3", "X-Fal-Request-Timeout": "30"})
+        time.sleep(0.6)
+        for url in (late["status_url"], late["status_url"] + "/stream", late["response_url"]):
+            r = c.get(url)
+            assert r.status_code == 504, (url, r.status_code)
+            assert r.headers["x-fal-request-timeout-type"] == "user"
+            assert r.headers["x-fal-request-id"] == late["request_id"]
+    rec = record(server, late["request_id"])
+    assert rec["start_timeout_s"] == 0.3 and rec["started_at"] is None and rec["billable_units"] == 0.0

@@ -282,7 +282,9 @@ def test_low_priority_waits_behind_normal(make_server: MakeServer) -> None:
 
 
 def test_start_timeout_while_queued(make_server: MakeServer) -> None:
-    server = make_server(concurrency=1, latency="fixed:1.5")
+    # COMPLETED with request_timeout on status, the 504 on the result only (the default answers
+    # the 504 on status too: tests/test_emulator_follows_live_fal.py)
+    server = make_server(concurrency=1, latency="fixed:1.5", start_timeout_status="completed")
     with httpx.Client(base_url=server.url, headers=AUTH, timeout=10) as c:
         first = submit(c)
         late = submit(c, headers={"X-Fal-Request-Timeout": "0.3"})

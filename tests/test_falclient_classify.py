@@ -34,6 +34,7 @@ from falq.shared.errors import (
     FalRequestFailed,
     FalRequestFailedPermanent,
     FalRequestFailedTransient,
+    FalResultError,
     FalResultGone,
     FalStartTimeout,
     FalSubmitUncertain,
@@ -174,6 +175,34 @@ CASES += [
     ("status", "429", Answer(429, {"detail": "Too many requests"}), FalTransientError, (FalIngressError,), True),
     ("cancel", "500-json-no-rid", Answer(500, {"detail": "oops"}), FalTransientError, (FalRequestFailed,), True),
 ]
+# Section 11: exactly fal-client's ingress test (no request id AND nginx's page); a start timeout
+# on every call; a bare 5xx on a result names no outcome of the request (fetch it again).
+PLAIN_502 = b"<html><body>Bad Gateway</body></html>"
+START_TIMEOUT = Answer(504, {"detail": "Request timed out"}, headers={**RID, "X-Fal-Request-Timeout-Type": "user"})
+CASES += [
+    ("submit", "502-plain-page-no-rid", Answer(502, html=PLAIN_502), FalSubmitUncertain,
+     (FalIngressError, FalTransientError), False),
+    ("submit", "503-json-no-rid-no-nginx", Answer(503, {"detail": "upstream unavailable"}), FalSubmitUncertain,
+     (FalIngressError, FalTransientError), False),
+    ("status", "502-plain-page-no-rid", Answer(502, html=PLAIN_502), FalTransientError, (FalIngressError,), True),
+    ("submit", "504-start-timeout", START_TIMEOUT, FalStartTimeout, (FalTransientError, FalSubmitUncertain), False),
+    ("status", "504-start-timeout", START_TIMEOUT, FalStartTimeout, (FalTransientError, FalIngressError), False),
+    ("status", "504-start-timeout-no-rid", Answer(504, {"detail": "Request timed out"},
+                                                  headers={"X-Fal-Request-Timeout-Type": "user"}),
+     FalStartTimeout, (FalTransientError, FalIngressError), False),
+    ("result", "500-json-with-rid", Answer(500, {"detail": "Internal Server Error"}, headers=RID), FalResultError,
+     (FalRequestFailed,), True),
+    ("result", "503-json-with-rid", Answer(503, {"detail": "Service Unavailable"}, headers=RID), FalResultError,
+     (FalRequestFailed,), True),
+    ("result", "502-nginx-with-rid", Answer(502, html=NGINX, headers=RID), FalResultError,
+     (FalRequestFailed, FalIngressError), True),
+    ("result", "500-internal-error-type-with-rid",
+     Answer(500, {"detail": "boom", "error_type": "internal_error"}, headers=RID), FalRequestFailedTransient,
+     (FalResultError,), True),
+    ("result", "500-error-type-header-with-rid",
+     Answer(500, {"detail": "boom"}, headers={**RID, "x-fal-error-type": "runner_server_error"}),
+     FalRequestFailedTransient, (FalResultError,), True),
+]
 
 
 @pytest.mark.parametrize("echo", [False, True], ids=["plain", "echoes-auth"])
@@ -265,11 +294,26 @@ def test_submit_headers_all_options() -> None:
                  fal_priority_interactive="low", fal_priority_bulk="normal")
     got = submit_headers(s, "interactive")
     assert got["X-Fal-Queue-Priority"] == "low" and submit_headers(s, "bulk")["X-Fal-Queue-Priority"] == "normal"
-    assert float(got["X-Fal-Request-Timeout"]) == 30.0
+    # both names: the new one (fal: it wins) and the deprecated one fal-client sends
+    assert float(got["X-Fal-Request-Start-Timeout"]) == float(got["X-Fal-Request-Timeout"]) == 30.0
     assert json.loads(got["X-Fal-Object-Lifecycle-Preference"]) == {"expiration_duration_seconds": 3600}
     assert got["X-Fal-Store-IO"] == "0" and got["x-fal-no-retry"] == "1"
-    assert set(got) == {"X-Fal-Queue-Priority", "X-Fal-Request-Timeout", "X-Fal-Object-Lifecycle-Preference",
-                        "X-Fal-Store-IO", "x-fal-no-retry"}
+    assert set(got) == {"X-Fal-Queue-Priority", "X-Fal-Request-Start-Timeout", "X-Fal-Request-Timeout",
+                        "X-Fal-Object-Lifecycle-Preference", "X-Fal-Store-IO", "x-fal-no-retry"}
+
+
+def test_start_timeout_is_on_by_default_under_both_names() -> None:
+    s = Settings()
+    assert s.fal_start_timeout_s == 900.0
+    got = submit_headers(s, "interactive")
+    assert got["X-Fal-Request-Start-Timeout"] == got["X-Fal-Request-Timeout"] == "900.0"
+
+
+def test_start_timeout_on_the_status_stream_is_not_transient() -> None:
+    fal = client_for(START_TIMEOUT)
+    with pytest.raises(FalStartTimeout) as info:
+        list(fal.stream_status(STATUS_URL))
+    assert "unbilled" in str(info.value) and not info.value.retryable
 
 
 def test_submit_sends_the_headers() -> None:

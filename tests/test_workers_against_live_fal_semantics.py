@@ -206,7 +206,9 @@ def test_fal_headers_priority_lifecycle_store_io_and_billed_units(clean_stack: D
         assert headers["x-fal-queue-priority"] == ("low" if lane == "bulk" else "normal")
         assert headers["x-fal-object-lifecycle-preference"] == '{"expiration_duration_seconds": 3600}'
         assert headers["x-fal-store-io"] == "0"
-        assert "x-fal-request-timeout" not in headers and "x-fal-no-retry" not in headers
+        # fal's start timeout bounds queue time by default, under both header names (section 11.5)
+        assert headers["x-fal-request-start-timeout"] == headers["x-fal-request-timeout"] == "900.0"
+        assert "x-fal-no-retry" not in headers
         assert rec.cost_source == "fal_billable_units"
         assert rec.cost_billed == pytest.approx(falq.settings.price_standard * len(rec.outputs))
     assert len(recs["interactive"].outputs) == 2
@@ -225,4 +227,5 @@ def test_start_timeout_drops_a_request_unbilled_with_a_clear_outcome(clean_stack
     subs = _requests_by_job(clean_stack)
     assert len(subs[dropped.id]) == 1
     headers = {k.lower(): v for k, v in subs[dropped.id][0]["headers"].items()}
-    assert headers["x-fal-request-timeout"] == "2.0"
+    assert headers["x-fal-request-timeout"] == headers["x-fal-request-start-timeout"] == "2.0"
+    assert dropped.cost_billed == 0.0

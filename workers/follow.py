@@ -17,7 +17,14 @@ and redeliveries.
 Right after COMPLETED the output JSON is fetched once and saved beside the record
 (:meth:`falq.shared.jobstore.JobStore.save_result`) before mirroring starts: fal keeps results
 about an hour (6 minutes at 10 KB or more, and ``sync_mode`` ones not at all), so an S3
-outage must never need it again.
+outage must never need it again. A request that COMPLETED without an error succeeded and is
+billed: an error on its result GET (a 5xx, with or without ``x-fal-request-id``) fetches the
+same result again, for up to ``FALQ_FAL_RESULT_RETRY_S``; only a result error naming an
+infrastructure ``error_type`` starts a new attempt, and a result fal no longer has fails the job.
+
+A cancel (or ``FALQ_JOB_DEADLINE_S``) asks fal to cancel and goes on following the request:
+fal removes a queued request, and a running one may stop or finish anyway. A finished one is
+billed, so its output is kept and mirrored like any other (``fal_outcome = "finished"``).
 
 Example::
 
@@ -27,8 +34,10 @@ Example::
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Callable
+from typing import Literal
 
 from falq.shared.endpoints import unit_price
 from falq.shared.errors import (
@@ -38,6 +47,7 @@ from falq.shared.errors import (
     FalRequestFailed,
     FalRequestFailedTransient,
     FalResultGone,
+    FalResultUnavailable,
     FalStartTimeout,
     PermanentError,
     RetryableError,
@@ -57,6 +67,17 @@ _CURSOR_MAX = 64
 
 #: Returned by ``should_stop`` to end following early: "cancel", "deadline", "step", ...
 StopReason = str
+
+
+class Kept(enum.Enum):
+    """What :meth:`FollowPhase._keep_result` returns once fal's output is saved beside the
+    record. A type of its own: an :class:`Outcome` (wait, re-publish, failed) can never be
+    read as "saved"."""
+
+    KEPT = "kept"
+
+
+KEPT: Literal[Kept.KEPT] = Kept.KEPT
 
 
 def fresh_log_lines(entries: list[LogEntry], cursor: list[str], tail: list[str]) -> tuple[list[str], list[str]]:
@@ -240,6 +261,8 @@ class FollowPhase(StepBase):
             result = pushed or Follower(self.ctx.fal, self.s, on_error=on_error).follow(
                 self.rec.status_url, should_stop=self.stop_reason, on_status=on_status
             )
+        except FalStartTimeout as exc:  # on the status or the stream: fal dropped it, unbilled
+            return self._fail(exc)
         except PermanentError as exc:
             # fal answered something unusable while we followed it (non-JSON, an unknown status,
             # an oversized event). Left to escape, it would reach the task's catch-all and the
@@ -248,59 +271,83 @@ class FollowPhase(StepBase):
             return self._fail(exc)
         if not isinstance(result, Status):
             if result == "cancel":
-                return self._cancel()
+                return self._cancel()  # None: fal was asked; the loop follows the request on
             if result == "deadline":
                 return self._deadline()
+            if result == "unanswered":
+                return self._ended_after_cancel("unknown", "no answer from fal")
             return Outcome(False, 0.0)
         self.ctx.admission.release(self.rec)
         if pending_logs:
             logs, at = list(pending_logs), list(cursor[0])
             self.commit(lambda r: take_logs(r, logs, at))
         if result.error:
+            if self.rec.fal_cancel_at is not None:
+                # fal's answer to the cancel: removed from its queue, or stopped while running.
+                how: Literal["stopped", "removed"] = "removed" if self.rec.state == "in_queue" else "stopped"
+                return self._ended_after_cancel(how, f"{result.error_type or ''} {result.error}".strip())
             return self._failed_attempt(self._failure_detail(result))
         done_at = time.time()
+        if self.rec.fal_completed_at is None:
+            # The clock of FALQ_FAL_RESULT_RETRY_S: kept across steps, so it spans redeliveries.
+            self.commit(lambda r: setattr(r, "fal_completed_at", r.fal_completed_at or done_at))
         kept = self._keep_result()
-        if kept is not None:
+        if kept is not KEPT:
             return kept
 
         def completed(r: JobRecord) -> None:
             inference = result.metrics.get("inference_time")
             r.inference_time = float(inference) if isinstance(inference, int | float) else None
-            r.fal_completed_at = done_at
+            r.fal_completed_at = r.fal_completed_at or done_at
+            if r.fal_cancel_at is not None:
+                r.fal_outcome = "finished"  # fal completed it despite the cancel: billed, kept
             r.move("mirroring")
 
         self.commit(completed)
         self.fresh_mirror = True
         return None
 
-    def _keep_result(self) -> Outcome | None:
-        """Fetch fal's output once and save it beside the record (None: saved, go on).
+    def _keep_result(self) -> Outcome | Literal[Kept.KEPT]:
+        """Fetch fal's output once and save it beside the record (:data:`KEPT`: saved, go on).
 
-        An answer that says nothing about the request (an ingress page, a reset) is asked
-        again with backoff; it is never a reason for a new submission.
+        The request COMPLETED without an error: it succeeded and is billed. An answer that
+        says nothing about the request (an ingress page, a reset, a 5xx with or without a
+        request id, :class:`FalResultError`) is asked again with backoff for up to
+        ``FALQ_FAL_RESULT_RETRY_S`` from COMPLETED, across steps; never a new submission.
+        Only a result error naming an infrastructure ``error_type`` starts a new attempt.
+        A user's cancel does not stop this: the output is paid for.
         """
         if self.rec.result_saved_at is not None and self.ctx.store.load_result(self.rec.id) is not None:
-            return None
+            return KEPT
         assert self.rec.response_url
+        since = self.rec.fal_completed_at or time.time()
         tries = 0
         while True:
             try:
                 res = self.ctx.fal.result(self.rec.response_url)
                 break
+            except FalRequestFailedTransient as exc:
+                if self.rec.fal_cancel_at is not None:
+                    return self._ended_after_cancel("stopped", str(exc))
+                out = self._failed_attempt(exc)
+                return out if out is not None else Outcome(False, 0.0)  # queued: the next step submits
             except RetryableError as exc:
-                if isinstance(exc, FalRequestFailedTransient):
-                    return self._failed_attempt(exc)
                 tries += 1
                 self.commit(lambda r, exc=exc: r.add_error(exc))  # type: ignore[misc]
+                waited = time.time() - since
+                if waited > self.s.fal_result_retry_s:
+                    return self._fail(FalResultUnavailable(
+                        f"fal finished request {self.rec.request_id} but its result kept failing for "
+                        f"{waited:.0f}s (FALQ_FAL_RESULT_RETRY_S={self.s.fal_result_retry_s:.0f}; last: {exc}); "
+                        "it was billed; falq did not submit it again"))
                 delay = backoff_delay(tries, base_s=self.s.retry_base_s, max_s=min(30.0, self.s.retry_max_s),
                                       retry_after=exc.retry_after)
-                reason = _sleep(delay, self.stop_reason)
-                if reason == "cancel":
-                    return self._cancel()
-                if reason:
+                if _sleep(delay, self.io_stop_reason):
                     return Outcome(False, 0.0)  # the next step follows (COMPLETED at once) and fetches again
             except FalRequestFailed as exc:
-                return self._failed_attempt(exc)
+                if self.rec.fal_cancel_at is not None:
+                    return self._ended_after_cancel("stopped", str(exc))
+                return self._fail(exc)
             except PermanentError as exc:  # moderation, start timeout, result gone, a hostile body
                 return self._fail(exc)
         self.ctx.store.save_result(self.rec.id, res.raw)
@@ -315,7 +362,7 @@ class FollowPhase(StepBase):
                 r.cost_source = "fal_billable_units"
 
         self.commit(kept)
-        return None
+        return KEPT
 
     def _await_webhook(self) -> Status | str | None:
         """fal's pushed completion (see :mod:`falq.workers.falhooks`), a stop reason, or None once

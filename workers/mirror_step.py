@@ -14,13 +14,13 @@ from falq.shared.errors import (
     PermanentError,
     RetryableError,
 )
-from falq.shared.records import JobRecord, StoredImage
+from falq.shared.records import JobRecord, State, StoredImage
 from falq.shared.schemas import GenerateOutput
 from falq.shared.tenants import TenantStore, s3_prefix_of
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
 from falq.workers.mirror import TRUNCATED_TRIES, mirror_image
-from falq.workers.step import DONE, Outcome, StepBase, _note
+from falq.workers.step import DONE, WAITED, Outcome, StepBase, _note
 
 
 def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
@@ -94,19 +94,26 @@ class MirrorPhase(StepBase):
                     return self._fail(exc, prefix=f"the image was truncated in {cut} downloads: ")
             if tries >= self.s.max_attempts * 2:
                 return self._fail(exc, prefix=f"mirroring failed {tries} times: ")
-            return self._wait(backoff_delay(tries, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s,
-                                            retry_after=exc.retry_after))
+            waited = self._wait(backoff_delay(tries, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s,
+                                              retry_after=exc.retry_after))
+            return None if waited is WAITED else waited
         except FalRequestFailed as exc:  # the request itself failed (only without a saved result)
             return self._failed_attempt(exc)
         except PermanentError as exc:
             return self._fail(exc)
+        # A job someone cancelled whose output fal made anyway (billed) ends cancelled, with its
+        # output mirrored and listed; `falq retry` then completes it from that output.
+        end: State = "cancelled" if self.user_cancelled() else "completed"
 
         def completed(r: JobRecord) -> None:
             r.outputs = images
             r.seed = output.seed
-            r.move("completed")
+            if end == "cancelled":
+                r.fal_outcome = "finished"
+            if not r.terminal:
+                r.move(end)
 
-        self.commit(completed)
+        self.commit(completed, allow_terminal=end == "cancelled")
         self.ctx.store.drop_result(self.rec.id)
         self.ctx.notify_finished(self.rec)
         return DONE

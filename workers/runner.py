@@ -90,14 +90,18 @@ class _Step(SubmitPhase, FollowPhase, MirrorPhase):
             raise
 
     def _loop(self) -> Outcome:
-        if self.ctx.store.cancel_requested(self.rec.id) or self.rec.cancel_requested:
-            return self._cancel()
+        if (self.ctx.store.cancel_requested(self.rec.id) or self.rec.cancel_requested) and not self.cancel_in_hand():
+            out = self._cancel()
+            if out is not None:
+                return out
         while True:
             reason = self.stop_reason()
-            if reason == "cancel":
-                return self._cancel()
-            if reason == "deadline":
-                return self._deadline()
+            if reason in ("cancel", "deadline", "unanswered"):
+                out = self._cancel() if reason == "cancel" else self._deadline() if reason == "deadline" else \
+                    self._ended_after_cancel("unknown", "no answer from fal")
+                if out is not None:
+                    return out
+                continue
             if reason:
                 return Outcome(False, 0.0)
             state = self.rec.state

@@ -9,10 +9,12 @@ and :mod:`falq.workers.mirror_step`; :mod:`falq.workers.runner` drives them.
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import redis
 
@@ -22,7 +24,9 @@ from falq.shared.errors import (
     FalContentPolicy,
     FalqError,
     FalRequestFailedTransient,
+    FalStartTimeout,
     JobNotFound,
+    RetryableError,
     is_redis_oom,
 )
 from falq.shared.jobstore import Conflict, LeaseLost
@@ -45,6 +49,16 @@ class Outcome:
 
 
 DONE = Outcome(True)
+
+
+class Waited(enum.Enum):
+    """What :meth:`StepBase._wait` returns after waiting in place: the step goes on. A type of
+    its own, never ``None``, so no caller can read "waited" as "done" (or "saved")."""
+
+    WAITED = "waited"
+
+
+WAITED: Literal[Waited.WAITED] = Waited.WAITED
 
 
 class Stop(Exception):
@@ -132,8 +146,14 @@ class StepBase:
             except Exception:  # a hook must never break a job
                 log.exception("middleware %s failed", type(mw).__name__)
 
+    def cancel_in_hand(self) -> bool:
+        """A cancel needs nothing more from the loop: fal was asked already (the request is
+        followed to its end), or the output is paid for and being mirrored (the job ends
+        ``cancelled`` with it)."""
+        return self.rec.fal_cancel_at is not None or self.rec.state == "mirroring"
+
     def stop_reason(self) -> str | None:
-        if self.ctx.leases.cancel_seen(self.rec.id):
+        if self.ctx.leases.cancel_seen(self.rec.id) and not self.cancel_in_hand():
             return "cancel"
         if self.ctx.leases.deleted_seen(self.rec.id):
             raise JobNotFound(f"job {self.rec.id} was deleted while it ran")
@@ -147,13 +167,25 @@ class StepBase:
         if time.monotonic() > self.ends_at:
             return "step"
         sub = self.rec.submitted_at
-        if sub is not None and self.rec.state in AT_FAL and time.time() > sub + self.s.job_deadline_s:
-            return "deadline"
+        if self.rec.state in AT_FAL:
+            asked = self.rec.fal_cancel_at
+            if asked is not None:
+                if time.time() > asked + self.s.fal_after_cancel_s:
+                    return "unanswered"
+            elif sub is not None and time.time() > sub + self.s.job_deadline_s:
+                return "deadline"
         return None
 
+    def io_stop_reason(self) -> str | None:
+        """:meth:`stop_reason` for work that goes on whatever the user asked (fetching a paid
+        result): only what ends the step itself (shutdown, lease, step budget, reach)."""
+        reason = self.stop_reason()
+        return None if reason in ("cancel", "deadline", "unanswered") else reason
+
     # --- waiting and endings --------------------------------------------------------------------
-    def _wait(self, delay: float, reason: str = "retry") -> Outcome | None:
-        """Wait in place when the step has time (cheap under gevent), else re-publish later."""
+    def _wait(self, delay: float, reason: str = "retry") -> Outcome | Literal[Waited.WAITED]:
+        """Wait in place when the step has time (cheap under gevent; then :data:`WAITED`), else
+        re-publish later (an :class:`Outcome`)."""
         for mw in self.ctx.middleware:
             try:
                 mw.after_wait(self.rec, reason, delay)
@@ -166,23 +198,31 @@ class StepBase:
                 stop = self.stop_reason()
                 if stop == "unreachable":
                     return Outcome(False, 0.0)  # another host goes on at once
-                if stop in ("cancel", "shutdown", "lease"):
-                    return self._cancel() if stop == "cancel" else Outcome(False, max(0.0, end - time.monotonic()))
-            return None
+                if stop == "cancel":
+                    out = self._cancel()
+                    return out if out is not None else Outcome(False, 0.0)
+                if stop in ("shutdown", "lease"):
+                    return Outcome(False, max(0.0, end - time.monotonic()))
+            return WAITED
         return Outcome(False, delay)
 
     def _failed_attempt(self, exc: FalqError) -> Outcome | None:
-        """fal finished an attempt with an error: a new attempt if transient, else fail."""
+        """fal finished an attempt with an error: a new attempt if transient, else fail.
+
+        ``None``: the job is ``queued`` again and the loop submits it now."""
         if not isinstance(exc, FalRequestFailedTransient):
             return self._fail(exc)
 
         def again(r: JobRecord) -> None:
             r.add_error(exc)
             r.request_id = r.status_url = r.response_url = r.cancel_url = None
+            r.fal_completed_at = r.result_saved_at = None
             r.move("queued")
 
         self.commit(again)
-        return self._wait(backoff_delay(self.rec.attempts - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s))
+        waited = self._wait(backoff_delay(self.rec.attempts - 1, base_s=self.s.retry_base_s,
+                                          max_s=self.s.retry_max_s))
+        return None if waited is WAITED else waited
 
     def _fail(self, exc: FalqError, prefix: str = "") -> Outcome:
         self.ctx.admission.release(self.rec)
@@ -194,6 +234,8 @@ class StepBase:
                 r.errors[-1].message = message[:2000]
             if isinstance(exc, FalContentPolicy):
                 r.moderation = exc.categories or ["unspecified"]
+            if isinstance(exc, FalStartTimeout):
+                r.cost_billed = 0.0  # fal drops it unbilled: no runner ever started it
             r.move("failed")
 
         self.commit(failed)
@@ -201,25 +243,96 @@ class StepBase:
         self.ctx.notify_finished(self.rec)
         return DONE
 
-    def _deadline(self) -> Outcome:
-        self._cancel_at_fal()
+    def _deadline(self) -> Outcome | None:
+        """FALQ_JOB_DEADLINE_S passed: ask fal to cancel and follow the request to its end
+        (``None``: go on following). A running generation is never cut off and thrown away."""
+        if self.rec.request_id and self.rec.cancel_url:
+            self._ask_fal_to_cancel("deadline")
+            return None
         return self._fail(DeadlineExceeded(
             f"fal did not finish request {self.rec.request_id} within {self.s.job_deadline_s:.0f}s "
-            "(FALQ_JOB_DEADLINE_S); it was cancelled at fal"
+            "(FALQ_JOB_DEADLINE_S)"
         ))
 
-    def _cancel_at_fal(self) -> None:
+    def _cancel_at_fal(self) -> str | None:
+        """PUT the request's cancel URL; fal's answer word, or None when it was not sent/answered."""
         if self.rec.cancel_url and self.rec.state in AT_FAL | {"cancelled"}:
             try:
                 answer = self.ctx.fal.cancel(self.rec.cancel_url)
                 log.info("cancel of %s at fal: %s", self.rec.request_id, answer)
+                return answer
             except FalqError as exc:
                 log.warning("cancel of %s at fal failed: %s", self.rec.request_id, exc)
+        return None
 
-    def _cancel(self) -> Outcome:
+    def _ask_fal_to_cancel(self, why: Literal["cancel", "deadline"]) -> None:
+        """Send fal the cancel once and record it; the request is then followed until fal says
+        how it ended (fal removes a queued request; a running one may stop or finish, billed)."""
+        if self.rec.fal_cancel_at is not None:
+            return
+        self._cancel_at_fal()
+        now = time.time()
+
+        def asked(r: JobRecord) -> None:
+            if r.fal_cancel_at is None:
+                r.fal_cancel_at, r.fal_cancel_why = now, why
+
+        self.commit(asked)
+
+    def _cancel(self) -> Outcome | None:
+        """A cancel was asked for. A job with a request at fal asks fal and follows it to its
+        end, and one whose output is paid for is mirrored first (``None``: go on); any other
+        job ends ``cancelled`` now."""
+        rec = self.rec
+        if rec.terminal:
+            return DONE
+        if rec.state == "mirroring":
+            return None
+        if rec.state in AT_FAL and rec.request_id and rec.cancel_url:
+            self._ask_fal_to_cancel("cancel")
+            return None
         self._cancel_at_fal()
         self.ctx.admission.release(self.rec)
         self.commit(lambda r: None if r.terminal else r.move("cancelled"), allow_terminal=True)
+        self.ctx.notify_finished(self.rec)
+        return DONE
+
+    def user_cancelled(self) -> bool:
+        """Whether someone asked to cancel this job (``falq cancel``, a batch cancel, the gateway)."""
+        rec = self.rec
+        return (rec.cancel_requested or rec.fal_cancel_why == "cancel" or self.ctx.leases.cancel_seen(rec.id)
+                or self.ctx.store.cancel_requested(rec.id))
+
+    def _ended_after_cancel(self, how: Literal["stopped", "removed", "unknown"], detail: str) -> Outcome:
+        """fal stopped (or removed) a request falq asked it to cancel, or never said how it
+        ended: no new attempt. A user's cancel ends ``cancelled``; the deadline fails the job."""
+        why = self.rec.fal_cancel_why or "cancel"
+        unbilled = how in ("stopped", "removed")
+        note = {"stopped": "fal stopped it after the cancel; not billed",
+                "removed": "fal removed it from its queue before it ran; not billed",
+                "unknown": (f"fal did not say how it ended within {self.s.fal_after_cancel_s:.0f}s of the cancel "
+                            "(FALQ_FAL_AFTER_CANCEL_S); whether it was billed is unknown")}[how]
+
+        def noted(r: JobRecord) -> None:
+            r.fal_outcome = how
+            if unbilled:
+                r.cost_billed = 0.0
+
+        if why == "deadline" and not self.user_cancelled():
+            self.commit(noted)
+            return self._fail(DeadlineExceeded(
+                f"fal did not finish request {self.rec.request_id} within {self.s.job_deadline_s:.0f}s "
+                f"(FALQ_JOB_DEADLINE_S); falq asked fal to cancel it: {note} ({detail[:200]})"))
+
+        self.ctx.admission.release(self.rec)
+
+        def cancelled(r: JobRecord) -> None:
+            noted(r)
+            if not r.terminal:
+                r.move("cancelled")
+
+        self.commit(cancelled, allow_terminal=True)
+        log.info("job %s cancelled: %s", self.rec.id, note)
         self.ctx.notify_finished(self.rec)
         return DONE
 
@@ -229,11 +342,20 @@ def _note(exc: Exception) -> Callable[[JobRecord], object]:
 
 
 def _requeue_with(exc: Exception) -> Callable[[JobRecord], object]:
+    """Back to ``queued`` after a submit fal answered with ``exc``.
+
+    A retryable ``exc`` created nothing at fal (an edge page, 408/409/429, a connection never
+    made, a locked account): the attempt counted before the POST is given back, and the streak
+    of such answers is timed from ``refused_since``. A locked account also pauses the key."""
+
     def change(r: JobRecord) -> None:
         r.add_error(exc)
+        if isinstance(exc, RetryableError):
+            r.attempts -= 1
         if isinstance(exc, FalAccountLocked):
-            r.attempts -= 1  # fal refused before creating a request: not an attempt (the key pauses)
-            r.paused = "account_locked"
+            r.paused = "account_locked"  # paused, not timed: the job waits for a top-up
+        elif isinstance(exc, RetryableError) and r.refused_since is None:
+            r.refused_since = r.errors[-1].at
         r.move("queued")
 
     return change

@@ -4,6 +4,12 @@ The attempt counter is persisted *before* the POST and fal's ``request_id`` righ
 it, so a delivery that dies anywhere in between is counted as an attempt (never more
 submissions at fal than attempts on the record) and a delivery that finds a
 ``request_id`` follows that request instead of paying for another generation.
+
+An answer that created nothing at fal (fal's nginx edge page, 408/409/429, a connection never
+made, a locked account) is not an attempt: the count is given back, and such answers are
+bounded by time instead (``FALQ_SUBMIT_REFUSED_MAX_S``), so a several-minute edge outage fails
+no job. A plain 5xx after the POST went out may have created the request: that is an
+uncertain submit (``FALQ_SUBMIT_UNCERTAIN``).
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from falq.shared.errors import (
     FalSubmitUncertain,
     PermanentError,
     RetryableError,
+    SubmitRefused,
 )
 from falq.shared.falclient import Submitted, request_urls, submit_headers
 from falq.shared.records import JobRecord, Submission
 from falq.shared.redisconn import replicas_to_wait_for, wait_for_replicas
 from falq.workers.backoff import backoff_delay
-from falq.workers.step import DONE, Fenced, Outcome, StepBase, _note, _requeue_with
+from falq.workers.step import DONE, WAITED, Fenced, Outcome, StepBase, _note, _requeue_with
 
 log = logging.getLogger("falq.runner")
 
@@ -59,7 +66,8 @@ class SubmitPhase(StepBase):
             paused = self.rec.paused
             if paused != was_paused:  # a waiting job writes its record only when the reason changes
                 self.commit(lambda r: setattr(r, "paused", paused))
-            return self._wait(wait, reason=paused or "limit")
+            waited = self._wait(wait, reason=paused or "limit")
+            return None if waited is WAITED else waited
 
         def start_attempt(r: JobRecord) -> None:
             r.attempts += 1
@@ -89,19 +97,32 @@ class SubmitPhase(StepBase):
             elif self.s.submit_uncertain == "resubmit":
                 self.ctx.admission.release(self.rec)
                 self.commit(_requeue_with(exc))
-                return self._wait(backoff_delay(attempt - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s))
+                waited = self._wait(backoff_delay(attempt - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s))
+                return None if waited is WAITED else waited
             else:
                 self.ctx.admission.release(self.rec)
                 return self._fail(exc, prefix="submit outcome unknown, not sent again (FALQ_SUBMIT_UNCERTAIN=fail; "
                                               "`falq retry` sends a new request): ")
         except RetryableError as exc:
+            # Nothing was created at fal (FalClient.submit raises a retryable error only then):
+            # not an attempt, bounded by time (FALQ_SUBMIT_REFUSED_MAX_S), not by FALQ_MAX_ATTEMPTS.
             self.ctx.admission.release(self.rec)
+            locked = isinstance(exc, FalAccountLocked)
             if isinstance(exc, FalAccountLocked):
-                self.ctx.admission.account_locked(self.rec, exc)
+                self.ctx.admission.account_locked(self.rec, exc)  # the key pauses; no time bound
+            since = self.rec.refused_since or time.time()
+            if not locked and time.time() - since > self.s.submit_refused_max_s:
+                self.commit(_not_an_attempt(exc))
+                return self._fail(SubmitRefused(
+                    f"every submit for {time.time() - since:.0f}s met answers that created nothing at fal "
+                    f"(FALQ_SUBMIT_REFUSED_MAX_S={self.s.submit_refused_max_s:.0f}; last: {exc}); nothing was "
+                    "created or billed"))
             self.commit(_requeue_with(exc))
-            return self._wait(backoff_delay(
-                attempt - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s, retry_after=exc.retry_after
+            streak = sum(1 for e in self.rec.errors if e.at >= since)
+            waited = self._wait(backoff_delay(
+                streak - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s, retry_after=exc.retry_after
             ))
+            return None if waited is WAITED else waited
         except PermanentError as exc:
             self.ctx.admission.release(self.rec)
             return self._fail(exc)
@@ -111,6 +132,7 @@ class SubmitPhase(StepBase):
             r.request_id, r.status_url = sub.request_id, sub.status_url
             r.response_url, r.cancel_url = sub.response_url, sub.cancel_url
             r.submitted_at = now
+            r.refused_since = None
             if not any(s.request_id == sub.request_id for s in r.submissions):
                 r.submissions = [*r.submissions, Submission(attempt=attempt, request_id=sub.request_id,
                                                             submitted_at=now)]
@@ -161,3 +183,13 @@ class SubmitPhase(StepBase):
                     raise
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
+
+
+def _not_an_attempt(exc: Exception) -> Callable[[JobRecord], object]:
+    """Note ``exc`` and give back the attempt its submit counted: fal created nothing."""
+
+    def change(r: JobRecord) -> None:
+        r.add_error(exc)
+        r.attempts -= 1
+
+    return change

@@ -10,7 +10,8 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from falq.shared.dispatch import TASK_NAME, publish
-from falq.shared.errors import is_redis_oom
+from falq.shared.errors import StepCrashed, is_redis_oom
+from falq.shared.records import JobRecord
 from falq.shared.settings import get_settings
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
@@ -47,9 +48,12 @@ def register(app: Celery) -> Task:
         except Exception as exc:  # a bug or an outage (Redis down or full): never lose the job
             if is_redis_oom(exc):
                 log.warning("step of job %s stopped: Redis memory is full (maxmemory); re-publishing", job_id)
+                outcome = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
             else:
                 log.exception("step of job %s crashed (%s); re-publishing", job_id, type(exc).__name__)
-            outcome = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
+                outcome = crashed(ctx, job_id, exc)
+        else:
+            steady(ctx, job_id)
         if outcome.done:
             return "done"
         try:
@@ -61,6 +65,53 @@ def register(app: Celery) -> Task:
         return f"continues in {outcome.delay:.1f}s"
 
     return run_job
+
+
+def _crash_key(ctx: WorkerContext, job_id: str) -> str:
+    return f"{ctx.settings.key_prefix}:step_crashes:{job_id}"
+
+
+def steady(ctx: WorkerContext, job_id: str) -> None:
+    """A step of the job ran to its end: its streak of crashes (if any) is over."""
+    try:
+        ctx.redis.delete(_crash_key(ctx, job_id))
+    except Exception:  # Redis trouble: the next crash count is merely one too high
+        log.debug("could not reset the crash count of job %s", job_id, exc_info=True)
+
+
+def crashed(ctx: WorkerContext, job_id: str, exc: Exception) -> Outcome:
+    """Count a crashed step; after ``FALQ_MAX_STEP_CRASHES`` in a row the job fails as
+    ``step_crashed`` with the error on its record (visible, terminal) instead of looping."""
+    later = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
+    try:
+        key = _crash_key(ctx, job_id)
+        pipe = ctx.redis.pipeline(transaction=False)
+        pipe.incr(key)
+        pipe.expire(key, 24 * 3600)
+        count = int(pipe.execute()[0])
+        if count < ctx.settings.max_step_crashes:
+            return later
+        error = StepCrashed(f"a step of this job crashed {count} times in a row; last: "
+                            f"{type(exc).__name__}: {str(exc)[:500]}")
+
+        def failed(r: JobRecord) -> bool:
+            if r.terminal:
+                return False
+            r.add_error(error, retryable=False)
+            r.paused = None
+            r.move("failed")
+            return True
+
+        rec = ctx.store.update(job_id, failed)
+        ctx.redis.delete(key)
+        if rec.state == "failed":
+            ctx.admission.release(rec)
+            ctx.notify_finished(rec)
+        log.error("job %s failed: %s", job_id, error)
+        return Outcome(True)
+    except Exception:  # the store is out of reach too: try the step again later
+        log.exception("could not record the crash of job %s", job_id)
+        return later
 
 
 def _republish(app: Celery, ctx: WorkerContext, job_id: str, lane: str, endpoint: str, delay: float) -> None:
