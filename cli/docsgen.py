@@ -91,12 +91,13 @@ def _default(field: FieldInfo) -> str:
 
 #: The configuration page's sections: (title, field-name prefixes or names, in order).
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fal", ("fal_", "submit_uncertain", "media_hosts", "allow_private_media", "max_image_bytes",
+    ("fal", ("fal_", "submit_uncertain", "submit_refused_max_s", "media_hosts", "allow_private_media", "max_image_bytes",
              "input_upload", "use_status_stream", "poll_")),
     ("Redis and the broker", ("redis_", "broker_url", "queue_", "key_prefix")),
     ("S3", ("s3_", "aws_", "presign_", "mirror_")),
     ("Jobs and workers", ("tenant", "max_num_images", "price_", "record_ttl_s", "max_attempts", "job_deadline_s",
-                          "visibility_timeout_s", "lease_ttl_s", "takeover", "worker_concurrency", "retry_")),
+                          "visibility_timeout_s", "lease_ttl_s", "takeover", "worker_concurrency", "retry_",
+                          "max_step_crashes")),
     ("Callbacks", ("callback_",)),
     ("Global limits and budget", ("rate_", "max_outstanding", "slot_lease_s", "budget_", "locked_pause_s",
                                   "pause_poll_s")),
