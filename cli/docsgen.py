@@ -91,8 +91,8 @@ def _default(field: FieldInfo) -> str:
 
 #: The configuration page's sections: (title, field-name prefixes or names, in order).
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("fal", ("fal_", "submit_uncertain", "submit_refused_max_s", "media_hosts", "allow_private_media", "max_image_bytes",
-             "input_upload", "use_status_stream", "poll_")),
+    ("fal", ("fal_", "submit_uncertain", "submit_refused_max_s", "media_hosts", "allow_private_media",
+             "max_image_bytes", "input_upload", "use_status_stream", "poll_")),
     ("Redis and the broker", ("redis_", "broker_url", "queue_", "key_prefix")),
     ("S3", ("s3_", "aws_", "presign_", "mirror_")),
     ("Jobs and workers", ("tenant", "max_num_images", "price_", "record_ttl_s", "max_attempts", "job_deadline_s",
