@@ -4,6 +4,13 @@ Faults, all during one run:
 
 * the emulator answers 10% of calls with 5xx, 5% with 429, drops 2% of connections,
   slows 2% down and finishes 2% of requests COMPLETED-with-error (transient);
+* 5% of result GETs of requests that succeeded answer 500 *with* ``x-fal-request-id``
+  (fal-ai/fal#694): falq must fetch the same result again, never pay a second time;
+* fal's edge is down for submits for a while (nginx 502 pages, nothing created): no job may
+  fail or spend an attempt on it;
+* some running jobs are cancelled, and the emulator's running apps ignore half of all cancels
+  (its default, as fal's own e2e test describes a normal app): what fal finished anyway is billed,
+  so its images must be in S3 and its cost on the record;
 * S3 fails a share of writes (503 SlowDown or a dropped connection) through a proxy;
 * a worker process is SIGKILLed every few seconds and a new one started;
 * Redis (with AOF, as in production) is killed and restarted once mid-run;
@@ -39,7 +46,7 @@ ENDPOINTS = [
     "fal-ai/qwen-image-2/pro/edit",
 ]
 EMULATOR_FAULTS = {"fail_5xx": 0.10, "fail_429": 0.05, "drop": 0.02, "slow": 0.02, "completed_error": 0.02,
-                   "submit_500_created": 0.02, "moderation_rate": 0.01}
+                   "submit_500_created": 0.02, "moderation_rate": 0.01, "result_5xx_with_id": 0.05}
 #: Failures the faults above cause by design: a moderated prompt, and a submit whose answer
 #: was dropped after it was sent (never sent again: FALQ_SUBMIT_UNCERTAIN=fail).
 EXPECTED_FAILURES = frozenset({"content_policy", "submit_uncertain", "parent_failed"})
@@ -69,6 +76,12 @@ class Report:
     emulator_faults: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     failures: list[str] = field(default_factory=list)
+    #: Cancels sent to running jobs; of those ended ``cancelled``, how fal ended them.
+    cancels_sent: int = 0
+    cancelled_by_outcome: dict[str, int] = field(default_factory=dict)
+    #: Cancelled jobs fal finished anyway whose images or cost falq did not keep.
+    paid_output_dropped: int = 0
+    submit_outage_s: float = 0.0
     #: The chained batch (generates, each with edits of its image): jobs, and batch states whose
     #: kept count differs from a recount from the records (must be none).
     chain_jobs: int = 0
@@ -98,6 +111,7 @@ def _edit_source() -> str:
 
 
 def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency: int = 100,
+        outage_s: float = 30.0,
         s3_failure_rate: float = 0.1, timeout_s: float = 600.0, seed: int = 7) -> Report:
     """Run the scenario with ``n_jobs`` jobs; returns the audit."""
     from falq.producers import Falq
@@ -142,8 +156,24 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
         procs = [stack.start_worker(concurrency=concurrency) for _ in range(workers)]
         stop = threading.Event()
 
+        cancel_budget = max(4, n_jobs // 25)
+
+        def canceller() -> None:
+            # Cancel running jobs only: a cancel before submit is the easy case; one fal is
+            # running is where fal may finish (and bill) the generation anyway.
+            while not stop.wait(0.3) and report.cancels_sent < cancel_budget:
+                try:
+                    sample = falq.store.get_many(rng.sample(job_ids, min(20, len(job_ids))))
+                    for rec in sample:
+                        if rec is not None and rec.state == "in_progress" and report.cancels_sent < cancel_budget:
+                            falq.cancel(rec.id)
+                            report.cancels_sent += 1
+                            break
+                except Exception:  # Redis is restarting
+                    continue
+
         def killer() -> None:
-            restarted = False
+            restarted = outage = False
             while not stop.wait(kill_every_s):
                 victim = rng.choice([p for p in procs if p.poll() is None] or procs)
                 stack.kill_worker(victim, signal.SIGKILL)
@@ -152,6 +182,10 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
                 procs.append(stack.start_worker(concurrency=concurrency))
                 done = falq.store.counts()
                 finished = done["completed"] + done["failed"] + done["cancelled"]
+                if not outage and outage_s and finished >= total // 6:
+                    stack.emu.configure(submit_outage_s=outage_s)  # fal's edge down for submits from now
+                    report.submit_outage_s = outage_s
+                    outage = True
                 if not restarted and finished >= total // 3:
                     stack.redis.restart()
                     report.redis_restarts += 1
@@ -159,6 +193,8 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
 
         chaos = threading.Thread(target=killer, daemon=True)
         chaos.start()
+        cancels = threading.Thread(target=canceller, daemon=True)
+        cancels.start()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -171,8 +207,9 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
             time.sleep(1.0)
         stop.set()
         chaos.join(30)
+        cancels.join(30)
         stack.emu.configure(fail_5xx=0, fail_429=0, drop=0, slow=0, completed_error=0, submit_500_created=0,
-                            moderation_rate=0)
+                            moderation_rate=0, result_5xx_with_id=0, submit_outage_s=0)
         report.seconds = time.monotonic() - t0
         _audit(report, stack, falq, Storage(direct), job_ids)
         from falq.shared.batches import BatchStore
@@ -235,7 +272,15 @@ def _audit(report: Report, stack: DevStack, falq: Any, storage: Any, job_ids: li
             report.unexplained_failures += 1
         if rec.state == "failed" and rec.error:
             report.failed_by_kind[rec.error.type] = report.failed_by_kind.get(rec.error.type, 0) + 1
-        if rec.state == "completed":
+        if rec.state == "cancelled":
+            outcome = rec.fal_outcome or ("before_submit" if not rec.submissions else "none")
+            report.cancelled_by_outcome[outcome] = report.cancelled_by_outcome.get(outcome, 0) + 1
+            billed_at_fal = any(s.get("billable_units") for s in subs.get(job_id, []))
+            if billed_at_fal and not (rec.fal_outcome == "finished" and rec.outputs and rec.cost_billed):
+                report.paid_output_dropped += 1
+                report.failures.append(f"{job_id}: fal billed its cancelled request but falq kept "
+                                       f"{len(rec.outputs)} images, cost {rec.cost_billed}")
+        if rec.state == "completed" or (rec.state == "cancelled" and rec.fal_outcome == "finished"):
             for img in rec.outputs:
                 report.images_checked += 1
                 data = storage.get_bytes(img.key)
@@ -284,6 +329,10 @@ def table(r: Report) -> str:
         ("jobs with submissions > attempts", r.over_attempts),
         ("jobs submitted more than once (each a recorded new attempt)", r.multi_submission_jobs),
         ("extra submissions not justified by the request's own failure", r.extra_submissions),
+        ("cancels of running jobs / how fal ended the cancelled",
+         f"{r.cancels_sent} / {', '.join(f'{k} {v}' for k, v in sorted(r.cancelled_by_outcome.items())) or 'none'}"),
+        ("cancelled jobs fal billed whose images or cost falq dropped", r.paid_output_dropped),
+        ("submit edge outage (nginx 502, nothing created)", f"{r.submit_outage_s:.0f}s"),
         ("failed by reason", ", ".join(f"{k} {v}" for k, v in sorted(r.failed_by_kind.items())) or "none"),
         ("worker SIGKILLs / Redis restarts", f"{r.worker_kills} / {r.redis_restarts}"),
         ("S3 write faults injected", ", ".join(f"{k} {v}" for k, v in sorted(r.s3_faults.items()))),
