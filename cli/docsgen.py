@@ -173,23 +173,19 @@ def configuration_page() -> str:
 # --- CLI -----------------------------------------------------------------------------------
 
 
-def _help(command: click.Command, path: list[str]) -> str:
-    parent: click.Context | None = None
-    for name in path[:-1]:
-        parent = click.Context(click.Group(name), info_name=name, parent=parent)
-    ctx = click.Context(command, info_name=path[-1], parent=parent, terminal_width=HELP_WIDTH,
-                        max_content_width=HELP_WIDTH)
-    return command.get_help(ctx)
-
-
-def _walk(command: click.Command, path: list[str]) -> list[tuple[list[str], click.Command]]:
-    out = [(path, command)]
+def _walk(command: click.Command, path: list[str],
+          parent: click.Context | None = None) -> list[tuple[list[str], click.Command, click.Context]]:
+    """Every command under ``command`` with the context click would give it (so each inherits the
+    group's settings, ``-h`` included, exactly as on the command line)."""
+    settings: dict[str, Any] = {**command.context_settings, "terminal_width": HELP_WIDTH,
+                                "max_content_width": HELP_WIDTH}
+    ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
+    out = [(path, command, ctx)]
     if isinstance(command, click.Group):
-        ctx = click.Context(command, info_name=path[-1])
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             if sub is not None and not sub.hidden:
-                out += _walk(sub, [*path, name])
+                out += _walk(sub, [*path, name], ctx)
     return out
 
 
@@ -210,9 +206,9 @@ def cli_page() -> str:
         "broker unreachable; 130 interrupted.",
         "",
     ]
-    for path, command in _walk(cli, ["falq"]):
+    for path, command, ctx in _walk(cli, ["falq"]):
         depth = min(len(path) + 1, 4)
-        lines += [f"{'#' * depth} `{' '.join(path)}`", "", "```text", _help(command, path).rstrip(), "```", ""]
+        lines += [f"{'#' * depth} `{' '.join(path)}`", "", "```text", command.get_help(ctx).rstrip(), "```", ""]
     return "\n".join(lines)
 
 
