@@ -45,8 +45,12 @@ TEST_PROCS ?= 2
 test: install redis-server prometheus lint typecheck contracts docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
 
+# The Redis scripts (shared/lua/*.lua, settings in .luacheckrc) are linted by luacheck (Debian:
+# `apt-get install lua-check`); tests/test_redis_scripts.py also loads each into a real Redis.
 lint: install
 	$(BIN)/ruff check falq/__init__.py shared workers producers emulator ops gateway cli tests
+	@command -v luacheck >/dev/null 2>&1 || { echo "need luacheck for the Lua scripts (apt-get install lua-check)"; exit 1; }
+	luacheck --no-color -q shared/lua/*.lua
 
 typecheck: install
 	$(BIN)/mypy
@@ -59,11 +63,13 @@ contracts: install
 ## after checking that the generated reference pages match the code.
 docs: install
 	$(BIN)/python -m falq.cli.docsgen --check
+	$(BIN)/python -m falq.ops.redis_layout --check
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
 
 ## make docs-gen: regenerate docs/reference/{configuration,cli,rest-api,errors,redis-layout}.md from the code.
 docs-gen: install
 	$(BIN)/python -m falq.cli.docsgen
+	$(BIN)/python -m falq.ops.redis_layout
 
 chaos: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/chaos

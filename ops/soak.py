@@ -140,6 +140,23 @@ def kind_of(key: str) -> str:
     return _NUM.sub("{n}", _KID.sub("{kid}", _ID.sub("{id}", key)))
 
 
+def tally_ttl(info: dict[str, Any], kind: str, ttl: int) -> None:
+    """Count one sampled key's ``TYPE`` and ``TTL`` answers into its kind's ``info``.
+
+    ``TTL`` answers -1 for a key without a TTL and -2 for a key that no longer exists: a key that
+    expired between the ``SCAN`` that found it and the ``TTL`` (the point of a TTL) is not counted
+    at all, and never as a key without one. Only -1 is a missing TTL."""
+    if ttl == -2:
+        info["count"] -= 1  # gone: it is not left in Redis
+        return
+    info["type"] = kind
+    if ttl >= 0:
+        info["ttl"] += 1
+        info["max_ttl"] = max(info["max_ttl"], ttl)
+    else:
+        info["no_ttl"] += 1
+
+
 def audit_keys(r: Any, prefix: str, record_ttl_s: int) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """Every key by kind (count, type, how many have a TTL, the longest TTL) and the problems found."""
     kinds: dict[str, dict[str, Any]] = {}
@@ -157,13 +174,7 @@ def audit_keys(r: Any, prefix: str, record_ttl_s: int) -> tuple[dict[str, dict[s
     answers = iter(pipe.execute())
     for info in kinds.values():
         for _ in info["keys"]:
-            info["type"] = next(answers).decode()
-            ttl = int(next(answers))
-            if ttl >= 0:
-                info["ttl"] += 1
-                info["max_ttl"] = max(info["max_ttl"], ttl)
-            else:
-                info["no_ttl"] += 1
+            tally_ttl(info, next(answers).decode(), int(next(answers)))
 
     problems: list[str] = []
 

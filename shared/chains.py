@@ -57,6 +57,7 @@ from typing import Any
 from falq.shared.errors import FieldError, JobNotFound, ParentFailed
 from falq.shared.jobstore import Conflict, JobStore
 from falq.shared.records import TERMINAL, JobRecord
+from falq.shared.scripts import register
 from falq.shared.settings import Settings
 
 log = logging.getLogger("falq.chains")
@@ -146,25 +147,6 @@ def parents_of(input: dict[str, Any]) -> list[str]:
     return list(dict.fromkeys(r.target for r in refs_in(input).values()))
 
 
-# Registers a waiting child with its parents; pushes every parent that has already ended on
-# chain:done, so a parent that ended before this script ran still releases (or fails) the child.
-_LINK = """
-local done_key, child, ttl = KEYS[1], ARGV[1], tonumber(ARGV[2])
-local prefix = ARGV[3]
-for i = 4, #ARGV do
-  local parent = ARGV[i]
-  local ckey = prefix .. ':children:' .. parent
-  redis.call('SADD', ckey, child)
-  if ttl > 0 then redis.call('EXPIRE', ckey, ttl) end
-  local st = redis.call('HGET', prefix .. ':job:' .. parent, 'state')
-  if (not st) or st == 'completed' or st == 'failed' or st == 'cancelled' then
-    redis.call('XADD', done_key, '*', 'parent', parent, 'state', st or 'gone')
-  end
-end
-return 1
-"""
-
-
 class Chains:
     """Links, releases and ends chained jobs (see the module docs).
 
@@ -184,7 +166,7 @@ class Chains:
         self.keys = store.keys
         self.runnable = runnable
         self._presign = presign
-        self._link = self.r.register_script(_LINK)
+        self._link = register(self.r, "chain_link")
 
     # --- enqueue time ----------------------------------------------------------------------
     def check(self, items: list[tuple[str, dict[int, Ref], int]], tenant_of: Callable[[int], str],
@@ -274,7 +256,10 @@ class Chains:
         ps = list(dict.fromkeys(parents))
         if ps:
             ttl = max(self.s.record_ttl_s * 2, 3600)
-            self._link(keys=[self.keys.chain_done], args=[child_id, ttl, self.keys.prefix, *ps])
+            keys = [self.keys.chain_done]
+            for p in ps:
+                keys += [self.keys.children(p), self.keys.job(p)]
+            self._link(keys=keys, args=[child_id, ttl, *ps])
 
     # --- the release ----------------------------------------------------------------------
     def on_parent_done(self, parent_id: str) -> dict[str, str]:

@@ -332,6 +332,17 @@ class ObjectMissing(StorageError):
 # --- jobs --------------------------------------------------------------------------------
 
 
+class InvalidTransition(PermanentError):
+    """A job was asked to enter a state its state may not lead to (``falq.shared.records.TRANSITIONS``):
+    a bug in the caller, never retried. ``src`` and ``dst`` name the two states."""
+
+    kind = "invalid_transition"
+
+    def __init__(self, job_id: str, src: str, dst: str) -> None:
+        super().__init__(f"job {job_id}: {src} -> {dst} is not an allowed state change")
+        self.job_id, self.src, self.dst = job_id, src, dst
+
+
 class JobNotFound(FalqError, KeyError):
     """No job record with this id (never existed, or expired)."""
 

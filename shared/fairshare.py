@@ -12,7 +12,7 @@ most about ``FALQ_FAIR_WAIT_S`` of the rate dispatched and not yet admitted by t
 so its FIFO order no longer matters: the order of dispatch is the order of service.
 
 Which tenant is dispatched next is weighted **stride scheduling**, done in one Lua script
-(``DISPATCH`` in :mod:`falq.shared.fairshare_lua`): every active tenant (non-empty ready set)
+(``shared/lua/fair_dispatch.lua``): every active tenant (non-empty ready set)
 has a *pass*; the tenant with the smallest pass is served and its pass grows by ``1 / weight``.
 A tenant that becomes active starts at the lane's virtual time (the pass last served), so it
 neither gets credit for the time it was idle (no burst) nor waits behind the others' history (no
@@ -25,7 +25,7 @@ goes before bulk.
 Guarantees (every step survives SIGKILL anywhere):
 
 * **No record without a ready entry**: the job store's create script adds the record and its
-  ready entry in one step (``CREATE_READY_LUA``, inside ``JobStore.create``).
+  ready entry in one step (``shared/lua/job_create.lua``, inside ``JobStore.create``).
 * **Dispatch**: the script pops ids, adds them to ``{p}:inflight`` (with the time) and returns
   them; the caller publishes each message and then marks it ``published``. A caller killed in
   between leaves ``published = 0`` records in ``{p}:inflight``: :func:`recover_dispatched`
@@ -34,8 +34,8 @@ Guarantees (every step survives SIGKILL anywhere):
   any recovery (the reaper skips unpublished records). A duplicate message is harmless: leases
   and the record's state make it a no-op, so no second fal submission can follow.
 * **Room freed**: the limiter's release (the request is done at fal, or never got there) frees
-  the job's room in the same script (``fair_free`` in :mod:`falq.shared.lua_common`); so does
-  the save that makes a job terminal (``ON_TERMINAL_LUA``, inside ``JobStore.save``), so a job
+  the job's room in the same script (``lib.fair_free`` in ``shared/lua/lib.lua``); so does
+  the save that makes a job terminal (``shared/lua/job_save.lua``, inside ``JobStore.save``), so a job
   that ends without a release (cancelled while waiting) leaks nothing. The limiter's admission
   takes the job out of ``{p}:fair:unadmitted``.
 * **Park**: a job refused because its tenant is over its own budget goes back to its ready set
@@ -67,10 +67,10 @@ import redis
 from celery import Celery
 
 from falq.shared.dispatch import publish
-from falq.shared.fairshare_lua import DISPATCH, FREE, READY
-from falq.shared.keys import Keys
+from falq.shared.keys import HOLE, Keys
 from falq.shared.limits import Limiter, key_id, known_keys, tenant_spend_today
 from falq.shared.records import TERMINAL, JobRecord
+from falq.shared.scripts import register
 from falq.shared.settings import Settings
 
 log = logging.getLogger("falq.fairshare")
@@ -101,9 +101,18 @@ class FairShare:
         self.s = settings
         self.prefix = settings.key_prefix
         self.keys = Keys(self.prefix)
-        self._ready = client.register_script(READY)
-        self._dispatch = client.register_script(DISPATCH)
-        self._free = client.register_script(FREE)
+        self._ready = register(client, "fair_ready")
+        self._dispatch = register(client, "fair_dispatch")
+        self._free = register(client, "fair_free")
+        k = self.keys
+        #: The fair-dispatch room of a job (lib.fair_free): inflight, unadmitted, owner, count.
+        self._room = [k.inflight, k.fair_unadmitted, k.fair_owner, k.fair_count]
+        self._dispatch_keys = [k.inflight, k.fair_unadmitted, k.limits_config, k.tenants, k.fair_count,
+                               k.fair_owner, k.fair_active("interactive"), k.fair_active("bulk"),
+                               k.fair_pass("interactive"), k.fair_pass("bulk"), k.fair_vt("interactive"),
+                               k.fair_vt("bulk")]
+        self._dispatch_tpls = [k.fair_ready(HOLE, HOLE), k.job(HOLE), k.fair_paused(HOLE),
+                               k.tenant_spend(HOLE, HOLE)]
 
     @property
     def enabled(self) -> bool:
@@ -131,7 +140,7 @@ class FairShare:
             publish(app, self.s, rec.id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)
             self.r.hset(self.keys.job(rec.id), "published", "1")
             return True
-        ok = bool(self._ready(keys=[], args=[self.prefix, rec.id, rec.tenant, rec.lane, rec.created_at]))
+        ok = self._make_ready(rec)
         if ok and dispatch and app is not None:
             self.dispatch(app)
         return ok
@@ -143,14 +152,21 @@ class FairShare:
         hand-off). False without fair dispatch: the job then waits in place, as before."""
         if not self.enabled:
             return False
-        return bool(self._ready(keys=[], args=[self.prefix, rec.id, rec.tenant, rec.lane, rec.created_at]))
+        return self._make_ready(rec)
+
+    def _make_ready(self, rec: JobRecord) -> bool:
+        """``fair_ready``: the job (back) in its tenant's ready set; False if gone or terminal."""
+        tenant = rec.tenant or "default"
+        k = self.keys
+        keys = [k.job(rec.id), k.fair_ready(rec.lane, tenant), k.fair_active(rec.lane), *self._room]
+        return bool(self._ready(keys=keys, args=[rec.id, tenant, rec.created_at]))
 
     # --- dispatch --------------------------------------------------------------------------------
     def take(self, max_jobs: int = 500) -> list[tuple[str, str, str, str]]:
         """Run the dispatch script: ``[(job id, lane, endpoint, tenant)]`` now dispatched, to publish."""
-        raw = self._dispatch(keys=[], args=[
-            self.prefix, int(self.s.max_outstanding), float(self.s.fair_headroom), int(self.s.fair_uncapped_room),
-            int(max_jobs), float(self.s.rate_per_s), float(self.s.fair_wait_s),
+        raw = self._dispatch(keys=self._dispatch_keys, args=[
+            int(self.s.max_outstanding), float(self.s.fair_headroom), int(self.s.fair_uncapped_room),
+            int(max_jobs), float(self.s.rate_per_s), float(self.s.fair_wait_s), *self._dispatch_tpls,
         ])
         vals = [_s(x) for x in raw]
         return [(vals[i], vals[i + 1], vals[i + 2], vals[i + 3]) for i in range(0, len(vals), 4)]
@@ -209,7 +225,7 @@ class FairShare:
         if stale:
             # Gone (expired, deleted) or finished without the terminal save seeing it: free the room.
             for job_id in stale:
-                self._free(keys=[], args=[self.prefix, job_id])
+                self._free(keys=self._room, args=[job_id])
         sent = []
         for job_id, doc in lost:
             try:

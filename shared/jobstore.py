@@ -43,140 +43,10 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from falq.shared.errors import JobNotFound
-from falq.shared.fairshare_lua import CREATE_READY_LUA, ON_TERMINAL_LUA
-from falq.shared.keys import Keys
+from falq.shared.keys import HOLE, Keys
 from falq.shared.records import STATES, TERMINAL, JobRecord
 from falq.shared.redisconn import replicas_to_wait_for, wait_for_replicas
-
-# Creates a record unless its idempotency key already names a live job. Returns the id of
-# the job that now owns the key (ours or the existing one).
-_CREATE = """
-local job_key, idem_key = KEYS[1], KEYS[2]
-local id, doc, created_at, prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if idem_key ~= '' then
-  local existing = redis.call('GET', idem_key)
-  if existing and redis.call('EXISTS', prefix .. ':job:' .. existing) == 1 then
-    return existing
-  end
-  redis.call('SET', idem_key, id)
-end
-if redis.call('EXISTS', job_key) == 1 then return id end
--- Chains and batches (falq.shared.chains, falq.shared.batches): ARGV[5] the first state
--- ('waiting' for a job whose parents have not completed), ARGV[6] the batch hash ('' none)
--- whose counts gain the job, ARGV[7] its estimate in micro-dollars.
-local first = ARGV[5] or 'queued'
-if first == '' then first = 'queued' end
-redis.call('HSET', job_key, 'version', '1', 'state', first, 'doc', doc, 'published', '0')
-redis.call('ZADD', prefix .. ':state:' .. first, created_at, id)
--- The tenant's own creation index (ARGV[10], falq.gateway.search): written with the record, so
--- a tenant's listing never misses a job. The first record of a Redis with none has no older
--- record to backfill: the per-tenant indexes are complete from here on (``{p}:created:backfill``).
-local owner = ARGV[10] or ''
-if owner == '' then owner = 'default' end
-if redis.call('ZCARD', prefix .. ':created') == 0 then
-  redis.call('HSETNX', prefix .. ':created:backfill', 'done', created_at)
-end
-redis.call('ZADD', prefix .. ':created', created_at, id)
-redis.call('ZADD', prefix .. ':created:t:' .. owner, created_at, id)
-redis.call('SADD', prefix .. ':created:tenants', owner)
-if ARGV[6] and ARGV[6] ~= '' then
-  redis.call('HINCRBY', ARGV[6], 'n:' .. first, 1)
-  redis.call('HINCRBY', ARGV[6], 'total', 1)
-  redis.call('HINCRBY', ARGV[6], 'est_micro', tonumber(ARGV[7]) or 0)
-end
--- Fair dispatch (falq.shared.fairshare): ARGV[8] the tenant ('' = publish directly), ARGV[9]
--- the lane: a queued job enters its tenant's ready set with the record, never without it.
-local ready_tenant, ready_lane = ARGV[8] or '', ARGV[9] or 'bulk'
-if first ~= 'queued' then ready_tenant = '' end
-""" + CREATE_READY_LUA + """
-return id
-"""
-
-# Compare-and-set save. Returns 1 on success, 0 on a version conflict, -1 if the record is gone,
-# -2 if the save is fenced by a lease (KEYS[5], token ARGV[10]) the caller no longer holds.
-# With ARGV[9] == '1' (the new state is terminal and the job has a callback_url) a save that
-# changes the state also puts the job in the callback outbox, due now, in the same step: a
-# terminal state is never saved without its callback pending (falq.shared.outbox).
-_SAVE = """
-local job_key, idem_key, outbox_key, failed_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local expected, new_version, state, doc, ts, id, prefix, ttl, callback =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
-local cur = redis.call('HMGET', job_key, 'version', 'state')
-if not cur[1] then return -1 end
-if cur[1] ~= expected then return 0 end
--- Fencing (KEYS[5], ARGV[10]): a worker step saves only while it still holds the job's lease.
-if KEYS[5] and KEYS[5] ~= '' and redis.call('GET', KEYS[5]) ~= ARGV[10] then return -2 end
-redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
-if callback == '1' and cur[2] ~= state then
-  redis.call('HSET', job_key, 'cb_version', new_version, 'cb_tries', '0', 'cb_since', ts)
-  redis.call('ZADD', outbox_key, ts, id)
-  redis.call('ZREM', failed_key, id)
-end
-if cur[2] ~= state then redis.call('ZREM', prefix .. ':state:' .. cur[2], id) end
-redis.call('ZADD', prefix .. ':state:' .. state, ts, id)
--- Catalogue (KEYS[6], falq.workers.archive): a terminal save enqueues the job for archiving in
--- this same step; the caller passes ttl 0, so the record stays (PERSIST) until it is archived.
-if KEYS[6] and KEYS[6] ~= '' then redis.call('XADD', KEYS[6], '*', 'id', id, 'v', new_version) end
--- Batches and chains (falq.shared.batches, falq.shared.chains): KEYS[7] the job's batch hash
--- ('' none), whose counts move from the old state to the new one; on a terminal save (ARGV[12]
--- '1') it gains the billed micro-dollars (ARGV[11]), and when the job has children (KEYS[8])
--- the job is pushed on the chain:done stream (KEYS[9]): children are never left waiting.
-if cur[2] ~= state and KEYS[7] then
-  if KEYS[7] ~= '' then
-    redis.call('HINCRBY', KEYS[7], 'n:' .. cur[2], -1)
-    redis.call('HINCRBY', KEYS[7], 'n:' .. state, 1)
-    if ARGV[12] == '1' then
-      redis.call('HINCRBY', KEYS[7], 'billed_micro', tonumber(ARGV[11]) or 0)
-      redis.call('HSET', KEYS[7], 'last_end', ts)
-    end
-  end
-  if ARGV[12] == '1' and redis.call('EXISTS', KEYS[8]) == 1 then
-    redis.call('XADD', KEYS[9], '*', 'parent', id, 'state', state)
-  end
-end
--- Fair dispatch (falq.shared.fairshare): a terminal save frees the job's dispatch room.
-""" + ON_TERMINAL_LUA + """
-if ttl > 0 then
-  redis.call('EXPIRE', job_key, ttl)
-  if idem_key ~= '' then redis.call('EXPIRE', idem_key, ttl) end
-else
-  redis.call('PERSIST', job_key)
-  if idem_key ~= '' then redis.call('PERSIST', idem_key) end
-end
-return 1
-"""
-
-
-# Stores fal's output beside the record, only while the record exists (no orphan key).
-_SAVE_RESULT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'result', ARGV[1])
-return 1
-"""
-
-
-# Backfill (JobStore.backfill_tenant_index): ARGV[1] the prefix, then (id, creation score, tenant)
-# triples; each id enters its tenant's creation index only if its record still exists, checked
-# in this same step, so the backfill never leaves an entry for a record deleted meanwhile.
-_INDEX_OWNED = """
-local prefix, n = ARGV[1], 0
-for i = 2, #ARGV, 3 do
-  local id, score, tenant = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if redis.call('EXISTS', prefix .. ':job:' .. id) == 1 then
-    redis.call('ZADD', prefix .. ':created:t:' .. tenant, score, id)
-    redis.call('SADD', prefix .. ':created:tenants', tenant)
-    n = n + 1
-  end
-end
-return n
-"""
-
-# A tenant whose creation index is empty leaves {p}:created:tenants, unless a create refilled the
-# index in between (checked in this step: the create adds to both in its own step).
-_FORGET_TENANT_IF_EMPTY = """
-if redis.call('ZCARD', KEYS[1]) == 0 then return redis.call('SREM', KEYS[2], ARGV[1]) end
-return 0
-"""
+from falq.shared.scripts import register
 
 #: Tenants with up to this many jobs in Redis answer a ``state=`` listing from their own
 #: creation index (:meth:`JobStore.tenant_rows_in_state`): ids only, ``ZMSCORE`` in pages.
@@ -214,13 +84,18 @@ class JobStore:
         #: The catalogue is on (``FALQ_CATALOGUE``): terminal saves go to ``{p}:archive`` and
         #: keep the record until the archiver set its short TTL (falq.workers.archive).
         self.archive = archive
-        self._create = client.register_script(_CREATE)
-        self._save = client.register_script(_SAVE)
-        self._save_result = client.register_script(_SAVE_RESULT)
-        self._index_owned = client.register_script(_INDEX_OWNED)
-        self._forget_tenant_if_empty = client.register_script(_FORGET_TENANT_IF_EMPTY)
-        self._forget = client.register_script(_FORGET_UNPUBLISHED)
-        self._restore = client.register_script(_RESTORE)
+        self._create = register(client, "job_create")
+        self._save = register(client, "job_save")
+        self._save_result = register(client, "job_save_result")
+        self._index_owned = register(client, "job_index_owned")
+        self._forget_tenant_if_empty = register(client, "job_forget_tenant")
+        self._forget = register(client, "job_forget_unpublished")
+        self._restore = register(client, "job_restore")
+        self._job_tpl = self.keys.job(HOLE)
+        self._state_tpl = self.keys.state(HOLE)
+        #: The save's KEYS[11..14]: the fair-dispatch room a terminal save frees (lib.fair_free).
+        self._fair_keys = [self.keys.inflight, self.keys.fair_unadmitted, self.keys.fair_owner,
+                           self.keys.fair_count]
 
     # --- keys ----------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:
@@ -244,9 +119,7 @@ class JobStore:
         """
         rec.idempotency_key = idempotency_key
         rec.version = 1
-        keys = [self.job_key(rec.id), self.idem_key(idempotency_key, rec.tenant)]
-        args = [rec.id, rec.model_dump_json(), rec.created_at, self.prefix, *self._create_args(rec),
-                *_ready_args(rec, fair)]
+        keys, args = self._create_call(rec, idempotency_key, fair)
         if not replicas_to_wait_for(self.r):
             owner = self._create(keys=keys, args=args)
         else:  # on a replica before the producer hands out the id (redisconn.wait_for_replicas)
@@ -258,10 +131,20 @@ class JobStore:
             return rec, True
         return self.get(owner_id), False
 
-    def _create_args(self, rec: JobRecord) -> list[str]:
-        """ARGV[5..7] of the create: the first state, the batch hash, the estimate (micro-dollars)."""
-        return [rec.state, self.keys.batch(rec.batch_id) if rec.batch_id else "",
-                str(round(rec.cost_estimate * 1_000_000))]
+    def _create_call(self, rec: JobRecord, idempotency_key: str | None, fair: bool) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV of ``job_create`` (shared/lua/job_create.lua)."""
+        k = self.keys
+        tenant = rec.tenant or "default"
+        # A queued job enters its tenant's ready set with the record (fair dispatch); a waiting
+        # one (a chained child) enters it when it is released.
+        ready = fair and rec.state == "queued"
+        keys = [self.job_key(rec.id), self.idem_key(idempotency_key, rec.tenant), k.state(rec.state), k.created,
+                k.created_tenant(tenant), k.created_tenants, k.created_backfill,
+                k.batch(rec.batch_id) if rec.batch_id else "",
+                k.fair_ready(rec.lane, tenant) if ready else "", k.fair_active(rec.lane) if ready else ""]
+        args = [rec.id, rec.model_dump_json(), rec.created_at, rec.state, str(round(rec.cost_estimate * 1_000_000)),
+                tenant, self._job_tpl]
+        return keys, args
 
     def create_many(self, items: list[tuple[JobRecord, str | None]], *, fair: bool = False) -> list[str]:
         """Pipelined :meth:`create` for bulk enqueue; returns the owning job id per item."""
@@ -269,12 +152,8 @@ class JobStore:
         for rec, key in items:
             rec.idempotency_key = key
             rec.version = 1
-            self._create(
-                keys=[self.job_key(rec.id), self.idem_key(key, rec.tenant)],
-                args=[rec.id, rec.model_dump_json(), rec.created_at, self.prefix, *self._create_args(rec),
-                      *_ready_args(rec, fair)],
-                client=pipe,
-            )
+            keys, args = self._create_call(rec, key, fair)
+            self._create(keys=keys, args=args, client=pipe)
         owners = wait_for_replicas(self.r, pipe=pipe, what=f"the records of {len(items)} jobs")
         return [o.decode() if isinstance(o, bytes) else str(o) for o in owners]
 
@@ -341,12 +220,15 @@ class JobStore:
         archive = self.archive and rec.state in TERMINAL
         ttl = self.ttl_s if rec.state in TERMINAL and not archive else 0
         callback = "1" if rec.state in TERMINAL and (rec.callback_url or rec.fal_webhook) else "0"
+        terminal = "1" if rec.state in TERMINAL else "0"
+        billed = round((rec.cost_billed or 0.0) * 1_000_000)
         res = self._save(
             keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key, rec.tenant), self.keys.outbox,
                   self.keys.outbox_failed, fence[0] if fence else "", self.keys.archive if archive else "",
-                  *self._chain_keys(rec)],
-            args=[expected, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.id, self.prefix, ttl,
-                  callback, fence[1] if fence else "", *self._chain_args(rec)],
+                  self.keys.batch(rec.batch_id) if rec.batch_id else "", self.keys.children(rec.id),
+                  self.keys.chain_done, self.keys.state(rec.state), *self._fair_keys],
+            args=[expected, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.id, ttl,
+                  callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl],
         )
         if res == 1:
             return
@@ -356,17 +238,6 @@ class JobStore:
         if res == -1:
             raise JobNotFound(f"job {rec.id} was deleted while it ran")
         raise Conflict(rec.id)
-
-    def _chain_keys(self, rec: JobRecord) -> list[str]:
-        """KEYS[7..9] of the save: the batch hash, the children set, the chain:done stream."""
-        return [self.keys.batch(rec.batch_id) if rec.batch_id else "", self.keys.children(rec.id),
-                self.keys.chain_done]
-
-    @staticmethod
-    def _chain_args(rec: JobRecord) -> list[str]:
-        """ARGV[11..12] of the save: billed micro-dollars, and whether the new state is terminal."""
-        billed = round((rec.cost_billed or 0.0) * 1_000_000)
-        return [str(billed), "1" if rec.state in TERMINAL else "0"]
 
     def update(self, job_id: str, change: Callable[[JobRecord], Any], *, tries: int = 20) -> JobRecord:
         """Load, apply ``change`` and save, retrying on conflicts. Returns the saved record."""
@@ -588,7 +459,8 @@ class JobStore:
                 continue  # a corrupt record is never listed (JobStore.get treats it as gone)
             args += [job_id, repr(score), tenant]
         if args:
-            self._index_owned(keys=[], args=[self.prefix, *args])
+            self._index_owned(keys=[self.keys.created_tenants],
+                              args=[self._job_tpl, self.keys.created_tenant(HOLE), *args])
         if gone:
             self._prune(gone, None)
 
@@ -629,6 +501,10 @@ class JobStore:
         only if Redis holds no record of the job. The record expires after ``ttl_s`` unless a
         later (non-terminal) save persists it. Returns 1 written, 0 already there, 2 when the
         idempotency key names another live job (nothing written: restore without the key)."""
+        if rec.state not in TERMINAL:
+            # Only terminal records carry a TTL (the save persists a record only when it leaves a
+            # terminal state); the catalogue only holds finished jobs anyway.
+            raise ValueError(f"restore takes a finished job; job {rec.id} is {rec.state}")
         ttl = max(1, int(ttl_s))
         tenant = rec.tenant or "default"
         idem = self.idem_key(rec.idempotency_key, tenant)
@@ -636,7 +512,7 @@ class JobStore:
             keys=[self.job_key(rec.id), idem, self.keys.state(rec.state), self.keys.created,
                   self.keys.created_tenant(tenant), self.keys.created_tenants],
             args=[rec.id, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.created_at,
-                  self.prefix, ttl, tenant]))
+                  ttl, tenant, self._job_tpl]))
 
     # --- undo an enqueue whose broker message was never sent ------------------------------------
     def forget_unpublished(self, job_id: str, idempotency_key: str | None = None, tenant: str = "default") -> bool:
@@ -648,84 +524,21 @@ class JobStore:
         ``published`` is still 0, so a job that has a message is never touched. It deletes
         before it decrements, which Redis allows a script when it refuses writes at
         ``maxmemory``. Returns True if something was removed."""
-        return bool(self._forget(keys=[self.job_key(job_id), self.idem_key(idempotency_key, tenant)],
-                                 args=[job_id, self.prefix]))
+        # The record's tenant and batch never change: read here, they name the keys to clean.
+        doc = self.r.hget(self.job_key(job_id), "doc")
+        owner, batch = tenant or "default", ""
+        if doc is not None:
+            try:
+                d = from_json(doc)
+                owner = str(d.get("tenant") or "default")
+                batch = str(d.get("batch_id") or "")
+            except (ValueError, AttributeError):
+                pass  # a corrupt record: the script deletes it with what the caller named
+        k = self.keys
+        return bool(self._forget(
+            keys=[self.job_key(job_id), self.idem_key(idempotency_key, tenant), k.cancel(job_id), k.created,
+                  k.created_tenant(owner), k.batch(batch) if batch else "",
+                  k.batch_jobs(batch) if batch else ""],
+            args=[job_id, self._state_tpl]))
 
 
-def _ready_args(rec: JobRecord, fair: bool) -> list[str]:
-    """ARGV[8..10] of the create: the tenant whose ready set the job enters ('' = none), the lane,
-    and the tenant that owns the job (its ``{p}:created:t:{tenant}`` entry)."""
-    return [rec.tenant if fair else "", rec.lane, rec.tenant]
-
-
-# Deletes a never-published record and what points at it. Returns 1 if it did, 0 if the
-# record is gone or has a broker message (published != 0). Its batch (falq.shared.batches) loses
-# the job in the same step: ``total``, the count of the state it is in and its estimate, exactly
-# what the create (and any save since) added, so the counts stay equal to a recount. Every call
-# before the batch's HINCRBYs deletes, and Redis lets a script that has already written finish
-# even at maxmemory, so this runs when Redis refuses new writes (the reason it is called).
-# JobStore.restore: an archived record written back, unchanged, only if Redis has none
-# (falq.shared.catalogue.revive). KEYS: the record, its idempotency key ('' for none), its
-# state index, {p}:created, its tenant's creation index, {p}:created:tenants. Returns 1 written,
-# 0 already there, 2 the idempotency key names another live job (nothing written).
-_RESTORE = """
-local job_key, idem_key = KEYS[1], KEYS[2]
-local id, version, state, doc, updated_at, created_at, prefix, ttl, tenant =
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]), ARGV[9]
-if redis.call('EXISTS', job_key) == 1 then return 0 end
-if idem_key ~= '' then
-  local owner = redis.call('GET', idem_key)
-  if owner and owner ~= id and redis.call('EXISTS', prefix .. ':job:' .. owner) == 1 then return 2 end
-  redis.call('SET', idem_key, id, 'EX', ttl)
-end
-redis.call('HSET', job_key, 'version', version, 'state', state, 'doc', doc, 'published', '1')
-redis.call('EXPIRE', job_key, ttl)
-redis.call('ZADD', KEYS[3], updated_at, id)
-redis.call('ZADD', KEYS[4], created_at, id)
-redis.call('ZADD', KEYS[5], created_at, id)
-redis.call('SADD', KEYS[6], tenant)
-return 1
-"""
-
-
-_FORGET_UNPUBLISHED = """
-local job_key, idem_key, id, prefix = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
-local cur = redis.call('HMGET', job_key, 'published', 'state', 'doc')
-if cur[1] and cur[1] ~= '0' then return 0 end
-if idem_key ~= '' and redis.call('GET', idem_key) == id then redis.call('DEL', idem_key) end
-if not cur[1] then return 0 end
-local state = cur[2] or 'queued'
--- Python's round(x * 1e6) (half to even), the rounding the create's estimate went through.
-local function micro(x)
-  if type(x) ~= 'number' then return 0 end
-  local v = x * 1000000
-  local f = math.floor(v)
-  local frac = v - f
-  if frac > 0.5 or (frac == 0.5 and f % 2 == 1) then f = f + 1 end
-  return f
-end
-local tenant, batch, est, billed = 'default', '', 0, 0
-local ok, d = pcall(cjson.decode, cur[3] or '')
-if ok and type(d) == 'table' then
-  if type(d.tenant) == 'string' and d.tenant ~= '' then tenant = d.tenant end
-  if type(d.batch_id) == 'string' then batch = d.batch_id end
-  est, billed = micro(d.cost_estimate), micro(d.cost_billed)
-end
-redis.call('DEL', job_key, prefix .. ':cancel:' .. id)
-redis.call('ZREM', prefix .. ':state:' .. state, id)
-redis.call('ZREM', prefix .. ':created', id)
-redis.call('ZREM', prefix .. ':created:t:' .. tenant, id)
-if batch ~= '' then
-  local bkey = prefix .. ':batch:' .. batch
-  if redis.call('EXISTS', bkey) == 1 then  -- never make a hash for a batch that is gone
-    redis.call('HINCRBY', bkey, 'n:' .. state, -1)
-    redis.call('HINCRBY', bkey, 'total', -1)
-    if est ~= 0 then redis.call('HINCRBY', bkey, 'est_micro', -est) end
-    if billed ~= 0 and (""" + " or ".join(f"state == '{t}'" for t in sorted(TERMINAL)) + """) then
-      redis.call('HINCRBY', bkey, 'billed_micro', -billed)
-    end
-  end
-  redis.call('ZREM', bkey .. ':jobs', id)
-end
-return 1
-"""

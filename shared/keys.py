@@ -33,8 +33,22 @@ key                             type    what
 ``{p}:reaper:lock``             string  one reaper at a time
 ``{p}:falhook:{request_id}``    string  fal's pushed completion, received by the gateway
 ``{p}:falhook``                 pubsub  wakes the worker waiting for that request
-``{p}:limits:{kid}[:...]``      mixed   one fal key's limiter (``kid``: short sha256 of the key),
-                                        see :mod:`falq.shared.limits_lua`
+``{p}:limits:{kid}``             -       one fal key's limiter (``kid``: short sha256 of the key),
+                                        :mod:`falq.shared.limits`: the stem of the families below
+``{p}:limits:{kid}:slots``       zset    job -> slot expiry (ms): requests outstanding at fal
+``{p}:limits:{kid}:slots:ep:{e}`` zset   the same, of one endpoint
+``{p}:limits:{kid}:slots:t:{t}`` zset    the same, of one tenant
+``{p}:limits:{kid}:slot_ep``     hash    job -> its endpoint (which ``slots:ep`` it is in)
+``{p}:limits:{kid}:slot_t``      hash    job -> its tenant (which ``slots:t`` it is in)
+``{p}:limits:{kid}:tat``         string  the token bucket (GCRA): when the next token is due (ms)
+``{p}:limits:{kid}:tat:t:{t}``   string  a tenant's own token bucket (its ``rate``)
+``{p}:limits:{kid}:waiting:{w}`` zset    job -> expiry: who waits and why (``interactive``,
+                                        ``bulk``, ``budget``, ``locked``)
+``{p}:limits:{kid}:charges``     hash    job -> ``day|micro-dollars|tenant`` reserved for its attempt
+``{p}:limits:{kid}:paused``      string  why submissions with this key are paused (402, locked), TTL
+``{p}:limits:{kid}:sending``     zset    POSTs on their way (job -> send time), the send check
+``{p}:limits:{kid}:sent``        zset    POSTs answered, by a bound of their arrival at fal
+``{p}:limits:*:slots``           -       the pattern that finds every key's ``slots`` (SCAN)
 ``{p}:limits:config``           hash    the runtime limits (``falq limits set``)
 ``{p}:limits:keys``             hash    key id -> the key's last 4 characters
 ``{p}:spend:{yyyy-mm-dd}``      string  today's reserved spend, integer micro-dollars
@@ -93,8 +107,8 @@ key                             type    what
                                         replica makes it (:mod:`falq.gateway.console.ahead`)
 ==============================  ======  ==========================================================
 
-Lua scripts that build keys from ids they read inside Redis (the job store's create, the
-limiter's slot checks) still spell those keys there; they follow this table.
+Lua scripts (shared/lua/) never spell a key: they get the keys from here, in KEYS, or as a
+template (:data:`HOLE`) for a key that depends on what they read inside Redis.
 
 Example::
 
@@ -105,6 +119,12 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: The hole in a key template: a :class:`Keys` method called with ``HOLE`` for a part gives the
+#: template a Redis script fills with ``lib.key`` (shared/lua/lib.lua), for a key that depends
+#: on something only read inside Redis (the UTC day from ``TIME``, an id from an index). So every
+#: key is spelled here alone. No key prefix, id or name holds this control character.
+HOLE = "\x01"
 
 
 @dataclass(frozen=True)
@@ -177,6 +197,44 @@ class Keys:
 
     def limits(self, kid: str) -> str:
         return f"{self.prefix}:limits:{kid}"
+
+    # One fal key's limiter (falq.shared.limits): its slots and their side hashes, its token
+    # buckets, who waits and why, its reservations, its pause and its send log.
+    def limits_slots(self, kid: str) -> str:
+        return f"{self.limits(kid)}:slots"
+
+    def limits_slots_ep(self, kid: str, endpoint: str) -> str:
+        return f"{self.limits(kid)}:slots:ep:{endpoint}"
+
+    def limits_slots_t(self, kid: str, tenant: str) -> str:
+        return f"{self.limits(kid)}:slots:t:{tenant}"
+
+    def limits_slot_ep(self, kid: str) -> str:
+        return f"{self.limits(kid)}:slot_ep"
+
+    def limits_slot_t(self, kid: str) -> str:
+        return f"{self.limits(kid)}:slot_t"
+
+    def limits_tat(self, kid: str) -> str:
+        return f"{self.limits(kid)}:tat"
+
+    def limits_tat_t(self, kid: str, tenant: str) -> str:
+        return f"{self.limits(kid)}:tat:t:{tenant}"
+
+    def limits_waiting(self, kid: str, why: str) -> str:
+        return f"{self.limits(kid)}:waiting:{why}"
+
+    def limits_charges(self, kid: str) -> str:
+        return f"{self.limits(kid)}:charges"
+
+    def limits_paused(self, kid: str) -> str:
+        return f"{self.limits(kid)}:paused"
+
+    def limits_sending(self, kid: str) -> str:
+        return f"{self.limits(kid)}:sending"
+
+    def limits_sent(self, kid: str) -> str:
+        return f"{self.limits(kid)}:sent"
 
     @property
     def limits_config(self) -> str:

@@ -1,6 +1,6 @@
 """Global limits on one fal account, kept in Redis so every worker on every host shares them.
 
-One :class:`Limiter` per fal key enforces, atomically in Lua (:mod:`falq.shared.limits_lua`),
+One :class:`Limiter` per fal key enforces, atomically in Lua (``shared/lua/limiter_*.lua``),
 with time taken from Redis ``TIME``:
 
 * **submissions per second**: a token bucket (GCRA) with a burst, paced
@@ -49,8 +49,8 @@ from typing import Any
 
 import redis
 
-from falq.shared import limits_lua
-from falq.shared.keys import Keys
+from falq.shared.keys import HOLE, Keys
+from falq.shared.scripts import register
 from falq.shared.settings import Settings
 
 CONFIG_FIELDS = ("rate", "burst", "max_outstanding", "max_outstanding_per_endpoint", "budget_daily")
@@ -133,13 +133,23 @@ class Limiter:
         self.keys = Keys(self.prefix)
         self.kid = kid or key_id(settings.fal_key_value())
         self.lease_ms = int(settings.slot_lease_s * 1000)
-        self._acquire = client.register_script(limits_lua.ACQUIRE)
-        self._confirm = client.register_script(limits_lua.CONFIRM)
-        self._answered = client.register_script(limits_lua.ANSWERED)
-        self._hold = client.register_script(limits_lua.HOLD)
-        self._release = client.register_script(limits_lua.RELEASE)
-        self._renew = client.register_script(limits_lua.RENEW)
-        self._state = client.register_script(limits_lua.STATE)
+        self._acquire = register(client, "limiter_acquire")
+        self._confirm = register(client, "limiter_confirm")
+        self._answered = register(client, "limiter_answered")
+        self._hold = register(client, "limiter_hold")
+        self._release = register(client, "limiter_release")
+        self._renew = register(client, "limiter_renew")
+        self._state = register(client, "limiter_state")
+        k, kid = self.keys, self.kid
+        #: The block every limiter script takes first (lib.limiter_keys in shared/lua/lib.lua):
+        #: KEYS[1..18], then ARGV[1..7] (templates of the keys the scripts fill in).
+        self._keys = [k.limits_slots(kid), k.limits_slot_ep(kid), k.limits_slot_t(kid), k.limits_tat(kid),
+                      k.limits_charges(kid), k.limits_paused(kid),
+                      *(k.limits_waiting(kid, why) for why in ("interactive", "bulk", "budget", "locked")),
+                      k.limits_sending(kid), k.limits_sent(kid), k.limits_config, k.tenants, k.fair_unadmitted,
+                      k.inflight, k.fair_owner, k.fair_count]
+        self._tpls = [k.limits_slots_ep(kid, HOLE), k.limits_slots_t(kid, HOLE), k.limits_tat_t(kid, HOLE),
+                      k.spend(HOLE), k.tenant_spend(HOLE, HOLE), k.fair_paused(HOLE), k.lease(HOLE)]
 
     @property
     def base(self) -> str:
@@ -152,8 +162,8 @@ class Limiter:
     # --- the hot path ----------------------------------------------------------------------------
     def acquire(self, job_id: str, endpoint: str, lane: str, cost_micro: int, tenant: str = "default") -> Answer:
         d = config_defaults(self.s)
-        raw = self._acquire(keys=[], args=[
-            self.prefix, self.kid, job_id, endpoint, lane, int(cost_micro), self.lease_ms,
+        raw = self._acquire(keys=self._keys, args=[
+            *self._tpls, job_id, endpoint, lane, int(cost_micro), self.lease_ms,
             float(self.s.rate_headroom), *[d[f] for f in CONFIG_FIELDS], tenant,
             int(self.s.pause_poll_s * 3000),
         ])
@@ -167,42 +177,42 @@ class Limiter:
 
     def confirm(self, job_id: str) -> tuple[int, int]:
         """Log a POST leaving now: ``(0, Redis time ms)``; or ``(ms to wait first, 0)`` (see CONFIRM)."""
-        raw = self._confirm(keys=[], args=[self.prefix, self.kid, job_id])
+        raw = self._confirm(keys=self._keys, args=[*self._tpls, job_id])
         return int(raw[0]), int(raw[1])
 
     def answered(self, job_id: str, score_ms: int) -> None:
         """The job's POST came back; it counts until ``score_ms`` + 1 s (see ANSWERED)."""
-        self._answered(keys=[], args=[self.prefix, self.kid, job_id, int(score_ms)])
+        self._answered(keys=self._keys, args=[*self._tpls, job_id, int(score_ms)])
 
     def hold(self, job_id: str, endpoint: str, tenant: str = "default") -> None:
         """Count a request that is outstanding at fal (a redelivered job that follows again)."""
-        self._hold(keys=[], args=[self.prefix, self.kid, job_id, endpoint, self.lease_ms, tenant])
+        self._hold(keys=self._keys, args=[*self._tpls, job_id, endpoint, self.lease_ms, tenant])
 
     def release(self, job_id: str, *, refund: bool) -> bool:
         """Free the job's slot; with ``refund`` give back the cost reserved at admission."""
-        return bool(self._release(keys=[], args=[self.prefix, self.kid, job_id, "1" if refund else "0"]))
+        return bool(self._release(keys=self._keys, args=[*self._tpls, job_id, "1" if refund else "0"]))
 
     def renew(self, job_ids: list[str], owner: str, pipe: Any = None) -> Any:
         """Extend the slots of ``job_ids`` whose job lease ``owner`` holds (see RENEW)."""
-        return self._renew(keys=[], args=[self.prefix, self.kid, self.lease_ms, owner, *job_ids],
+        return self._renew(keys=self._keys, args=[*self._tpls, self.lease_ms, owner, *job_ids],
                            client=pipe or self.r)
 
     # --- pause (403 "User is locked") ------------------------------------------------------------
     def pause(self, reason: str, ttl_s: float) -> bool:
         """Pause every submission for this key; returns True if it was not paused already."""
-        key = f"{self.base}:paused"
+        key = self.keys.limits_paused(self.kid)
         fresh = bool(self.r.set(key, reason[:500], nx=True, px=int(ttl_s * 1000)))
         if not fresh:
             self.r.set(key, reason[:500], px=int(ttl_s * 1000))
         return fresh
 
     def resume(self) -> bool:
-        return bool(self.r.delete(f"{self.base}:paused"))
+        return bool(self.r.delete(self.keys.limits_paused(self.kid)))
 
     # --- inspection ------------------------------------------------------------------------------
     def state(self, suffix: str = "") -> KeyState:
-        raw = self._state(keys=[], args=[self.prefix, self.kid])
-        eps = [_s(k) for k in self.r.scan_iter(match=f"{self.base}:slots:ep:*", count=200)]
+        raw = self._state(keys=self._keys, args=self._tpls)
+        eps = [_s(k) for k in self.r.scan_iter(match=self.keys.limits_slots_ep(self.kid, "*"), count=200)]
         counts = {}
         for k in eps:
             n = int(self.r.zcount(k, int(raw[0]), "+inf"))
@@ -223,14 +233,14 @@ class Limiter:
         now_ms = int(sec) * 1000 + int(usec) // 1000
         pipe = self.r.pipeline(transaction=False)
         for t in tenants:
-            pipe.zcount(f"{self.base}:slots:t:{t}", now_ms, "+inf")
+            pipe.zcount(self.keys.limits_slots_t(self.kid, t), now_ms, "+inf")
         return {t: int(n) for t, n in zip(tenants, pipe.execute(), strict=True)}
 
     def live_slots(self) -> list[str]:
         """Job ids holding a slot that has not expired (by Redis time)."""
         sec, usec = self.r.time()
         now_ms = int(sec) * 1000 + int(usec) // 1000
-        return [_s(x) for x in self.r.zrangebyscore(f"{self.base}:slots", now_ms, "+inf")]
+        return [_s(x) for x in self.r.zrangebyscore(self.keys.limits_slots(self.kid), now_ms, "+inf")]
 
 
 # --- configuration (shared by the CLI and the workers) -------------------------------------------

@@ -354,7 +354,7 @@ def _budget(configured: Any, settings: Settings) -> float | None:
     return budget if budget > 0 else None
 
 
-#: The limiter's reasons to hold a job back (``{p}:limits:{kid}:waiting:{why}``, shared.limits_lua).
+#: The limiter's reasons to hold a job back (``{p}:limits:{kid}:waiting:{why}``, shared/lua/limiter_acquire.lua).
 WAIT_REASONS = ("interactive", "bulk", "budget", "locked")
 
 
@@ -369,11 +369,11 @@ def _limiter_waits(r: redis.Redis, prefix: str) -> dict[str, dict[str, int]]:
     sec, usec = r.time()
     now_ms = int(sec) * 1000 + int(usec) // 1000
     pipe = r.pipeline(transaction=False)
+    keys = Keys(prefix)
     for kid in kids:
-        base = Keys(prefix).limits(kid)
-        pipe.exists(f"{base}:paused")
+        pipe.exists(keys.limits_paused(kid))
         for why in WAIT_REASONS:
-            pipe.zcount(f"{base}:waiting:{why}", now_ms, "+inf")
+            pipe.zcount(keys.limits_waiting(kid, why), now_ms, "+inf")
     res = iter(pipe.execute())
     paused: dict[str, int] = {}
     waiting = dict.fromkeys(WAIT_REASONS, 0)

@@ -47,80 +47,12 @@ from falq.shared.errors import JobNotFound
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import url_host
 from falq.shared.records import JobRecord
+from falq.shared.scripts import register
 
 #: Tries kept per job in ``{p}:delivery:{id}`` (the newest).
 LOG_CAP = 100
 
 Action = Literal["done", "retry", "failed", "drop"]
-
-# KEYS: outbox. ARGV: now, claim-until, limit. Returns the claimed ids.
-_CLAIM = """
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
-for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], ARGV[2], id) end
-return ids
-"""
-
-# KEYS: outbox, failed, job, delivery log. ARGV: id, token, try entry ('' for none), action,
-# next due, log cap, now, fallback ttl. Logs the try; applies the action only while the entry
-# still carries this claim's token (1), else leaves it to whoever changed it (0).
-_FINISH = """
-local outbox, failed, job, logk = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local id, token, entry, action, due, cap, now, ttl =
-  ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
-local alive = redis.call('EXISTS', job) == 1
-if alive and entry ~= '' then
-  redis.call('RPUSH', logk, entry)
-  redis.call('LTRIM', logk, -cap, -1)
-  local left = redis.call('TTL', job)
-  redis.call('EXPIRE', logk, left > 0 and left or ttl)
-end
-local s = redis.call('ZSCORE', outbox, id)
-if not s or tonumber(s) ~= token then return 0 end
-if alive and entry ~= '' then redis.call('HINCRBY', job, 'cb_tries', 1) end
-if action == 'retry' then
-  redis.call('ZADD', outbox, due, id)
-else
-  redis.call('ZREM', outbox, id)
-  if action == 'failed' then redis.call('ZADD', failed, now, id) end
-end
-return 1
-"""
-
-# KEYS: outbox, failed, job. ARGV: id, now. A fresh round of tries, due now; -1 if the record is gone.
-_REDELIVER = """
-local outbox, failed, job = KEYS[1], KEYS[2], KEYS[3]
-local cur = redis.call('HMGET', job, 'version', 'cb_version')
-if not cur[1] then return -1 end
-if not cur[2] then redis.call('HSET', job, 'cb_version', cur[1]) end
-redis.call('HSET', job, 'cb_tries', '0', 'cb_since', ARGV[2])
-redis.call('HDEL', job, 'cb_settled')
-redis.call('ZREM', failed, ARGV[1])
-redis.call('ZADD', outbox, ARGV[2], ARGV[1])
-return 1
-"""
-
-
-# KEYS: job. ARGV: delivery id, "kind=1|0". Notes a target that needs no more tries for this
-# delivery id (delivered: 1, refused for good: 0); only while the record exists.
-_SETTLE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local cur = redis.call('HGET', KEYS[1], 'cb_settled')
-local prefix = ARGV[1] .. '|'
-if not cur or string.sub(cur, 1, #prefix) ~= prefix then cur = prefix end
-redis.call('HSET', KEYS[1], 'cb_settled', cur .. ARGV[2] .. ',')
-return 1
-"""
-
-# KEYS: job, delivery log. ARGV: try entry, log cap, fallback ttl. One more try in the log.
-_APPEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[1])
-redis.call('LTRIM', KEYS[2], -tonumber(ARGV[2]), -1)
-local left = redis.call('TTL', KEYS[1])
-redis.call('EXPIRE', KEYS[2], left > 0 and left or tonumber(ARGV[3]))
-return 1
-"""
-
 
 @dataclass(frozen=True)
 class Claim:
@@ -180,11 +112,11 @@ class Outbox:
         self.store = store
         self.r = store.r
         self.keys = store.keys
-        self._claim = self.r.register_script(_CLAIM)
-        self._finish = self.r.register_script(_FINISH)
-        self._redeliver = self.r.register_script(_REDELIVER)
-        self._settle = self.r.register_script(_SETTLE)
-        self._append = self.r.register_script(_APPEND)
+        self._claim = register(self.r, "outbox_claim")
+        self._finish = register(self.r, "outbox_finish")
+        self._redeliver = register(self.r, "outbox_redeliver")
+        self._settle = register(self.r, "outbox_settle")
+        self._append = register(self.r, "outbox_append")
 
     # --- the delivery loop's side ----------------------------------------------------------------
     def claim(self, *, limit: int, lease_s: float, now: float | None = None) -> list[Claim]:

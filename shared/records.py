@@ -36,10 +36,64 @@ STATES: tuple[State, ...] = (
     "cancelled",
 )
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+#: The state machine: state -> the states :meth:`JobRecord.move` may enter from it (anything
+#: else raises :class:`~falq.shared.errors.InvalidTransition`). Read by row:
+#:
+#: * a new job starts ``queued`` (or ``waiting`` for a chained one, whose release queues it);
+#: * an attempt goes ``queued -> submitting -> in_queue -> in_progress -> mirroring -> completed``;
+#:   fal may report a request queued again (``in_progress -> in_queue``) and may finish it from
+#:   either (``-> mirroring``); a delivery that finds a ``submitting`` record with fal's request
+#:   id follows that request, so ``submitting`` leads to whatever fal reports (``in_queue``,
+#:   ``in_progress``, ``mirroring``); a request in doubt or a transient failure starts a new
+#:   attempt (``-> queued``) from any step of it;
+#: * every live state can end ``failed`` or ``cancelled`` (a cancel follows a running request to
+#:   its end, so ``in_progress``/``mirroring -> cancelled`` are the ends of a cancelled job fal
+#:   completed anyway);
+#: * re-entering the same live state is allowed (its timestamp restarts);
+#: * a terminal state leads only to a retry (``falq retry``): a new attempt
+#:   (:meth:`JobRecord.start_over`), ``failed`` and ``cancelled`` back to ``queued`` (or
+#:   ``waiting``, a chained job reopened); or, for a job holding an output fal made and billed,
+#:   never a new submission: ``-> mirroring`` when fal's result is kept beside the record, and
+#:   ``cancelled -> completed`` for a cancelled job fal finished anyway whose images are mirrored;
+#:   ``completed`` is final.
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "waiting": frozenset({"waiting", "queued", "failed", "cancelled"}),
+    "queued": frozenset({"queued", "submitting", "failed", "cancelled"}),
+    "submitting": frozenset({"submitting", "queued", "in_queue", "in_progress", "mirroring", "failed", "cancelled"}),
+    "in_queue": frozenset({"in_queue", "in_progress", "mirroring", "queued", "failed", "cancelled"}),
+    "in_progress": frozenset({"in_progress", "in_queue", "mirroring", "queued", "failed", "cancelled"}),
+    "mirroring": frozenset({"mirroring", "completed", "queued", "failed", "cancelled"}),
+    "completed": frozenset(),
+    "failed": frozenset({"queued", "waiting", "mirroring"}),
+    "cancelled": frozenset({"queued", "waiting", "mirroring", "completed"}),
+}
 #: States in which a fal request may be outstanding (submitted and not finished).
 AT_FAL: frozenset[str] = frozenset({"submitting", "in_queue", "in_progress"})
 Lane = Literal["interactive", "bulk"]
 LOGS_TAIL = 20
+
+
+def path_to(src: str, dst: str) -> list[str] | None:
+    """The shortest list of states :data:`TRANSITIONS` leads through from ``src`` to ``dst``
+    (``dst`` last; ``[dst]`` for a direct step), or None when ``dst`` cannot be reached."""
+    if dst in TRANSITIONS.get(src, frozenset()):
+        return [dst]
+    prev: dict[str, str] = {src: src}
+    todo = [src]
+    while todo:
+        nxt: list[str] = []
+        for here in todo:
+            for there in sorted(TRANSITIONS[here]):
+                if there not in prev:
+                    prev[there] = here
+                    if there == dst:
+                        path = [dst]
+                        while prev[path[-1]] != src:
+                            path.append(prev[path[-1]])
+                        return path[::-1]
+                    nxt.append(there)
+        todo = nxt
+    return None
 
 
 def new_job_id() -> str:
@@ -190,6 +244,7 @@ class JobRecord(BaseModel):
         The one reset behind every retry (:meth:`falq.producers.Falq.retry`,
         :meth:`falq.shared.chains.Chains.reopen`).
         """
+        self.check_move(state)
         self.retry_from = self.attempts
         self.request_id = self.status_url = self.response_url = self.cancel_url = None
         self.submitted_at = self.fal_completed_at = self.queue_wait = self.inference_time = None
@@ -197,12 +252,35 @@ class JobRecord(BaseModel):
         self.fal_cancel_at = self.fal_cancel_why = self.fal_outcome = self.refused_since = None
         self.move(state)
 
+    def check_move(self, state: str) -> None:
+        """Raise :class:`~falq.shared.errors.InvalidTransition` unless :data:`TRANSITIONS` lets
+        the job go from its state to ``state``."""
+        if state not in TRANSITIONS.get(self.state, frozenset()):
+            from falq.shared.errors import InvalidTransition
+
+            raise InvalidTransition(self.id, self.state, state)
+
     def move(self, state: State) -> None:
-        """Enter ``state`` now (records the timestamp of the state)."""
+        """Enter ``state`` now (records the timestamp of the state); only along :data:`TRANSITIONS`
+        (else :class:`~falq.shared.errors.InvalidTransition`, the record unchanged)."""
+        self.check_move(state)
         now = time.time()
         self.state = state
         self.timestamps[state] = now
         self.updated_at = now
+
+    def walk_to(self, state: State) -> None:
+        """Move along the shortest path of :data:`TRANSITIONS` to ``state``, each step through
+        :meth:`move`: how tests and benchmarks make a record that has been where a worker would
+        have taken it (``queued`` to ``completed`` passes every step of an attempt). Workers and
+        producers move one step at a time, never with this (tests/test_state_transitions.py)."""
+        path = path_to(self.state, state)
+        if path is None:
+            from falq.shared.errors import InvalidTransition
+
+            raise InvalidTransition(self.id, self.state, state)
+        for step in path:
+            self.move(step)  # type: ignore[arg-type]
 
     def add_error(self, exc: BaseException, *, retryable: bool | None = None) -> ErrorInfo:
         from falq.shared.errors import FalqError

@@ -101,6 +101,7 @@ def test_the_wheel_installs_into_a_fresh_venv(tmp_path: Path) -> None:
     (wheel,) = dist.glob("falq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "falq/__init__.py" in names and "falq/shared/settings.py" in names and "falq/cli/main.py" in names
+    assert "falq/shared/lua/job_save.lua" in names and "falq/shared/lua/lib.lua" in names  # the Redis scripts
     assert not [n for n in names if n.split("/")[0] in FOLDERS]  # no generic top-level packages
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)

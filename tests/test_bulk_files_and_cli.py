@@ -353,7 +353,7 @@ def test_ten_thousand_lines_enqueue_quickly(env: Env, capsys: pytest.CaptureFixt
 def _complete(rec: JobRecord, n: int = 1) -> None:
     rec.outputs = [StoredImage(index=i, bucket="bkt", key=f"falq/{rec.id}/{i}.png", size=10 + i, sha256="ab" * 32,
                                content_type="image/png", width=1024, height=768) for i in range(n)]
-    rec.move("completed")
+    rec.walk_to("completed")
 
 
 class FakeStorage:

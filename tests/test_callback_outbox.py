@@ -113,17 +113,17 @@ def _score(store: JobStore, job_id: str) -> float | None:
 def test_the_outbox_entry_exists_exactly_when_the_terminal_state_is_saved(store: JobStore) -> None:
     rec = _job(store)
     assert _score(store, rec.id) is None
-    store.update(rec.id, lambda r: r.move("in_progress"))
+    store.update(rec.id, lambda r: r.walk_to("in_progress"))
     assert _score(store, rec.id) is None  # not terminal: no callback yet
 
     stale = store.get(rec.id)
     store.update(rec.id, lambda r: r.logs.append("a concurrent write"))
-    stale.move("completed")
+    stale.walk_to("completed")
     with pytest.raises(Conflict):
         store.save(stale)
     assert _score(store, rec.id) is None  # a save that did not happen enters nothing
 
-    done = store.update(rec.id, lambda r: r.move("completed"))
+    done = store.update(rec.id, lambda r: r.walk_to("completed"))
     assert _score(store, rec.id) == pytest.approx(done.updated_at)
     cb_version, tries = store.r.hmget(store.job_key(rec.id), "cb_version", "cb_tries")
     assert int(cb_version) == done.version and int(tries) == 0
@@ -154,7 +154,7 @@ def test_a_retried_job_that_ends_again_gets_a_new_delivery_id(store: JobStore) -
     outbox = Outbox(store)
     store.r.zadd(store.keys.outbox_failed, {rec.id: time.time()})
     store.update(rec.id, lambda r: r.move("queued"))
-    again = store.update(rec.id, lambda r: r.move("completed"))
+    again = store.update(rec.id, lambda r: r.walk_to("completed"))
     entry = outbox.entry(rec.id)
     assert entry is not None and entry.delivery_id == f"{rec.id}:{again.version}" != f"{rec.id}:{first.version}"
     assert store.r.zscore(store.keys.outbox_failed, rec.id) is None  # the new outcome is pending, not failed
@@ -162,7 +162,7 @@ def test_a_retried_job_that_ends_again_gets_a_new_delivery_id(store: JobStore) -
 
 def test_claims_are_exclusive_lapse_and_a_lapsed_claim_cannot_finish(store: JobStore) -> None:
     rec = _job(store)
-    store.update(rec.id, lambda r: r.move("completed"))
+    store.update(rec.id, lambda r: r.walk_to("completed"))
     outbox = Outbox(store)
     now = time.time() + 1
     [a] = outbox.claim(limit=10, lease_s=30, now=now)
@@ -196,7 +196,7 @@ def test_claims_are_exclusive_lapse_and_a_lapsed_claim_cannot_finish(store: JobS
 
 def test_the_delivery_log_is_capped_and_entries_of_gone_records_are_pruned(store: JobStore) -> None:
     rec = _job(store)
-    store.update(rec.id, lambda r: r.move("completed"))
+    store.update(rec.id, lambda r: r.walk_to("completed"))
     outbox = Outbox(store)
     for n in range(LOG_CAP + 5):
         [claim] = outbox.claim(limit=1, lease_s=30, now=time.time() + n)
@@ -212,7 +212,7 @@ def test_the_sender_marks_a_refused_target_failed_at_once(store: JobStore, recei
     from falq.workers.callbacks import CallbackSender
 
     rec = _job(store, callback_url=receiver.url)
-    store.update(rec.id, lambda r: r.move("completed"))
+    store.update(rec.id, lambda r: r.walk_to("completed"))
     strict = Settings(_env_file=None, callback_allow_private=False)  # type: ignore[call-arg]
     with httpx.Client() as http:
         sender = CallbackSender(store, strict, http)
@@ -231,7 +231,7 @@ def test_the_sender_gives_up_when_the_retry_window_ends(store: JobStore, receive
 
     receiver.failing = True
     rec = _job(store, callback_url=receiver.url)
-    store.update(rec.id, lambda r: r.move("completed"))
+    store.update(rec.id, lambda r: r.walk_to("completed"))
     settings = Settings(_env_file=None, callback_allow_private=True, callback_retry_for_s=1.5)  # type: ignore[call-arg]
     with httpx.Client() as http:
         sender = CallbackSender(store, settings, http)
@@ -258,7 +258,7 @@ def test_a_job_with_callback_url_and_fal_webhook_gets_each_once_from_one_entry(s
         fal_rx.fail_first = 1
         rec, _ = store.create(JobRecord.new(endpoint=T2I, input={"prompt": "x"}, callback_url=receiver.url))
         store.update(rec.id, lambda r: setattr(r, "fal_webhook", fal_rx.url))
-        store.update(rec.id, lambda r: r.move("completed"))
+        store.update(rec.id, lambda r: r.walk_to("completed"))
         assert _score(store, rec.id) is not None  # a job with only a fal_webhook enters the outbox too
         settings = Settings(_env_file=None, callback_allow_private=True)  # type: ignore[call-arg]
         with httpx.Client() as http:
@@ -294,7 +294,7 @@ def test_admin_validates_redelivery(redis_server: str, monkeypatch: pytest.Monke
     store = admin.falq.store
     running = _job(store)
     plain = _job(store, callback_url=None)
-    store.update(plain.id, lambda r: r.move("completed"))
+    store.update(plain.id, lambda r: r.walk_to("completed"))
     with pytest.raises(InvalidInput) as exc:
         admin.redeliver([running.id, plain.id])
     assert [(e.field, e.message) for e in exc.value.errors] == [

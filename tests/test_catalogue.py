@@ -114,7 +114,7 @@ def _finish(store: JobStore, n: int, *, state: str = "completed", prompt: str = 
     for i in range(n):
         rec, _ = store.create(JobRecord.new(endpoint=EP, input={"prompt": f"{prompt} {i}", "seed": i},
                                             cost_estimate=0.035, **kw))
-        rec.move(state)  # type: ignore[arg-type]
+        rec.walk_to(state)  # type: ignore[arg-type]
         store.save(rec)
         ids.append(rec.id)
     return ids
@@ -149,7 +149,7 @@ def test_upsert_is_idempotent_and_never_goes_back_a_version(db: Db) -> None:
     cat.upsert([row_from_record(rec, archived_at=1.0)])
     cat.upsert([row_from_record(rec, archived_at=1.0)])
     assert _ids_in_db(cat) == [rec.id]
-    rec.move("completed")
+    rec.walk_to("completed")
     rec.version = 9
     cat.upsert([row_from_record(rec, archived_at=2.0)])
     older = rec.model_copy(update={"state": "failed", "version": 7})
@@ -334,7 +334,7 @@ def test_search_uses_full_text_time_endpoint_metadata_and_tenant(db: Db) -> None
             ("red fox, long ago", EP, "default", 30)]):
         rec = JobRecord.new(endpoint=ep, input={"prompt": prompt}, tenant=tenant, metadata={"n": i, "k": f"v{i}"})
         rec.created_at = now - age_d * 86400
-        rec.move("completed")
+        rec.walk_to("completed")
         rows.append(row_from_record(rec, archived_at=now))
     cat.upsert(rows)
     q = CatalogueQuery(text="fox", endpoint=EP, since=now - 7 * 86400, tenant="default")
@@ -416,7 +416,7 @@ def test_a_database_at_a_previous_revision_upgrades(db: Db, start: str) -> None:
     engine = make_engine(db.url)
     assert upgrade(engine, start) == start
     rec = JobRecord.new(endpoint=EP, input={"prompt": "archived long ago"}, metadata={"project": "old"})
-    rec.move("completed")
+    rec.walk_to("completed")
     Catalogue(engine).upsert([row_from_record(rec, archived_at=1.0)])
     with pytest.raises(CatalogueSchemaOutdated, match="falq db upgrade"):
         check_schema(engine, auto_upgrade=False)  # what workers and the gateway say at start
@@ -442,7 +442,7 @@ def test_spend_report_is_one_group_by(db: Db) -> None:
                             metadata={"project": project})
         rec.cost_billed = billed
         rec.created_at = when - 60
-        rec.move(state)  # type: ignore[arg-type]
+        rec.walk_to(state)  # type: ignore[arg-type]
         rec.timestamps[state] = when
         rows.append(row_from_record(rec, archived_at=when))
     cat.upsert(rows)

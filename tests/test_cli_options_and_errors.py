@@ -226,7 +226,7 @@ def test_edit_local_images_become_data_uris(env: Env, images: dict[str, str],
 def _complete(rec: JobRecord) -> None:
     rec.outputs = [StoredImage(index=0, bucket="bkt", key=f"falq/x/{rec.id}/0.png", size=7, sha256="ab",
                                content_type="image/png", width=1024, height=1024)]
-    rec.move("completed")
+    rec.walk_to("completed")
 
 
 def _fail(rec: JobRecord) -> None:

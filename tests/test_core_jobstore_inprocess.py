@@ -145,7 +145,7 @@ def test_save_of_a_deleted_record_raises_job_not_found(store: JobStore, r: redis
     copy = store.get(rec.id)
     r.delete(store.job_key(rec.id))
 
-    copy.move("in_queue")
+    copy.walk_to("in_queue")
     with pytest.raises(JobNotFound):
         store.save(copy)
     assert not r.exists(store.job_key(rec.id))  # not resurrected
@@ -165,7 +165,7 @@ def test_save_load_and_drop_result(store: JobStore, r: redis.Redis) -> None:
     store.save_result(rec.id, raw)
 
     assert store.load_result(rec.id) == raw
-    store.update(rec.id, lambda x: x.move("mirroring"))  # a record save keeps the result
+    store.update(rec.id, lambda x: x.walk_to("mirroring"))  # a record save keeps the result
     assert store.load_result(rec.id) == raw
     assert store.get(rec.id).state == "mirroring"
     store.drop_result(rec.id)
@@ -192,11 +192,11 @@ def test_terminal_records_expire_and_non_terminal_ones_never(store: JobStore, r:
         store.update(rec.id, lambda x, s=state: x.move(s))  # type: ignore[misc]
         assert r.ttl(key) == -1, state
 
-    store.update(rec.id, lambda x: x.move("completed"))
+    store.update(rec.id, lambda x: x.move("failed"))
 
     assert 0 < r.ttl(key) <= TTL_S
     assert 0 < r.ttl(idem) <= TTL_S  # the key expires with its job
-    # A retried job (terminal -> queued) must not keep the expiry it had as a terminal one.
+    # A retried job (failed -> queued; completed is final) must not keep the expiry it had as a terminal one.
     store.update(rec.id, lambda x: x.move("queued"))
     assert r.ttl(key) == -1 and r.ttl(idem) == -1
 
@@ -215,3 +215,19 @@ def test_terminal_record_is_gone_after_its_ttl(r: redis.Redis) -> None:
         store.get(rec.id)
     assert store.find("failed") == []  # the dangling index entry is pruned on the way
     assert _members(r, f"{PREFIX}:state:failed") == set()
+
+
+@pytest.mark.timeout(10)
+def test_restore_takes_only_a_finished_job(store: JobStore, r: redis.Redis) -> None:
+    # Only terminal records carry a TTL, so a save persists a record only when it leaves a
+    # terminal state: a restored (expiring) record must be a terminal one.
+    live = _rec()
+    with pytest.raises(ValueError, match="finished job"):
+        store.restore(live, ttl_s=60)
+    assert not store.exists(live.id)
+    done = _rec()
+    done.walk_to("failed")
+    assert store.restore(done, ttl_s=60) == 1
+    assert 0 < r.ttl(store.job_key(done.id)) <= 60
+    store.update(done.id, lambda x: x.start_over("queued"))  # the retry: the record is live again
+    assert r.ttl(store.job_key(done.id)) == -1

@@ -60,7 +60,7 @@ def _job(store: JobStore, state: State = "queued", *, lane: Lane = "interactive"
     """A job last touched ``age_s`` ago in ``state``, whose message was published (or not)."""
     rec, _ = store.create(JobRecord.new(endpoint=ENDPOINT, input={"prompt": "a fox"}, lane=lane))
     if state != "queued":
-        store.update(rec.id, lambda x: x.move(state))
+        store.update(rec.id, lambda x: x.walk_to(state))
     if published:
         store.mark_published([rec.id])
     store.r.zadd(f"{PREFIX}:state:{state}", {rec.id: time.time() - age_s})
@@ -148,7 +148,7 @@ def test_prune_expired_drops_index_entries_of_expired_records(redis_server: str)
         JobRecord.new(endpoint="fal-ai/qwen-image-2/edit", input={})
     for rec in (gone, alive):
         store.create(rec)
-        store.update(rec.id, lambda x: x.move("completed"))
+        store.update(rec.id, lambda x: x.walk_to("completed"))
     long_ago = 1_000.0
     for key in (store.keys.created, store.keys.state("completed")):
         r.zadd(key, {gone.id: long_ago, alive.id: long_ago})

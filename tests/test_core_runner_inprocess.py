@@ -281,7 +281,7 @@ def test_record_with_request_id_is_followed_never_resubmitted(ctx: WorkerContext
             sub.request_id, sub.status_url, sub.response_url, sub.cancel_url)
         r.submitted_at = now
         r.submissions = [Submission(attempt=1, request_id=sub.request_id, submitted_at=now)]
-        r.move(left_in)  # type: ignore[arg-type]
+        r.walk_to(left_in)  # type: ignore[arg-type]
 
     ctx.store.update(rec.id, accepted)
 

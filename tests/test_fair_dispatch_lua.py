@@ -51,7 +51,7 @@ def enqueue(store: JobStore, tenant: str, n: int, lane: str = "bulk") -> list[st
 
 def finish(store: JobStore, job_ids: list[str]) -> None:
     for job_id in job_ids:
-        store.update(job_id, lambda rec: rec.move("completed"))
+        store.update(job_id, lambda rec: rec.walk_to("completed"))
 
 
 def tenant_of(store: JobStore, job_ids: list[str]) -> list[str]:

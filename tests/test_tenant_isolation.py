@@ -258,7 +258,7 @@ def test_presigned_urls_only_for_own_images(env: Env) -> None:
         def done(rec: JobRecord) -> None:
             rec.outputs = [StoredImage(index=0, bucket="falq", key=f"falq/{falq.tenant}/x/{rec.id}/0.png", size=1,
                                        sha256="0" * 64, content_type="image/png", width=1, height=1)]
-            rec.move("completed")
+            rec.walk_to("completed")
 
         return falq.store.update(job_id, done)
 

@@ -96,7 +96,7 @@ def test_a_state_search_from_the_tenants_index_equals_the_state_walk(r: redis.Re
     done = [rec for rec in recs if int(rec.input["prompt"].split()[1]) % 3 == 0]
     for i, rec in enumerate(done):
         rec = store.get(rec.id)
-        rec.move("completed")
+        rec.walk_to("completed")
         store.save(rec)
         r.zadd(store.keys.state("completed"), {rec.id: now - 40 + (i // 2)})
     windows = [JobQuery(state="completed", limit=100), JobQuery(state="completed", limit=3),
@@ -133,7 +133,7 @@ def test_removing_a_record_removes_its_tenant_entry(r: redis.Redis, redis_server
 
     # Expiry: the record's TTL ran out; the reaper's pruning drops its entries, the tenant's too.
     for rec in (expired, alive):
-        store.update(rec.id, lambda x: x.move("completed"))
+        store.update(rec.id, lambda x: x.walk_to("completed"))
         for index in (key, store.keys.created, store.keys.state("completed")):
             r.zadd(index, {rec.id: 1_000.0})  # long ago
     r.delete(store.keys.job(expired.id))

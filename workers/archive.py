@@ -51,6 +51,7 @@ from falq.shared.catalogue.store import Catalogue, get_catalogue
 from falq.shared.errors import CatalogueSchemaOutdated, CatalogueUnavailable, StorageError, StorageTransientError
 from falq.shared.jobstore import JobStore
 from falq.shared.records import TERMINAL, JobRecord
+from falq.shared.scripts import register
 from falq.shared.settings import Settings
 from falq.shared.storage import Storage
 from falq.shared.tenants import DEFAULT_TENANT, TenantStore, s3_prefix_of
@@ -74,23 +75,6 @@ DEAD_CONSUMER_MS = 3_600_000
 UPLOADS = 16
 #: How often an archiver re-registers its catalogue and re-checks that it is the shared history.
 CLAIM_EVERY_S = 30.0
-
-# Gives archived records their short TTL, each only if it is still the version archived
-# (a record saved again since has a newer entry on the stream and is archived again).
-# KEYS: job key, idempotency key ('' if none) per job; ARGV[1] ttl, then one version per job.
-_MARK_ARCHIVED = """
-local ttl, n = tonumber(ARGV[1]), 0
-for i = 1, #KEYS / 2 do
-  local job_key, idem_key = KEYS[2 * i - 1], KEYS[2 * i]
-  if redis.call('HGET', job_key, 'version') == ARGV[i + 1] then
-    redis.call('EXPIRE', job_key, ttl)
-    if idem_key ~= '' then redis.call('EXPIRE', idem_key, ttl) end
-    n = n + 1
-  end
-end
-return n
-"""
-
 
 def _offload(fn: Callable[..., T], *args: Any) -> T:
     """Run ``fn`` in a real OS thread under gevent when it would block the hub (SQLite's C
@@ -125,7 +109,7 @@ class Archiver:
         self.key = store.keys.archive
         self.batch = settings.archive_batch
         self.claim_idle_ms = int(settings.archive_claim_idle_s * 1000)
-        self._mark = self.r.register_script(_MARK_ARCHIVED)
+        self._mark = register(self.r, "archive_mark")
         self._schema_ok = False
         self._next_claim = 0.0
         self._next_trim = 0.0

@@ -40,60 +40,9 @@ from dataclasses import dataclass
 import redis
 
 from falq.shared.keys import Keys
+from falq.shared.scripts import register
 
 log = logging.getLogger("falq.lease")
-
-# {p}:holders scores each held job by when its lease runs out, on Redis' clock (TIME: the
-# hosts' clocks may disagree), so the takeover sweep reads only leases already past their end
-# instead of testing every lease held, and can run every second at no cost.
-_EXPIRY_LUA = """
-local function lease_end(ttl_ms)
-  local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000 + tonumber(ttl_ms) / 1000
-end
-"""
-# Renews each lease still held with its token and moves its end in {p}:holders; returns 1/0
-# per lease, so a lease another worker took over (ours expired) is known as lost at once.
-# KEYS: the lease keys, then {p}:holders; ARGV: the TTL (ms), the tokens, then the job ids.
-_RENEW = _EXPIRY_LUA + """
-local n = #KEYS - 1
-local holders = KEYS[#KEYS]
-local ends = lease_end(ARGV[1])
-local out = {}
-for i = 1, n do
-  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[1])
-    redis.call('ZADD', holders, 'XX', ends, ARGV[n + 1 + i])
-    out[i] = 1
-  else
-    out[i] = 0
-  end
-end
-return out
-"""
-# Taking a lease also enters the job in {p}:holders; releasing it removes it there. A job
-# still in {p}:holders with no lease lost its holder without a release (SIGKILL, a host cut
-# off): see orphans. (ARGV[3], the caller's clock, is no longer read; kept for the layout.)
-_ACQUIRE = _EXPIRY_LUA + """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('ZADD', KEYS[2], lease_end(ARGV[2]), ARGV[4])
-  return 1
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('ZREM', KEYS[2], ARGV[2])
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-# Claims an orphan for one sweeper: still a holder entry, and still no lease.
-_CLAIM_ORPHAN = """
-if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then return 1 end
-return 0
-"""
-
 
 @dataclass(frozen=True)
 class Lease:
@@ -122,10 +71,10 @@ class LeaseKeeper:
         self._cancelled: set[str] = set()
         self._deleted: set[str] = set()
         self._lock = threading.Lock()
-        self._renew = client.register_script(_RENEW)
-        self._acquire = client.register_script(_ACQUIRE)
-        self._release = client.register_script(_RELEASE)
-        self._claim = client.register_script(_CLAIM_ORPHAN)
+        self._renew = register(client, "lease_renew")
+        self._acquire = register(client, "lease_acquire")
+        self._release = register(client, "lease_release")
+        self._claim = register(client, "lease_claim_orphan")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -136,7 +85,7 @@ class LeaseKeeper:
         """Take the job's lease, or return None if a live worker holds it."""
         token = f"{self.owner}:{uuid.uuid4().hex[:8]}"
         if not self._acquire(keys=[self.key(job_id), self.keys.holders],
-                             args=[token, self.ttl_ms, time.time(), job_id]):
+                             args=[token, self.ttl_ms, job_id]):
             return None
         with self._lock:
             self._held[job_id] = token

@@ -188,7 +188,7 @@ class LimitsAdmission(Admission):
 
     def sending(self, rec: JobRecord) -> None:
         """The last check, right before the POST: keeps every 1-second window *at fal* within
-        the rate even when a starved worker sends late (see CONFIRM in shared/limits_lua.py)."""
+        the rate even when a starved worker sends late (see shared/lua/limiter_confirm.lua)."""
         while self.s.rate_strict:
             asked = time.time()
             wait_ms, confirmed_ms = self.limiter.confirm(rec.id)

@@ -44,6 +44,7 @@ import redis
 from falq.gateway.auth import Principal as AuthPrincipal
 from falq.shared.keys import Keys
 from falq.shared.records import JobRecord
+from falq.shared.scripts import register
 from falq.shared.tenants import KEY_ID_LEN, SCOPES, ApiKeyStore, hash_key
 
 COOKIE = "falq_session"
@@ -256,34 +257,6 @@ class Refused:
                 f"{'s' if minutes != 1 else ''}.")
 
 
-# KEYS: the counts (address, then key prefix if any); ARGV: window seconds, then each count's limit.
-# Atomic: a full count refuses (it alone counts on, which never extends its window: the first
-# refusal is the one that reads limit + 1, and only that one is logged); otherwise every count
-# takes this attempt (a success gives it back, see _RELEASE), so concurrent guesses cannot
-# overshoot the limit. Returns {index of the full count or 0, its TTL, its new value}.
-_ACQUIRE = """
-for i, k in ipairs(KEYS) do
-  local n = tonumber(redis.call('GET', k) or '0')
-  if n >= tonumber(ARGV[i + 1]) then
-    n = redis.call('INCR', k)
-    local ttl = redis.call('TTL', k)
-    if ttl < 0 then redis.call('EXPIRE', k, ARGV[1]); ttl = tonumber(ARGV[1]) end
-    return {i, ttl, n}
-  end
-end
-for _, k in ipairs(KEYS) do
-  if redis.call('INCR', k) == 1 then redis.call('EXPIRE', k, ARGV[1]) end
-end
-return {0, 0, 0}
-"""
-_RELEASE = """
-for _, k in ipairs(KEYS) do
-  if tonumber(redis.call('GET', k) or '0') > 0 then redis.call('DECR', k) end
-end
-return 0
-"""
-
-
 class SignInLimiter:
     """Failed console sign-ins per client address and per key prefix, counted in Redis.
 
@@ -306,8 +279,8 @@ class SignInLimiter:
         self.r = r
         self.keys = Keys(prefix)
         self.per_address, self.per_key, self.window_s = int(per_address), int(per_key), int(window_s)
-        self._acquire = r.register_script(_ACQUIRE)
-        self._release = r.register_script(_RELEASE)
+        self._acquire = register(r, "signin_acquire")
+        self._release = register(r, "signin_release")
 
     def _counts(self, address: str, key: str) -> tuple[list[str], list[int]]:
         names, limits = [self.keys.console_signin_addr(address[:64])], [self.per_address]

@@ -274,7 +274,7 @@ def search_latency(tmp: Path, rows: int, queries: int, kind: str = "postgresql")
                 rec = JobRecord.new(endpoint=ENDPOINTS[i % 4], input={"prompt": " ".join(
                     rng.choice(WORDS) for _ in range(6 + i % 12))}, metadata={"project": f"p{i % 20}"})
                 rec.created_at = now - (i / rows) * 90 * 86400
-                rec.move("completed")
+                rec.walk_to("completed")
                 batch.append(row_from_record(rec, archived_at=now))
                 if len(batch) >= 5000:
                     cat.upsert(batch)

@@ -36,6 +36,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from falq.shared.keys import Keys
+from falq.shared.scripts import register
 from falq.shared.settings import Settings
 
 __all__ = ["CatalogueRegistry", "Registration", "host_name", "identity_of", "is_file"]
@@ -44,21 +45,6 @@ __all__ = ["CatalogueRegistry", "Registration", "host_name", "identity_of", "is_
 STALE_S = 24 * 3600.0
 #: ... and removed after this long (containers get a new hostname on every start).
 FORGET_S = 7 * 24 * 3600.0
-
-# KEYS[1] the claim; ARGV[1] this identity, ARGV[2] 'server' or 'file'. Returns the shared identity.
-_CLAIM = """
-local cur = redis.call('GET', KEYS[1])
-if not cur or cur == ARGV[1] then
-  if not cur then redis.call('SET', KEYS[1], ARGV[1]) end
-  return ARGV[1]
-end
-if ARGV[2] == 'server' and string.sub(cur, 1, 9) == 'sqlite://' then
-  redis.call('SET', KEYS[1], ARGV[1])
-  return ARGV[1]
-end
-return cur
-"""
-
 
 def host_name(settings: Settings) -> str:
     """This host's name in the registry: ``FALQ_HOST_NAME``, else the machine's hostname."""
@@ -102,7 +88,7 @@ class CatalogueRegistry:
         self.r = client
         self.keys = Keys(prefix)
         self.host = host or socket.gethostname()
-        self._claim = client.register_script(_CLAIM)
+        self._claim = register(client, "catalogue_claim")
 
     def register(self, role: str, identity: str) -> None:
         """Record that ``role`` on this host uses the catalogue ``identity`` (refreshes ``seen``)."""

@@ -20,8 +20,8 @@ What the revive writes (:meth:`falq.shared.jobstore.JobStore.restore`, one Lua s
 * its idempotency key, when no other live job owns it meanwhile (else the record is revived
   without one: :data:`IDEM_TAKEN`);
 * an expiry of ``ttl_s``: a revived record that no retry moves on (a parent revived for a
-  child, a process killed in between) goes away again by itself. The retry's save, being
-  non-terminal, removes the expiry (``PERSIST``), as every non-terminal save does.
+  child, a process killed in between) goes away again by itself. The retry's save takes the
+  record out of its terminal state and so removes the expiry (``PERSIST``), as every such save does.
 
 Batch counts are not touched: the batch hash still counts the job in its archived state, and
 the retry's save moves that count as for a live job.

@@ -1,0 +1,21 @@
+-- chain_link: register a waiting child with its parents; a parent that has already ended goes
+-- on chain:done, so a parent that ended before this ran still releases (or fails) the child.
+-- Caller: Chains.link (falq.shared.chains).
+--
+-- KEYS[1]        chain_done  {p}:chain:done  stream, appended
+-- KEYS[2i], KEYS[2i+1]  per parent i: {p}:children:{parent} (set, written), {p}:job:{parent} (read)
+-- ARGV: child id, ttl of the children sets (0: none), then the parent ids (in KEYS' order)
+-- Returns 1.
+local done_key = KEYS[1]
+local child, ttl = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV do
+  local parent = ARGV[i]
+  local children_key, parent_key = KEYS[2 * (i - 2)], KEYS[2 * (i - 2) + 1]
+  redis.call('SADD', children_key, child)
+  if ttl > 0 then redis.call('EXPIRE', children_key, ttl) end
+  local st = redis.call('HGET', parent_key, 'state')
+  if (not st) or lib.is_terminal(st) then
+    redis.call('XADD', done_key, '*', 'parent', parent, 'state', st or 'gone')
+  end
+end
+return 1

@@ -1,0 +1,73 @@
+-- job_save: compare-and-set save of a job record, and everything a state change brings with it
+-- in the same atomic step. Caller: JobStore.save (falq.shared.jobstore).
+--
+-- KEYS[1]  job         {p}:job:{id}                  hash, read/written
+-- KEYS[2]  idem        the idempotency key or ''     string, TTL set
+-- KEYS[3]  outbox      {p}:outbox                    zset (callbacks due), written
+-- KEYS[4]  failed      {p}:outbox:failed             zset, written
+-- KEYS[5]  lease       {p}:lease:{id} or '' (unfenced save)  string, read
+-- KEYS[6]  archive     {p}:archive or '' (not archived)       stream, appended
+-- KEYS[7]  batch       {p}:batch:{batch} or ''       hash, counts written
+-- KEYS[8]  children    {p}:children:{id}             set, read
+-- KEYS[9]  chain_done  {p}:chain:done                stream, appended
+-- KEYS[10] state_new   {p}:state:{state}             zset, written
+-- KEYS[11] inflight    {p}:inflight                  zset  \
+-- KEYS[12] unadmitted  {p}:fair:unadmitted           zset   | fair dispatch room, freed on a
+-- KEYS[13] fair_owner  {p}:fair:owner                hash   | terminal save (lib.fair_free)
+-- KEYS[14] fair_count  {p}:fair:count                hash  /
+-- ARGV: expected version, new version, state, doc (record JSON), now, id, ttl (0: no TTL),
+--       callback ('1': a terminal state with a callback), lease token, billed micro-dollars,
+--       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here)
+-- Returns 1 saved, 0 version conflict, -1 record gone, -2 the lease is no longer the caller's.
+local job_key, idem_key, outbox_key, failed_key, lease_key, archive_key, batch_key, children_key,
+      chain_done_key, state_key, inflight_key, unadmitted_key, owner_key, count_key = unpack(KEYS)
+local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl = unpack(ARGV)
+ttl = tonumber(ttl)
+
+local cur = redis.call('HMGET', job_key, 'version', 'state')
+if not cur[1] then return -1 end
+if cur[1] ~= expected then return 0 end
+-- Fencing: a worker step saves only while it still holds the job's lease.
+if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
+local old = cur[2]
+local moved = old ~= state
+redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
+-- A terminal state is never saved without its callback pending (falq.shared.outbox).
+if callback == '1' and moved then
+  redis.call('HSET', job_key, 'cb_version', new_version, 'cb_tries', '0', 'cb_since', ts)
+  redis.call('ZADD', outbox_key, ts, id)
+  redis.call('ZREM', failed_key, id)
+end
+if moved then redis.call('ZREM', lib.key(state_tpl, old), id) end
+redis.call('ZADD', state_key, ts, id)
+-- Catalogue: a terminal save enqueues the job for archiving; the caller passes ttl 0, so the
+-- record stays until it is archived.
+if archive_key ~= '' then redis.call('XADD', archive_key, '*', 'id', id, 'v', new_version) end
+-- Batches and chains: the batch's counts move from the old state to the new one; a terminal
+-- save adds the billed amount, and a job with children goes on chain:done (children are never
+-- left waiting).
+if moved then
+  if batch_key ~= '' then
+    redis.call('HINCRBY', batch_key, 'n:' .. old, -1)
+    redis.call('HINCRBY', batch_key, 'n:' .. state, 1)
+    if terminal == '1' then
+      redis.call('HINCRBY', batch_key, 'billed_micro', tonumber(billed) or 0)
+      redis.call('HSET', batch_key, 'last_end', ts)
+    end
+  end
+  if terminal == '1' and redis.call('EXISTS', children_key) == 1 then
+    redis.call('XADD', chain_done_key, '*', 'parent', id, 'state', state)
+  end
+end
+-- Fair dispatch: a terminal save frees the job's dispatch room.
+if lib.is_terminal(state) then lib.fair_free(inflight_key, unadmitted_key, owner_key, count_key, id) end
+-- Only a terminal record carries a TTL (this save's EXPIRE, the archiver's, a restore's): a
+-- record leaving a terminal state loses it; one that was not terminal has none to lose.
+if ttl > 0 then
+  redis.call('EXPIRE', job_key, ttl)
+  if idem_key ~= '' then redis.call('EXPIRE', idem_key, ttl) end
+elseif lib.is_terminal(old) then
+  redis.call('PERSIST', job_key)
+  if idem_key ~= '' then redis.call('PERSIST', idem_key) end
+end
+return 1

@@ -1,0 +1,180 @@
+-- limiter_acquire: admit one job's fal request, or say why it waits. Checks, in order: a
+-- key-wide pause, the daily budget (global, then the tenant's), interactive before bulk, the
+-- outstanding-request caps (key, endpoint, tenant), the token bucket (GCRA) and the tenant's
+-- own rate; admitted, it holds a slot and reserves the cost. Caller: Limiter.acquire.
+--
+-- The limiter block, first in every limiter script (falq.shared.limits.Limiter, unpacked by
+-- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
+-- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
+-- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)
+-- KEYS[5] {b}:charges hash job -> day|micro|tenant    KEYS[6] {b}:paused  string (TTL): why paused
+-- KEYS[7..10] {b}:waiting:{interactive,bulk,budget,locked}  zset job -> expiry: who waits, why
+-- KEYS[11] {b}:sending  KEYS[12] {b}:sent (zsets: POSTs on their way / answered)
+-- KEYS[13] {p}:limits:config  KEYS[14] {p}:tenants  KEYS[15] {p}:fair:unadmitted
+-- KEYS[16] {p}:inflight  KEYS[17] {p}:fair:owner  KEYS[18] {p}:fair:count
+-- ARGV[1..7] templates: {b}:slots:ep:HOLE, {b}:slots:t:HOLE, {b}:tat:t:HOLE, {p}:spend:HOLE,
+--   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
+-- ARGV[8..]: job, endpoint, lane, cost (micro-dollars), lease ms, headroom, the config defaults
+--   (rate, burst, max_outstanding, max_outstanding_per_endpoint, budget_daily), tenant,
+--   tenant pause ms
+-- Returns {status, a, b}:
+--   'ok', delay_ms (sleep this long, then POST: the token is reserved for then), grant time ms
+--   'locked', pause ttl ms, 0 | 'budget', 0, 0 | 'tenant_budget', 0, 0 (only this tenant
+--   pauses; it is also marked paused for fair dispatch, for the pause ms)
+--   'priority' | 'slots' | 'endpoint' | 'tenant' | 'rate', wait_ms (minimum), spread_ms
+local L, o = lib.limiter_keys(KEYS, ARGV)
+local job, ep, lane, cost, lease, headroom = ARGV[o], ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3]),
+  tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
+local defaults = {ARGV[o + 6], ARGV[o + 7], ARGV[o + 8], ARGV[o + 9], ARGV[o + 10]}
+local tenant, tenant_pause_ms = ARGV[o + 11], tonumber(ARGV[o + 12])
+if not tenant or tenant == '' then tenant = 'default' end
+local now = lib.now_ms()
+local today = lib.ymd(math.floor(now / 86400000))
+
+local names = {'rate', 'burst', 'max_outstanding', 'max_outstanding_per_endpoint', 'budget_daily'}
+local cfg = redis.call('HMGET', L.config, unpack(names))
+for i = 1, #names do
+  -- The first worker to need a value seeds it from its environment; from then on the
+  -- hash is the one truth every worker reads (changed at runtime by `falq limits set`).
+  if not cfg[i] then redis.call('HSETNX', L.config, names[i], defaults[i]); cfg[i] = defaults[i] end
+end
+local rate, burst, max_out = tonumber(cfg[1]) or 0, math.max(1, tonumber(cfg[2]) or 1), tonumber(cfg[3]) or 0
+local ok_caps, caps = pcall(cjson.decode, cfg[4])
+if not ok_caps or type(caps) ~= 'table' then caps = {} end
+local budget = tonumber(cfg[5])  -- nil when 'none'
+-- The tenant's own caps, from its JSON in {p}:tenants (absent or null: no cap of its own).
+local t_max, t_rate, t_budget = nil, nil, nil
+local t_raw = redis.call('HGET', L.tenants, tenant)
+if t_raw then
+  local ok_t, tc = pcall(cjson.decode, t_raw)
+  if ok_t and type(tc) == 'table' then
+    t_max, t_rate, t_budget = tonumber(tc.max_outstanding), tonumber(tc.rate), tonumber(tc.budget_usd)
+  end
+end
+if t_max and t_max <= 0 then t_max = nil end
+if t_rate and t_rate <= 0 then t_rate = nil end
+local t_slots = lib.key(L.slots_t, tenant)
+local W = L.waiting
+
+local function wait_as(why, ttl)
+  for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do
+    if w ~= why then redis.call('ZREM', W[w], job) end
+  end
+  redis.call('ZADD', W[why], now + ttl, job)
+end
+
+-- 1. A key-wide pause (fal answered 402 / locked) stops everyone.
+local pttl = redis.call('PTTL', L.paused)
+if pttl > 0 then
+  wait_as('locked', pttl + 60000)
+  return {'locked', pttl, 0}
+end
+lib.expire_slots(L, now)
+
+-- 2. The daily budget, checked before anything is taken so a refused job holds nothing.
+local spend_key = lib.key(L.spend, today)
+if budget and cost > 0 then
+  local spent = tonumber(redis.call('GET', spend_key) or '0')
+  if spent + cost > math.floor(budget * 1000000 + 0.5) then
+    wait_as('budget', 120000)
+    return {'budget', 0, 0}
+  end
+end
+-- 2b. The tenant's own daily budget: over it, only this tenant pauses.
+local tspend_key = lib.key(L.tspend, today, tenant)
+if t_budget and cost > 0 then
+  local tspent = tonumber(redis.call('GET', tspend_key) or '0')
+  if tspent + cost > math.floor(t_budget * 1000000 + 0.5) then
+    wait_as('budget', 120000)
+    redis.call('SET', lib.key(L.fair_paused, tenant), '1', 'PX', math.max(1000, tenant_pause_ms or 30000))
+    return {'tenant_budget', 0, 0}
+  end
+end
+
+-- Emission interval of the bucket, in ms; paced `headroom` below the rate (see limits.py).
+local interval = 0
+if rate > 0 then interval = 1000 * (1 + headroom) / rate end
+local horizon = math.min(1000, math.max(200, 3 * interval))
+local held = redis.call('ZSCORE', L.slots, job)
+local ep_slots = lib.key(L.slots_ep, ep)
+
+if not held then
+  -- 3. Interactive before bulk: bulk waits while any interactive job is waiting.
+  local n_int = redis.call('ZCARD', W.interactive)
+  if lane == 'bulk' and n_int > 0 then
+    local n = redis.call('ZCARD', W.bulk) + 1
+    local spread = math.min(30000, math.max(500, n * math.max(interval, 50)))
+    wait_as('bulk', 200 + spread + 5000)
+    return {'priority', 200, spread}
+  end
+  -- 4. Requests outstanding at fal: per key, then per endpoint. Slot waits back off over a
+  -- spread that grows with the number of waiters, so polling stays about 40 calls/s in all.
+  local cap_ep = tonumber(caps[ep])
+  local out_full = max_out > 0 and redis.call('ZCARD', L.slots) >= max_out
+  local ep_full = cap_ep and redis.call('ZCARD', ep_slots) >= cap_ep
+  local t_full = t_max and redis.call('ZCARD', t_slots) >= t_max
+  if out_full or ep_full or t_full then
+    local n = redis.call('ZCARD', W[lane]) + 1
+    local spread = math.min(10000, math.max(500, n * 25))
+    -- An interactive job waiting only on its endpoint's or its tenant's cap does not hold bulk back.
+    if out_full then wait_as(lane, 200 + spread + 5000) else redis.call('ZREM', W.interactive, job) end
+    return {out_full and 'slots' or (ep_full and 'endpoint' or 'tenant'), 200, spread}
+  end
+end
+
+-- 5. The token bucket, as GCRA: a token may be reserved up to `horizon` ms ahead, so the
+-- next token is always claimed before it is due and the rate is used in full without
+-- callers polling at token granularity.
+local delay = 0
+if rate > 0 then
+  local tat = math.max(tonumber(redis.call('GET', L.tat) or '0'), now)
+  local allow_at = tat - (burst - 1) * interval
+  delay = math.max(0, allow_at - now)
+  if delay > horizon then
+    local n = redis.call('ZCARD', W[lane]) + 1
+    -- about 4 callers per token interval: the next token is always claimed in time, and a
+    -- job refused while the backlog was long still comes back before the backlog is gone
+    local spread = math.min(30000, math.max(100, n * interval / 2))
+    wait_as(lane, delay + spread + 5000)
+    return {'rate', math.floor(delay - horizon), math.floor(spread)}
+  end
+end
+-- 5b. The tenant's own rate, a GCRA of its own (burst 1), checked before either token is
+-- taken so a refused job reserves nothing. A job waiting on its tenant's rate does not hold
+-- back other tenants' bulk work.
+if t_rate then
+  local t_tat_key = lib.key(L.tat_t, tenant)
+  local t_interval = 1000 * (1 + headroom) / t_rate
+  local t_tat = math.max(tonumber(redis.call('GET', t_tat_key) or '0'), now)
+  local t_delay = math.max(0, t_tat - now)
+  local t_horizon = math.min(1000, math.max(200, 3 * t_interval))
+  if t_delay > t_horizon then
+    redis.call('ZREM', W.interactive, job)
+    return {'rate', math.floor(t_delay - t_horizon), math.floor(math.min(30000, math.max(100, t_interval / 2)))}
+  end
+  delay = math.max(delay, t_delay)
+  redis.call('SET', t_tat_key, tostring(t_tat + t_interval), 'PX', math.floor(t_tat + t_interval - now + 60000))
+end
+if rate > 0 then
+  local tat = math.max(tonumber(redis.call('GET', L.tat) or '0'), now)
+  redis.call('SET', L.tat, tostring(tat + interval), 'PX', math.floor(tat + interval - now + 60000))
+end
+
+-- Admitted: hold the slot (idempotent for a job that already holds one), reserve the cost.
+local expiry = now + delay + lease
+redis.call('ZADD', L.slots, expiry, job)
+redis.call('HSET', L.slot_ep, job, ep)
+redis.call('ZADD', ep_slots, expiry, job)
+redis.call('ZADD', t_slots, expiry, job)
+redis.call('HSET', L.slot_t, job, tenant)
+if cost > 0 then
+  redis.call('INCRBY', spend_key, cost)
+  redis.call('EXPIRE', spend_key, 40 * 86400)
+  redis.call('INCRBY', tspend_key, cost)
+  redis.call('EXPIRE', tspend_key, 40 * 86400)
+  redis.call('HSET', L.charges, job, today .. '|' .. cost .. '|' .. tenant)
+end
+for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do redis.call('ZREM', W[w], job) end
+-- Fair dispatch (falq.shared.fairshare): the job no longer waits for admission.
+redis.call('ZREM', L.unadmitted, job)
+return {'ok', math.floor(delay), math.floor(now + delay)}

@@ -1,0 +1,25 @@
+-- limiter_answered: the job's POST came back (accepted or not). The caller computes the score
+-- = confirm time + the local time from asking to confirm until the answer arrived: an upper
+-- bound of the arrival at fal, on Redis' clock, known without waiting for this call (which may
+-- come later, after the record was saved). Caller: Limiter.answered.
+--
+-- The limiter block, first in every limiter script (falq.shared.limits.Limiter, unpacked by
+-- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
+-- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
+-- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)
+-- KEYS[5] {b}:charges hash job -> day|micro|tenant    KEYS[6] {b}:paused  string (TTL): why paused
+-- KEYS[7..10] {b}:waiting:{interactive,bulk,budget,locked}  zset job -> expiry: who waits, why
+-- KEYS[11] {b}:sending  KEYS[12] {b}:sent (zsets: POSTs on their way / answered)
+-- KEYS[13] {p}:limits:config  KEYS[14] {p}:tenants  KEYS[15] {p}:fair:unadmitted
+-- KEYS[16] {p}:inflight  KEYS[17] {p}:fair:owner  KEYS[18] {p}:fair:count
+-- ARGV[1..7] templates: {b}:slots:ep:HOLE, {b}:slots:t:HOLE, {b}:tat:t:HOLE, {p}:spend:HOLE,
+--   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
+-- ARGV[8..]: job, score (ms)
+-- Returns 1.
+local L, o = lib.limiter_keys(KEYS, ARGV)
+local job, score = ARGV[o], tonumber(ARGV[o + 1])
+if redis.call('ZREM', L.sending, job) == 1 then
+  redis.call('ZADD', L.sent, score, job .. '@' .. score)
+  redis.call('PEXPIRE', L.sent, 20000)
+end
+return 1

@@ -1,0 +1,26 @@
+-- limiter_state: what `falq limits show` prints for one fal key (after the housekeeping).
+-- Caller: Limiter.state.
+--
+-- The limiter block, first in every limiter script (falq.shared.limits.Limiter, unpacked by
+-- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
+-- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
+-- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)
+-- KEYS[5] {b}:charges hash job -> day|micro|tenant    KEYS[6] {b}:paused  string (TTL): why paused
+-- KEYS[7..10] {b}:waiting:{interactive,bulk,budget,locked}  zset job -> expiry: who waits, why
+-- KEYS[11] {b}:sending  KEYS[12] {b}:sent (zsets: POSTs on their way / answered)
+-- KEYS[13] {p}:limits:config  KEYS[14] {p}:tenants  KEYS[15] {p}:fair:unadmitted
+-- KEYS[16] {p}:inflight  KEYS[17] {p}:fair:owner  KEYS[18] {p}:fair:count
+-- ARGV[1..7] templates: {b}:slots:ep:HOLE, {b}:slots:t:HOLE, {b}:tat:t:HOLE, {p}:spend:HOLE,
+--   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
+-- ARGV[8..]: none
+-- Returns {now_ms, today, live slots, waiting interactive, bulk, budget, locked, pause ttl ms,
+--          pause reason, tat, spend today}.
+local L = lib.limiter_keys(KEYS, ARGV)
+local now = lib.now_ms()
+local today = lib.ymd(math.floor(now / 86400000))
+lib.expire_slots(L, now)
+local W = L.waiting
+return {now, today, redis.call('ZCARD', L.slots), redis.call('ZCARD', W.interactive),
+        redis.call('ZCARD', W.bulk), redis.call('ZCARD', W.budget), redis.call('ZCARD', W.locked),
+        redis.call('PTTL', L.paused), redis.call('GET', L.paused) or '',
+        redis.call('GET', L.tat) or '', redis.call('GET', lib.key(L.spend, today)) or '0'}
