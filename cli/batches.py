@@ -9,6 +9,7 @@ Example::
     falq batch show b5e0c... --watch               # live progress (the tree of a chained batch)
     falq batch show b5e0c... --json
     falq batch cancel b5e0c...
+    falq batch set-cap b5e0c... 40                 # raise its spend cap: jobs paused at it go on
     falq batch retry b5e0c... --moderated
     falq batch results b5e0c... --out results.jsonl   # + results.errors.jsonl
 """
@@ -33,13 +34,16 @@ def _service(tenant: str | None) -> Batches:
     return Batches(falq, tenant=falq.tenant if tenant else None)
 
 
-@click.command("batches")
+@click.group("batches", invoke_without_command=True)
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--tenant", metavar="NAME", help="Only this tenant's batches.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
 @handle_errors
-def batches(limit: int, tenant: str | None, as_json: bool) -> int:
-    """List batches, newest first."""
+def batches(ctx: click.Context, limit: int, tenant: str | None, as_json: bool) -> int:
+    """List batches, newest first (``falq batches set-cap ID USD``: a batch's spend cap)."""
+    if ctx.invoked_subcommand is not None:
+        return EXIT_OK
     found = _service(tenant).recent(limit)
     if as_json:
         emit_json([b.as_json() for b in found])
@@ -49,7 +53,8 @@ def batches(limit: int, tenant: str | None, as_json: bool) -> int:
         table.add_column(col, no_wrap=True)
     for b in found:
         table.add_row(b.id, b.name, b.tenant, age(b.created_at), f"{b.done}/{b.total}", str(b.counts.get("failed", 0)),
-                      "finished" if b.finished_at else "running", f"{b.est_usd:.2f}", f"{b.billed_usd:.2f}")
+                      "finished" if b.finished_at else ("paused" if b.cap is not None and b.cap.waiting else "running"),
+                      f"{b.est_usd:.2f}", f"{b.billed_usd:.2f}")
     stdout().print(table)
     return EXIT_OK
 
@@ -76,6 +81,12 @@ def _view(v: BatchView) -> Table:
     grid.add_row("throughput", f"{b.throughput_per_min():.1f} jobs/min, ETA "
                  + ("-" if eta is None else f"{eta:.0f}s"))
     grid.add_row("spend", f"estimated ${b.est_usd:.4f}, billed ${b.billed_usd:.4f}")
+    if b.cap is not None and b.cap.max_spend_usd is not None:
+        grid.add_row("spend cap", f"${b.cap.max_spend_usd:.2f}: billed ${b.cap.billed_usd:.4f} + reserved "
+                                  f"${b.cap.reserved_usd:.4f}" + (
+                                      f"; {b.cap.waiting} job(s) PAUSED: batch_spend_cap (raise it with "
+                                      f"falq batch set-cap {b.id} USD)" if b.cap.waiting and not b.finished_at
+                                      else ""))
     for depth, counts in enumerate(v.levels):
         total = sum(counts.values())
         ended = sum(n for s, n in counts.items() if s in TERMINAL)
@@ -109,6 +120,23 @@ def show(batch_id: str, watch: bool, tenant: str | None, as_json: bool) -> int:
             if v.batch.finished_at:
                 return EXIT_OK
             time.sleep(1.0)
+
+
+@batch.command("set-cap")
+@click.argument("batch_id")
+@click.argument("max_spend", metavar="USD|none")
+@click.option("--tenant", metavar="NAME")
+@click.option("--json", "as_json", is_flag=True)
+@handle_errors
+def set_cap(batch_id: str, max_spend: str, tenant: str | None, as_json: bool) -> int:
+    """Set the batch's spend cap (USD; none removes it). Jobs waiting at the cap
+    (paused: batch_spend_cap) go on within one poll (FALQ_PAUSE_POLL_S) once they fit."""
+    view = _service(tenant).set_cap(batch_id, max_spend)
+    if as_json:
+        emit_json(view.as_json())
+    else:
+        stdout().print(_view(view))
+    return EXIT_OK
 
 
 @batch.command("cancel")
@@ -166,5 +194,7 @@ def results(batch_id: str, out: Path, errors: Path | None, tenant: str | None, a
         click.echo(f"{n_ok} result(s) -> {outp}; {n_err} other(s) -> {errp}")
     return EXIT_OK if n_err == 0 else EXIT_FAILED
 
+
+batches.add_command(set_cap, "set-cap")  # `falq batches set-cap ID USD`, the same as `falq batch set-cap`
 
 __all__ = ["batch", "batches"]

@@ -5,7 +5,9 @@ The work is done by :mod:`falq.producers.bulk`; this module only wires options a
 Example::
 
     falq bulk prompts.jsonl                       # validate, enqueue, watch, write prompts.jsonl.results.jsonl
-    falq bulk prompts.csv --dry-run               # validate only
+    falq bulk prompts.csv --dry-run               # validate and quote at the account's prices; enqueue nothing
+    falq bulk prompts.jsonl --max-spend 25.00     # a spend cap: nothing of the batch is submitted past it
+    falq bulk prompts.jsonl --priority low        # X-Fal-Queue-Priority: low (waits behind every normal request)
     falq bulk prompts.jsonl --skip-invalid        # enqueue the good lines, bad ones -> prompts.jsonl.rejects.jsonl
 """
 
@@ -44,6 +46,7 @@ from falq.producers.bulk import (
     wait_and_report,
     write_rejects,
 )
+from falq.shared.batch_cap import parse_cap
 
 MAX_SHOWN_ERRORS = 200
 
@@ -60,7 +63,16 @@ MAX_SHOWN_ERRORS = 200
 @click.option("--skip-invalid", is_flag=True, help="Enqueue the valid lines; write the invalid ones to --rejects.")
 @click.option("--rejects", "rejects_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Where invalid lines go  [default: FILE.rejects.jsonl]")
-@click.option("--dry-run", is_flag=True, help="Validate only; enqueue nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Validate and quote the run at the account's prices (num_images and chained edits counted); "
+                   "enqueue nothing.")
+@click.option("--max-spend", metavar="USD",
+              help="The batch's spend cap: jobs are submitted only while its billed plus reserved spend stays "
+                   "within it; the rest wait (paused: batch_spend_cap) until `falq batches set-cap ID USD`.")
+@click.option("--priority", type=click.Choice(["normal", "low"]),
+              help="X-Fal-Queue-Priority of the batch's jobs  [default: the tenant's, else the lane's setting, "
+                   "normal]. low waits behind every customer's normal requests on fal's shared per-endpoint "
+                   "queue, without bound on a busy endpoint; no discount for low is documented.")
 @click.option("--no-wait", is_flag=True, help="Enqueue and return; rerun the command later to follow and report.")
 @click.option("--timeout", type=float, metavar="S",
               help="Stop waiting after S seconds (exit 4; results still written).")
@@ -76,7 +88,7 @@ MAX_SHOWN_ERRORS = 200
 def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | None, skip_invalid: bool,
          rejects_path: Path | None, dry_run: bool, no_wait: bool, timeout: float | None, results_path: Path | None,
          chunk_size: int, as_json: bool, tenant: str | None = None, name: str | None = None,
-         yes: bool = False) -> int:
+         yes: bool = False, max_spend: str | None = None, priority: str | None = None) -> int:
     """Enqueue every job of FILE (JSONL or CSV), wait for them, write a results JSONL.
 
     \b
@@ -92,6 +104,7 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
     exceeds what is left of the budget needs --yes.
     """
     t0 = time.monotonic()
+    cap = parse_cap(max_spend, "--max-spend") if max_spend is not None else None
     falq = make_client(tenant)
     lines, rejects = load_file(file, falq, fmt=fmt, endpoint=endpoint, lane=lane, run_id=run_id)
     doc: dict[str, Any] = {"file": str(file), "run_key": f"bulk:{file_key(file, run_id)}",
@@ -103,10 +116,11 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
         doc["rejects_path"] = str(write_rejects(rejects_path or _beside(file, "rejects"), rejects))
     if rejects and not as_json:
         _show_rejects(rejects, doc.get("rejects_path"))
-    cost = price(falq, lines)
+    cost = price(falq, lines, max_spend=cap)
     doc["price"] = cost.as_json()
     if dry_run:
         note(f"dry run: {doc['lines']} lines, {len(lines)} valid, {len(rejects)} invalid; nothing was enqueued")
+        note(f"quote: ${cost.total_usd:.2f} for {cost.images} image(s) in {cost.jobs} job(s)")
         for text in cost.lines():
             note(text)
         return _done(doc, as_json, EXIT_INVALID if rejects else EXIT_OK)
@@ -127,8 +141,11 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
             return _done(doc, as_json, EXIT_INVALID)
     sha = hashlib.sha256(file.read_bytes()).hexdigest()
     batch, _ = open_batch(falq, name=name or file.name, source_name=file.name, source_sha256=sha,
-                          run_key=doc["run_key"])
+                          run_key=doc["run_key"], max_spend=cap)
     doc["batch_id"] = batch.id
+    if cap is not None:
+        note(f"spend cap: ${cap:.2f}; jobs past it wait (paused: batch_spend_cap) until "
+             f"`falq batches set-cap {batch.id} USD`")
     note(f"batch {batch.id} ({batch.name}); follow it with: falq batch show {batch.id}")
     new = 0
 
@@ -138,7 +155,7 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
 
     t_enq = time.monotonic()
     try:
-        job_ids = enqueue_batch(falq, lines, batch, chunk_size=chunk_size, on_chunk=counted)
+        job_ids = enqueue_batch(falq, lines, batch, chunk_size=chunk_size, on_chunk=counted, priority=priority)
     except KeyboardInterrupt:
         note("interrupted while enqueueing; nothing was lost or duplicated: rerun the same command to "
              "enqueue the rest")

@@ -99,7 +99,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                           "visibility_timeout_s", "lease_ttl_s", "takeover", "worker_concurrency", "retry_",
                           "max_step_crashes")),
     ("Callbacks", ("callback_",)),
-    ("Global limits and budget", ("rate_", "max_outstanding", "slot_lease_s", "budget_", "locked_pause_s",
+    ("Global limits and budget", ("rate_", "max_outstanding", "slot_lease_s", "budget_", "locked_pause_s", "pricing_",
                                   "pause_poll_s")),
     ("Fair share between tenants", ("fair_",)),
     ("Chains", ("chain_",)),

@@ -50,6 +50,9 @@ def _options(fn: Callable[..., int]) -> Callable[..., int]:
                      help="An endpoint it may use (repeatable; none given: all)."),
         click.option("--s3-prefix", metavar="PREFIX", help="Folder of its images under FALQ_S3_PREFIX "
                                                            "(default: its name; default keeps the old layout)."),
+        click.option("--priority", metavar="normal|low|none",
+                     help="X-Fal-Queue-Priority of its jobs (none: the lane's setting). low waits behind every "
+                          "customer's normal requests on fal's shared per-endpoint queue; no discount is documented."),
         click.option("--json", "as_json", is_flag=True, help="Print the tenant as JSON."),
     ]
     for opt in reversed(opts):
@@ -59,7 +62,7 @@ def _options(fn: Callable[..., int]) -> Callable[..., int]:
 
 def _fields(opts: dict[str, Any], *, all_endpoints: bool = False) -> dict[str, Any]:
     """The options the user gave, as the service's fields (unset ones left out)."""
-    fields = {k: opts[k] for k in ("weight", "max_outstanding", "rate", "budget_usd", "s3_prefix")
+    fields = {k: opts[k] for k in ("weight", "max_outstanding", "rate", "budget_usd", "s3_prefix", "priority")
               if opts.get(k) is not None}
     if opts.get("endpoints"):
         fields["endpoints"] = list(opts["endpoints"])

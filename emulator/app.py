@@ -9,7 +9,9 @@ Queue routes (``Authorization: Key ...`` required):
 * ``PUT  /{owner}/{app}[/{path}]/requests/{id}/cancel``
 
 Other routes: ``GET /files/{name}``, ``GET /.well-known/jwks.json``, the storage upload
-routes of :mod:`falq.emulator.storage`, and ``/_emulator/{config,reset,requests,health}``.
+routes of :mod:`falq.emulator.storage`, fal's platform API (``/v1/models/pricing``,
+``/v1/models/billing-events``, ``/v1/models/usage``, :mod:`falq.emulator.platform`) and
+``/_emulator/{config,reset,requests,health,billing}``.
 
 Storage, as the live service answers it (fal-queue-protocol.md §5, §11.7):
 
@@ -55,6 +57,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from falq.emulator import platform
 from falq.emulator.config import EmulatorConfig
 from falq.emulator.core import LOCKED_DETAIL, Emulator
 from falq.emulator.faults import SUBMIT_500_BODY, SUBMIT_500_SCOPE_KEY, FaultMiddleware
@@ -406,6 +409,10 @@ def create_app(config: EmulatorConfig | None = None, emulator: Emulator | None =
         Route("/_emulator/reset", reset, methods=["POST"]),
         Route("/_emulator/requests", list_requests, methods=["GET"]),
         Route("/_emulator/health", health, methods=["GET"]),
+        Route("/_emulator/billing", platform.billed, methods=["GET"]),
+        Route("/v1/models/pricing", platform.pricing, methods=["GET"]),
+        Route("/v1/models/billing-events", platform.billing_events, methods=["GET"]),
+        Route("/v1/models/usage", platform.usage, methods=["GET"]),
         Route("/storage/upload/initiate", upload_initiate, methods=["POST"]),
         Route("/storage/upload/put/{token}", upload_put, methods=["PUT"]),
         Route("/storage/auth/token", storage_token, methods=["POST"]),

@@ -161,6 +161,15 @@ class EmulatorConfig(BaseModel):
             credentials) or ``hide`` (404). ``Authorization: Key`` or a URL signed by
             ``POST /v1/storage/files/sign`` passes.
         public_url: base URL put in returned URLs (default: the Host the client used).
+        account_prices: the account's unit price per endpoint (USD per image) that the platform
+            API's ``/v1/models/pricing`` answers and that billing uses. Deliberately unlike the list
+            prices (0.035 / 0.075): 0.03 standard, 0.065 pro, as an account with a discount sees, so a
+            client that bills at the list price is visibly wrong.
+        admin_keys: keys accepted as ADMIN keys by ``/v1/models/billing-events`` and
+            ``/v1/models/usage`` (default ``falq-emulator-admin``); any other key is a 403 there.
+        billing_delay_s: billing events appear this long after the request completed (fal's
+            records arrive with a delay; default 0 so tests need not wait).
+        platform_down: the platform API answers 503 (nginx page) on every call: a pricing outage.
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -210,6 +219,12 @@ class EmulatorConfig(BaseModel):
     upload_cdn_outage: bool = False
     file_access: Literal["allow", "forbid", "hide"] = "allow"
     public_url: str | None = None
+    account_prices: dict[str, float] = Field(default_factory=lambda: {
+        "fal-ai/qwen-image-2/text-to-image": 0.03, "fal-ai/qwen-image-2/edit": 0.03,
+        "fal-ai/qwen-image-2/pro/text-to-image": 0.065, "fal-ai/qwen-image-2/pro/edit": 0.065})
+    admin_keys: list[str] = Field(default_factory=lambda: ["falq-emulator-admin"])
+    billing_delay_s: float = Field(0.0, ge=0)
+    platform_down: bool = False
 
     @field_validator("latency")
     @classmethod

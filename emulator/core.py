@@ -47,6 +47,7 @@ from falq.emulator import webhooks
 from falq.emulator.config import EmulatorConfig
 from falq.emulator.faults import FaultInjector
 from falq.emulator.outputs import OutputMaker
+from falq.emulator.platform import Ledger
 from falq.emulator.render import Renderer
 from falq.emulator.state import COMPLETED, IN_PROGRESS, IN_QUEUE, Client, KeyQueue, RequestRecord, Stats
 from falq.emulator.storage import FileStore
@@ -156,6 +157,8 @@ class Emulator:
         self._times: list[float] = []
         self.queues: dict[str, KeyQueue] = {}
         self.stats = Stats()
+        #: What this emulator billed (the platform API's billing events, :mod:`falq.emulator.platform`).
+        self.ledger = Ledger()
         self.running_cancels = 0  # cancels of running requests so far (cancel_ignored_share)
 
     # --- configuration ------------------------------------------------------------------
@@ -469,7 +472,9 @@ class Emulator:
             # fal reports what it billed in this header on inference answers (seen in
             # public code that logs it); for these endpoints a unit is one image.
             images = body.get("images") if isinstance(body, dict) else None
-            rec.result_headers["x-fal-billable-units"] = str(len(images) if isinstance(images, list) else 1)
+            units = len(images) if isinstance(images, list) else 1
+            rec.result_headers["x-fal-billable-units"] = str(units)
+            self.ledger.bill(rec, units, self.config)
         rec.notify()
         if rec.webhook_url:
             ok = code == 200

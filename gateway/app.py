@@ -114,6 +114,7 @@ def routes() -> list[Route]:
         Route("/v1/batches", batch_routes.list_batches, methods=["GET"]),
         Route("/v1/batches", batch_routes.create_batch, methods=["POST"]),
         Route("/v1/batches/{batch_id}", batch_routes.get_batch, methods=["GET"]),
+        Route("/v1/batches/{batch_id}", batch_routes.set_batch_cap, methods=["PATCH"]),
         Route("/v1/batches/{batch_id}/cancel", batch_routes.cancel_batch, methods=["POST"]),
         Route("/v1/batches/{batch_id}/retry", batch_routes.retry_batch, methods=["POST"]),
         Route("/v1/batches/{batch_id}/results", batch_routes.batch_results, methods=["GET"]),

@@ -9,6 +9,11 @@ file and an error file). Thin layer over :mod:`falq.producers.batches`, as ``fal
   validated first: one bad line -> 422 naming each by line and field, nothing enqueued. An
   estimate over what is left of the budget -> 422 on ``budget`` unless ``allow_over_budget=true``.
   Else 201 with the batch (200 when the same upload was sent before: the same batch and jobs).
+  ``?dry_run=true``: validate and quote the upload at the account's prices (``num_images`` and
+  chained edits counted), enqueue nothing (200 ``{dry_run, price, jobs}``). ``?max_spend=USD``:
+  the batch's spend cap (:mod:`falq.shared.batch_cap`); ``?priority=normal|low``: the
+  ``X-Fal-Queue-Priority`` of its jobs.
+* ``PATCH /v1/batches/{id}`` ``{"max_spend": 40}`` -- set or raise the spend cap (null: none)
 * ``GET /v1/batches?limit=`` -- the caller's tenant's batches, newest first
 * ``GET /v1/batches/{id}`` -- counts by state, spend, throughput, ETA, the tree of a chained batch
 * ``POST /v1/batches/{id}/cancel`` and ``POST /v1/batches/{id}/retry?only=failed|moderated``
@@ -31,10 +36,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from falq.gateway.auth import Principal, require
-from falq.gateway.core import Gateway, Unprocessable, blocking, json_response
-from falq.producers.batches import Batches, enqueue_batch, open_batch, price
+from falq.gateway.core import Gateway, Unprocessable, blocking, json_response, read_json
+from falq.producers.batches import PRIORITIES, PRIORITY_RULE, Batches, enqueue_batch, open_batch, price
 from falq.producers.bulk import upload_lines
 from falq.producers.client import Falq
+from falq.shared.batch_cap import CAP_RULE, parse_cap
 from falq.shared.errors import InvalidInput
 
 #: Largest upload accepted (bytes).
@@ -75,10 +81,19 @@ async def create_batch(request: Request) -> Response:
     if len(name) > MAX_NAME:
         raise Unprocessable.field(["query", "name"], f"must be at most {MAX_NAME} characters")
     over_ok = _flag(request, "allow_over_budget")
+    dry_run = _flag(request, "dry_run")
+    raw_cap = request.query_params.get("max_spend")
+    try:
+        cap = parse_cap(raw_cap) if raw_cap is not None else None
+    except InvalidInput:
+        raise Unprocessable.field(["query", "max_spend"], CAP_RULE) from None
+    priority = request.query_params.get("priority")
+    if priority is not None and priority not in PRIORITIES:
+        raise Unprocessable.field(["query", "priority"], PRIORITY_RULE)
     data = await _read_upload(request)
     if not data.strip():
         raise Unprocessable.field(["body"], "must be a JSONL file of at least one job")
-    return await blocking(_create, gw, who, data, name, over_ok)
+    return await blocking(_create, gw, who, data, name, over_ok, dry_run, cap, priority)
 
 
 async def _read_upload(request: Request) -> bytes:
@@ -99,7 +114,8 @@ async def _read_upload(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _create(gw: Gateway, who: Principal, data: bytes, name: str, over_ok: bool) -> Response:
+def _create(gw: Gateway, who: Principal, data: bytes, name: str, over_ok: bool, dry_run: bool = False,
+            cap: float | None = None, priority: str | None = None) -> Response:
     import hashlib
 
     falq = _falq(gw, who)
@@ -118,15 +134,17 @@ def _create(gw: Gateway, who: Principal, data: bytes, name: str, over_ok: bool) 
         detail = [{"loc": ["body", f"line {r.line}", *([e.field] if e.field else [])], "msg": e.message,
                    "type": "value_error"} for r in rejects for e in r.errors]
         return json_response(422, {"detail": detail, "invalid": [r.to_json() for r in rejects]})
-    cost = price(falq, lines)
+    cost = price(falq, lines, max_spend=cap)
+    if dry_run:
+        return json_response(200, {"dry_run": True, "price": cost.as_json(), "jobs": len(lines)})
     if cost.exceeds and not over_ok:
         return json_response(422, {"detail": [{"loc": ["budget"], "type": "value_error",
                                                "msg": f"the estimated ${cost.total_usd:.2f} exceeds what is left of "
                                                       "the budget (send allow_over_budget=true to start anyway)"}],
                                    "price": cost.as_json()})
     batch, created = open_batch(falq, name=name, source_name=name, source_sha256=hashlib.sha256(data).hexdigest(),
-                                run_key=run_key)
-    ids = enqueue_batch(falq, lines, batch)
+                                run_key=run_key, max_spend=cap)
+    ids = enqueue_batch(falq, lines, batch, priority=priority)
     doc = Batches(falq, tenant=who.tenant).show(batch.id).as_json()
     doc.update(price=cost.as_json(), jobs=len(ids))
     return json_response(201 if created else 200, doc)
@@ -170,6 +188,19 @@ async def get_batch(request: Request) -> Response:
     return json_response(200, view.as_json())
 
 
+async def set_batch_cap(request: Request) -> Response:
+    who = require(request, "submit")
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"max_spend"}:
+        raise Unprocessable.field(["body"], 'must be {"max_spend": USD} (null or "none" removes the cap)')
+    try:
+        parse_cap(body["max_spend"])
+    except InvalidInput:
+        raise Unprocessable.field(["body", "max_spend"], CAP_RULE) from None
+    view = await blocking(_service(_gw(request), who).set_cap, request.path_params["batch_id"], body["max_spend"])
+    return json_response(200, view.as_json())
+
+
 async def cancel_batch(request: Request) -> Response:
     who = require(request, "submit")
     svc = _service(_gw(request), who)
@@ -206,4 +237,4 @@ async def _rows(request: Request, which: int) -> Response:
 
 
 __all__ = ["batch_errors", "batch_results", "cancel_batch", "create_batch", "get_batch", "list_batches",
-           "retry_batch"]
+           "retry_batch", "set_batch_cap"]

@@ -27,7 +27,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
@@ -136,6 +136,9 @@ class TenantIn(BaseModel):
     budget_usd: float | None = Field(None, ge=0, le=MAX_BUDGET_USD)
     endpoints: list[str] = Field(default_factory=list, description="empty: every endpoint")
     s3_prefix: str = ""
+    priority: Literal["normal", "low"] | None = Field(
+        None, description="X-Fal-Queue-Priority of its jobs (null: the lane's setting); low waits behind every "
+                          "customer's normal requests on fal's shared per-endpoint queue")
 
 
 async def list_tenants(request: Request) -> Response:

@@ -359,18 +359,35 @@ def _batch_paths() -> dict[str, Any]:
                                                          "default": 50}, "How many (50)")]),
             "post": _op("create_batch", "Upload a JSONL file of jobs as one batch (OpenAI-Batch style)",
                         {"201": _resp("The batch, its price and how many jobs it holds", ref("BatchCreated")),
-                         "200": _resp("The same upload was sent before: the same batch and jobs", ref("BatchCreated")),
+                         "200": _resp("The same upload was sent before: the same batch and jobs; or, with "
+                                      "`dry_run=true`, the quote (nothing enqueued)",
+                                      {"anyOf": [ref("BatchCreated"), ref("BatchQuote")]}),
                          "422": create_422},
                         description=_UPLOAD_RULES.format(max_bytes=MAX_UPLOAD), content=upload, params=[
                             _param("name", "query", {"type": "string", "maxLength": MAX_NAME},
                                    "The batch's name (empty or absent: `upload`)"),
                             _param("allow_over_budget", "query", flag,
                                    "`true` (or `1`, any case) starts the batch even when its estimate exceeds what is "
-                                   "left of the daily or the tenant's budget")]),
+                                   "left of the daily or the tenant's budget"),
+                            _param("dry_run", "query", flag,
+                                   "`true`: validate and quote the upload at the account's prices (`num_images` and "
+                                   "chained edits counted); nothing is enqueued"),
+                            _param("max_spend", "query", {"type": "string", "pattern": r"^[0-9]{1,9}(\.[0-9]{1,6})?$"},
+                                   "The batch's spend cap in USD (0 to 1000000000): jobs are submitted only while its "
+                                   "billed plus reserved spend stays within it; the rest wait as "
+                                   "`paused: batch_spend_cap` until the cap is raised (PATCH)"),
+                            _param("priority", "query", {"type": "string", "enum": ["normal", "low"]},
+                                   "X-Fal-Queue-Priority of the batch's jobs (default: the tenant's, else normal). "
+                                   "`low` waits behind every customer's normal requests on fal's shared "
+                                   "per-endpoint queue; no discount is documented")]),
         },
         "/v1/batches/{batch_id}": {"get": _op(
             "get_batch", "Counts by state, spend, throughput, ETA and the tree of a chained batch",
-            {"200": _resp("The batch", ref("Batch")), **no_batch}, params=[bid])},
+            {"200": _resp("The batch", ref("Batch")), **no_batch}, params=[bid]),
+            "patch": _op("set_batch_cap", "Set or raise the batch's spend cap (`max_spend`); jobs waiting at it "
+                         "go on within one poll once they fit",
+                         {"200": _resp("The batch", ref("Batch")), **no_batch, **_errors(422)}, params=[bid],
+                         body=ref("BatchCapIn"))},
         "/v1/batches/{batch_id}/cancel": {"post": _op(
             "cancel_batch", "Cancel every job of the batch that has not ended",
             {"200": _resp("The batch, and the jobs by outcome", ref("BatchCancelled")), **no_batch}, params=[bid])},

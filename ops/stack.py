@@ -173,6 +173,7 @@ class DevStack:
             "FAL_KEY": TEST_FAL_KEY,
             "FALQ_FAL_QUEUE_URL": self.emu.url,
             "FALQ_FAL_REST_URL": self.emu.url,
+            # fal's platform API (account prices, billing events) on the emulator
             "FALQ_FAL_PLATFORM_URL": f"{self.emu.url}/v1",
             "FALQ_REDIS_URL": self.redis.url,
             "FALQ_S3_ENDPOINT_URL": self.s3.url,

@@ -35,6 +35,7 @@ them; ``true``/``false`` are never numbers; ``nan`` and ``inf`` never pass)::
     rate (tenant)                 submissions per second from 0 to 1000000, or null/none
     budget_usd (tenant)           dollars per UTC day from 0 to 1000000000000, or null/none
     endpoints                     a list of known endpoints; empty: every endpoint
+    priority (tenant)             normal or low, or null/none (the lane's FALQ_FAL_PRIORITY_*)
     s3_prefix                     empty (the tenant's name) or '/'-separated parts of letters,
                                   digits, '.', '_', '-' (no '..'), at most 200 characters
     (a tenant removal)            refused while the tenant has unfinished jobs (cancel them or
@@ -147,7 +148,8 @@ TENANT_EXISTS_RULE = "a tenant of this name exists already (change it with falq 
 MAX_TENANTS_RULE = f"at most {MAX_TENANTS} tenants (the tenant is a metric label; labels must stay bounded)"
 DEFAULT_RULE = "the tenant 'default' cannot be removed"
 LIVE_JOBS_RULE = "has unfinished jobs (e.g. {job}); cancel them or let them end, then remove the tenant"
-TENANT_NOTHING_RULE = "nothing to change: give weight, max_outstanding, rate, budget_usd, endpoints or s3_prefix"
+TENANT_NOTHING_RULE = ("nothing to change: give weight, max_outstanding, rate, budget_usd, endpoints, s3_prefix "
+                       "or priority")
 SCOPES_RULE = f"must name at least one of {', '.join(SCOPES)}, each once"
 LABEL_RULE = "must be at most 100 printable characters"
 KEY_ID_RULE = "no API key with this id for the tenant (see falq tenants key list)"
@@ -170,7 +172,9 @@ NO_CALLBACK_WARNING = ("its callback URL is not kept in the catalogue (only its 
 #: parent revived for its child's release; a retry cut off between the revive and the retry).
 REVIVE_TTL_MIN_S = 3600
 #: The settings of a tenant a change may give (``PATCH /v1/tenants/{name}``, ``falq tenants set``).
-TENANT_FIELDS = ("weight", "max_outstanding", "rate", "budget_usd", "endpoints", "s3_prefix")
+TENANT_FIELDS = ("weight", "max_outstanding", "rate", "budget_usd", "endpoints", "s3_prefix", "priority")
+TENANT_PRIORITY_RULE = ("must be normal or low, or null/none (the lane's setting); low waits behind every "
+                        "customer's normal requests on fal's shared per-endpoint queue")
 _S3_PART = re.compile(r"[A-Za-z0-9._-]+")
 _NULL_TEXT = ("none", "null")
 
@@ -468,6 +472,13 @@ def validate_tenant_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
                     any(not _S3_PART.fullmatch(p) or p in (".", "..") for p in parts):
                 errs.append(FieldError("s3_prefix", S3_PREFIX_RULE))
             out[name] = text
+        elif name == "priority":
+            if _nullable(value):
+                out[name] = None
+            elif isinstance(value, str) and value.strip().lower() in ("normal", "low"):
+                out[name] = value.strip().lower()
+            else:
+                errs.append(FieldError("priority", TENANT_PRIORITY_RULE))
         else:
             errs.append(FieldError(str(name), f"unknown field; known: {', '.join(TENANT_FIELDS)}"))
     if errs:

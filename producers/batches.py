@@ -11,9 +11,10 @@ each as a reject naming the line and the field. :func:`enqueue_batch` enqueues l
 once a level's jobs exist (their ids known, also when a rerun joins them through their
 idempotency keys), the next level's references are rewritten to those job ids.
 
-**Price.** :func:`price` sums the unit price (:func:`falq.shared.endpoints.unit_price`) times
-``num_images`` per endpoint and sets it against what is left of today's budget, and of the
-tenant's own budget when it has one.
+**Price.** :func:`price` quotes a run at the account's unit prices (:mod:`falq.shared.pricing`:
+fal's pricing API, else the list prices, which the quote then says) times ``num_images``, for
+every line, chained edits included, and sets it against what is left of today's budget, of the
+tenant's own budget when it has one, and of the batch's spend cap when one is given.
 
 Example::
 
@@ -36,15 +37,18 @@ from typing import Any
 from falq.producers.bulk_parse import BulkLine, Reject
 from falq.producers.bulk_wait import result_row
 from falq.producers.client import Falq
+from falq.shared.batch_cap import BatchCaps, parse_cap
 from falq.shared.batches import Batch, BatchStore, batch_id_for
 from falq.shared.chains import Ref, refs_in
-from falq.shared.endpoints import unit_price
 from falq.shared.errors import FieldError, InvalidInput
 from falq.shared.limits import tenant_spend_today
 from falq.shared.records import JobRecord
 from falq.shared.tenants import TenantStore
 
 RETRY_WHICH = ("failed", "moderated")
+PRIORITIES = ("normal", "low")
+PRIORITY_RULE = ("must be normal or low; low waits behind every customer's normal requests on fal's shared "
+                 "per-endpoint queue (no discount is documented)")
 #: At most this many archived failed members of one batch are read back for a retry (one query).
 MAX_BATCH_ARCHIVED = 1_000_000
 
@@ -183,6 +187,17 @@ class Price:
     tenant_budget_usd: float | None = None
     tenant_remaining_usd: float | None = None
     notes: list[str] = field(default_factory=list)
+    #: Where the unit prices came from: ``fal_pricing_api`` or ``list_price_fallback``.
+    price_source: str = "fal_pricing_api"
+    #: Jobs that edit another line's output (they are priced as every other job).
+    chained: int = 0
+    #: The batch's spend cap (USD), if one is given.
+    max_spend_usd: float | None = None
+
+    @property
+    def over_cap(self) -> bool:
+        """More than the cap would be spent: the rest of the run waits at the cap."""
+        return self.max_spend_usd is not None and self.total_usd > self.max_spend_usd + 1e-9
 
     @property
     def exceeds(self) -> bool:
@@ -195,13 +210,22 @@ class Price:
                 "estimated_usd": round(self.total_usd, 6), "day": self.day, "spent_today_usd": round(self.spent_usd, 6),
                 "budget_usd": self.budget_usd, "remaining_usd": self.remaining_usd, "tenant": self.tenant,
                 "tenant_budget_usd": self.tenant_budget_usd, "tenant_remaining_usd": self.tenant_remaining_usd,
-                "exceeds_budget": self.exceeds}
+                "exceeds_budget": self.exceeds, "price_source": self.price_source, "chained_jobs": self.chained,
+                "max_spend_usd": self.max_spend_usd, "over_max_spend": self.over_cap}
 
     def lines(self) -> list[str]:
         """Human lines: per endpoint, the total, and the budgets."""
         out = [f"  {ep}: {int(v['images'])} image(s) in {int(v['jobs'])} job(s) x ${v['unit_usd']:.4f} = "
                f"${v['usd']:.2f}" for ep, v in sorted(self.by_endpoint.items())]
-        out.append(f"  estimated cost: ${self.total_usd:.2f} for {self.images} image(s) in {self.jobs} job(s)")
+        out.append(f"  estimated cost: ${self.total_usd:.2f} for {self.images} image(s) in {self.jobs} job(s)"
+                   + (f", {self.chained} of them chained edits" if self.chained else ""))
+        out.append("  unit prices: " + ("this account's, from fal's pricing API" if self.price_source ==
+                                         "fal_pricing_api" else "the configured LIST prices (fal's pricing API "
+                                                                "was unreachable; the account may pay less or more)"))
+        if self.max_spend_usd is not None:
+            out.append(f"  batch spend cap: ${self.max_spend_usd:.2f}" + (
+                "; the run would pass it: the jobs past it wait (paused: batch_spend_cap) until the cap is raised"
+                if self.over_cap else ""))
         if self.remaining_usd is None:
             out.append(f"  daily budget: none set (spent today {self.day}: ${self.spent_usd:.2f})")
         else:
@@ -215,14 +239,17 @@ class Price:
         return out
 
 
-def price(falq: Falq, lines: Sequence[BulkLine]) -> Price:
-    """Price ``lines`` by endpoint (unit price x ``num_images``) against today's budgets."""
+def price(falq: Falq, lines: Sequence[BulkLine], *, max_spend: float | None = None) -> Price:
+    """Quote ``lines`` by endpoint (the account's unit price x ``num_images``, chained edits
+    included) against today's budgets and the batch's cap ``max_spend``. Enqueues nothing."""
     by: dict[str, dict[str, float]] = {}
     images = 0
+    quotes = falq.pricing.quotes(ln.request.endpoint for ln in lines)
+    chained = sum(1 for ln in lines if refs_in(ln.request.input))
     for ln in lines:
         req = ln.request
         n = int(req.input.get("num_images", 1))
-        unit = unit_price(req.endpoint, falq.settings) or 0.0
+        unit = quotes[req.endpoint].unit_price
         row = by.setdefault(req.endpoint, {"jobs": 0, "images": 0, "unit_usd": unit, "usd": 0.0})
         row["jobs"] += 1
         row["images"] += n
@@ -234,7 +261,9 @@ def price(falq: Falq, lines: Sequence[BulkLine]) -> Price:
     budget = Admin(falq).budget_show()
     p = Price(images=images, jobs=len(lines), by_endpoint=by, total_usd=total, day=budget.day,
               spent_usd=budget.spent_usd, budget_usd=budget.budget_usd, remaining_usd=budget.remaining_usd,
-              tenant=falq.tenant)
+              tenant=falq.tenant, chained=chained, max_spend_usd=max_spend,
+              price_source="list_price_fallback" if any(q.source != "fal_pricing_api" for q in quotes.values())
+              else "fal_pricing_api")
     tenant = TenantStore(falq.redis, prefix=falq.settings.key_prefix).get(falq.tenant)
     if tenant is not None and tenant.budget_usd is not None:
         _, spent = tenant_spend_today(falq.redis, falq.settings.key_prefix, [falq.tenant])
@@ -246,17 +275,25 @@ def price(falq: Falq, lines: Sequence[BulkLine]) -> Price:
 # --- enqueue ------------------------------------------------------------------------------------------
 
 
-def open_batch(falq: Falq, *, name: str, source_name: str, source_sha256: str, run_key: str) -> tuple[Batch, bool]:
-    """Create (or join, for the same tenant and run key) the batch of a run."""
+def open_batch(falq: Falq, *, name: str, source_name: str, source_sha256: str, run_key: str,
+               max_spend: float | None = None) -> tuple[Batch, bool]:
+    """Create (or join, for the same tenant and run key) the batch of a run. ``max_spend`` sets
+    its spend cap (:mod:`falq.shared.batch_cap`) before any job exists; None keeps the cap it has."""
     bid = batch_id_for(falq.tenant, run_key)
+    if max_spend is not None:
+        BatchCaps(falq.redis, prefix=falq.settings.key_prefix).set_cap(bid, max_spend)
     return BatchStore(falq.redis, prefix=falq.settings.key_prefix).open(
         bid, name=name, tenant=falq.tenant, source_name=source_name, source_sha256=source_sha256, run_key=run_key)
 
 
 def enqueue_batch(falq: Falq, lines: Sequence[BulkLine], batch: Batch, *, chunk_size: int = 500,
-                  on_chunk: Callable[[int, int], None] | None = None) -> list[str]:
+                  on_chunk: Callable[[int, int], None] | None = None, priority: str | None = None) -> list[str]:
     """Enqueue planned lines (:func:`plan_chains`) into ``batch``, parents first; returns the
-    job ids in the order of ``lines``. Idempotent: a rerun joins the jobs that exist."""
+    job ids in the order of ``lines``. Idempotent: a rerun joins the jobs that exist.
+    ``priority`` (``normal``/``low``) is the batch's ``X-Fal-Queue-Priority`` (None: the tenant's,
+    else the lane's setting)."""
+    if priority is not None and priority not in PRIORITIES:
+        raise InvalidInput([FieldError("priority", PRIORITY_RULE)])
     store = BatchStore(falq.redis, prefix=falq.settings.key_prefix)
     job_of_line: dict[str, str] = {}
     ids: dict[int, str] = {}
@@ -269,7 +306,7 @@ def enqueue_batch(falq: Falq, lines: Sequence[BulkLine], batch: Batch, *, chunk_
         level = by_level[lv]
         for start in range(0, len(level), chunk_size):
             chunk = level[start:start + chunk_size]
-            reqs = [replace(ln.request, batch_id=batch.id,
+            reqs = [replace(ln.request, batch_id=batch.id, priority=priority,
                             input=_rewrite(ln.request.input, job_of_line, line_ids)) for ln in chunk]
             res = falq.submit_many(reqs)
             store.add_jobs(batch.id, [(job_id, ln.line) for (job_id, _), ln in zip(res, chunk, strict=True)])
@@ -379,6 +416,14 @@ class Batches:
                         view.levels.append({})
                     view.levels[lv][rec.state] = view.levels[lv].get(rec.state, 0) + 1
         return view
+
+    def set_cap(self, batch_id: str, max_spend: Any) -> BatchView:
+        """Set (``none``: remove) the batch's spend cap; jobs waiting at the old cap go on at their
+        next poll once they fit. Raises :class:`InvalidInput` naming ``max_spend``."""
+        usd = parse_cap(max_spend)
+        self.get(batch_id)
+        BatchCaps(self.falq.redis, prefix=self.falq.settings.key_prefix).set_cap(batch_id, usd)
+        return self.show(batch_id, tree=False)
 
     def cancel(self, batch_id: str) -> dict[str, int]:
         """Cancel every job of the batch that has not ended; returns ``{outcome: n}``."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -41,6 +41,7 @@ from falq.shared.errors import (
 from falq.shared.fairshare import FairShare
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import OutboundRefused, check_url
+from falq.shared.pricing import Pricing
 from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
 from falq.shared.redisconn import redis_client as make_redis
 from falq.shared.settings import Settings, get_settings
@@ -66,6 +67,9 @@ class JobRequest:
     tenant: str | None = None
     #: The batch the job belongs to (:mod:`falq.shared.batches`), if any.
     batch_id: str | None = None
+    #: ``X-Fal-Queue-Priority`` chosen for the job (e.g. ``falq bulk --priority low``); None: its
+    #: tenant's choice, else the lane's setting.
+    priority: str | None = None
 
 
 #: How long a producer trusts what it read about a tenant (a bulk file validates 50,000 items
@@ -98,6 +102,14 @@ class Falq:
         self._app = celery_app
         self.tenant = tenant or self.settings.tenant
         self._tenants: dict[str, tuple[float, Tenant | None]] = {}
+        self._pricing: Pricing | None = None
+
+    @property
+    def pricing(self) -> Pricing:
+        """The account's unit prices (:mod:`falq.shared.pricing`)."""
+        if self._pricing is None:
+            self._pricing = Pricing(self.redis, self.settings)
+        return self._pricing
 
     @property
     def app(self) -> Celery:
@@ -155,16 +167,20 @@ class Falq:
         payload = restore_refs(model.model_dump(mode="json", exclude_none=True), refs)
         return JobRequest(spec.id, payload, lane, callback_url=callback_url, tenant=owner)  # type: ignore[arg-type]
 
-    def _tenant_errors(self, name: str, endpoint: str) -> list[FieldError]:
-        """Why ``name`` may not enqueue a job of ``endpoint`` (empty: it may)."""
-        if not valid_name(name):
-            return [FieldError("tenant", NAME_RULE)]
+    def _tenant(self, name: str) -> Tenant | None:
+        """The tenant as read at most ``TENANT_CACHE_S`` ago."""
         now = time.monotonic()
         hit = self._tenants.get(name)
         if hit is None or hit[0] < now:
             hit = (now + TENANT_CACHE_S, TenantStore(self.redis, prefix=self.settings.key_prefix).get(name))
             self._tenants[name] = hit
-        found = hit[1]
+        return hit[1]
+
+    def _tenant_errors(self, name: str, endpoint: str) -> list[FieldError]:
+        """Why ``name`` may not enqueue a job of ``endpoint`` (empty: it may)."""
+        if not valid_name(name):
+            return [FieldError("tenant", NAME_RULE)]
+        found = self._tenant(name)
         if found is None:
             return [FieldError("tenant", f"no tenant named {name!r} (see falq tenants list)")]
         if endpoint in ENDPOINTS and not found.allows(endpoint):
@@ -175,13 +191,18 @@ class Falq:
     def submit(self, endpoint: str, data: dict[str, Any], *, lane: Lane = "interactive",
                idempotency_key: str | None = None, metadata: dict[str, Any] | None = None,
                callback_url: str | None = None, tenant: str | None = None,
-               fal_webhook: str | None = None, fal_headers: dict[str, str] | None = None) -> JobHandle:
+               fal_webhook: str | None = None, fal_headers: dict[str, str] | None = None,
+               priority: str | None = None) -> JobHandle:
         """Validate and enqueue one job; with a known ``idempotency_key`` (of the same tenant),
         return that job. ``tenant`` overrides the client's tenant for this job. ``fal_webhook``
         (the gateway's, checked there) gets fal's webhook shape when the job ends, through the
         same outbox as ``callback_url``; it is part of the record from its creation on.
         ``fal_headers`` (the gateway's, checked there) go with the job's submit to fal."""
         req = self.validate(endpoint, data, lane=lane, callback_url=callback_url, tenant=tenant)
+        if priority is not None:
+            if priority not in ("normal", "low"):
+                raise InvalidInput([FieldError("priority", "must be normal or low")])
+            req = replace(req, priority=priority)
         if idempotency_key is not None:
             _check_key(idempotency_key)
         rec = self._record(req, metadata)
@@ -301,12 +322,15 @@ class Falq:
             log.warning("Redis memory is full: %d enqueued job(s) could not be marked published", len(job_ids))
 
     def _record(self, req: JobRequest, metadata: dict[str, Any] | None) -> JobRecord:
-        spec = ENDPOINTS[req.endpoint]
         n = int(req.input.get("num_images", 1))
+        quote = self.pricing.quote(req.endpoint)
+        tenant = req.tenant or self.tenant
+        owner = self._tenant(tenant) if valid_name(tenant) else None
+        priority = req.priority or (owner.priority if owner is not None else None)
         rec = JobRecord.new(
             endpoint=req.endpoint, input=req.input, lane=req.lane, metadata=dict(metadata or {}),
-            callback_url=req.callback_url, cost_estimate=round(self.settings.price_for(spec.tier) * n, 6),
-            tenant=req.tenant or self.tenant, batch_id=req.batch_id,
+            callback_url=req.callback_url, cost_estimate=quote.cost(n), unit_price=quote.unit_price,
+            price_source=quote.source, tenant=tenant, batch_id=req.batch_id, priority=priority,
         )
         parents = parents_of(req.input)
         if parents:  # a chained job waits for its parents (falq.shared.chains)

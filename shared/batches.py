@@ -38,6 +38,7 @@ from typing import Any
 
 import redis
 
+from falq.shared.batch_cap import PAUSED_REASON, BatchCaps, CapState
 from falq.shared.errors import BatchNotFound
 from falq.shared.keys import Keys
 from falq.shared.records import STATES, TERMINAL, JobRecord
@@ -77,6 +78,8 @@ class Batch:
     est_usd: float = 0.0
     billed_usd: float = 0.0
     last_end: float | None = None
+    #: The batch's spend cap and its spend against it (:mod:`falq.shared.batch_cap`).
+    cap: CapState | None = None
 
     @property
     def done(self) -> int:
@@ -105,11 +108,18 @@ class Batch:
 
     def as_json(self, now: float | None = None) -> dict[str, Any]:
         """The batch as JSON (``falq batch show --json``, ``GET /v1/batches/{id}``)."""
+        cap = self.cap.as_json() if self.cap is not None else None
+        paused = bool(cap and cap["waiting"] and not self.finished_at)
         return {
             "id": self.id, "object": "batch", "name": self.name, "tenant": self.tenant,
             "source": {"file_name": self.source_name, "sha256": self.source_sha256, "run_key": self.run_key},
             "created_at": self.created_at, "finished_at": self.finished_at,
-            "status": "completed" if self.finished_at else "in_progress",
+            "status": "completed" if self.finished_at else ("paused" if paused else "in_progress"),
+            "paused_reason": (f"{PAUSED_REASON}: {cap['waiting'] if cap else 0} job(s) wait because the batch's "
+                              f"billed plus reserved spend would pass its max_spend of "
+                              f"${(cap or {}).get('max_spend_usd') or 0:.2f} (raise it: falq batches set-cap ID USD)"
+                              if paused else None),
+            "spend_cap": cap,
             "counts": {s: self.counts.get(s, 0) for s in STATES}, "total": self.total, "done": self.done,
             "spend": {"estimated_usd": round(self.est_usd, 6), "billed_usd": round(self.billed_usd, 6)},
             "throughput_per_min": round(self.throughput_per_min(now), 3), "eta_s": _round(self.eta_s(now)),
@@ -160,12 +170,13 @@ class BatchStore:
         fields = {k.decode(): v.decode() for k, v in raw.items() if k != b"doc"}
         counts: dict[str, int] = {s: int(fields.get(f"n:{s}", 0)) for s in STATES}
         last = fields.get("last_end")
+        cap = BatchCaps(self.r, prefix=self.keys.prefix).state(doc["id"])
         return Batch(id=doc["id"], name=doc.get("name", ""), tenant=doc.get("tenant", "default"),
                      source_name=doc.get("source_name", ""), source_sha256=doc.get("source_sha256", ""),
                      created_at=float(doc.get("created_at", 0.0)), run_key=doc.get("run_key", ""), counts=counts,
                      total=int(fields.get("total", 0)), est_usd=int(fields.get("est_micro", 0)) / 1e6,
                      billed_usd=int(fields.get("billed_micro", 0)) / 1e6,
-                     last_end=float(last) if last else None)
+                     last_end=float(last) if last else None, cap=cap)
 
     def recent(self, *, tenant: str | None = None, limit: int = 50) -> list[Batch]:
         """Batches, newest first (only ``tenant``'s when given)."""

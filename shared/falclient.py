@@ -815,15 +815,20 @@ def request_urls(settings: Settings, endpoint: str, request_id: str) -> tuple[st
     return f"{base}/status", base, f"{base}/cancel"
 
 
-def submit_headers(settings: Settings, lane: str) -> dict[str, str]:
+def submit_headers(settings: Settings, lane: str, priority: str | None = None) -> dict[str, str]:
     """fal's own submit headers as configured (names from fal-client's ``_headers.py``).
+
+    ``priority`` is the job's own choice (its batch's or its tenant's); None takes the lane's
+    setting. ``low`` waits behind every customer's ``normal`` requests on fal's shared queue of
+    the endpoint (fal docs, common parameters), so it is only ever an explicit choice.
 
     Example::
 
         >>> submit_headers(Settings(fal_media_expiry_s=None, fal_start_timeout_s=None), "bulk")
-        {'X-Fal-Queue-Priority': 'low'}
+        {'X-Fal-Queue-Priority': 'normal'}
     """
-    priority = settings.fal_priority_bulk if lane == "bulk" else settings.fal_priority_interactive
+    if priority not in ("normal", "low"):
+        priority = settings.fal_priority_bulk if lane == "bulk" else settings.fal_priority_interactive
     headers: dict[str, str] = {"X-Fal-Queue-Priority": priority}
     if settings.fal_start_timeout_s:
         # Both names: X-Fal-Request-Start-Timeout is fal's new one (it wins when both are sent),

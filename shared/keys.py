@@ -105,6 +105,13 @@ key                             type    what
                                         the key's first 16 characters (never the key), TTL
 ``{p}:console:thumb:{d}``       string  a gateway claimed making this thumbnail ahead (TTL), so one
                                         replica makes it (:mod:`falq.gateway.console.ahead`)
+``{p}:pricing``                 string  the account's unit prices from fal's pricing API (JSON, with
+                                        their source and expiry), :mod:`falq.shared.pricing`
+``{p}:bcap:{batch}``            hash    a batch's spend cap (:mod:`falq.shared.batch_cap`):
+                                        ``cap_micro``, ``reserved_micro``, ``billed_micro``
+``{p}:bcap:{batch}:charges``    hash    job id -> micro-dollars reserved against the cap
+``{p}:bcap:{batch}:waiting``    set     jobs waiting at the cap (``paused: batch_spend_cap``)
+``{p}:bcap:{batch}:billed``     hash    job id -> micro-dollars billed (settled once per job)
 ==============================  ======  ==========================================================
 
 Lua scripts (shared/lua/) never spell a key: they get the keys from here, in KEYS, or as a
@@ -307,6 +314,22 @@ class Keys:
 
     def batch(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}"
+
+    @property
+    def pricing(self) -> str:
+        return f"{self.prefix}:pricing"
+
+    def batch_cap(self, batch_id: str) -> str:
+        return f"{self.prefix}:bcap:{batch_id}"
+
+    def batch_cap_charges(self, batch_id: str) -> str:
+        return f"{self.prefix}:bcap:{batch_id}:charges"
+
+    def batch_cap_waiting(self, batch_id: str) -> str:
+        return f"{self.prefix}:bcap:{batch_id}:waiting"
+
+    def batch_cap_billed(self, batch_id: str) -> str:
+        return f"{self.prefix}:bcap:{batch_id}:billed"
 
     def batch_jobs(self, batch_id: str) -> str:
         return f"{self.prefix}:batch:{batch_id}:jobs"

@@ -75,7 +75,10 @@ LOGS_TAIL = 20
 
 def path_to(src: str, dst: str) -> list[str] | None:
     """The shortest list of states :data:`TRANSITIONS` leads through from ``src`` to ``dst``
-    (``dst`` last; ``[dst]`` for a direct step), or None when ``dst`` cannot be reached."""
+    (``dst`` last; ``[dst]`` for a direct step), or None when ``dst`` cannot be reached.
+
+    The path passes through no terminal state but ``dst`` itself: a record walked to
+    ``completed`` must not carry a ``cancelled`` timestamp (its finish time is its last terminal one)."""
     if dst in TRANSITIONS.get(src, frozenset()):
         return [dst]
     prev: dict[str, str] = {src: src}
@@ -84,7 +87,7 @@ def path_to(src: str, dst: str) -> list[str] | None:
         nxt: list[str] = []
         for here in todo:
             for there in sorted(TRANSITIONS[here]):
-                if there not in prev:
+                if there not in prev and (there == dst or there not in TERMINAL):
                     prev[there] = here
                     if there == dst:
                         path = [dst]
@@ -178,9 +181,16 @@ class JobRecord(BaseModel):
     #: when fal did not report units (``cost_source`` then stays ``estimate``).
     cost_billed: float | None = None
     cost_source: Literal["estimate", "fal_billable_units"] = "estimate"
+    #: The unit price (USD) ``cost_estimate`` and ``cost_billed`` were computed with.
+    unit_price: float | None = None
+    #: Where ``unit_price`` came from (:mod:`falq.shared.pricing`): ``fal_pricing_api`` (the
+    #: account's price) or ``list_price_fallback`` (the configured list price; the API was unreachable).
+    price_source: Literal["fal_pricing_api", "list_price_fallback"] | None = None
     #: fal's ``x-fal-billable-units`` on the result (None when fal sent none); the gateway
     #: returns it on the result of a job submitted through its fal routes.
     billable_units: float | None = None
+    #: ``X-Fal-Queue-Priority`` chosen for this job (its batch's or its tenant's); None: the lane's setting.
+    priority: Literal["normal", "low"] | None = None
     #: fal's moderation categories when its content checker refused the job (``content_policy``).
     moderation: list[str] | None = None
     #: When fal's output JSON was saved beside the record (fetched once, right after COMPLETED).

@@ -67,6 +67,10 @@ OWNERS: dict[str, str] = {
     "catalogue_claim": "falq.shared.catalogue.registry.CatalogueRegistry.claim",
     "signin_acquire": "falq.gateway.console.access.SignInLimiter.attempt",
     "signin_release": "falq.gateway.console.access.SignInLimiter.succeeded",
+    "batch_cap_reserve": "falq.shared.batch_cap.BatchCaps.reserve",
+    "batch_cap_refund": "falq.shared.batch_cap.BatchCaps.refund",
+    "batch_cap_settle": "falq.shared.batch_cap.BatchCaps.settle",
+    "batch_cap_unroom": "falq.shared.batch_cap.BatchCaps.give_back_room",
 }
 
 LIB = "lib"

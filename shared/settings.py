@@ -22,6 +22,13 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator, model_vali
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_FAL_QUEUE_URL = "https://queue.fal.run"
+DEFAULT_FAL_PLATFORM_URL = "https://api.fal.ai/v1"
+#: What ``X-Fal-Queue-Priority: low`` means on fal (docs "common parameters"), shown with each setting.
+PRIORITY_HELP = ("X-Fal-Queue-Priority sent with this lane's submissions: normal (default) or low. On fal, low "
+                 "waits behind every customer's normal requests on the endpoint's one shared queue, without "
+                 "bound on a busy endpoint, and no discount for low is documented. Choose low only for work that "
+                 "may wait; it can also be chosen per tenant (falq tenants set NAME --priority low) and per batch "
+                 "(falq bulk --priority low).")
 #: fal's media hosts. Output images are fetched only from these (plus configured extras).
 DEFAULT_MEDIA_HOSTS = "fal.media,*.fal.media,fal.run,*.fal.run,storage.googleapis.com"
 
@@ -48,8 +55,10 @@ class Settings(BaseSettings):
         description="fal's REST host, used for storage uploads of local edit images.",
     )
     fal_platform_url: str = Field(
-        "https://api.fal.ai/v1",
-        description="fal's platform API (pricing, billing, storage). falq calls its "
+        DEFAULT_FAL_PLATFORM_URL,
+        description="fal's platform API (FALQ_FAL_PLATFORM_URL: pricing, billing, storage). falq reads the "
+                    "account's unit prices from GET {url}/models/pricing with the workers' FAL_KEY; `falq report "
+                    "reconcile` reads GET {url}/models/billing-events with FAL_ADMIN_KEY; and falq calls "
                     "``/storage/files/sign`` with the workers' FAL_KEY when an output URL answers 403/404 "
                     "on an account with restricted file access, and mirrors the image through the signed URL.",
     )
@@ -65,16 +74,21 @@ class Settings(BaseSettings):
             "connections a second with thousands in flight)."
         ),
     )
-    fal_priority_interactive: Literal["normal", "low"] = Field(
-        "normal",
-        description="`X-Fal-Queue-Priority` per lane: `low` waits behind every `normal` request of the account.",
-    )
-    fal_priority_bulk: Literal["normal", "low"] = Field(
-        "low",
-        description=(
-            "`X-Fal-Queue-Priority` of the bulk lane: `low` waits behind every `normal` request of the account."
-        ),
-    )
+    fal_priority_interactive: Literal["normal", "low"] = Field("normal", description=PRIORITY_HELP)
+    fal_priority_bulk: Literal["normal", "low"] = Field("normal", description=PRIORITY_HELP)
+    fal_admin_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("FAL_ADMIN_KEY", "fal_admin_key"),
+        description="FAL_ADMIN_KEY (optional, a secret): an ADMIN-scope fal key, used only by `falq report "
+                    "reconcile` to read fal's billing events. Never logged, recorded or sent to workers.")
+    pricing_refresh_s: float = Field(
+        3600.0, ge=10,
+        description="How often the account's unit prices are read again from fal's pricing API (seconds). "
+                    "The prices are cached in Redis and shared by every worker and producer.")
+    pricing_retry_s: float = Field(
+        60.0, ge=1,
+        description="After the pricing API could not be read, falq uses the configured list prices "
+                    "(FALQ_PRICE_STANDARD / FALQ_PRICE_PRO, logged as a warning, recorded as "
+                    "price_source=list_price_fallback) and asks fal again after this many seconds.")
     fal_start_timeout_s: float | None = Field(
         900.0, gt=1,
         description=(
@@ -243,20 +257,11 @@ class Settings(BaseSettings):
         4,
         description="Per-job ceiling on `num_images` (a spend guard; fal sets none).",
     )
-    price_standard: float = Field(
-        0.035,
-        description=(
-            "USD per image of the standard endpoints: each job's cost estimate, and the unit price of fal's "
-            "`x-fal-billable-units`."
-        ),
-    )
-    price_pro: float = Field(
-        0.075,
-        description=(
-            "USD per image of the pro endpoints: each job's cost estimate, and the unit price of fal's "
-            "`x-fal-billable-units`."
-        ),
-    )
+    price_standard: float = Field(0.035, ge=0, description=(
+        "List price (USD per image) of the standard endpoints: used only while fal's pricing API "
+        "(FALQ_FAL_PLATFORM_URL) cannot be read; records then say price_source=list_price_fallback."))
+    price_pro: float = Field(0.075, ge=0, description=(
+        "List price (USD per image) of the pro endpoints: the fallback when fal's pricing API cannot be read."))
     record_ttl_s: int = Field(
         7 * 24 * 3600,
         description=(
@@ -641,6 +646,9 @@ class Settings(BaseSettings):
 
     def fal_key_value(self) -> str | None:
         return self.fal_key.get_secret_value() if self.fal_key else None
+
+    def fal_admin_key_value(self) -> str | None:
+        return self.fal_admin_key.get_secret_value() if self.fal_admin_key else None
 
     def key_suffix(self) -> str:
         """The last 4 characters of the fal key: enough to tell keys apart, never the key."""

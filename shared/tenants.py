@@ -33,7 +33,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,6 +68,9 @@ class Tenant(BaseModel):
     endpoints: list[str] = Field(default_factory=list)
     #: Where its images go under ``FALQ_S3_PREFIX``; empty means the tenant's name.
     s3_prefix: str = ""
+    #: ``X-Fal-Queue-Priority`` of its jobs (None: the lane's setting). ``low`` waits behind every
+    #: customer's ``normal`` requests on fal's shared per-endpoint queue; no discount is documented.
+    priority: Literal["normal", "low"] | None = None
 
     @property
     def prefix(self) -> str:

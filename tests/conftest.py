@@ -43,6 +43,12 @@ BASELINE_EMULATOR = {
     "result_retention_s": 3600.0,
     "result_retention_large_s": 360.0,
     "payload_retention_s": 30 * 24 * 3600.0,
+    # fal's platform API (falq.emulator.platform): account prices unlike the list prices, no outage
+    "account_prices": {"fal-ai/qwen-image-2/text-to-image": 0.03, "fal-ai/qwen-image-2/edit": 0.03,
+                       "fal-ai/qwen-image-2/pro/text-to-image": 0.065, "fal-ai/qwen-image-2/pro/edit": 0.065},
+    "admin_keys": ["falq-emulator-admin"],
+    "billing_delay_s": 0.0,
+    "platform_down": False,
     # What the live service always does stays on (the emulator's defaults): half of the cancels
     # of running requests are ignored (deterministically: the first one in a test is honoured)
     # and a start-timed-out request answers 504 on status as on its result. Rare faults off.

@@ -85,8 +85,9 @@ def test_chained_bulk_file_is_a_batch_with_progress_tree_results_and_rerun_joins
     assert b["total"] == 12 and b["counts"]["completed"] == 12 and b["done"] == 12
     assert b["status"] == "completed" and b["finished_at"] is not None
     assert b["source"]["file_name"] == "pipeline.jsonl" and len(b["source"]["sha256"]) == 64
-    assert b["spend"]["estimated_usd"] == pytest.approx(12 * 0.035)
-    assert b["spend"]["billed_usd"] == pytest.approx(12 * 0.035)
+    # at the account's price from the emulator's pricing API (0.03), not the list price (0.035)
+    assert b["spend"]["estimated_usd"] == pytest.approx(12 * 0.03)
+    assert b["spend"]["billed_usd"] == pytest.approx(12 * 0.03)
     assert [lv["total"] for lv in b["tree"]] == [4, 8]
     assert b["tree"][1]["counts"]["completed"] == 8
     # Results: an output file and an error file.
@@ -123,11 +124,12 @@ def test_dry_run_prices_by_endpoint_and_over_budget_needs_yes(clean_stack: DevSt
     p = json.loads(out)["price"]
     assert p["images"] == 3 + 6 + 2 and p["jobs"] == 10
     assert p["by_endpoint"][T2I]["images"] == 3 and p["by_endpoint"][EDIT]["images"] == 6
-    assert p["by_endpoint"]["fal-ai/qwen-image-2/pro/text-to-image"]["usd"] == pytest.approx(2 * 0.075)
-    assert p["estimated_usd"] == pytest.approx(9 * 0.035 + 2 * 0.075)
+    # the account's prices (the emulator's pricing API: 0.03 and 0.065; list: 0.035 and 0.075)
+    assert p["by_endpoint"]["fal-ai/qwen-image-2/pro/text-to-image"]["usd"] == pytest.approx(2 * 0.065)
+    assert p["estimated_usd"] == pytest.approx(9 * 0.03 + 2 * 0.065)
     assert p["remaining_usd"] is None and p["exceeds_budget"] is False
     code, _, err = _cli(clean_stack, "bulk", str(src), "--dry-run")
-    assert "estimated cost: $0.47 for 11 image(s) in 10 job(s)" in err
+    assert "estimated cost: $0.40 for 11 image(s) in 10 job(s)" in err
     # A budget smaller than the estimate: refused without --yes (no stdin here), nothing enqueued.
     code, _, err = _cli(clean_stack, "budget", "--set", "0.10")
     assert code == 0, err

@@ -318,7 +318,7 @@ def test_start_timeout_on_the_status_stream_is_not_transient() -> None:
 
 def test_submit_sends_the_headers() -> None:
     seen: list[httpx.Request] = []
-    s = settings(fal_media_expiry_s=600, fal_store_io=False)
+    s = settings(fal_media_expiry_s=600, fal_store_io=False, fal_priority_bulk="low")
     fal = client_for(Answer(200, SUBMITTED), seen=seen)
     fal.submit(ENDPOINT, {"prompt": "x"}, headers=submit_headers(s, "bulk"))
     sent = seen[0].headers

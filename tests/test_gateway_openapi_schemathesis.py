@@ -160,7 +160,7 @@ def test_openapi_document_describes_every_answer(clean_stack: DevStack) -> None:
     assert not failures, "\n\n".join(failures)
     # Every batch route answered a success at least once (not only 404s and 422s).
     batch_ops = {name: codes for name, codes in seen.items() if name.split()[1].startswith("/v1/batches")}
-    assert len(batch_ops) == 7, batch_ops
+    assert len(batch_ops) == 8, batch_ops
     assert all(any(200 <= c < 300 for c in codes) for codes in batch_ops.values()), batch_ops
 
 

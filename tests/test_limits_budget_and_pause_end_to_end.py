@@ -103,7 +103,7 @@ def test_a_sigkilled_workers_slots_come_back_within_the_lease(clean_stack: DevSt
 def test_budget_stops_at_the_budget_and_resumes_when_raised(
         clean_stack: DevStack, falq: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     clean_stack.emu.configure(**FAST)
-    limits(falq, rate=50, max_outstanding=0, budget_daily=0.35)  # 10 jobs at $0.035
+    limits(falq, rate=50, max_outstanding=0, budget_daily=0.30)  # 10 jobs at $0.03, the account's price
     clean_stack.start_worker(concurrency=30, env=LEASE)
     ids = backlog(falq, 20, "budget")
 
@@ -116,17 +116,17 @@ def test_budget_stops_at_the_budget_and_resumes_when_raised(
     wait_for(stopped, 60, 0.3, "10 completed, 10 paused for budget")
     time.sleep(2)
     assert len(emulator_submissions(clean_stack)) == 10
-    assert spend_today(falq.redis, "falq")[1] == pytest.approx(0.35)
+    assert spend_today(falq.redis, "falq")[1] == pytest.approx(0.30)
     code, out = run_cli(clean_stack, monkeypatch, capsys, "budget", "--json")
     doc = json.loads(out)
-    assert code == 0 and doc["spent_usd"] == pytest.approx(0.35) and doc["budget_usd"] == 0.35
+    assert code == 0 and doc["spent_usd"] == pytest.approx(0.30) and doc["budget_usd"] == 0.30
     assert doc["jobs_paused"] == 10
     code, _ = run_cli(clean_stack, monkeypatch, capsys, "budget", "--set", "1")
     assert code == 0
     recs = wait_for(lambda: finished(falq, ids), 60, 0.5, "all 20 jobs")
     assert all(r.state == "completed" and r.paused is None for r in recs)
     assert len(emulator_submissions(clean_stack)) == 20
-    assert spend_today(falq.redis, "falq")[1] == pytest.approx(0.70)
+    assert spend_today(falq.redis, "falq")[1] == pytest.approx(0.60)
 
 
 @pytest.mark.timeout(120)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import httpx
 import pytest
 from rich.console import Console
 
@@ -46,9 +47,9 @@ def _assert_mirrored(falq: Any, rec: JobRecord, images: int = 1) -> None:
 
 
 def _billed(falq: Any, stack: DevStack, rec: JobRecord) -> float:
-    """What the emulator billed for the job's one request, at falq's list price."""
-    units = _fal_request(stack, rec.request_id)["billable_units"]
-    return round(float(units) * falq.settings.price_standard, 6)
+    """What the emulator billed for the job's one request (its ledger: units x the account's price)."""
+    events = httpx.get(f"{stack.emu.url}/_emulator/billing", timeout=10).json()["events"]
+    return sum(e["cost_micro"] for e in events if e["request_id"] == rec.request_id) / 1e6
 
 
 # --- 1. a result error after a clean COMPLETED never causes a new submission -------------------

@@ -28,6 +28,7 @@ from falq.producers.admin import (
     SCOPES_RULE,
     TENANT_CAP_RULE,
     TENANT_EXISTS_RULE,
+    TENANT_PRIORITY_RULE,
     WEIGHT_RULE,
     Admin,
 )
@@ -118,7 +119,8 @@ def cli(*argv: str, as_json: bool = True) -> tuple[int, Any]:
     ("shop", {"s3_prefix": "../up"}, [("s3_prefix", S3_PREFIX_RULE)]),
     ("shop", {"s3_prefix": "a//b"}, [("s3_prefix", S3_PREFIX_RULE)]),
     ("shop", {"bogus": 1}, [("bogus", "unknown field; known: weight, max_outstanding, rate, budget_usd, endpoints, "
-                                      "s3_prefix")]),
+                                      "s3_prefix, priority")]),
+    ("shop", {"priority": "urgent"}, [("priority", TENANT_PRIORITY_RULE)]),
     ("default", {}, [("name", TENANT_EXISTS_RULE)]),
 ])
 def test_add_rules(env: Env, name: str, fields: dict[str, Any], expected: list[tuple[str, str]]) -> None:

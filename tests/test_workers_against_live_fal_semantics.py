@@ -200,17 +200,19 @@ def test_fal_headers_priority_lifecycle_store_io_and_billed_units(clean_stack: D
     bulk = falq.generate("bulk", seed=2, lane="bulk")
     recs = {"interactive": inter.wait(40), "bulk": bulk.wait(40)}
     subs = _requests_by_job(clean_stack)
-    for lane, rec in recs.items():
+    for rec in recs.values():
         assert rec.state == "completed", rec.errors
         headers = {k.lower(): v for k, v in subs[rec.id][0]["headers"].items()}
-        assert headers["x-fal-queue-priority"] == ("low" if lane == "bulk" else "normal")
+        assert headers["x-fal-queue-priority"] == "normal"  # low is only ever an explicit choice
         assert headers["x-fal-object-lifecycle-preference"] == '{"expiration_duration_seconds": 3600}'
         assert headers["x-fal-store-io"] == "0"
         # fal's start timeout bounds queue time by default, under both header names (section 11.5)
         assert headers["x-fal-request-start-timeout"] == headers["x-fal-request-timeout"] == "900.0"
         assert "x-fal-no-retry" not in headers
         assert rec.cost_source == "fal_billable_units"
-        assert rec.cost_billed == pytest.approx(falq.settings.price_standard * len(rec.outputs))
+        # units x the account's price from the emulator's pricing API (0.03), not the list price
+        assert rec.price_source == "fal_pricing_api" and rec.unit_price == 0.03
+        assert rec.cost_billed == pytest.approx(0.03 * len(rec.outputs))
     assert len(recs["interactive"].outputs) == 2
 
 

@@ -39,6 +39,9 @@ class Admission:
     def release(self, rec: JobRecord) -> None:
         """Called when the job's request is no longer outstanding at fal."""
 
+    def billed(self, rec: JobRecord) -> None:
+        """Called once fal's result said what the job was billed (``rec.cost_billed``)."""
+
     def account_locked(self, rec: JobRecord, exc: FalAccountLocked) -> None:
         """fal refused ``rec``'s submit because the account is locked (exhausted balance).
 

@@ -12,6 +12,7 @@ import httpx
 from falq.shared.falclient import FalClient
 from falq.shared.jobstore import JobStore
 from falq.shared.outbound import make_client
+from falq.shared.pricing import Pricing
 from falq.shared.records import JobRecord
 from falq.shared.redisconn import redis_client
 from falq.shared.settings import Settings
@@ -72,6 +73,11 @@ class WorkerContext:
         from falq.workers.falhooks import FalHookWaiter
 
         return FalHookWaiter(self.redis, prefix=self.settings.key_prefix)
+
+    @cached_property
+    def pricing(self) -> Pricing:
+        """The account's unit prices, shared through Redis (:mod:`falq.shared.pricing`)."""
+        return Pricing(self.redis, self.settings)
 
     @cached_property
     def storage(self) -> Storage:

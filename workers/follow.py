@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from falq.shared.endpoints import unit_price
 from falq.shared.errors import (
     TRANSIENT_ERROR_TYPES,
     FalContentPolicy,
@@ -352,16 +351,19 @@ class FollowPhase(StepBase):
                 return self._fail(exc)
         self.ctx.store.save_result(self.rec.id, res.raw)
         saved_at = time.time()
-        price = unit_price(self.rec.endpoint, self.s)
+        quote = self.ctx.pricing.quote(self.rec.endpoint)  # the account's price (falq.shared.pricing)
 
         def kept(r: JobRecord) -> None:
             r.result_saved_at = saved_at
+            r.unit_price, r.price_source = quote.unit_price, quote.source
             r.billable_units = res.billable_units
-            if res.billable_units is not None and price is not None:
-                r.cost_billed = round(res.billable_units * price, 6)
+            if res.billable_units is not None:
+                r.cost_billed = quote.cost(res.billable_units)
                 r.cost_source = "fal_billable_units"
 
         self.commit(kept)
+        if self.rec.cost_billed is not None:
+            self.ctx.admission.billed(self.rec)
         return KEPT
 
     def _await_webhook(self) -> Status | str | None:

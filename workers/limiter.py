@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from falq.shared.batch_cap import PAUSED_REASON, BatchCaps
 from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import FalAccountLocked
 from falq.shared.fairshare import FairShare
@@ -127,6 +128,7 @@ class LimitsAdmission(Admission):
         self.limiter = Limiter(ctx.redis, ctx.settings)
         self.fair = FairShare(ctx.redis, ctx.settings)
         self.keeper = SlotKeeper(self.limiter, ctx.leases.owner)
+        self.caps = BatchCaps(ctx.redis, prefix=ctx.settings.key_prefix)
         self._budget_logged = ""
         #: job id -> (Redis ms of its send confirmation, local time the confirm was asked)
         self._sent: dict[str, tuple[int, float]] = {}
@@ -136,14 +138,23 @@ class LimitsAdmission(Admission):
             log.warning("could not register the fal key id %s for `falq limits show`", self.limiter.kid)
 
     def cost_micro(self, rec: JobRecord) -> int:
-        spec = ENDPOINTS.get(rec.endpoint)
-        if spec is None:
+        """The job's estimate at the account's price (:mod:`falq.shared.pricing`): num_images x unit price."""
+        if rec.endpoint not in ENDPOINTS:
             return micro(rec.cost_estimate)
         n = int(rec.input.get("num_images", 1) or 1)
-        return micro(self.s.price_for(spec.tier) * n)
+        return micro(self.ctx.pricing.quote(rec.endpoint).unit_price * n)
 
     def admit(self, rec: JobRecord) -> float | None:
-        ans = self.limiter.acquire(rec.id, rec.endpoint, rec.lane, self.cost_micro(rec), tenant=rec.tenant)
+        cost = self.cost_micro(rec)
+        if rec.batch_id and not self.caps.reserve(rec.batch_id, rec.id, cost):
+            # Its batch's spend cap: nothing of the batch is submitted past it. The job waits in
+            # place and asks again; raising the cap (falq batches set-cap) lets it through. While
+            # it waits it holds no dispatch room: other batches, tenants and lanes go on.
+            rec.paused = PAUSED_REASON
+            if self.caps.give_back_room(rec.id):
+                room_freed(self.ctx)
+            return self.s.pause_poll_s * random.uniform(0.5, 1.5)
+        ans = self.limiter.acquire(rec.id, rec.endpoint, rec.lane, cost, tenant=rec.tenant)
         if ans.ok:
             self.keeper.track(rec.id)
             if ans.delay_s > 0:
@@ -229,11 +240,21 @@ class LimitsAdmission(Admission):
             )
         rec.paused = "account_locked"
 
+    def billed(self, rec: JobRecord) -> None:
+        """fal said what the job cost: its batch's reservation becomes that amount."""
+        if rec.batch_id and rec.cost_billed is not None:
+            try:
+                self.caps.settle(rec.batch_id, rec.id, rec.cost_billed)
+            except redis.RedisError as exc:
+                log.warning("could not settle the batch spend of %s (%s)", rec.id, type(exc).__name__)
+
     def release(self, rec: JobRecord) -> None:
         self.keeper.untrack(rec.id)
         try:
             if rec.request_id is None:  # a POST that failed has been answered too (or given up on)
                 self._answered(rec, time.time())
+                if rec.batch_id:
+                    self.caps.refund(rec.batch_id, rec.id)
             self.limiter.release(rec.id, refund=rec.request_id is None)
         except redis.RedisError as exc:
             log.warning("could not release the slot of %s (%s); it expires by itself", rec.id, type(exc).__name__)

@@ -82,7 +82,8 @@ class SubmitPhase(StepBase):
         self._replicated(f"attempt {self.rec.attempts} of job {self.rec.id}")
         attempt = self.rec.attempts
         # A gateway client's own fal headers (falq.gateway.fal_headers) win over falq's defaults.
-        headers = {**submit_headers(self.s, self.rec.lane), **self.rec.fal_headers, "X-Falq-Job-Id": self.rec.id,
+        headers = {**submit_headers(self.s, self.rec.lane, self.rec.priority), **self.rec.fal_headers,
+                   "X-Falq-Job-Id": self.rec.id,
                    "X-Falq-Attempt": str(attempt)}
         self.ctx.admission.sending(self.rec)
         try:

@@ -62,6 +62,10 @@ jobs = Table(
     Column("cost_estimate", Double, nullable=False),
     Column("cost_billed", Double),
     Column("cost_source", String(32), nullable=False),
+    #: The unit price the costs used, and where it came from (migration 0004, falq.shared.pricing).
+    Column("unit_price", Double),
+    Column("price_source", String(32)),
+    Column("billable_units", Double),
     *(Column(f"{s}_at", Double) for s in STATE_COLUMNS),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),
