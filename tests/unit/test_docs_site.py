@@ -19,7 +19,7 @@ from falq.cli import docsgen
 from falq.gateway.config import GatewaySettings
 from falq.shared.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 
 
