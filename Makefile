@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test redis-server prometheus lint typecheck contracts unit integration system chaos chaos-net bench bench-quick bench-connections soak clean screenshots
+.PHONY: install demo test redis-server prometheus lint typecheck contracts unit integration system chaos chaos-net bench bench-quick bench-connections soak clean screenshots docs docs-gen
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) on PATH"; exit 1; }
@@ -59,7 +59,7 @@ system: install redis-server prometheus
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile tests/system
 
 ## make test: lint, type-check and run the whole default suite, every tier (starts its own servers).
-test: install redis-server prometheus lint typecheck contracts
+test: install redis-server prometheus lint typecheck contracts docs
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
 
 # The Redis scripts (shared/lua/*.lua, settings in .luacheckrc) are linted by luacheck (Debian:
@@ -76,6 +76,18 @@ typecheck: install
 contracts: install
 	$(BIN)/lint-imports --no-cache
 
+## make docs: build the documentation site strictly (a broken link or anchor fails) into build/site,
+## after checking that the generated reference pages match the code.
+docs: install
+	$(BIN)/python -m falq.cli.docsgen --check
+	$(BIN)/python -m falq.ops.redis_layout --check
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir build/site
+
+## make docs-gen: regenerate docs/reference/{configuration,cli,rest-api,errors,redis-layout}.md from the code.
+docs-gen: install
+	$(BIN)/python -m falq.cli.docsgen
+	$(BIN)/python -m falq.ops.redis_layout
+
 chaos: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m chaos tests/chaos
 
@@ -86,9 +98,9 @@ chaos-net: install redis-server
 	FALQ_CHAOS_NET_FULL=1 $(BIN)/python -m pytest -q -s -p no:cacheprovider -m chaos tests/chaos/test_partitions.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache build/site
 
-## make bench: the full benchmark the README reports (falq beside its references; table + docs/bench.png).
+## make bench: the full benchmark docs/benchmarks.md reports (falq beside its references; table + docs/bench.png).
 bench: install
 	$(BIN)/python -m falq.ops.bench
 
@@ -101,7 +113,7 @@ bench-quick: install
 bench-connections: install
 	$(BIN)/python -m falq.ops.bench --only connections
 
-## make screenshots: the web console's README pictures (docs/console-*.png) from a real run in Chromium.
+## make screenshots: the web console's pictures in the docs (docs/console-*.png) from a real run in Chromium.
 screenshots: install redis-server
 	$(BIN)/python -m falq.ops.screenshots $(ARGS)
 

@@ -14,7 +14,7 @@ resolves to a :class:`Principal`: the tenant it belongs to and its scopes.
 The probes (``/healthz``, ``/readyz``), the OpenAPI document and the fal webhook receiver (which
 fal signs instead) need no key. Without a key, or with an unknown one: 401. A known key
 lacking the scope a route needs: 403 (routes call :func:`require`, before they look at any job,
-so the answer never depends on whether a job exists; see the README's scope matrix).
+so the answer never depends on whether a job exists; see the scope table in docs/guides/tenants.md).
 
 Example::
 

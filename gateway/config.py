@@ -1,18 +1,8 @@
 """The gateway's own settings (``FALQ_API_KEYS`` ...), read like every other falq setting.
 
-They live here rather than in :mod:`falq.shared.settings` because only ``falq api`` reads them;
-everything else (Redis, S3, limits, the callback secret) comes from the shared
-:class:`~falq.shared.settings.Settings`.
-
-| Variable | Default | Meaning |
-|---|---|---|
-| ``FALQ_API_KEYS`` | unset | comma-separated falq API keys callers present as ``Authorization: Key <k>`` |
-| ``FALQ_GATEWAY_PUBLIC_URL`` | unset | base URL put into ``status_url`` etc. (default: the request's own) |
-| ``FALQ_FAL_JWKS_URL`` | fal's JWKS | public keys of fal's webhook signatures (the receiver) |
-
-``fal_webhook`` deliveries are the workers' (the job outbox, :mod:`falq.workers.callbacks`) and
-follow ``FALQ_CALLBACK_ALLOW_PRIVATE``; the former ``FALQ_GATEWAY_WEBHOOK_ALLOW_PRIVATE`` and
-``FALQ_GATEWAY_HOOK_POLL_S`` are ignored.
+They live here rather than in :mod:`falq.shared.settings` because only ``falq api`` reads them.
+Each field's ``description`` is its documentation: docs/reference/configuration.md is generated
+from it (``make docs-gen``).
 
 Example::
 
@@ -22,7 +12,7 @@ Example::
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from falq.shared.errors import PermanentError
@@ -39,9 +29,21 @@ class GatewaySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FALQ_", env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
-    api_keys: SecretStr | None = None
-    gateway_public_url: str | None = None
-    fal_jwks_url: str | None = None
+    api_keys: SecretStr | None = Field(
+        None,
+        description=(
+            "Comma-separated operator API keys (`default` tenant, `admin` scope), presented as"
+            " `Authorization: Key <k>` (as fal's clients send) or `Bearer <k>`; compared in constant time."
+        ),
+    )
+    gateway_public_url: str | None = Field(
+        None,
+        description="Base URL put into `status_url`, `response_url` and `cancel_url` (unset: the request's own).",
+    )
+    fal_jwks_url: str | None = Field(
+        None,
+        description="Public keys (JWKS) that verify fal's webhooks at `/_falq/fal-webhook` (unset: fal's own JWKS).",
+    )
 
     def key_list(self) -> list[str]:
         """The configured API keys (empty entries dropped)."""

@@ -17,7 +17,7 @@ Workers already send task events (``-E``, ``worker_send_task_events``) and produ
 
 Flower exempts ``/metrics`` and ``/healthcheck`` from auth. Expose Flower's port only on a
 private network (docker-compose binds it to 127.0.0.1), or put a reverse proxy in front
-that requires auth for ``/metrics`` too (see the README's Operations section).
+that requires auth for ``/metrics`` too (docs/operations/monitoring.md).
 """
 
 from __future__ import annotations

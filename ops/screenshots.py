@@ -1,4 +1,4 @@
-"""``make screenshots``: the web console's README pictures, taken from a real run.
+"""``make screenshots``: the web console's pictures in the docs (docs/console-*.png), taken from a real run.
 
 Starts a :class:`~falq.testing.stack.DevStack` (Redis, moto S3, the fal emulator, two workers),
 runs a small batch spread over a few minutes (so the throughput chart has minutes to show;

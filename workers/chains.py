@@ -1,17 +1,10 @@
 """The chain loop of a worker: release (or end) the children of jobs that just ended.
 
-The save that ends a job with children pushes it on ``{p}:chain:done`` (a Redis stream) in
-the same Lua step (:mod:`falq.shared.jobstore`). Every worker reads that stream through the
-consumer group ``chains`` (:data:`falq.shared.chains.GROUP`): an entry is delivered to one
-worker, which evaluates each child (:meth:`falq.shared.chains.Chains.evaluate`) and only then
-acknowledges and deletes it. An entry a worker claimed and never acknowledged (SIGKILL) is
-taken over by another worker after ``FALQ_CHAIN_CLAIM_IDLE_S`` (``XAUTOCLAIM``); evaluating
-twice is harmless. One worker at a time also runs :meth:`~falq.shared.chains.Chains.sweep`
-every ``FALQ_CHAIN_SWEEP_S`` (a Redis lock), which re-drives waiting children whose parents
-ended while the stream lost its entry (a Redis restart without AOF of the stream) and
-half-done releases.
-
-A released child is made runnable the way a retried job is (:func:`make_runnable`).
+Reads ``{p}:chain:done`` through the consumer group ``chains`` (an entry a dead worker claimed is
+taken over after ``FALQ_CHAIN_CLAIM_IDLE_S``), evaluates each child
+(:meth:`falq.shared.chains.Chains.evaluate`, idempotent) and only then acknowledges; one worker
+at a time also runs :meth:`~falq.shared.chains.Chains.sweep` every ``FALQ_CHAIN_SWEEP_S``. See
+docs/internals/job-lifecycle.md ("Waiting children and chains").
 
 Example::
 

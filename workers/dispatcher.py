@@ -1,17 +1,10 @@
 """The worker side of fair dispatch (:mod:`falq.shared.fairshare`): ticks and recovery.
 
-Every worker process runs a small thread that, every ``FALQ_FAIR_TICK_S`` (jittered):
-
-* runs a dispatch (:meth:`FairShare.try_dispatch`), so jobs are sent even when no producer
-  or finishing job triggered one (a producer killed right after its enqueue, a tenant whose
-  budget pause ended, limits raised with ``falq limits set``);
-* one process at a time (``{p}:fair:lock``), publishes dispatched jobs whose dispatcher died
-  before publishing them and frees the room of entries whose record is gone
-  (:meth:`FairShare.recover_dispatched`).
-
-Besides the tick, :func:`room_freed` dispatches the moment room frees up: when the limiter
-released a job's slot (its request is done at fal, or never got there), when a job was
-admitted (under a rate limit), and when a job was parked.
+Every worker process runs a thread that, every ``FALQ_FAIR_TICK_S`` (jittered), dispatches
+(:meth:`FairShare.try_dispatch`) and, one process at a time, publishes dispatched jobs whose
+dispatcher died before publishing (:meth:`FairShare.recover_dispatched`). :func:`room_freed`
+dispatches the moment room frees (a release, an admission, a park). See
+docs/internals/fair-dispatch.md.
 
 Example::
 

@@ -1,19 +1,11 @@
 """Whether this worker host reaches fal and S3, and whether other hosts do: handing jobs back.
 
-A host cut off from Redis loses its leases and its jobs are taken over (:mod:`falq.workers.reaper`).
-A host cut off from *fal* or *S3* while Redis still answers would keep renewing the leases of
-its jobs and sit on them until the link heals. So every worker probes both every
-:data:`INTERVAL_S` (a TCP connect to fal's queue host and to the S3 endpoint, :data:`PROBE_TIMEOUT_S`
-each) and publishes what it reaches in ``{p}:reach`` (hash: lease owner -> JSON ``{"at", "cut"}``).
-
-A dependency that failed every probe for :data:`CUT_AFTER_S` counts as *cut*. A step that needs
-it (submitting or following needs fal, mirroring needs S3) then stops with the reason
-``unreachable`` -- but only when another host, heard from recently, reaches it; when nobody
-does (fal itself is down) handing jobs around would only add load, so they wait in place as
-before. The step releases its lease and re-publishes the job at once; another host picks it up
-and follows the same fal request (the record holds its id: no new submission). A delivery that
-comes back to the cut host is handed on again without touching the record, at most
-:data:`BOUNCES` times per job while the cut lasts (then it is run here, waiting in place).
+Every worker probes fal's queue host and the S3 endpoint every :data:`INTERVAL_S` (a TCP
+connect) and publishes what it reaches in ``{p}:reach``. A dependency that failed every probe for
+:data:`CUT_AFTER_S` is *cut*: a step that needs it stops with ``unreachable`` and re-publishes the
+job, but only when another host reaches it (when nobody does, jobs wait in place). A delivery
+that comes back to the cut host is handed on at most :data:`BOUNCES` times. See
+docs/internals/recovery.md ("Network partitions").
 
 Example::
 

@@ -1,29 +1,17 @@
-"""The safety net under the broker: re-publish jobs whose message was lost.
+"""The safety net under the broker: re-publish jobs whose message was lost or whose worker died.
 
-kombu's Redis transport takes a message off its queue (``BRPOP``) and only then records it
-as unacked (``HSET``) in a second round trip. A worker killed between the two loses the
-message for good: neither the queue nor the unacked index holds it any more (the
-loss Celery users report on ``kill -9``, celery/celery #7924 and #3501). A
-Redis restart can drop a message in flight the same way. falq's job records are the
-source of truth, so one worker at a time (a Redis lock) periodically looks for jobs that
-are not finished and show no sign of life, and re-publishes them:
+Owns two sweeps, each run by one worker at a time (a Redis lock):
 
-* every delivery of a job sets ``{p}:seen:{id}`` for one visibility timeout, and a job
-  being worked on holds its lease; a started job with neither has no message anywhere
-  that could still run it;
-* a job never started (``queued``) may simply be waiting behind a backlog, so it is only
-  considered lost when its lane's queue is empty.
+* the **reaper**: unfinished jobs with no sign of life (no lease, no recent delivery in
+  ``{p}:seen:{id}``, no backlog they could be waiting in) are re-published, closing the gap
+  where kombu's Redis transport loses a message (celery/celery #7924, #3501);
+* the **takeover**: about every second, jobs in ``{p}:holders`` past their lease's end with no
+  lease are re-published, so a dead worker's jobs resume within about ``FALQ_LEASE_TTL_S`` + 1 s
+  instead of the visibility timeout.
 
-A duplicate message is harmless (the lease and the record's state make it a no-op), so
-erring towards re-publishing costs a little work, never a second fal submission.
-
-**Takeover in seconds.** A worker that dies while it holds jobs (SIGKILL, a host cut off)
-leaves their broker messages unacked until the visibility timeout (600 s by default). falq
-does not wait for that: every lease taken is entered in ``{p}:holders`` (scored by when it runs
-out, moved on each renewal) and removed when it is released, so a job entered there past its
-end with no lease lost its holder. A sweep about every second (one worker at a time)
-re-publishes each such job at once, so it resumes within about ``FALQ_LEASE_TTL_S`` + 1 s.
-The dead worker's message, redelivered later, finds the job terminal or leased and does nothing.
+Also the per-tenant index backfill and the pruning of expired records' index entries. A
+duplicate message is harmless (the lease and the record's state make it a no-op). Why and how:
+docs/internals/recovery.md.
 """
 
 from __future__ import annotations

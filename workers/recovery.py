@@ -1,11 +1,8 @@
 """Bringing back the messages of workers that died (Redis broker only).
 
-With the Redis transport an unacked message sits in kombu's ``unacked`` index until some
-consumer's sweep (``QoS.restore_visible``) moves it back to its queue once it is older
-than the visibility timeout. Celery's gevent pool consumes through a code path that never
-runs that sweep (measured: after a SIGKILL the messages of the dead worker stayed unacked
-indefinitely), so falq runs the sweep itself, in one greenlet per worker process. Redis
-serialises the sweeps of all workers with kombu's own mutex.
+Celery's gevent pool never runs kombu's unacked sweep (``QoS.restore_visible``), so falq runs it
+itself, in one greenlet per worker process; kombu's own mutex serialises the sweeps of all
+workers. See docs/internals/recovery.md.
 """
 
 from __future__ import annotations

@@ -7,6 +7,6 @@ every falq figure beside the same figure of a reference measured in the same run
 figure to read; absolute times alone mean little.
 
     python -m falq.ops.bench --quick            # under two minutes, scaled down (says so)
-    python -m falq.ops.bench                    # the full run the README reports
+    python -m falq.ops.bench                    # the full run docs/benchmarks.md reports
     python -m falq.ops.bench --only saturation --json /tmp/bench.json
 """

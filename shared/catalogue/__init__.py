@@ -1,12 +1,5 @@
 """The catalogue: every job that ended, kept in SQL (PostgreSQL in production, SQLite embedded).
 
-Redis holds live jobs; once a job ends (completed, failed or cancelled) the save that makes it
-terminal also enqueues it on the Redis stream ``{p}:archive`` (:mod:`falq.shared.jobstore`).
-The workers' archiver (:mod:`falq.workers.archive`) upserts it here, writes ``job.json``
-beside its images, and only then gives the Redis copy its short TTL (``FALQ_ARCHIVED_TTL_S``).
-Readers (``falq status``, ``falq jobs``, ``Falq.lookup``, the gateway) fall back to the
-catalogue for jobs Redis no longer has.
-
 * :mod:`.schema` -- the tables (SQLAlchemy Core); :mod:`.engine` -- URLs, engines, Alembic
   migrations (``falq db upgrade``); :mod:`.rows` -- record <-> row <-> ``job.json``;
   :mod:`.store` -- upsert, lookup, search, spend reports; :mod:`.search` -- the same filters
@@ -15,7 +8,8 @@ catalogue for jobs Redis no longer has.
   catalogue each host uses, and the one shared history archivers write (``falq db shared``).
 
 Names are imported on first use, so ``from falq.shared.catalogue.search import ...`` (what
-producers import at start) does not load SQLAlchemy.
+producers import at start) does not load SQLAlchemy. How jobs get here and why it is
+crash-safe: docs/internals/catalogue.md.
 
 Example::
 

@@ -2,7 +2,7 @@
 
 A search that walks recent rows of one endpoint (what the planner picks when the words are
 common) then tests a stored tsvector per row instead of parsing each prompt again: measured
-over 1,000,000 rows, p50 80.8 ms -> 14.1 ms (README "Catalogue"). Adding the generated column
+over 1,000,000 rows, p50 80.8 ms -> 14.1 ms (docs/benchmarks.md, "Catalogue"). Adding the generated column
 rewrites the table once (run ``falq db upgrade`` off-peak on a large catalogue). SQLite keeps
 its FTS5 table (nothing to do).
 
