@@ -1,7 +1,7 @@
 """``falq batches`` and ``falq batch show|cancel|retry|results``: batches as objects.
 
-Every ``falq bulk`` run and every ``POST /v1/batches`` is a batch (:mod:`falq.shared.batches`);
-the work is done by :class:`falq.producers.batches.Batches`, the service the gateway uses too.
+Every ``falq bulk`` run and every ``POST /v1/batches`` is a batch (:mod:`falq.shared.batches.store`);
+the work is done by :class:`falq.producers.bulk.batches.Batches`, the service the gateway uses too.
 
 Example::
 
@@ -24,9 +24,9 @@ import click
 from rich.table import Table
 
 from falq.cli.output import EXIT_FAILED, EXIT_OK, age, emit_json, handle_errors, make_client, stdout
-from falq.producers.batches import Batches, BatchView
-from falq.shared.batches import Batch
-from falq.shared.records import STATES, TERMINAL
+from falq.producers.bulk.batches import Batches, BatchView
+from falq.shared.batches.store import Batch
+from falq.shared.jobs.records import STATES, TERMINAL
 
 
 def _service(tenant: str | None) -> Batches:

@@ -1,6 +1,6 @@
 """``falq bulk FILE``: validate a whole file, enqueue it idempotently, follow it, write results.
 
-The work is done by :mod:`falq.producers.bulk`; this module only wires options and output.
+The work is done by :mod:`falq.producers.bulk.enqueue`; this module only wires options and output.
 
 Example::
 
@@ -33,8 +33,8 @@ from falq.cli.output import (
     make_client,
     stderr,
 )
-from falq.producers.batches import enqueue_batch, open_batch, price
-from falq.producers.bulk import (
+from falq.producers.bulk.batches import enqueue_batch, open_batch, price
+from falq.producers.bulk.enqueue import (
     DEFAULT_ENDPOINT,
     LINE_KEYS,
     BulkLine,
@@ -46,7 +46,7 @@ from falq.producers.bulk import (
     wait_and_report,
     write_rejects,
 )
-from falq.shared.batch_cap import parse_cap
+from falq.shared.spend.batch_cap import parse_cap
 
 MAX_SHOWN_ERRORS = 200
 
@@ -97,7 +97,7 @@ def bulk(file: Path, fmt: str | None, endpoint: str, lane: str, run_id: str | No
     image_size, num_images, output_format.
     The whole file is validated first; with any invalid line nothing is enqueued (exit 2)
     unless --skip-invalid. Rerunning the same command after a crash or Ctrl-C enqueues
-    only what is missing and never duplicates a job (see `falq.producers.bulk`).
+    only what is missing and never duplicates a job (see `falq.producers.bulk.enqueue`).
     Every run is a batch (`falq batch show ID`); rerunning joins the same batch. An edit's
     image_urls may name another line's output as falq:LINE_ID#N (or a job's, falq:JOB_ID#N):
     it waits until that line's job completed. --dry-run prices the run; a run whose estimate

@@ -9,7 +9,7 @@ Examples::
     falq callbacks redeliver --failed --since 2h
 
 A thin layer over :class:`falq.producers.admin.Admin` (the callback outbox lives in Redis,
-:mod:`falq.shared.outbox`; every worker delivers from it). Bad values are
+:mod:`falq.shared.callbacks.outbox`; every worker delivers from it). Bad values are
 ``error: field: rule`` with exit code 2.
 """
 
@@ -27,7 +27,7 @@ from falq.shared.errors import FieldError, InvalidInput
 
 if TYPE_CHECKING:
     from falq.producers.admin import Admin
-    from falq.shared.outbox import CallbackView
+    from falq.shared.callbacks.outbox import CallbackView
 
 
 def _admin() -> Admin:

@@ -32,7 +32,7 @@ def rebuild_from_s3(settings: Any, prefix: str | None = None, *, batch: int = 50
     """Upsert the row of every ``job.json`` under ``prefix``; returns counts (and bad keys)."""
     from falq.shared.catalogue.rows import row_from_doc
     from falq.shared.catalogue.store import get_catalogue
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     storage = Storage(settings)
     cat = get_catalogue(settings, check=True)

@@ -7,7 +7,7 @@ it, so a page cannot go stale). The pages:
 * ``configuration.md``: every field of :class:`falq.shared.settings.Settings` and
   :class:`falq.gateway.config.GatewaySettings`, from its own ``description``;
 * ``cli.md``: every ``falq`` command's ``--help``, from click;
-* ``rest-api.md``: every route of the gateway's OpenAPI document (:mod:`falq.gateway.openapi`);
+* ``rest-api.md``: every route of the gateway's OpenAPI document (:mod:`falq.gateway.rest.openapi`);
 * ``errors.md``: the error tree under :class:`falq.shared.errors.FalqError`, from the classes;
 * ``redis-layout.md``: the key table of :mod:`falq.shared.keys`, unless the Redis layer's own
   generator (``falq.ops.redis_layout``) exists, which then owns that page.
@@ -36,10 +36,10 @@ HELP_WIDTH = 100
 #: Modules that define errors outside ``falq.shared.errors`` (imported so their classes show).
 ERROR_MODULES = (
     "falq.shared.errors",
-    "falq.shared.outbound",
-    "falq.shared.webhooks",
+    "falq.shared.egress",
+    "falq.shared.fal.webhook_verify",
     "falq.gateway.config",
-    "falq.workers.submit",
+    "falq.workers.steps.submit",
 )
 
 
@@ -234,11 +234,11 @@ def _body_schema(part: dict[str, Any]) -> str:
 
 
 def rest_api_page() -> str:
-    from falq.gateway.openapi import build_document
+    from falq.gateway.rest.openapi import build_document
 
     doc = build_document()
     lines = [
-        HEADER.format(source="the gateway's OpenAPI document, gateway/openapi.py"),
+        HEADER.format(source="the gateway's OpenAPI document, gateway/rest/openapi.py"),
         "# REST API",
         "",
         _md(doc["info"]["description"]),

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from falq.cli.output import EXIT_FAILED, EXIT_OK, emit_json, handle_errors, make_client, stdout
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
 
 if TYPE_CHECKING:
     from falq.producers.admin import Admin, LimitsView

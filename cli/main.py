@@ -40,10 +40,10 @@ from falq.cli.output import (
     save_outputs,
     stdout,
 )
-from falq.shared.endpoints import EDIT, TEXT_TO_IMAGE
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.records import STATES
-from falq.shared.schemas import MAX_SEED
+from falq.shared.fal.endpoints import EDIT, TEXT_TO_IMAGE
+from falq.shared.fal.schemas import MAX_SEED
+from falq.shared.jobs.records import STATES
 
 if TYPE_CHECKING:
     from falq.producers.client import Falq
@@ -139,7 +139,7 @@ def generate(prompt: str, **opts: Any) -> int:
     fields, errors = _fields(opts)
     endpoint = TEXT_TO_IMAGE["pro" if opts["pro"] else "standard"]
     data = {"prompt": prompt, **fields}
-    from falq.producers.bulk import validate_all
+    from falq.producers.bulk.enqueue import validate_all
 
     errors += validate_all(falq, endpoint, data, lane=_lane(opts), callback_url=opts["callback_url"])[1]
     if errors:
@@ -164,7 +164,7 @@ def edit(prompt: str, images: tuple[str, ...], flatten_alpha: bool, **opts: Any)
     is_url = [bool(_URL_SCHEME.match(i)) and not Path(i).exists() for i in images]
     probe = [i if u else _PLACEHOLDER for i, u in zip(images, is_url, strict=True)]
     data = {"prompt": prompt, **fields}
-    from falq.producers.bulk import validate_all
+    from falq.producers.bulk.enqueue import validate_all
 
     errors += validate_all(falq, endpoint, {**data, "image_urls": probe}, lane=_lane(opts),
                            callback_url=opts["callback_url"])[1]
@@ -308,7 +308,7 @@ def _fields(opts: dict[str, Any]) -> tuple[dict[str, Any], list[FieldError]]:
         else:
             errors.append(FieldError(name, f"must be an integer (got {raw!r})"))
     if opts["image_size"] is not None:
-        from falq.producers.bulk import parse_image_size
+        from falq.producers.bulk.enqueue import parse_image_size
 
         fields["image_size"] = parse_image_size(opts["image_size"])
     for opt, name in (("negative_prompt", "negative_prompt"), ("output_format", "output_format"),
@@ -355,7 +355,7 @@ def _finish(falq: Falq, job_id: str, timeout: float | None, out: str | None, as_
         return fail(as_json, "timeout", str(exc), 4, job=handle.record().public())
     saved: list[Path] = []
     if out and rec.state == "completed":
-        from falq.shared.storage import Storage
+        from falq.shared.storage.s3 import Storage
 
         saved = save_outputs(rec, out, Storage(falq.settings))
     if as_json:

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from falq.shared.errors import CatalogueUnavailable, FalqError, FieldError, InvalidInput, JobNotFound, JobTimeout
-from falq.shared.records import TERMINAL, JobRecord
+from falq.shared.jobs.records import TERMINAL, JobRecord
 
 if TYPE_CHECKING:
     from falq.producers.client import Falq
@@ -269,7 +269,7 @@ class _Null:
 
 def save_outputs(rec: JobRecord, out_dir: str | Path, storage: Any) -> list[Path]:
     """Copy a completed job's images from S3 to ``{out_dir}/{job_id}_{index}.{ext}``."""
-    from falq.shared.images import EXTENSIONS
+    from falq.shared.storage.images import EXTENSIONS
 
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,12 +9,12 @@ Examples::
 
 Spend shows, side by side, ``estimate`` (num_images x the account's unit price when the job was
 enqueued) and ``billed`` (fal's ``x-fal-billable-units`` x the account's unit price, from fal's
-pricing API: :mod:`falq.shared.pricing`); ``spend`` counts billed where fal said, else the
+pricing API: :mod:`falq.shared.spend.pricing`); ``spend`` counts billed where fal said, else the
 estimate, for completed jobs (a failed job counts only an amount fal billed); jobs are placed by
 when they finished (UTC).
 
 ``reconcile`` compares falq's cost of every fal request with fal's own billing events
-(:mod:`falq.shared.reconcile`; needs ``FAL_ADMIN_KEY``) and prints each difference.
+(:mod:`falq.shared.spend.reconcile`; needs ``FAL_ADMIN_KEY``) and prints each difference.
 """
 
 from __future__ import annotations
@@ -86,7 +86,9 @@ def reconcile(since: str, until: str | None, fmt: str) -> int:
     Exit 0: no difference; 1: differences; 2: bad input or no admin key.
     """
     from falq.cli.output import make_client
-    from falq.shared.reconcile import (
+    from falq.shared.settings import get_settings
+    from falq.shared.since import parse_since
+    from falq.shared.spend.reconcile import (
         DELAY_NOTE,
         NO_ADMIN_KEY,
         compare,
@@ -94,8 +96,6 @@ def reconcile(since: str, until: str | None, fmt: str) -> int:
         fetch_billing_events,
         records_since,
     )
-    from falq.shared.settings import get_settings
-    from falq.shared.since import parse_since
 
     times: dict[str, float | None] = {}
     errors: list[FieldError] = []

@@ -31,7 +31,7 @@ from falq.cli.output import EXIT_OK, emit_json, handle_errors, make_client, stdo
 
 if TYPE_CHECKING:
     from falq.producers.admin import Admin
-    from falq.shared.tenants import Tenant
+    from falq.shared.tenants.store import Tenant
 
 
 def _admin() -> Admin:

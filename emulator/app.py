@@ -62,7 +62,7 @@ from falq.emulator.config import EmulatorConfig
 from falq.emulator.core import LOCKED_DETAIL, Emulator
 from falq.emulator.faults import SUBMIT_500_BODY, SUBMIT_500_SCOPE_KEY, FaultMiddleware
 from falq.emulator.state import COMPLETED, IN_QUEUE, RequestRecord
-from falq.shared.endpoints import ENDPOINTS
+from falq.shared.fal.endpoints import ENDPOINTS
 
 APPS = {e.app for e in ENDPOINTS.values()}
 __all__ = ["LOCKED_DETAIL", "create_app", "queue_call"]

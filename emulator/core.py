@@ -51,8 +51,8 @@ from falq.emulator.platform import Ledger
 from falq.emulator.render import Renderer
 from falq.emulator.state import COMPLETED, IN_PROGRESS, IN_QUEUE, Client, KeyQueue, RequestRecord, Stats
 from falq.emulator.storage import FileStore
-from falq.shared.endpoints import validate_input
 from falq.shared.errors import InvalidInput
+from falq.shared.fal.endpoints import validate_input
 
 LOCKED_DETAIL = "User is locked. Reason: Exhausted balance. Top up your balance at fal.ai/dashboard/billing."
 CANCELLED_BODY = {"detail": "Request was cancelled", "error_type": "client_cancelled"}

@@ -21,8 +21,8 @@ from typing import Any
 
 from falq.emulator.render import Renderer, RenderSpec
 from falq.emulator.storage import FileStore
-from falq.shared.images import inspect_image, parse_data_uri, to_data_uri
-from falq.shared.schemas import EditInput, TextToImageInput
+from falq.shared.fal.schemas import EditInput, TextToImageInput
+from falq.shared.storage.images import inspect_image, parse_data_uri, to_data_uri
 
 FALLBACK_SIZE = (1024, 1024)
 

@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from falq.emulator.config import EmulatorConfig
-from falq.shared.endpoints import ENDPOINTS
+from falq.shared.fal.endpoints import ENDPOINTS
 
 if TYPE_CHECKING:
     from falq.emulator.state import RequestRecord

@@ -45,14 +45,14 @@ from falq.shared.errors import (
 
 if _typing.TYPE_CHECKING:
     from falq.producers.client import Falq, JobHandle, JobRequest
-    from falq.shared.records import JobRecord
+    from falq.shared.jobs.records import JobRecord
 
 #: Names imported on first use: name -> the module that defines it.
 _LAZY = {
     "Falq": "falq.producers.client",
     "JobHandle": "falq.producers.client",
     "JobRequest": "falq.producers.client",
-    "JobRecord": "falq.shared.records",
+    "JobRecord": "falq.shared.jobs.records",
 }
 
 __all__ = [

@@ -6,7 +6,7 @@ Example::
     app = create_app(settings, gsettings, unauthenticated=True)    # local use only
 
 Layers, outermost first: ``x-fal-request-id`` on every answer, API-key check (401), fal's
-client-proxy convention (:mod:`falq.gateway.proxy`), the routes. Typed errors become answers in
+client-proxy convention (:mod:`falq.gateway.fal.proxy`), the routes. Typed errors become answers in
 one place (:func:`_handlers`): ``Unprocessable`` / ``InvalidInput`` -> 422, ``JobNotFound``
 -> 404 ``NOT_FOUND``, Redis, broker or S3 trouble -> 503 (never a stack trace, never a secret).
 """
@@ -26,15 +26,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from falq.gateway import batch_routes, fal_routes, limits_routes, rest_routes
 from falq.gateway.auth import ApiKeys, AuthMiddleware, Forbidden
 from falq.gateway.config import GatewaySettings
 from falq.gateway.console import console_routes
 from falq.gateway.core import Gateway, RequestIdMiddleware, Unprocessable, blocking, json_response
-from falq.gateway.openapi import build_document
-from falq.gateway.proxy import FalProxyMiddleware
-from falq.gateway.views import validation_detail
-from falq.gateway.webhooks import fal_webhook
+from falq.gateway.fal import routes as fal_routes
+from falq.gateway.fal.proxy import FalProxyMiddleware
+from falq.gateway.fal.views import validation_detail
+from falq.gateway.fal.webhook_receiver import fal_webhook
+from falq.gateway.rest import batches as batch_routes
+from falq.gateway.rest import jobs as rest_routes
+from falq.gateway.rest import limits as limits_routes
+from falq.gateway.rest.openapi import build_document
 from falq.producers.client import Falq
 from falq.shared.errors import (
     CatalogueUnavailable,
@@ -45,10 +48,10 @@ from falq.shared.errors import (
     StorageTransientError,
     TenantNotFound,
 )
-from falq.shared.falsigner import JWKS_PATH, FalWebhookSigner
+from falq.shared.fal.webhook_sign import JWKS_PATH, FalWebhookSigner
+from falq.shared.fal.webhook_verify import WebhookVerifier, settings_jwks_url
 from falq.shared.settings import Settings
-from falq.shared.tenants import ApiKeyStore
-from falq.shared.webhooks import WebhookVerifier, settings_jwks_url
+from falq.shared.tenants.store import ApiKeyStore
 
 log = logging.getLogger("falq.gateway")
 
@@ -90,7 +93,7 @@ def _handlers() -> dict[Any, Any]:
 
 async def jwks(request: Request) -> Response:
     """The public keys falq's outgoing ``fal_webhook`` deliveries are signed with (a JWKS in
-    fal's shape, :mod:`falq.shared.falsigner`): a receiver written for fal points its JWKS URL
+    fal's shape, :mod:`falq.shared.fal.webhook_sign`): a receiver written for fal points its JWKS URL
     here. Public, like fal's own."""
     gw: Gateway = request.app.state.gateway
     signer = await blocking(FalWebhookSigner.for_deployment, gw.settings, gw.store.r)
@@ -154,7 +157,7 @@ def create_app(
         falq: a producer client to reuse.
         verifier: the fal webhook verifier (default: fal's JWKS or ``FALQ_FAL_JWKS_URL``).
         dispatch_hooks: kept for callers of older versions; ignored. ``fal_webhook`` deliveries
-            go through the job outbox and are made by the workers (:mod:`falq.workers.callbacks`).
+            go through the job outbox and are made by the workers (:mod:`falq.workers.callbacks.sender`).
 
     Raises :class:`falq.gateway.config.GatewayConfigError` when no key is configured and
     ``unauthenticated`` is false. ``app.state.gateway`` is the :class:`Gateway`.

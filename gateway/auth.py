@@ -7,7 +7,7 @@ resolves to a :class:`Principal`: the tenant it belongs to and its scopes.
   full access). They are compared in constant time against every configured key, with no early
   exit, so neither a match nor its position leaks through timing.
 * Tenant keys (``falq tenants key create``) are looked up in Redis by the sha256 of the
-  presented key (:class:`falq.shared.tenants.ApiKeyStore`): one HGETALL per request, no cache,
+  presented key (:class:`falq.shared.tenants.store.ApiKeyStore`): one HGETALL per request, no cache,
   so a revoked key is refused on the very next request. A dictionary lookup by digest leaks
   nothing useful: the digest of a guess says nothing about the digest of a real key.
 
@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from falq.gateway.config import GatewayConfigError
 from falq.shared.errors import FalqError
-from falq.shared.tenants import DEFAULT_TENANT, ApiKeyStore
+from falq.shared.tenants.store import DEFAULT_TENANT, ApiKeyStore
 
 log = logging.getLogger("falq.gateway")
 

@@ -28,10 +28,10 @@ from falq.gateway.auth import Principal
 from falq.gateway.config import GatewaySettings
 from falq.producers.client import Falq
 from falq.shared.errors import FalqError, JobNotFound
-from falq.shared.jobstore import JobStore
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 
 P = ParamSpec("P")
 _SAFE_ID = re.compile(r"[\x21-\x7e]{1,200}")
@@ -84,7 +84,7 @@ class Gateway:
     def queue_position(self, rec: JobRecord) -> int:
         """Jobs waiting in falq ahead of ``rec`` (0 once it is dispatched or submitted): one ZRANK.
 
-        With fair dispatch (:mod:`falq.shared.fairshare`) a job waits in its own tenant's ready
+        With fair dispatch (:mod:`falq.shared.fairshare.scheduler`) a job waits in its own tenant's ready
         set, so the position counts only its tenant's jobs ahead of it: the order it is served
         in, and nothing about other tenants' work. Without it, the rank among all queued jobs.
         """

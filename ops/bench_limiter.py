@@ -51,7 +51,7 @@ def wait_ready(falq: Any, workers: int, timeout: float = 60.0) -> None:
 
 def run(rate: float, jobs: int, workers: int, concurrency: int, max_outstanding: int) -> dict[str, Any]:
     from falq.producers.client import TEXT_TO_IMAGE, Falq, JobRequest
-    from falq.shared.limits import write_config
+    from falq.shared.limits.store import write_config
 
     emulator = {"latency": "fixed:0.05", "concurrency": 0, "tiny_images": True, "log_steps": 0}
     with DevStack(emulator=emulator) as stack:

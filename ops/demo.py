@@ -47,8 +47,8 @@ def _demo(out: Path, n_bulk: int, keep: bool) -> int:
 
     from falq.producers import Falq
     from falq.producers.client import JobRequest
-    from falq.shared.images import to_data_uri
-    from falq.shared.storage import Storage
+    from falq.shared.storage.images import to_data_uri
+    from falq.shared.storage.s3 import Storage
 
     print("falq demo: starting Redis, S3 (moto), the fal emulator and 2 workers ...", flush=True)
     # Realistic limits for a small fal account: 4 slots at fal, a few more outstanding.
@@ -91,7 +91,7 @@ def _demo(out: Path, n_bulk: int, keep: bool) -> int:
         ]
         bulk_ids = [job_id for job_id, _ in falq.submit_many(bulk)]
         print(f"enqueued 2 edit jobs and {len(bulk_ids)} bulk-lane jobs; waiting ...", flush=True)
-        # A chain (falq.shared.chains): an edit of a generate's output, both enqueued at once;
+        # A chain (falq.shared.batches.chains): an edit of a generate's output, both enqueued at once;
         # the edit waits, without a worker slot, until its parent's image is in S3.
         parent = falq.generate("a glass bottle on a wooden table, product photo", seed=21)
         child = falq.submit("fal-ai/qwen-image-2/edit", {"prompt": "the same bottle on a beach at sunset",

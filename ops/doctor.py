@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import httpx
 import redis
 
-from falq.shared.endpoints import TEXT_TO_IMAGE
+from falq.shared.fal.endpoints import TEXT_TO_IMAGE
 from falq.shared.redisconn import SentinelConnection, SentinelSSLConnection, is_sentinel_url, parse_sentinel_url
 from falq.shared.settings import Settings, mask_url_password
 
@@ -184,7 +184,7 @@ def check_s3(settings: Settings) -> Check:
     """PUT, GET and DELETE a probe object under the prefix: the bucket exists and is writable."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from falq.shared.storage import build_s3_client
+    from falq.shared.storage.s3 import build_s3_client
 
     bucket = settings.s3_bucket
     where = f"s3://{bucket}" + (f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else "")
@@ -362,7 +362,7 @@ def check_callbacks(settings: Settings) -> Check:
 def check_gateway_keys(settings: Settings) -> Check:
     """The gateway has a way in: FALQ_API_KEYS or at least one tenant key (else it refuses to start)."""
     from falq.gateway.config import GatewaySettings
-    from falq.shared.tenants import ApiKeyStore
+    from falq.shared.tenants.store import ApiKeyStore
 
     if GatewaySettings().key_list():
         return _ok("gateway-keys", "FALQ_API_KEYS set")

@@ -79,7 +79,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from falq.shared.catalogue.registry import CatalogueRegistry
 from falq.shared.commands import HELP_OPTIONS, verbatim
 from falq.shared.commands import run as run_command
-from falq.shared.endpoints import ENDPOINTS
+from falq.shared.fal.endpoints import ENDPOINTS
 from falq.shared.metrics import FINISHED, HISTOGRAMS, Snapshot, read_snapshot
 from falq.shared.settings import Settings
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-from falq.shared.tenants import DEFAULT_TENANT, valid_name
+from falq.shared.tenants.store import DEFAULT_TENANT, valid_name
 
 
 def format_task(task: Any) -> Any:

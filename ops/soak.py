@@ -225,7 +225,7 @@ def audit_keys(r: Any, prefix: str, record_ttl_s: int) -> tuple[dict[str, dict[s
 # --- the run ----------------------------------------------------------------------------------
 def _enqueue(falq: Any, n: int, batch: int, out: dict[str, Any]) -> None:
     from falq.producers.client import JobRequest
-    from falq.shared.endpoints import TEXT_TO_IMAGE
+    from falq.shared.fal.endpoints import TEXT_TO_IMAGE
 
     t0 = time.monotonic()
     try:
@@ -244,7 +244,7 @@ def soak(jobs: int, workers: int, concurrency: int, sample_s: float, warmup: flo
     import redis
 
     from falq.producers import Falq
-    from falq.shared.records import TERMINAL
+    from falq.shared.jobs.records import TERMINAL
 
     print(f"falq soak: {jobs} jobs, {workers} workers x {concurrency}, sampling every {sample_s:g}s", flush=True)
     env = {"FALQ_RECORD_TTL_S": str(record_ttl_s)} if record_ttl_s else {}

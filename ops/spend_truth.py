@@ -54,8 +54,8 @@ def spend_truth(jobs: int, workers: int, cancel: int, emulator: dict[str, Any], 
     """Run the scenario; returns the figures (``equal`` says whether the totals match)."""
     from falq.producers import Falq
     from falq.producers.admin import Admin
-    from falq.producers.batches import enqueue_batch, open_batch
-    from falq.producers.bulk import upload_lines
+    from falq.producers.bulk.batches import enqueue_batch, open_batch
+    from falq.producers.bulk.enqueue import upload_lines
 
     with DevStack() as stack:
         stack.emu.configure(**{**EMULATOR, **emulator})

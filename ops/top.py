@@ -24,8 +24,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from falq.shared.jobs.records import STATES
 from falq.shared.metrics import HISTOGRAMS, Snapshot, fmt_seconds, read_snapshot
-from falq.shared.records import STATES
 from falq.shared.settings import Settings
 
 _LATENCY_LABELS = {
@@ -102,7 +102,7 @@ def tenants_table(snap: Snapshot) -> Table:
     """Per tenant: jobs finished (completed / failed) and spend; tenants no longer in the store
     are one ``other`` row. (The fair-share columns sit beside these.)"""
     table = _table("tenants")
-    # Fair share (falq.shared.fairshare): spend today (the limiter's reservations), jobs waiting
+    # Fair share (falq.shared.fairshare.scheduler): spend today (the limiter's reservations), jobs waiting
     # in the tenant's ready sets (interactive / bulk), dispatched not yet done, and at fal now.
     for col in ("tenant", "completed", "failed", "spend", "today", "waiting i/b", "dispatched", "at fal"):
         table.add_column(col, justify="right" if col != "tenant" else "left")

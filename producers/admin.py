@@ -43,7 +43,7 @@ them; ``true``/``false`` are never numbers; ``nan`` and ``inf`` never pass)::
     scopes                        one or more of submit, read, admin
     label                         at most 100 printable characters
 
-The configuration lives in Redis (``{prefix}:limits:config``, :mod:`falq.shared.limits`);
+The configuration lives in Redis (``{prefix}:limits:config``, :mod:`falq.shared.limits.store`);
 every worker applies a change on its next admission, with no restart.
 
 Example::
@@ -71,9 +71,11 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from falq.producers.client import Falq
-from falq.shared.endpoints import ENDPOINTS
+from falq.shared.callbacks.outbox import CallbackView, Outbox
 from falq.shared.errors import FieldError, InvalidInput, JobNotFound, TenantNotFound
-from falq.shared.limits import (
+from falq.shared.fal.endpoints import ENDPOINTS
+from falq.shared.jobs.records import STATES, TERMINAL, JobRecord
+from falq.shared.limits.store import (
     CONFIG_FIELDS,
     NO_BUDGET,
     KeyState,
@@ -86,11 +88,9 @@ from falq.shared.limits import (
     spend_today,
     write_config,
 )
-from falq.shared.outbox import CallbackView, Outbox
-from falq.shared.records import STATES, TERMINAL, JobRecord
 from falq.shared.settings import Settings
 from falq.shared.since import parse_since
-from falq.shared.tenants import (
+from falq.shared.tenants.store import (
     DEFAULT_TENANT,
     MAX_TENANTS,
     MAX_WEIGHT,
@@ -814,7 +814,7 @@ class Admin(TenantAdmin):
                 out.append(refused[job_id])
                 continue
             r = recs[job_id]
-            # A chained job retried goes back to waiting for its parents (falq.shared.chains).
+            # A chained job retried goes back to waiting for its parents (falq.shared.batches.chains).
             # A job holding an output fal billed is run on from it (mirroring, or completed at once).
             retried = (before.get(job_id) in ("failed", "cancelled") and r.state != before.get(job_id)
                        and r.state in ("queued", "waiting", "mirroring", "completed"))
@@ -938,7 +938,7 @@ class Admin(TenantAdmin):
         """The failed jobs (newer than ``since``), newest first, with why they failed (``errors``)."""
         return self.jobs("failed", since=since, limit=limit)
 
-    # --- per-job callbacks (the outbox, falq.shared.outbox) ---------------------------------------------
+    # --- per-job callbacks (the outbox, falq.shared.callbacks.outbox) ---------------------------------------------
     @property
     def outbox(self) -> Outbox:
         return Outbox(self.falq.store)

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 from celery import Celery
 
+from falq.shared.batches.chains import Chains, Ref, parents_of, refs_in, restore_refs, split_refs
 from falq.shared.catalogue.search import record_matches
-from falq.shared.chains import Chains, Ref, parents_of, refs_in, restore_refs, split_refs
-from falq.shared.dispatch import publish
-from falq.shared.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint, validate_input
+from falq.shared.egress import OutboundRefused, check_url
+from falq.shared.engine.publish import publish
 from falq.shared.errors import (
     CatalogueUnavailable,
     FieldError,
@@ -38,14 +38,14 @@ from falq.shared.errors import (
     RedisMemoryFull,
     is_redis_oom,
 )
-from falq.shared.fairshare import FairShare
-from falq.shared.jobstore import JobStore
-from falq.shared.outbound import OutboundRefused, check_url
-from falq.shared.pricing import Pricing
-from falq.shared.records import STATES, TERMINAL, JobRecord, Lane
+from falq.shared.fairshare.scheduler import FairShare
+from falq.shared.fal.endpoints import EDIT, ENDPOINTS, TEXT_TO_IMAGE, get_endpoint, validate_input
+from falq.shared.jobs.records import STATES, TERMINAL, JobRecord, Lane
+from falq.shared.jobs.store import JobStore
 from falq.shared.redisconn import redis_client as make_redis
 from falq.shared.settings import Settings, get_settings
-from falq.shared.tenants import NAME_RULE, Tenant, TenantStore, valid_name
+from falq.shared.spend.pricing import Pricing
+from falq.shared.tenants.store import NAME_RULE, Tenant, TenantStore, valid_name
 
 if TYPE_CHECKING:
     from falq.shared.catalogue.store import Catalogue
@@ -63,9 +63,9 @@ class JobRequest:
     idempotency_key: str | None = None
     metadata: dict[str, Any] | None = None
     callback_url: str | None = None
-    #: The owning tenant (:mod:`falq.shared.tenants`); None: the client's own (``Falq(tenant=)``).
+    #: The owning tenant (:mod:`falq.shared.tenants.store`); None: the client's own (``Falq(tenant=)``).
     tenant: str | None = None
-    #: The batch the job belongs to (:mod:`falq.shared.batches`), if any.
+    #: The batch the job belongs to (:mod:`falq.shared.batches.store`), if any.
     batch_id: str | None = None
     #: ``X-Fal-Queue-Priority`` chosen for the job (e.g. ``falq bulk --priority low``); None: its
     #: tenant's choice, else the lane's setting.
@@ -97,7 +97,7 @@ class Falq:
         self.redis = redis_client or make_redis(self.settings.redis_url, settings=self.settings)
         self.store = JobStore(self.redis, prefix=self.settings.key_prefix, ttl_s=self.settings.record_ttl_s,
                               archive=self.settings.catalogue)
-        #: Fair dispatch between tenants (falq.shared.fairshare): jobs wait in ready sets.
+        #: Fair dispatch between tenants (falq.shared.fairshare.scheduler): jobs wait in ready sets.
         self.fair = FairShare(self.redis, self.settings)
         self._app = celery_app
         self.tenant = tenant or self.settings.tenant
@@ -106,7 +106,7 @@ class Falq:
 
     @property
     def pricing(self) -> Pricing:
-        """The account's unit prices (:mod:`falq.shared.pricing`)."""
+        """The account's unit prices (:mod:`falq.shared.spend.pricing`)."""
         if self._pricing is None:
             self._pricing = Pricing(self.redis, self.settings)
         return self._pricing
@@ -114,7 +114,7 @@ class Falq:
     @property
     def app(self) -> Celery:
         if self._app is None:
-            from falq.shared.celery_app import make_app
+            from falq.shared.engine.celery_app import make_app
 
             self._app = make_app(self.settings)
         return self._app
@@ -149,7 +149,7 @@ class Falq:
         owner = tenant or self.tenant
         try:
             spec = get_endpoint(endpoint)
-            # References to other jobs' outputs (falq:JOB_ID#N, falq.shared.chains) are checked
+            # References to other jobs' outputs (falq:JOB_ID#N, falq.shared.batches.chains) are checked
             # for their form here and against the parents at enqueue; the rest as usual.
             data, refs, ref_errors = split_refs(data)
             errors.extend(ref_errors)
@@ -216,7 +216,7 @@ class Falq:
             if is_redis_oom(exc):
                 raise RedisMemoryFull() from exc
             raise
-        if rec.state == "waiting":  # no message until its parents completed (falq.shared.chains)
+        if rec.state == "waiting":  # no message until its parents completed (falq.shared.batches.chains)
             self.chains.link(rec.id, rec.parents)
         elif self.fair.enabled:
             # The record entered its tenant's ready set with it; one that existed without a
@@ -265,14 +265,14 @@ class Falq:
                 for job_id, found in zip(existing_ids, self.store.get_many(existing_ids), strict=True)
                 if found is not None
             }
-            # A waiting job (falq.shared.chains) gets no message: it is linked to its parents.
+            # A waiting job (falq.shared.batches.chains) gets no message: it is linked to its parents.
             for owner, rec in to_publish:
                 src = existing.get(owner, rec)
                 if src.state == "waiting":
                     self.chains.link(owner, src.parents)
             to_publish = [(o, rec) for o, rec in to_publish if existing.get(o, rec).state != "waiting"]
             if self.fair.enabled:
-                # New jobs entered their ready sets with their records (falq.shared.fairshare); an
+                # New jobs entered their ready sets with their records (falq.shared.fairshare.scheduler); an
                 # existing one that never got a message (its producer died first) is made ready.
                 for owner, _rec in to_publish:
                     if owner in existing:
@@ -333,7 +333,7 @@ class Falq:
             price_source=quote.source, tenant=tenant, batch_id=req.batch_id, priority=priority,
         )
         parents = parents_of(req.input)
-        if parents:  # a chained job waits for its parents (falq.shared.chains)
+        if parents:  # a chained job waits for its parents (falq.shared.batches.chains)
             rec.parents = parents
             rec.state = "waiting"
             rec.timestamps = {"waiting": rec.created_at}
@@ -489,7 +489,7 @@ class Falq:
                     publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)
                 out.append(rec)
                 continue
-            # A chained job waits for its parents again, its references restored (falq.shared.chains).
+            # A chained job waits for its parents again, its references restored (falq.shared.batches.chains).
             if self.chains.reopen(job_id, states=("failed",)):
                 out.append(self.store.get(job_id))
                 continue
@@ -556,7 +556,7 @@ class JobHandle:
 
     def result(self, *, expires_s: int | None = None) -> list[dict[str, Any]]:
         """The outputs with their S3 locations and presigned GET URLs."""
-        from falq.shared.storage import Storage
+        from falq.shared.storage.s3 import Storage
 
         rec = self.record()
         if rec.state != "completed":
@@ -570,7 +570,7 @@ class JobHandle:
 
 def _callback_url_errors(url: object, *, allow_private: bool) -> list[FieldError]:
     """The cheap enqueue-time check of a ``callback_url`` (no DNS: names are checked, resolved,
-    when the worker delivers; see :mod:`falq.shared.outbound`)."""
+    when the worker delivers; see :mod:`falq.shared.egress`)."""
     try:
         check_url(url, allow_private=allow_private, what="callback_url")
     except OutboundRefused as exc:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.images import EXTENSIONS, check_input_image, to_data_uri
 from falq.shared.settings import Settings
+from falq.shared.storage.images import EXTENSIONS, check_input_image, to_data_uri
 
 
 def prepare_images(images: list[Any], settings: Settings, *, flatten_alpha: bool = False) -> list[str]:
@@ -41,7 +41,7 @@ def _prepare(item: Any, settings: Settings, flatten_alpha: bool) -> str:
     if isinstance(item, str) and item[:8].lower().startswith(("http://", "https://", "data:")):
         return item
     if isinstance(item, str) and _has_scheme(item) and not Path(item).exists():
-        from falq.shared.schemas import check_image_url
+        from falq.shared.fal.schemas import check_image_url
 
         return check_image_url(item)  # raises ValueError naming the scheme
     if isinstance(item, bytes | bytearray):
@@ -68,7 +68,7 @@ def _prepare(item: Any, settings: Settings, flatten_alpha: bool) -> str:
     mime = info.mime
     if settings.input_upload == "data-uri":
         return to_data_uri(data, mime)
-    from falq.shared.falclient import FalClient
+    from falq.shared.fal.client import FalClient
 
     fal = FalClient(settings)
     try:

@@ -25,11 +25,11 @@ brackets is defined in that module, every other one here)::
           - MediaTruncated
         - RedisMemoryFull
         - CatalogueUnavailable
-        - OutboundUnresolved             [falq.shared.outbound]
-        - JwksUnavailable                [falq.shared.webhooks]
-        - SubmitInterrupted              [falq.workers.submit]
-        - PricingUnavailable             [falq.shared.pricing]
-        - BillingUnavailable             [falq.shared.reconcile]
+        - OutboundUnresolved             [falq.shared.egress]
+        - JwksUnavailable                [falq.shared.fal.webhook_verify]
+        - SubmitInterrupted              [falq.workers.steps.submit]
+        - PricingUnavailable             [falq.shared.spend.pricing]
+        - BillingUnavailable             [falq.shared.spend.reconcile]
       - PermanentError
         - FalRejected                    (also FalError)
         - FalAuthError                   (also FalError)
@@ -49,10 +49,10 @@ brackets is defined in that module, every other one here)::
         - AttemptsExhausted
         - StepCrashed
         - InvalidTransition
-        - OutboundRefused                [falq.shared.outbound]
-        - WebhookRejected                [falq.shared.webhooks]
+        - OutboundRefused                [falq.shared.egress]
+        - WebhookRejected                [falq.shared.fal.webhook_verify]
         - GatewayConfigError             [falq.gateway.config]
-        - SigningKeyInvalid              [falq.shared.falsigner]
+        - SigningKeyInvalid              [falq.shared.fal.webhook_sign]
       - FalError
         - FalRequestFailed
           - FalRequestFailedTransient    (also RetryableError)
@@ -68,12 +68,12 @@ brackets is defined in that module, every other one here)::
 Internal signals: control flow inside one part of falq, caught by the code that calls the
 raiser, never raised to a user, so they stay beside that code and outside the tree::
 
-    ~ Stop                               [falq.workers.step]
-    ~ Fenced                             [falq.workers.step]
-    ~ Conflict                           [falq.shared.jobstore]
-    ~ LeaseLost                          [falq.shared.jobstore]
-    ~ StreamUnsupported                  [falq.shared.falclient]
-    ~ MalformedMessage                   [falq.shared.broker]
+    ~ Stop                               [falq.workers.steps.step]
+    ~ Fenced                             [falq.workers.steps.step]
+    ~ Conflict                           [falq.shared.jobs.store]
+    ~ LeaseLost                          [falq.shared.jobs.store]
+    ~ StreamUnsupported                  [falq.shared.fal.client]
+    ~ MalformedMessage                   [falq.shared.engine.broker]
     ~ NoPreview                          [falq.gateway.console.thumbs]
 
 The errors a user of :class:`falq.Falq` catches are exported from ``falq`` itself.
@@ -364,7 +364,7 @@ class MediaTruncated(StorageTransientError):
     end-of-image marker, a PNG without IEND, a WEBP shorter than its RIFF header says),
     although the download itself ended cleanly. fal's CDN may have cut the transfer, so the
     image is fetched again; a job whose image stays truncated fails (see
-    :mod:`falq.workers.mirror_step`). Never stored."""
+    :mod:`falq.workers.steps.mirror`). Never stored."""
 
     kind = "media_truncated"
 
@@ -403,7 +403,7 @@ class ObjectMissing(StorageError):
 
 
 class InvalidTransition(PermanentError):
-    """A job was asked to enter a state its state may not lead to (``falq.shared.records.TRANSITIONS``):
+    """A job was asked to enter a state its state may not lead to (``falq.shared.jobs.records.TRANSITIONS``):
     a bug in the caller, never retried. ``src`` and ``dst`` name the two states."""
 
     kind = "invalid_transition"
@@ -423,7 +423,7 @@ class JobNotFound(FalqError, KeyError):
 
 
 class TenantNotFound(FalqError, KeyError):
-    """No tenant of this name (:mod:`falq.shared.tenants`)."""
+    """No tenant of this name (:mod:`falq.shared.tenants.store`)."""
 
     kind = "tenant_not_found"
 
@@ -439,7 +439,7 @@ class BatchNotFound(JobNotFound):
 
 class ParentFailed(PermanentError):
     """A job this job's input references (``falq:JOB_ID#N``) failed, was cancelled or was
-    moderated, so this job cannot run; the message names the parent (:mod:`falq.shared.chains`)."""
+    moderated, so this job cannot run; the message names the parent (:mod:`falq.shared.batches.chains`)."""
 
     kind = "parent_failed"
 

@@ -28,13 +28,13 @@ key                             type    what
                                         (Redis' clock, moved on renewal): one past its end with no
                                         lease lost its holder without a release
 ``{p}:reach``                   hash    worker (lease owner) -> what it reaches (``{at, cut}``),
-                                        :mod:`falq.workers.reach`
+                                        :mod:`falq.workers.maintenance.reach`
 ``{p}:takeover:lock``           string  one takeover sweep at a time
 ``{p}:reaper:lock``             string  one reaper at a time
 ``{p}:falhook:{request_id}``    string  fal's pushed completion, received by the gateway
 ``{p}:falhook``                 pubsub  wakes the worker waiting for that request
 ``{p}:limits:{kid}``             -       one fal key's limiter (``kid``: short sha256 of the key),
-                                        :mod:`falq.shared.limits`: the stem of the families below
+                                        :mod:`falq.shared.limits.store`: the stem of the families below
 ``{p}:limits:{kid}:slots``       zset    job -> slot expiry (ms): requests outstanding at fal
 ``{p}:limits:{kid}:slots:ep:{e}`` zset   the same, of one endpoint
 ``{p}:limits:{kid}:slots:t:{t}`` zset    the same, of one tenant
@@ -54,7 +54,7 @@ key                             type    what
 ``{p}:spend:{yyyy-mm-dd}``      string  today's reserved spend, integer micro-dollars
 ``{p}:tspend:{day}:{tenant}``   string  the same, of one tenant (its own daily budget)
 ``{p}:fair:ready:{lane}:{t}``   zset    jobs of tenant ``t`` waiting for fair dispatch, by creation
-                                        (:mod:`falq.shared.fairshare`)
+                                        (:mod:`falq.shared.fairshare.scheduler`)
 ``{p}:fair:active:{lane}``      set     tenants with a non-empty ready set in the lane
 ``{p}:fair:pass:{lane}``        zset    active tenant -> its stride-scheduling pass
 ``{p}:fair:vt:{lane}``          string  the pass of the last tenant served (virtual time)
@@ -75,20 +75,20 @@ key                             type    what
                                         (``falq callbacks redeliver --failed``)
 ``{p}:delivery:{id}``           list    every callback try of the job (JSON), capped, TTL as
                                         the record
-``{p}:tenants``                 hash    tenant name -> its settings (JSON), :mod:`falq.shared.tenants`
+``{p}:tenants``                 hash    tenant name -> its settings (JSON), :mod:`falq.shared.tenants.store`
 ``{p}:archive``                 stream  finished jobs to copy into the SQL catalogue (``id``,
                                         ``v``: the saved version); consumer group ``archivers``
-                                        (:mod:`falq.workers.archive`), acked after the commit
+                                        (:mod:`falq.workers.maintenance.archive`), acked after the commit
 ``{p}:catalogues``              hash    ``role@host`` -> the catalogue that process uses (JSON, no
                                         password; :mod:`falq.shared.catalogue.registry`)
 ``{p}:catalogue:shared``        string  the shared history: the one catalogue archivers write
-``{p}:batch:{id}``              hash    a batch (:mod:`falq.shared.batches`): ``doc`` (JSON), counts
+``{p}:batch:{id}``              hash    a batch (:mod:`falq.shared.batches.store`): ``doc`` (JSON), counts
                                         ``n:{state}``, ``total``, ``est_micro``, ``billed_micro``,
                                         ``last_end``; counts move in the job store's Lua scripts
 ``{p}:batch:{id}:jobs``         zset    the batch's job ids, by line number
 ``{p}:batches``                 zset    every batch id, by creation time
 ``{p}:children:{id}``           set     jobs whose input references job ``id``'s outputs
-                                        (:mod:`falq.shared.chains`)
+                                        (:mod:`falq.shared.batches.chains`)
 ``{p}:chain:done``              stream  parents that just ended (written by the save that ends
                                         them); consumer group ``chains`` of the workers
 ``{p}:chain:releasing``         zset    children moved to ``queued`` whose broker message may not
@@ -106,8 +106,8 @@ key                             type    what
 ``{p}:console:thumb:{d}``       string  a gateway claimed making this thumbnail ahead (TTL), so one
                                         replica makes it (:mod:`falq.gateway.console.ahead`)
 ``{p}:pricing``                 string  the account's unit prices from fal's pricing API (JSON, with
-                                        their source and expiry), :mod:`falq.shared.pricing`
-``{p}:bcap:{batch}``            hash    a batch's spend cap (:mod:`falq.shared.batch_cap`):
+                                        their source and expiry), :mod:`falq.shared.spend.pricing`
+``{p}:bcap:{batch}``            hash    a batch's spend cap (:mod:`falq.shared.spend.batch_cap`):
                                         ``cap_micro``, ``reserved_micro``, ``billed_micro``
 ``{p}:bcap:{batch}:charges``    hash    job id -> micro-dollars reserved against the cap
 ``{p}:bcap:{batch}:waiting``    set     jobs waiting at the cap (``paused: batch_spend_cap``)
@@ -151,7 +151,7 @@ class Keys:
         return f"{self.prefix}:created"
 
     def created_tenant(self, tenant: str) -> str:
-        # Tenant names cannot hold ':' (falq.shared.tenants.NAME_RE), so no tenant's key can be
+        # Tenant names cannot hold ':' (falq.shared.tenants.store.NAME_RE), so no tenant's key can be
         # another key of this table.
         return f"{self.prefix}:created:t:{tenant}"
 
@@ -205,7 +205,7 @@ class Keys:
     def limits(self, kid: str) -> str:
         return f"{self.prefix}:limits:{kid}"
 
-    # One fal key's limiter (falq.shared.limits): its slots and their side hashes, its token
+    # One fal key's limiter (falq.shared.limits.store): its slots and their side hashes, its token
     # buckets, who waits and why, its reservations, its pause and its send log.
     def limits_slots(self, kid: str) -> str:
         return f"{self.limits(kid)}:slots"

@@ -43,10 +43,10 @@ from typing import Any
 
 import redis
 
+from falq.shared.jobs.records import AT_FAL, STATES
 from falq.shared.keys import Keys
-from falq.shared.records import AT_FAL, STATES
 from falq.shared.settings import Settings
-from falq.shared.tenants import DEFAULT_TENANT, MAX_TENANTS
+from falq.shared.tenants.store import DEFAULT_TENANT, MAX_TENANTS
 
 #: The ``tenant`` label of every tenant no longer in the store.
 OTHER_TENANT = "other"
@@ -176,7 +176,7 @@ class Snapshot:
     #: The tenants in the store (``default`` always): the values the ``tenant`` label may take,
     #: with ``other`` for the rest.
     tenants: list[str] = field(default_factory=lambda: [DEFAULT_TENANT])
-    #: Per tenant, from fair dispatch (:class:`falq.shared.fairshare.TenantFigures`): spend today,
+    #: Per tenant, from fair dispatch (:class:`falq.shared.fairshare.scheduler.TenantFigures`): spend today,
     #: jobs waiting in its ready sets per lane, dispatched, and requests outstanding at fal.
     fair: list[Any] = field(default_factory=list)
 
@@ -305,16 +305,16 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
 
 
 def _fair_figures(r: redis.Redis, settings: Settings, tenants: list[str]) -> list[Any]:
-    """Per-tenant fair-share figures (:meth:`falq.shared.fairshare.FairShare.figures`), bounded to
+    """Per-tenant fair-share figures (:meth:`falq.shared.fairshare.scheduler.FairShare.figures`), bounded to
     the tenants in the store (the others, names of old jobs, are left out)."""
-    from falq.shared.fairshare import FairShare
+    from falq.shared.fairshare.scheduler import FairShare
 
     known = set(tenants)
     return [f for f in FairShare(r, settings).figures(tenants) if f.tenant in known]
 
 
 def _limiter_slots(r: redis.Redis, prefix: str) -> dict[str, int]:
-    """Live slots per fal key id, if the global limiter runs (``falq.shared.limits``).
+    """Live slots per fal key id, if the global limiter runs (``falq.shared.limits.store``).
 
     The limiter keeps ``{p}:limits:{key_id}:slots``, a ZSET of job id -> lease expiry in
     ms (Redis time); a slot whose lease expired belongs to a dead worker and is not

@@ -125,7 +125,7 @@ class SentinelConnection(SentinelManagedConnection):
     waits for WAIT, a socket timeout -- puts the connection back in the pool with its answer
     still unread, and the *next* command on it reads that answer as its own (measured in
     tests/system/test_redis_failover.py: ``HMGET`` returning WAIT's integer, jobs "cancelled" by a
-    stray 1). Used for job records (here) and the broker (falq.shared.broker).
+    stray 1). Used for job records (here) and the broker (falq.shared.engine.broker).
     """
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:

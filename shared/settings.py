@@ -249,7 +249,7 @@ class Settings(BaseSettings):
     tenant: str = Field(
         "default",
         description=(
-            "The tenant (`falq.shared.tenants`) a Python/CLI producer enqueues for when it names none "
+            "The tenant (`falq.shared.tenants.store`) a Python/CLI producer enqueues for when it names none "
             "(`Falq(tenant=...)` and `--tenant` override it); checked at enqueue."
         ),
     )
@@ -406,7 +406,7 @@ class Settings(BaseSettings):
         description="Let per-job `callback_url` targets resolve to private/loopback addresses (tests only).",
     )
 
-    # --- global limits (one fal account, shared by every worker; see shared/limits.py) --
+    # --- global limits (one fal account, shared by every worker; see shared/limits/store.py) --
     rate_per_s: float = Field(
         10.0, ge=0,
         description="Submissions per second per fal key (0 = unlimited). Seeds `{prefix}:limits:config`.",
@@ -453,7 +453,7 @@ class Settings(BaseSettings):
         description="How often a job paused for budget or a locked account asks again (jittered).",
     )
 
-    # --- fair share between tenants (shared/fairshare.py) --------------------------------
+    # --- fair share between tenants (shared/fairshare/scheduler.py) --------------------------------
     fair_dispatch: bool = Field(
         True,
         description=(
@@ -519,7 +519,7 @@ class Settings(BaseSettings):
         description="Port of `falq metrics`.",
     )
 
-    # --- chains and batches (falq.shared.chains, falq.shared.batches) -------------------
+    # --- chains and batches (falq.shared.batches.chains, falq.shared.batches.store) -------------------
     chain_max_depth: int = Field(
         8, ge=1, le=100,
         description="Longest chain of references (a generate -> edit -> edit is depth 2).",

@@ -1,4 +1,4 @@
-"""The worker's Celery app (``celery -A falq.workers.app``): :func:`falq.shared.celery_app.make_app`
+"""The worker's Celery app (``celery -A falq.workers.app``): :func:`falq.shared.engine.celery_app.make_app`
 for the process settings, with falq's task registered.
 
 Built on first access rather than at import, so importing this module has no side effects.
@@ -10,7 +10,7 @@ from typing import Any
 
 from celery import Celery
 
-from falq.shared.celery_app import make_app
+from falq.shared.engine.celery_app import make_app
 
 __all__ = ["get_app", "make_app"]
 

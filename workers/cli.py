@@ -77,7 +77,7 @@ def _run(concurrency: int | None, lanes: list[str], loglevel: str, hostname: str
     _raise_fd_limit(concurrency)
     queues = [settings.queue_interactive if x == "interactive" else settings.queue_bulk for x in lanes]
     if settings.catalogue:  # an outdated catalogue schema stops the worker here, naming `falq db upgrade`
-        from falq.workers.archive import check_catalogue
+        from falq.workers.maintenance.archive import check_catalogue
 
         problem = check_catalogue(settings)
         if problem:

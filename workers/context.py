@@ -9,21 +9,21 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from falq.shared.falclient import FalClient
-from falq.shared.jobstore import JobStore
-from falq.shared.outbound import make_client
-from falq.shared.pricing import Pricing
-from falq.shared.records import JobRecord
+from falq.shared.egress import make_client
+from falq.shared.fal.client import FalClient
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore
 from falq.shared.redisconn import redis_client
 from falq.shared.settings import Settings
-from falq.shared.storage import Storage
-from falq.workers.admission import Admission, Unlimited
-from falq.workers.download import make_media_client
+from falq.shared.spend.pricing import Pricing
+from falq.shared.storage.s3 import Storage
 from falq.workers.lease import LeaseKeeper
+from falq.workers.limits.admission import Admission, Unlimited
+from falq.workers.media.download import make_media_client
 
 if TYPE_CHECKING:
-    from falq.workers.falhooks import FalHookWaiter
-    from falq.workers.reach import Reach
+    from falq.workers.maintenance.reach import Reach
+    from falq.workers.steps.fal_push import FalHookWaiter
 from falq.workers.middleware import Middleware
 
 log = logging.getLogger("falq.worker")
@@ -64,19 +64,19 @@ class WorkerContext:
 
     @cached_property
     def callback_http(self) -> httpx.Client:
-        # Per-job callbacks (falq.shared.outbound): no redirects, no environment proxy (the
+        # Per-job callbacks (falq.shared.egress): no redirects, no environment proxy (the
         # sender connects to the address it checked itself).
         return make_client(timeout=10.0, max_connections=max(100, self.settings.worker_concurrency))
 
     @cached_property
     def falhooks(self) -> FalHookWaiter:
-        from falq.workers.falhooks import FalHookWaiter
+        from falq.workers.steps.fal_push import FalHookWaiter
 
         return FalHookWaiter(self.redis, prefix=self.settings.key_prefix)
 
     @cached_property
     def pricing(self) -> Pricing:
-        """The account's unit prices, shared through Redis (:mod:`falq.shared.pricing`)."""
+        """The account's unit prices, shared through Redis (:mod:`falq.shared.spend.pricing`)."""
         return Pricing(self.redis, self.settings)
 
     @cached_property
@@ -92,9 +92,9 @@ class WorkerContext:
         """Hook run once a job reached a terminal state (callbacks attach here).
 
         The save of the terminal state already put a job with a ``callback_url`` in the
-        outbox (:mod:`falq.shared.outbox`); this only wakes the delivery loop to send it now.
+        outbox (:mod:`falq.shared.callbacks.outbox`); this only wakes the delivery loop to send it now.
         """
-        from falq.workers.callbacks import wake
+        from falq.workers.callbacks.sender import wake
 
         if rec.callback_url:
             wake()

@@ -13,9 +13,9 @@ turns false and the step stops, so two workers never go on working one job.
 **Fencing.** Stopping is not enough on its own: a save already on its way when the lease ran
 out (a host cut off from Redis, its redis-py call retried once the link heals) would land
 after the new holder's. So every save of a step carries the lease's key and token
-(:meth:`falq.shared.jobstore.JobStore.save` ``fence=``) and the save script checks, in the same
+(:meth:`falq.shared.jobs.store.JobStore.save` ``fence=``) and the save script checks, in the same
 atomic step, that the lease still holds that token; a stale holder gets ``LeaseLost`` and
-writes nothing (:class:`falq.workers.step.Fenced`). Limiter slots are renewed only for jobs
+writes nothing (:class:`falq.workers.steps.step.Fenced`). Limiter slots are renewed only for jobs
 whose lease this process holds, so a stale holder cannot keep a slot alive either.
 
 Example::

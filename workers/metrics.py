@@ -27,8 +27,8 @@ import time
 
 import redis
 
+from falq.shared.jobs.records import ErrorInfo, JobRecord
 from falq.shared.metrics import FINISHED, MINUTE_TTL_S, counters_key, minute_key, observe, spend_key, utc_day
-from falq.shared.records import ErrorInfo, JobRecord
 from falq.workers.middleware import Middleware
 
 log = logging.getLogger("falq.metrics")

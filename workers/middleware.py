@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from falq.shared.records import ErrorInfo, JobRecord
+from falq.shared.jobs.records import ErrorInfo, JobRecord
 
 
 class Middleware:

@@ -14,9 +14,9 @@ def install() -> None:
 
 def _on_ready(sender: Any = None, **_: Any) -> None:
     from falq.workers.app import app
-    from falq.workers.callbacks import start_callbacks
-    from falq.workers.reaper import start_reaper, start_takeover
-    from falq.workers.recovery import start_sweeper
+    from falq.workers.callbacks.sender import start_callbacks
+    from falq.workers.maintenance.reaper import start_reaper, start_takeover
+    from falq.workers.maintenance.recovery import start_sweeper
     from falq.workers.tasks import get_context
 
     interval = app.conf.broker_transport_options.get("unacked_restore_interval", 10)
@@ -25,22 +25,22 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     start_reaper(app, ctx.store, ctx.settings)
     # Per-job callbacks from the Redis outbox; stops claiming on a warm shutdown.
     start_callbacks(ctx.store, ctx.settings, ctx.callback_http, stop=ctx.shutting_down)
-    if ctx.settings.catalogue:  # finished jobs into the SQL catalogue (falq.workers.archive)
-        from falq.workers.archive import start_archiver
+    if ctx.settings.catalogue:  # finished jobs into the SQL catalogue (falq.workers.maintenance.archive)
+        from falq.workers.maintenance.archive import start_archiver
 
         start_archiver(ctx.store, ctx.settings, ctx.storage, stop=ctx.shutting_down)
-    # Children of jobs that just ended (the chain:done stream, falq.workers.chains).
-    from falq.workers.chains import start_chains
+    # Children of jobs that just ended (the chain:done stream, falq.workers.maintenance.chains).
+    from falq.workers.maintenance.chains import start_chains
 
     start_chains(ctx.store, ctx.settings, app, stop=ctx.shutting_down)
     if ctx.settings.takeover:
         start_takeover(app, ctx.store, ctx.settings, ctx.leases)
         # A host cut off from fal or S3 (Redis still reachable) hands its jobs to hosts that are not.
-        from falq.workers.reach import Reach
+        from falq.workers.maintenance.reach import Reach
 
         ctx.reach = Reach(ctx.redis, ctx.settings, owner=ctx.leases.owner).start()
-    # Fair dispatch ticks and the recovery of dispatched-unpublished jobs (falq.workers.dispatcher).
-    from falq.workers.dispatcher import start_dispatcher
+    # Fair dispatch ticks and the recovery of dispatched-unpublished jobs (falq.workers.maintenance.dispatcher).
+    from falq.workers.maintenance.dispatcher import start_dispatcher
 
     start_dispatcher(app, ctx)
 

@@ -9,13 +9,13 @@ from functools import lru_cache
 from celery import Celery, Task
 from celery.exceptions import Reject
 
-from falq.shared.dispatch import TASK_NAME, publish
+from falq.shared.engine.publish import TASK_NAME, publish
 from falq.shared.errors import StepCrashed, is_redis_oom
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import get_settings
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
-from falq.workers.runner import Outcome, Runner
+from falq.workers.steps.runner import Outcome, Runner
 
 log = logging.getLogger("falq.tasks")
 
@@ -23,7 +23,7 @@ log = logging.getLogger("falq.tasks")
 @lru_cache(maxsize=1)
 def get_context() -> WorkerContext:
     """The process's worker context, built on first use (after gevent patched the process)."""
-    from falq.workers.limits_admission import build_admission
+    from falq.workers.limits.gate import build_admission
     from falq.workers.metrics import MetricsMiddleware
 
     settings = get_settings()
@@ -36,7 +36,7 @@ def get_context() -> WorkerContext:
 def register(app: Celery) -> Task:
     """Register falq's task on ``app`` and return it."""
 
-    from falq.workers.dispatcher import bind_app
+    from falq.workers.maintenance.dispatcher import bind_app
 
     bind_app(app)  # fair dispatch publishes through this app when a slot frees (workers.dispatcher)
 

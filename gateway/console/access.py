@@ -42,10 +42,10 @@ from typing import Any
 import redis
 
 from falq.gateway.auth import Principal as AuthPrincipal
+from falq.shared.jobs.records import JobRecord
 from falq.shared.keys import Keys
-from falq.shared.records import JobRecord
 from falq.shared.scripts import register
-from falq.shared.tenants import KEY_ID_LEN, SCOPES, ApiKeyStore, hash_key
+from falq.shared.tenants.store import KEY_ID_LEN, SCOPES, ApiKeyStore, hash_key
 
 COOKIE = "falq_session"
 #: The sign-in form's double-submit cookie (no session exists yet to hold a token).

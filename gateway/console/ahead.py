@@ -57,9 +57,9 @@ import redis
 
 from falq.gateway.console.thumbs import NoPreview, Thumbnails
 from falq.shared.errors import StorageError, StorageTransientError
-from falq.shared.jobstore import JobStore
+from falq.shared.jobs.records import JobRecord, StoredImage
+from falq.shared.jobs.store import JobStore
 from falq.shared.keys import Keys
-from falq.shared.records import JobRecord, StoredImage
 
 log = logging.getLogger("falq.gateway.console")
 

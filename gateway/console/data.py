@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from falq.gateway.console.access import Principal
-from falq.gateway.search import JobQuery, search
+from falq.gateway.rest.search import JobQuery, search
 from falq.producers.admin import Admin, BudgetView
-from falq.shared.endpoints import ENDPOINTS, TEXT_TO_IMAGE
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.jobstore import JobStore
+from falq.shared.fal.endpoints import ENDPOINTS, TEXT_TO_IMAGE
+from falq.shared.jobs.records import STATES, TERMINAL, JobRecord
+from falq.shared.jobs.store import JobStore
 from falq.shared.keys import Keys
 from falq.shared.metrics import Snapshot, read_snapshot
-from falq.shared.records import STATES, TERMINAL, JobRecord
 from falq.shared.settings import Settings
 
 #: Jobs per gallery page (one thumbnail each).
@@ -161,8 +161,8 @@ class TenantRow:
 
 def tenant_rows(store: JobStore, settings: Settings, snap: Snapshot) -> list[TenantRow]:
     """Per tenant: jobs waiting in each lane (fair dispatch's ready sets), requests outstanding
-    at fal, jobs finished and spend today, as :mod:`falq.shared.fairshare` and the metrics count them."""
-    from falq.shared.fairshare import FairShare
+    at fal, jobs finished and spend today, as :mod:`falq.shared.fairshare.scheduler` and the metrics count them."""
+    from falq.shared.fairshare.scheduler import FairShare
 
     finished = snap.labelled("tenant_finished")
     rows = []
@@ -264,7 +264,7 @@ def gallery(store: JobStore, q: GalleryQuery, p: Principal, *, catalogue: Any = 
             size: int = PAGE_SIZE) -> GalleryPage:
     """One page of the jobs matching ``q`` that ``p`` may see, newest first.
 
-    The same search as ``GET /v1/jobs`` (:func:`falq.gateway.search.search`): the key's tenant
+    The same search as ``GET /v1/jobs`` (:func:`falq.gateway.rest.search.search`): the key's tenant
     only, Redis' live records merged with the SQL catalogue's history when it is on, and
     ``next_before`` (the listing's ``next_until``) continues where the page ended.
     """
@@ -390,8 +390,8 @@ def children_of(store: JobStore, job_id: str, cap: int = 100) -> list[str]:
 
 
 def batches(store: JobStore, p: Principal, limit: int = 50) -> list[Any]:
-    """The newest batches of ``p``'s tenant (:class:`falq.shared.batches.Batch`: exact counts,
+    """The newest batches of ``p``'s tenant (:class:`falq.shared.batches.store.Batch`: exact counts,
     spend, throughput, ETA), as ``falq batch list`` and ``GET /v1/batches`` show them."""
-    from falq.shared.batches import BatchStore
+    from falq.shared.batches.store import BatchStore
 
     return list(BatchStore(store.r, prefix=store.prefix).recent(tenant=p.tenant, limit=limit))

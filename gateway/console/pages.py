@@ -62,10 +62,10 @@ from falq.gateway.console.ahead import ThumbsAhead
 from falq.gateway.console.thumbs import NoPreview, Thumbnails
 from falq.gateway.core import Gateway, blocking, visible_job
 from falq.producers.admin import Admin
-from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import InvalidInput, JobNotFound, ObjectMissing, StorageError, StorageTransientError
-from falq.shared.records import STATES, JobRecord
-from falq.shared.tenants import ApiKeyStore
+from falq.shared.fal.endpoints import ENDPOINTS
+from falq.shared.jobs.records import STATES, JobRecord
+from falq.shared.tenants.store import ApiKeyStore
 
 HERE = Path(__file__).parent
 #: What the console says for an image whose object is no longer in the bucket.

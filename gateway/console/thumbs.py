@@ -3,7 +3,7 @@
 A thumbnail lives in the bucket beside the images, under a deterministic key named by the
 image's sha256 and the size, in the same tenant folder as its image
 (``{FALQ_S3_PREFIX}[/{tenant prefix}]/_thumbs/{px}/{sha256}.jpg``: the ``default`` tenant has no
-folder of its own unless given one, see :func:`falq.shared.tenants.s3_prefix_of`), so
+folder of its own unless given one, see :func:`falq.shared.tenants.store.s3_prefix_of`), so
 
 * it is made once per image for every gateway replica and survives restarts (no local disk
   to provision in a container, nothing to warm after a deploy);
@@ -37,8 +37,8 @@ from collections import OrderedDict
 
 from PIL import Image
 
-from falq.shared.records import StoredImage
-from falq.shared.storage import Storage
+from falq.shared.jobs.records import StoredImage
+from falq.shared.storage.s3 import Storage
 
 #: Images larger than this many pixels are refused (Pillow's guard against decompression bombs).
 MAX_PIXELS = 64_000_000
@@ -126,7 +126,7 @@ class Thumbnails:
         """The tenant folder the image was stored under ("" for none), read from its key.
 
         Images are stored at ``{FALQ_S3_PREFIX}[/{tenant prefix}]/{endpoint}/...``
-        (:meth:`falq.shared.storage.Storage.key_base`), so the folder is what stands between the
+        (:meth:`falq.shared.storage.s3.Storage.key_base`), so the folder is what stands between the
         bucket prefix and the endpoint. Reading it from the key (rather than the tenant's
         current settings) keeps a thumbnail beside its image even after a tenant's prefix changed.
         """

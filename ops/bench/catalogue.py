@@ -4,7 +4,7 @@ Three figures (each on this machine, against a reference measured in the same ru
 
 1. **Archive throughput** (PostgreSQL and SQLite): finished jobs are saved into Redis at a
    fixed rate (the pipeline's; ``--rate``, default 200 jobs/s, about twice one worker's
-   benchmark rate) while one archiver (:class:`falq.workers.archive.Archiver`) runs; printed:
+   benchmark rate) while one archiver (:class:`falq.workers.maintenance.archive.Archiver`) runs; printed:
    jobs/s completed against jobs/s archived and the largest backlog, then the drain rate of a
    backlog (``--drain`` jobs) with and without ``job.json`` to S3 (moto, in-process).
 2. **Redis memory per finished job** at ``--memory-jobs`` (100,000) synthetic finished jobs:
@@ -37,8 +37,8 @@ from pydantic import SecretStr
 
 from falq.shared.catalogue.engine import make_engine, upgrade
 from falq.shared.catalogue.store import Catalogue, CatalogueQuery, reset_catalogues
-from falq.shared.jobstore import JobStore
-from falq.shared.records import JobRecord, StoredImage, Submission
+from falq.shared.jobs.records import JobRecord, StoredImage, Submission
+from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
 from falq.testing.stack import RedisServer, S3Server
 
@@ -111,8 +111,8 @@ def _finish_many(store: JobStore, recs: list[JobRecord]) -> None:
 
 def throughput(kind: str, tmp: Path, redis_url: str, *, rate: float, seconds: float, drain: int,
                s3_url: str) -> dict[str, Any]:
-    from falq.shared.storage import Storage
-    from falq.workers.archive import Archiver
+    from falq.shared.storage.s3 import Storage
+    from falq.workers.maintenance.archive import Archiver
 
     db = Database(kind, tmp)
     try:
@@ -174,8 +174,8 @@ def throughput(kind: str, tmp: Path, redis_url: str, *, rate: float, seconds: fl
 
 
 def memory(tmp: Path, n: int, kind: str = "postgresql") -> dict[str, Any]:
-    from falq.workers.archive import Archiver
-    from falq.workers.reaper import prune_expired
+    from falq.workers.maintenance.archive import Archiver
+    from falq.workers.maintenance.reaper import prune_expired
 
     rng = random.Random(2)
     out: dict[str, Any] = {"jobs": n}

@@ -1,6 +1,6 @@
 """Reference 1, Celery's own ceiling: a no-op task on falq's Celery settings and broker.
 
-The app is :func:`falq.shared.celery_app.make_app` (every broker and worker setting falq uses) with
+The app is :func:`falq.shared.engine.celery_app.make_app` (every broker and worker setting falq uses) with
 one task that only counts itself (an ``INCR``, so completions are visible without a
 result backend). The harness runs it as ``celery -A ops.bench.noop_app worker -P gevent``,
 the pool falq uses, against the stack's Redis.
@@ -19,7 +19,7 @@ from kombu import Queue
 
 from falq.ops.bench.model import NOOP_COUNTER as COUNTER
 from falq.ops.bench.model import NOOP_QUEUE as QUEUE
-from falq.shared.celery_app import make_app
+from falq.shared.engine.celery_app import make_app
 from falq.shared.settings import get_settings
 
 settings = get_settings()

@@ -3,14 +3,14 @@ retry can run it again (``falq retry``, ``POST /v1/jobs/{id}/retry``, ``falq bat
 
 The live retry (:meth:`falq.producers.client.Falq.retry`) is the one path that makes a failed
 job runnable again: a compare-and-set from ``failed`` to ``queued`` (or ``waiting`` for a
-chained job), then :meth:`falq.shared.fairshare.FairShare.make_ready`. A job whose Redis
+chained job), then :meth:`falq.shared.fairshare.scheduler.FairShare.make_ready`. A job whose Redis
 record expired after archiving has no record to compare and set, so
 :func:`revive` first writes the archived record back, unchanged and still terminal, and the
 live retry then runs on it exactly as on a job Redis never forgot. Every rule of the live
 retry therefore holds for archived jobs too, and two retries at once still make one (the
 revive is an "only if absent" write, the retry a compare-and-set).
 
-What the revive writes (:meth:`falq.shared.jobstore.JobStore.restore`, one Lua step, only if
+What the revive writes (:meth:`falq.shared.jobs.store.JobStore.restore`, one Lua step, only if
 ``{p}:job:{id}`` does not exist):
 
 * the record hash with the row's ``version`` (so every later save, archived again by id,
@@ -37,8 +37,8 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit
 
-from falq.shared.jobstore import JobStore
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore
 
 #: :meth:`JobStore.restore` answers: written, already in Redis, or the idempotency key names another job.
 REVIVED, PRESENT, IDEM_TAKEN = 1, 0, 2

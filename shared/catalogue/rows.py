@@ -21,8 +21,8 @@ import re
 from typing import Any
 
 from falq.shared.catalogue.schema import STATE_COLUMNS, jobs
-from falq.shared.outbound import url_host
-from falq.shared.records import TERMINAL, JobRecord
+from falq.shared.egress import url_host
+from falq.shared.jobs.records import TERMINAL, JobRecord
 
 #: Bumped when the document's shape changes incompatibly (rebuild reads older ones too).
 DOC_FORMAT = 1

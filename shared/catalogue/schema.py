@@ -62,7 +62,7 @@ jobs = Table(
     Column("cost_estimate", Double, nullable=False),
     Column("cost_billed", Double),
     Column("cost_source", String(32), nullable=False),
-    #: The unit price the costs used, and where it came from (migration 0004, falq.shared.pricing).
+    #: The unit price the costs used, and where it came from (migration 0004, falq.shared.spend.pricing).
     Column("unit_price", Double),
     Column("price_source", String(32)),
     Column("billable_units", Double),

@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Iterable
 
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -29,7 +29,7 @@ from falq.shared.catalogue.engine import auto_upgrades, check_schema, database_u
 from falq.shared.catalogue.rows import COLUMNS, record_from_row
 from falq.shared.catalogue.schema import jobs
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import Settings
 
 #: The ``--by`` keys of :meth:`Catalogue.spend` (plus ``metadata.KEY``).

@@ -1,6 +1,6 @@
 -- archive_mark: give archived records their short TTL, each only if it is still the version
 -- archived (a record saved again since has a newer entry on the stream and is archived again).
--- Caller: Archiver (falq.workers.archive).
+-- Caller: Archiver (falq.workers.maintenance.archive).
 --
 -- KEYS: per job, its record {p}:job:{id} and its idempotency key ('' if none)  (EXPIRE)
 -- ARGV: ttl, then one archived version per job

@@ -1,5 +1,5 @@
 -- batch_cap_refund: give back a job's reservation against its batch's cap (fal never accepted
--- its request). Caller: BatchCaps.refund (falq.shared.batch_cap).
+-- its request). Caller: BatchCaps.refund (falq.shared.spend.batch_cap).
 --
 -- KEYS[1] cap       {p}:bcap:{batch}          hash, reserved_micro written
 -- KEYS[2] charges   {p}:bcap:{batch}:charges  hash job -> micro reserved, read/written

@@ -1,5 +1,5 @@
 -- batch_cap_reserve: reserve a job's cost against its batch's spend cap, only while billed +
--- reserved + this cost stays within the cap (falq.shared.batch_cap). Caller: BatchCaps.reserve.
+-- reserved + this cost stays within the cap (falq.shared.spend.batch_cap). Caller: BatchCaps.reserve.
 --
 -- KEYS[1] cap       {p}:bcap:{batch}          hash cap_micro|none, reserved_micro, billed_micro
 -- KEYS[2] charges   {p}:bcap:{batch}:charges  hash job -> micro reserved, read/written

@@ -1,5 +1,5 @@
 -- batch_cap_settle: fal's result said what the job cost; its reservation against the batch's
--- cap becomes that amount, once per job. Caller: BatchCaps.settle (falq.shared.batch_cap).
+-- cap becomes that amount, once per job. Caller: BatchCaps.settle (falq.shared.spend.batch_cap).
 --
 -- KEYS[1] cap       {p}:bcap:{batch}          hash, reserved_micro and billed_micro written
 -- KEYS[2] charges   {p}:bcap:{batch}:charges  hash job -> micro reserved, read/written

@@ -1,6 +1,6 @@
 -- batch_cap_unroom: a job waiting at its batch's spend cap gives back its fair-dispatch room
 -- (lib.fair_free), so other batches, tenants and lanes are dispatched meanwhile; its later
--- release frees nothing twice. Caller: BatchCaps.give_back_room (falq.shared.batch_cap).
+-- release frees nothing twice. Caller: BatchCaps.give_back_room (falq.shared.spend.batch_cap).
 --
 -- KEYS[1] inflight    {p}:inflight         zset, written
 -- KEYS[2] unadmitted  {p}:fair:unadmitted  zset, written

@@ -1,6 +1,6 @@
 -- chain_link: register a waiting child with its parents; a parent that has already ended goes
 -- on chain:done, so a parent that ended before this ran still releases (or fails) the child.
--- Caller: Chains.link (falq.shared.chains).
+-- Caller: Chains.link (falq.shared.batches.chains).
 --
 -- KEYS[1]        chain_done  {p}:chain:done  stream, appended
 -- KEYS[2i], KEYS[2i+1]  per parent i: {p}:children:{parent} (set, written), {p}:job:{parent} (read)

@@ -1,6 +1,6 @@
 -- fair_dispatch: one dispatch round of fair share (stride scheduling over tenants, interactive
 -- lane first): moves ready jobs into {p}:inflight while there is room. Caller: FairShare.take
--- (falq.shared.fairshare).
+-- (falq.shared.fairshare.scheduler).
 --
 -- KEYS[1]  inflight       {p}:inflight                 zset, read/written
 -- KEYS[2]  unadmitted     {p}:fair:unadmitted          zset, read/written

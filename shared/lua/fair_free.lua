@@ -1,5 +1,5 @@
 -- fair_free: the job no longer takes dispatch room (lib.fair_free). Caller:
--- FairShare.recover_dispatched (falq.shared.fairshare).
+-- FairShare.recover_dispatched (falq.shared.fairshare.scheduler).
 --
 -- KEYS[1] inflight    {p}:inflight         zset, written
 -- KEYS[2] unadmitted  {p}:fair:unadmitted  zset, written

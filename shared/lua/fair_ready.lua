@@ -1,6 +1,6 @@
 -- fair_ready: put a job (back) in its tenant's ready set for fair dispatch. A dispatched job
 -- frees its room; the record is marked unpublished, so no recovery publishes it while it waits.
--- Caller: FairShare.make_ready / park (falq.shared.fairshare).
+-- Caller: FairShare.make_ready / park (falq.shared.fairshare.scheduler).
 --
 -- KEYS[1] job         {p}:job:{id}                  hash, read; 'published' written
 -- KEYS[2] ready       {p}:fair:ready:{lane}:{tenant} zset, written

@@ -1,5 +1,5 @@
 -- job_create: store a new job record unless its idempotency key already names a live job.
--- Caller: JobStore.create / create_many (falq.shared.jobstore).
+-- Caller: JobStore.create / create_many (falq.shared.jobs.store).
 --
 -- KEYS[1]  job           {p}:job:{id}                   hash, written
 -- KEYS[2]  idem          {p}:idem..:{key} or ''         string, read/written

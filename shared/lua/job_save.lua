@@ -1,5 +1,5 @@
 -- job_save: compare-and-set save of a job record, and everything a state change brings with it
--- in the same atomic step. Caller: JobStore.save (falq.shared.jobstore).
+-- in the same atomic step. Caller: JobStore.save (falq.shared.jobs.store).
 --
 -- KEYS[1]  job         {p}:job:{id}                  hash, read/written
 -- KEYS[2]  idem        the idempotency key or ''     string, TTL set
@@ -32,7 +32,7 @@ if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
 local old = cur[2]
 local moved = old ~= state
 redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
--- A terminal state is never saved without its callback pending (falq.shared.outbox).
+-- A terminal state is never saved without its callback pending (falq.shared.callbacks.outbox).
 if callback == '1' and moved then
   redis.call('HSET', job_key, 'cb_version', new_version, 'cb_tries', '0', 'cb_since', ts)
   redis.call('ZADD', outbox_key, ts, id)

@@ -44,7 +44,7 @@ function lib.ymd(days)
   return string.format('%04d-%02d-%02d', y, m, d)
 end
 
--- Whether a job state is terminal (falq.shared.records.TERMINAL; a test keeps the two equal).
+-- Whether a job state is terminal (falq.shared.jobs.records.TERMINAL; a test keeps the two equal).
 function lib.is_terminal(state)
   return state == 'completed' or state == 'failed' or state == 'cancelled'
 end
@@ -59,7 +59,7 @@ function lib.micro(x)
   return f
 end
 
--- The job no longer takes fair-dispatch room (falq.shared.fairshare): it leaves the inflight
+-- The job no longer takes fair-dispatch room (falq.shared.fairshare.scheduler): it leaves the inflight
 -- and unadmitted sets and its tenant's dispatched count. Idempotent (the count only drops when
 -- the inflight entry was there). Returns 1 if it was in.
 function lib.fair_free(inflight, unadmitted, owner_hash, count_hash, id)
@@ -80,7 +80,7 @@ function lib.lease_end(ttl_ms)
 end
 
 -- The limiter's keys of one fal key, unpacked from the block every limiter script receives
--- first (falq.shared.limits.Limiter._block): KEYS[1..18] and ARGV[1..7]. Returns the table of
+-- first (falq.shared.limits.store.Limiter._block): KEYS[1..18] and ARGV[1..7]. Returns the table of
 -- names and the index of the first script-specific ARGV.
 function lib.limiter_keys(keys, argv)
   return {

@@ -3,7 +3,7 @@
 -- outstanding-request caps (key, endpoint, tenant), the token bucket (GCRA) and the tenant's
 -- own rate; admitted, it holds a slot and reserves the cost. Caller: Limiter.acquire.
 --
--- The limiter block, first in every limiter script (falq.shared.limits.Limiter, unpacked by
+-- The limiter block, first in every limiter script (falq.shared.limits.store.Limiter, unpacked by
 -- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
 -- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
 -- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)
@@ -175,6 +175,6 @@ if cost > 0 then
   redis.call('HSET', L.charges, job, today .. '|' .. cost .. '|' .. tenant)
 end
 for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do redis.call('ZREM', W[w], job) end
--- Fair dispatch (falq.shared.fairshare): the job no longer waits for admission.
+-- Fair dispatch (falq.shared.fairshare.scheduler): the job no longer waits for admission.
 redis.call('ZREM', L.unadmitted, job)
 return {'ok', math.floor(delay), math.floor(now + delay)}

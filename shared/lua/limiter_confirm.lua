@@ -10,7 +10,7 @@
 -- its arrival - lies a full second before this confirm, and so before this arrival). The
 -- argument uses intervals only, so fal's clock need not agree with Redis'.
 --
--- The limiter block, first in every limiter script (falq.shared.limits.Limiter, unpacked by
+-- The limiter block, first in every limiter script (falq.shared.limits.store.Limiter, unpacked by
 -- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
 -- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
 -- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)

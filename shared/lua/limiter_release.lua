@@ -1,8 +1,8 @@
 -- limiter_release: the request is no longer outstanding. With refund, the reservation made at
 -- admission is given back (fal never accepted the request). The job's fair-dispatch room is
--- freed in the same step (falq.shared.fairshare): the next job can go. Caller: Limiter.release.
+-- freed in the same step (falq.shared.fairshare.scheduler): the next job can go. Caller: Limiter.release.
 --
--- The limiter block, first in every limiter script (falq.shared.limits.Limiter, unpacked by
+-- The limiter block, first in every limiter script (falq.shared.limits.store.Limiter, unpacked by
 -- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
 -- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
 -- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)

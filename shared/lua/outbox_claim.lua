@@ -1,6 +1,6 @@
 -- outbox_claim: take due callback entries by moving their score forward to the claim's end;
 -- that score is the claim's token (no other worker sees them due until it passes).
--- Caller: Outbox.claim (falq.shared.outbox).
+-- Caller: Outbox.claim (falq.shared.callbacks.outbox).
 --
 -- KEYS[1] outbox  {p}:outbox  zset id -> when due, read/written
 -- ARGV: now, claim-until (the token), limit

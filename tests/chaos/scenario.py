@@ -103,7 +103,7 @@ class Report:
 
 
 def _edit_source() -> str:
-    from falq.shared.images import to_data_uri
+    from falq.shared.storage.images import to_data_uri
 
     buf = io.BytesIO()
     Image.new("RGB", (400, 400), (30, 90, 160)).save(buf, "PNG")
@@ -116,7 +116,7 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
     """Run the scenario with ``n_jobs`` jobs; returns the audit."""
     from falq.producers import Falq
     from falq.producers.client import JobRequest
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     rng = random.Random(seed)
     report = Report(jobs=n_jobs)
@@ -129,8 +129,8 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
         stack.extra_env["FALQ_S3_ENDPOINT_URL"] = proxy.url  # workers write through the proxy
         direct = stack.settings(FALQ_S3_ENDPOINT_URL=stack.s3.url)
         falq = Falq(direct)
-        from falq.shared.limits import write_config
-        from falq.shared.tenants import Tenant, TenantStore
+        from falq.shared.limits.store import write_config
+        from falq.shared.tenants.store import Tenant, TenantStore
 
         for name, (weight, cap) in TENANTS.items():
             TenantStore(falq.redis).put(Tenant(name=name, weight=weight, max_outstanding=cap))
@@ -212,7 +212,7 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
                             moderation_rate=0, result_5xx_with_id=0, submit_outage_s=0)
         report.seconds = time.monotonic() - t0
         _audit(report, stack, falq, Storage(direct), job_ids)
-        from falq.shared.batches import BatchStore
+        from falq.shared.batches.store import BatchStore
 
         batches = BatchStore(falq.redis, prefix=falq.settings.key_prefix)
         kept, recount = batches.get(batch_id).counts, batches.recount(batch_id, falq.store.get_many)
@@ -224,8 +224,8 @@ def run(n_jobs: int, *, kill_every_s: float = 4.0, workers: int = 2, concurrency
 
 def _chained_batch(falq: Any, n: int) -> tuple[str, list[str]]:
     """A batch of ``n`` generates, each edited twice from its own output (``falq:LINE_ID#0``)."""
-    from falq.producers.batches import enqueue_batch, open_batch
-    from falq.producers.bulk_parse import BulkLine
+    from falq.producers.bulk.batches import enqueue_batch, open_batch
+    from falq.producers.bulk.parse import BulkLine
 
     lines = []
     for i in range(n):

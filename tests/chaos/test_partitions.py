@@ -13,13 +13,13 @@ The audit, per case:
   is finished while ``a`` could not have done it), and how long that took (``takeover_s``, max
   over the jobs): from the cut, or for S3 from the moment the job needed S3 (fal finished it).
   A Redis cut is taken over when ``a``'s leases expire (takeover sweep); a fal or S3 cut when
-  ``a``'s own probes call the link cut and its steps hand the jobs back (:mod:`falq.workers.reach`);
+  ``a``'s own probes call the link cut and its steps hand the jobs back (:mod:`falq.workers.maintenance.reach`);
 * **the same fal requests**: each of those jobs ends on the request id it had at the cut;
   fal submissions per job (the emulator's count) never above the attempts recorded, and no
   job submitted more than once (``extra_submissions``);
 * **no damage from the returning host**: no record changes after every job is terminal,
   while ``a`` comes back (its saves are fenced by its lease token, see
-  :meth:`falq.shared.jobstore.JobStore.save`); ``stale_writes`` counts changed records;
+  :meth:`falq.shared.jobs.store.JobStore.save`); ``stale_writes`` counts changed records;
 * **no leaks**: no live fal slot (``outstanding``) and no lease left; the day's spend equals
   the submissions' cost (a reservation that leaked would show as more);
 * **0 lost**: every job completed.
@@ -87,7 +87,7 @@ def _holder_pid(lease_value: bytes | None) -> int | None:
 def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
     """Cut host ``a`` from ``target`` ("redis", "fal" or "s3") for ``cut_s`` seconds, audit."""
     from falq.producers import Falq
-    from falq.shared.limits import Limiter
+    from falq.shared.limits.store import Limiter
     from falq.shared.settings import Settings
 
     figs = Figures(target=target, cut_s=cut_s, jobs=jobs)

@@ -40,10 +40,10 @@ from falq.producers.admin import (
     budget_request,
     limits_request,
 )
-from falq.shared.endpoints import ENDPOINTS
 from falq.shared.errors import InvalidInput, JobNotFound, PermanentError
-from falq.shared.limits import Limiter, read_config, write_config
-from falq.shared.records import JobRecord
+from falq.shared.fal.endpoints import ENDPOINTS
+from falq.shared.jobs.records import JobRecord
+from falq.shared.limits.store import Limiter, read_config, write_config
 from falq.shared.settings import Settings, get_settings, reset_settings
 
 SECRET = "fal-admin-secret-key-0123456789"

@@ -1,4 +1,4 @@
-"""Bulk files (``falq bulk`` and :mod:`falq.producers.bulk`) against a private redis-server.
+"""Bulk files (``falq bulk`` and :mod:`falq.producers.bulk.enqueue`) against a private redis-server.
 
 No workers run here: job outcomes are written straight into the job store. With Celery on
 Redis a lane's queue is a Redis list named after the queue, so ``LLEN`` counts messages.
@@ -23,9 +23,9 @@ import pytest
 import redis
 
 from falq.cli.main import main
-from falq.producers.bulk import enqueue, file_key, load_file, wait_and_report
+from falq.producers.bulk.enqueue import enqueue, file_key, load_file, wait_and_report
 from falq.shared.errors import PermanentError
-from falq.shared.records import JobRecord, StoredImage
+from falq.shared.jobs.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -369,7 +369,7 @@ class FakeStorage:
 
 def test_wait_writes_results_and_summary(env: Env, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("falq.shared.storage.Storage", FakeStorage)
+    monkeypatch.setattr("falq.shared.storage.s3.Storage", FakeStorage)
     path = env.write("res.jsonl", jl({"input": {"prompt": "a"}, "id": "a", "metadata": {"k": 1}},
                                      {"input": {"prompt": "b"}}, "not json", {"input": {"prompt": "c"}, "id": "c"},
                                      {"input": {"prompt": "d"}, "id": "d"}))
@@ -436,7 +436,7 @@ def test_ctrl_c_stops_waiting_without_cancelling(env: Env) -> None:
 
 def test_live_progress_display_renders(env: Env, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("falq.shared.storage.Storage", FakeStorage)
+    monkeypatch.setattr("falq.shared.storage.s3.Storage", FakeStorage)
     monkeypatch.setattr("falq.cli.bulk.live_ok", lambda as_json: True)
     monkeypatch.setattr("falq.cli.main.live_ok", lambda as_json: True)
     path = env.write("live.jsonl", jl(OK, {"input": {"prompt": "b"}}))

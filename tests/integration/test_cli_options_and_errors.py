@@ -22,7 +22,7 @@ from PIL import Image
 
 from falq.cli.main import main
 from falq.shared.errors import PermanentError
-from falq.shared.records import JobRecord, StoredImage
+from falq.shared.jobs.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings
 from falq.testing.stack import free_port
 
@@ -246,7 +246,7 @@ class FakeStorage:
 
 
 def test_wait_status_and_out(env: Env, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("falq.shared.storage.Storage", FakeStorage)
+    monkeypatch.setattr("falq.shared.storage.s3.Storage", FakeStorage)
     job_id = run(capsys, "generate", "x", "--idempotency-key", "w1")[1].strip()
     code, out, err = run(capsys, "wait", job_id, "--timeout", "0.3")
     assert code == 4 and "still queued" in err

@@ -1,4 +1,4 @@
-"""falq.workers.download: URL checks (unit), then real fetches from a local media server."""
+"""falq.workers.media.download: URL checks (unit), then real fetches from a local media server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import respx
 
 from falq.shared.errors import MirrorRejected, StorageTransientError
 from falq.shared.settings import Settings
-from falq.workers.download import _retry_after, check_media_url, host_allowed, open_media
+from falq.workers.media.download import _retry_after, check_media_url, host_allowed, open_media
 from tests.support.s3server import MediaServer, make_png, media_server
 
 

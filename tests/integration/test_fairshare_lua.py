@@ -1,4 +1,4 @@
-"""Fair dispatch (shared/fairshare.py) against a real redis-server: weights, no burst, caps,
+"""Fair dispatch (shared/fairshare/scheduler.py) against a real redis-server: weights, no burst, caps,
 budget pauses, crash recovery, and no record without its ready entry."""
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import pytest
 import redis
 from celery import Celery
 
-from falq.shared.fairshare import FairShare
-from falq.shared.jobstore import JobStore
+from falq.shared.fairshare.scheduler import FairShare
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore
 from falq.shared.keys import Keys
-from falq.shared.limits import tenant_spend_today
-from falq.shared.records import JobRecord
+from falq.shared.limits.store import tenant_spend_today
 from falq.shared.settings import Settings
-from falq.shared.tenants import Tenant, TenantStore
-from falq.workers.reaper import queue_depth, reap_once
+from falq.shared.tenants.store import Tenant, TenantStore
+from falq.workers.maintenance.reaper import queue_depth, reap_once
 
 EP = "fal-ai/qwen-image-2/text-to-image"
 
@@ -36,7 +36,7 @@ def s(redis_server: str) -> Settings:
 
 @pytest.fixture
 def app(s: Settings) -> Iterator[Celery]:
-    from falq.shared.celery_app import make_app
+    from falq.shared.engine.celery_app import make_app
 
     a = make_app(s)
     yield a
@@ -88,7 +88,7 @@ def test_target_is_max_outstanding_plus_headroom(r: redis.Redis, redis_server: s
 
 
 def test_under_a_rate_limit_about_a_second_of_jobs_waits_for_admission(r: redis.Redis, redis_server: str) -> None:
-    from falq.shared.limits import Limiter
+    from falq.shared.limits.store import Limiter
 
     s = settings(redis_server, max_outstanding=0, rate_per_s=5, fal_key="unit-key-for-fair-tests")
     store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
@@ -102,7 +102,7 @@ def test_under_a_rate_limit_about_a_second_of_jobs_waits_for_admission(r: redis.
 
 
 def test_a_released_slot_frees_the_room_at_once(r: redis.Redis, redis_server: str) -> None:
-    from falq.shared.limits import Limiter
+    from falq.shared.limits.store import Limiter
 
     s = settings(redis_server, max_outstanding=2, fal_key="unit-key-for-fair-tests")
     store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
@@ -289,7 +289,7 @@ def test_top_and_metrics_show_per_tenant_figures(r: redis.Redis, redis_server: s
 
     from falq.ops.exporter import FalqCollector
     from falq.ops.top import render
-    from falq.shared.limits import Limiter
+    from falq.shared.limits.store import Limiter
     from falq.shared.metrics import read_snapshot
 
     s = settings(redis_server, fal_key="unit-key-for-fair-tests")

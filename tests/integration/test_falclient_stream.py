@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from falq.shared.asgi import BackgroundServer
-from falq.shared.falclient import FalClient, Status, StreamEnd
+from falq.shared.fal.client import FalClient, Status, StreamEnd
 from falq.shared.settings import Settings
 
 FAL_KEY = "test-key-1234567890"

@@ -1,4 +1,4 @@
-"""The gateway's fal webhook signer (:mod:`falq.shared.falsigner`) against a bare redis-server:
+"""The gateway's fal webhook signer (:mod:`falq.shared.fal.webhook_sign`) against a bare redis-server:
 one key per deployment, kept in Redis unless configured, and verified by falq's own verifier."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-from falq.shared.falsigner import FalWebhookSigner, SigningKeyInvalid
+from falq.shared.fal.webhook_sign import FalWebhookSigner, SigningKeyInvalid
+from falq.shared.fal.webhook_verify import WebhookVerifier
 from falq.shared.settings import Settings
-from falq.shared.webhooks import WebhookVerifier
 
 
 @pytest.fixture

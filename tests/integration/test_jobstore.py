@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from falq.shared.errors import JobNotFound
-from falq.shared.jobstore import Conflict, JobStore
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import Conflict, JobStore
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 PREFIX = "falqtest"

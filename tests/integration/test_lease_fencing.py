@@ -16,11 +16,11 @@ from typing import cast
 import pytest
 import redis
 
-from falq.shared.jobstore import JobStore, LeaseLost
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore, LeaseLost
 from falq.workers.context import WorkerContext
 from falq.workers.lease import LeaseKeeper
-from falq.workers.step import Fenced, StepBase
+from falq.workers.steps.step import Fenced, StepBase
 
 PREFIX = "falqfence"
 TTL_S = 0.5

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from falq.shared.limits import Answer, Limiter, key_id, micro, read_config, spend_today, write_config
+from falq.shared.limits.store import Answer, Limiter, key_id, micro, read_config, spend_today, write_config
 from falq.shared.settings import Settings
 from falq.testing.stack import RedisServer
-from falq.workers.limiter import SlotKeeper
+from falq.workers.limits.limiter import SlotKeeper
 
 EP = "fal-ai/qwen-image-2/text-to-image"
 PRO = "fal-ai/qwen-image-2/pro/edit"

@@ -27,10 +27,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-import falq.workers.download as download
+import falq.workers.media.download as download
 from falq.shared.errors import MirrorRejected, StorageTransientError
 from falq.shared.settings import Settings
-from falq.workers.download import open_media
+from falq.workers.media.download import open_media
 from tests.support.s3server import make_png
 
 NAME = "media.rebind.test"

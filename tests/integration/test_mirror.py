@@ -1,4 +1,4 @@
-"""falq.workers.mirror end to end: a local media server, moto S3, real bytes."""
+"""falq.workers.media.copy end to end: a local media server, moto S3, real bytes."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from falq.shared.errors import MediaTruncated, MirrorRejected, StorageTransientError
-from falq.shared.images import to_data_uri
-from falq.shared.records import StoredImage
+from falq.shared.jobs.records import StoredImage
 from falq.shared.settings import Settings
-from falq.shared.storage import Storage
-from falq.workers.mirror import mirror_image, mirror_outputs
+from falq.shared.storage.images import to_data_uri
+from falq.shared.storage.s3 import Storage
+from falq.workers.media.copy import mirror_image, mirror_outputs
 from tests.support.s3server import MediaServer, make_png, media_server, moto_s3, s3_settings
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"

@@ -13,12 +13,12 @@ import httpx
 import pytest
 import redis
 
-from falq.shared.batch_cap import BatchCaps, parse_cap
 from falq.shared.errors import InvalidInput
-from falq.shared.falclient import submit_headers
-from falq.shared.pricing import Pricing, PricingUnavailable, fetch_prices
-from falq.shared.reconcile import BillingUnavailable, FalqCost, compare, fetch_billing_events
+from falq.shared.fal.client import submit_headers
 from falq.shared.settings import Settings
+from falq.shared.spend.batch_cap import BatchCaps, parse_cap
+from falq.shared.spend.pricing import Pricing, PricingUnavailable, fetch_prices
+from falq.shared.spend.reconcile import BillingUnavailable, FalqCost, compare, fetch_billing_events
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
 PRO = "fal-ai/qwen-image-2/pro/edit"

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from falq.ops.exporter import FalqCollector
-from falq.shared.endpoints import ENDPOINTS
+from falq.shared.fal.endpoints import ENDPOINTS
 from falq.shared.keys import Keys
 from falq.shared.metrics import read_snapshot
 from falq.shared.settings import Settings

@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from falq.shared.settings import Settings
-from falq.workers import reach as reach_mod
-from falq.workers.reach import Reach
+from falq.workers.maintenance import reach as reach_mod
+from falq.workers.maintenance.reach import Reach
 
 
 @pytest.fixture

@@ -12,13 +12,13 @@ import pytest
 import redis
 from celery import Celery
 
-from falq.shared.celery_app import make_app
-from falq.shared.dispatch import TASK_NAME
-from falq.shared.jobstore import JobStore
-from falq.shared.records import JobRecord, Lane, State
+from falq.shared.engine.celery_app import make_app
+from falq.shared.engine.publish import TASK_NAME
+from falq.shared.jobs.records import JobRecord, Lane, State
+from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
 from falq.workers.lease import LeaseKeeper
-from falq.workers.reaper import mark_seen, reap_once, seen_key
+from falq.workers.maintenance.reaper import mark_seen, reap_once, seen_key
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 PREFIX = "falqtest"
@@ -135,10 +135,10 @@ def test_jobs_with_a_sign_of_life_are_left_alone(app: Celery, store: JobStore, r
 def test_prune_expired_drops_index_entries_of_expired_records(redis_server: str) -> None:
     import redis as redis_lib
 
-    from falq.shared.jobstore import JobStore
-    from falq.shared.records import JobRecord
+    from falq.shared.jobs.records import JobRecord
+    from falq.shared.jobs.store import JobStore
     from falq.shared.settings import Settings
-    from falq.workers.reaper import prune_expired
+    from falq.workers.maintenance.reaper import prune_expired
 
     r = redis_lib.Redis.from_url(redis_server)
     r.flushall()

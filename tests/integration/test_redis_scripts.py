@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from falq.shared import scripts
+from falq.shared.jobs.records import TERMINAL
 from falq.shared.keys import HOLE, Keys
-from falq.shared.records import TERMINAL
 
 LUA_DIR = Path(scripts.__file__).resolve().parent / "lua"
 
@@ -50,7 +50,7 @@ def test_lib_key_fills_templates_made_by_keys(r: redis.Redis) -> None:
 
 
 def test_lib_terminal_states_are_the_records_terminal_states(r: redis.Redis) -> None:
-    from falq.shared.records import STATES
+    from falq.shared.jobs.records import STATES
 
     check = r.register_script("local lib = {}\n" + _lib_functions() +
                               "\nlocal out = {}\nfor _, s in ipairs(ARGV) do"

@@ -21,16 +21,16 @@ import pytest
 import redis
 
 from falq.emulator.server import EmulatorServer
-from falq.shared.falclient import submit_headers
-from falq.shared.records import AT_FAL, JobRecord, Submission
+from falq.shared.fal.client import submit_headers
+from falq.shared.jobs.records import AT_FAL, JobRecord, Submission
 from falq.shared.settings import Settings
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import TEST_FAL_KEY
 from falq.workers.context import WorkerContext
-from falq.workers.limiter import LimitsAdmission
-from falq.workers.limits_admission import build_admission
+from falq.workers.limits.gate import build_admission
+from falq.workers.limits.limiter import LimitsAdmission
 from falq.workers.metrics import MetricsMiddleware
-from falq.workers.runner import Outcome, Runner
+from falq.workers.steps.runner import Outcome, Runner
 from tests.support.s3server import moto_s3
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"

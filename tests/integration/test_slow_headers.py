@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from falq.shared.errors import FalSubmitUncertain, FalTransientError, StorageTransientError
-from falq.shared.falclient import FalClient
+from falq.shared.fal.client import FalClient
 from falq.shared.settings import Settings
-from falq.workers.download import make_media_client, open_media
+from falq.workers.media.download import make_media_client, open_media
 from tests.support.s3server import make_png
 
 pytestmark = pytest.mark.timeout(60)

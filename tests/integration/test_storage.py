@@ -1,4 +1,4 @@
-"""falq.shared.storage against a real (moto) S3 server, plus error mapping with botocore's Stubber."""
+"""falq.shared.storage.s3 against a real (moto) S3 server, plus error mapping with botocore's Stubber."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 
 from falq.shared.errors import StorageError, StorageTransientError
-from falq.shared.storage import Storage, get_storage, reset_storage
+from falq.shared.storage.s3 import Storage, get_storage, reset_storage
 from tests.support.s3server import moto_s3, s3_settings
 
 SECRET = "test-secret-value-never-printed"

@@ -31,7 +31,7 @@ from falq.producers import Falq
 from falq.producers.admin import Admin
 from falq.producers.client import TENANT_CACHE_S
 from falq.shared.errors import PermanentError
-from falq.shared.records import JobRecord, StoredImage
+from falq.shared.jobs.records import JobRecord, StoredImage
 from falq.shared.settings import Settings, get_settings, reset_settings
 
 T2I = "fal-ai/qwen-image-2/text-to-image"

@@ -16,9 +16,9 @@ from typing import Any
 
 import redis
 
-from falq.gateway.search import SCAN_CAP, JobQuery, search
-from falq.shared.jobstore import JobStore
-from falq.shared.records import JobRecord
+from falq.gateway.rest.search import SCAN_CAP, JobQuery, search
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
 
 EDIT = "fal-ai/qwen-image-2/edit"
@@ -117,7 +117,7 @@ def test_a_state_search_from_the_tenants_index_equals_the_state_walk(r: redis.Re
 
 
 def test_removing_a_record_removes_its_tenant_entry(r: redis.Redis, redis_server: str) -> None:
-    from falq.workers.reaper import prune_expired
+    from falq.workers.maintenance.reaper import prune_expired
 
     settings = Settings(_env_file=None, redis_url=redis_server, record_ttl_s=60)  # type: ignore[call-arg]
     store = JobStore(r, prefix=settings.key_prefix, ttl_s=settings.record_ttl_s)
@@ -152,7 +152,7 @@ def test_removing_a_record_removes_its_tenant_entry(r: redis.Redis, redis_server
 
 
 def test_records_from_before_the_index_are_listed_then_backfilled(r: redis.Redis, redis_server: str) -> None:
-    from falq.workers.reaper import prune_expired
+    from falq.workers.maintenance.reaper import prune_expired
 
     store = JobStore(r, prefix=PREFIX)
     assert not store.tenant_index_ready()

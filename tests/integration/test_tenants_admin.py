@@ -33,9 +33,9 @@ from falq.producers.admin import (
     Admin,
 )
 from falq.shared.errors import InvalidInput, PermanentError, TenantNotFound
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import Settings, get_settings, reset_settings
-from falq.shared.tenants import NAME_RULE, ApiKeyStore, TenantStore, hash_key, s3_prefix_of
+from falq.shared.tenants.store import NAME_RULE, ApiKeyStore, TenantStore, hash_key, s3_prefix_of
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
 EDIT = "fal-ai/qwen-image-2/edit"
@@ -302,15 +302,15 @@ def test_producers_with_tenant(env: Env, monkeypatch: pytest.MonkeyPatch) -> Non
     code, doc = cli("generate", "from the cli", "--tenant", "nope")
     assert code == 2 and doc["error"]["errors"][0]["field"] == "tenant"
 
-    from falq.shared.dispatch import summary
+    from falq.shared.engine.publish import summary
 
     assert summary(rec) == {"endpoint": T2I, "lane": "interactive", "tenant": "wide"}
 
 
 def test_tenant_in_s3_keys_metrics_and_bulk_results(env: Env) -> None:
-    from falq.producers.bulk_wait import result_row
+    from falq.producers.bulk.wait import result_row
     from falq.shared.metrics import Snapshot
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     store = TenantStore(env.r, prefix=env.settings.key_prefix)
     env.admin.tenant_add("shop")

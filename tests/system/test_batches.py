@@ -67,7 +67,7 @@ def _batch(stack: DevStack, batch_id: str, *, cli: bool = False) -> dict[str, An
         assert code == 0, err
         return json.loads(out)  # type: ignore[no-any-return]
     from falq.producers import Falq
-    from falq.producers.batches import Batches
+    from falq.producers.bulk.batches import Batches
 
     return Batches(Falq(stack.settings())).show(batch_id).as_json()
 
@@ -180,7 +180,7 @@ def test_batch_cancel_retry_and_exact_counts(clean_stack: DevStack, tmp_path: Pa
     assert b2["counts"]["cancelled"] == 6 and b2["done"] == 6
     # The kept counts equal a recount from the records, for both batches.
     from falq.producers import Falq
-    from falq.shared.batches import BatchStore
+    from falq.shared.batches.store import BatchStore
 
     falq = Falq(clean_stack.settings())
     store = BatchStore(falq.redis, prefix=falq.settings.key_prefix)
@@ -240,7 +240,7 @@ def test_gateway_batches_upload_progress_results_and_tenant_isolation(clean_stac
         assert httpx.get(f"{gw.url}/v1/batches/bnope", headers=auth).status_code == 404
     # Another tenant sees neither the batch nor it in its list (the service the routes use).
     from falq.producers import Falq
-    from falq.producers.batches import Batches
+    from falq.producers.bulk.batches import Batches
     from falq.shared.errors import BatchNotFound
 
     other = Batches(Falq(clean_stack.settings()), tenant="other")

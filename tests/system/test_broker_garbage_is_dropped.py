@@ -135,7 +135,7 @@ def test_garbage_on_the_queue_is_dropped_and_the_worker_keeps_working(clean_stac
     assert not r.keys("falq:job:*[^0-9a-f]*"), r.keys("falq:job:*")
     assert len(r.keys("falq:job:*")) == 2
     log = logs()
-    # undecodable items are dropped by falq's transport (shared/broker.py), each named
+    # undecodable items are dropped by falq's transport (shared/engine/broker.py), each named
     dropped = [line for line in log.splitlines() if "falq.broker: dropped a" in line]
     assert len(dropped) == len(UNDECODABLE), dropped
     assert "Unrecoverable error" not in log and "Connection to broker lost" not in log
@@ -191,8 +191,8 @@ def test_record_deleted_under_a_running_job(clean_stack: DevStack, falq: Any) ->
 )
 def test_hardened_transport_keeps_redis_tls(url: str, ssl_cert_reqs: str | None) -> None:
     """The replaced transport must not turn a rediss:// broker into plain TCP."""
-    from falq.shared.broker import Transport
-    from falq.shared.celery_app import make_app
+    from falq.shared.engine.broker import Transport
+    from falq.shared.engine.celery_app import make_app
     from falq.shared.settings import Settings
 
     conn = make_app(Settings(_env_file=None, redis_url=url)).connection_for_write()  # type: ignore[call-arg]

@@ -24,10 +24,10 @@ from typing import Any
 import pytest
 import redis
 
+from falq.shared.callbacks.outbox import LOG_CAP, Outbox
 from falq.shared.errors import InvalidInput, JobNotFound
-from falq.shared.jobstore import Conflict, JobStore
-from falq.shared.outbox import LOG_CAP, Outbox
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import Conflict, JobStore
 from falq.shared.settings import Settings, reset_settings
 from falq.testing.stack import DevStack
 from tests.conftest import wait_for
@@ -209,7 +209,7 @@ def test_the_delivery_log_is_capped_and_entries_of_gone_records_are_pruned(store
 def test_the_sender_marks_a_refused_target_failed_at_once(store: JobStore, receiver: Receiver) -> None:
     import httpx
 
-    from falq.workers.callbacks import CallbackSender
+    from falq.workers.callbacks.sender import CallbackSender
 
     rec = _job(store, callback_url=receiver.url)
     store.update(rec.id, lambda r: r.walk_to("completed"))
@@ -227,7 +227,7 @@ def test_the_sender_marks_a_refused_target_failed_at_once(store: JobStore, recei
 def test_the_sender_gives_up_when_the_retry_window_ends(store: JobStore, receiver: Receiver) -> None:
     import httpx
 
-    from falq.workers.callbacks import CallbackSender
+    from falq.workers.callbacks.sender import CallbackSender
 
     receiver.failing = True
     rec = _job(store, callback_url=receiver.url)
@@ -251,7 +251,7 @@ def test_a_job_with_callback_url_and_fal_webhook_gets_each_once_from_one_entry(s
     the other is retried; each has its own outcome; the fal target gets fal's shape."""
     import httpx
 
-    from falq.workers.callbacks import CallbackSender
+    from falq.workers.callbacks.sender import CallbackSender
 
     fal_rx = Receiver()
     try:
@@ -350,7 +350,7 @@ def test_a_failing_receiver_gets_one_accepted_delivery_and_every_try_is_logged(
 def test_a_worker_killed_during_a_delivery_leaves_it_to_another_worker(
         clean_stack: DevStack, receiver: Receiver) -> None:
     from falq.producers import Falq
-    from falq.workers.callbacks import LEASE_S
+    from falq.workers.callbacks.sender import LEASE_S
 
     receiver.hold.clear()  # the first POST hangs: the worker is killed while it waits
     first = clean_stack.start_worker(concurrency=5)
@@ -382,7 +382,7 @@ def test_a_worker_killed_before_delivering_a_gateway_fal_webhook_leaves_it_to_an
 
     from falq.gateway.server import GatewayServer
     from falq.producers import Falq
-    from falq.workers.callbacks import LEASE_S
+    from falq.workers.callbacks.sender import LEASE_S
 
     key = "gw-key-0123456789"
     receiver.hold.clear()  # the first POST hangs: the worker is killed while it waits

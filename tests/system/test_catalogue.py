@@ -29,11 +29,11 @@ from falq.shared.catalogue.rows import row_from_record
 from falq.shared.catalogue.schema import jobs
 from falq.shared.catalogue.store import Catalogue, CatalogueQuery, get_catalogue, reset_catalogues
 from falq.shared.errors import CatalogueSchemaOutdated, CatalogueUnavailable, JobNotFound
-from falq.shared.jobstore import JobStore
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
 from falq.testing.stack import RedisServer, S3Server
-from falq.workers.archive import GROUP, Archiver
+from falq.workers.maintenance.archive import GROUP, Archiver
 
 PG = "postgresql://postgres@127.0.0.1:5432"
 ROOT = Path(__file__).resolve().parents[2]
@@ -220,11 +220,11 @@ def test_archive_survives_a_database_outage(db: Db, r: redis.Redis, redis_server
 _KILLED_ARCHIVER = textwrap.dedent("""
     import sys, time
     import redis
-    from falq.shared.jobstore import JobStore
-    from falq.shared.records import JobRecord
+    from falq.shared.jobs.store import JobStore
+    from falq.shared.jobs.records import JobRecord
     from falq.shared.settings import Settings
     from falq.shared.catalogue.rows import row_from_record
-    from falq.workers.archive import Archiver
+    from falq.workers.maintenance.archive import Archiver
     url, db_url, prefix = sys.argv[1:4]
     s = Settings(_env_file=None, redis_url=url, database_url=db_url, key_prefix=prefix, job_json=False,
                  database_auto_upgrade="always")
@@ -362,7 +362,7 @@ def test_rebuild_from_s3_gives_back_the_same_rows(db: Db, r: redis.Redis, redis_
     """A batch is archived (rows + job.json); then the database and Redis are both lost; the
     bucket alone rebuilds the very same rows."""
     from falq.cli.catalogue import rebuild_from_s3
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     s = _settings(db, redis_server, job_json=True, s3_endpoint_url=s3, s3_bucket=f"b{uuid.uuid4().hex[:10]}",
                   aws_access_key_id="k", aws_secret_access_key="s")
@@ -395,7 +395,7 @@ def test_archive_makes_the_bucket_when_no_image_upload_did(db: Db, r: redis.Redi
                                                             s3: str) -> None:
     """A new deployment whose first finished jobs made no image (failed, cancelled): the bucket
     did not exist yet, and the archive writes their job.json anyway instead of stalling."""
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     s = _settings(db, redis_server, job_json=True, s3_endpoint_url=s3, s3_bucket=f"b{uuid.uuid4().hex[:10]}",
                   aws_access_key_id="k", aws_secret_access_key="s")

@@ -51,7 +51,7 @@ def test_workers_archive_and_every_reader_falls_back(clean_stack: DevStack, env:
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from falq.gateway import GatewayServer
     from falq.producers.client import Falq
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     settings = clean_stack.settings()
     clean_stack.start_worker(concurrency=20)

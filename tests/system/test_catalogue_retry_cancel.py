@@ -26,7 +26,7 @@ import pytest
 from falq.shared.catalogue.revive import refs_from_parents
 from falq.shared.catalogue.rows import lost_in, scrub_value
 from falq.shared.catalogue.store import Catalogue, get_catalogue
-from falq.shared.records import JobRecord, StoredImage
+from falq.shared.jobs.records import JobRecord, StoredImage
 from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 from tests.system.test_catalogue import Db, db  # noqa: F401 - the fixture, per dialect
@@ -64,7 +64,7 @@ def _archived_only(falq: Any, cat: Catalogue, ids: set[str]) -> None:
 def _start(stack: DevStack) -> Any:
     """The stack's settings, its bucket made (as in a deployment: a job.json of a job without
     images is the bucket's first object here), and one worker."""
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     settings = stack.settings()
     Storage(settings).ensure_bucket()
@@ -279,7 +279,7 @@ def test_concurrent_retries_of_an_archived_job_make_one(
 def test_batch_retry_includes_archived_members(
         unmoderate: Callable[[], None], clean_stack: DevStack, env: dict[str, str],  # noqa: F811
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from falq.producers.batches import Batches
+    from falq.producers.bulk.batches import Batches
     from falq.producers.client import Falq
 
     settings = _start(clean_stack)

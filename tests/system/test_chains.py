@@ -164,7 +164,7 @@ def test_refused_at_enqueue_missing_parent_other_tenant_bad_index_and_nothing_en
     assert "N must be below 1" in str(exc.value)
     # Another tenant's job is not visible: refused as missing.
     from falq.producers import Falq
-    from falq.shared.tenants import Tenant, TenantStore
+    from falq.shared.tenants.store import Tenant, TenantStore
 
     TenantStore(falq.redis, prefix=falq.settings.key_prefix).put(Tenant(name="other"))
     other = Falq(chain_stack.settings(), tenant="other")

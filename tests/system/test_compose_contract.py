@@ -32,7 +32,7 @@ import pytest
 import redis
 import yaml
 
-from falq.shared.endpoints import TEXT_TO_IMAGE
+from falq.shared.fal.endpoints import TEXT_TO_IMAGE
 from falq.testing.stack import TEST_FAL_KEY, DevStack, free_port
 from tests.conftest import wait_for
 

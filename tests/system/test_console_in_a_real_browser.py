@@ -27,9 +27,9 @@ from falq.gateway.server import GatewayServer
 from falq.ops.screenshots import capture, launch, sign_in, wait_full_images, wait_thumbnails
 from falq.producers import Falq
 from falq.producers.client import JobRequest
-from falq.shared.batches import BatchStore, batch_id_for
-from falq.shared.endpoints import TEXT_TO_IMAGE
-from falq.shared.tenants import ApiKeyStore, Tenant, TenantStore
+from falq.shared.batches.store import BatchStore, batch_id_for
+from falq.shared.fal.endpoints import TEXT_TO_IMAGE
+from falq.shared.tenants.store import ApiKeyStore, Tenant, TenantStore
 from falq.testing.stack import TEST_FAL_KEY, DevStack
 from tests.conftest import wait_for
 

@@ -12,7 +12,7 @@ from falq.gateway.console.thumbs import Thumbnails
 from falq.gateway.server import GatewayServer
 from falq.ops.screenshots import launch, sign_in
 from falq.producers import Falq
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import DevStack
 
 KEY = "falq-console-key-missing-0123456789"

@@ -24,9 +24,9 @@ from falq.gateway.console.ahead import ThumbsAhead, _Work
 from falq.gateway.console.pages import Console
 from falq.gateway.server import GatewayServer
 from falq.producers import Falq
-from falq.shared.records import JobRecord, StoredImage
-from falq.shared.storage import Storage
-from falq.shared.tenants import Tenant, TenantStore
+from falq.shared.jobs.records import JobRecord, StoredImage
+from falq.shared.storage.s3 import Storage
+from falq.shared.tenants.store import Tenant, TenantStore
 from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 from tests.system.test_console_signin_limit import try_key

@@ -190,7 +190,7 @@ def test_a_batch_spend_cap_pauses_the_rest_nothing_past_it_is_submitted_and_rais
     assert code == 0, err
     bid = json.loads(out)["batch_id"]
     from falq.producers import Falq
-    from falq.producers.batches import Batches
+    from falq.producers.bulk.batches import Batches
 
     svc = Batches(Falq(clean_stack.settings()))
 
@@ -204,7 +204,7 @@ def test_a_batch_spend_cap_pauses_the_rest_nothing_past_it_is_submitted_and_rais
     recs = [r for _, _, r in svc.records(bid)]
     assert sorted(str(r.paused) for r in recs if not r.terminal) == ["batch_spend_cap"] * 3
     # Jobs waiting at the cap hold no dispatch room: with room for 2 at fal, other work still runs.
-    from falq.shared.limits import write_config
+    from falq.shared.limits.store import write_config
 
     falq = Falq(clean_stack.settings())
     write_config(falq.redis, "falq", {"max_outstanding": "2"})

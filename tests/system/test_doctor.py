@@ -53,7 +53,7 @@ def pg_url() -> Iterator[str]:
 
 
 def test_doctor_passes_on_the_test_stack(clean_stack: DevStack, tmp_path: Path) -> None:
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     Storage(clean_stack.settings()).ensure_bucket()  # what the first worker does
     _falq(clean_stack, tmp_path, "db", "upgrade")
@@ -79,7 +79,7 @@ def test_doctor_passes_on_the_test_stack(clean_stack: DevStack, tmp_path: Path) 
 
 
 def test_doctor_fails_on_a_stopped_redis(clean_stack: DevStack, tmp_path: Path) -> None:
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     Storage(clean_stack.settings()).ensure_bucket()
     stopped = RedisServer(tmp_path / "redis").start()

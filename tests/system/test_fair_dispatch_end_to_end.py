@@ -11,9 +11,9 @@ import redis
 
 from falq.producers import Falq
 from falq.producers.client import JobRequest
-from falq.shared.fairshare import FairShare
-from falq.shared.limits import tenant_spend_today, write_config
-from falq.shared.tenants import Tenant, TenantStore
+from falq.shared.fairshare.scheduler import FairShare
+from falq.shared.limits.store import tenant_spend_today, write_config
+from falq.shared.tenants.store import Tenant, TenantStore
 from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 

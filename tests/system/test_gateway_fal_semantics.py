@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from falq.gateway import GatewayServer
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 
@@ -171,8 +171,8 @@ def test_sse_stream_sends_each_log_line_once_in_order(gw: GatewayServer, clean_s
 
 @pytest.mark.timeout(60)
 def test_polled_logs_keep_their_timestamps_across_record_updates(gw: GatewayServer, clean_stack: DevStack) -> None:
-    from falq.shared.falclient import parse_status
-    from falq.workers.follow import fresh_log_lines
+    from falq.shared.fal.client import parse_status
+    from falq.workers.steps.follow import fresh_log_lines
 
     clean_stack.emu.configure(latency="fixed:3")
     sub = submit(gw, {"prompt": "polled logs", "image_size": "square"})

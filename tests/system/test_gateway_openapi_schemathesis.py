@@ -45,7 +45,7 @@ from schemathesis.checks import (
 from schemathesis.core.result import Ok
 
 from falq.gateway import GatewayServer
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import DevStack
 
 KEY = "falq-schemathesis-key-1"
@@ -165,12 +165,12 @@ def test_openapi_document_describes_every_answer(clean_stack: DevStack) -> None:
 
 
 def test_batch_routes_refuse_what_they_once_let_through(clean_stack: DevStack) -> None:
-    """Regressions of ``gateway/batch_routes.py``: a ``limit`` of non-ASCII digits ("²" passes
+    """Regressions of ``gateway/rest/batches.py``: a ``limit`` of non-ASCII digits ("²" passes
     ``str.isdigit``, then ``int`` raised: a 500); an upload line nested too deeply or holding a
     huge integer (``json.loads`` raises RecursionError / ValueError there, not JSONDecodeError:
     a 500); and an upload whose Content-Length is over the limit (read whole into memory before
     being refused: now refused before reading)."""
-    from falq.gateway.batch_routes import MAX_UPLOAD
+    from falq.gateway.rest.batches import MAX_UPLOAD
 
     with GatewayServer(clean_stack.settings(), api_keys=[KEY]) as gw:
         for bad in ("²", "١٢", "9" * 5000, "+5", "0"):

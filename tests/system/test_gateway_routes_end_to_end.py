@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from falq.gateway import GatewayServer
-from falq.shared.outbound import verify
-from falq.shared.storage import Storage
+from falq.shared.egress import verify
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 

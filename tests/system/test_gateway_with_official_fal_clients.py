@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from falq.gateway import GatewayServer
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import DevStack
 from tests.system.test_emulator_with_official_fal_clients import JS_DIR, _npm_install
 

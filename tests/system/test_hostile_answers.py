@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis
 
-from falq.shared.records import JobRecord
+from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import reset_settings
 from falq.testing.stack import DevStack
 from tests.support.hostile_fal import HostileFal
@@ -209,7 +209,7 @@ def test_refused_media_was_never_fetched(run: Run) -> None:
 
 
 def test_truncated_media_is_fetched_again_and_never_stored(run: Run) -> None:
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     storage = Storage(run.client.settings)
     for name in ("media-truncated-png", "media-truncated-jpeg"):

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from falq.shared.outbound import sign, verify
+from falq.shared.egress import sign, verify
 from falq.testing.stack import DevStack
 from tests.conftest import wait_for
 

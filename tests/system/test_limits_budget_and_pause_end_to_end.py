@@ -13,7 +13,7 @@ import pytest
 
 from falq.ops.bench_limiter import max_in_window, mean_rate, wait_ready
 from falq.producers.client import TEXT_TO_IMAGE, JobRequest
-from falq.shared.limits import Limiter, spend_today, write_config
+from falq.shared.limits.store import Limiter, spend_today, write_config
 from falq.shared.settings import reset_settings
 from falq.testing.stack import TEST_FAL_KEY, DevStack
 from tests.conftest import emulator_submissions, wait_for

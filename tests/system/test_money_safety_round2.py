@@ -17,10 +17,10 @@ import pytest
 from rich.console import Console
 
 from falq.cli.output import record_view
-from falq.shared.dispatch import publish
-from falq.shared.records import JobRecord
+from falq.shared.engine.publish import publish
+from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import Settings
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 

@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from falq.ops.exporter import FalqCollector
 from falq.producers import Falq
 from falq.shared.catalogue.registry import CatalogueRegistry, identity_of
-from falq.shared.jobstore import JobStore
-from falq.shared.tenants import ApiKeyStore
+from falq.shared.jobs.store import JobStore
+from falq.shared.tenants.store import ApiKeyStore
 from falq.testing.stack import DevStack
-from falq.workers.archive import Archiver
+from falq.workers.maintenance.archive import Archiver
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,4 +1,4 @@
-"""Outgoing webhooks (``falq.shared.outbound``): per-job callbacks and the gateway's ``fal_webhook``.
+"""Outgoing webhooks (``falq.shared.egress``): per-job callbacks and the gateway's ``fal_webhook``.
 
 Unit tests of the sender (address rules, the checked address is the one connected to, TLS
 names, redirects), then the two users against the real stack: with the default settings a
@@ -23,8 +23,7 @@ import httpx
 import pytest
 import redis
 
-from falq.shared.errors import InvalidInput
-from falq.shared.outbound import (
+from falq.shared.egress import (
     OutboundRefused,
     OutboundUnresolved,
     check_target,
@@ -34,7 +33,8 @@ from falq.shared.outbound import (
     sign,
     verify,
 )
-from falq.shared.records import JobRecord
+from falq.shared.errors import InvalidInput
+from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import Settings
 from falq.testing.stack import DevStack
 from tests.conftest import wait_for
@@ -189,8 +189,8 @@ def test_names_are_checked_when_resolved(dns: FakeDNS) -> None:
 
 
 def test_download_uses_the_same_rules() -> None:
-    from falq.shared import outbound
-    from falq.workers import download
+    from falq.shared import egress as outbound
+    from falq.workers.media import download
 
     assert download.is_public is outbound.is_public and download.resolve is outbound.resolve
 
@@ -273,7 +273,7 @@ def test_private_target_is_refused_before_connecting(receiver: Receiver) -> None
 
 
 def test_signatures_and_the_callbacks_re_export() -> None:
-    from falq.workers import callbacks
+    from falq.workers.callbacks import sender as callbacks
 
     header = sign("topsecret", b'{"a":1}')
     assert verify("topsecret", b'{"a":1}', header) and not verify("other", b'{"a":1}', header)
@@ -289,7 +289,7 @@ def _record(url: str) -> JobRecord:
 
 
 def test_callback_to_a_private_name_is_refused_once_without_posting(dns: FakeDNS) -> None:
-    from falq.workers.callbacks import post_callback
+    from falq.workers.callbacks.sender import post_callback
 
     dns.set("hooks.example", ["10.0.0.5"])
     sent: list[httpx.Request] = []

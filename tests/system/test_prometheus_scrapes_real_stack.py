@@ -169,7 +169,7 @@ class Prom:
 @pytest.fixture
 def prom_stack(clean_stack: DevStack, tmp_path: Path) -> Iterator[tuple[Prom, S3FaultProxy]]:
     """S3 behind a fault proxy, `falq metrics`, Flower and Prometheus; yields Prometheus' API."""
-    from falq.shared.storage import Storage
+    from falq.shared.storage.s3 import Storage
 
     settings = clean_stack.settings()
     Storage(settings).ensure_bucket()
@@ -280,8 +280,8 @@ def test_every_dashboard_and_alert_expression_returns_series(clean_stack: DevSta
 
     # 7. A second host whose worker keeps its own SQLite catalogue: its archiver registers it
     # and stands aside (the stack's worker claimed the shared history), and the split shows.
-    from falq.shared.jobstore import JobStore
-    from falq.workers.archive import Archiver
+    from falq.shared.jobs.store import JobStore
+    from falq.workers.maintenance.archive import Archiver
 
     host_b = clean_stack.settings(FALQ_HOST_NAME="host-b", FALQ_DATA_DIR=str(clean_stack.workdir / "host-b"))
     assert not Archiver(JobStore(r, prefix=host_b.key_prefix, archive=True), host_b, None).shares_history(force=True)

@@ -3,7 +3,7 @@
 The test bed (testing/stack.py) shortens the visibility timeout to 30 s and the lease to 6 s;
 here both are put back to their defaults, and the global limits too, so this is what a
 user sees out of the box: a dead worker's messages would come back only after 600 s, but
-its jobs are taken over once their leases expire (``workers/reaper.py``, takeover).
+its jobs are taken over once their leases expire (``workers/maintenance/reaper.py``, takeover).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from falq.shared.records import AT_FAL
+from falq.shared.jobs.records import AT_FAL
 from falq.shared.settings import Settings
 from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for

@@ -141,15 +141,15 @@ def test_sentinel_url_forms() -> None:
 
 
 def test_broker_url_follows_a_sentinel_redis_url() -> None:
-    from falq.shared.celery_app import broker_url_and_options, make_app
+    from falq.shared.engine.celery_app import broker_url_and_options, make_app
 
     s = Settings(redis_url="redis+sentinel://:pw@h1:26380,h2/mymaster/2?sentinel_password=sp", fal_key="k")
     url, options = broker_url_and_options(s)
     assert url == "sentinel://:pw@h1:26380/2;sentinel://:pw@h2:26379/2"
     assert options == {"master_name": "mymaster", "sentinel_kwargs": {"password": "sp"}}
     app = make_app(s)
-    assert app.conf.broker_transport == "falq.shared.broker:SentinelTransport"
-    from falq.shared.broker import SentinelTransport
+    assert app.conf.broker_transport == "falq.shared.engine.broker:SentinelTransport"
+    from falq.shared.engine.broker import SentinelTransport
     from falq.shared.redisconn import SentinelConnection
 
     assert SentinelTransport.Channel.connection_class is SentinelConnection
@@ -161,14 +161,14 @@ def test_broker_url_follows_a_sentinel_redis_url() -> None:
         broker_url_and_options(Settings(broker_url="sentinel://h1:26379", fal_key="k"))
     plain = Settings(redis_url="redis://127.0.0.1:6399/0", fal_key="k")
     assert broker_url_and_options(plain) == ("redis://127.0.0.1:6399/0", {})
-    assert make_app(plain).conf.broker_transport == "falq.shared.broker:Transport"
+    assert make_app(plain).conf.broker_transport == "falq.shared.engine.broker:Transport"
     shown = s.redacted()
     assert shown["redis_url"] == "redis+sentinel://:****@h1:26380,h2/mymaster/2?sentinel_password=****"
 
 
 def test_wait_is_issued_through_sentinel_and_covers_other_connections(sentinels: SentinelSet) -> None:
-    from falq.shared.jobstore import JobStore
-    from falq.shared.records import JobRecord
+    from falq.shared.jobs.records import JobRecord
+    from falq.shared.jobs.store import JobStore
 
     primary, replica = sentinels.server("primary"), sentinels.server("replica")
     client = redis_client(sentinels.url, settings=Settings(fal_key="k", redis_url=sentinels.url))

@@ -16,10 +16,10 @@ import redis
 
 from falq.producers import Falq
 from falq.producers.client import JobRequest
-from falq.shared.batches import Batch, BatchStore, batch_id_for
-from falq.shared.endpoints import TEXT_TO_IMAGE
+from falq.shared.batches.store import Batch, BatchStore, batch_id_for
 from falq.shared.errors import RedisMemoryFull, is_redis_oom
-from falq.shared.records import TERMINAL
+from falq.shared.fal.endpoints import TEXT_TO_IMAGE
+from falq.shared.jobs.records import TERMINAL
 from falq.testing.stack import DevStack
 from tests.conftest import emulator_submissions, wait_for
 

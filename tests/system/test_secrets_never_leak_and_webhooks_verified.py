@@ -32,9 +32,9 @@ import pytest
 import redis
 
 from falq.emulator.webhooks import WebhookSigner
-from falq.shared.outbound import verify as verify_callback
-from falq.shared.storage import Storage
-from falq.shared.webhooks import JwksUnavailable, WebhookRejected, WebhookVerifier
+from falq.shared.egress import verify as verify_callback
+from falq.shared.fal.webhook_verify import JwksUnavailable, WebhookRejected, WebhookVerifier
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
 from tests.conftest import wait_for
 from tests.support.hostile_fal import HostileFal
@@ -160,7 +160,7 @@ class PubSubTap:
 @pytest.mark.timeout(240)
 def test_secrets_never_appear_anywhere(clean_stack: DevStack, receiver: Receiver) -> None:
     from falq.producers import Falq
-    from falq.shared.celery_app import make_app
+    from falq.shared.engine.celery_app import make_app
 
     tag = uuid.uuid4().hex
     secrets = {

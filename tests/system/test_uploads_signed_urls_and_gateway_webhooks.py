@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from falq.gateway import GatewayServer
 from falq.producers import Falq
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import TEST_FAL_KEY, DevStack
 from tests.conftest import wait_for
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from falq.shared.records import JobRecord
-from falq.shared.storage import Storage
+from falq.shared.jobs.records import JobRecord
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import TEST_FAL_KEY, DevStack
 from tests.conftest import emulator_submissions, fetch_fal_result, wait_for
 
@@ -26,7 +26,7 @@ def _png(w: int = 512, h: int = 512) -> bytes:
 @pytest.mark.timeout(180)
 def test_all_four_endpoints_complete_with_identical_images_in_s3(clean_stack: DevStack, falq: Any) -> None:
     clean_stack.start_worker(concurrency=20)
-    from falq.shared.images import to_data_uri
+    from falq.shared.storage.images import to_data_uri
 
     src = to_data_uri(_png(640, 480), "image/png")
     jobs = [
@@ -151,7 +151,7 @@ def test_permanent_fal_rejection_fails_fast_with_fals_message(clean_stack: DevSt
     # Bypass the producer's validation to see how a 422 from fal itself is handled.
     bad = JobRecord.new(endpoint="fal-ai/qwen-image-2/text-to-image", input={"prompt": "x", "num_images": 0})
     falq.store.create(bad)
-    from falq.shared.dispatch import publish
+    from falq.shared.engine.publish import publish
 
     publish(falq.app, falq.settings, bad.id, lane="interactive", endpoint=bad.endpoint)
     clean_stack.start_worker(concurrency=2)

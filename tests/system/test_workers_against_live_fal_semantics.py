@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from falq.shared.metrics import counters_key
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 from falq.testing.stack import DevStack
 from tests.chaos.s3_faults import S3FaultProxy
 from tests.conftest import emulator_submissions, wait_for

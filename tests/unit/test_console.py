@@ -14,9 +14,9 @@ from falq.gateway.console.access import Refused
 from falq.gateway.console.data import chart, commands, parse_gallery, timeline
 from falq.gateway.console.thumbs import ByteLRU, NoPreview, Thumbnails, make_thumbnail
 from falq.shared.errors import InvalidInput
-from falq.shared.records import JobRecord, StoredImage
+from falq.shared.jobs.records import JobRecord, StoredImage
 from falq.shared.settings import Settings
-from falq.shared.storage import Storage
+from falq.shared.storage.s3 import Storage
 
 
 def _png(w: int, h: int, mode: str = "RGBA") -> bytes:

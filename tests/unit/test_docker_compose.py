@@ -113,8 +113,8 @@ def test_no_secret_is_hard_coded() -> None:
 def _exporter_metric_names() -> set[str]:
     """Every sample name `falq metrics` can emit, from a snapshot with every figure present."""
     from falq.ops.exporter import counters, gauges, histograms
+    from falq.shared.jobs.records import STATES
     from falq.shared.metrics import HISTOGRAMS, Histogram, Snapshot
-    from falq.shared.records import STATES
 
     kinds = ["finished|completed|e", "transition|a|b", "retry|r", "failure|r", "waits|r", "wait_s|r", "spend|e"]
     snap = Snapshot(taken_at=0.0, states=dict.fromkeys(STATES, 1), counters=dict.fromkeys(kinds, 1.0),

@@ -68,7 +68,7 @@ def test_cli_reference_covers_every_command() -> None:
 
 
 def test_rest_reference_covers_every_route() -> None:
-    from falq.gateway.openapi import build_document
+    from falq.gateway.rest.openapi import build_document
 
     page = (DOCS / "reference" / "rest-api.md").read_text()
     for path, item in build_document()["paths"].items():

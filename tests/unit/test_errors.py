@@ -62,7 +62,7 @@ def test_the_drawing_is_parsed() -> None:
     assert TREE["FalqError"] == ("falq.shared.errors", None, set())
     assert TREE["FalIngressError"][1] == "FalTransientError"
     assert TREE["JobTimeout"] == ("falq.shared.errors", "FalqError", {"TimeoutError"})
-    assert SIGNALS["Stop"] == "falq.workers.step"
+    assert SIGNALS["Stop"] == "falq.workers.steps.step"
     assert len(TREE) >= 40
 
 
@@ -105,7 +105,7 @@ def defined_exceptions() -> set[tuple[str, str]]:
 
 def test_every_exception_class_in_falq_is_drawn() -> None:
     found = defined_exceptions()
-    assert {("Stop", "falq.workers.step"), ("FalIngressError", "falq.shared.errors")} <= found  # the scan works
+    assert {("Stop", "falq.workers.steps.step"), ("FalIngressError", "falq.shared.errors")} <= found  # the scan works
     drawn = {(n, m) for n, (m, _, _) in TREE.items()} | set(SIGNALS.items())
     missing = sorted(f"{m}.{n}" for n, m in found - drawn)
     assert missing == [], f"exception classes missing from the drawing in falq.shared.errors: {missing}"

@@ -33,9 +33,9 @@ from falq.shared.errors import (
     FalSubmitUncertain,
     FalTransientError,
 )
-from falq.shared.falclient import FalClient, LogEntry, Result, submit_headers
+from falq.shared.fal.client import FalClient, LogEntry, Result, submit_headers
 from falq.shared.settings import Settings
-from falq.workers.follow import fresh_log_lines
+from falq.workers.steps.follow import fresh_log_lines
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,7 +2,7 @@
 
 The route table is the real app's (``create_app``; nothing is started, no request is sent),
 so a route added to :func:`falq.gateway.app.routes` without its operation in
-:mod:`falq.gateway.openapi` fails here -- and with it the schemathesis run, which tests only
+:mod:`falq.gateway.rest.openapi` fails here -- and with it the schemathesis run, which tests only
 what the document names. Three parts of the table are not one path each, and are checked
 for what they stand for instead:
 
@@ -20,12 +20,12 @@ from typing import Any
 import pytest
 from starlette.routing import Match, Mount, Route
 
-from falq.gateway import fal_routes
 from falq.gateway.app import create_app
 from falq.gateway.config import GatewaySettings
-from falq.gateway.openapi import APP, build_document
-from falq.gateway.proxy import PROXY_PATH
-from falq.shared.endpoints import ENDPOINTS
+from falq.gateway.fal import routes as fal_routes
+from falq.gateway.fal.proxy import PROXY_PATH
+from falq.gateway.rest.openapi import APP, build_document
+from falq.shared.fal.endpoints import ENDPOINTS
 from falq.shared.settings import Settings
 
 CATCH_ALL = "/{path:path}"

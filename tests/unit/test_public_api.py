@@ -34,7 +34,7 @@ def test_all_public_names_are_exported() -> None:
 
 def test_the_client_the_handle_and_the_record_are_exported() -> None:
     from falq.producers.client import Falq, JobHandle, JobRequest
-    from falq.shared.records import JobRecord
+    from falq.shared.jobs.records import JobRecord
 
     assert (falq.Falq, falq.JobHandle, falq.JobRequest, falq.JobRecord) == (Falq, JobHandle, JobRequest, JobRecord)
     assert set(falq.__all__) <= set(dir(falq))

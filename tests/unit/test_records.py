@@ -1,4 +1,4 @@
-"""The job state machine (falq.shared.records.TRANSITIONS) as JobRecord.move() enforces it: every
+"""The job state machine (falq.shared.jobs.records.TRANSITIONS) as JobRecord.move() enforces it: every
 allowed transition is accepted, every other pair of states is refused with InvalidTransition and
 leaves the record as it was; and the retry paths (start_over) follow the table too."""
 
@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from falq.shared.errors import InvalidTransition, PermanentError
-from falq.shared.records import STATES, TERMINAL, TRANSITIONS, JobRecord
+from falq.shared.jobs.records import STATES, TERMINAL, TRANSITIONS, JobRecord
 
 
 def _record_in(state: str) -> JobRecord:

@@ -1,8 +1,8 @@
-"""falq.shared.schemas: every input rule of the four Qwen-Image-2 endpoints, accepted and rejected.
+"""falq.shared.fal.schemas: every input rule of the four Qwen-Image-2 endpoints, accepted and rejected.
 
 The rules come from fal's model pages in the team kit (``../shared/seeds``); the tests at the
 bottom read those pages directly, so a drift between the pages and the models shows up here.
-Everything goes through :func:`falq.shared.endpoints.validate_input`, the one entry point callers use.
+Everything goes through :func:`falq.shared.fal.endpoints.validate_input`, the one entry point callers use.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from falq.shared.endpoints import validate_input
 from falq.shared.errors import FieldError, InvalidInput
-from falq.shared.schemas import (
+from falq.shared.fal.endpoints import validate_input
+from falq.shared.fal.schemas import (
     EditInput,
     File,
     GenerateOutput,

@@ -3,7 +3,7 @@
 Each URL's host is put on the allowlist, so what is tested is the address check (private
 media not allowed): numeric IPv4 spellings, names that resolve to loopback, IPv6 forms
 that embed an IPv4 address, userinfo and fragment tricks, and redirects to such hosts. The
-same spellings are refused as outgoing webhook targets (``falq.shared.outbound``; the
+same spellings are refused as outgoing webhook targets (``falq.shared.egress``; the
 sender's own tests are in ``tests/system/test_outbound_webhooks.py``).
 Resolution is real (numeric forms and ``localhost`` need no network).
 """
@@ -17,10 +17,10 @@ import httpx
 import pytest
 import respx
 
+from falq.shared.egress import OutboundRefused, check_target, check_url
 from falq.shared.errors import MirrorRejected
-from falq.shared.outbound import OutboundRefused, check_target, check_url
 from falq.shared.settings import Settings
-from falq.workers.download import check_media_url, open_media
+from falq.workers.media.download import check_media_url, open_media
 
 
 def strict(hosts: str) -> Settings:
@@ -59,7 +59,7 @@ def test_numeric_and_embedded_private_addresses_are_refused(host: str, address: 
 
 @pytest.mark.parametrize(("host", "address"), PRIVATE_SPELLINGS)
 def test_webhook_targets_follow_the_same_address_rules(host: str, address: str) -> None:
-    """Callbacks and ``fal_webhook`` (falq.shared.outbound) refuse the same spellings, at enqueue
+    """Callbacks and ``fal_webhook`` (falq.shared.egress) refuse the same spellings, at enqueue
     (literals, without DNS) and again when resolved for delivery."""
     url = f"https://{host}/hook"
     if host != "localhost":

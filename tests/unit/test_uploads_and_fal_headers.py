@@ -12,10 +12,10 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from falq.gateway.fal_headers import fal_headers_of
+from falq.gateway.fal.headers import fal_headers_of
+from falq.shared.egress import OutboundRefused
 from falq.shared.errors import FalAuthError, FalBadAnswer, FalIngressError, MirrorRejected
-from falq.shared.falclient import FalClient
-from falq.shared.outbound import OutboundRefused
+from falq.shared.fal.client import FalClient
 from falq.shared.settings import Settings
 
 REST = "https://rest.example"
@@ -139,9 +139,9 @@ def test_a_malformed_fal_header_is_named(name: str, value: str) -> None:
 def test_callbacks_and_media_downloads_read_numeric_hosts_alike(host: str) -> None:
     """One egress path: a webhook target and a media URL with the same numeric host spelling
     become the same pinned request (no SNI name for an address, Host kept, the checked IP)."""
-    from falq.shared.outbound import check_target, pinned_request
-    from falq.workers.download import _check as media_target
-    from falq.workers.download import check_media_url
+    from falq.shared.egress import check_target, pinned_request
+    from falq.workers.media.download import _check as media_target
+    from falq.workers.media.download import check_media_url
 
     url = f"https://{host}:8443/x.png"
     settings = Settings(media_hosts=f"{host}:8443", allow_private_media=True,
@@ -161,7 +161,7 @@ def test_callbacks_and_media_downloads_read_numeric_hosts_alike(host: str) -> No
 
 
 def test_a_named_host_gets_its_name_as_sni_on_both_paths() -> None:
-    from falq.shared.outbound import Target, pinned_request
+    from falq.shared.egress import Target, pinned_request
 
     target = Target(url=httpx.URL("https://v3.fal.media/files/x.png"), host="v3.fal.media", port=443,
                     addresses=(ipaddress.ip_address("93.184.216.34"),))

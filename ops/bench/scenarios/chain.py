@@ -1,7 +1,7 @@
 """Chain: a 2-level pipeline (generates, each edited several times from its own output).
 
 falq: one batch of ``n`` generates and ``n * edits`` edits whose ``image_urls`` is
-``falq:LINE_ID#0`` (:mod:`falq.shared.chains`), enqueued at once; each edit waits (no
+``falq:LINE_ID#0`` (:mod:`falq.shared.batches.chains`), enqueued at once; each edit waits (no
 worker slot, no message) until its generate completed and its image is in S3, then runs on
 the presigned S3 copy. Measured: from the enqueue to the last edit in S3.
 
@@ -46,8 +46,8 @@ def _falq_run(h: Harness, n: int, edits: int, *, tag: str = "",
               env: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
     from dataclasses import replace
 
-    from falq.producers.batches import enqueue_batch, open_batch
-    from falq.producers.bulk_parse import BulkLine
+    from falq.producers.bulk.batches import enqueue_batch, open_batch
+    from falq.producers.bulk.parse import BulkLine
 
     falq = h.falq()
     lines: list[BulkLine] = []

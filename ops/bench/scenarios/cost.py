@@ -17,7 +17,7 @@ from collections.abc import Callable
 from falq.ops.bench import references as ref
 from falq.ops.bench.harness import Harness, children, cpu_s
 from falq.ops.bench.model import REF_NAIVE, REF_NOOP, Row
-from falq.shared.records import STATES
+from falq.shared.jobs.records import STATES
 
 NAME = "cost"
 

@@ -32,8 +32,8 @@ from typing import Any
 
 from falq.ops.bench.harness import Harness, children, cpu_s
 from falq.ops.bench.model import T2I, Goal, Row
-from falq.shared.limits import write_config
-from falq.shared.tenants import Tenant, TenantStore
+from falq.shared.limits.store import write_config
+from falq.shared.tenants.store import Tenant, TenantStore
 
 NAME = "fairness"
 REF_FIFO = "falq FIFO"
@@ -162,7 +162,7 @@ def _cost(h: Harness, n: int, tenants: list[str], fifo: bool) -> tuple[float, fl
 
     h.wait_until(done, 300, 0.2, "cost jobs")
     cpu1, cmd1 = cpu_s(procs), h.redis_commands()
-    from falq.shared.records import STATES
+    from falq.shared.jobs.records import STATES
 
     cmds = cmd1 - cmd0 - 1 - polls * len(STATES)
     return (cpu1 - cpu0) * 1000 / n, cmds / n
@@ -170,7 +170,7 @@ def _cost(h: Harness, n: int, tenants: list[str], fifo: bool) -> tuple[float, fl
 
 def _scale(h: Harness, n: int, tenants: int) -> tuple[float, float, float]:
     """``(bytes per waiting job, bytes per ready entry, dispatch script µs per job)``."""
-    from falq.shared.fairshare import FairShare
+    from falq.shared.fairshare.scheduler import FairShare
 
     # A cap of 1: the producers' own dispatches send one job in all, the rest waits.
     _setup(h, 0.0, {f"t{i:02d}": 1.0 + i % 3 for i in range(tenants)}, cap=1)

@@ -16,7 +16,7 @@ from falq.ops.bench import references as ref
 from falq.ops.bench.harness import Harness
 from falq.ops.bench.model import REF_NAIVE, Goal, Row
 from falq.ops.bench_limiter import max_in_window, mean_rate
-from falq.shared.limits import write_config
+from falq.shared.limits.store import write_config
 
 NAME = "limiter"
 RATE, WORKERS = 20, 4

@@ -3,7 +3,7 @@
 One worker holds jobs at fal (emulator latency 10 s; quick: 6 s) and is SIGKILLed; a new worker
 starts at once. Per job that was not finished at the kill, the delay is from the kill to the
 first new write to its record (a new delivery working on it). falq takes a job over once its
-lease expires (``FALQ_LEASE_TTL_S``, 20 s) through the holders sweep (``workers/reaper.py``).
+lease expires (``FALQ_LEASE_TTL_S``, 20 s) through the holders sweep (``workers/maintenance/reaper.py``).
 The reference is the same falq with the takeover off (``FALQ_TAKEOVER=false``), which is
 Celery's own behaviour with falq's settings: the dead worker's unacked messages come back
 after the visibility timeout. Both runs use a 60 s visibility timeout (the default is 600 s,

@@ -15,7 +15,7 @@ import time
 from falq.ops.bench import references as ref
 from falq.ops.bench.harness import Harness
 from falq.ops.bench.model import REF_NAIVE, Goal, Row
-from falq.shared.limits import write_config
+from falq.shared.limits.store import write_config
 
 NAME = "saturation"
 SLOTS, CAP = 40, 44

@@ -1,6 +1,6 @@
 """Where a job's price came from: ``unit_price``, ``price_source``, ``billable_units``.
 
-``price_source`` is ``fal_pricing_api`` (the account's price, :mod:`falq.shared.pricing`) or
+``price_source`` is ``fal_pricing_api`` (the account's price, :mod:`falq.shared.spend.pricing`) or
 ``list_price_fallback`` (the configured list price: fal's pricing API was unreachable); rows
 archived before this revision have NULLs (their cost was computed at the list price).
 

@@ -1,0 +1,1 @@
+"""fal's queue protocol served by falq, and fal-style webhooks in and out."""

@@ -1,0 +1,1 @@
+"""falq's own REST API (/v1/...) and its OpenAPI document."""

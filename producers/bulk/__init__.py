@@ -1,0 +1,1 @@
+"""Bulk files and batches: parse, enqueue, follow."""

@@ -1,0 +1,1 @@
+"""The durable outbox of per-job callbacks (see docs/internals/callbacks.md)."""

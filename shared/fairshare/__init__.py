@@ -1,0 +1,1 @@
+"""Fair dispatch between tenants (see docs/internals/fair-dispatch.md)."""

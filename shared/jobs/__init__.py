@@ -1,0 +1,1 @@
+"""The job record and its store in Redis."""

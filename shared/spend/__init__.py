@@ -1,0 +1,1 @@
+"""What fal charges: account prices, batch spend caps, reconciling with fal's billing."""

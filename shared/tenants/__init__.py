@@ -1,0 +1,1 @@
+"""Tenants: the services and pipelines sharing one fal account."""

@@ -1,0 +1,1 @@
+"""Sending falq's per-job callbacks from the outbox."""

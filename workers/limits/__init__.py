@@ -1,0 +1,1 @@
+"""The worker side of the global limits: admission before each submit."""

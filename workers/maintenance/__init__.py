@@ -1,0 +1,1 @@
+"""The background passes that recover stranded work (see docs/internals/recovery.md)."""

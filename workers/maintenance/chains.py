@@ -1,0 +1,185 @@
+"""The chain loop of a worker: release (or end) the children of jobs that just ended.
+
+Reads ``{p}:chain:done`` through the consumer group ``chains`` (an entry a dead worker claimed is
+taken over after ``FALQ_CHAIN_CLAIM_IDLE_S``), evaluates each child
+(:meth:`falq.shared.batches.chains.Chains.evaluate`, idempotent) and only then acknowledges; one worker
+at a time also runs :meth:`~falq.shared.batches.chains.Chains.sweep` every ``FALQ_CHAIN_SWEEP_S``. See
+docs/internals/job-lifecycle.md ("Waiting children and chains").
+
+Example::
+
+    start_chains(ctx.store, ctx.settings, app, stop=ctx.shutting_down)   # once per worker
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery
+
+from falq.shared.batches.chains import GROUP, Chains
+from falq.shared.fairshare.scheduler import FairShare
+from falq.shared.jobs.records import JobRecord
+from falq.shared.jobs.store import JobStore
+from falq.shared.settings import Settings
+
+log = logging.getLogger("falq.chains")
+#: How long one read of the stream blocks when it is empty.
+BLOCK_MS = 1000
+#: Entries read (or taken over) at once.
+COUNT = 100
+
+
+def make_runnable(app: Celery, settings: Settings, store: JobStore, *,
+                  dispatch: bool = True) -> Callable[[JobRecord], None]:
+    """The hand-off of a job that just became ``queued``: THE one path producers use too
+    (:meth:`falq.shared.fairshare.scheduler.FairShare.make_ready`: its tenant's ready set with fair
+    dispatch, else its broker message at once). ``dispatch=False`` leaves the dispatch to the
+    caller (the chain loop dispatches once per round of released children)."""
+    fair = FairShare(store.r, settings)
+
+    def runnable(rec: JobRecord) -> None:
+        fair.make_ready(rec, app, dispatch=dispatch)
+
+    return runnable
+
+
+class ChainLoop:
+    """One worker's reader of ``{p}:chain:done``.
+
+    Parameters:
+        store: the job store.
+        settings: the chain settings (claim idle time, sweep interval).
+        runnable: the hand-off of released children (:func:`make_runnable`).
+    """
+
+    def __init__(self, store: JobStore, settings: Settings, runnable: Callable[[JobRecord], None],
+                 *, consumer: str | None = None, after_round: Callable[[], object] | None = None) -> None:
+        self.store = store
+        self.r = store.r
+        self.s = settings
+        self.keys = store.keys
+        self.chains = Chains(store, settings, runnable=runnable)
+        self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
+        self.after_round = after_round
+        self._group_ready = False
+        self._last_claim = 0.0
+        self._last_sweep = 0.0
+
+    def ensure_group(self) -> None:
+        try:
+            self.r.xgroup_create(self.keys.chain_done, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    def tick(self, block_ms: int = BLOCK_MS) -> int:
+        """Handle what is due: taken-over entries, new entries, the sweep. Returns entries handled."""
+        if not self._group_ready:
+            self.ensure_group()
+        handled = 0
+        now = time.monotonic()
+        try:
+            if now - self._last_claim >= self.s.chain_claim_idle_s / 2:
+                self._last_claim = now
+                claimed = self.r.xautoclaim(self.keys.chain_done, GROUP, self.consumer,
+                                            min_idle_time=int(self.s.chain_claim_idle_s * 1000), start_id="0-0",
+                                            count=COUNT)
+                handled += self._handle(claimed[1] if len(claimed) > 1 else [])
+            got = self.r.xreadgroup(GROUP, self.consumer, {self.keys.chain_done: ">"}, count=COUNT,
+                                    block=block_ms)
+        except redis.ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis restarted without the stream: create it again
+                self._group_ready = False
+                return handled
+            raise
+        for _, entries in got or []:
+            handled += self._handle(entries)
+        if time.monotonic() - self._last_sweep >= self.s.chain_sweep_s:
+            self._last_sweep = time.monotonic()
+            self.sweep()
+            if self.after_round is not None:
+                self.after_round()
+        return handled
+
+    def _handle(self, entries: list[Any]) -> int:
+        """Evaluate the children of each entry's parent -- the entries side by side (threads are
+        greenlets in a worker: the work is Redis and S3 round trips) -- then acknowledge the
+        entries that were handled, and dispatch the released children once."""
+        todo = [(entry_id, (fields.get(b"parent") or b"").decode()) for entry_id, fields in entries
+                if fields is not None]  # None: deleted meanwhile (XAUTOCLAIM reports such ids)
+        if not todo:
+            return 0
+        handled: list[Any] = []
+
+        def one(entry_id: Any, parent: str) -> None:
+            try:
+                if parent:
+                    outcomes = self.chains.on_parent_done(parent)
+                    if outcomes:
+                        log.info("parent %s ended: %s", parent, _summary(outcomes))
+                handled.append(entry_id)
+            except Exception as exc:  # left unacknowledged: taken over and evaluated again
+                log.warning("children of %s not handled yet (%s)", parent, type(exc).__name__)
+
+        threads = [threading.Thread(target=one, args=item, name="falq-chain", daemon=True) for item in todo]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.after_round is not None:
+            self.after_round()
+        if handled:
+            pipe = self.r.pipeline(transaction=False)
+            pipe.xack(self.keys.chain_done, GROUP, *handled)
+            pipe.xdel(self.keys.chain_done, *handled)
+            pipe.execute()
+        return len(handled)
+
+    def sweep(self) -> dict[str, int] | None:
+        """:meth:`Chains.sweep`, by one worker at a time."""
+        lock_ms = max(1000, int(self.s.chain_sweep_s * 900))
+        if not self.r.set(self.keys.chain_lock, self.consumer.encode(), nx=True, px=lock_ms):
+            return None
+        # Children waiting longer than a sweep interval (at most 5 s): a fresh one is the stream's.
+        stats = self.chains.sweep(older_than_s=max(1.0, min(5.0, self.s.chain_sweep_s)))
+        if stats["released"] or stats["ended"] or stats["relinked"] or stats["finished"]:
+            log.warning("chain sweep re-drove waiting children: %s", stats)
+        return stats
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception as exc:  # Redis may be restarting; try next round
+                log.warning("chain pass failed: %s", type(exc).__name__)
+                self._group_ready = False
+                stop.wait(1.0)
+
+
+def _summary(outcomes: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for o in outcomes.values():
+        counts[o] = counts.get(o, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+
+
+def start_chains(store: JobStore, settings: Settings, app: Celery,
+                 stop: threading.Event | None = None) -> ChainLoop:
+    """Start this worker's chain loop (a daemon thread) until ``stop`` (a warm shutdown) is set."""
+    fair = FairShare(store.r, settings)
+    loop = ChainLoop(store, settings, make_runnable(app, settings, store, dispatch=False),
+                     after_round=(lambda: fair.try_dispatch(app)) if fair.enabled else None)
+    threading.Thread(target=loop.run, args=(stop or threading.Event(),), name="falq-chains", daemon=True).start()
+    return loop
+
+
+__all__ = ["ChainLoop", "make_runnable", "start_chains"]

@@ -1,0 +1,1 @@
+"""Fetching fal's outputs safely and mirroring them into the bucket."""
