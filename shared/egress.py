@@ -47,6 +47,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import hashlib
 import hmac
 import ipaddress
@@ -433,3 +434,19 @@ def url_host(url: str | None) -> str | None:
         return httpx.URL(url).host or None
     except (httpx.InvalidURL, TypeError, ValueError):
         return None
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """An HTTP ``Retry-After`` value in seconds (delta-seconds or an HTTP date), None if absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -45,6 +45,7 @@ import redis
 
 from falq.shared.jobs.records import AT_FAL, STATES
 from falq.shared.keys import Keys
+from falq.shared.redisconn import text as as_text
 from falq.shared.settings import Settings
 from falq.shared.tenants.store import DEFAULT_TENANT, MAX_TENANTS
 
@@ -265,18 +266,19 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
     pipe.hget(Keys(p).limits_config, "budget_daily")
     res = pipe.execute()
     # The tenant label's allowed values (bounded by MAX_TENANTS at `falq tenants add`).
-    tenants = sorted({DEFAULT_TENANT, *(_s(t) for t in r.hkeys(Keys(p).tenants))})[: MAX_TENANTS + 1]
+    tenants = sorted({DEFAULT_TENANT, *(as_text(t) for t in r.hkeys(Keys(p).tenants))})[: MAX_TENANTS + 1]
     states: dict[str, int] = {s: int(x) for s, x in zip(STATES, res[: len(STATES)], strict=True)}
     i = len(STATES)
-    counters = {_s(k): float(v) for k, v in res[i].items()}
+    counters = {as_text(k): float(v) for k, v in res[i].items()}
     i += 1
     histograms = {name: _histograms(res[i + n]) for n, name in enumerate(HISTOGRAMS)}
     i += len(HISTOGRAMS)
-    mins = {m: {_s(k): int(v) for k, v in res[i + n].items()} for n, m in enumerate(minutes)}
+    mins = {m: {as_text(k): int(v) for k, v in res[i + n].items()} for n, m in enumerate(minutes)}
     i += len(minutes)
     budget, own, configured_cap, configured_budget = res[i], res[i + 1], res[i + 2], res[i + 3]
     # The budget keeps integer micro-dollars reserved at admission (shared.limits); prefer it.
-    spend, source = (int(float(_s(budget))) / 1e6, "budget") if budget is not None else (float(own or 0.0), "estimate")
+    spend, source = ((int(float(as_text(budget))) / 1e6, "budget") if budget is not None
+                     else (float(own or 0.0), "estimate"))
     depth: dict[str, int] = {}
     unacked: int | None = None
     if broker_is_redis:
@@ -328,7 +330,7 @@ def _limiter_slots(r: redis.Redis, prefix: str) -> dict[str, int]:
     now_ms = int(sec) * 1000 + int(usec) // 1000
     out: dict[str, int] = {}
     for raw in keys:
-        key_id = _s(raw)[len(prefix) + len(":limits:"):].rsplit(":slots", 1)[0]
+        key_id = as_text(raw)[len(prefix) + len(":limits:"):].rsplit(":slots", 1)[0]
         if r.type(raw) == b"zset":
             out[key_id] = int(r.zcount(raw, now_ms, "+inf"))
     return out
@@ -336,7 +338,7 @@ def _limiter_slots(r: redis.Redis, prefix: str) -> dict[str, int]:
 
 def _cap(configured: Any, settings: Settings) -> int | None:
     """The cap on outstanding requests: the limiter's runtime config, else the setting; 0 = none."""
-    value: Any = _s(configured) if configured is not None else getattr(settings, "max_outstanding", None)
+    value: Any = as_text(configured) if configured is not None else getattr(settings, "max_outstanding", None)
     try:
         cap = int(float(value))
     except (TypeError, ValueError):
@@ -346,7 +348,7 @@ def _cap(configured: Any, settings: Settings) -> int | None:
 
 def _budget(configured: Any, settings: Settings) -> float | None:
     """The daily budget: the limiter's runtime config (``none`` = no budget), else the setting."""
-    value: Any = _s(configured) if configured is not None else getattr(settings, "budget_daily", None)
+    value: Any = as_text(configured) if configured is not None else getattr(settings, "budget_daily", None)
     try:
         budget = float(value)
     except (TypeError, ValueError):
@@ -363,7 +365,7 @@ def _limiter_waits(r: redis.Redis, prefix: str) -> dict[str, dict[str, int]]:
 
     A waiting entry's score is its expiry (ms, Redis time): expired ones are not counted.
     """
-    kids = sorted(_s(k) for k in r.hkeys(Keys(prefix).limits_keys))
+    kids = sorted(as_text(k) for k in r.hkeys(Keys(prefix).limits_keys))
     if not kids:
         return {"paused_keys": {}, "waiting": {}}
     sec, usec = r.time()
@@ -396,7 +398,7 @@ def _archive_lag(r: redis.Redis, prefix: str) -> int:
         if not r.exists(key):
             return 0
         length = int(r.xlen(key))
-        groups = {_s(g.get("name")): g for g in r.xinfo_groups(key)}
+        groups = {as_text(g.get("name")): g for g in r.xinfo_groups(key)}
     except redis.ResponseError:  # the key holds something else: not a stream of ours
         return 0
     group = groups.get("archivers")
@@ -409,7 +411,7 @@ def _archive_lag(r: redis.Redis, prefix: str) -> int:
 def _histograms(raw: dict[Any, Any]) -> dict[str, Histogram]:
     out: dict[str, Histogram] = {}
     for k, v in raw.items():
-        endpoint, _, part = _s(k).rpartition("|")
+        endpoint, _, part = as_text(k).rpartition("|")
         h = out.setdefault(endpoint, Histogram())
         if part == "sum":
             h.sum = float(v)
@@ -422,8 +424,6 @@ def _histograms(raw: dict[Any, Any]) -> dict[str, Histogram]:
     return out
 
 
-def _s(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 def fmt_seconds(v: float | None) -> str:

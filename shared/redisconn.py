@@ -251,3 +251,8 @@ def wait_for_replicas(client: redis.Redis, settings: Settings | None = None, *,
         log.warning("%s was acknowledged by %d of %d replica(s) within %d ms; it is on the master only",
                     what, int(acked), wanted, pol.timeout_ms)
     return results
+
+
+def text(value: Any) -> str:
+    """A Redis reply as ``str`` (clients made without ``decode_responses`` answer bytes)."""
+    return value.decode() if isinstance(value, bytes) else str(value)

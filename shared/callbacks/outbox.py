@@ -47,6 +47,7 @@ from falq.shared.egress import url_host
 from falq.shared.errors import JobNotFound
 from falq.shared.jobs.records import JobRecord
 from falq.shared.jobs.store import JobStore
+from falq.shared.redisconn import text as as_text
 from falq.shared.scripts import register
 
 #: Tries kept per job in ``{p}:delivery:{id}`` (the newest).
@@ -101,8 +102,6 @@ def delivery_id(job_id: str, version: int | str) -> str:
     return f"{job_id}:{version}"
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 class Outbox:
@@ -128,7 +127,7 @@ class Outbox:
         # from ever carrying the same token.
         token = repr(now + lease_s + random.random() * 1e-3)
         ids = self._claim(keys=[self.keys.outbox], args=[repr(now), token, int(limit)])
-        return [Claim(_s(i), token) for i in ids]
+        return [Claim(as_text(i), token) for i in ids]
 
     def entry(self, job_id: str) -> Entry | None:
         """The record and delivery state of ``job_id``; None when the record is gone."""
@@ -136,7 +135,7 @@ class Outbox:
         if rec is None:  # gone, or a corrupt record: nothing to deliver
             return None
         cb_version, tries, since = self.r.hmget(self.store.job_key(job_id), "cb_version", "cb_tries", "cb_since")
-        version = _s(cb_version) if cb_version is not None else str(rec.version)
+        version = as_text(cb_version) if cb_version is not None else str(rec.version)
         return Entry(rec, delivery_id(job_id, version), int(tries or 0),
                      float(since) if since is not None else rec.updated_at)
 
@@ -165,7 +164,7 @@ class Outbox:
         one that got through is not posted again while the other is retried. Kept in the job's
         hash as ``cb_settled`` (``{delivery id}|kind=1,kind=0,``): a new outcome starts afresh."""
         raw = self.r.hget(self.store.job_key(job_id), "cb_settled")
-        text = _s(raw) if raw is not None else ""
+        text = as_text(raw) if raw is not None else ""
         prefix = f"{delivery_id}|"
         if not text.startswith(prefix):
             return {}
@@ -199,13 +198,13 @@ class Outbox:
     def pending(self, *, limit: int = 100) -> list[CallbackView]:
         """Entries still to be delivered, soonest first (entries whose record is gone are pruned)."""
         rows = self.r.zrange(self.keys.outbox, 0, limit - 1, withscores=True)
-        return self._views([(_s(i), float(s)) for i, s in rows], "pending")
+        return self._views([(as_text(i), float(s)) for i, s in rows], "pending")
 
     def failed(self, *, limit: int = 100, since: float | None = None) -> list[CallbackView]:
         """Callbacks that gave up, newest first (after ``since``)."""
         lo = since if since is not None else "-inf"
         rows = self.r.zrevrangebyscore(self.keys.outbox_failed, "+inf", lo, start=0, num=limit, withscores=True)
-        return self._views([(_s(i), float(s)) for i, s in rows], "failed")
+        return self._views([(as_text(i), float(s)) for i, s in rows], "failed")
 
     def is_pending(self, job_id: str) -> bool:
         return self.r.zscore(self.keys.outbox, job_id) is not None
@@ -257,7 +256,7 @@ class Outbox:
                 last_doc = None
             out.append(CallbackView(
                 job_id=job_id, status=status,
-                delivery_id=delivery_id(job_id, _s(cb_version)) if cb_version is not None else None,
+                delivery_id=delivery_id(job_id, as_text(cb_version)) if cb_version is not None else None,
                 tries=int(tries or 0), since=float(since) if since is not None else None,
                 next_at=score if status == "pending" else None, failed_at=score if status == "failed" else None,
                 url_host=url_host(rec.callback_url or rec.fal_webhook), job_state=rec.state, last=last_doc,

@@ -61,7 +61,6 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
 
 import redis
 from celery import Celery
@@ -70,6 +69,7 @@ from falq.shared.engine.publish import publish
 from falq.shared.jobs.records import TERMINAL, JobRecord
 from falq.shared.keys import HOLE, Keys
 from falq.shared.limits.store import Limiter, key_id, known_keys, tenant_spend_today
+from falq.shared.redisconn import text
 from falq.shared.scripts import register
 from falq.shared.settings import Settings
 
@@ -168,7 +168,7 @@ class FairShare:
             int(self.s.max_outstanding), float(self.s.fair_headroom), int(self.s.fair_uncapped_room),
             int(max_jobs), float(self.s.rate_per_s), float(self.s.fair_wait_s), *self._dispatch_tpls,
         ])
-        vals = [_s(x) for x in raw]
+        vals = [text(x) for x in raw]
         return [(vals[i], vals[i + 1], vals[i + 2], vals[i + 3]) for i in range(0, len(vals), 4)]
 
     def dispatch(self, app: Celery, max_jobs: int = 500) -> list[str]:
@@ -209,7 +209,7 @@ class FairShare:
         sec, usec = self.r.time()
         now_ms = int(sec) * 1000 + int(usec) // 1000
         old = now_ms - int(self.s.fair_recover_after_s * 1000)
-        ids = [_s(x) for x in self.r.zrangebyscore(self.keys.inflight, "-inf", old, start=0, num=batch)]
+        ids = [text(x) for x in self.r.zrangebyscore(self.keys.inflight, "-inf", old, start=0, num=batch)]
         if not ids:
             return []
         pipe = self.r.pipeline(transaction=False)
@@ -218,7 +218,7 @@ class FairShare:
         rows = pipe.execute()
         stale, lost = [], []
         for job_id, (state, published, doc) in zip(ids, rows, strict=True):
-            if state is None or _s(state) in TERMINAL:
+            if state is None or text(state) in TERMINAL:
                 stale.append(job_id)
             elif published != b"1":
                 lost.append((job_id, doc))
@@ -245,7 +245,7 @@ class FairShare:
         """tenant -> lane -> jobs waiting in its ready set."""
         tenants: set[str] = set()
         for lane in LANES:
-            tenants.update(_s(t) for t in self.r.smembers(self.keys.fair_active(lane)))
+            tenants.update(text(t) for t in self.r.smembers(self.keys.fair_active(lane)))
         names = sorted(tenants)
         pipe = self.r.pipeline(transaction=False)
         for t in names:
@@ -269,18 +269,16 @@ class FairShare:
             outstanding.update(Limiter(self.r, self.s, kid=kid).tenant_outstanding(names))
         return [
             TenantFigures(t, spend.get(t, 0.0), depths.get(t, {lane: 0 for lane in LANES}),
-                          max(0, int(_s(c or b"0"))), outstanding.get(t, 0))
+                          max(0, int(text(c or b"0"))), outstanding.get(t, 0))
             for t, c in zip(names, counts, strict=True)
         ]
 
     def target(self) -> int:
         """The dispatch target now (see the module docstring)."""
         raw = self.r.hget(self.keys.limits_config, "max_outstanding")
-        mo = int(float(_s(raw))) if raw is not None else int(self.s.max_outstanding)
+        mo = int(float(text(raw))) if raw is not None else int(self.s.max_outstanding)
         if mo <= 0:
             return int(self.s.fair_uncapped_room)
         return mo + math.ceil(mo * self.s.fair_headroom)
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

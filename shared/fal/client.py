@@ -51,7 +51,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
@@ -59,6 +58,7 @@ from urllib.parse import urlencode
 import httpx
 
 from falq.shared import deadline
+from falq.shared.egress import retry_after_s
 from falq.shared.errors import (
     TRANSIENT_ERROR_TYPES,
     FalAccountLocked,
@@ -788,16 +788,7 @@ def _float_header(resp: httpx.Response, name: str) -> float | None:
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
-    value = resp.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
+    return retry_after_s(resp.headers.get("retry-after"))
 
 
 def _safe(url: str) -> str:

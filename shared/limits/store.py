@@ -50,6 +50,7 @@ from typing import Any
 import redis
 
 from falq.shared.keys import HOLE, Keys
+from falq.shared.redisconn import text
 from falq.shared.scripts import register
 from falq.shared.settings import Settings
 
@@ -167,7 +168,7 @@ class Limiter:
             float(self.s.rate_headroom), *[d[f] for f in CONFIG_FIELDS], tenant,
             int(self.s.pause_poll_s * 3000),
         ])
-        status = _s(raw[0])
+        status = text(raw[0])
         a, b = int(raw[1]), int(raw[2])
         if status == "ok":
             return Answer("ok", delay_s=a / 1000, at_ms=b)
@@ -212,7 +213,7 @@ class Limiter:
     # --- inspection ------------------------------------------------------------------------------
     def state(self, suffix: str = "") -> KeyState:
         raw = self._state(keys=self._keys, args=self._tpls)
-        eps = [_s(k) for k in self.r.scan_iter(match=self.keys.limits_slots_ep(self.kid, "*"), count=200)]
+        eps = [text(k) for k in self.r.scan_iter(match=self.keys.limits_slots_ep(self.kid, "*"), count=200)]
         counts = {}
         for k in eps:
             n = int(self.r.zcount(k, int(raw[0]), "+inf"))
@@ -220,11 +221,11 @@ class Limiter:
                 counts[k.split(":slots:ep:", 1)[1]] = n
         pttl = int(raw[7])
         return KeyState(
-            key_id=self.kid, suffix=suffix, now_ms=int(raw[0]), today=_s(raw[1]), outstanding=int(raw[2]),
+            key_id=self.kid, suffix=suffix, now_ms=int(raw[0]), today=text(raw[1]), outstanding=int(raw[2]),
             per_endpoint=counts,
             waiting={"interactive": int(raw[3]), "bulk": int(raw[4]), "budget": int(raw[5]), "locked": int(raw[6])},
-            paused_for_s=pttl / 1000 if pttl > 0 else 0.0, paused_reason=_s(raw[8]) if pttl > 0 else "",
-            spend_today_usd=int(_s(raw[10]) or 0) / 1_000_000,
+            paused_for_s=pttl / 1000 if pttl > 0 else 0.0, paused_reason=text(raw[8]) if pttl > 0 else "",
+            spend_today_usd=int(text(raw[10]) or 0) / 1_000_000,
         )
 
     def tenant_outstanding(self, tenants: list[str]) -> dict[str, int]:
@@ -240,7 +241,7 @@ class Limiter:
         """Job ids holding a slot that has not expired (by Redis time)."""
         sec, usec = self.r.time()
         now_ms = int(sec) * 1000 + int(usec) // 1000
-        return [_s(x) for x in self.r.zrangebyscore(self.keys.limits_slots(self.kid), now_ms, "+inf")]
+        return [text(x) for x in self.r.zrangebyscore(self.keys.limits_slots(self.kid), now_ms, "+inf")]
 
 
 # --- configuration (shared by the CLI and the workers) -------------------------------------------
@@ -253,7 +254,7 @@ def config_key(prefix: str) -> str:
 def read_config(client: redis.Redis, prefix: str) -> dict[str, str]:
     """The runtime configuration as stored (fields missing until a worker seeds them)."""
     raw = client.hgetall(config_key(prefix))
-    return {_s(k): _s(v) for k, v in raw.items()}
+    return {text(k): text(v) for k, v in raw.items()}
 
 
 def write_config(client: redis.Redis, prefix: str, changes: dict[str, str]) -> None:
@@ -264,7 +265,7 @@ def write_config(client: redis.Redis, prefix: str, changes: dict[str, str]) -> N
 
 def known_keys(client: redis.Redis, prefix: str) -> dict[str, str]:
     """Key id -> key suffix of every fal key a worker registered."""
-    return {_s(k): _s(v) for k, v in client.hgetall(Keys(prefix).limits_keys).items()}
+    return {text(k): text(v) for k, v in client.hgetall(Keys(prefix).limits_keys).items()}
 
 
 def spend_today(client: redis.Redis, prefix: str) -> tuple[str, float]:
@@ -273,7 +274,7 @@ def spend_today(client: redis.Redis, prefix: str) -> tuple[str, float]:
 
     sec, _ = client.time()
     day = dt.datetime.fromtimestamp(int(sec), dt.UTC).strftime("%Y-%m-%d")
-    return day, int(_s(client.get(Keys(prefix).spend(day)) or b"0")) / 1_000_000
+    return day, int(text(client.get(Keys(prefix).spend(day)) or b"0")) / 1_000_000
 
 
 def tenant_spend_today(client: redis.Redis, prefix: str, tenants: list[str]) -> tuple[str, dict[str, float]]:
@@ -281,8 +282,6 @@ def tenant_spend_today(client: redis.Redis, prefix: str, tenants: list[str]) -> 
     day, _ = spend_today(client, prefix)
     keys = Keys(prefix)
     vals = client.mget([keys.tenant_spend(day, t) for t in tenants]) if tenants else []
-    return day, {t: int(_s(v or b"0")) / 1_000_000 for t, v in zip(tenants, vals, strict=True)}
+    return day, {t: int(text(v or b"0")) / 1_000_000 for t, v in zip(tenants, vals, strict=True)}
 
 
-def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)

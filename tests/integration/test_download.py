@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import email.utils
 import socket
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +12,7 @@ import respx
 
 from falq.shared.errors import MirrorRejected, StorageTransientError
 from falq.shared.settings import Settings
-from falq.workers.media.download import _retry_after, check_media_url, host_allowed, open_media
+from falq.workers.media.download import check_media_url, host_allowed, open_media
 from tests.support.s3server import MediaServer, make_png, media_server
 
 
@@ -105,14 +103,6 @@ def test_http_allowed_only_for_allowlisted_host_in_private_mode() -> None:
 def test_dns_failure_is_transient(public_dns: dict[str, list[str]]) -> None:
     with pytest.raises(StorageTransientError, match="cannot resolve"):
         check_media_url("https://nowhere.fal.media/x.png", settings())
-
-
-def test_retry_after_parsing() -> None:
-    assert _retry_after("12") == 12.0
-    assert _retry_after(None) is None
-    assert _retry_after("soon") is None
-    later = email.utils.formatdate(time.time() + 30, usegmt=True)
-    assert 25 <= (_retry_after(later) or 0) <= 31
 
 
 @respx.mock

@@ -136,3 +136,19 @@ def test_redirect_to_allowlisted_name_resolving_to_loopback_is_refused(fal_media
     ):
         pass
     assert not local.called
+
+
+def test_retry_after_parsing() -> None:
+    """One Retry-After reader (falq.shared.egress) serves fal's answers and media hosts alike."""
+    import email.utils
+    import time
+
+    from falq.shared.egress import retry_after_s
+
+    assert retry_after_s("12") == 12.0
+    assert retry_after_s(" 3 ") == 3.0
+    assert retry_after_s("-4") == 0.0
+    assert retry_after_s(None) is None
+    assert retry_after_s("soon") is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 <= (retry_after_s(later) or 0) <= 31

@@ -48,7 +48,6 @@ Example::
 
 from __future__ import annotations
 
-import email.utils
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -57,7 +56,15 @@ from dataclasses import dataclass
 import httpx
 
 from falq.shared import deadline
-from falq.shared.egress import IPAddress, OutboundUnresolved, Target, is_public, resolve, send_pinned
+from falq.shared.egress import (
+    IPAddress,
+    OutboundUnresolved,
+    Target,
+    is_public,
+    resolve,
+    retry_after_s,
+    send_pinned,
+)
 from falq.shared.errors import MediaAccessDenied, MirrorRejected, StorageTransientError
 from falq.shared.settings import Settings
 
@@ -288,7 +295,7 @@ def _check_status(response: httpx.Response, host: str) -> None:
     if status in (408, 429) or status >= 500:
         raise StorageTransientError(
             f"media host {host} answered HTTP {status}",
-            retry_after=_retry_after(response.headers.get("retry-after")),
+            retry_after=retry_after_s(response.headers.get("retry-after")),
             reason=_REASON,
         )
     if status in (403, 404):
@@ -305,22 +312,6 @@ def _transport_error(exc: httpx.TransportError, host: str, budget: deadline.Budg
     kind = "timed out" if isinstance(exc, httpx.TimeoutException) else "failed"
     text = f"fetching the image from {host} {kind} ({type(exc).__name__})"
     return StorageTransientError(text, reason=_REASON)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds: either delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 def _split_entry(entry: str) -> tuple[str, int | None]:
