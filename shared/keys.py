@@ -29,8 +29,8 @@ key                             type    what
                                         lease lost its holder without a release
 ``{p}:reach``                   hash    worker (lease owner) -> what it reaches (``{at, cut}``),
                                         :mod:`falq.workers.maintenance.reach`
-``{p}:takeover:lock``           string  one takeover sweep at a time
-``{p}:reaper:lock``             string  one reaper at a time
+``{p}:maintenance:lock``        string  one worker's maintenance pass at a time (its locked cleanups)
+``{p}:maintenance:due:{name}``  string  a slower cleanup ran lately (TTL: its cadence), cluster-wide
 ``{p}:falhook:{request_id}``    string  fal's pushed completion, received by the gateway
 ``{p}:falhook``                 pubsub  wakes the worker waiting for that request
 ``{p}:limits:{kid}``             -       one fal key's limiter (``kid``: short sha256 of the key),
@@ -63,7 +63,6 @@ key                             type    what
 ``{p}:fair:owner``              hash    dispatched job id -> its tenant
 ``{p}:fair:count``              hash    tenant -> its dispatched, not yet terminal jobs
 ``{p}:fair:paused:{tenant}``    string  the tenant is over its own budget (TTL): not dispatched
-``{p}:fair:lock``               string  one dispatch tick / recovery pass at a time
 ``{p}:metrics:counters``        hash    counters (transitions, failures by reason, spend ...)
 ``{p}:metrics:hist:{name}``     hash    a latency histogram
 ``{p}:metrics:minute:{m}``      hash    jobs finished per minute (TTL)
@@ -188,12 +187,11 @@ class Keys:
         return f"{self.prefix}:reach"
 
     @property
-    def takeover_lock(self) -> str:
-        return f"{self.prefix}:takeover:lock"
+    def maintenance_lock(self) -> str:
+        return f"{self.prefix}:maintenance:lock"
 
-    @property
-    def reaper_lock(self) -> str:
-        return f"{self.prefix}:reaper:lock"
+    def maintenance_due(self, name: str) -> str:
+        return f"{self.prefix}:maintenance:due:{name}"
 
     def falhook(self, request_id: str) -> str:
         return f"{self.prefix}:falhook:{request_id}"
@@ -291,10 +289,6 @@ class Keys:
 
     def fair_paused(self, tenant: str) -> str:
         return f"{self.prefix}:fair:paused:{tenant}"
-
-    @property
-    def fair_lock(self) -> str:
-        return f"{self.prefix}:fair:lock"
 
     @property
     def metrics_counters(self) -> str:

@@ -35,12 +35,14 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
 
 from falq.shared.keys import Keys
 from falq.shared.scripts import register
+from falq.workers.loops import every
 
 log = logging.getLogger("falq.lease")
 
@@ -77,6 +79,8 @@ class LeaseKeeper:
         self._claim = register(client, "lease_claim_orphan")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: other renewals that ride on this keeper's loop (the limiter's slots): fn, every (s)
+        self._riders: list[tuple[Callable[[], object], float]] = []
 
     def key(self, job_id: str) -> str:
         return self.keys.lease(job_id)
@@ -146,11 +150,38 @@ class LeaseKeeper:
         return raw.decode() if raw else None
 
     # --- background renewal -------------------------------------------------------------------
+    def ride(self, fn: Callable[[], object], every_s: float) -> None:
+        """Also call ``fn`` from this keeper's loop, at least every ``every_s`` (one renewal loop
+        per process: the loop then runs at the shortest of the cadences). Starts the loop."""
+        with self._lock:
+            if all(f is not fn for f, _ in self._riders):
+                self._riders.append((fn, every_s))
+        self._ensure_running()
+
+    def _period(self) -> float:
+        with self._lock:
+            return min([self.ttl_ms / 3000, *(s for _, s in self._riders)])
+
+    def _round(self) -> None:
+        with self._lock:
+            riders = list(self._riders)
+        try:
+            self.renew_now()
+        finally:  # a rider's renewal never waits for, nor stops, the leases' (nor the other way)
+            for fn, _ in riders:
+                try:
+                    fn()
+                except Exception as exc:
+                    log.warning("renewal failed: %s", type(exc).__name__)
+
     def _ensure_running(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             # Under gevent this is a greenlet (threading is monkey-patched): one per process.
-            self._thread = threading.Thread(target=self._loop, name="falq-lease-keeper", daemon=True)
-            self._thread.start()
+            # Keep trying whatever fails: if Redis is back before the TTL runs out, nobody noticed.
+            # Not only RedisError: a connection torn down mid-read surfaces as ValueError from
+            # redis-py's socket buffer, and a keeper that died would let every lease it holds lapse.
+            self._thread = every("falq-lease-keeper", self._period, self._round, self._stop, logger=log,
+                                 what="lease renewal")
 
     def renew_now(self) -> None:
         with self._lock:
@@ -185,17 +216,6 @@ class LeaseKeeper:
                     self._cancelled.add(j)
                 if not flags[2 * i + 1]:
                     self._deleted.add(j)
-
-    def _loop(self) -> None:
-        interval = self.ttl_ms / 3000
-        while not self._stop.wait(interval):
-            try:
-                self.renew_now()
-            except Exception as exc:
-                # Keep trying: if Redis is back before the TTL runs out, nobody noticed. Not only
-                # RedisError: a connection torn down mid-read surfaces as ValueError from redis-py's
-                # socket buffer, and a keeper thread that died would let every lease it holds lapse.
-                log.warning("lease renewal failed: %s", type(exc).__name__)
 
     def stop(self, timeout_s: float = 2.0) -> None:
         """Stop renewing; waits up to ``timeout_s`` for a renewal in flight to end."""

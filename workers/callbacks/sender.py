@@ -17,7 +17,7 @@ recording it) and must deduplicate on it.
 **Never lost.** The save that makes a job with a ``callback_url`` terminal also enters it in
 the Redis outbox, in the same Lua script (:mod:`falq.shared.callbacks.outbox`), so a worker killed
 right after finishing the job loses nothing. Every worker runs a delivery loop
-(:func:`start_callbacks`, started with the takeover and reaper threads) that claims due
+(:func:`start_callbacks`, a part of the worker's consumer loop, :mod:`falq.workers.consumers`) that claims due
 entries atomically for :data:`LEASE_S` (two workers never deliver the same try; a claim of a
 killed worker lapses and another worker delivers), POSTs them, and on success removes them.
 A failed try is retried with exponential backoff and full jitter (:data:`BASE_S` doubling up
@@ -61,6 +61,8 @@ from falq.shared.jobs.records import TERMINAL, JobRecord
 from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
 from falq.workers.backoff import backoff_delay
+from falq.workers.consumers import Consumers, Part
+from falq.workers.loops import forever
 
 __all__ = ["DELIVERY_ID_HEADER", "Attempt", "CallbackSender", "Target", "post_callback", "post_fal_webhook", "sign",
            "start_callbacks", "targets_of", "verify", "wake"]
@@ -198,6 +200,7 @@ class CallbackSender:
         self._busy = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self.on_wake: Callable[[], object] | None = None  # the consumer loop's wake, when it runs this sender
 
     def presign(self, key: str) -> str:
         if self._presign is None:
@@ -215,6 +218,8 @@ class CallbackSender:
     def wake(self) -> None:
         """Look at the outbox now (a job of this worker just ended)."""
         self._wake.set()
+        if self.on_wake is not None:
+            self.on_wake()
 
     def deliver_due(self, limit: int = 100) -> int:
         """Claim the due entries and deliver them one after another; returns how many were claimed."""
@@ -313,6 +318,10 @@ class CallbackSender:
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
 
+    def tick(self) -> int:
+        """Claim due entries and start their deliveries; returns how many were claimed."""
+        return self._tick()
+
     def _tick(self) -> int:
         with self._lock:
             room = self.inflight - self._busy
@@ -337,12 +346,16 @@ _sender: CallbackSender | None = None
 
 
 def start_callbacks(store: JobStore, settings: Settings, http: httpx.Client,
-                    stop: threading.Event | None = None) -> CallbackSender:
-    """Start this worker's delivery loop (a daemon thread) until ``stop`` (a warm shutdown) is set."""
+                    stop: threading.Event | None = None, *, into: Consumers | None = None) -> CallbackSender:
+    """Run this worker's deliveries: as a part of the consumer loop ``into``, else in a loop of
+    their own (a daemon thread) until ``stop`` (a warm shutdown) is set."""
     global _sender
     sender = CallbackSender(store, settings, http)
-    threading.Thread(target=sender.run, args=(stop or threading.Event(),), name="falq-callbacks",
-                     daemon=True).start()
+    if into is not None:
+        sender.on_wake = into.wake
+        into.add(Part("callback delivery", sender.tick, max_backoff_s=sender.poll_s))
+    else:
+        forever("falq-callbacks", sender.run, stop, logger=log, what="callback loop")
     _sender = sender
     return sender
 

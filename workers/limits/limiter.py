@@ -50,11 +50,13 @@ from falq.shared.jobs.records import JobRecord
 from falq.shared.limits.store import Limiter, micro
 from falq.shared.spend.batch_cap import PAUSED_REASON, BatchCaps
 from falq.workers.limits.admission import Admission
+from falq.workers.loops import every
 from falq.workers.maintenance.dispatcher import room_freed
 from falq.workers.steps.step import Stop
 
 if TYPE_CHECKING:
     from falq.workers.context import WorkerContext
+    from falq.workers.lease import LeaseKeeper
 
 log = logging.getLogger("falq.limits")
 
@@ -65,11 +67,14 @@ class SlotKeeper:
     Parameters:
         limiter: the key's limiter.
         owner: this process' lease owner prefix (``host:pid``), see :class:`LeaseKeeper`.
+        leases: the process' lease keeper, whose loop then renews the slots too (one renewal
+            loop per worker); without it the slots get a loop of their own.
     """
 
-    def __init__(self, limiter: Limiter, owner: str) -> None:
+    def __init__(self, limiter: Limiter, owner: str, leases: LeaseKeeper | None = None) -> None:
         self.limiter = limiter
         self.owner = owner
+        self.leases = leases
         self._tracked: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -78,9 +83,11 @@ class SlotKeeper:
     def track(self, job_id: str) -> None:
         with self._lock:
             self._tracked.add(job_id)
-        if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._loop, name="falq-slot-keeper", daemon=True)
-            self._thread.start()
+        if self.leases is not None:
+            self.leases.ride(self.renew_now, self.limiter.lease_ms / 3000)
+        elif self._thread is None or not self._thread.is_alive():
+            self._thread = every("falq-slot-keeper", self.limiter.lease_ms / 3000, self.renew_now, self._stop,
+                                 logger=log, what="slot renewal")
 
     def untrack(self, job_id: str) -> None:
         with self._lock:
@@ -92,7 +99,7 @@ class SlotKeeper:
 
     def renew_now(self) -> None:
         ids = sorted(self.tracked())
-        if not ids:
+        if not ids or self._stop.is_set():
             return
         chunks = [ids[i:i + 500] for i in range(0, len(ids), 500)]
         pipe = self.limiter.r.pipeline(transaction=False)
@@ -102,14 +109,6 @@ class SlotKeeper:
                 for j, ok in zip(chunk, res, strict=True) if not ok]
         with self._lock:
             self._tracked.difference_update(gone)
-
-    def _loop(self) -> None:
-        interval = self.limiter.lease_ms / 3000
-        while not self._stop.wait(interval):
-            try:
-                self.renew_now()
-            except redis.RedisError as exc:
-                log.warning("slot renewal failed: %s", type(exc).__name__)
 
     def stop(self) -> None:
         self._stop.set()
@@ -127,7 +126,7 @@ class LimitsAdmission(Admission):
         self.ctx = ctx
         self.limiter = Limiter(ctx.redis, ctx.settings)
         self.fair = FairShare(ctx.redis, ctx.settings)
-        self.keeper = SlotKeeper(self.limiter, ctx.leases.owner)
+        self.keeper = SlotKeeper(self.limiter, ctx.leases.owner, ctx.leases)
         self.caps = BatchCaps(ctx.redis, prefix=ctx.settings.key_prefix)
         self._budget_logged = ""
         #: job id -> (Redis ms of its send confirmation, local time the confirm was asked)

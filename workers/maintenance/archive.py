@@ -2,8 +2,8 @@
 
 **Never lost.** The save that makes a job terminal also adds its id to the Redis stream
 ``{p}:archive`` in the same Lua script, and keeps the record from expiring
-(:mod:`falq.shared.jobs.store`). Every worker process runs one archiver (a thread, a greenlet
-under gevent; :func:`start_archiver`, started with the callback and reaper loops) reading
+(:mod:`falq.shared.jobs.store`). Every worker process runs one archiver (:func:`start_archiver`,
+a part of the worker's consumer loop, :mod:`falq.workers.consumers`) reading
 the stream through the consumer group ``archivers``:
 
 1. ``XREADGROUP`` a batch (first this consumer's own pending entries, then new ones);
@@ -56,6 +56,8 @@ from falq.shared.settings import Settings
 from falq.shared.storage.s3 import Storage
 from falq.shared.tenants.store import DEFAULT_TENANT, TenantStore, s3_prefix_of
 from falq.workers.backoff import backoff_delay
+from falq.workers.consumers import Consumers, Part
+from falq.workers.loops import forever
 
 __all__ = ["GROUP", "Archiver", "check_catalogue", "start_archiver"]
 
@@ -386,13 +388,17 @@ def check_catalogue(settings: Settings) -> str | None:
 
 
 def start_archiver(store: JobStore, settings: Settings, storage: Storage | None,
-                   stop: threading.Event | None = None) -> Archiver:
-    """Start this worker's archiver (a daemon thread) until ``stop`` is set."""
+                   stop: threading.Event | None = None, *, into: Consumers | None = None) -> Archiver:
+    """Run this worker's archiver: as a part of the consumer loop ``into`` (about once a
+    second, reads without blocking), else in a loop of its own until ``stop`` is set."""
     archiver = Archiver(store, settings, storage)
     try:  # said at start; the loop re-checks (a reset claim, a database that was down)
         archiver.shares_history(force=True)
     except Exception as exc:
         log.warning("cannot check the shared history yet: %s", _describe(exc))
-    threading.Thread(target=archiver.run, args=(stop or threading.Event(),), name="falq-archiver",
-                     daemon=True).start()
+    if into is not None:
+        # tick() reads nothing while this catalogue is not the shared history (re-checked by it).
+        into.add(Part("archiving", archiver.tick, every_s=1.0, max_backoff_s=MAX_BACKOFF_S))
+    else:
+        forever("falq-archiver", archiver.run, stop, logger=log, what="archiver")
     return archiver

@@ -29,6 +29,8 @@ from falq.shared.fairshare.scheduler import FairShare
 from falq.shared.jobs.records import JobRecord
 from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
+from falq.workers.consumers import Consumers, Part
+from falq.workers.loops import forever
 
 log = logging.getLogger("falq.chains")
 #: How long one read of the stream blocks when it is empty.
@@ -95,7 +97,7 @@ class ChainLoop:
                                             count=COUNT)
                 handled += self._handle(claimed[1] if len(claimed) > 1 else [])
             got = self.r.xreadgroup(GROUP, self.consumer, {self.keys.chain_done: ">"}, count=COUNT,
-                                    block=block_ms)
+                                    block=block_ms or None)  # BLOCK 0 would wait for ever
         except redis.ResponseError as exc:
             if "NOGROUP" in str(exc):  # Redis restarted without the stream: create it again
                 self._group_ready = False
@@ -173,12 +175,19 @@ def _summary(outcomes: dict[str, str]) -> str:
 
 
 def start_chains(store: JobStore, settings: Settings, app: Celery,
-                 stop: threading.Event | None = None) -> ChainLoop:
-    """Start this worker's chain loop (a daemon thread) until ``stop`` (a warm shutdown) is set."""
+                 stop: threading.Event | None = None, *, into: Consumers | None = None) -> ChainLoop:
+    """Run this worker's chain:done consumer: as a part of the consumer loop ``into`` (reads
+    without blocking), else in a loop of its own (a daemon thread) until ``stop`` is set."""
     fair = FairShare(store.r, settings)
     loop = ChainLoop(store, settings, make_runnable(app, settings, store, dispatch=False),
                      after_round=(lambda: fair.try_dispatch(app)) if fair.enabled else None)
-    threading.Thread(target=loop.run, args=(stop or threading.Event(),), name="falq-chains", daemon=True).start()
+    if into is not None:
+        def lost_group() -> None:  # Redis may have restarted without the stream: create it again
+            loop._group_ready = False
+
+        into.add(Part("chain pass", lambda: loop.tick(block_ms=0), on_error=lost_group, max_backoff_s=1.0))
+    else:
+        forever("falq-chains", loop.run, stop, logger=log, what="chain loop")
     return loop
 
 

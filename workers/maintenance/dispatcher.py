@@ -1,21 +1,19 @@
 """The worker side of fair dispatch (:mod:`falq.shared.fairshare.scheduler`): ticks and recovery.
 
-Every worker process runs a thread that, every ``FALQ_FAIR_TICK_S`` (jittered), dispatches
-(:meth:`FairShare.try_dispatch`) and, one process at a time, publishes dispatched jobs whose
-dispatcher died before publishing (:meth:`FairShare.recover_dispatched`). :func:`room_freed`
+Every worker process's maintenance pass (:mod:`falq.workers.maintenance.housekeeping`, about
+every ``FALQ_FAIR_TICK_S``) dispatches (:func:`dispatch_tick`) and, one process at a time,
+publishes dispatched jobs whose dispatcher died before publishing (:func:`recover_tick`). :func:`room_freed`
 dispatches the moment room frees (a release, an admission, a park). See
 docs/internals/fair-dispatch.md.
 
 Example::
 
-    start_dispatcher(app, ctx)     # what the worker_ready signal does
+    dispatch_tick(app, ctx)        # what every worker's maintenance pass does
 """
 
 from __future__ import annotations
 
 import logging
-import random
-import threading
 from typing import TYPE_CHECKING
 
 from celery import Celery
@@ -50,26 +48,14 @@ def room_freed(ctx: WorkerContext) -> None:
         fair_for(ctx).try_dispatch(_app[0])
 
 
-def tick_once(app: Celery, ctx: WorkerContext) -> None:
-    """One tick: dispatch; and, if this process wins the lock, the recovery pass."""
+def dispatch_tick(app: Celery, ctx: WorkerContext) -> None:
+    """This worker's dispatch tick (every worker, every maintenance pass)."""
+    fair_for(ctx).try_dispatch(app)
+
+
+def recover_tick(app: Celery, ctx: WorkerContext) -> None:
+    """Fair dispatch's part of the maintenance pass (one worker at a time): publish
+    dispatched-unpublished jobs and drop stale ``{p}:inflight`` entries, then dispatch."""
     fair = fair_for(ctx)
-    fair.try_dispatch(app)
-    lock_ms = max(500, int(ctx.settings.fair_tick_s * 900))
-    if ctx.redis.set(fair.keys.fair_lock, b"1", nx=True, px=lock_ms) and fair.recover_dispatched(app):
+    if fair.recover_dispatched(app):
         fair.try_dispatch(app)
-
-
-def start_dispatcher(app: Celery, ctx: WorkerContext) -> threading.Thread:
-    """Run :func:`tick_once` every ``FALQ_FAIR_TICK_S`` (jittered) until the worker shuts down."""
-    interval = float(ctx.settings.fair_tick_s)
-
-    def loop() -> None:
-        while not ctx.shutting_down.wait(interval * random.uniform(0.8, 1.2)):
-            try:
-                tick_once(app, ctx)
-            except Exception as exc:  # Redis may be restarting; try next tick
-                log.warning("dispatch tick failed: %s", type(exc).__name__)
-
-    thread = threading.Thread(target=loop, name="falq-fair-dispatch", daemon=True)
-    thread.start()
-    return thread

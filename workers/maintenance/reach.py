@@ -29,6 +29,7 @@ import redis
 
 from falq.shared.keys import Keys
 from falq.shared.settings import Settings
+from falq.workers.loops import every
 
 log = logging.getLogger("falq.reach")
 
@@ -104,14 +105,7 @@ class Reach:
             self.r.hset(self.key, self.owner, json.dumps({"at": time.time(), "cut": cut}))
 
     def start(self) -> Reach:
-        def loop() -> None:
-            while not self._stop.wait(INTERVAL_S):
-                try:
-                    self.probe_once()
-                except Exception as exc:  # never let the probe die
-                    log.warning("reach probe failed: %s", type(exc).__name__)
-
-        threading.Thread(target=loop, name="falq-reach", daemon=True).start()
+        every("falq-reach", INTERVAL_S, self.probe_once, self._stop, logger=log, what="reach probe")
         return self
 
     def stop(self) -> None:

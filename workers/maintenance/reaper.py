@@ -17,7 +17,6 @@ docs/internals/recovery.md.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import redis
@@ -120,47 +119,3 @@ def prune_expired(store: JobStore, settings: Settings, *, batch: int = 1000) -> 
             r.zrem(key, *gone)
             pruned += len(gone)
     return pruned + store.tenant_index_upkeep(old, batch=batch)  # the {p}:created:t:* indexes
-
-
-def start_takeover(app: Celery, store: JobStore, settings: Settings, leases: LeaseKeeper) -> threading.Thread:
-    """Run :func:`takeover_once` about every second (a quarter TTL when that is shorter), one
-    worker at a time.
-
-    A pass reads only leases past their end (:meth:`LeaseKeeper.orphans`), so it costs one
-    ``ZRANGEBYSCORE`` when nothing died; frequent passes make a takeover follow a lease's end
-    within about a second instead of up to half a TTL later.
-    """
-    interval = max(0.2, min(1.0, settings.lease_ttl_s / 4))
-
-    def loop() -> None:
-        stop = threading.Event()
-        while not stop.wait(interval):
-            try:
-                if store.r.set(store.keys.takeover_lock, b"1", nx=True, px=max(500, int(interval * 900))):
-                    takeover_once(app, store, settings, leases)
-            except Exception as exc:  # Redis may be restarting; try next round
-                log.warning("takeover pass failed: %s", type(exc).__name__)
-
-    thread = threading.Thread(target=loop, name="falq-takeover", daemon=True)
-    thread.start()
-    return thread
-
-
-def start_reaper(app: Celery, store: JobStore, settings: Settings) -> threading.Thread:
-    """Run :func:`reap_once` about every third of the visibility timeout, one worker at a time."""
-    interval = max(2.0, settings.visibility_timeout_s / 3)
-
-    def loop() -> None:
-        stop = threading.Event()
-        lock_key = Keys(settings.key_prefix).reaper_lock
-        while not stop.wait(interval):
-            try:
-                if store.r.set(lock_key, b"1", nx=True, ex=max(1, int(interval))):
-                    reap_once(app, store, settings)
-                    prune_expired(store, settings)
-            except Exception as exc:  # Redis may be restarting; try next round
-                log.warning("reaper pass failed: %s", type(exc).__name__)
-
-    thread = threading.Thread(target=loop, name="falq-reaper", daemon=True)
-    thread.start()
-    return thread

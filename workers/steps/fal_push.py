@@ -23,6 +23,7 @@ from typing import Any
 import redis
 
 from falq.shared.keys import Keys
+from falq.workers.loops import forever
 
 log = logging.getLogger("falq.falhooks")
 
@@ -74,21 +75,17 @@ class FalHookWaiter:
 
     def _ensure_listener(self) -> None:
         if self._listener is None or not self._listener.is_alive():
-            self._listener = threading.Thread(target=self._listen, name="falq-falhooks", daemon=True)
-            self._listener.start()
+            # Redis restarting: the listener subscribes again a second later; the per-second
+            # reads of the recorded completion cover the gap.
+            self._listener = forever("falq-falhooks", self._listen, logger=log, what="fal webhook listener")
 
-    def _listen(self) -> None:
-        while True:
-            try:
-                pubsub = self.r.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.keys.falhook_channel)
-                for message in pubsub.listen():
-                    request_id = message.get("data")
-                    if isinstance(request_id, bytes):
-                        with self._lock:
-                            event = self._events.get(request_id.decode(errors="replace"))
-                        if event is not None:
-                            event.set()
-            except redis.RedisError as exc:  # Redis restarting: the per-second reads cover the gap
-                log.warning("fal webhook listener reconnecting after %s", type(exc).__name__)
-                threading.Event().wait(1.0)
+    def _listen(self, _stop: threading.Event) -> None:
+        pubsub = self.r.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.keys.falhook_channel)
+        for message in pubsub.listen():
+            request_id = message.get("data")
+            if isinstance(request_id, bytes):
+                with self._lock:
+                    event = self._events.get(request_id.decode(errors="replace"))
+                if event is not None:
+                    event.set()
