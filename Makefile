@@ -60,7 +60,7 @@ system: install redis-server prometheus
 
 ## make test: lint, type-check and run the whole default suite, every tier (starts its own servers).
 test: install redis-server prometheus lint typecheck contracts docs
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile --durations=25
 
 # The Redis scripts (shared/lua/*.lua, settings in .luacheckrc) are linted by luacheck (Debian:
 # `apt-get install lua-check`); tests/integration/test_redis_scripts.py also loads each into a real Redis.

@@ -18,7 +18,8 @@
 -- ARGV: expected version, new version, state, doc (record JSON), now, id, ttl (0: no TTL),
 --       callback ('1': a terminal state with a callback), lease token, billed micro-dollars,
 --       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here)
--- Returns 1 saved, 0 version conflict, -1 record gone, -2 the lease is no longer the caller's.
+-- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
+-- gone, -2 the lease is no longer the caller's.
 local job_key, idem_key, outbox_key, failed_key, lease_key, archive_key, batch_key, children_key,
       chain_done_key, state_key, inflight_key, unadmitted_key, owner_key, count_key = unpack(KEYS)
 local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl = unpack(ARGV)
@@ -26,7 +27,14 @@ ttl = tonumber(ttl)
 
 local cur = redis.call('HMGET', job_key, 'version', 'state')
 if not cur[1] then return -1 end
-if cur[1] ~= expected then return 0 end
+if cur[1] ~= expected then
+  -- This very save sent again: redis-py re-sends a command whose reply a dropped connection
+  -- lost (a Redis restart, a failover). The record already is what the caller writes, so
+  -- it succeeded; answering "conflict" would make the caller apply its change twice (an
+  -- attempt counted, or given back, twice).
+  if cur[1] == new_version and redis.call('HGET', job_key, 'doc') == doc then return 1 end
+  return 0
+end
 -- Fencing: a worker step saves only while it still holds the job's lease.
 if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
 local old = cur[2]

@@ -261,7 +261,8 @@ def _audit(report: Report, stack: DevStack, falq: Any, storage: Any, job_ids: li
         report.submissions += n
         if n > rec.attempts:
             report.over_attempts += 1
-            report.failures.append(f"{job_id}: {n} submissions > {rec.attempts} attempts")
+            report.failures.append(f"{job_id}: {n} submissions > {rec.attempts} attempts "
+                                   f"(errors {[(e.type, e.message[:80]) for e in rec.errors]})")
         if n > 1:
             report.multi_submission_jobs += 1
         justified = 1 + sum(1 for e in rec.errors if e.type in ("fal_request_failed_transient", "submit_interrupted"))

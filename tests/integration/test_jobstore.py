@@ -231,3 +231,91 @@ def test_restore_takes_only_a_finished_job(store: JobStore, r: redis.Redis) -> N
     assert 0 < r.ttl(store.job_key(done.id)) <= 60
     store.update(done.id, lambda x: x.start_over("queued"))  # the retry: the record is live again
     assert r.ttl(store.job_key(done.id)) == -1
+
+
+# --- a save whose reply was lost -------------------------------------------------------------
+
+
+class _ReplyDropper:
+    """A TCP proxy to Redis that, once armed, closes the connection instead of passing on the
+    reply to the next command naming ``marker``: the command ran, its answer never arrived
+    (what a Redis restart or failover does to a client mid-call)."""
+
+    def __init__(self, upstream: str, marker: bytes) -> None:
+        import socket
+
+        host, port = upstream.rsplit("//", 1)[1].split("/")[0].split(":")
+        self.upstream = (host, int(port))
+        self.marker = marker
+        self.armed = False
+        self.dropped = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, client: object, server: object) -> None:
+        import socket
+
+        assert isinstance(client, socket.socket) and isinstance(server, socket.socket)
+        try:
+            while True:
+                data = client.recv(1 << 16)
+                if not data:
+                    return
+                drop = self.armed and self.marker in data
+                server.sendall(data)
+                reply = server.recv(1 << 16)  # redis-py sends one command and reads its reply
+                if drop:
+                    self.armed = False
+                    self.dropped += 1
+                    return
+                client.sendall(reply)
+        except OSError:
+            return
+        finally:
+            client.close()
+            server.close()
+
+
+@pytest.mark.timeout(20)
+def test_a_save_resent_after_its_reply_was_lost_is_not_a_conflict(redis_server: str) -> None:
+    """redis-py re-sends a command whose connection dropped before the reply; a save the
+    server already applied must answer "saved", or the caller's change is applied twice
+    (the chaos run's "1 submission > 0 attempts": an attempt given back twice)."""
+    client = redis.Redis.from_url(redis_server)
+    client.flushall()
+    store = JobStore(client, prefix=PREFIX, ttl_s=TTL_S)
+    rec, _ = store.create(_rec())
+    proxy = _ReplyDropper(redis_server, marker=b"EVALSHA")
+    via_proxy = redis.Redis(host="127.0.0.1", port=proxy.port, retry_on_error=[redis.ConnectionError],
+                            retry=redis.retry.Retry(redis.backoff.NoBackoff(), retries=3))
+    flaky = JobStore(via_proxy, prefix=PREFIX, ttl_s=TTL_S)
+    warm, _ = store.create(_rec("loads the save script into Redis"))
+    flaky.save(warm)  # EVALSHA answered NOSCRIPT, SCRIPT LOAD, EVALSHA: the script is in
+    rec = flaky.get(rec.id)
+    rec.attempts += 1
+    proxy.armed = True
+    flaky.save(rec)  # the first EVALSHA runs, its reply is dropped, redis-py sends it again
+    assert proxy.dropped == 1
+    saved = store.get(rec.id)
+    assert saved.attempts == 1 and saved.version == rec.version == 2
+    # A real concurrent change is still a conflict.
+    other = store.get(rec.id)
+    other.attempts += 5
+    store.save(other)
+    rec.attempts += 1
+    with pytest.raises(Conflict):
+        flaky.save(rec)
+    via_proxy.close()
+    client.close()

@@ -164,7 +164,7 @@ def test_retries_by_reason_after_emulator_faults(clean_stack: DevStack, falq: An
     assert "fal_transient" in retries or "fal_rate_limited" in retries
     waits = snap.labelled("waits")
     assert waits[("retry",)] >= 1 and snap.labelled("wait_s")[("retry",)] > 0
-    assert snap.finished_in(15) == 15 and snap.jobs_per_minute(1) > 0
+    assert snap.finished_in(5) == 15 and snap.jobs_per_minute(1) > 0
     # Failures are counted by reason too (none here), and spend counts every billed attempt.
     assert not snap.labelled("failure")
 
@@ -178,7 +178,9 @@ def test_failed_jobs_are_counted_by_reason(clean_stack: DevStack, falq: Any) -> 
     settings = clean_stack.settings()
     snap = read_snapshot(redis.Redis.from_url(settings.redis_url), settings)
     assert snap.labelled("failure") == {("fal_auth",): 1}
-    assert snap.finished_in(1, "failed") == 1
+    # A five-minute window: the job ended seconds ago, so it is inside the window's whole
+    # minutes even when the snapshot is taken just after a clock minute turned.
+    assert snap.finished_in(5, "failed") == 1
 
 
 @pytest.mark.timeout(30)
