@@ -47,10 +47,10 @@ from falq.gateway.fal.views import FAL_STATUS, failure, result_body, validation_
 from falq.gateway.fal.webhook_sender import check_webhook_url
 from falq.gateway.rest.limits import admin
 from falq.gateway.rest.search import parse_query, search
-from falq.producers.admin import validate_since
 from falq.producers.client import JobRequest
 from falq.shared.errors import InvalidInput
 from falq.shared.jobs.records import JobRecord
+from falq.shared.since import validate_since
 
 MAX_BULK = 10_000
 

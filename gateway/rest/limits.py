@@ -35,17 +35,17 @@ from starlette.responses import Response
 
 from falq.gateway.auth import require
 from falq.gateway.core import Gateway, blocking, json_response, read_json
-from falq.producers.admin import (
+from falq.producers.admin import Admin
+from falq.shared.errors import FieldError, InvalidInput, TenantNotFound
+from falq.shared.limits.fields import (
     MAX_BUDGET_USD,
     MAX_BURST,
     MAX_ENDPOINT_CAP,
     MAX_OUTSTANDING,
-    Admin,
     budget_request,
     limits_request,
-    tenant_request,
 )
-from falq.shared.errors import FieldError, InvalidInput, TenantNotFound
+from falq.shared.tenants.fields import tenant_request
 from falq.shared.tenants.store import MAX_WEIGHT
 
 
@@ -54,7 +54,7 @@ class LimitsIn(BaseModel):
     ``null`` in the per-endpoint map removes a cap.
 
     The OpenAPI document's picture of the body; the body itself is checked by
-    :func:`falq.producers.admin.limits_request` (same bounds).
+    :func:`falq.shared.limits.fields.limits_request` (same bounds).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,7 +70,7 @@ class LimitsIn(BaseModel):
 
 class BudgetIn(BaseModel):
     """Body of ``PUT /v1/budget``: dollars per UTC day, or ``null`` for no budget (checked by
-    :func:`falq.producers.admin.budget_request`)."""
+    :func:`falq.shared.limits.fields.budget_request`)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -124,7 +124,7 @@ class TenantIn(BaseModel):
     """Body of ``POST /v1/tenants`` (``PATCH`` takes the same fields but ``name``, all optional).
 
     The OpenAPI document's picture; the body is checked by
-    :func:`falq.producers.admin.validate_tenant_fields` (same rules as ``falq tenants``).
+    :func:`falq.shared.tenants.fields.validate_tenant_fields` (same rules as ``falq tenants``).
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -7,8 +7,8 @@ always exists, so a deployment that never names a tenant behaves exactly as befo
 
 Tenants live in Redis (``{p}:tenants``, a hash name -> JSON), so ``falq tenants set`` takes
 effect on every worker and gateway at once, with no restart. Every value is checked by
-:func:`falq.producers.admin.validate_tenant` (one :class:`~falq.shared.errors.FieldError` per
-broken rule); the admin service (:mod:`falq.producers.admin`) is the only writer.
+:func:`falq.shared.tenants.fields.validate_tenant_fields` (one :class:`~falq.shared.errors.FieldError`
+per broken rule); the admin service (:mod:`falq.producers.admin.tenants`) is the only writer.
 
 Gateway API keys (:class:`ApiKeyStore`) belong to a tenant and carry scopes (:data:`SCOPES`).
 A key is a random 256-bit token shown once; Redis keeps only its sha256 (``{p}:apikey:{sha256}``).

@@ -21,30 +21,29 @@ import pytest
 import redis
 
 from falq.producers import Falq
-from falq.producers.admin import (
+from falq.producers.admin import Admin
+from falq.producers.admin.base import LIMIT_RULE
+from falq.producers.admin.jobs import STATE_RULE
+from falq.shared.errors import InvalidInput, JobNotFound, PermanentError
+from falq.shared.fal.endpoints import ENDPOINTS
+from falq.shared.jobs.records import JobRecord
+from falq.shared.limits.fields import (
     BUDGET_RULE,
     BURST_RULE,
     CAP_RULE,
     CAP_TEXT_RULE,
     CAPS_RULE,
     FLAG_RULE,
-    LIMIT_RULE,
     NOTHING_RULE,
-    OBJECT_RULE,
     OUTSTANDING_RULE,
     RATE_RULE,
-    REQUIRED_RULE,
-    SINCE_RULE,
-    STATE_RULE,
-    Admin,
     budget_request,
     limits_request,
 )
-from falq.shared.errors import InvalidInput, JobNotFound, PermanentError
-from falq.shared.fal.endpoints import ENDPOINTS
-from falq.shared.jobs.records import JobRecord
 from falq.shared.limits.store import Limiter, read_config, write_config
 from falq.shared.settings import Settings, get_settings, reset_settings
+from falq.shared.since import SINCE_RULE
+from falq.shared.validation import OBJECT_RULE, REQUIRED_RULE
 
 SECRET = "fal-admin-secret-key-0123456789"
 EDIT = "fal-ai/qwen-image-2/edit"

@@ -20,21 +20,19 @@ import pytest
 import redis
 
 from falq.producers import Falq
-from falq.producers.admin import (
-    DEFAULT_RULE,
-    ENDPOINTS_RULE,
-    MAX_TENANTS_RULE,
-    S3_PREFIX_RULE,
-    SCOPES_RULE,
-    TENANT_CAP_RULE,
-    TENANT_EXISTS_RULE,
-    TENANT_PRIORITY_RULE,
-    WEIGHT_RULE,
-    Admin,
-)
+from falq.producers.admin import Admin
+from falq.producers.admin.tenants import DEFAULT_RULE, MAX_TENANTS_RULE, TENANT_EXISTS_RULE
 from falq.shared.errors import InvalidInput, PermanentError, TenantNotFound
 from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import Settings, get_settings, reset_settings
+from falq.shared.tenants.fields import (
+    ENDPOINTS_RULE,
+    S3_PREFIX_RULE,
+    SCOPES_RULE,
+    TENANT_CAP_RULE,
+    TENANT_PRIORITY_RULE,
+    WEIGHT_RULE,
+)
 from falq.shared.tenants.store import NAME_RULE, ApiKeyStore, TenantStore, hash_key, s3_prefix_of
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
@@ -149,7 +147,7 @@ def test_add_set_list_remove_and_limits(env: Env, monkeypatch: pytest.MonkeyPatc
         env.admin.tenant_remove("default")
     assert exc.value.errors[0].message == DEFAULT_RULE
     env.admin.tenant_set("default", weight=3)  # default can be tuned, never removed
-    monkeypatch.setattr("falq.producers.admin.MAX_TENANTS", 2)
+    monkeypatch.setattr("falq.producers.admin.tenants.MAX_TENANTS", 2)
     with pytest.raises(InvalidInput) as exc:
         env.admin.tenant_add("third")
     assert exc.value.errors[0].message == MAX_TENANTS_RULE
