@@ -46,7 +46,7 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 
 def _signed_in(base: str) -> httpx.Client:
-    c = httpx.Client(base_url=base, timeout=10, headers={"x-forwarded-proto": "https"})
+    c = httpx.Client(base_url=base, timeout=10)  # plain http: cookies without Secure
     form = c.get("/ui/login")
     token = re.search(r'name="csrf" value="([^"]+)"', form.text)
     assert token is not None, form.text[:300]
@@ -86,14 +86,15 @@ def test_the_output_of_a_cancel_fal_finished_is_served_live_and_archived(
     # Cancelled before any worker ran it: no request at fal, nothing kept.
     plain = falq.generate("never sent to fal", seed=1)
     falq.cancel(plain.id)
-    clean_stack.emu.configure(latency="fixed:6", cancel_ignored_share=1.0, tiny_images=True)
+    clean_stack.emu.configure(latency="fixed:10", cancel_ignored_share=1.0, tiny_images=True)
     clean_stack.start_worker(concurrency=4, env=DEFAULTS)
     job = falq.generate("cancelled too late", seed=3, metadata={"case": "kept"})
     wait_for(lambda: job.status() == "in_progress", 30, what="in progress")
     job.cancel()
+    wait_for(lambda: _fal_request(clean_stack, job.record().request_id)["cancelled"], 12, what="the cancel at fal")
     rec = job.wait(60)
     assert rec.state == "cancelled" and rec.fal_outcome == "finished" and rec.outputs, (rec.state, rec.errors)
-    assert _fal_request(clean_stack, rec.request_id)["cancel_ignored"]
+    assert _fal_request(clean_stack, rec.request_id)["cancel_ignored"]  # it reached fal, which finished it
     assert rec.cost_billed is not None and rec.cost_billed > 0
 
     # The producer API: the images, marked as the kept output of a cancel.
