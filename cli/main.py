@@ -354,7 +354,7 @@ def _finish(falq: Falq, job_id: str, timeout: float | None, out: str | None, as_
     except JobTimeout as exc:
         return fail(as_json, "timeout", str(exc), 4, job=handle.record().public())
     saved: list[Path] = []
-    if out and rec.state == "completed":
+    if out and rec.has_result:  # a cancelled job's images fal made anyway are saved too (billed, kept)
         from falq.shared.storage.s3 import Storage
 
         saved = save_outputs(rec, out, Storage(falq.settings))

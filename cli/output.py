@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from falq.shared.errors import CatalogueUnavailable, FalqError, FieldError, InvalidInput, JobNotFound, JobTimeout
-from falq.shared.jobs.records import TERMINAL, JobRecord
+from falq.shared.jobs.records import FAL_OUTCOME_NOTES, TERMINAL, JobRecord
 
 if TYPE_CHECKING:
     from falq.producers.client import Falq
@@ -196,18 +196,17 @@ def record_view(rec: JobRecord, *, elapsed: float | None = None, logs: int = 5) 
     return grid
 
 
-#: What ``falq status`` says about how fal ended a request falq asked it to cancel.
-FAL_OUTCOME_NOTES = {
-    "finished": "fal finished it despite the cancel: billed, output kept and mirrored (`falq retry` completes it "
-                "from that output, without paying again)",
-    "stopped": "fal stopped it after the cancel: not billed",
-    "removed": "fal removed it from its queue before it ran: not billed",
-    "unknown": "fal never said how it ended after the cancel: whether it was billed is unknown",
-}
-
 _STATE_STYLE = {"completed": "green", "failed": "red", "cancelled": "yellow", "in_progress": "cyan",
                 "in_queue": "blue", "mirroring": "magenta",
                 "waiting": "dim"}
+
+
+def state_label(rec: JobRecord) -> str:
+    """The state as listings show it: a cancelled job also says how fal ended its request
+    (``cancelled (fal finished)``: billed, its images kept), live or archived alike."""
+    if rec.fal_outcome is not None and rec.state != "completed":
+        return f"{rec.state} (fal {rec.fal_outcome})"
+    return rec.state
 
 
 def jobs_table(recs: list[JobRecord]) -> Table:
@@ -220,7 +219,8 @@ def jobs_table(recs: list[JobRecord]) -> Table:
     table.add_column("prompt", overflow="ellipsis", no_wrap=True)
     now = time.time()
     for r in recs:
-        table.add_row(r.id, Text(r.state, style=_STATE_STYLE.get(r.state, "")), short_endpoint(r.endpoint), r.lane,
+        table.add_row(r.id, Text(state_label(r), style=_STATE_STYLE.get(r.state, "")), short_endpoint(r.endpoint),
+                      r.lane,
                       *((r.tenant,) if tenants else ()), age(r.created_at, now), prompt_of(r, 40))
     return table
 

@@ -555,14 +555,28 @@ class JobHandle:
             delay = min(2.0, delay * 1.3)
 
     def result(self, *, expires_s: int | None = None) -> list[dict[str, Any]]:
-        """The outputs with their S3 locations and presigned GET URLs."""
+        """The outputs with their S3 locations and presigned GET URLs.
+
+        A job has a result once it completed, or when it was cancelled but fal finished its
+        request anyway (billed, its images mirrored and kept: ``JobRecord.kept_after_cancel``).
+        Each image says which: ``job_state`` (``completed`` or ``cancelled``) and ``fal_outcome``
+        (``finished`` for the kept output of a cancel). Any other job raises :class:`JobNotFound`.
+
+        Example::
+
+            images = job.result()
+            if images and images[0]["job_state"] == "cancelled":
+                ...  # fal made (and billed) them after the cancel
+        """
         from falq.shared.storage.s3 import Storage
 
         rec = self.record()
-        if rec.state != "completed":
+        if not rec.has_result:
             raise JobNotFound(f"job {self.id} has no result: it is {rec.state}")
         storage = Storage(self.client.settings)
-        return [{**img.model_dump(), "presigned_url": storage.presign(img.key, expires_s)} for img in rec.outputs]
+        return [{**img.model_dump(), "presigned_url": storage.presign(img.key, expires_s),
+                 "job_state": rec.state, "fal_outcome": rec.fal_outcome}
+                for img in sorted(rec.outputs, key=lambda i: i.index)]
 
     def cancel(self) -> JobRecord:
         return self.client.cancel(self.id)

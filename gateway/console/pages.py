@@ -64,7 +64,7 @@ from falq.gateway.core import Gateway, blocking, visible_job
 from falq.producers.admin import Admin
 from falq.shared.errors import InvalidInput, JobNotFound, ObjectMissing, StorageError, StorageTransientError
 from falq.shared.fal.endpoints import ENDPOINTS
-from falq.shared.jobs.records import STATES, JobRecord
+from falq.shared.jobs.records import FAL_OUTCOME_NOTES, STATES, JobRecord
 from falq.shared.tenants.store import ApiKeyStore
 
 HERE = Path(__file__).parent
@@ -435,6 +435,7 @@ async def job_page(request: Request) -> Response:
                     logs=list(zip(rec.log_at if len(rec.log_at) == len(rec.logs) else [0.0] * len(rec.logs),
                                   rec.logs, strict=True)),
                     images=sorted(rec.outputs, key=lambda i: i.index),
+                    fal_note=FAL_OUTCOME_NOTES.get(rec.fal_outcome or ""),
                     can_act=_principal(request).can("submit"))
 
 

@@ -250,6 +250,9 @@ def _reload(gw: Gateway, rec: JobRecord) -> JobRecord | None:
 
 
 async def result(gw: Gateway, rec: JobRecord) -> Response:
+    """fal's result answer: the images of a job with a result (a cancelled job fal finished
+    anyway too: 200 as live fal answers it, :func:`falq.shared.fal.shapes.failure`), else fal's
+    error answer."""
     if not rec.terminal:
         return json_response(400, {"detail": "Request is still in progress"}, rec.id)
     fail = failure(rec)

@@ -9,11 +9,13 @@ queued, submitting, in_queue              ``IN_QUEUE``    ``queue_position``
 in_progress, mirroring                    ``IN_PROGRESS`` ``logs`` (the record's logs tail)
 completed                                 ``COMPLETED``   ``metrics.inference_time``
 failed, cancelled                         ``COMPLETED``   ``error``, ``error_type``
+cancelled, fal finished it anyway         ``COMPLETED``   as completed (billed, images kept)
 ========================================  ==============  =====================================
 
 A failed or cancelled job's *result* answers with an error status as fal's does: 422 for
 validation failures and for moderation (``detail[].type == "content_policy_violation"``),
-499 when cancelled, 504 past the deadline (with ``X-Fal-Request-Timeout-Type: user`` for a
+499 when cancelled (unless fal finished the request anyway: then its images, as fal answers
+it), 504 past the deadline (with ``X-Fal-Request-Timeout-Type: user`` for a
 start timeout), 503 when every attempt failed transiently, 500 otherwise -- always with
 ``detail`` and ``X-Fal-Error-Type``. A ``sync_mode`` job's images come back as data URIs
 of the S3 copies, as fal returns them for ``sync_mode``.

@@ -2,7 +2,9 @@
 
 * ``GET  /v1/jobs?state=&since=&until=&endpoint=&metadata.KEY=VALUE&limit=`` -- list and search
 * ``POST /v1/jobs`` -- one job (``{endpoint, input, lane?, idempotency_key?, metadata?, callback_url?, fal_webhook?}``)
-* ``GET  /v1/jobs/{id}`` -- the record (plus ``result`` with presigned URLs once completed)
+* ``GET  /v1/jobs/{id}`` -- the record (plus ``result`` with presigned URLs once completed, or
+  once fal finished a cancelled job anyway: ``state`` stays ``cancelled``, ``fal_outcome`` is
+  ``finished``)
 * ``POST /v1/jobs/{id}/cancel`` and ``POST /v1/jobs/{id}/retry`` (409 with ``reason`` when the job is
   not failed); both also for a job only the catalogue holds (cancel: 200, it has ended; retry: it
   runs again from its row)
@@ -88,10 +90,11 @@ def _gw(request: Request) -> Gateway:
 
 
 def _job_view(gw: Gateway, rec: JobRecord) -> dict[str, Any]:
-    """The public record, plus fal's status word and (once completed) the presigned result."""
+    """The public record, plus fal's status word and (once it has one: completed, or cancelled
+    but finished by fal) the presigned result."""
     doc = rec.public()
     doc["fal_status"] = FAL_STATUS[rec.state]
-    if rec.state == "completed":
+    if rec.has_result:
         doc["result"] = result_body(rec, gw.presign)
     fail = failure(rec)
     if fail is not None:

@@ -152,8 +152,9 @@ def _fal_paths() -> dict[str, Any]:
                       **_errors(*_AUTH_ERRORS), **_FAL_404}}}
     paths[base] = {"get": {
         "tags": ["fal queue"], "operationId": "result",
-        "summary": "Result: images as presigned URLs of falq's S3 copies; a failed job answers fal's error "
-                   "(422 validation, 499 cancelled, 500/503/504)",
+        "summary": "Result: images as presigned URLs of falq's S3 copies (also of a job cancelled after fal "
+                   "finished it: billed, kept); a failed job answers fal's error (422 validation, 499 cancelled, "
+                   "500/503/504)",
         "parameters": [_RID],
         "responses": {"200": _resp("Completed", ref("Result")), **_errors(400, *_AUTH_ERRORS), **_FAL_404,
                       "422": _resp("The job failed validation at fal", ref("ValidationError")),
@@ -212,7 +213,8 @@ def _rest_paths() -> dict[str, Any]:
                                                           "200": _resp("Idempotency key matched", ref("JobRecord")),
                                                           **_errors(401, 422, 503)}, body=ref("JobIn")),
         },
-        "/v1/jobs/{job_id}": {"get": _op("get_job", "One job's record (and result once completed)",
+        "/v1/jobs/{job_id}": {"get": _op("get_job", "One job's record (and result once completed, or "
+                                                    "cancelled after fal finished it)",
                                          {"200": _resp("The record", ref("JobRecord")), **_errors(401, 404)},
                                          params=[_JOB_ID])},
         "/v1/jobs/{job_id}/cancel": {"post": _op("cancel_job", "Ask for a job to be cancelled",

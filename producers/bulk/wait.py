@@ -177,6 +177,10 @@ def _moderated(rec: JobRecord | None) -> bool:
     return rec is not None and rec.state == "failed" and rec.error is not None and rec.error.type == "content_policy"
 
 
+#: The error message of a cancelled job's row whose images fal made anyway (they are in ``outputs``).
+_CANCELLED_KEPT = "cancelled, but fal finished it anyway: billed, its images are kept"
+
+
 def result_row(line: int, line_id: str | None, job_id: str, rec: JobRecord | None,
                 metadata: dict[str, Any] | None, presign: Presigner) -> dict[str, Any]:
     if rec is None:
@@ -185,14 +189,16 @@ def result_row(line: int, line_id: str | None, job_id: str, rec: JobRecord | Non
                 "metadata": dict(metadata or {})}
     outputs = [{"bucket": o.bucket, "key": o.key, "sha256": o.sha256, "size": o.size,
                 "content_type": o.content_type, "width": o.width, "height": o.height,
-                "presigned_url": presign(o.key)} for o in rec.outputs] if rec.state == "completed" else []
+                "presigned_url": presign(o.key)} for o in rec.outputs] if rec.has_result else []
     err = rec.error if rec.state in ("failed", "cancelled") else None
     error: dict[str, Any] | None = {"type": err.type, "message": err.message} if err else (
-        {"type": "cancelled", "message": "cancelled"} if rec.state == "cancelled" else None)
+        {"type": "cancelled", "message": _CANCELLED_KEPT if rec.kept_after_cancel else "cancelled"}
+        if rec.state == "cancelled" else None)
     if error is not None and rec.moderation is not None:
         error["categories"] = rec.moderation
     return {"line": line, "id": line_id, "job_id": job_id, "state": rec.state, "outputs": outputs,
-            "error": error, "moderated": _moderated(rec), "cost": rec.cost, "cost_source": rec.cost_source,
+            "error": error, "moderated": _moderated(rec), "fal_outcome": rec.fal_outcome, "cost": rec.cost,
+            "cost_source": rec.cost_source,
             "tenant": rec.tenant, "metadata": rec.metadata}
 
 

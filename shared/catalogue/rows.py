@@ -111,6 +111,7 @@ def row_from_record(rec: JobRecord, *, archived_at: float) -> dict[str, Any]:
         "unit_price": rec.unit_price,
         "price_source": rec.price_source,
         "billable_units": rec.billable_units,
+        "fal_outcome": rec.fal_outcome,
         **{f"{s}_at": rec.timestamps.get(s) for s in STATE_COLUMNS},
         "created_at": rec.created_at,
         "updated_at": rec.updated_at,
@@ -154,7 +155,7 @@ def record_from_row(row: Any) -> JobRecord:
         "queue_wait": r["queue_wait"], "logs": r["logs"] or [], "outputs": r["outputs"] or [], "seed": r["seed"],
         "cost_estimate": r["cost_estimate"], "cost_billed": r["cost_billed"], "cost_source": r["cost_source"],
         "unit_price": r.get("unit_price"), "price_source": r.get("price_source"),
-        "billable_units": r.get("billable_units"),
+        "billable_units": r.get("billable_units"), "fal_outcome": r.get("fal_outcome"),
         "moderation": r["moderation"], "tenant": r["tenant"], "batch_id": r["batch_id"],
         "parents": r["parents"] or [], "idempotency_key": r["idempotency_key"], "metadata": r["metadata"] or {},
     }

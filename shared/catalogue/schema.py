@@ -66,6 +66,9 @@ jobs = Table(
     Column("unit_price", Double),
     Column("price_source", String(32)),
     Column("billable_units", Double),
+    #: How fal ended a request falq asked it to cancel (migration 0005): ``finished`` (billed, images
+    #: kept in ``outputs``), ``stopped``, ``removed``, ``unknown``; NULL when no cancel reached fal.
+    Column("fal_outcome", String(16)),
     *(Column(f"{s}_at", Double) for s in STATE_COLUMNS),
     Column("created_at", Double, nullable=False),
     Column("updated_at", Double, nullable=False),

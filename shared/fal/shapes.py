@@ -37,6 +37,14 @@ class Failure:
 
 def failure(rec: JobRecord) -> Failure | None:
     """The error a finished-but-unsuccessful job reports, or None when it did not fail."""
+    if rec.kept_after_cancel:
+        # fal completed the request despite the cancel: live fal answers its result like any
+        # completed one (fal-ai/fal projects/fal/tests/e2e/test_apps.py test_app_cancellation:
+        # "normal app should just ignore the cancellation", then `get()` returns the result;
+        # fal_client's `get()` waits for COMPLETED and returns the result body, no cancel mark
+        # exists in the protocol). So status, result and webhook answer it as completed; falq's
+        # own `cancelled` state and `fal_outcome` stay visible in its REST view of the job.
+        return None
     if rec.state == "cancelled":
         return Failure(499, "client_cancelled", "Request was cancelled", "Request was cancelled")
     if rec.state != "failed":
@@ -61,7 +69,8 @@ def failure(rec: JobRecord) -> Failure | None:
 
 def result_body(rec: JobRecord, presign: Callable[[str], str],
                 read: Callable[[str], bytes] | None = None) -> dict[str, Any]:
-    """fal's output shape for a completed job, image URLs replaced by presigned S3 URLs.
+    """fal's output shape for a job with a result (:attr:`JobRecord.has_result`: completed, or
+    finished by fal after a cancel), image URLs replaced by presigned S3 URLs.
 
     Each image also carries ``s3`` (bucket, key, sha256) so callers can address the copy
     directly. ``presign`` turns an object key into a GET URL. For a ``sync_mode`` job,

@@ -138,6 +138,17 @@ class StoredImage(BaseModel):
     source_host: str = ""
 
 
+#: What ``falq status`` and the console say about how fal ended a request falq asked it to cancel
+#: (:attr:`JobRecord.fal_outcome`).
+FAL_OUTCOME_NOTES = {
+    "finished": "fal finished it despite the cancel: billed, output kept and mirrored (`falq retry` completes it "
+                "from that output, without paying again)",
+    "stopped": "fal stopped it after the cancel: not billed",
+    "removed": "fal removed it from its queue before it ran: not billed",
+    "unknown": "fal never said how it ended after the cancel: whether it was billed is unknown",
+}
+
+
 class JobRecord(BaseModel):
     """Everything falq records about one job. ``version`` guards concurrent writers."""
 
@@ -313,6 +324,19 @@ class JobRecord(BaseModel):
     def cost(self) -> float:
         """What the job cost as best known: fal's billed amount, else the estimate."""
         return self.cost_billed if self.cost_billed is not None else self.cost_estimate
+
+    @property
+    def kept_after_cancel(self) -> bool:
+        """Whether the job was cancelled but fal finished its request anyway: billed, its images
+        mirrored and kept (a cancel is a request, not an outcome)."""
+        return self.state == "cancelled" and self.fal_outcome == "finished" and bool(self.outputs)
+
+    @property
+    def has_result(self) -> bool:
+        """Whether the job's images are served as its result: it completed, or fal finished it
+        after a cancel (:attr:`kept_after_cancel`). The one rule of ``JobHandle.result()``, the
+        REST ``result`` and the fal-shaped result route."""
+        return self.state == "completed" or self.kept_after_cancel
 
     def public(self) -> dict[str, Any]:
         """The record as JSON-able data for CLIs, callbacks and the API."""

@@ -411,7 +411,7 @@ def test_archive_makes_the_bucket_when_no_image_upload_did(db: Db, r: redis.Redi
 # --- schema ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("start", ["0001", "0002", "0003"])
+@pytest.mark.parametrize("start", ["0001", "0002", "0003", "0004"])
 def test_a_database_at_a_previous_revision_upgrades(db: Db, start: str) -> None:
     from falq.shared.catalogue.schema import jobs
 
@@ -419,9 +419,10 @@ def test_a_database_at_a_previous_revision_upgrades(db: Db, start: str) -> None:
     assert upgrade(engine, start) == start
     rec = JobRecord.new(endpoint=EP, input={"prompt": "archived long ago"}, metadata={"project": "old"})
     rec.walk_to("completed")
-    # A row as the falq of that revision wrote it: without the price columns of 0004.
+    # A row as the falq of that revision wrote it: without the columns of later revisions.
+    later = {"0004": ("unit_price", "price_source", "billable_units"), "0005": ("fal_outcome",)}
     old_row = {k: v for k, v in row_from_record(rec, archived_at=1.0).items()
-               if k not in ("unit_price", "price_source", "billable_units")}
+               if not any(k in cols for rev, cols in later.items() if rev > start)}
     with engine.begin() as conn:
         conn.execute(jobs.insert().values(old_row))
     with pytest.raises(CatalogueSchemaOutdated, match="falq db upgrade"):
@@ -431,7 +432,10 @@ def test_a_database_at_a_previous_revision_upgrades(db: Db, start: str) -> None:
     cat = Catalogue(engine)
     assert [r.id for r in cat.search(CatalogueQuery(metadata={"project": "old"}))] == [rec.id]  # indexed by 0002
     assert [r.id for r in cat.search(CatalogueQuery(text="archived"))] == [rec.id]  # 0003's tsvector, on old rows
-    assert cat.get(rec.id).price_source is None  # 0004's columns, NULL on old rows  # type: ignore[union-attr]
+    old = cat.get(rec.id)
+    assert old is not None and old.fal_outcome is None  # 0005's column, NULL on old rows
+    if start < "0004":
+        assert old.price_source is None  # 0004's columns, NULL on old rows
     assert check_schema(engine, auto_upgrade=False) == head()
     engine.dispose()
 
