@@ -44,7 +44,7 @@ DEFAULT_TENANT = "default"
 #: Tenant names: lowercase letters, digits, ``-`` and ``_``, 1-40 characters, starting with a
 #: letter or digit. They appear in Redis keys, S3 prefixes and metric labels, so they are kept
 #: to a safe alphabet and short.
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,39}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 NAME_RULE = "must be 1-40 characters: lowercase letters, digits, '-' or '_', starting with a letter or digit"
 MAX_WEIGHT = 1000.0
 #: At most this many tenants: the tenant is a metric label, and labels must stay bounded.
@@ -81,7 +81,7 @@ class Tenant(BaseModel):
 
 
 def valid_name(name: Any) -> bool:
-    return isinstance(name, str) and bool(NAME_RE.match(name))
+    return isinstance(name, str) and bool(NAME_RE.fullmatch(name))
 
 
 class TenantStore:

@@ -81,7 +81,7 @@ def test_a_valid_tenant_name(name: str) -> None:
     assert validate_tenant_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["Shop", "-x", "_x", "a" * 41, "", None, 3, "a b"])
+@pytest.mark.parametrize("name", ["Shop", "-x", "_x", "a" * 41, "", None, 3, "a b", "shop\n"])
 def test_a_bad_tenant_name_names_the_rule(name: Any) -> None:
     assert errors(validate_tenant_name, name) == [("name", NAME_RULE)]
 
