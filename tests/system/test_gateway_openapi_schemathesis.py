@@ -51,7 +51,7 @@ from falq.testing.stack import DevStack
 KEY = "falq-schemathesis-key-1"
 AUTH = {"Authorization": f"Key {KEY}"}
 #: Examples per operation and mode; FALQ_SCHEMATHESIS_EXAMPLES=300 for a longer hunt.
-EXAMPLES = int(os.environ.get("FALQ_SCHEMATHESIS_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("FALQ_SCHEMATHESIS_EXAMPLES", "15"))
 JSONL = "application/jsonl"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection]

@@ -285,5 +285,5 @@ def _run_failover(sentinels: SentinelSet, tmp_path: Path, jobs: int, *, latency:
 
 @pytest.mark.timeout(300)
 def test_failover_mid_batch_loses_nothing(sentinels: SentinelSet, tmp_path: Path) -> None:
-    # About a minute: 500 jobs, the primary SIGKILLed once a third of the first 400 completed.
-    _run_failover(sentinels, tmp_path, 500, latency="fixed:0.5", fal_concurrency=40)
+    # About half a minute: 300 jobs, the primary SIGKILLed once a third of the first 240 completed.
+    _run_failover(sentinels, tmp_path, 300, latency="fixed:0.5", fal_concurrency=40)
