@@ -1,8 +1,12 @@
 """Records falq's metrics into Redis from the runner's middleware hooks.
 
-Every figure goes to Redis (pipelined ``HINCRBY``/``HINCRBYFLOAT``, one round trip per
-hook), never to process memory, so the exporter sees the sum over all worker processes
-and hosts and a restarted worker loses nothing. See :mod:`falq.shared.metrics` for the layout.
+Every figure ends up in Redis, so the exporter sees the sum over all worker processes and
+hosts. Counters and histograms are summed in process memory and written in one pipeline at
+most every :data:`FLUSH_S` (by the maintenance pass, by a later hook, and at exit): at 20 jobs/s
+that is one round trip a second instead of five per job. A SIGKILLed worker loses at most that
+last second of counts. Spend is the exception: it is written at once, one pipeline per billed job,
+so the spend on the dashboards never misses a job fal billed. See :mod:`falq.shared.metrics`
+for the layout.
 
 What is recorded, and when:
 
@@ -23,7 +27,9 @@ What is recorded, and when:
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from typing import Any
 
 import redis
 
@@ -32,6 +38,40 @@ from falq.shared.metrics import FINISHED, MINUTE_TTL_S, counters_key, minute_key
 from falq.workers.middleware import Middleware
 
 log = logging.getLogger("falq.metrics")
+
+
+FLUSH_S = 1.0
+"""Longest time a count waits in process memory before it is written to Redis."""
+
+
+class _Sums:
+    """A pipeline stand-in that adds up ``HINCRBY``/``HINCRBYFLOAT``/``EXPIRE`` calls, so the
+    same observations can be buffered and written later as one pipeline."""
+
+    def __init__(self) -> None:
+        self.ints: dict[tuple[str, str], int] = {}
+        self.floats: dict[tuple[str, str], float] = {}
+        self.expiries: dict[str, int] = {}
+
+    def hincrby(self, key: str, field: str, n: int) -> None:
+        self.ints[(key, field)] = self.ints.get((key, field), 0) + n
+
+    def hincrbyfloat(self, key: str, field: str, x: float) -> None:
+        self.floats[(key, field)] = self.floats.get((key, field), 0.0) + x
+
+    def expire(self, key: str, seconds: int) -> None:
+        self.expiries[key] = seconds
+
+    def __bool__(self) -> bool:
+        return bool(self.ints or self.floats or self.expiries)
+
+    def write_to(self, pipe: Any) -> None:
+        for (key, field), n in self.ints.items():
+            pipe.hincrby(key, field, n)
+        for (key, field), x in self.floats.items():
+            pipe.hincrbyfloat(key, field, x)
+        for key, seconds in self.expiries.items():
+            pipe.expire(key, seconds)
 
 
 class MetricsMiddleware(Middleware):
@@ -50,49 +90,80 @@ class MetricsMiddleware(Middleware):
         self.r = client
         self.prefix = prefix
         self.counters = counters_key(prefix)
+        self._lock = threading.Lock()
+        self._sums = _Sums()
+        self._flushed = time.monotonic()
 
     def after_transition(self, rec: JobRecord, old: str, new: str) -> None:
         now = rec.timestamps.get(new, time.time())
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hincrby(self.counters, f"transition|{old}|{new}", 1)
-        if new == "in_progress" and rec.submitted_at:
-            observe(pipe, self.prefix, "queue_wait", rec.endpoint, now - rec.submitted_at)
-        elif new == "mirroring":
-            if rec.inference_time is not None:
-                observe(pipe, self.prefix, "inference", rec.endpoint, rec.inference_time)
-            if rec.cost:  # fal's billed amount when it reported one, else the estimate
-                pipe.hincrbyfloat(self.counters, f"spend|{rec.endpoint}", rec.cost)
-                pipe.hincrbyfloat(self.counters, f"tenant_spend|{rec.tenant}", rec.cost)
-                day = spend_key(self.prefix, utc_day(now))
-                pipe.incrbyfloat(day, rec.cost)
-                pipe.expire(day, 40 * 86400)
-        if new == "completed":
-            if rec.fal_completed_at:
-                observe(pipe, self.prefix, "mirror", rec.endpoint, now - rec.fal_completed_at)
-            observe(pipe, self.prefix, "end_to_end", rec.endpoint, now - rec.created_at)
-        if new == "failed":
-            reason = rec.error.type if rec.error else "unknown"
-            pipe.hincrby(self.counters, f"failure|{reason}", 1)
-        if new in FINISHED:
-            pipe.hincrby(self.counters, f"finished|{new}|{rec.endpoint}", 1)
-            pipe.hincrby(self.counters, f"tenant_finished|{new}|{rec.tenant}", 1)
-            minute = minute_key(self.prefix, int(now // 60))
-            pipe.hincrby(minute, new, 1)
-            pipe.expire(minute, MINUTE_TTL_S)
-        self._run(pipe)
+        if new == "mirroring" and rec.cost:  # fal's billed amount when it reported one, else the estimate
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrbyfloat(self.counters, f"spend|{rec.endpoint}", rec.cost)
+            pipe.hincrbyfloat(self.counters, f"tenant_spend|{rec.tenant}", rec.cost)
+            day = spend_key(self.prefix, utc_day(now))
+            pipe.incrbyfloat(day, rec.cost)
+            pipe.expire(day, 40 * 86400)
+            self._run(pipe)
+        with self._lock:
+            sums = self._sums
+            sums.hincrby(self.counters, f"transition|{old}|{new}", 1)
+            if new == "in_progress" and rec.submitted_at:
+                observe(sums, self.prefix, "queue_wait", rec.endpoint, now - rec.submitted_at)
+            elif new == "mirroring" and rec.inference_time is not None:
+                observe(sums, self.prefix, "inference", rec.endpoint, rec.inference_time)
+            if new == "completed":
+                if rec.fal_completed_at:
+                    observe(sums, self.prefix, "mirror", rec.endpoint, now - rec.fal_completed_at)
+                observe(sums, self.prefix, "end_to_end", rec.endpoint, now - rec.created_at)
+            if new == "failed":
+                reason = rec.error.type if rec.error else "unknown"
+                sums.hincrby(self.counters, f"failure|{reason}", 1)
+            if new in FINISHED:
+                sums.hincrby(self.counters, f"finished|{new}|{rec.endpoint}", 1)
+                sums.hincrby(self.counters, f"tenant_finished|{new}|{rec.tenant}", 1)
+                minute = minute_key(self.prefix, int(now // 60))
+                sums.hincrby(minute, new, 1)
+                sums.expire(minute, MINUTE_TTL_S)
+        self._flush_if_due()
 
     def after_error(self, rec: JobRecord, error: ErrorInfo) -> None:
         if error.retryable:
-            self._run(self.r.pipeline(transaction=False).hincrby(self.counters, f"retry|{error.type}", 1))
+            with self._lock:
+                self._sums.hincrby(self.counters, f"retry|{error.type}", 1)
+            self._flush_if_due()
 
     def after_wait(self, rec: JobRecord, reason: str, seconds: float) -> None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hincrby(self.counters, f"waits|{reason}", 1)
-        pipe.hincrbyfloat(self.counters, f"wait_s|{reason}", max(0.0, float(seconds)))
-        self._run(pipe)
+        with self._lock:
+            self._sums.hincrby(self.counters, f"waits|{reason}", 1)
+            self._sums.hincrbyfloat(self.counters, f"wait_s|{reason}", max(0.0, float(seconds)))
+        self._flush_if_due()
 
-    def _run(self, pipe: redis.client.Pipeline) -> None:  # type: ignore[type-arg]
+    def flush(self) -> None:
+        """Write what was summed since the last flush (one pipeline). What Redis refuses is kept
+        and written with the next flush."""
+        with self._lock:
+            sums, self._sums = self._sums, _Sums()
+            self._flushed = time.monotonic()
+        if not sums:
+            return
+        pipe = self.r.pipeline(transaction=True)  # all or nothing, so a failed flush can be folded back
+        sums.write_to(pipe)
+        if not self._run(pipe):
+            with self._lock:  # fold back in: counts are only ever added
+                for (key, field), n in sums.ints.items():
+                    self._sums.hincrby(key, field, n)
+                for (key, field), x in sums.floats.items():
+                    self._sums.hincrbyfloat(key, field, x)
+                self._sums.expiries.update(sums.expiries)
+
+    def _flush_if_due(self) -> None:
+        if time.monotonic() - self._flushed >= FLUSH_S:
+            self.flush()
+
+    def _run(self, pipe: redis.client.Pipeline) -> bool:  # type: ignore[type-arg]
         try:
             pipe.execute()
+            return True
         except redis.RedisError as exc:  # metrics are best effort; the job record is the truth
             log.warning("could not record metrics (%s)", type(exc).__name__)
+            return False

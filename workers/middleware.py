@@ -29,3 +29,6 @@ class Middleware:
 
     def after_wait(self, rec: JobRecord, reason: str, seconds: float) -> None:
         """The job waits ``seconds`` before going on (``reason``: retry, limit, budget ...)."""
+
+    def flush(self) -> None:
+        """Write out what the hooks buffered; the maintenance pass calls it every pass."""

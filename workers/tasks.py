@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import time
 from functools import lru_cache
@@ -29,7 +30,9 @@ def get_context() -> WorkerContext:
     settings = get_settings()
     ctx = WorkerContext(settings)
     ctx.admission = build_admission(ctx)
-    ctx.middleware.append(MetricsMiddleware(ctx.redis, settings.key_prefix))
+    metrics = MetricsMiddleware(ctx.redis, settings.key_prefix)
+    ctx.middleware.append(metrics)
+    atexit.register(metrics.flush)  # a worker that exits writes its last second of counts
     return ctx
 
 

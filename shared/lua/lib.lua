@@ -95,8 +95,7 @@ function lib.limiter_keys(keys, argv)
   }, 8
 end
 
--- The limiter's housekeeping: drop expired slots (a dead worker's slots end here) together
--- with their endpoint and tenant entries, and expired waiting entries.
+-- Drop expired slots (a dead worker's slots end here) with their endpoint and tenant entries.
 function lib.expire_slots(L, now)
   local dead = redis.call('ZRANGEBYSCORE', L.slots, '-inf', now)
   for _, id in ipairs(dead) do
@@ -108,7 +107,18 @@ function lib.expire_slots(L, now)
     redis.call('HDEL', L.slot_t, id)
   end
   if #dead > 0 then redis.call('ZREMRANGEBYSCORE', L.slots, '-inf', now) end
+end
+
+-- Drop expired waiting entries (a job that stopped waiting without being admitted: cancelled,
+-- or its worker died). Admission counts waiters with lib.waiting, so this is only memory
+-- housekeeping: limiter_state runs it (the maintenance pass calls it every half minute).
+function lib.expire_waiting(L, now)
   for _, why in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do
     redis.call('ZREMRANGEBYSCORE', L.waiting[why], '-inf', now)
   end
+end
+
+-- Jobs waiting in one of the limiter's waiting sets whose entry has not expired.
+function lib.waiting(set, now)
+  return redis.call('ZCOUNT', set, now, '+inf')
 end

@@ -100,9 +100,9 @@ local ep_slots = lib.key(L.slots_ep, ep)
 
 if not held then
   -- 3. Interactive before bulk: bulk waits while any interactive job is waiting.
-  local n_int = redis.call('ZCARD', W.interactive)
+  local n_int = lib.waiting(W.interactive, now)
   if lane == 'bulk' and n_int > 0 then
-    local n = redis.call('ZCARD', W.bulk) + 1
+    local n = lib.waiting(W.bulk, now) + 1
     local spread = math.min(30000, math.max(500, n * math.max(interval, 50)))
     wait_as('bulk', 200 + spread + 5000)
     return {'priority', 200, spread}
@@ -114,7 +114,7 @@ if not held then
   local ep_full = cap_ep and redis.call('ZCARD', ep_slots) >= cap_ep
   local t_full = t_max and redis.call('ZCARD', t_slots) >= t_max
   if out_full or ep_full or t_full then
-    local n = redis.call('ZCARD', W[lane]) + 1
+    local n = lib.waiting(W[lane], now) + 1
     local spread = math.min(10000, math.max(500, n * 25))
     -- An interactive job waiting only on its endpoint's or its tenant's cap does not hold bulk back.
     if out_full then wait_as(lane, 200 + spread + 5000) else redis.call('ZREM', W.interactive, job) end
@@ -131,7 +131,7 @@ if rate > 0 then
   local allow_at = tat - (burst - 1) * interval
   delay = math.max(0, allow_at - now)
   if delay > horizon then
-    local n = redis.call('ZCARD', W[lane]) + 1
+    local n = lib.waiting(W[lane], now) + 1
     -- about 4 callers per token interval: the next token is always claimed in time, and a
     -- job refused while the backlog was long still comes back before the backlog is gone
     local spread = math.min(30000, math.max(100, n * interval / 2))

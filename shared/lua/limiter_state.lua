@@ -19,6 +19,7 @@ local L = lib.limiter_keys(KEYS, ARGV)
 local now = lib.now_ms()
 local today = lib.ymd(math.floor(now / 86400000))
 lib.expire_slots(L, now)
+lib.expire_waiting(L, now)
 local W = L.waiting
 return {now, today, redis.call('ZCARD', L.slots), redis.call('ZCARD', W.interactive),
         redis.call('ZCARD', W.bulk), redis.call('ZCARD', W.budget), redis.call('ZCARD', W.locked),

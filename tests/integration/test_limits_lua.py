@@ -160,6 +160,33 @@ def test_keeper_renews_only_jobs_whose_lease_this_process_holds(r: redis.Redis) 
     assert keeper.tracked() == {"mine"}
 
 
+def test_keeper_holds_what_it_renews_until_a_renewal_finds_the_slot_gone(r: redis.Redis) -> None:
+    """LimitsAdmission.following counts a slot again only when this process does not renew it."""
+    lim = make(r, slot_lease_s=5)
+    keeper = SlotKeeper(lim, owner="host:1")
+    assert grant(lim, "mine").ok
+    r.set("falq:lease:mine", "host:1:abcd1234")
+    keeper._tracked.add("mine")
+    keeper.renew_now()
+    assert keeper.holds("mine") and not keeper.holds("other")
+    lim.release("mine", refund=False)  # the slot is gone (as after a long Redis outage)
+    keeper.renew_now()
+    assert not keeper.holds("mine")
+
+
+def test_an_expired_waiting_entry_holds_no_bulk_back_and_housekeeping_drops_it(r: redis.Redis) -> None:
+    lim = make(r, max_outstanding=1)
+    assert grant(lim, "running").ok
+    assert grant(lim, "urgent", lane="interactive").status == "slots"  # waits, ahead of bulk
+    key = lim.keys.limits_waiting(lim.kid, "interactive")
+    r.zadd(key, {"urgent": 1})  # its wait ended long ago (cancelled while waiting)
+    lim.release("running", refund=False)
+    assert grant(lim, "bulk-1", lane="bulk").ok  # admission counts only live waiters
+    assert r.zcard(key) == 1  # the entry is memory until the housekeeping
+    assert lim.state().waiting["interactive"] == 0
+    assert r.zcard(key) == 0
+
+
 def test_hold_counts_an_outstanding_request_even_above_the_cap(r: redis.Redis) -> None:
     lim = make(r, max_outstanding=1)
     assert grant(lim, "a").ok

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from falq.shared.metrics import BUCKETS, Histogram, _histograms, read_snapshot
 from falq.shared.settings import Settings, reset_settings
 from falq.testing.stack import ROOT, TEST_FAL_KEY, DevStack, free_port
+from falq.workers.metrics import FLUSH_S
 from tests.conftest import wait_for
 
 TOKEN = "metrics-token-for-tests-0123456789"
@@ -79,6 +80,9 @@ def test_a_batch_shows_up_in_the_exporter(clean_stack: DevStack, falq: Any, expo
     assert httpx.get(f"{exporter}/metrics", headers={"Authorization": "Bearer nope"}, timeout=10).status_code == 401
     assert httpx.get(f"{exporter}/metrics", auth=("prometheus", TOKEN), timeout=10).status_code == 200
 
+    # Workers write their counts at most FLUSH_S after a job ends (workers.metrics).
+    wait_for(lambda: total(scrape(exporter)[1], "falq_jobs_finished_total", state="completed") == 5,
+             timeout=2 + 3 * FLUSH_S, interval=0.1, what="the workers' counts to be written")
     text, data = scrape(exporter)
     assert total(data, "falq_redis_up") == 1
     assert total(data, "falq_jobs", state="completed") == 5
@@ -152,14 +156,21 @@ def test_retries_by_reason_after_emulator_faults(clean_stack: DevStack, falq: An
     recs = [j.wait(150) for j in jobs]
     assert all(r.state == "completed" for r in recs), [(r.state, r.errors[-1:]) for r in recs]
     settings = clean_stack.settings()
-    snap = read_snapshot(redis.Redis.from_url(settings.redis_url), settings)
-    retries = {k[0]: v for k, v in snap.labelled("retry").items()}
     # The counters agree exactly with the error histories the records keep.
     expected: dict[str, int] = {}
     for r in recs:
         for e in r.errors:
             if e.retryable:
                 expected[e.type] = expected.get(e.type, 0) + 1
+
+    def retries_now() -> dict[str, int]:
+        snap = read_snapshot(redis.Redis.from_url(settings.redis_url), settings)
+        return {k[0]: v for k, v in snap.labelled("retry").items()}
+
+    # Workers write their counts at most FLUSH_S after the hook (workers.metrics).
+    wait_for(lambda: retries_now() == expected, timeout=2 + 3 * FLUSH_S, interval=0.1, what="the retry counts")
+    snap = read_snapshot(redis.Redis.from_url(settings.redis_url), settings)
+    retries = {k[0]: v for k, v in snap.labelled("retry").items()}
     assert expected and retries == expected
     assert "fal_transient" in retries or "fal_rate_limited" in retries
     waits = snap.labelled("waits")
@@ -176,6 +187,8 @@ def test_failed_jobs_are_counted_by_reason(clean_stack: DevStack, falq: Any) -> 
     rec = falq.generate("unauthorised").wait(30)
     assert rec.state == "failed"
     settings = clean_stack.settings()
+    wait_for(lambda: read_snapshot(redis.Redis.from_url(settings.redis_url), settings).labelled("failure"),
+             timeout=2 + 3 * FLUSH_S, interval=0.1, what="the failure count")
     snap = read_snapshot(redis.Redis.from_url(settings.redis_url), settings)
     assert snap.labelled("failure") == {("fal_auth",): 1}
     # A five-minute window: the job ended seconds ago, so it is inside the window's whole

@@ -49,6 +49,9 @@ class Admission:
         pause cannot be recorded the error reaches the step and the job waits again.
         """
 
+    def housekeeping(self) -> None:
+        """Drop expired bookkeeping (the maintenance pass calls it every half minute)."""
+
 
 class Unlimited(Admission):
     """No limits: every job goes ahead at once (the default until limits are configured)."""

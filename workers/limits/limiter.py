@@ -14,8 +14,8 @@
   ends, so it holds no dispatch room while the other tenants go on; the dispatcher skips the
   tenant while it is marked paused (``{p}:fair:paused:{tenant}``, set by the limiter).
 * ``following`` (a step starts following a request at fal, also after a redelivery)
-  re-counts the job's slot, so a slot that lapsed while nobody followed the job is held
-  again before the job is followed further.
+  re-counts the job's slot unless this process already renews it, so a slot that lapsed while
+  nobody followed the job is held again before the job is followed further.
 * ``release`` frees the slot; the cost reserved at admission is refunded only when fal never
   accepted the request (no ``request_id``). A request fal accepted stays counted even if it
   later fails: falq cannot tell from the answer whether fal billed it, so the estimate errs
@@ -88,6 +88,12 @@ class SlotKeeper:
         elif self._thread is None or not self._thread.is_alive():
             self._thread = every("falq-slot-keeper", self.limiter.lease_ms / 3000, self.renew_now, self._stop,
                                  logger=log, what="slot renewal")
+
+    def holds(self, job_id: str) -> bool:
+        """Whether this process renews the job's slot (admitted or re-counted here, and not
+        found gone by a renewal since)."""
+        with self._lock:
+            return job_id in self._tracked
 
     def untrack(self, job_id: str) -> None:
         with self._lock:
@@ -221,7 +227,10 @@ class LimitsAdmission(Admission):
         room_freed(self.ctx)  # admitted: under a rate limit, the next job may wait for a token
 
     def following(self, rec: JobRecord) -> None:
-        self.limiter.hold(rec.id, rec.endpoint, rec.tenant)
+        # A slot this process renews is held; counting it again would cost a round trip per job.
+        # A job new to this process (a redelivery, a restart) has its slot counted again.
+        if not self.keeper.holds(rec.id):
+            self.limiter.hold(rec.id, rec.endpoint, rec.tenant)
         self.keeper.track(rec.id)
 
     def account_locked(self, rec: JobRecord, exc: FalAccountLocked) -> None:
@@ -238,6 +247,10 @@ class LimitsAdmission(Admission):
                 self.s.key_suffix(), message[:300], rec.id, self.s.locked_pause_s,
             )
         rec.paused = "account_locked"
+
+    def housekeeping(self) -> None:
+        """Expired waiting entries go (admission counts only live ones; this frees their memory)."""
+        self.limiter.state()
 
     def billed(self, rec: JobRecord) -> None:
         """fal said what the job cost: its batch's reservation becomes that amount."""

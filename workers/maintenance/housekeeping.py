@@ -102,12 +102,20 @@ def build_pass(app: Celery, ctx: WorkerContext) -> MaintenancePass:
     # Jobs whose delivery was lost without a lease (the reaper), then index entries of expired records.
     cleanups.append(Cleanup("reaper", lambda: (reap_once(app, store, s), prune_expired(store, s)),
                             every_s=max(2.0, s.visibility_timeout_s / 3)))
+    # The limiter's expired waiting entries (memory only: admission counts live entries).
+    cleanups.append(Cleanup("limiter housekeeping", lambda: ctx.admission.housekeeping(), every_s=30.0))
     if needs_sweeper(app):  # kombu's unacked messages of dead consumers (Redis brokers)
         interval = float(app.conf.broker_transport_options.get("unacked_restore_interval", UNACKED_EVERY_S))
         cleanups.append(Cleanup("unacked sweep", lambda: sweep_once(app), every_s=interval))
-    # This worker's own dispatch tick (every worker, unlocked).
+    # This worker's own dispatch tick and its buffered metrics (every worker, unlocked).
     cleanups.append(Cleanup("dispatch tick", lambda: dispatch_tick(app, ctx), locked=False))
+    cleanups.append(Cleanup("metrics flush", lambda: _flush(ctx), locked=False))
     return MaintenancePass(ctx.redis, store.keys, period, cleanups)
+
+
+def _flush(ctx: WorkerContext) -> None:
+    for m in ctx.middleware:
+        m.flush()
 
 
 def start_maintenance(app: Celery, ctx: WorkerContext) -> threading.Thread:
