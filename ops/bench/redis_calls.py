@@ -1,0 +1,120 @@
+"""``python -m falq.ops.bench.redis_calls [--jobs N]``: the Redis commands of one job, by caller.
+
+Runs N text-to-image jobs on a local stack (one worker, every default on, emulator latency 0)
+while Redis' ``MONITOR`` records every command, and prints per job: each top-level command,
+each script (``EVALSHA``, named from ``shared/lua``) with the commands it ran inside, and the
+total. The ``cost`` scenario of ``falq bench`` counts the same total from ``INFO``; this says
+where it goes. ``MONITOR`` slows Redis down, so read counts here, never times.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import redis
+
+from falq.shared import scripts
+from falq.shared.commands import HELP_OPTIONS
+from falq.shared.commands import run as run_command
+from falq.shared.keys import Keys
+
+
+@dataclass
+class Calls:
+    """Commands seen while ``jobs`` jobs ran."""
+
+    jobs: int
+    top: collections.Counter[str] = field(default_factory=collections.Counter)
+    inside: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    @property
+    def total(self) -> int:
+        return sum(self.top.values()) + sum(self.inside.values())
+
+    def table(self) -> str:
+        lines = [f"{'per job':44s} {'calls':>7s} {'inside':>7s}"]
+        for name, n in self.top.most_common():
+            inner = self.inside.get(name.removeprefix("script "), 0) if name.startswith("script ") else 0
+            lines.append(f"{name:44s} {n / self.jobs:7.2f} {inner / self.jobs:7.2f}")
+        lines.append(f"{'total (commands inside scripts included)':44s} {self.total / self.jobs:7.2f}")
+        return "\n".join(lines)
+
+
+def classify(monitor_lines: list[dict[str, Any]], jobs: int) -> Calls:
+    """Count ``MONITOR`` lines: a command a script runs follows its ``EVALSHA`` and is marked
+    as coming from ``lua``."""
+    names = {hashlib.sha1(scripts.source(n).encode()).hexdigest(): n for n in scripts.names()}
+    calls = Calls(jobs)
+    current = "?"
+    for line in monitor_lines:
+        words = str(line["command"]).split(" ")
+        if line.get("client_type") == "lua" or line.get("client_address") == "lua":
+            calls.inside[current] += 1
+            continue
+        if words[0].upper() == "EVALSHA" and len(words) > 1:
+            current = names.get(words[1], words[1][:8])
+            calls.top[f"script {current}"] += 1
+        else:
+            calls.top[words[0].upper()] += 1
+    return calls
+
+
+def measure(jobs: int) -> Calls:
+    """Run ``jobs`` jobs under ``MONITOR`` on a fresh local stack."""
+    from falq.ops.bench.harness import Harness
+    from falq.testing.stack import DevStack
+
+    with DevStack() as stack:
+        h = Harness(stack, quick=True)
+        h.reset()
+        h.start_falq_workers(1, 100)
+        time.sleep(2.0)  # start-up traffic is not the job's
+        seen: list[dict[str, Any]] = []
+        stop = threading.Event()
+
+        def listen() -> None:
+            client = redis.Redis.from_url(stack.redis.url)
+            with client.monitor() as m:
+                for cmd in m.listen():
+                    if stop.is_set():
+                        return
+                    seen.append(cmd)
+
+        threading.Thread(target=listen, daemon=True, name="monitor").start()
+        time.sleep(0.5)
+        # Polled on a connection of its own, whose commands are left out: they are not the job's.
+        poller = redis.Redis.from_url(stack.redis.url, single_connection_client=True)
+        address = str(poller.client_info()["addr"]).rsplit(":", 1)
+        completed = Keys(stack.settings().key_prefix).state("completed")
+        h.enqueue(jobs, "calls")
+        h.wait_until(lambda: int(poller.zcard(completed)) >= jobs, 300, 0.5, "jobs")
+        stop.set()
+        h.redis.ping()  # one more line so the listener sees the stop
+        time.sleep(0.5)
+        poller.close()
+        h.stop_all()
+    ours = (address[0], address[1])
+    return classify([c for c in seen if (c.get("client_address"), c.get("client_port")) != ours], jobs)
+
+
+@click.command(name="redis-calls", context_settings=HELP_OPTIONS)
+@click.option("--jobs", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Jobs to run.")
+def main_command(jobs: int) -> int:
+    """Print the Redis commands of one job on the default path, by caller."""
+    print(f"{jobs} jobs, one worker, every default on (python -m falq.ops.bench.redis_calls --jobs {jobs})")
+    print(measure(jobs).table())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(main_command, argv, prog_name="python -m falq.ops.bench.redis_calls")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,29 @@
+"""ops.bench.redis_calls: MONITOR lines counted by caller, commands inside scripts included."""
+
+from __future__ import annotations
+
+import hashlib
+
+from falq.ops.bench.redis_calls import classify
+from falq.shared import scripts
+
+
+def _sha(name: str) -> str:
+    return hashlib.sha1(scripts.source(name).encode()).hexdigest()
+
+
+def test_commands_a_script_runs_count_for_that_script() -> None:
+    lines = [
+        {"command": f"EVALSHA {_sha('job_save')} 14 k1", "client_address": "127.0.0.1", "client_port": "5"},
+        {"command": "HMGET falq:job:1 version state", "client_address": "lua", "client_port": ""},
+        {"command": "HSET falq:job:1 version 2", "client_address": "lua", "client_port": ""},
+        {"command": "PUBLISH falq:events x", "client_address": "127.0.0.1", "client_port": "5"},
+        {"command": f"EVALSHA {_sha('lease_acquire')} 2 k", "client_address": "127.0.0.1", "client_port": "6"},
+        {"command": "SET falq:lease:1 t", "client_address": "lua", "client_port": ""},
+    ]
+    calls = classify(lines, jobs=2)
+    assert calls.top == {"script job_save": 1, "PUBLISH": 1, "script lease_acquire": 1}
+    assert calls.inside == {"job_save": 2, "lease_acquire": 1}
+    assert calls.total == 6
+    table = calls.table()
+    assert "script job_save" in table and "3.00" in table  # 6 commands over 2 jobs
