@@ -167,8 +167,12 @@ def test_retries_by_reason_after_emulator_faults(clean_stack: DevStack, falq: An
         snap = read_snapshot(redis.Redis.from_url(settings.redis_url), settings)
         return {k[0]: v for k, v in snap.labelled("retry").items()}
 
+    def finished_now() -> float:
+        return read_snapshot(redis.Redis.from_url(settings.redis_url), settings).finished_in(5)
+
     # Workers write their counts at most FLUSH_S after the hook (workers.metrics).
-    wait_for(lambda: retries_now() == expected, timeout=2 + 3 * FLUSH_S, interval=0.1, what="the retry counts")
+    wait_for(lambda: retries_now() == expected and finished_now() == 15, timeout=2 + 3 * FLUSH_S, interval=0.1,
+             what="the retry and finished counts")
     snap = read_snapshot(redis.Redis.from_url(settings.redis_url), settings)
     retries = {k[0]: v for k, v in snap.labelled("retry").items()}
     assert expected and retries == expected
