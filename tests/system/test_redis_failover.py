@@ -74,6 +74,9 @@ class SentinelSet:
             ), sentinel=True)
         wait_for(lambda: self.server("replica").info("replication").get("master_link_status") == "up",
                  timeout=20, what="the replica to sync")
+        # The primary counts the replica online only after its first acknowledgement, a moment later.
+        wait_for(lambda: (self.server("primary").info("replication").get("slave0") or {}).get("state") == "online",
+                 timeout=20, what="the primary to see the replica online")
         wait_for(self._agreed, timeout=30, interval=0.2, what="the sentinels to agree")
         return self
 
