@@ -282,6 +282,17 @@ def test_submit_headers_defaults_by_lane() -> None:
     assert submit_headers(s, "bulk") == {"X-Fal-Queue-Priority": "low"}
 
 
+def test_by_default_both_lanes_submit_normal_with_fal_s_start_timeout() -> None:
+    """``low`` waits behind every customer's normal requests on the endpoint (protocol §11.3):
+    it is an explicit choice, never the default. Time in fal's queue is bounded unbilled by the
+    start timeout, under both header names (§11.5)."""
+    s = settings()
+    for lane in ("interactive", "bulk"):
+        got = submit_headers(s, lane)
+        assert got["X-Fal-Queue-Priority"] == "normal"
+        assert float(got["X-Fal-Request-Start-Timeout"]) == float(got["X-Fal-Request-Timeout"]) == 900.0
+
+
 def test_submit_headers_all_options() -> None:
     s = settings(fal_media_expiry_s=3600, fal_start_timeout_s=30, fal_store_io=False, fal_no_retry=True,
                  fal_priority_interactive="low", fal_priority_bulk="normal")
