@@ -104,7 +104,7 @@ clean:
 bench: install
 	$(BIN)/python -m falq.ops.bench
 
-## make bench-quick: the same scenarios scaled down, under two minutes.
+## make bench-quick: the same scenarios scaled down, about ten minutes on a 2-core machine.
 bench-quick: install
 	$(BIN)/python -m falq.ops.bench --quick
 
