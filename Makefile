@@ -38,9 +38,10 @@ prometheus:
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; \
 	  else echo "falq's tests need prometheus and promtool on PATH (Debian: apt-get install prometheus)"; exit 1; fi; }
 
-# Two processes (pytest-xdist), one test file each at a time: most tests wait on real servers,
-# so two halve the wall time on a 2-core machine; each process starts its own stack on free ports.
-TEST_PROCS ?= 2
+# Three processes (pytest-xdist), one test file each at a time: most tests wait on real servers,
+# so on a 2-core machine three keep both cores about 70 % busy (two left a third idle); each
+# process starts its own stack on free ports. The longest files go first (tests/conftest.py).
+TEST_PROCS ?= 3
 
 ## make unit: the tests that need no server (tests/unit): pure modules, the fal client through
 ## httpx.MockTransport, the public API and error tree, the architecture. Under a minute.

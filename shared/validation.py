@@ -126,6 +126,11 @@ class Checked(BaseModel):
     INPUT_ORDER: ClassVar[bool] = False
 
     @classmethod
+    def field_order(cls) -> list[str]:
+        """The fields in the order messages list them (a subclass that adds a field may put it first)."""
+        return list(cls.model_fields)
+
+    @classmethod
     def check(cls, data: Any) -> Self:
         """The validated model; raises :class:`InvalidInput` listing every broken rule."""
         try:
@@ -136,8 +141,8 @@ class Checked(BaseModel):
     @classmethod
     def field_errors(cls, exc: ValidationError, data: Any = None) -> list[FieldError]:
         """pydantic's errors as falq's: the field named, the rule stated; one per broken rule."""
-        known = ", ".join(cls.model_fields)
-        given = list(data) if cls.INPUT_ORDER and isinstance(data, Mapping) else list(cls.model_fields)
+        known = ", ".join(cls.field_order())
+        given: list[Any] = list(data) if cls.INPUT_ORDER and isinstance(data, Mapping) else cls.field_order()
         ranked: list[tuple[int, int, FieldError]] = []
         seen: set[tuple[str, str]] = set()
         for err in exc.errors():

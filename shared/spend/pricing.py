@@ -43,6 +43,7 @@ from falq.shared.errors import RetryableError
 from falq.shared.fal.endpoints import ENDPOINTS
 from falq.shared.keys import Keys
 from falq.shared.settings import Settings
+from falq.shared.spend.platform import pages
 
 log = logging.getLogger("falq.pricing")
 
@@ -100,19 +101,9 @@ def fetch_prices(settings: Settings, endpoints: Iterable[str], *,
     with httpx.Client(timeout=timeout, transport=transport) as client:
         for start in range(0, len(ids), MAX_IDS_PER_CALL):
             params: dict[str, str] = {"endpoint_id": ",".join(ids[start:start + MAX_IDS_PER_CALL])}
-            for _ in range(MAX_PAGES):
-                try:
-                    r = client.get(url, params=params, headers={"Authorization": f"Key {key}"})
-                except httpx.HTTPError as exc:
-                    raise PricingUnavailable(f"fal's pricing API at {url} is unreachable ({type(exc).__name__})") \
-                        from None
-                if r.status_code != 200:
-                    raise PricingUnavailable(f"fal's pricing API answered HTTP {r.status_code}")
-                try:
-                    doc = r.json()
-                except ValueError:
-                    raise PricingUnavailable("fal's pricing API answered something that is not JSON") from None
-                prices = doc.get("prices") if isinstance(doc, dict) else None
+            for doc in pages(client, url, params, key=key, what="fal's pricing API", error=PricingUnavailable,
+                             max_pages=MAX_PAGES):
+                prices = doc.get("prices")
                 if not isinstance(prices, list):
                     raise PricingUnavailable("fal's pricing answer has no 'prices' list")
                 for p in prices:
@@ -126,10 +117,6 @@ def fetch_prices(settings: Settings, endpoints: Iterable[str], *,
                         log.warning("ignoring fal's price for %s: %r %s", ep, price, currency)
                         continue
                     out[ep] = (float(price), str(p.get("unit") or "image"))
-                cursor = doc.get("next_cursor")
-                if not doc.get("has_more") or not isinstance(cursor, str) or not cursor:
-                    break
-                params = {**params, "cursor": cursor}
     return out
 
 

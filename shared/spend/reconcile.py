@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from falq.shared.errors import RetryableError
 from falq.shared.jobs.records import JobRecord
 from falq.shared.settings import Settings
+from falq.shared.spend.platform import pages
 
 #: What reconcile says about fal's records, always.
 DELAY_NOTE = ("fal's billing records arrive with a delay (minutes, sometimes longer): a request that finished "
@@ -88,32 +89,16 @@ def fetch_billing_events(settings: Settings, since: float, until: float | None =
         params["end"] = _iso(until)
     out: list[dict[str, Any]] = []
     with httpx.Client(timeout=httpx.Timeout(30.0), transport=transport) as client:
-        for _ in range(MAX_PAGES):
-            try:
-                r = client.get(url, params=params, headers={"Authorization": f"Key {key}"})
-            except httpx.HTTPError as exc:
-                raise BillingUnavailable(f"fal's billing events at {url} are unreachable ({type(exc).__name__})") \
-                    from None
-            if r.status_code in (401, 403):
-                raise BillingUnavailable(f"fal refused FAL_ADMIN_KEY (HTTP {r.status_code}): it must be an "
-                                         "ADMIN-scope key of the account")
-            if r.status_code != 200:
-                raise BillingUnavailable(f"fal's billing events answered HTTP {r.status_code}")
-            try:
-                doc = r.json()
-            except ValueError:
-                raise BillingUnavailable("fal's billing events answer is not JSON") from None
+        for doc in pages(client, url, params, key=key, what="fal's billing events", error=BillingUnavailable,
+                         max_pages=MAX_PAGES,
+                         refused="fal refused FAL_ADMIN_KEY: it must be an ADMIN-scope key of the account"):
             # The envelope's name is thinly documented: fal's list answers name their items after
             # the resource ("prices" on /models/pricing), so "billing_events" first.
             items = next((doc[k] for k in ("billing_events", "events", "items", "data")
-                          if isinstance(doc, dict) and isinstance(doc.get(k), list)), None)
+                          if isinstance(doc.get(k), list)), None)
             if items is None:
                 raise BillingUnavailable("fal's billing events answer holds no list of events")
             out.extend(e for e in items if isinstance(e, dict) and isinstance(e.get("request_id"), str))
-            cursor = doc.get("next_cursor")
-            if not doc.get("has_more") or not isinstance(cursor, str) or not cursor:
-                break
-            params = {**params, "cursor": cursor}
     return out
 
 

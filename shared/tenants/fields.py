@@ -171,19 +171,16 @@ class TenantPatchDocument(Checked):
     priority: Any = None
 
 
-class TenantCreateDocument(Checked):
+class TenantCreateDocument(TenantPatchDocument):
     """The body of ``POST /v1/tenants``: :class:`TenantPatchDocument` with a ``name`` (text)."""
 
     RULES: ClassVar[Mapping[str, str]] = {"name": NAME_RULE}
 
     name: Annotated[StrictStr, BeforeValidator(_given_name)]
-    weight: Any = None
-    max_outstanding: Any = None
-    rate: Any = None
-    budget_usd: Any = None
-    endpoints: Any = None
-    s3_prefix: Any = None
-    priority: Any = None
+
+    @classmethod
+    def field_order(cls) -> list[str]:
+        return ["name", *TenantPatchDocument.model_fields]
 
 
 def tenant_request(doc: Any, *, with_name: bool) -> tuple[str | None, dict[str, Any]]:
