@@ -38,13 +38,14 @@ key                             type    what
 ``{p}:limits:{kid}:slots``       zset    job -> slot expiry (ms): requests outstanding at fal
 ``{p}:limits:{kid}:slots:ep:{e}`` zset   the same, of one endpoint
 ``{p}:limits:{kid}:slots:t:{t}`` zset    the same, of one tenant
-``{p}:limits:{kid}:slot_ep``     hash    job -> its endpoint (which ``slots:ep`` it is in)
-``{p}:limits:{kid}:slot_t``      hash    job -> its tenant (which ``slots:t`` it is in)
+``{p}:limits:{kid}:slot_ep``     hash    (read only, until empty) job -> endpoint, written by
+                                        releases before the ledger; see ``{p}:ledger``
+``{p}:limits:{kid}:slot_t``      hash    (read only, until empty) job -> tenant, the same
 ``{p}:limits:{kid}:tat``         string  the token bucket (GCRA): when the next token is due (ms)
 ``{p}:limits:{kid}:tat:t:{t}``   string  a tenant's own token bucket (its ``rate``)
 ``{p}:limits:{kid}:waiting:{w}`` zset    job -> expiry: who waits and why (``interactive``,
                                         ``bulk``, ``budget``, ``locked``)
-``{p}:limits:{kid}:charges``     hash    job -> ``day|micro-dollars|tenant`` reserved for its attempt
+``{p}:limits:{kid}:charges``     hash    (read only, until empty) job -> ``day|micro|tenant``, the same
 ``{p}:limits:{kid}:paused``      string  why submissions with this key are paused (402, locked), TTL
 ``{p}:limits:{kid}:sending``     zset    POSTs on their way (job -> send time), the send check
 ``{p}:limits:{kid}:sent``        zset    POSTs answered, by a bound of their arrival at fal
@@ -60,8 +61,14 @@ key                             type    what
 ``{p}:fair:vt:{lane}``          string  the pass of the last tenant served (virtual time)
 ``{p}:inflight``                zset    dispatched jobs not yet done at fal -> dispatch time (ms)
 ``{p}:fair:unadmitted``         zset    dispatched jobs the limiter has not admitted yet -> the same
-``{p}:fair:owner``              hash    dispatched job id -> its tenant
-``{p}:fair:count``              hash    tenant -> its dispatched, not yet terminal jobs
+``{p}:ledger``                  hash    the one ledger of work in flight: job id ->
+                                        ``tenant|endpoint|day|micro`` (the day and micro-dollars
+                                        reserved for its attempt, empty when none), written by
+                                        fair dispatch and the limiter's admission, removed when
+                                        the job holds neither dispatch room nor a slot
+``{p}:fair:owner``              hash    (read only, until empty) job -> tenant, before the ledger
+``{p}:fair:count``              hash    tenant -> its dispatched, not yet terminal jobs (recounted
+                                        from ``{p}:inflight`` and the ledger every half minute)
 ``{p}:fair:paused:{tenant}``    string  the tenant is over its own budget (TTL): not dispatched
 ``{p}:metrics:counters``        hash    counters (transitions, failures by reason, spend ...)
 ``{p}:metrics:hist:{name}``     hash    a latency histogram
@@ -284,6 +291,10 @@ class Keys:
         return f"{self.prefix}:fair:owner"
 
     @property
+    def ledger(self) -> str:
+        return f"{self.prefix}:ledger"
+
+    @property
     def fair_count(self) -> str:
         return f"{self.prefix}:fair:count"
 
@@ -393,3 +404,9 @@ class Keys:
 
     def console_thumb_claim(self, digest: str) -> str:
         return f"{self.prefix}:console:thumb:{digest}"
+
+
+def room_keys(keys: Keys) -> list[str]:
+    """The keys of a job's dispatch room, in the order ``lib.fair_free`` takes them (a script's
+    KEYS): inflight, unadmitted, the ledger, the tenants' counts, the owners before the ledger."""
+    return [keys.inflight, keys.fair_unadmitted, keys.ledger, keys.fair_count, keys.fair_owner]

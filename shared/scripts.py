@@ -45,7 +45,8 @@ OWNERS: dict[str, str] = {
     "job_forget_unpublished": "falq.shared.jobs.store.JobStore.forget_unpublished",
     "fair_ready": "falq.shared.fairshare.scheduler.FairShare._make_ready",
     "fair_dispatch": "falq.shared.fairshare.scheduler.FairShare.take",
-    "fair_free": "falq.shared.fairshare.scheduler.FairShare.recover_dispatched",
+    "fair_free": "falq.shared.fairshare.scheduler.FairShare.free",
+    "fair_recount": "falq.shared.fairshare.scheduler.FairShare.recount",
     "limiter_acquire": "falq.shared.limits.store.Limiter.acquire",
     "limiter_confirm": "falq.shared.limits.store.Limiter.confirm",
     "limiter_answered": "falq.shared.limits.store.Limiter.answered",
@@ -70,7 +71,6 @@ OWNERS: dict[str, str] = {
     "batch_cap_reserve": "falq.shared.spend.batch_cap.BatchCaps.reserve",
     "batch_cap_refund": "falq.shared.spend.batch_cap.BatchCaps.refund",
     "batch_cap_settle": "falq.shared.spend.batch_cap.BatchCaps.settle",
-    "batch_cap_unroom": "falq.shared.spend.batch_cap.BatchCaps.give_back_room",
 }
 
 LIB = "lib"

@@ -63,34 +63,6 @@ BASELINE_EMULATOR = {
 }
 
 
-# `make test` runs files on several processes (pytest-xdist, --dist loadfile), handing out files
-# in collection order. These files hold the longest tests (a minute-long fal outage, chaos, a
-# failover, a thousand-line bulk run): started first they overlap the many short files instead
-# of running alone at the end. Measured with `make test`'s --durations report.
-LONG_FILES_FIRST = (
-    "tests/system/test_money_safety_round2.py",
-    "tests/chaos/test_chaos.py",
-    "tests/system/test_redis_failover.py",
-    "tests/system/test_producers_bulk_end_to_end.py",
-    "tests/system/test_gateway_openapi_schemathesis.py",
-    "tests/system/test_callback_outbox.py",
-    "tests/system/test_recovery_defaults.py",
-    "tests/system/test_cost_truth_and_caps.py",
-    "tests/system/test_limits_budget_and_pause_end_to_end.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long files first (stable: every other test keeps its order, so each xdist process
-    collects the same sequence)."""
-    rank = {path: i for i, path in enumerate(LONG_FILES_FIRST)}
-
-    def where(item: pytest.Item) -> int:
-        return rank.get(item.nodeid.split("::", 1)[0], len(rank))
-
-    items.sort(key=where)
-
-
 @pytest.fixture(scope="session", autouse=True)
 def own_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The session's own ``FALQ_DATA_DIR`` (the embedded catalogue's SQLite file), unless one is set.

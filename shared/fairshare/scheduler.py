@@ -67,7 +67,7 @@ from celery import Celery
 
 from falq.shared.engine.publish import publish
 from falq.shared.jobs.records import TERMINAL, JobRecord
-from falq.shared.keys import HOLE, Keys
+from falq.shared.keys import HOLE, Keys, room_keys
 from falq.shared.limits.store import Limiter, key_id, known_keys, tenant_spend_today
 from falq.shared.redisconn import text
 from falq.shared.scripts import register
@@ -104,11 +104,12 @@ class FairShare:
         self._ready = register(client, "fair_ready")
         self._dispatch = register(client, "fair_dispatch")
         self._free = register(client, "fair_free")
+        self._recount = register(client, "fair_recount")
         k = self.keys
-        #: The fair-dispatch room of a job (lib.fair_free): inflight, unadmitted, owner, count.
-        self._room = [k.inflight, k.fair_unadmitted, k.fair_owner, k.fair_count]
+        #: The fair-dispatch room of a job (lib.fair_free).
+        self._room = room_keys(k)
         self._dispatch_keys = [k.inflight, k.fair_unadmitted, k.limits_config, k.tenants, k.fair_count,
-                               k.fair_owner, k.fair_active("interactive"), k.fair_active("bulk"),
+                               k.ledger, k.fair_active("interactive"), k.fair_active("bulk"),
                                k.fair_pass("interactive"), k.fair_pass("bulk"), k.fair_vt("interactive"),
                                k.fair_vt("bulk")]
         self._dispatch_tpls = [k.fair_ready(HOLE, HOLE), k.job(HOLE), k.fair_paused(HOLE),
@@ -203,6 +204,20 @@ class FairShare:
             return []
 
     # --- recovery --------------------------------------------------------------------------------
+    def free(self, job_id: str) -> bool:
+        """The job stops taking dispatch room (a stale inflight entry; a job waiting at its batch's
+        spend cap, so other batches, tenants and lanes go meanwhile). True if it took room."""
+        return bool(self._free(keys=self._room, args=[job_id]))
+
+    def recount(self) -> int:
+        """Recount each tenant's dispatched jobs from ``{p}:inflight`` and the ledger; returns how
+        many tenants' counts were wrong (0 unless something freed room outside ``lib.fair_free``)."""
+        k = self.keys
+        wrong = int(self._recount(keys=[k.inflight, k.ledger, k.fair_count, k.fair_owner], args=[]))
+        if wrong:
+            log.warning("fair dispatch: recounted the dispatched jobs of %d tenant(s)", wrong)
+        return wrong
+
     def recover_dispatched(self, app: Celery, *, batch: int = 1000) -> list[str]:
         """Publish dispatched jobs whose dispatcher died before publishing them, and drop
         ``{p}:inflight`` entries whose record is gone or finished. Returns the published ids."""
@@ -225,7 +240,7 @@ class FairShare:
         if stale:
             # Gone (expired, deleted) or finished without the terminal save seeing it: free the room.
             for job_id in stale:
-                self._free(keys=self._room, args=[job_id])
+                self.free(job_id)
         sent = []
         for job_id, doc in lost:
             try:

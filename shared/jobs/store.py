@@ -44,7 +44,7 @@ from pydantic_core import from_json
 
 from falq.shared.errors import JobNotFound
 from falq.shared.jobs.records import STATES, TERMINAL, JobRecord
-from falq.shared.keys import HOLE, Keys
+from falq.shared.keys import HOLE, Keys, room_keys
 from falq.shared.redisconn import replicas_to_wait_for, wait_for_replicas
 from falq.shared.scripts import register
 
@@ -93,9 +93,8 @@ class JobStore:
         self._restore = register(client, "job_restore")
         self._job_tpl = self.keys.job(HOLE)
         self._state_tpl = self.keys.state(HOLE)
-        #: The save's KEYS[11..14]: the fair-dispatch room a terminal save frees (lib.fair_free).
-        self._fair_keys = [self.keys.inflight, self.keys.fair_unadmitted, self.keys.fair_owner,
-                           self.keys.fair_count]
+        #: The save's KEYS[11..15]: the fair-dispatch room a terminal save frees (lib.fair_free).
+        self._fair_keys = room_keys(self.keys)
 
     # --- keys ----------------------------------------------------------------------------
     def job_key(self, job_id: str) -> str:

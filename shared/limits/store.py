@@ -143,12 +143,12 @@ class Limiter:
         self._state = register(client, "limiter_state")
         k, kid = self.keys, self.kid
         #: The block every limiter script takes first (lib.limiter_keys in shared/lua/lib.lua):
-        #: KEYS[1..18], then ARGV[1..7] (templates of the keys the scripts fill in).
-        self._keys = [k.limits_slots(kid), k.limits_slot_ep(kid), k.limits_slot_t(kid), k.limits_tat(kid),
-                      k.limits_charges(kid), k.limits_paused(kid),
+        #: KEYS[1..19], then ARGV[1..7] (templates of the keys the scripts fill in).
+        self._keys = [k.limits_slots(kid), k.ledger, k.limits_tat(kid), k.limits_paused(kid),
                       *(k.limits_waiting(kid, why) for why in ("interactive", "bulk", "budget", "locked")),
                       k.limits_sending(kid), k.limits_sent(kid), k.limits_config, k.tenants, k.fair_unadmitted,
-                      k.inflight, k.fair_owner, k.fair_count]
+                      k.inflight, k.fair_count,
+                      k.limits_slot_ep(kid), k.limits_slot_t(kid), k.limits_charges(kid), k.fair_owner]
         self._tpls = [k.limits_slots_ep(kid, HOLE), k.limits_slots_t(kid, HOLE), k.limits_tat_t(kid, HOLE),
                       k.spend(HOLE), k.tenant_spend(HOLE, HOLE), k.fair_paused(HOLE), k.lease(HOLE)]
 
@@ -227,6 +227,22 @@ class Limiter:
             paused_for_s=pttl / 1000 if pttl > 0 else 0.0, paused_reason=text(raw[8]) if pttl > 0 else "",
             spend_today_usd=int(text(raw[10]) or 0) / 1_000_000,
         )
+
+    def trim_expired(self) -> int:
+        """Drop the expired entries of the per-endpoint and per-tenant slot sets: admission counts
+        only live ones, so this only frees memory (a dead worker's slots, a release that could not
+        name the sets). Returns how many went."""
+        sec, usec = self.r.time()
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        k, kid = self.keys, self.kid
+        sets = [*self.r.scan_iter(match=k.limits_slots_ep(kid, "*"), count=200),
+                *self.r.scan_iter(match=k.limits_slots_t(kid, "*"), count=200)]
+        if not sets:
+            return 0
+        pipe = self.r.pipeline(transaction=False)
+        for key in sets:
+            pipe.zremrangebyscore(key, "-inf", now_ms)
+        return sum(int(n) for n in pipe.execute())
 
     def tenant_outstanding(self, tenants: list[str]) -> dict[str, int]:
         """tenant -> its requests outstanding at fal through this key (live slots, by Redis time)."""

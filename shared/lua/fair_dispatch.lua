@@ -7,7 +7,7 @@
 -- KEYS[3]  config         {p}:limits:config            hash, read
 -- KEYS[4]  tenants        {p}:tenants                  hash, read
 -- KEYS[5]  fair_count     {p}:fair:count               hash, read/written
--- KEYS[6]  fair_owner     {p}:fair:owner               hash, written
+-- KEYS[6]  ledger         {p}:ledger                   hash, written (a new entry per job)
 -- KEYS[7]  active_int     {p}:fair:active:interactive  set, read/written
 -- KEYS[8]  active_bulk    {p}:fair:active:bulk         set, read/written
 -- KEYS[9]  pass_int       {p}:fair:pass:interactive    zset, read/written
@@ -19,7 +19,7 @@
 --       templates: ready ({p}:fair:ready:HOLE:HOLE, lane then tenant), job ({p}:job:HOLE),
 --       pause ({p}:fair:paused:HOLE), tenant spend ({p}:tspend:HOLE:HOLE, day then tenant)
 -- Returns a flat list {id, lane, endpoint, tenant, ...} of the jobs dispatched now, to publish.
-local inflight, unadmitted, config_key, tenants_key, count_key, owner_key = unpack(KEYS, 1, 6)
+local inflight, unadmitted, config_key, tenants_key, count_key, ledger_key = unpack(KEYS, 1, 6)
 local lanes = {
   {name = 'interactive', k = 2, active = KEYS[7], pass = KEYS[9], vt = KEYS[11]},
   {name = 'bulk', k = 1, active = KEYS[8], pass = KEYS[10], vt = KEYS[12]},
@@ -95,7 +95,10 @@ for _, ln in ipairs(lanes) do
         local st = redis.call('HGET', job_key, 'state')
         -- A record that is gone or already finished (cancelled while waiting) costs no turn.
         if st and not lib.is_terminal(st) and redis.call('ZADD', inflight, 'NX', now, id) == 1 then
-          redis.call('HSET', owner_key, id, name)
+          local doc = redis.call('HGET', job_key, 'doc') or ''
+          local ep = string.match(doc, '"endpoint":"([^"]*)"') or ''
+          -- NX: an entry still there keeps the charge its release has yet to settle.
+          redis.call('HSETNX', ledger_key, id, lib.ledger_entry(name, ep))
           redis.call('HINCRBY', count_key, name, 1)
           count[best] = count[best] + 1
           redis.call('ZADD', unadmitted, now, id)
@@ -103,10 +106,9 @@ for _, ln in ipairs(lanes) do
           vt = pass[best]
           pass[best] = pass[best] + 1 / weight[best]
           if count[best] >= cap[best] then elig[best] = false end
-          local doc = redis.call('HGET', job_key, 'doc') or ''
           out[#out + 1] = id
           out[#out + 1] = lane
-          out[#out + 1] = string.match(doc, '"endpoint":"([^"]*)"') or ''
+          out[#out + 1] = ep
           out[#out + 1] = name
         end
       end

@@ -13,15 +13,16 @@
 -- KEYS[10] state_new   {p}:state:{state}             zset, written
 -- KEYS[11] inflight    {p}:inflight                  zset  \
 -- KEYS[12] unadmitted  {p}:fair:unadmitted           zset   | fair dispatch room, freed on a
--- KEYS[13] fair_owner  {p}:fair:owner                hash   | terminal save (lib.fair_free)
--- KEYS[14] fair_count  {p}:fair:count                hash  /
+-- KEYS[13] ledger      {p}:ledger                    hash   | terminal save (lib.fair_free;
+-- KEYS[14] fair_count  {p}:fair:count                hash   | Keys.room)
+-- KEYS[15] fair_owner  {p}:fair:owner (before the ledger) /
 -- ARGV: expected version, new version, state, doc (record JSON), now, id, ttl (0: no TTL),
 --       callback ('1': a terminal state with a callback), lease token, billed micro-dollars,
 --       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here)
 -- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
 -- gone, -2 the lease is no longer the caller's.
 local job_key, idem_key, outbox_key, failed_key, lease_key, archive_key, batch_key, children_key,
-      chain_done_key, state_key, inflight_key, unadmitted_key, owner_key, count_key = unpack(KEYS)
+      chain_done_key, state_key, inflight_key, unadmitted_key, ledger_key, count_key, owner_key = unpack(KEYS)
 local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl = unpack(ARGV)
 ttl = tonumber(ttl)
 
@@ -68,7 +69,7 @@ if moved then
   end
 end
 -- Fair dispatch: a terminal save frees the job's dispatch room.
-if lib.is_terminal(state) then lib.fair_free(inflight_key, unadmitted_key, owner_key, count_key, id) end
+if lib.is_terminal(state) then lib.fair_free(inflight_key, unadmitted_key, ledger_key, count_key, owner_key, id) end
 -- Only a terminal record carries a TTL (this save's EXPIRE, the archiver's, a restore's): a
 -- record leaving a terminal state loses it; one that was not terminal has none to lose.
 if ttl > 0 then

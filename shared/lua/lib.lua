@@ -59,17 +59,40 @@ function lib.micro(x)
   return f
 end
 
--- The job no longer takes fair-dispatch room (falq.shared.fairshare.scheduler): it leaves the inflight
--- and unadmitted sets and its tenant's dispatched count. Idempotent (the count only drops when
--- the inflight entry was there). Returns 1 if it was in.
-function lib.fair_free(inflight, unadmitted, owner_hash, count_hash, id)
+-- The ledger of work in flight ({p}:ledger, falq.shared.keys): job -> 'tenant|endpoint|day|micro'
+-- (day and micro: the charge reserved for the job's attempt, empty when none). Fair dispatch
+-- writes the entry, the limiter's admission completes it, and it goes when the job holds
+-- neither dispatch room nor a slot. Returns tenant, endpoint, day, micro (micro a number or nil)
+-- or nil when the job has no entry.
+function lib.ledger_get(ledger, id)
+  local raw = redis.call('HGET', ledger, id)
+  if not raw then return nil end
+  local tenant, ep, day, micro = string.match(raw, '^([^|]*)|([^|]*)|([^|]*)|(%d*)$')
+  if not tenant then return nil end
+  return tenant, ep, day, tonumber(micro)
+end
+
+function lib.ledger_entry(tenant, ep, day, micro)
+  if not micro then return tenant .. '|' .. ep .. '||' end
+  return tenant .. '|' .. ep .. '|' .. day .. '|' .. micro
+end
+
+-- The job no longer takes fair-dispatch room (falq.shared.fairshare.scheduler): it leaves the
+-- inflight and unadmitted sets and its tenant's dispatched count. Idempotent (the count only
+-- drops when the inflight entry was there). The ledger entry goes too unless it still carries a
+-- charge (the release that follows refunds or keeps it). legacy_owner: {p}:fair:owner, read for
+-- jobs dispatched by a release before the ledger. Returns 1 if it was in.
+function lib.fair_free(inflight, unadmitted, ledger, count_hash, legacy_owner, id)
   redis.call('ZREM', unadmitted, id)
   if redis.call('ZREM', inflight, id) == 0 then return 0 end
-  local owner = redis.call('HGET', owner_hash, id)
+  local owner, _, _, micro = lib.ledger_get(ledger, id)
   if owner then
-    redis.call('HDEL', owner_hash, id)
-    redis.call('HINCRBY', count_hash, owner, -1)
+    if not micro then redis.call('HDEL', ledger, id) end
+  else
+    owner = redis.call('HGET', legacy_owner, id)
+    if owner then redis.call('HDEL', legacy_owner, id) end
   end
+  if owner then redis.call('HINCRBY', count_hash, owner, -1) end
   return 1
 end
 
@@ -80,14 +103,16 @@ function lib.lease_end(ttl_ms)
 end
 
 -- The limiter's keys of one fal key, unpacked from the block every limiter script receives
--- first (falq.shared.limits.store.Limiter._block): KEYS[1..18] and ARGV[1..7]. Returns the table of
+-- first (falq.shared.limits.store.Limiter._block): KEYS[1..19] and ARGV[1..7]. Returns the table of
 -- names and the index of the first script-specific ARGV.
 function lib.limiter_keys(keys, argv)
   return {
-    slots = keys[1], slot_ep = keys[2], slot_t = keys[3], tat = keys[4], charges = keys[5],
-    paused = keys[6], waiting = {interactive = keys[7], bulk = keys[8], budget = keys[9], locked = keys[10]},
-    sending = keys[11], sent = keys[12], config = keys[13], tenants = keys[14],
-    unadmitted = keys[15], inflight = keys[16], fair_owner = keys[17], fair_count = keys[18],
+    slots = keys[1], ledger = keys[2], tat = keys[3], paused = keys[4],
+    waiting = {interactive = keys[5], bulk = keys[6], budget = keys[7], locked = keys[8]},
+    sending = keys[9], sent = keys[10], config = keys[11], tenants = keys[12],
+    unadmitted = keys[13], inflight = keys[14], fair_count = keys[15],
+    -- written by releases before the ledger: read (and emptied) only, for jobs they admitted
+    legacy = {slot_ep = keys[16], slot_t = keys[17], charges = keys[18], owner = keys[19]},
     -- templates (lib.key): slots of one endpoint, of one tenant, a tenant's token bucket,
     -- the spend of a day, of a day and tenant, a tenant's dispatch pause, a job's lease
     slots_ep = argv[1], slots_t = argv[2], tat_t = argv[3], spend = argv[4], tspend = argv[5],
@@ -95,30 +120,48 @@ function lib.limiter_keys(keys, argv)
   }, 8
 end
 
--- Drop expired slots (a dead worker's slots end here) with their endpoint and tenant entries.
-function lib.expire_slots(L, now)
-  local dead = redis.call('ZRANGEBYSCORE', L.slots, '-inf', now)
-  for _, id in ipairs(dead) do
-    local ep = redis.call('HGET', L.slot_ep, id)
-    if ep then redis.call('ZREM', lib.key(L.slots_ep, ep), id) end
-    redis.call('HDEL', L.slot_ep, id)
-    local tn = redis.call('HGET', L.slot_t, id)
-    if tn then redis.call('ZREM', lib.key(L.slots_t, tn), id) end
-    redis.call('HDEL', L.slot_t, id)
+-- The job's ledger entry. A job admitted by a release before the ledger has its entries in the
+-- old side hashes instead: they move into the ledger here. Returns tenant, endpoint, day, micro
+-- (micro nil without a charge), or nil when the job has no entry anywhere.
+function lib.limiter_entry(L, job)
+  local tenant, ep, day, micro = lib.ledger_get(L.ledger, job)
+  if tenant then return tenant, ep, day, micro end
+  ep = redis.call('HGET', L.legacy.slot_ep, job)
+  tenant = redis.call('HGET', L.legacy.slot_t, job)
+  local charge = redis.call('HGET', L.legacy.charges, job)
+  if not (ep or tenant or charge) then return nil end
+  redis.call('HDEL', L.legacy.slot_ep, job)
+  redis.call('HDEL', L.legacy.slot_t, job)
+  redis.call('HDEL', L.legacy.charges, job)
+  redis.call('HDEL', L.legacy.owner, job)
+  if charge then
+    local d, m, who = string.match(charge, '^([^|]*)|(%d+)|?(.*)$')
+    day, micro = d, tonumber(m)
+    if (not tenant) and who and who ~= '' then tenant = who end
   end
-  if #dead > 0 then redis.call('ZREMRANGEBYSCORE', L.slots, '-inf', now) end
+  tenant, ep = tenant or 'default', ep or ''
+  redis.call('HSET', L.ledger, job, lib.ledger_entry(tenant, ep, day, micro))
+  return tenant, ep, day, micro
+end
+
+-- Drop expired slots (a dead worker's slots end here). The endpoint and tenant slot sets are
+-- counted by live score (lib.live), so their expired entries are only memory: limiter_state
+-- trims them. The ledger entry stays for the job's next run, which holds or releases it.
+function lib.expire_slots(L, now)
+  redis.call('ZREMRANGEBYSCORE', L.slots, '-inf', now)
+end
+
+-- Entries of a set scored by expiry (ms) that have not expired: a slot set (lease expiry) or a
+-- waiting set.
+function lib.live(set, now)
+  return redis.call('ZCOUNT', set, now, '+inf')
 end
 
 -- Drop expired waiting entries (a job that stopped waiting without being admitted: cancelled,
--- or its worker died). Admission counts waiters with lib.waiting, so this is only memory
+-- or its worker died). Admission counts waiters with lib.live, so this is only memory
 -- housekeeping: limiter_state runs it (the maintenance pass calls it every half minute).
 function lib.expire_waiting(L, now)
   for _, why in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do
     redis.call('ZREMRANGEBYSCORE', L.waiting[why], '-inf', now)
   end
-end
-
--- Jobs waiting in one of the limiter's waiting sets whose entry has not expired.
-function lib.waiting(set, now)
-  return redis.call('ZCOUNT', set, now, '+inf')
 end

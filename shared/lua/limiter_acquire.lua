@@ -5,13 +5,14 @@
 --
 -- The limiter block, first in every limiter script (falq.shared.limits.store.Limiter, unpacked by
 -- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
--- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
--- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)
--- KEYS[5] {b}:charges hash job -> day|micro|tenant    KEYS[6] {b}:paused  string (TTL): why paused
--- KEYS[7..10] {b}:waiting:{interactive,bulk,budget,locked}  zset job -> expiry: who waits, why
--- KEYS[11] {b}:sending  KEYS[12] {b}:sent (zsets: POSTs on their way / answered)
--- KEYS[13] {p}:limits:config  KEYS[14] {p}:tenants  KEYS[15] {p}:fair:unadmitted
--- KEYS[16] {p}:inflight  KEYS[17] {p}:fair:owner  KEYS[18] {p}:fair:count
+-- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {p}:ledger  hash job -> tenant|endpoint|day|micro
+-- KEYS[3] {b}:tat  GCRA next token time (ms)          KEYS[4] {b}:paused  string (TTL): why paused
+-- KEYS[5..8] {b}:waiting:{interactive,bulk,budget,locked}  zset job -> expiry: who waits, why
+-- KEYS[9] {b}:sending  KEYS[10] {b}:sent (zsets: POSTs on their way / answered)
+-- KEYS[11] {p}:limits:config  KEYS[12] {p}:tenants  KEYS[13] {p}:fair:unadmitted
+-- KEYS[14] {p}:inflight  KEYS[15] {p}:fair:count
+-- KEYS[16..19] written before the ledger, only read and emptied (lib.limiter_entry):
+--   {b}:slot_ep, {b}:slot_t, {b}:charges, {p}:fair:owner
 -- ARGV[1..7] templates: {b}:slots:ep:HOLE, {b}:slots:t:HOLE, {b}:tat:t:HOLE, {p}:spend:HOLE,
 --   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
 -- ARGV[8..]: job, endpoint, lane, cost (micro-dollars), lease ms, headroom, the config defaults
@@ -100,9 +101,9 @@ local ep_slots = lib.key(L.slots_ep, ep)
 
 if not held then
   -- 3. Interactive before bulk: bulk waits while any interactive job is waiting.
-  local n_int = lib.waiting(W.interactive, now)
+  local n_int = lib.live(W.interactive, now)
   if lane == 'bulk' and n_int > 0 then
-    local n = lib.waiting(W.bulk, now) + 1
+    local n = lib.live(W.bulk, now) + 1
     local spread = math.min(30000, math.max(500, n * math.max(interval, 50)))
     wait_as('bulk', 200 + spread + 5000)
     return {'priority', 200, spread}
@@ -111,10 +112,10 @@ if not held then
   -- spread that grows with the number of waiters, so polling stays about 40 calls/s in all.
   local cap_ep = tonumber(caps[ep])
   local out_full = max_out > 0 and redis.call('ZCARD', L.slots) >= max_out
-  local ep_full = cap_ep and redis.call('ZCARD', ep_slots) >= cap_ep
-  local t_full = t_max and redis.call('ZCARD', t_slots) >= t_max
+  local ep_full = cap_ep and lib.live(ep_slots, now) >= cap_ep
+  local t_full = t_max and lib.live(t_slots, now) >= t_max
   if out_full or ep_full or t_full then
-    local n = lib.waiting(W[lane], now) + 1
+    local n = lib.live(W[lane], now) + 1
     local spread = math.min(10000, math.max(500, n * 25))
     -- An interactive job waiting only on its endpoint's or its tenant's cap does not hold bulk back.
     if out_full then wait_as(lane, 200 + spread + 5000) else redis.call('ZREM', W.interactive, job) end
@@ -125,13 +126,13 @@ end
 -- 5. The token bucket, as GCRA: a token may be reserved up to `horizon` ms ahead, so the
 -- next token is always claimed before it is due and the rate is used in full without
 -- callers polling at token granularity.
-local delay = 0
+local delay, tat = 0, now
 if rate > 0 then
-  local tat = math.max(tonumber(redis.call('GET', L.tat) or '0'), now)
+  tat = math.max(tonumber(redis.call('GET', L.tat) or '0'), now)
   local allow_at = tat - (burst - 1) * interval
   delay = math.max(0, allow_at - now)
   if delay > horizon then
-    local n = lib.waiting(W[lane], now) + 1
+    local n = lib.live(W[lane], now) + 1
     -- about 4 callers per token interval: the next token is always claimed in time, and a
     -- job refused while the backlog was long still comes back before the backlog is gone
     local spread = math.min(30000, math.max(100, n * interval / 2))
@@ -156,24 +157,27 @@ if t_rate then
   redis.call('SET', t_tat_key, tostring(t_tat + t_interval), 'PX', math.floor(t_tat + t_interval - now + 60000))
 end
 if rate > 0 then
-  local tat = math.max(tonumber(redis.call('GET', L.tat) or '0'), now)
   redis.call('SET', L.tat, tostring(tat + interval), 'PX', math.floor(tat + interval - now + 60000))
 end
 
--- Admitted: hold the slot (idempotent for a job that already holds one), reserve the cost.
+-- Admitted: hold the slot (idempotent for a job that already holds one), reserve the cost, and
+-- write the job's ledger entry with its charge (without a cost, a charge still unsettled stays).
 local expiry = now + delay + lease
 redis.call('ZADD', L.slots, expiry, job)
-redis.call('HSET', L.slot_ep, job, ep)
 redis.call('ZADD', ep_slots, expiry, job)
 redis.call('ZADD', t_slots, expiry, job)
-redis.call('HSET', L.slot_t, job, tenant)
+local day, charge
 if cost > 0 then
+  day, charge = today, cost
   redis.call('INCRBY', spend_key, cost)
   redis.call('EXPIRE', spend_key, 40 * 86400)
   redis.call('INCRBY', tspend_key, cost)
   redis.call('EXPIRE', tspend_key, 40 * 86400)
-  redis.call('HSET', L.charges, job, today .. '|' .. cost .. '|' .. tenant)
+else
+  local _, _, d, m = lib.limiter_entry(L, job)
+  day, charge = d, m
 end
+redis.call('HSET', L.ledger, job, lib.ledger_entry(tenant, ep, day, charge))
 for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do redis.call('ZREM', W[w], job) end
 -- Fair dispatch (falq.shared.fairshare.scheduler): the job no longer waits for admission.
 redis.call('ZREM', L.unadmitted, job)

@@ -4,37 +4,38 @@
 --
 -- The limiter block, first in every limiter script (falq.shared.limits.store.Limiter, unpacked by
 -- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
--- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {b}:slot_ep  hash job -> endpoint
--- KEYS[3] {b}:slot_t hash job -> tenant               KEYS[4] {b}:tat  GCRA next token time (ms)
--- KEYS[5] {b}:charges hash job -> day|micro|tenant    KEYS[6] {b}:paused  string (TTL): why paused
--- KEYS[7..10] {b}:waiting:{interactive,bulk,budget,locked}  zset job -> expiry: who waits, why
--- KEYS[11] {b}:sending  KEYS[12] {b}:sent (zsets: POSTs on their way / answered)
--- KEYS[13] {p}:limits:config  KEYS[14] {p}:tenants  KEYS[15] {p}:fair:unadmitted
--- KEYS[16] {p}:inflight  KEYS[17] {p}:fair:owner  KEYS[18] {p}:fair:count
+-- KEYS[1] {b}:slots  zset job -> slot expiry (ms)     KEYS[2] {p}:ledger  hash job -> tenant|endpoint|day|micro
+-- KEYS[3] {b}:tat  GCRA next token time (ms)          KEYS[4] {b}:paused  string (TTL): why paused
+-- KEYS[5..8] {b}:waiting:{interactive,bulk,budget,locked}  zset job -> expiry: who waits, why
+-- KEYS[9] {b}:sending  KEYS[10] {b}:sent (zsets: POSTs on their way / answered)
+-- KEYS[11] {p}:limits:config  KEYS[12] {p}:tenants  KEYS[13] {p}:fair:unadmitted
+-- KEYS[14] {p}:inflight  KEYS[15] {p}:fair:count
+-- KEYS[16..19] written before the ledger, only read and emptied (lib.limiter_entry):
+--   {b}:slot_ep, {b}:slot_t, {b}:charges, {p}:fair:owner
 -- ARGV[1..7] templates: {b}:slots:ep:HOLE, {b}:slots:t:HOLE, {b}:tat:t:HOLE, {p}:spend:HOLE,
 --   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
 -- ARGV[8..]: job, refund ('1'/'0')
 -- Returns 1 if the job held a slot.
 local L, o = lib.limiter_keys(KEYS, ARGV)
 local job, refund = ARGV[o], ARGV[o + 1] == '1'
-lib.fair_free(L.inflight, L.unadmitted, L.fair_owner, L.fair_count, job)
-local ep = redis.call('HGET', L.slot_ep, job)
-if ep then redis.call('ZREM', lib.key(L.slots_ep, ep), job) end
-redis.call('HDEL', L.slot_ep, job)
-local tn = redis.call('HGET', L.slot_t, job)
-if tn then redis.call('ZREM', lib.key(L.slots_t, tn), job) end
-redis.call('HDEL', L.slot_t, job)
-local freed = redis.call('ZREM', L.slots, job)
-local charge = redis.call('HGET', L.charges, job)
-if charge then
-  redis.call('HDEL', L.charges, job)
-  if refund then
-    -- 'day|micro' (before tenants) or 'day|micro|tenant': the tenant's counter is refunded too.
-    local day, micro, who = string.match(charge, '^([^|]*)|(%d+)|?(.*)$')
-    if day then
-      redis.call('DECRBY', lib.key(L.spend, day), micro)
-      if who and who ~= '' then redis.call('DECRBY', lib.key(L.tspend, day, who), micro) end
-    end
+local tenant, ep, day, micro = lib.limiter_entry(L, job)
+-- The dispatch room (lib.fair_free's steps, with the entry already read).
+redis.call('ZREM', L.unadmitted, job)
+if redis.call('ZREM', L.inflight, job) == 1 then
+  local owner = tenant
+  if not owner then
+    owner = redis.call('HGET', L.legacy.owner, job)
+    redis.call('HDEL', L.legacy.owner, job)
+  end
+  if owner then redis.call('HINCRBY', L.fair_count, owner, -1) end
+end
+if tenant then
+  redis.call('HDEL', L.ledger, job)
+  if ep ~= '' then redis.call('ZREM', lib.key(L.slots_ep, ep), job) end
+  redis.call('ZREM', lib.key(L.slots_t, tenant), job)
+  if refund and micro and micro > 0 and day and day ~= '' then
+    redis.call('DECRBY', lib.key(L.spend, day), micro)
+    redis.call('DECRBY', lib.key(L.tspend, day, tenant), micro)
   end
 end
-return freed
+return redis.call('ZREM', L.slots, job)

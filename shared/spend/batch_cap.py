@@ -89,7 +89,6 @@ class BatchCaps:
         self._reserve = register(client, "batch_cap_reserve")
         self._refund = register(client, "batch_cap_refund")
         self._settle = register(client, "batch_cap_settle")
-        self._unroom = register(client, "batch_cap_unroom")
 
     def set_cap(self, batch_id: str, usd: float | None) -> None:
         """Set (``None``: remove) the batch's cap; waiting jobs go at their next poll if they fit."""
@@ -99,11 +98,6 @@ class BatchCaps:
         """Reserve the job's cost if it fits under the cap (True), else mark it waiting (False)."""
         raw = self._reserve(keys=self._keys(batch_id)[:3], args=[job_id, int(cost_micro)])
         return int(raw[0]) == 1
-
-    def give_back_room(self, job_id: str) -> bool:
-        """The job waits at its cap: it stops counting as dispatched (True if it did)."""
-        k = self.keys
-        return bool(self._unroom(keys=[k.inflight, k.fair_unadmitted, k.fair_owner, k.fair_count], args=[job_id]))
 
     def refund(self, batch_id: str, job_id: str) -> None:
         self._refund(keys=self._keys(batch_id)[:3], args=[job_id])

@@ -51,7 +51,7 @@ from falq.shared.limits.store import Limiter, micro
 from falq.shared.spend.batch_cap import PAUSED_REASON, BatchCaps
 from falq.workers.limits.admission import Admission
 from falq.workers.loops import every
-from falq.workers.maintenance.dispatcher import room_freed
+from falq.workers.maintenance.dispatcher import fair_for, room_freed
 from falq.workers.steps.step import Stop
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class LimitsAdmission(Admission):
             # place and asks again; raising the cap (falq batches set-cap) lets it through. While
             # it waits it holds no dispatch room: other batches, tenants and lanes go on.
             rec.paused = PAUSED_REASON
-            if self.caps.give_back_room(rec.id):
+            if fair_for(self.ctx).free(rec.id):
                 room_freed(self.ctx)
             return self.s.pause_poll_s * random.uniform(0.5, 1.5)
         ans = self.limiter.acquire(rec.id, rec.endpoint, rec.lane, cost, tenant=rec.tenant)
@@ -249,8 +249,9 @@ class LimitsAdmission(Admission):
         rec.paused = "account_locked"
 
     def housekeeping(self) -> None:
-        """Expired waiting entries go (admission counts only live ones; this frees their memory)."""
+        """Expired waiting and slot entries go (admission counts only live ones; this frees their memory)."""
         self.limiter.state()
+        self.limiter.trim_expired()
 
     def billed(self, rec: JobRecord) -> None:
         """fal said what the job cost: its batch's reservation becomes that amount."""

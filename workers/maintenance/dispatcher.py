@@ -59,3 +59,9 @@ def recover_tick(app: Celery, ctx: WorkerContext) -> None:
     fair = fair_for(ctx)
     if fair.recover_dispatched(app):
         fair.try_dispatch(app)
+
+
+def recount_tick(ctx: WorkerContext) -> None:
+    """The tenants' dispatched counts recounted from the ledger (one worker, every half minute)."""
+    fair_for(ctx).recount()
+

@@ -23,7 +23,7 @@ from celery import Celery
 
 from falq.shared.keys import Keys
 from falq.workers.loops import every
-from falq.workers.maintenance.dispatcher import dispatch_tick, recover_tick
+from falq.workers.maintenance.dispatcher import dispatch_tick, recount_tick, recover_tick
 from falq.workers.maintenance.reaper import prune_expired, reap_once, takeover_once
 from falq.workers.maintenance.recovery import needs_sweeper, sweep_once
 
@@ -102,8 +102,10 @@ def build_pass(app: Celery, ctx: WorkerContext) -> MaintenancePass:
     # Jobs whose delivery was lost without a lease (the reaper), then index entries of expired records.
     cleanups.append(Cleanup("reaper", lambda: (reap_once(app, store, s), prune_expired(store, s)),
                             every_s=max(2.0, s.visibility_timeout_s / 3)))
-    # The limiter's expired waiting entries (memory only: admission counts live entries).
+    # The limiter's expired waiting and slot entries (memory only: admission counts live entries),
+    # and the tenants' dispatched counts recounted from the ledger.
     cleanups.append(Cleanup("limiter housekeeping", lambda: ctx.admission.housekeeping(), every_s=30.0))
+    cleanups.append(Cleanup("ledger recount", lambda: recount_tick(ctx), every_s=30.0))
     if needs_sweeper(app):  # kombu's unacked messages of dead consumers (Redis brokers)
         interval = float(app.conf.broker_transport_options.get("unacked_restore_interval", UNACKED_EVERY_S))
         cleanups.append(Cleanup("unacked sweep", lambda: sweep_once(app), every_s=interval))
