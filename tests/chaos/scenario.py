@@ -293,6 +293,7 @@ def _audit(report: Report, stack: DevStack, falq: Any, storage: Any, job_ids: li
     left = {"dispatched (inflight)": int(falq.redis.zcard(keys.inflight)),
             "dispatched, not admitted": int(falq.redis.zcard(keys.fair_unadmitted)),
             "counted per tenant": sum(int(v) for v in falq.redis.hvals(keys.fair_count)),
+            "ledger entries": int(falq.redis.hlen(keys.ledger)),
             "waiting in ready sets": sum(int(falq.redis.zcard(k)) for k in falq.redis.scan_iter(
                 match=f"{falq.settings.key_prefix}:fair:ready:*"))}
     # A terminal job still in a ready set (cancelled while waiting) is dropped by the next
