@@ -1,7 +1,9 @@
 """``make soak``: many jobs through two workers; do memory, Redis keys and connections stay bounded?
 
 Starts a DevStack (Redis, moto S3, the fal emulator with low fault rates: 1% 5xx, 1% 429,
-0.5% COMPLETED-with-error, small images) and ``--workers`` ``falq worker`` processes,
+0.5% COMPLETED-with-error, 1 KB images: the soak is about what stays bounded, and rendering
+realistic images in the same process as the emulator and moto starves them on 2 cores) and
+``--workers`` ``falq worker`` processes,
 enqueues ``--jobs`` bulk jobs with ``Falq.submit_many`` and, while they run, samples every
 ``--sample-s`` seconds: each worker's RSS (the process and its children, from /proc), its
 open file descriptors and TCP connections (its sockets in /proc/net/tcp{,6}), Redis
@@ -9,7 +11,7 @@ open file descriptors and TCP connections (its sockets in /proc/net/tcp{,6}), Re
 
 At the end it prints the RSS over time, whether RSS after warm-up stayed flat (within
 ``--rss-tolerance``), Redis memory per finished job and after the run, the keys left in
-Redis by kind (leases, limiter slots, holders, reservations, waiting sets, queues, streams:
+Redis by kind (leases, limiter slots, holders, the ledger, waiting sets, queues, streams:
 none may be left beyond the records and what expires with them) and each worker's fds and
 connections at the end against the start. Exit status 1 if any bound is broken.
 
@@ -32,10 +34,13 @@ import click
 
 from falq.shared.commands import HELP_OPTIONS
 from falq.shared.commands import run as run_command
+from falq.shared.keys import Keys
 from falq.testing.stack import DevStack
 
+#: How long the audit waits at most for acks and the end-of-job streams to drain (seconds).
+SETTLE_S = 120.0
 EMULATOR = {"latency": "uniform:0.3,1.5", "concurrency": 100_000, "fail_5xx": 0.01, "fail_429": 0.01,
-            "completed_error": 0.005, "small_images": True, "drop": 0.0, "slow": 0.0}
+            "completed_error": 0.005, "tiny_images": True, "drop": 0.0, "slow": 0.0}
 QUEUES = ("falq.interactive", "falq.bulk")
 _ID = re.compile(r"[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _KID = re.compile(r"(?<=:limits:)[0-9a-f]{8,16}(?=:|$)")
@@ -155,6 +160,16 @@ def tally_ttl(info: dict[str, Any], kind: str, ttl: int) -> None:
         info["max_ttl"] = max(info["max_ttl"], ttl)
     else:
         info["no_ttl"] += 1
+
+
+def _drained(r: Any, keys: Keys) -> bool:
+    """Celery acked every message and the end-of-job streams hold nothing."""
+    pipe = r.pipeline(transaction=False)
+    pipe.hlen("unacked")
+    pipe.zcard("unacked_index")
+    pipe.xlen(keys.archive)
+    pipe.xlen(keys.chain_done)
+    return not any(int(n) for n in pipe.execute())
 
 
 def audit_keys(r: Any, prefix: str, record_ttl_s: int) -> tuple[dict[str, dict[str, Any]], list[str]]:
@@ -288,6 +303,12 @@ def soak(jobs: int, workers: int, concurrency: int, sample_s: float, warmup: flo
                 break
         feeder.join(30)
         time.sleep(max(3.0, settings.lease_ttl_s))  # let the last steps release what they hold
+        # Acks, the archive stream and chain:done drain behind the last job (the archiver commits
+        # in batches, then trims): what must be empty is audited once they drained, or after SETTLE_S.
+        settle_t0 = time.monotonic()
+        while time.monotonic() - settle_t0 < SETTLE_S and not _drained(r, falq.store.keys):
+            time.sleep(1.0)
+        print(f"  bookkeeping drained {time.monotonic() - settle_t0:.0f}s after the wait for leases", flush=True)
         if record_ttl_s:  # see what is left once the records themselves expired
             print(f"  waiting {record_ttl_s + 5}s for the records to expire (--record-ttl)", flush=True)
             time.sleep(record_ttl_s + 5)
@@ -346,15 +367,20 @@ def soak(jobs: int, workers: int, concurrency: int, sample_s: float, warmup: flo
     if not problems:
         print("PASS: nothing left beyond the records and keys that expire with them")
 
-    warm = after[0]
-    print("\nfile descriptors / TCP connections per worker: idle before jobs, after warm-up, end:")
+    # With hundreds of jobs in flight the pools' size swings by half from one sample to the next,
+    # so one sample is no bound: a leak is an end above the peak of the first half after warm-up.
+    first_half = after[: max(1, len(after) // 2)]
+    print("\nfile descriptors / TCP connections per worker: idle before jobs, peak in the first half after "
+          "warm-up, end:")
     for i in range(workers):
-        a, b, c = idle[i], warm.workers[i], final.workers[i]
-        fd_ok = c.fds <= b.fds + max(16, b.fds // 10)
-        tcp_ok = c.tcp <= b.tcp + max(16, b.tcp // 10)
+        a, c = idle[i], final.workers[i]
+        peak_fds = max(smp.workers[i].fds for smp in first_half)
+        peak_tcp = max(smp.workers[i].tcp for smp in first_half)
+        fd_ok = c.fds <= peak_fds + max(16, peak_fds // 10)
+        tcp_ok = c.tcp <= peak_tcp + max(16, peak_tcp // 10)
         ok &= fd_ok and tcp_ok
-        print(f"  worker {i}: fds {a.fds} / {b.fds} / {c.fds} {'PASS' if fd_ok else 'FAIL'};  "
-              f"tcp {a.tcp} / {b.tcp} / {c.tcp} {'PASS' if tcp_ok else 'FAIL'}  (end <= after warm-up + 10%)")
+        print(f"  worker {i}: fds {a.fds} / {peak_fds} / {c.fds} {'PASS' if fd_ok else 'FAIL'};  "
+              f"tcp {a.tcp} / {peak_tcp} / {c.tcp} {'PASS' if tcp_ok else 'FAIL'}  (end <= that peak + 10%)")
     print("\nSOAK", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 
