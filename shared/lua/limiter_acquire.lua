@@ -174,7 +174,7 @@ if cost > 0 then
   redis.call('INCRBY', tspend_key, cost)
   redis.call('EXPIRE', tspend_key, 40 * 86400)
 else
-  local _, _, d, m = lib.limiter_entry(L, job)
+  local _, _, d, m = lib.ledger_get(L.ledger, job)
   day, charge = d, m
 end
 redis.call('HSET', L.ledger, job, lib.ledger_entry(tenant, ep, day, charge))
