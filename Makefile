@@ -40,8 +40,8 @@ prometheus:
 
 # Three processes (pytest-xdist), one test file each at a time: most tests wait on real servers,
 # so on a 2-core machine three keep both cores about 70 % busy (two left a third idle); each
-# process starts its own stack on free ports. (Starting the longest files first was slower:
-# 13:15 against 11:37, the CPU-heavy ones then contend with each other.)
+# process starts its own stack on free ports. The suite is CPU-bound (17-27 CPU-minutes), so
+# more processes do not make it faster.
 TEST_PROCS ?= 3
 
 ## make unit: the tests that need no server (tests/unit): pure modules, the fal client through

@@ -145,8 +145,8 @@ function lib.limiter_entry(L, job)
 end
 
 -- Drop expired slots (a dead worker's slots end here). The endpoint and tenant slot sets are
--- counted by live score (lib.live), so their expired entries are only memory: limiter_state
--- trims them. The ledger entry stays for the job's next run, which holds or releases it.
+-- counted by live score (lib.live), so their expired entries are only memory: the maintenance
+-- pass trims them (Limiter.trim_expired). The ledger entry stays for the job's next run, which holds or releases it.
 function lib.expire_slots(L, now)
   redis.call('ZREMRANGEBYSCORE', L.slots, '-inf', now)
 end
