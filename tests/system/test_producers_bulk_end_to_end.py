@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +111,18 @@ def test_bulk_backlog_never_delays_interactive_jobs(clean_stack: DevStack, falq:
     bulk_ids = [job_id for job_id, _ in falq.submit_many(backlog)]
     clean_stack.start_worker(concurrency=10)
     wait_for(lambda: falq.store.counts()["completed"] >= 10, 60, what="bulk lane flowing")
-    t0 = time.monotonic()
     urgent = falq.generate("interactive, right now")
     rec = urgent.wait(60)
-    took = time.monotonic() - t0
-    bulk_done = sum(1 for x in falq.store.get_many(bulk_ids) if x and x.state == "completed")
     assert rec.state == "completed"
-    # 150 bulk jobs at 10 in parallel and 1 s each take ~15 s; the interactive one is
-    # picked by the next free slot, so it finishes in about one job's time.
-    assert bulk_done < 120, bulk_done
-    assert took < 6, took
+    bulk = [x for x in falq.store.get_many(bulk_ids) if x and x.state == "completed"]
+    # 150 bulk jobs at 10 in parallel and 1 s each take ~15 s; the interactive one is picked
+    # by the next free slot, so it finishes in about one job's time. Counted in jobs, not
+    # seconds (a loaded machine slows both lanes alike): the bulk jobs that finished between
+    # the interactive job's creation and its end are about the 10 that were running then,
+    # where waiting behind the backlog would have let over a hundred finish first.
+    finished_meanwhile = sum(1 for x in bulk if rec.created_at <= x.updated_at <= rec.updated_at)
+    assert len(bulk) < 120, len(bulk)
+    assert finished_meanwhile <= 25, finished_meanwhile
 
 
 @pytest.mark.timeout(120)
