@@ -167,6 +167,7 @@ def _drained(r: Any, keys: Keys) -> bool:
     pipe = r.pipeline(transaction=False)
     pipe.hlen("unacked")
     pipe.zcard("unacked_index")
+    pipe.xlen(keys.ended)
     pipe.xlen(keys.archive)
     pipe.xlen(keys.chain_done)
     return not any(int(n) for n in pipe.execute())
@@ -303,8 +304,9 @@ def soak(jobs: int, workers: int, concurrency: int, sample_s: float, warmup: flo
                 break
         feeder.join(30)
         time.sleep(max(3.0, settings.lease_ttl_s))  # let the last steps release what they hold
-        # Acks, the archive stream and chain:done drain behind the last job (the archiver commits
-        # in batches, then trims): what must be empty is audited once they drained, or after SETTLE_S.
+        # Acks and the end-of-job stream drain behind the last job (the archiver commits in
+        # batches; the maintenance pass trims what every group acknowledged): what must be empty
+        # is audited once they drained, or after SETTLE_S.
         settle_t0 = time.monotonic()
         while time.monotonic() - settle_t0 < SETTLE_S and not _drained(r, falq.store.keys):
             time.sleep(1.0)

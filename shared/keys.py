@@ -82,9 +82,13 @@ key                             type    what
 ``{p}:delivery:{id}``           list    every callback try of the job (JSON), capped, TTL as
                                         the record
 ``{p}:tenants``                 hash    tenant name -> its settings (JSON), :mod:`falq.shared.tenants.store`
-``{p}:archive``                 stream  finished jobs to copy into the SQL catalogue (``id``,
-                                        ``v``: the saved version); consumer group ``archivers``
-                                        (:mod:`falq.workers.maintenance.archive`), acked after the commit
+``{p}:ended``                   stream  the one end-of-job event: a job's terminal save appends
+                                        ``id``, ``v``, ``state`` and who has work (``ar`` the
+                                        catalogue, ``cb`` a callback, ``ch`` waiting children);
+                                        consumer groups ``archivers``, ``callbacks``, ``chains``
+                                        (:mod:`falq.shared.jobs.ended`), trimmed once all acked
+``{p}:archive``                 stream  (read only, until empty) finished jobs to archive, written by
+                                        saves before the end-of-job stream; group ``archivers``
 ``{p}:catalogues``              hash    ``role@host`` -> the catalogue that process uses (JSON, no
                                         password; :mod:`falq.shared.catalogue.registry`)
 ``{p}:catalogue:shared``        string  the shared history: the one catalogue archivers write
@@ -95,8 +99,8 @@ key                             type    what
 ``{p}:batches``                 zset    every batch id, by creation time
 ``{p}:children:{id}``           set     jobs whose input references job ``id``'s outputs
                                         (:mod:`falq.shared.batches.chains`)
-``{p}:chain:done``              stream  parents that just ended (written by the save that ends
-                                        them); consumer group ``chains`` of the workers
+``{p}:chain:done``              stream  (read only, until empty) parents that ended, written before
+                                        the end-of-job stream; group ``chains``
 ``{p}:chain:releasing``         zset    children moved to ``queued`` whose broker message may not
                                         be sent yet, by when (re-driven by the chain sweep)
 ``{p}:chain:lock``              string  one chain sweep at a time
@@ -381,6 +385,10 @@ class Keys:
 
     def console_session(self, digest: str) -> str:
         return f"{self.prefix}:console:session:{digest}"
+
+    @property
+    def ended(self) -> str:
+        return f"{self.prefix}:ended"
 
     @property
     def archive(self) -> str:

@@ -24,8 +24,8 @@ Read, when the global limiter runs (``shared.limits``): ``{p}:spend:{day}`` (the
 reservations, integer micro-dollars), ``{p}:limits:{key_id}:slots`` (requests outstanding
 at fal), ``{p}:limits:config`` (the runtime cap and daily budget), and per fal key id in
 ``{p}:limits:keys`` its ``:paused`` (fal answered "User is locked") and ``:waiting:{why}``
-(jobs the limiter holds back, and why). Read when the catalogue runs: ``{p}:archive``, the
-stream of finished jobs still to be copied into SQL (its consumer group ``archivers``).
+(jobs the limiter holds back, and why). Read when the catalogue runs: ``{p}:ended``, the
+end-of-job stream, for the finished jobs still to be copied into SQL (its group ``archivers``).
 
 Example::
 
@@ -43,6 +43,7 @@ from typing import Any
 
 import redis
 
+from falq.shared.jobs.ended import backlog
 from falq.shared.jobs.records import AT_FAL, STATES
 from falq.shared.keys import Keys
 from falq.shared.redisconn import text as as_text
@@ -301,7 +302,8 @@ def read_snapshot(r: redis.Redis, settings: Settings, *, now: float | None = Non
         queue_depth=depth, unacked=unacked, limiter_slots=_limiter_slots(r, p),
         outstanding_cap=_cap(configured_cap, settings),
         spend_today=spend, spend_source=source,
-        budget_daily=_budget(configured_budget, settings), **_limiter_waits(r, p), archive_lag=_archive_lag(r, p),
+        budget_daily=_budget(configured_budget, settings), **_limiter_waits(r, p),
+        archive_lag=_archive_lag(r, p) if settings.catalogue else 0,
         tenants=tenants, fair=_fair_figures(r, settings, tenants),
     )
 
@@ -387,25 +389,10 @@ def _limiter_waits(r: redis.Redis, prefix: str) -> dict[str, dict[str, int]]:
 
 
 def _archive_lag(r: redis.Redis, prefix: str) -> int:
-    """Entries of ``{p}:archive`` the archivers have not acked: pending plus not yet delivered.
-
-    Read defensively: no stream (no catalogue) is 0; a stream without the ``archivers`` group
-    counts every entry; a group whose ``lag`` Redis cannot tell (after deletions) counts the
-    stream's length as the undelivered part (an upper bound).
-    """
-    key = Keys(prefix).archive
-    try:
-        if not r.exists(key):
-            return 0
-        length = int(r.xlen(key))
-        groups = {as_text(g.get("name")): g for g in r.xinfo_groups(key)}
-    except redis.ResponseError:  # the key holds something else: not a stream of ours
-        return 0
-    group = groups.get("archivers")
-    if group is None:
-        return length
-    lag = group.get("lag")
-    return int(group.get("pending") or 0) + (int(lag) if lag is not None else length)
+    """End-of-job entries the archivers have not acknowledged (and those of an older release's
+    ``{p}:archive``): pending plus not yet delivered (:func:`falq.shared.jobs.ended.backlog`)."""
+    keys = Keys(prefix)
+    return backlog(r, [keys.ended, keys.archive], "archivers")
 
 
 def _histograms(raw: dict[Any, Any]) -> dict[str, Histogram]:

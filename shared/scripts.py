@@ -59,6 +59,7 @@ OWNERS: dict[str, str] = {
     "outbox_redeliver": "falq.shared.callbacks.outbox.Outbox.redeliver",
     "outbox_settle": "falq.shared.callbacks.outbox.Outbox.settle",
     "outbox_append": "falq.shared.callbacks.outbox.Outbox.append_log",
+    "outbox_schedule": "falq.shared.callbacks.outbox.Outbox.schedule",
     "chain_link": "falq.shared.batches.chains.Chains.link",
     "lease_acquire": "falq.workers.lease.LeaseKeeper.acquire",
     "lease_renew": "falq.workers.lease.LeaseKeeper.renew_now",

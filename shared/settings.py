@@ -539,14 +539,14 @@ class Settings(BaseSettings):
         15.0, gt=0,
         description=(
             "How often one worker re-checks waiting children and half-done releases (the safety net under the "
-            "chain:done stream, e.g. after a Redis restart)."
+            "end-of-job stream, e.g. after a Redis restart)."
         ),
     )
     chain_claim_idle_s: float = Field(
         10.0, gt=0,
         description=(
-            "A chain:done entry a worker claimed and did not acknowledge within this many seconds (it died) is taken "
-            "over by another worker."
+            "An end-of-job entry a worker read for the chains and did not acknowledge within this many seconds "
+            "(it died) is taken over by another worker."
         ),
     )
 

@@ -1,5 +1,6 @@
-"""The worker's one consumer loop (``falq-consumers``): the callback outbox, the chain:done
-stream and the archive stream, in turn, in one thread (a greenlet under gevent).
+"""The worker's one consumer loop (``falq-consumers``): the consumers of the end-of-job stream
+(:mod:`falq.shared.jobs.ended`: the callback sender, the chain loop, the archiver), in turn, in
+one thread (a greenlet under gevent).
 
 Each part returns how many entries it handled. A part that raises is logged and rests (backing
 off on repeated failures) while the others go on. When a round handled nothing the loop waits

@@ -23,9 +23,9 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     # Takeover of expired leases, the reaper, kombu's unacked sweep, fair dispatch's tick and
     # recovery: one pass, one loop (falq.workers.maintenance.housekeeping).
     start_maintenance(app, ctx)
-    # One consumer loop (falq.workers.consumers), stopping on a warm shutdown: per-job callbacks
-    # from the Redis outbox, children of jobs that just ended (the chain:done stream,
-    # falq.workers.maintenance.chains) and finished jobs into the SQL catalogue (archive).
+    # One consumer loop (falq.workers.consumers), stopping on a warm shutdown: the consumers of
+    # the end-of-job stream: per-job callbacks (through the Redis outbox), children of jobs that
+    # just ended (falq.workers.maintenance.chains) and finished jobs into the SQL catalogue.
     consumers = Consumers()
     start_callbacks(ctx.store, ctx.settings, ctx.callback_http, into=consumers)
     from falq.workers.maintenance.chains import start_chains

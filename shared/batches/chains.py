@@ -9,9 +9,9 @@ is also its idempotency key); a line id wins over a job id of the same spelling.
 **What happens.** A job with references is validated at once (everything but the referenced
 images), gets ``parents`` and is stored ``waiting``: no broker message, no worker slot, no
 polling. Its id is added to ``{p}:children:{parent}`` of each parent. The save that makes a job
-terminal pushes it on the ``{p}:chain:done`` stream *in the same Lua step* when it has
-children (:mod:`falq.shared.jobs.store`); a worker loop (:mod:`falq.workers.maintenance.chains`) reads the
-stream through a consumer group (an entry a killed worker claimed is taken over after
+terminal marks its end-of-job entry ``ch`` *in the same Lua step* when it has children
+(:mod:`falq.shared.jobs.ended`); a worker loop (:mod:`falq.workers.maintenance.chains`) reads the
+stream through the consumer group ``chains`` (an entry a killed worker read is taken over after
 ``FALQ_CHAIN_CLAIM_IDLE_S``) and calls :meth:`Chains.evaluate` for each child:
 
 * every parent ``completed``: the references become presigned GET URLs of the parents' S3
@@ -252,11 +252,11 @@ class Chains:
 
     def link(self, child_id: str, parents: Iterable[str]) -> None:
         """Enter ``child_id`` in each parent's children set; a parent that already ended is
-        pushed on chain:done at once (idempotent)."""
+        put on the end-of-job stream again at once, for the chains group (idempotent)."""
         ps = list(dict.fromkeys(parents))
         if ps:
             ttl = max(self.s.record_ttl_s * 2, 3600)
-            keys = [self.keys.chain_done]
+            keys = [self.keys.ended]
             for p in ps:
                 keys += [self.keys.children(p), self.keys.job(p)]
             self._link(keys=keys, args=[child_id, ttl, *ps])

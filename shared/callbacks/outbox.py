@@ -1,10 +1,12 @@
 """The callback outbox: per-job callbacks that survive any worker's death, kept in Redis.
 
-The job store's compare-and-set save (:meth:`falq.shared.jobs.store.JobStore.save`) enters a
-job in ``{p}:outbox`` (sorted set, score: when to try next) in the same Lua script that saves
-its terminal state, when the job has a ``callback_url`` or a ``fal_webhook`` (the gateway's
-fal-shaped webhook: the same outbox, the same sender). So no terminal state exists without
-its callback pending, whatever happens to the worker afterwards. Beside it, in the job's hash,
+The save that makes a job terminal appends its end-of-job entry (:mod:`falq.shared.jobs.ended`)
+in the same Lua script, marked ``cb`` when the job has a ``callback_url`` or a ``fal_webhook``
+(the gateway's fal-shaped webhook: the same outbox, the same sender). The senders read that
+stream through the consumer group ``callbacks`` and enter each such job in ``{p}:outbox``
+(sorted set, score: when to try next; :meth:`Outbox.schedule`) before acknowledging the entry.
+So no terminal state exists without its callback pending, in the stream or in the outbox,
+whatever happens to the worker afterwards. Beside it, in the job's hash,
 ``cb_version`` (the record version that saved the terminal state: the delivery id),
 ``cb_tries``, ``cb_since`` (when this round of tries began) and ``cb_settled`` (the targets
 of a job with both that need no more tries).
@@ -116,8 +118,16 @@ class Outbox:
         self._redeliver = register(self.r, "outbox_redeliver")
         self._settle = register(self.r, "outbox_settle")
         self._append = register(self.r, "outbox_append")
+        self._schedule = register(self.r, "outbox_schedule")
 
     # --- the delivery loop's side ----------------------------------------------------------------
+    def schedule(self, job_id: str, version: str, since: float) -> int:
+        """Enter the callback of the job's end saved as ``version`` (at ``since``), due now: what
+        the sender does with each end-of-job entry that has a callback. 1 entered, 0 already
+        entered for this version or a newer one, -1 the record is gone."""
+        keys = [self.keys.outbox, self.keys.outbox_failed, self.store.job_key(job_id)]
+        return int(self._schedule(keys=keys, args=[job_id, version, repr(since)]))
+
     def claim(self, *, limit: int, lease_s: float, now: float | None = None) -> list[Claim]:
         """Take up to ``limit`` due entries for ``lease_s`` seconds (atomic: one taker per try)."""
         if limit <= 0:

@@ -12,9 +12,8 @@ Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
   until that is done listings walk ``{p}:created`` (:meth:`JobStore.tenant_index_ready`).
 * ``{p}:idem:{key}`` -- idempotency key -> job id.
 * ``{p}:cancel:{id}`` -- set when a producer asked to cancel.
-* ``{p}:outbox`` -- sorted set of jobs whose callback is still to be delivered; the save that
-  makes a job with a ``callback_url`` terminal adds it, in the same script
-  (:mod:`falq.shared.callbacks.outbox`).
+* ``{p}:ended`` -- the end-of-job stream: the save that makes a job terminal appends one entry
+  in the same script, for the catalogue, the callback and waiting children (:mod:`falq.shared.jobs.ended`).
 
 Every write is a compare-and-set on ``version`` done in Lua, so a worker and a producer
 (cancel, retry) can never overwrite each other's changes: the loser reloads and reapplies.
@@ -22,8 +21,8 @@ A worker step's saves are also fenced by its lease token (``save(rec, fence=...)
 lease expired (cut off from Redis longer than the lease) cannot write over the new holder.
 Non-terminal records never expire (that would lose a job); terminal ones expire after
 ``FALQ_RECORD_TTL_S``. With the catalogue on (``archive=True``, :mod:`falq.shared.catalogue`)
-a terminal save instead enqueues the job on ``{p}:archive`` in the same script and keeps the
-record until the archiver has committed it to SQL, which then gives it ``FALQ_ARCHIVED_TTL_S``.
+a terminal save instead marks its end-of-job entry for the archiver and keeps the record until
+the archiver has committed it to SQL, which then gives it ``FALQ_ARCHIVED_TTL_S``.
 
 Example::
 
@@ -81,7 +80,7 @@ class JobStore:
         self.prefix = prefix
         self.keys = Keys(prefix)
         self.ttl_s = ttl_s
-        #: The catalogue is on (``FALQ_CATALOGUE``): terminal saves go to ``{p}:archive`` and
+        #: The catalogue is on (``FALQ_CATALOGUE``): terminal saves mark their end-of-job entry for it and
         #: keep the record until the archiver set its short TTL (falq.workers.maintenance.archive).
         self.archive = archive
         self._create = register(client, "job_create")
@@ -207,8 +206,8 @@ class JobStore:
         """Compare-and-set: write ``rec`` if nobody saved since it was read.
 
         Raises :class:`Conflict` on a concurrent change and :class:`JobNotFound` if the
-        record was deleted meanwhile. The save that makes a job with a ``callback_url``
-        terminal also enters it in the callback outbox (``{p}:outbox``), atomically.
+        record was deleted meanwhile. The save that makes a job terminal also appends its
+        end-of-job entry (``{p}:ended``: archive, callback, children), atomically.
         ``fence`` (``(lease key, token)``, what worker steps pass) makes the save conditional,
         in the same script, on still holding that lease: a stale holder back from a network
         partition gets :class:`LeaseLost` and writes nothing.
@@ -222,12 +221,12 @@ class JobStore:
         terminal = "1" if rec.state in TERMINAL else "0"
         billed = round((rec.cost_billed or 0.0) * 1_000_000)
         res = self._save(
-            keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key, rec.tenant), self.keys.outbox,
-                  self.keys.outbox_failed, fence[0] if fence else "", self.keys.archive if archive else "",
+            keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key, rec.tenant), fence[0] if fence else "",
                   self.keys.batch(rec.batch_id) if rec.batch_id else "", self.keys.children(rec.id),
-                  self.keys.chain_done, self.keys.state(rec.state), *self._fair_keys],
+                  self.keys.ended, self.keys.state(rec.state), *self._fair_keys],
             args=[expected, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.id, ttl,
-                  callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl],
+                  callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl,
+                  "1" if archive else "0"],
         )
         if res == 1:
             return

@@ -1,12 +1,13 @@
 -- chain_link: register a waiting child with its parents; a parent that has already ended goes
--- on chain:done, so a parent that ended before this ran still releases (or fails) the child.
+-- on the end-of-job stream again (for the chains group only: ch 1), so a parent that ended
+-- before this ran still releases (or fails) the child.
 -- Caller: Chains.link (falq.shared.batches.chains).
 --
--- KEYS[1]        chain_done  {p}:chain:done  stream, appended
+-- KEYS[1]        ended  {p}:ended  stream, appended (falq.shared.jobs.ended)
 -- KEYS[2i], KEYS[2i+1]  per parent i: {p}:children:{parent} (set, written), {p}:job:{parent} (read)
 -- ARGV: child id, ttl of the children sets (0: none), then the parent ids (in KEYS' order)
 -- Returns 1.
-local done_key = KEYS[1]
+local ended_key = KEYS[1]
 local child, ttl = ARGV[1], tonumber(ARGV[2])
 for i = 3, #ARGV do
   local parent = ARGV[i]
@@ -15,7 +16,7 @@ for i = 3, #ARGV do
   if ttl > 0 then redis.call('EXPIRE', children_key, ttl) end
   local st = redis.call('HGET', parent_key, 'state')
   if (not st) or lib.is_terminal(st) then
-    redis.call('XADD', done_key, '*', 'parent', parent, 'state', st or 'gone')
+    redis.call('XADD', ended_key, '*', 'id', parent, 'v', '', 'state', st or 'gone', 'ar', '0', 'cb', '0', 'ch', '1')
   end
 end
 return 1

@@ -3,27 +3,26 @@
 --
 -- KEYS[1]  job         {p}:job:{id}                  hash, read/written
 -- KEYS[2]  idem        the idempotency key or ''     string, TTL set
--- KEYS[3]  outbox      {p}:outbox                    zset (callbacks due), written
--- KEYS[4]  failed      {p}:outbox:failed             zset, written
--- KEYS[5]  lease       {p}:lease:{id} or '' (unfenced save)  string, read
--- KEYS[6]  archive     {p}:archive or '' (not archived)       stream, appended
--- KEYS[7]  batch       {p}:batch:{batch} or ''       hash, counts written
--- KEYS[8]  children    {p}:children:{id}             set, read
--- KEYS[9]  chain_done  {p}:chain:done                stream, appended
--- KEYS[10] state_new   {p}:state:{state}             zset, written
--- KEYS[11] inflight    {p}:inflight                  zset  \
--- KEYS[12] unadmitted  {p}:fair:unadmitted           zset   | fair dispatch room, freed on a
--- KEYS[13] ledger      {p}:ledger                    hash   | terminal save (lib.fair_free;
--- KEYS[14] fair_count  {p}:fair:count                hash   | Keys.room)
--- KEYS[15] fair_owner  {p}:fair:owner (before the ledger) /
+-- KEYS[3]  lease       {p}:lease:{id} or '' (unfenced save)  string, read
+-- KEYS[4]  batch       {p}:batch:{batch} or ''       hash, counts written
+-- KEYS[5]  children    {p}:children:{id}             set, read
+-- KEYS[6]  ended       {p}:ended                     stream, appended (falq.shared.jobs.ended)
+-- KEYS[7]  state_new   {p}:state:{state}             zset, written
+-- KEYS[8]  inflight    {p}:inflight                  zset  \
+-- KEYS[9]  unadmitted  {p}:fair:unadmitted           zset   | fair dispatch room, freed on a
+-- KEYS[10] ledger      {p}:ledger                    hash   | terminal save (lib.fair_free;
+-- KEYS[11] fair_count  {p}:fair:count                hash   | Keys.room)
+-- KEYS[12] fair_owner  {p}:fair:owner (before the ledger) /
 -- ARGV: expected version, new version, state, doc (record JSON), now, id, ttl (0: no TTL),
 --       callback ('1': a terminal state with a callback), lease token, billed micro-dollars,
---       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here)
+--       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here),
+--       archive ('1': a terminal save the catalogue archives)
 -- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
 -- gone, -2 the lease is no longer the caller's.
-local job_key, idem_key, outbox_key, failed_key, lease_key, archive_key, batch_key, children_key,
-      chain_done_key, state_key, inflight_key, unadmitted_key, ledger_key, count_key, owner_key = unpack(KEYS)
-local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl = unpack(ARGV)
+local job_key, idem_key, lease_key, batch_key, children_key, ended_key, state_key, inflight_key, unadmitted_key,
+      ledger_key, count_key, owner_key = unpack(KEYS)
+local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl,
+      archive = unpack(ARGV)
 ttl = tonumber(ttl)
 
 local cur = redis.call('HMGET', job_key, 'version', 'state')
@@ -41,31 +40,27 @@ if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
 local old = cur[2]
 local moved = old ~= state
 redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
--- A terminal state is never saved without its callback pending (falq.shared.callbacks.outbox).
-if callback == '1' and moved then
-  redis.call('HSET', job_key, 'cb_version', new_version, 'cb_tries', '0', 'cb_since', ts)
-  redis.call('ZADD', outbox_key, ts, id)
-  redis.call('ZREM', failed_key, id)
-end
 if moved then redis.call('ZREM', lib.key(state_tpl, old), id) end
 redis.call('ZADD', state_key, ts, id)
--- Catalogue: a terminal save enqueues the job for archiving; the caller passes ttl 0, so the
--- record stays until it is archived.
-if archive_key ~= '' then redis.call('XADD', archive_key, '*', 'id', id, 'v', new_version) end
--- Batches and chains: the batch's counts move from the old state to the new one; a terminal
--- save adds the billed amount, and a job with children goes on chain:done (children are never
--- left waiting).
-if moved then
-  if batch_key ~= '' then
-    redis.call('HINCRBY', batch_key, 'n:' .. old, -1)
-    redis.call('HINCRBY', batch_key, 'n:' .. state, 1)
-    if terminal == '1' then
-      redis.call('HINCRBY', batch_key, 'billed_micro', tonumber(billed) or 0)
-      redis.call('HSET', batch_key, 'last_end', ts)
-    end
+-- Batches: the batch's counts move from the old state to the new one, and a terminal save adds
+-- the billed amount (exact: in this step, not a consumer of the end-of-job stream).
+if moved and batch_key ~= '' then
+  redis.call('HINCRBY', batch_key, 'n:' .. old, -1)
+  redis.call('HINCRBY', batch_key, 'n:' .. state, 1)
+  if terminal == '1' then
+    redis.call('HINCRBY', batch_key, 'billed_micro', tonumber(billed) or 0)
+    redis.call('HSET', batch_key, 'last_end', ts)
   end
-  if terminal == '1' and redis.call('EXISTS', children_key) == 1 then
-    redis.call('XADD', chain_done_key, '*', 'parent', id, 'state', state)
+end
+-- The one end-of-job event: whoever has work with this end (the catalogue, a callback, waiting
+-- children) reads it through its consumer group. The catalogue archives every terminal save
+-- (the caller passes ttl 0, so the record stays until archived); a callback and children need
+-- only the save that ended the job.
+if terminal == '1' then
+  local cb = (callback == '1' and moved) and '1' or '0'
+  local ch = (moved and redis.call('EXISTS', children_key) == 1) and '1' or '0'
+  if archive == '1' or cb == '1' or ch == '1' then
+    redis.call('XADD', ended_key, '*', 'id', id, 'v', new_version, 'state', state, 'ar', archive, 'cb', cb, 'ch', ch)
   end
 end
 -- Fair dispatch: a terminal save frees the job's dispatch room.

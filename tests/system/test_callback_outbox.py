@@ -1,7 +1,8 @@
 """Per-job callbacks that are never lost: the Redis outbox, written with the terminal state.
 
 * unit (a bare redis-server): the save that makes a job with a ``callback_url`` terminal
-  enters it in ``{p}:outbox`` -- that save and no other; claims are exclusive and lapse; a
+  appends its end-of-job entry -- that save and no other -- and the sender enters it in
+  ``{p}:outbox`` from there, once per outcome; claims are exclusive and lapse; a
   stale claim cannot finish; tries are logged (capped, TTL of the record); redelivery;
 * on the stack, with real workers: a receiver failing the first tries gets exactly one
   accepted delivery, every try logged and all with one ``X-Falq-Delivery-Id``; a worker
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 import redis
 
@@ -30,6 +32,7 @@ from falq.shared.jobs.records import JobRecord
 from falq.shared.jobs.store import Conflict, JobStore
 from falq.shared.settings import Settings, reset_settings
 from falq.testing.stack import DevStack
+from falq.workers.callbacks.sender import CallbackSender
 from tests.conftest import wait_for
 
 T2I = "fal-ai/qwen-image-2/text-to-image"
@@ -110,59 +113,88 @@ def _score(store: JobStore, job_id: str) -> float | None:
     return store.r.zscore(store.keys.outbox, job_id)
 
 
-def test_the_outbox_entry_exists_exactly_when_the_terminal_state_is_saved(store: JobStore) -> None:
+def _ended_for_callbacks(store: JobStore, job_id: str) -> list[dict[bytes, bytes]]:
+    """The end-of-job entries of ``job_id`` that carry a callback."""
+    return [f for _, f in store.r.xrange(store.keys.ended) if f[b"id"] == job_id.encode() and f[b"cb"] == b"1"]
+
+
+def _schedule(store: JobStore) -> int:
+    """What every worker's sender does with new end-of-job entries (group ``callbacks``)."""
+    with httpx.Client() as http:
+        return CallbackSender(store, Settings(_env_file=None), http).schedule_ended()  # type: ignore[call-arg]
+
+
+def _end(store: JobStore, job_id: str) -> None:
+    """The job completes and the senders read its end (the outbox entry exists from here on)."""
+    store.update(job_id, lambda r: r.walk_to("completed"))
+    _schedule(store)
+
+
+def test_the_terminal_save_is_what_makes_the_callback_pending(store: JobStore) -> None:
     rec = _job(store)
-    assert _score(store, rec.id) is None
     store.update(rec.id, lambda r: r.walk_to("in_progress"))
-    assert _score(store, rec.id) is None  # not terminal: no callback yet
+    assert _ended_for_callbacks(store, rec.id) == []  # not terminal: no callback yet
 
     stale = store.get(rec.id)
     store.update(rec.id, lambda r: r.logs.append("a concurrent write"))
     stale.walk_to("completed")
     with pytest.raises(Conflict):
         store.save(stale)
-    assert _score(store, rec.id) is None  # a save that did not happen enters nothing
+    assert _ended_for_callbacks(store, rec.id) == []  # a save that did not happen appends nothing
 
     done = store.update(rec.id, lambda r: r.walk_to("completed"))
-    assert _score(store, rec.id) == pytest.approx(done.updated_at)
+    [entry] = _ended_for_callbacks(store, rec.id)  # in the save's own script
+    assert int(entry[b"v"]) == done.version and entry[b"state"] == b"completed"
+    assert _score(store, rec.id) is None  # the sender enters it in the outbox
+    assert _schedule(store) == 1
+    assert _score(store, rec.id) == pytest.approx(done.updated_at, abs=1.0)
     cb_version, tries = store.r.hmget(store.job_key(rec.id), "cb_version", "cb_tries")
     assert int(cb_version) == done.version and int(tries) == 0
     assert Outbox(store).entry(rec.id).delivery_id == f"{rec.id}:{done.version}"  # type: ignore[union-attr]
+    # The entry read again (a sender killed before acknowledging it) enters nothing again.
+    store.r.zrem(store.keys.outbox, rec.id)
+    assert Outbox(store).schedule(rec.id, str(done.version), time.time()) == 0
+    assert _score(store, rec.id) is None
 
     # Later saves of the terminal record (the callback outcome, fal_webhook ...) enter nothing again.
-    store.r.zrem(store.keys.outbox, rec.id)
     store.update(rec.id, lambda r: r.metadata.__setitem__("callback", {"delivered": True}))
-    assert _score(store, rec.id) is None
+    assert len(_ended_for_callbacks(store, rec.id)) == 1
+    assert _schedule(store) == 0 and _score(store, rec.id) is None
 
     # A job without a callback_url is never entered; a deleted record saves nothing.
     plain = _job(store, callback_url=None)
     store.update(plain.id, lambda r: r.move("failed"))
-    assert _score(store, plain.id) is None
+    assert _ended_for_callbacks(store, plain.id) == []
     gone = _job(store)
     doomed = store.get(gone.id)
     store.r.delete(store.job_key(gone.id))
     doomed.move("cancelled")
     with pytest.raises(JobNotFound):
         store.save(doomed)
-    assert _score(store, gone.id) is None
+    assert _ended_for_callbacks(store, gone.id) == []
+    _schedule(store)
     assert store.r.zcard(store.keys.outbox) == 0
 
 
 def test_a_retried_job_that_ends_again_gets_a_new_delivery_id(store: JobStore) -> None:
     rec = _job(store)
     first = store.update(rec.id, lambda r: r.move("failed"))
+    _schedule(store)
     outbox = Outbox(store)
     store.r.zadd(store.keys.outbox_failed, {rec.id: time.time()})
+    store.r.zrem(store.keys.outbox, rec.id)
     store.update(rec.id, lambda r: r.move("queued"))
     again = store.update(rec.id, lambda r: r.walk_to("completed"))
+    assert _schedule(store) == 1
     entry = outbox.entry(rec.id)
     assert entry is not None and entry.delivery_id == f"{rec.id}:{again.version}" != f"{rec.id}:{first.version}"
     assert store.r.zscore(store.keys.outbox_failed, rec.id) is None  # the new outcome is pending, not failed
+    assert _score(store, rec.id) is not None
 
 
 def test_claims_are_exclusive_lapse_and_a_lapsed_claim_cannot_finish(store: JobStore) -> None:
     rec = _job(store)
-    store.update(rec.id, lambda r: r.walk_to("completed"))
+    _end(store, rec.id)
     outbox = Outbox(store)
     now = time.time() + 1
     [a] = outbox.claim(limit=10, lease_s=30, now=now)
@@ -196,7 +228,7 @@ def test_claims_are_exclusive_lapse_and_a_lapsed_claim_cannot_finish(store: JobS
 
 def test_the_delivery_log_is_capped_and_entries_of_gone_records_are_pruned(store: JobStore) -> None:
     rec = _job(store)
-    store.update(rec.id, lambda r: r.walk_to("completed"))
+    _end(store, rec.id)
     outbox = Outbox(store)
     for n in range(LOG_CAP + 5):
         [claim] = outbox.claim(limit=1, lease_s=30, now=time.time() + n)
@@ -212,7 +244,7 @@ def test_the_sender_marks_a_refused_target_failed_at_once(store: JobStore, recei
     from falq.workers.callbacks.sender import CallbackSender
 
     rec = _job(store, callback_url=receiver.url)
-    store.update(rec.id, lambda r: r.walk_to("completed"))
+    _end(store, rec.id)
     strict = Settings(_env_file=None, callback_allow_private=False)  # type: ignore[call-arg]
     with httpx.Client() as http:
         sender = CallbackSender(store, strict, http)
@@ -231,7 +263,7 @@ def test_the_sender_gives_up_when_the_retry_window_ends(store: JobStore, receive
 
     receiver.failing = True
     rec = _job(store, callback_url=receiver.url)
-    store.update(rec.id, lambda r: r.walk_to("completed"))
+    _end(store, rec.id)
     settings = Settings(_env_file=None, callback_allow_private=True, callback_retry_for_s=1.5)  # type: ignore[call-arg]
     with httpx.Client() as http:
         sender = CallbackSender(store, settings, http)
@@ -258,7 +290,7 @@ def test_a_job_with_callback_url_and_fal_webhook_gets_each_once_from_one_entry(s
         fal_rx.fail_first = 1
         rec, _ = store.create(JobRecord.new(endpoint=T2I, input={"prompt": "x"}, callback_url=receiver.url))
         store.update(rec.id, lambda r: setattr(r, "fal_webhook", fal_rx.url))
-        store.update(rec.id, lambda r: r.walk_to("completed"))
+        _end(store, rec.id)
         assert _score(store, rec.id) is not None  # a job with only a fal_webhook enters the outbox too
         settings = Settings(_env_file=None, callback_allow_private=True)  # type: ignore[call-arg]
         with httpx.Client() as http:

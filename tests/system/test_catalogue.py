@@ -29,6 +29,7 @@ from falq.shared.catalogue.rows import row_from_record
 from falq.shared.catalogue.schema import jobs
 from falq.shared.catalogue.store import Catalogue, CatalogueQuery, get_catalogue, reset_catalogues
 from falq.shared.errors import CatalogueSchemaOutdated, CatalogueUnavailable, JobNotFound
+from falq.shared.jobs.ended import trim as ended_trim
 from falq.shared.jobs.records import JobRecord
 from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
@@ -166,7 +167,7 @@ def test_terminal_save_enqueues_and_keeps_the_record_until_archived(db: Db, r: r
     store = JobStore(r, prefix=s.key_prefix, ttl_s=s.record_ttl_s, archive=True)
     [job] = _finish(store, 1)
     assert r.ttl(store.job_key(job)) == -1  # no expiry while not archived
-    assert r.xlen(store.keys.archive) == 1
+    assert r.xlen(store.keys.ended) == 1
     archiver = Archiver(store, s, None)
     assert archiver.tick() == 1
     assert 0 < r.ttl(store.job_key(job)) <= s.archived_ttl_s
@@ -178,8 +179,8 @@ def test_terminal_save_enqueues_and_keeps_the_record_until_archived(db: Db, r: r
     got = archiver.catalogue.get(job)
     assert got is not None and got.metadata["note"] == "again"
     assert _ids_in_db(archiver.catalogue) == [job]
-    archiver.trim()
-    assert r.xlen(store.keys.archive) == 0  # acked entries trimmed
+    assert ended_trim(r, store.keys, ["archivers"]) == 2
+    assert r.xlen(store.keys.ended) == 0  # acked entries trimmed
 
 
 def test_archive_survives_a_database_outage(db: Db, r: redis.Redis, redis_server: str) -> None:
@@ -230,9 +231,8 @@ _KILLED_ARCHIVER = textwrap.dedent("""
                  database_auto_upgrade="always")
     store = JobStore(redis.Redis.from_url(url), prefix=prefix, archive=True)
     a = Archiver(store, s, None, consumer="doomed")
-    a._ensure_group()
-    entries = a._read(">", None)        # now pending to this consumer
-    recs = a._records([j for _, j in entries])
+    entries = a.ended.read()            # now pending to this consumer
+    recs = a._records([e.job_id for e in entries])
     a._ensure_schema()
     half = [row_from_record(r, archived_at=time.time()) for r in list(recs.values())[: len(recs) // 2]]
     a.catalogue.upsert(half)            # half committed, nothing acked, no TTL set
@@ -250,7 +250,7 @@ def test_worker_sigkill_mid_archive_is_taken_over(db: Db, r: redis.Redis, redis_
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == b"12"
-        pending = r.xpending(store.keys.archive, GROUP)
+        pending = r.xpending(store.keys.ended, GROUP)
         assert pending["pending"] == 12 and {c["name"] for c in pending["consumers"]} == {b"doomed"}
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -261,7 +261,7 @@ def test_worker_sigkill_mid_archive_is_taken_over(db: Db, r: redis.Redis, redis_
     _drain(survivor)
     got = _ids_in_db(survivor.catalogue)
     assert sorted(got) == sorted(ids) and len(got) == 12
-    assert r.xpending(store.keys.archive, GROUP)["pending"] == 0
+    assert r.xpending(store.keys.ended, GROUP)["pending"] == 0
     assert all(0 < r.ttl(store.job_key(j)) <= s.archived_ttl_s for j in ids)
 
 
@@ -275,12 +275,11 @@ def test_archive_survives_a_redis_restart(db: Db, tmp_path: Path) -> None:
         store = JobStore(client, prefix=s.key_prefix, archive=True)
         ids = _finish(store, 15)
         a = Archiver(store, s, None, consumer="before-restart")
-        a._ensure_group()
-        assert len(a._read(">", None)) == 15  # delivered, then Redis dies before any ack
+        assert len(a.ended.read()) == 15  # delivered, then Redis dies before any ack
         server.restart()  # SIGKILL, then start again on the same data
         client = redis.Redis.from_url(server.url)
         store = JobStore(client, prefix=s.key_prefix, archive=True)
-        assert client.xpending(store.keys.archive, GROUP)["pending"] == 15
+        assert client.xpending(store.keys.ended, GROUP)["pending"] == 15
         more = _finish(store, 5)
         b = Archiver(store, s, None, consumer="after-restart")
         time.sleep(0.6)

@@ -211,11 +211,14 @@ def test_release_is_redriven_when_the_stream_entry_is_lost(chain_stack: DevStack
     chain_stack.start_worker(concurrency=10)
     assert _final(falq, parent.id).state == "completed"
     chain_stack.stop_workers(kill=True)
-    # The link of a child whose parent already completed pushes the parent on chain:done ...
+    # The link of a child whose parent already completed puts the parent on the end-of-job
+    # stream again, for the chains group ...
     child = falq.submit(EDIT, {"prompt": "in spring", "image_urls": [f"falq:{parent.id}#0"]})
-    assert falq.redis.xlen(falq.store.keys.chain_done) == 1
+    again = [f for _, f in falq.redis.xrange(falq.store.keys.ended)
+             if f[b"id"] == parent.id.encode() and f[b"ch"] == b"1"]
+    assert len(again) == 1 and again[0][b"ar"] == again[0][b"cb"] == b"0"
     # ... and that entry is lost (as in a Redis restart without AOF of the stream).
-    falq.redis.delete(falq.store.keys.chain_done)
+    falq.redis.delete(falq.store.keys.ended)
     assert _state(falq, child.id) == "waiting"
     time.sleep(1.0)  # the sweep looks at children waiting for a while
     chain_stack.start_worker(concurrency=10)  # its sweep finds the child (FALQ_CHAIN_SWEEP_S=1)

@@ -94,9 +94,9 @@ def test_second_host_with_its_own_sqlite_file_stands_aside(clean_stack: DevStack
     time.sleep(3)  # B's archiver would have archived it by now (it reads with a 1 s block)
     assert "archiver off" in clean_stack.worker_logs() and "host-b" in clean_stack.worker_logs()
     assert archiver_a.backlog() >= 1, "host B consumed an entry meant for the shared history"
-    group = {g["name"].decode(): g for g in store.r.xinfo_groups(store.keys.archive)} \
-        if store.r.exists(store.keys.archive) else {}
-    consumers = store.r.xinfo_consumers(store.keys.archive, "archivers") if "archivers" in group else []
+    group = {g["name"].decode(): g for g in store.r.xinfo_groups(store.keys.ended)} \
+        if store.r.exists(store.keys.ended) else {}
+    consumers = store.r.xinfo_consumers(store.keys.ended, "archivers") if "archivers" in group else []
     assert all(int(c["pending"]) == 0 for c in consumers)
 
     doctor = subprocess.run([sys.executable, "-m", "falq.cli", "doctor", "--json"], cwd=tmp_path,

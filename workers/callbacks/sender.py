@@ -14,12 +14,15 @@ retried by hand and finished again gets a new one. Callbacks are delivered *at l
 a receiver may see the same id more than once (a worker died after POSTing but before
 recording it) and must deduplicate on it.
 
-**Never lost.** The save that makes a job with a ``callback_url`` terminal also enters it in
-the Redis outbox, in the same Lua script (:mod:`falq.shared.callbacks.outbox`), so a worker killed
+**Never lost.** The save that makes a job with a ``callback_url`` terminal also appends its
+end-of-job entry (:mod:`falq.shared.jobs.ended`), in the same Lua script, so a worker killed
 right after finishing the job loses nothing. Every worker runs a delivery loop
-(:func:`start_callbacks`, a part of the worker's consumer loop, :mod:`falq.workers.consumers`) that claims due
-entries atomically for :data:`LEASE_S` (two workers never deliver the same try; a claim of a
-killed worker lapses and another worker delivers), POSTs them, and on success removes them.
+(:func:`start_callbacks`, a part of the worker's consumer loop, :mod:`falq.workers.consumers`)
+that enters each such job in the outbox (:mod:`falq.shared.callbacks.outbox`) before it
+acknowledges the entry (group ``callbacks``; a consumer killed in between leaves the entry to
+be taken over after :data:`CLAIM_IDLE_S`), then claims due entries atomically for
+:data:`LEASE_S` (two workers never deliver the same try; a claim of a killed worker lapses and
+another worker delivers), POSTs them, and on success removes them.
 A failed try is retried with exponential backoff and full jitter (:data:`BASE_S` doubling up
 to :data:`MAX_S`) for ``FALQ_CALLBACK_RETRY_FOR_S`` (7200 s, about fal's own webhook window)
 from the first try; then the callback is marked failed (``{p}:outbox:failed``,
@@ -44,6 +47,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +62,7 @@ from falq.shared.egress import OutboundRefused, OutboundUnresolved, post_json, s
 from falq.shared.errors import FalqError
 from falq.shared.fal.shapes import fal_payload
 from falq.shared.fal.webhook_sign import FalWebhookSigner
+from falq.shared.jobs.ended import GroupReader
 from falq.shared.jobs.records import TERMINAL, JobRecord
 from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
@@ -81,6 +87,9 @@ MAX_S = 900.0
 INFLIGHT = 32
 #: How often an idle loop looks at the outbox (a job ending in this worker wakes it at once).
 POLL_S = 1.0
+#: An end-of-job entry read by a consumer that did not acknowledge it this long (killed) is
+#: taken over by another sender.
+CLAIM_IDLE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -201,6 +210,9 @@ class CallbackSender:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.on_wake: Callable[[], object] | None = None  # the consumer loop's wake, when it runs this sender
+        self.ended = GroupReader(store.r, store.keys, "callbacks", f"{socket.gethostname()}:{os.getpid()}",
+                                 claim_idle_ms=int(CLAIM_IDLE_S * 1000))
+        self._next_claim = 0.0
 
     def presign(self, key: str) -> str:
         if self._presign is None:
@@ -222,7 +234,9 @@ class CallbackSender:
             self.on_wake()
 
     def deliver_due(self, limit: int = 100) -> int:
-        """Claim the due entries and deliver them one after another; returns how many were claimed."""
+        """Enter the callbacks of jobs that just ended, then claim the due entries and deliver
+        them one after another (the loop's tick, in this thread); returns how many were claimed."""
+        self.schedule_ended()
         claims = self.outbox.claim(limit=limit, lease_s=self.lease_s)
         for claim in claims:
             self.deliver(claim)
@@ -322,7 +336,23 @@ class CallbackSender:
         """Claim due entries and start their deliveries; returns how many were claimed."""
         return self._tick()
 
+    def schedule_ended(self) -> int:
+        """Enter the callbacks of jobs that ended (the end-of-job stream) in the outbox, then
+        acknowledge their entries; returns the entries read."""
+        now = time.monotonic()
+        events = []
+        if now >= self._next_claim:
+            self._next_claim = now + CLAIM_IDLE_S / 2
+            events = self.ended.claim_stale()
+        events += self.ended.read()
+        for ev in events:
+            if ev.callback:
+                self.outbox.schedule(ev.job_id, ev.version, int(ev.entry.partition("-")[0]) / 1000)
+        self.ended.ack(events)
+        return len(events)
+
     def _tick(self) -> int:
+        self.schedule_ended()
         with self._lock:
             room = self.inflight - self._busy
         claims = self.outbox.claim(limit=room, lease_s=self.lease_s)

@@ -1,10 +1,10 @@
 """The archiver: copies every finished job from Redis into the SQL catalogue, at least once.
 
-**Never lost.** The save that makes a job terminal also adds its id to the Redis stream
-``{p}:archive`` in the same Lua script, and keeps the record from expiring
-(:mod:`falq.shared.jobs.store`). Every worker process runs one archiver (:func:`start_archiver`,
-a part of the worker's consumer loop, :mod:`falq.workers.consumers`) reading
-the stream through the consumer group ``archivers``:
+**Never lost.** The save that makes a job terminal also appends its end-of-job entry, marked
+``ar``, in the same Lua script, and keeps the record from expiring
+(:mod:`falq.shared.jobs.store`, :mod:`falq.shared.jobs.ended`). Every worker process runs one
+archiver (:func:`start_archiver`, a part of the worker's consumer loop,
+:mod:`falq.workers.consumers`) reading the stream through the consumer group ``archivers``:
 
 1. ``XREADGROUP`` a batch (first this consumer's own pending entries, then new ones);
 2. read the records, upsert their rows in one transaction (by id; a row never replaces a
@@ -19,8 +19,8 @@ died, another takes them over with ``XAUTOCLAIM`` once they are idle for
 job upserted twice, never a job missing. While the database (or S3) is down, jobs keep
 completing, their records stay in Redis, and the archiver backs off (full jitter up to
 :data:`MAX_BACKOFF_S`, every wait bounded by ``FALQ_DATABASE_TIMEOUT_S``) and catches up by
-itself. Acked entries are trimmed (``XTRIM MINID``); consumers of dead processes with
-nothing pending are removed.
+itself. Entries all groups acked are trimmed by the maintenance pass (``XTRIM MINID``);
+consumers of dead processes with nothing pending are removed.
 
 Example::
 
@@ -49,6 +49,7 @@ from falq.shared.catalogue.registry import CatalogueRegistry, explain_outside, h
 from falq.shared.catalogue.rows import job_doc, row_from_record
 from falq.shared.catalogue.store import Catalogue, get_catalogue
 from falq.shared.errors import CatalogueSchemaOutdated, CatalogueUnavailable, StorageError, StorageTransientError
+from falq.shared.jobs.ended import DEAD_CONSUMER_MS, Ended, GroupReader, backlog
 from falq.shared.jobs.records import TERMINAL, JobRecord
 from falq.shared.jobs.store import JobStore
 from falq.shared.scripts import register
@@ -71,8 +72,6 @@ MAX_BACKOFF_S = 30.0
 BLOCK_MS = 1000
 #: How often the stream is trimmed and dead consumers removed.
 TRIM_EVERY_S = 10.0
-#: A consumer idle this long with nothing pending is removed from the group.
-DEAD_CONSUMER_MS = 3_600_000
 #: job.json uploads in flight per batch.
 UPLOADS = 16
 #: How often an archiver re-registers its catalogue and re-checks that it is the shared history.
@@ -90,7 +89,7 @@ def _offload(fn: Callable[..., T], *args: Any) -> T:
 
 
 class Archiver:
-    """One consumer of ``{p}:archive``.
+    """One consumer of the end-of-job stream, group ``archivers``.
 
     Parameters:
         store: the job store (its Redis holds the stream and the records).
@@ -111,6 +110,8 @@ class Archiver:
         self.key = store.keys.archive
         self.batch = settings.archive_batch
         self.claim_idle_ms = int(settings.archive_claim_idle_s * 1000)
+        self.ended = GroupReader(self.r, store.keys, GROUP, self.consumer, legacy=self.key, count=self.batch,
+                                 claim_idle_ms=self.claim_idle_ms)
         self._mark = register(self.r, "archive_mark")
         self._schema_ok = False
         self._next_claim = 0.0
@@ -175,60 +176,25 @@ class Archiver:
         catalogue is not the shared history. Raises on a failure (the entries stay pending)."""
         if not self.shares_history():
             return 0
-        self._ensure_group()
         now = time.monotonic()
+        entries: list[Ended] = []
         if now >= self._next_claim:
             self._next_claim = now + max(0.5, self.claim_idle_ms / 2000)
-            self._claim_stale()
+            entries = self.ended.claim_stale()
+            if entries:
+                log.info("took over %d pending archive entries", len(entries))
         if now >= self._next_trim:
             self._next_trim = now + TRIM_EVERY_S
             self.trim()
-        entries = self._read("0", None)
-        if not entries:
-            entries = self._read(">", block_ms or None)
+        entries += self.ended.read(block_ms=block_ms or None)
         if not entries:
             return 0
         return self.archive(entries)
 
-    def _ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.key, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-
-    def _read(self, start: str, block_ms: int | None) -> list[tuple[str, str | None]]:
-        try:
-            resp = self.r.xreadgroup(GROUP, self.consumer, {self.key: start}, count=self.batch, block=block_ms)
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # the stream was deleted (a flushed or fresh Redis)
-                self._ensure_group()
-                return []
-            raise
-        out: list[tuple[str, str | None]] = []
-        for _, items in resp or []:
-            for entry_id, fields in items:
-                job = (fields or {}).get(b"id")
-                out.append((_s(entry_id), _s(job) if job is not None else None))
-        return out
-
-    def _claim_stale(self) -> None:
-        """Take over entries a dead (or stuck) consumer left pending, in pages."""
-        start = "0-0"
-        for _ in range(100):
-            # (not justid: redis-py then drops the cursor)
-            resp = self.r.xautoclaim(self.key, GROUP, self.consumer, self.claim_idle_ms, start_id=start,
-                                     count=self.batch)
-            start = _s(resp[0])
-            if resp[1]:
-                log.info("took over %d pending archive entries", len(resp[1]))
-            if start == "0-0":
-                return
-
     # --- one batch ---------------------------------------------------------------------------------
-    def archive(self, entries: list[tuple[str, str | None]]) -> int:
+    def archive(self, entries: list[Ended]) -> int:
         """Archive the jobs of ``entries`` and ack them; returns how many entries were acked."""
-        ids = list(dict.fromkeys(j for _, j in entries if j))
+        ids = list(dict.fromkeys(e.job_id for e in entries if e.archive and e.job_id))
         recs = self._records(ids)
         now = time.time()
         rows = [row_from_record(rec, archived_at=now) for rec in recs.values() if rec.state in TERMINAL]
@@ -240,7 +206,7 @@ class Archiver:
                 self._write_docs(committed)
             self._expire(upserted)
             self.archived += len(upserted)
-        self.r.xack(self.key, GROUP, *[e for e, _ in entries])
+        self.ended.ack(entries)
         return len(entries)
 
     def _records(self, ids: list[str]) -> dict[str, JobRecord]:
@@ -325,7 +291,9 @@ class Archiver:
 
     # --- housekeeping --------------------------------------------------------------------------------
     def trim(self) -> int:
-        """Delete entries every consumer has acked; remove dead consumers. Returns entries trimmed."""
+        """Delete the entries of an older release's ``{p}:archive`` the group has acked; remove
+        dead consumers. Returns entries trimmed. (The end-of-job stream is trimmed by the
+        maintenance pass, for all its groups: :func:`falq.shared.jobs.ended.trim`.)"""
         try:
             groups = self.r.xinfo_groups(self.key)
         except redis.ResponseError:
@@ -350,19 +318,9 @@ class Archiver:
         return trimmed
 
     def backlog(self) -> int:
-        """Entries not yet acked (pending) plus those never read: how far archiving is behind."""
-        try:
-            groups = self.r.xinfo_groups(self.key)
-        except redis.ResponseError:
-            return 0
-        for g in groups:
-            if _s(g.get("name")) == GROUP:
-                lag = g.get("lag")
-                if lag is None:  # Redis cannot tell (e.g. after a restart or a trim): count them
-                    after = "(" + _s(g.get("last-delivered-id"))
-                    lag = len(self.r.xrange(self.key, min=after, max="+", count=100_000))
-                return int(g.get("pending") or 0) + int(lag)
-        return int(self.r.xlen(self.key))
+        """Entries not yet acked (pending) plus those never read, on the end-of-job stream and
+        an older release's ``{p}:archive``: how far archiving is behind."""
+        return backlog(self.r, [self.store.keys.ended, self.key], GROUP)
 
 
 def _s(value: Any) -> str:

@@ -1,7 +1,7 @@
 """The chain loop of a worker: release (or end) the children of jobs that just ended.
 
-Reads ``{p}:chain:done`` through the consumer group ``chains`` (an entry a dead worker claimed is
-taken over after ``FALQ_CHAIN_CLAIM_IDLE_S``), evaluates each child
+Reads the end-of-job stream (:mod:`falq.shared.jobs.ended`) through the consumer group
+``chains`` (an entry a dead worker read is taken over after ``FALQ_CHAIN_CLAIM_IDLE_S``), evaluates each child
 (:meth:`falq.shared.batches.chains.Chains.evaluate`, idempotent) and only then acknowledges; one worker
 at a time also runs :meth:`~falq.shared.batches.chains.Chains.sweep` every ``FALQ_CHAIN_SWEEP_S``. See
 docs/internals/job-lifecycle.md ("Waiting children and chains").
@@ -19,13 +19,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
-import redis
 from celery import Celery
 
 from falq.shared.batches.chains import GROUP, Chains
 from falq.shared.fairshare.scheduler import FairShare
+from falq.shared.jobs.ended import Ended, GroupReader
 from falq.shared.jobs.records import JobRecord
 from falq.shared.jobs.store import JobStore
 from falq.shared.settings import Settings
@@ -54,7 +53,7 @@ def make_runnable(app: Celery, settings: Settings, store: JobStore, *,
 
 
 class ChainLoop:
-    """One worker's reader of ``{p}:chain:done``.
+    """One worker's reader of the end-of-job stream, for the jobs that have children.
 
     Parameters:
         store: the job store.
@@ -71,40 +70,19 @@ class ChainLoop:
         self.chains = Chains(store, settings, runnable=runnable)
         self.consumer = consumer or f"{socket.gethostname()}:{os.getpid()}"
         self.after_round = after_round
-        self._group_ready = False
+        self.ended = GroupReader(store.r, store.keys, GROUP, self.consumer, legacy=store.keys.chain_done,
+                                 count=COUNT, claim_idle_ms=int(settings.chain_claim_idle_s * 1000))
         self._last_claim = 0.0
         self._last_sweep = 0.0
 
-    def ensure_group(self) -> None:
-        try:
-            self.r.xgroup_create(self.keys.chain_done, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._group_ready = True
-
     def tick(self, block_ms: int = BLOCK_MS) -> int:
         """Handle what is due: taken-over entries, new entries, the sweep. Returns entries handled."""
-        if not self._group_ready:
-            self.ensure_group()
         handled = 0
         now = time.monotonic()
-        try:
-            if now - self._last_claim >= self.s.chain_claim_idle_s / 2:
-                self._last_claim = now
-                claimed = self.r.xautoclaim(self.keys.chain_done, GROUP, self.consumer,
-                                            min_idle_time=int(self.s.chain_claim_idle_s * 1000), start_id="0-0",
-                                            count=COUNT)
-                handled += self._handle(claimed[1] if len(claimed) > 1 else [])
-            got = self.r.xreadgroup(GROUP, self.consumer, {self.keys.chain_done: ">"}, count=COUNT,
-                                    block=block_ms or None)  # BLOCK 0 would wait for ever
-        except redis.ResponseError as exc:
-            if "NOGROUP" in str(exc):  # Redis restarted without the stream: create it again
-                self._group_ready = False
-                return handled
-            raise
-        for _, entries in got or []:
-            handled += self._handle(entries)
+        if now - self._last_claim >= self.s.chain_claim_idle_s / 2:
+            self._last_claim = now
+            handled += self._handle(self.ended.claim_stale())
+        handled += self._handle(self.ended.read(block_ms=block_ms or None))  # BLOCK 0 would wait for ever
         if time.monotonic() - self._last_sweep >= self.s.chain_sweep_s:
             self._last_sweep = time.monotonic()
             self.sweep()
@@ -112,38 +90,32 @@ class ChainLoop:
                 self.after_round()
         return handled
 
-    def _handle(self, entries: list[Any]) -> int:
-        """Evaluate the children of each entry's parent -- the entries side by side (threads are
-        greenlets in a worker: the work is Redis and S3 round trips) -- then acknowledge the
-        entries that were handled, and dispatch the released children once."""
-        todo = [(entry_id, (fields.get(b"parent") or b"").decode()) for entry_id, fields in entries
-                if fields is not None]  # None: deleted meanwhile (XAUTOCLAIM reports such ids)
-        if not todo:
+    def _handle(self, events: list[Ended]) -> int:
+        """Evaluate the children of each ended parent -- side by side (threads are greenlets in
+        a worker: the work is Redis and S3 round trips) -- then acknowledge the entries that
+        were handled (and those with no children), and dispatch the released children once."""
+        if not events:
             return 0
-        handled: list[Any] = []
+        handled: list[Ended] = [ev for ev in events if not (ev.children and ev.job_id)]
+        todo = [ev for ev in events if ev.children and ev.job_id]
 
-        def one(entry_id: Any, parent: str) -> None:
+        def one(ev: Ended) -> None:
             try:
-                if parent:
-                    outcomes = self.chains.on_parent_done(parent)
-                    if outcomes:
-                        log.info("parent %s ended: %s", parent, _summary(outcomes))
-                handled.append(entry_id)
+                outcomes = self.chains.on_parent_done(ev.job_id)
+                if outcomes:
+                    log.info("parent %s ended: %s", ev.job_id, _summary(outcomes))
+                handled.append(ev)
             except Exception as exc:  # left unacknowledged: taken over and evaluated again
-                log.warning("children of %s not handled yet (%s)", parent, type(exc).__name__)
+                log.warning("children of %s not handled yet (%s)", ev.job_id, type(exc).__name__)
 
-        threads = [threading.Thread(target=one, args=item, name="falq-chain", daemon=True) for item in todo]
+        threads = [threading.Thread(target=one, args=(ev,), name="falq-chain", daemon=True) for ev in todo]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        if self.after_round is not None:
+        if todo and self.after_round is not None:
             self.after_round()
-        if handled:
-            pipe = self.r.pipeline(transaction=False)
-            pipe.xack(self.keys.chain_done, GROUP, *handled)
-            pipe.xdel(self.keys.chain_done, *handled)
-            pipe.execute()
+        self.ended.ack(handled)
         return len(handled)
 
     def sweep(self) -> dict[str, int] | None:
@@ -163,7 +135,6 @@ class ChainLoop:
                 self.tick()
             except Exception as exc:  # Redis may be restarting; try next round
                 log.warning("chain pass failed: %s", type(exc).__name__)
-                self._group_ready = False
                 stop.wait(1.0)
 
 
@@ -176,16 +147,13 @@ def _summary(outcomes: dict[str, str]) -> str:
 
 def start_chains(store: JobStore, settings: Settings, app: Celery,
                  stop: threading.Event | None = None, *, into: Consumers | None = None) -> ChainLoop:
-    """Run this worker's chain:done consumer: as a part of the consumer loop ``into`` (reads
+    """Run this worker's chain consumer of the end-of-job stream: as a part of the consumer loop ``into`` (reads
     without blocking), else in a loop of its own (a daemon thread) until ``stop`` is set."""
     fair = FairShare(store.r, settings)
     loop = ChainLoop(store, settings, make_runnable(app, settings, store, dispatch=False),
                      after_round=(lambda: fair.try_dispatch(app)) if fair.enabled else None)
     if into is not None:
-        def lost_group() -> None:  # Redis may have restarted without the stream: create it again
-            loop._group_ready = False
-
-        into.add(Part("chain pass", lambda: loop.tick(block_ms=0), on_error=lost_group, max_backoff_s=1.0))
+        into.add(Part("chain pass", lambda: loop.tick(block_ms=0), max_backoff_s=1.0))
     else:
         forever("falq-chains", loop.run, stop, logger=log, what="chain loop")
     return loop

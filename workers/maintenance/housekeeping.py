@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 import redis
 from celery import Celery
 
+from falq.shared.jobs.ended import GROUPS as ENDED_GROUPS
+from falq.shared.jobs.ended import trim as ended_trim
 from falq.shared.keys import Keys
 from falq.workers.loops import every
 from falq.workers.maintenance.dispatcher import dispatch_tick, recount_tick, recover_tick
@@ -106,6 +108,10 @@ def build_pass(app: Celery, ctx: WorkerContext) -> MaintenancePass:
     # and the tenants' dispatched counts recounted from the ledger.
     cleanups.append(Cleanup("limiter housekeeping", lambda: ctx.admission.housekeeping(), every_s=30.0))
     cleanups.append(Cleanup("ledger recount", lambda: recount_tick(ctx), every_s=30.0))
+    # The end-of-job stream: entries every consumer group acknowledged (the catalogue's group
+    # only where it is on: a group that does not exist yet is created first, never skipped).
+    groups = [g for g in ENDED_GROUPS if g != "archivers" or s.catalogue]
+    cleanups.append(Cleanup("end-of-job trim", lambda: ended_trim(ctx.redis, store.keys, groups), every_s=10.0))
     if needs_sweeper(app):  # kombu's unacked messages of dead consumers (Redis brokers)
         interval = float(app.conf.broker_transport_options.get("unacked_restore_interval", UNACKED_EVERY_S))
         cleanups.append(Cleanup("unacked sweep", lambda: sweep_once(app), every_s=interval))
