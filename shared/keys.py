@@ -4,6 +4,8 @@
 key                             type    what
 ==============================  ======  ==========================================================
 ``{p}:job:{id}``                hash    the job record: ``state``, ``version``, ``doc`` (JSON),
+                                        ``input`` (JSON, written once; absent in a record an
+                                        older release created, whose ``doc`` holds it),
                                         ``published``, ``result`` (fal's output until mirrored);
                                         with a callback: ``cb_version`` (the version that saved
                                         the terminal state), ``cb_tries``, ``cb_since``

@@ -67,6 +67,7 @@ from celery import Celery
 
 from falq.shared.engine.publish import publish
 from falq.shared.jobs.records import TERMINAL, JobRecord
+from falq.shared.jobs.store import record_from
 from falq.shared.keys import HOLE, Keys, room_keys
 from falq.shared.limits.store import Limiter, key_id, known_keys, tenant_spend_today
 from falq.shared.redisconn import text
@@ -229,22 +230,22 @@ class FairShare:
             return []
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(self.keys.job(job_id), "state", "published", "doc")
+            pipe.hmget(self.keys.job(job_id), "state", "published", "doc", "version", "input")
         rows = pipe.execute()
         stale, lost = [], []
-        for job_id, (state, published, doc) in zip(ids, rows, strict=True):
+        for job_id, (state, published, *raw) in zip(ids, rows, strict=True):
             if state is None or text(state) in TERMINAL:
                 stale.append(job_id)
             elif published != b"1":
-                lost.append((job_id, doc))
+                lost.append((job_id, raw))
         if stale:
             # Gone (expired, deleted) or finished without the terminal save seeing it: free the room.
             for job_id in stale:
                 self.free(job_id)
         sent = []
-        for job_id, doc in lost:
+        for job_id, (doc, version, inp) in lost:
             try:
-                rec = JobRecord.model_validate_json(doc)
+                rec = record_from(doc, version, inp)
             except Exception:
                 continue
             publish(app, self.s, job_id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)

@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 State = Literal["waiting", "queued", "submitting", "in_queue", "in_progress", "mirroring", "completed", "failed",
                 "cancelled"]
@@ -241,6 +241,9 @@ class JobRecord(BaseModel):
     #: When the current streak of submit answers that created nothing at fal began (edge
     #: pages, 429s, connections never made): bounded by time, not by the attempt limit.
     refused_since: float | None = None
+    #: ``input`` as stored in the record's own ``input`` field (JSON), for a record stored split
+    #: (:mod:`falq.shared.jobs.store`); None for one stored whole (created by an older release).
+    _input_json: bytes | None = PrivateAttr(default=None)
 
     @classmethod
     def new(cls, *, endpoint: str, input: dict[str, Any], job_id: str | None = None, **kw: Any) -> JobRecord:

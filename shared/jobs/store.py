@@ -2,8 +2,12 @@
 
 Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
 
-* ``{p}:job:{id}`` -- hash ``{state, version, doc, published[, result]}``; ``doc`` is the
-  record JSON, ``result`` fal's output JSON kept from COMPLETED until the images are in S3.
+* ``{p}:job:{id}`` -- hash ``{state, version, doc, input, published[, result]}``. The record is
+  split: ``input`` (the validated input, JSON) is written by the create and again only when it
+  changes (a chained job's references resolved); ``doc`` is the rest of the record (JSON),
+  rewritten by every save. A record an older release created has no ``input`` field and its
+  ``doc`` holds the input: it is read the same and saved whole, as that release reads it.
+  ``result`` is fal's output JSON, kept from COMPLETED until the images are in S3.
 * ``{p}:state:{state}`` -- sorted set of job ids by last update, one per state.
 * ``{p}:created`` -- sorted set of all job ids by creation time.
 * ``{p}:created:t:{tenant}`` -- the same, of one tenant's jobs (written by the create, removed
@@ -39,7 +43,7 @@ from typing import Any
 
 import redis
 from pydantic import ValidationError
-from pydantic_core import from_json
+from pydantic_core import from_json, to_json
 
 from falq.shared.errors import JobNotFound
 from falq.shared.jobs.records import STATES, TERMINAL, JobRecord
@@ -140,8 +144,10 @@ class JobStore:
                 k.created_tenant(tenant), k.created_tenants, k.created_backfill,
                 k.batch(rec.batch_id) if rec.batch_id else "",
                 k.fair_ready(rec.lane, tenant) if ready else "", k.fair_active(rec.lane) if ready else ""]
-        args = [rec.id, rec.model_dump_json(), rec.created_at, rec.state, str(round(rec.cost_estimate * 1_000_000)),
-                tenant, self._job_tpl]
+        rec._input_json = to_json(rec.input)
+        doc, inp = _dumped(rec)
+        args = [rec.id, doc, rec.created_at, rec.state, str(round(rec.cost_estimate * 1_000_000)),
+                tenant, self._job_tpl, inp]
         return keys, args
 
     def create_many(self, items: list[tuple[JobRecord, str | None]], *, fair: bool = False) -> list[str]:
@@ -173,29 +179,26 @@ class JobStore:
 
     # --- read --------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
-        raw = self.r.hmget(self.job_key(job_id), "doc", "version")
-        if raw[0] is None:
+        doc, version, inp = self.r.hmget(self.job_key(job_id), "doc", "version", "input")
+        if doc is None:
             raise JobNotFound(f"no job with id {job_id!r} (never enqueued, or its record expired)")
         try:
-            rec = JobRecord.model_validate_json(raw[0])
+            return record_from(doc, version, inp)
         except ValidationError:
             # A record that no longer parses cannot be run; treat it as gone rather than loop on it.
             raise JobNotFound(f"job {job_id!r} has a corrupt record") from None
-        rec.version = int(raw[1] or 0)
-        return rec
 
     def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The records of ``job_ids`` (None: gone, or corrupt), in one round trip."""
         pipe = self.r.pipeline(transaction=False)
         for job_id in job_ids:
-            pipe.hmget(self.job_key(job_id), "doc", "version")
+            pipe.hmget(self.job_key(job_id), "doc", "version", "input")
         out: list[JobRecord | None] = []
-        for doc, version in pipe.execute():
-            if doc is None:
+        for doc, version, inp in pipe.execute():
+            try:
+                out.append(record_from(doc, version, inp) if doc is not None else None)
+            except ValidationError:
                 out.append(None)
-                continue
-            rec = JobRecord.model_validate_json(doc)
-            rec.version = int(version or 0)
-            out.append(rec)
         return out
 
     def exists(self, job_id: str) -> bool:
@@ -220,15 +223,18 @@ class JobStore:
         callback = "1" if rec.state in TERMINAL and (rec.callback_url or rec.fal_webhook) else "0"
         terminal = "1" if rec.state in TERMINAL else "0"
         billed = round((rec.cost_billed or 0.0) * 1_000_000)
+        doc, inp = _dumped(rec)
         res = self._save(
             keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key, rec.tenant), fence[0] if fence else "",
                   self.keys.batch(rec.batch_id) if rec.batch_id else "", self.keys.children(rec.id),
                   self.keys.ended, self.keys.state(rec.state), *self._fair_keys],
-            args=[expected, rec.version, rec.state, rec.model_dump_json(), rec.updated_at, rec.id, ttl,
+            args=[expected, rec.version, rec.state, doc, rec.updated_at, rec.id, ttl,
                   callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl,
-                  "1" if archive else "0"],
+                  "1" if archive else "0", inp if inp != rec._input_json else b""],
         )
         if res == 1:
+            if inp is not None:
+                rec._input_json = inp
             return
         rec.version = expected
         if res == -2:
@@ -540,3 +546,24 @@ class JobStore:
             args=[job_id, self._state_tpl]))
 
 
+def record_from(doc: bytes, version: bytes | str | int | None, inp: bytes | None) -> JobRecord:
+    """A record as read from its hash: ``doc`` with ``input`` (a record stored split), or
+    ``doc`` alone (stored whole by an older release). Raises pydantic's ``ValidationError``
+    for a record that does not parse."""
+    if inp is None:
+        rec = JobRecord.model_validate_json(doc)
+    else:
+        # ``doc`` is a JSON object without "input": splicing the stored input in keeps the one
+        # fast path (pydantic parses JSON itself) instead of a dict merge.
+        rec = JobRecord.model_validate_json(b"%s,\"input\":%s}" % (bytes(doc).rstrip()[:-1], bytes(inp)))
+        rec._input_json = bytes(inp)
+    rec.version = int(version or 0)
+    return rec
+
+
+def _dumped(rec: JobRecord) -> tuple[str, bytes | None]:
+    """``doc`` and ``input`` as a save writes them: split for a record stored split (``input``
+    serialized to see whether it changed), whole (``input`` None) for one an older release created."""
+    if rec._input_json is None:
+        return rec.model_dump_json(), None
+    return rec.model_dump_json(exclude={"input"}), to_json(rec.input)

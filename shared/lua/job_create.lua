@@ -11,12 +11,12 @@
 -- KEYS[8]  batch         {p}:batch:{batch} or ''        hash, counts written
 -- KEYS[9]  ready         {p}:fair:ready:{lane}:{tenant} or '' (not fair-dispatched)  zset
 -- KEYS[10] active        {p}:fair:active:{lane} or ''   set
--- ARGV: id, doc (record JSON), created_at, first state ('queued' or 'waiting'),
---       estimate (micro-dollars), tenant, job template ({p}:job:HOLE)
+-- ARGV: id, doc (the record JSON without its input), created_at, first state ('queued' or
+--       'waiting'), estimate (micro-dollars), tenant, job template ({p}:job:HOLE), input (JSON)
 -- Returns the id of the job that now owns the idempotency key (this one, or the live one).
 local job_key, idem_key, state_key, created_key, created_t_key, tenants_key, backfill_key,
       batch_key, ready_key, active_key = unpack(KEYS)
-local id, doc, created_at, first, est_micro, tenant, job_tpl = unpack(ARGV)
+local id, doc, created_at, first, est_micro, tenant, job_tpl, input = unpack(ARGV)
 
 if idem_key ~= '' then
   local existing = redis.call('GET', idem_key)
@@ -26,7 +26,7 @@ if idem_key ~= '' then
   redis.call('SET', idem_key, id)
 end
 if redis.call('EXISTS', job_key) == 1 then return id end
-redis.call('HSET', job_key, 'version', '1', 'state', first, 'doc', doc, 'published', '0')
+redis.call('HSET', job_key, 'version', '1', 'state', first, 'doc', doc, 'input', input, 'published', '0')
 redis.call('ZADD', state_key, created_at, id)
 -- The tenant's own creation index: written with the record, so a tenant's listing never misses
 -- a job. The first record of a Redis with none has no older record to backfill: the per-tenant

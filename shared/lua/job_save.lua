@@ -1,5 +1,5 @@
--- job_save: compare-and-set save of a job record, and everything a state change brings with it
--- in the same atomic step. Caller: JobStore.save (falq.shared.jobs.store).
+-- job_save: compare-and-set save of a job record (its input only when it changed), and
+-- everything a state change brings with it in the same atomic step. Caller: JobStore.save (falq.shared.jobs.store).
 --
 -- KEYS[1]  job         {p}:job:{id}                  hash, read/written
 -- KEYS[2]  idem        the idempotency key or ''     string, TTL set
@@ -16,13 +16,14 @@
 -- ARGV: expected version, new version, state, doc (record JSON), now, id, ttl (0: no TTL),
 --       callback ('1': a terminal state with a callback), lease token, billed micro-dollars,
 --       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here),
---       archive ('1': a terminal save the catalogue archives)
+--       archive ('1': a terminal save the catalogue archives), input (the input JSON of a record
+--       stored split, when it changed; '' unchanged, or a record stored whole in doc)
 -- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
 -- gone, -2 the lease is no longer the caller's.
 local job_key, idem_key, lease_key, batch_key, children_key, ended_key, state_key, inflight_key, unadmitted_key,
       ledger_key, count_key, owner_key = unpack(KEYS)
 local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl,
-      archive = unpack(ARGV)
+      archive, input = unpack(ARGV)
 ttl = tonumber(ttl)
 
 local cur = redis.call('HMGET', job_key, 'version', 'state')
@@ -40,6 +41,7 @@ if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
 local old = cur[2]
 local moved = old ~= state
 redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
+if input ~= '' then redis.call('HSET', job_key, 'input', input) end
 if moved then redis.call('ZREM', lib.key(state_tpl, old), id) end
 redis.call('ZADD', state_key, ts, id)
 -- Batches: the batch's counts move from the old state to the new one, and a terminal save adds

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
@@ -319,3 +320,83 @@ def test_a_save_resent_after_its_reply_was_lost_is_not_a_conflict(redis_server: 
         flaky.save(rec)
     via_proxy.close()
     client.close()
+
+
+# --- the record split: the input written once, older releases' whole records ------------------
+
+
+def _input_writes(r: redis.Redis, job_key: str, act: Callable[[], None]) -> list[str]:
+    """The HSETs of ``job_key``'s ``input`` field while ``act`` runs, as Redis's MONITOR saw
+    them (commands run inside scripts included)."""
+    seen: list[str] = []
+    ready = threading.Event()
+
+    def watch() -> None:
+        with r.monitor() as m:
+            ready.set()
+            for cmd in m.listen():
+                line = cmd["command"]
+                if line == "ECHO monitor-done":
+                    return
+                if line.startswith(f"HSET {job_key} ") and " input {" in line:
+                    seen.append(line)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    ready.wait(5)
+    time.sleep(0.1)
+    act()
+    r.echo("monitor-done")
+    t.join(5)
+    return seen
+
+
+@pytest.mark.timeout(20)
+def test_the_input_is_written_once_and_again_only_when_it_changes(store: JobStore, r: redis.Redis) -> None:
+    rec = _rec("a fox in the snow")
+
+    def walk() -> None:
+        made, _ = store.create(rec)
+        for state in ("submitting", "in_queue", "in_progress", "mirroring"):
+            cur = store.get(made.id)
+            cur.move(state)  # type: ignore[arg-type]
+            store.save(cur)
+        cur = store.get(made.id)
+        cur.input["image_urls"] = ["https://example.com/a.png"]  # what a chain's release does
+        store.save(cur)
+        cur = store.get(made.id)
+        cur.move("completed")
+        store.save(cur)
+
+    writes = _input_writes(r, store.job_key(rec.id), walk)
+    assert len(writes) == 2, writes  # the create, and the one save that changed it
+    doc = json.loads(r.hget(store.job_key(rec.id), "doc") or b"")
+    assert "input" not in doc  # every other save rewrites only the rest of the record
+    final = store.get(rec.id)
+    assert final.state == "completed" and final.version == 7
+    assert final.input == {"prompt": "a fox in the snow", "image_urls": ["https://example.com/a.png"]}
+    assert json.loads(r.hget(store.job_key(rec.id), "input") or b"") == final.input
+
+
+@pytest.mark.timeout(10)
+def test_a_record_an_older_release_stored_whole_is_read_and_saved_whole(store: JobStore, r: redis.Redis) -> None:
+    made, _ = store.create(_rec("made before the upgrade"))
+    key = store.job_key(made.id)
+    # The hash as the previous release wrote it: the whole record in doc, no input field.
+    whole = JobRecord.model_validate_json(
+        json.dumps({**json.loads(r.hget(key, "doc") or b""), "input": made.input}))
+    r.hdel(key, "input")
+    r.hset(key, "doc", whole.model_dump_json())
+
+    rec = store.get(made.id)
+    assert rec.input == {"prompt": "made before the upgrade"}
+    rec.move("submitting")
+    rec.input["seed"] = 7
+    store.save(rec)
+
+    assert not r.hexists(key, "input")  # kept whole, as the older release reads it
+    as_old_release_reads_it = JobRecord.model_validate_json(r.hget(key, "doc") or b"")
+    assert as_old_release_reads_it.state == "submitting"
+    assert as_old_release_reads_it.input == {"prompt": "made before the upgrade", "seed": 7}
+    assert store.get(made.id).input == as_old_release_reads_it.input
+    assert store.get_many([made.id])[0] == store.get(made.id)

@@ -210,21 +210,8 @@ class Archiver:
         return len(entries)
 
     def _records(self, ids: list[str]) -> dict[str, JobRecord]:
-        pipe = self.r.pipeline(transaction=False)
-        for job_id in ids:
-            pipe.hmget(self.store.job_key(job_id), "doc", "version")
-        out: dict[str, JobRecord] = {}
-        for job_id, (doc, version) in zip(ids, pipe.execute(), strict=True):
-            if doc is None:
-                continue  # expired or deleted since: an older entry of an archived job
-            try:
-                rec = JobRecord.model_validate_json(doc)
-            except ValueError:
-                log.error("job %s has a corrupt record; not archived", job_id)
-                continue
-            rec.version = int(version or 0)
-            out[job_id] = rec
-        return out
+        """The records still in Redis (an older entry of a job archived and expired since has none)."""
+        return {rec.id: rec for rec in self.store.get_many(ids) if rec is not None}
 
     def _ensure_schema(self) -> None:
         if self._schema_ok:
