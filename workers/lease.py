@@ -154,7 +154,8 @@ class LeaseKeeper:
         """Also call ``fn`` from this keeper's loop, at least every ``every_s`` (one renewal loop
         per process: the loop then runs at the shortest of the cadences). Starts the loop."""
         with self._lock:
-            if all(f is not fn for f, _ in self._riders):
+            # ``==``, not ``is``: a bound method is a new object at every attribute access.
+            if all(f != fn for f, _ in self._riders):
                 self._riders.append((fn, every_s))
         self._ensure_running()
 

@@ -219,3 +219,25 @@ def test_orphans_reads_only_leases_past_their_end(
     assert one.orphans() == []  # claimed once, for one sweeper
     assert r.zscore(one.keys.holders, live) is not None
     assert r.zscore(one.keys.holders, legacy) is not None
+
+
+@pytest.mark.timeout(10)
+def test_a_renewal_that_rides_once_per_job_runs_once_per_round(keepers: tuple[LeaseKeeper, LeaseKeeper]) -> None:
+    """The limiter's slot keeper asks to ride for every job it admits, each time with a new bound
+    method of the same keeper: the loop must still call it once per round, not once per job."""
+    one, _ = keepers
+
+    class Slots:
+        calls = 0
+
+        def renew_now(self) -> None:
+            self.calls += 1
+
+    slots = Slots()
+    for _ in range(50):
+        one.ride(slots.renew_now, 10.0)
+    end = time.monotonic() + 5
+    while slots.calls == 0 and time.monotonic() < end:
+        time.sleep(0.01)
+    _stop_renewing(one)  # lets the round in flight finish
+    assert 1 <= slots.calls < 10, slots.calls  # a round every TTL_S / 3 s; 50 a round if each ride counted
