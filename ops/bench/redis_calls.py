@@ -65,8 +65,33 @@ def classify(monitor_lines: list[dict[str, Any]], jobs: int) -> Calls:
     return calls
 
 
+def in_order(monitor_lines: list[dict[str, Any]]) -> list[str]:
+    """The top-level commands in the order Redis ran them, one line each: the client's port
+    (one per connection: producer, worker, its loops), the command and its first key, and for a
+    script the commands it ran inside."""
+    names = {hashlib.sha1(scripts.source(n).encode()).hexdigest(): n for n in scripts.names()}
+    out: list[list[Any]] = []
+    for line in monitor_lines:
+        words = str(line["command"]).split(" ")
+        if line.get("client_type") == "lua" or line.get("client_address") == "lua":
+            if out and out[-1][2]:
+                out[-1][3] += 1
+            continue
+        is_script = words[0].upper() == "EVALSHA" and len(words) > 1
+        what = f"script {names.get(words[1], words[1][:8])}" if is_script else words[0].upper()
+        first_key = words[3] if is_script and len(words) > 3 else (words[1] if len(words) > 1 else "")
+        out.append([line.get("client_port", ""), what, is_script, 0, first_key])
+    return [f"{port:>6} {what:28s} {('[' + str(n) + ']') if script else '':>5} {key[:60]}"
+            for port, what, script, n, key in out]
+
+
 def measure(jobs: int) -> Calls:
     """Run ``jobs`` jobs under ``MONITOR`` on a fresh local stack."""
+    calls, _ = _monitored(jobs)
+    return calls
+
+
+def _monitored(jobs: int) -> tuple[Calls, list[dict[str, Any]]]:
     from falq.ops.bench.harness import Harness
     from falq.testing.stack import DevStack
 
@@ -100,15 +125,21 @@ def measure(jobs: int) -> Calls:
         poller.close()
         h.stop_all()
     ours = (address[0], address[1])
-    return classify([c for c in seen if (c.get("client_address"), c.get("client_port")) != ours], jobs)
+    lines = [c for c in seen if (c.get("client_address"), c.get("client_port")) != ours]
+    return classify(lines, jobs), lines
 
 
 @click.command(name="redis-calls", context_settings=HELP_OPTIONS)
 @click.option("--jobs", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Jobs to run.")
-def main_command(jobs: int) -> int:
+@click.option("--trace", is_flag=True, help="Also print every command in the order Redis ran it (use with --jobs 1).")
+def main_command(jobs: int, trace: bool) -> int:
     """Print the Redis commands of one job on the default path, by caller."""
-    print(f"{jobs} jobs, one worker, every default on (python -m falq.ops.bench.redis_calls --jobs {jobs})")
-    print(measure(jobs).table())
+    flag = " --trace" if trace else ""
+    print(f"{jobs} jobs, one worker, every default on (python -m falq.ops.bench.redis_calls --jobs {jobs}{flag})")
+    calls, lines = _monitored(jobs)
+    if trace:
+        print("\n".join(in_order(lines)))
+    print(calls.table())
     return 0
 
 
