@@ -385,7 +385,11 @@ def test_ingress_502_page_on_result_get_costs_no_new_submission(ctx: WorkerConte
     def ingress_errors() -> list[Any]:
         return [e for e in ctx.store.get(rec.id).errors if e.type == "fal_ingress"]
 
+    clock: list[float | None] = []
+
     def heal_after_two_pages() -> None:
+        wait_until(lambda: len(ingress_errors()) >= 1, 6.0, "an ingress page on the result GET")
+        clock.append(ctx.store.get(rec.id).fal_completed_at)
         wait_until(lambda: len(ingress_errors()) >= 2, 6.0, "two ingress pages on the result GET")
         emulator.configure(fail_5xx=0.0)
 
@@ -393,6 +397,8 @@ def test_ingress_502_page_on_result_get_costs_no_new_submission(ctx: WorkerConte
     done, _ = drive(runner, rec.id)
     thread.join(5)
     assert not errors, errors
+    # The retry window's clock was saved with the first error, so it spans the steps that follow.
+    assert clock and clock[0] is not None and clock[0] == done.fal_completed_at, (clock, done.fal_completed_at)
 
     assert done.state == "completed", done.errors
     pages = [e for e in done.errors if e.type == "fal_ingress"]

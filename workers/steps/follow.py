@@ -271,8 +271,12 @@ class FollowPhase(StepBase):
             return Outcome(False, 0.0)
         self.ctx.admission.release(self.rec)
         done_at = time.time()
-        # One save for fal's log tail and the clock of FALQ_FAL_RESULT_RETRY_S (kept across
-        # steps, so it spans redeliveries): both are written before the result is fetched.
+        # fal's log tail and the clock of FALQ_FAL_RESULT_RETRY_S (kept across steps, so the
+        # window spans redeliveries) ride on the next save: the move to mirroring once the result
+        # is kept, else the first error saved while fetching it. A step that dies before that save
+        # loses neither: the next one follows the request again, reads the same logs and starts
+        # the clock at its own COMPLETED (the window can only grow by the gap, never cost a
+        # submission). A failed request saves them now, before the failure is handled.
         clock = not result.error and self.rec.fal_completed_at is None
         if pending_logs or clock:
             logs, at = list(pending_logs), list(cursor[0])
@@ -283,7 +287,10 @@ class FollowPhase(StepBase):
                 if clock:
                     r.fal_completed_at = r.fal_completed_at or done_at
 
-            self.commit(noted)
+            if result.error:
+                self.commit(noted)
+            else:
+                self.defer(noted)
         if result.error:
             if self.rec.fal_cancel_at is not None:
                 # fal's answer to the cancel: removed from its queue, or stopped while running.
@@ -326,7 +333,7 @@ class FollowPhase(StepBase):
         if self.rec.result_saved_at is not None and self.ctx.store.load_result(self.rec.id) is not None:
             return _noted_already
         assert self.rec.response_url
-        since = self.rec.fal_completed_at or time.time()
+        since = self.rec.fal_completed_at or time.time()  # the clock, deferred by the caller, is about now
         tries = 0
         while True:
             try:

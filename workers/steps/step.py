@@ -88,8 +88,14 @@ class StepBase:
         self.ends_at = time.monotonic() + self.s.visibility_timeout_s / 2
         #: True when this step itself moved the job into ``mirroring`` (no copy can exist yet).
         self.fresh_mirror = False
+        self._deferred: list[Callable[[JobRecord], object]] = []
 
     # --- persistence ----------------------------------------------------------------------------
+    def defer(self, change: Callable[[JobRecord], object]) -> None:
+        """Apply ``change`` with this step's next :meth:`commit`, in the same save. For what may
+        be lost if the step ends before that save (a crash): the next step learns it again."""
+        self._deferred.append(change)
+
     def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False) -> None:
         """Apply ``change`` and save; on a concurrent write, reload and apply it again.
 
@@ -102,11 +108,15 @@ class StepBase:
         :class:`Fenced` instead of overwriting what the job's new holder wrote."""
         conflicts, oom_delay = 0, 0.0
         fence = (self.ctx.leases.key(self.rec.id), self.lease.token)
+        deferred = list(self._deferred)
         while conflicts < 50:
             old_state, old_errors = self.rec.state, len(self.rec.errors)
+            for earlier in deferred:
+                earlier(self.rec)
             change(self.rec)
             try:
                 self.ctx.store.save(self.rec, fence=fence)
+                del self._deferred[:len(deferred)]
                 self._notify(old_state, old_errors)
                 return
             except LeaseLost:
