@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from falq.ops.bench.redis_calls import classify
+from falq.ops.bench.redis_calls import classify, in_order
 from falq.shared import scripts
 
 
@@ -27,3 +27,19 @@ def test_commands_a_script_runs_count_for_that_script() -> None:
     assert calls.total == 6
     table = calls.table()
     assert "script job_save" in table and "3.00" in table  # 6 commands over 2 jobs
+
+
+def test_the_trace_keeps_redis_order_and_counts_each_scripts_own_commands() -> None:
+    lines = [
+        {"command": f"EVALSHA {_sha('job_save')} 12 falq:job:1 k2", "client_address": "127.0.0.1", "client_port": "5"},
+        {"command": "HMGET falq:job:1 version state", "client_address": "lua", "client_port": ""},
+        {"command": "HSET falq:job:1 version 2", "client_address": "lua", "client_port": ""},
+        {"command": "GET falq:pricing", "client_address": "127.0.0.1", "client_port": "6"},
+        {"command": f"EVALSHA {_sha('lease_release')} 2 falq:lease:1 k", "client_address": "127.0.0.1",
+         "client_port": "5"},
+        {"command": "DEL falq:lease:1", "client_address": "lua", "client_port": ""},
+    ]
+    out = [line.split() for line in in_order(lines)]
+    assert out == [["5", "script", "job_save", "[2]", "falq:job:1"],
+                   ["6", "GET", "falq:pricing"],
+                   ["5", "script", "lease_release", "[1]", "falq:lease:1"]]
