@@ -4,8 +4,9 @@
 key                             type    what
 ==============================  ======  ==========================================================
 ``{p}:job:{id}``                hash    the job record: ``state``, ``version``, ``doc`` (JSON),
-                                        ``input`` (JSON, written once; absent in a record an
-                                        older release created, whose ``doc`` holds it),
+                                        ``input`` (JSON, written once, while the job runs; a
+                                        finished record, or one an older release created,
+                                        holds it in ``doc``),
                                         ``published``, ``result`` (fal's output until mirrored);
                                         with a callback: ``cb_version`` (the version that saved
                                         the terminal state), ``cb_tries``, ``cb_since``

@@ -2,11 +2,13 @@
 
 Layout (``{p}`` is ``FALQ_KEY_PREFIX``, default ``falq``):
 
-* ``{p}:job:{id}`` -- hash ``{state, version, doc, input, published[, result]}``. The record is
-  split: ``input`` (the validated input, JSON) is written by the create and again only when it
-  changes (a chained job's references resolved); ``doc`` is the rest of the record (JSON),
-  rewritten by every save. A record an older release created has no ``input`` field and its
-  ``doc`` holds the input: it is read the same and saved whole, as that release reads it.
+* ``{p}:job:{id}`` -- hash ``{state, version, doc, input, published[, result]}``. While the job
+  runs, the record is split: ``input`` (the validated input, JSON) is written by the create and
+  again only when it changes (a chained job's references resolved); ``doc`` is the rest of the
+  record (JSON), rewritten by every save. The save that makes the job terminal writes it whole
+  (``doc`` with the input, no ``input`` field), the form that takes the least memory for the days
+  a finished record is kept. A whole record (finished, or created by an older release) is read
+  the same and saved whole.
   ``result`` is fal's output JSON, kept from COMPLETED until the images are in S3.
 * ``{p}:state:{state}`` -- sorted set of job ids by last update, one per state.
 * ``{p}:created`` -- sorted set of all job ids by creation time.
@@ -223,18 +225,22 @@ class JobStore:
         callback = "1" if rec.state in TERMINAL and (rec.callback_url or rec.fal_webhook) else "0"
         terminal = "1" if rec.state in TERMINAL else "0"
         billed = round((rec.cost_billed or 0.0) * 1_000_000)
-        doc, inp = _dumped(rec)
+        # A finished record is kept whole: it lives for days, and one field more costs more
+        # memory than the input it would save (a hash entry and its allocations); "-" tells
+        # the script to drop the input field of a record stored split until now.
+        merge = rec.state in TERMINAL and rec._input_json is not None
+        doc, inp = (rec.model_dump_json(), None) if merge else _dumped(rec)
+        input_arg = b"-" if merge else (inp if inp != rec._input_json else b"")
         res = self._save(
             keys=[self.job_key(rec.id), self.idem_key(rec.idempotency_key, rec.tenant), fence[0] if fence else "",
                   self.keys.batch(rec.batch_id) if rec.batch_id else "", self.keys.children(rec.id),
                   self.keys.ended, self.keys.state(rec.state), *self._fair_keys],
             args=[expected, rec.version, rec.state, doc, rec.updated_at, rec.id, ttl,
                   callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl,
-                  "1" if archive else "0", inp if inp != rec._input_json else b""],
+                  "1" if archive else "0", input_arg],
         )
         if res == 1:
-            if inp is not None:
-                rec._input_json = inp
+            rec._input_json = inp
             return
         rec.version = expected
         if res == -2:

@@ -17,7 +17,8 @@
 --       callback ('1': a terminal state with a callback), lease token, billed micro-dollars,
 --       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here),
 --       archive ('1': a terminal save the catalogue archives), input (the input JSON of a record
---       stored split, when it changed; '' unchanged, or a record stored whole in doc)
+--       stored split, when it changed; '' unchanged, or a record stored whole in doc; '-' the
+--       record is stored whole from now on: doc holds the input, the input field goes)
 -- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
 -- gone, -2 the lease is no longer the caller's.
 local job_key, idem_key, lease_key, batch_key, children_key, ended_key, state_key, inflight_key, unadmitted_key,
@@ -41,7 +42,11 @@ if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
 local old = cur[2]
 local moved = old ~= state
 redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
-if input ~= '' then redis.call('HSET', job_key, 'input', input) end
+if input == '-' then
+  redis.call('HDEL', job_key, 'input')
+elseif input ~= '' then
+  redis.call('HSET', job_key, 'input', input)
+end
 if moved then redis.call('ZREM', lib.key(state_tpl, old), id) end
 redis.call('ZADD', state_key, ts, id)
 -- Batches: the batch's counts move from the old state to the new one, and a terminal save adds
