@@ -207,7 +207,7 @@ class JobStore:
         return bool(self.r.exists(self.job_key(job_id)))
 
     # --- write ---------------------------------------------------------------------------------
-    def save(self, rec: JobRecord, *, fence: tuple[str, str] | None = None) -> None:
+    def save(self, rec: JobRecord, *, fence: tuple[str, str] | None = None, drop_result: bool = False) -> None:
         """Compare-and-set: write ``rec`` if nobody saved since it was read.
 
         Raises :class:`Conflict` on a concurrent change and :class:`JobNotFound` if the
@@ -215,7 +215,8 @@ class JobStore:
         end-of-job entry (``{p}:ended``: archive, callback, children), atomically.
         ``fence`` (``(lease key, token)``, what worker steps pass) makes the save conditional,
         in the same script, on still holding that lease: a stale holder back from a network
-        partition gets :class:`LeaseLost` and writes nothing.
+        partition gets :class:`LeaseLost` and writes nothing. ``drop_result``: fal's kept result
+        JSON (:meth:`save_result`) goes in the same save (its images are in S3).
         """
         expected = rec.version
         rec.version = expected + 1
@@ -237,7 +238,7 @@ class JobStore:
                   self.keys.ended, self.keys.state(rec.state), *self._fair_keys],
             args=[expected, rec.version, rec.state, doc, rec.updated_at, rec.id, ttl,
                   callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl,
-                  "1" if archive else "0", input_arg],
+                  "1" if archive else "0", input_arg, "1" if drop_result else "0"],
         )
         if res == 1:
             rec._input_json = inp
@@ -273,10 +274,6 @@ class JobStore:
     def load_result(self, job_id: str) -> bytes | None:
         raw = self.r.hget(self.job_key(job_id), "result")
         return bytes(raw) if raw is not None else None
-
-    def drop_result(self, job_id: str) -> None:
-        """Forget the kept output once every image is in S3 (``sync_mode`` ones weigh MBs)."""
-        self.r.hdel(self.job_key(job_id), "result")
 
     def request_cancel(self, job_id: str) -> None:
         self.r.set(self.cancel_key(job_id), b"1", ex=max(self.ttl_s, 3600))

@@ -28,6 +28,8 @@ local default_mo, ratio, uncapped, max_jobs = tonumber(ARGV[1]), tonumber(ARGV[2
 local default_rate, wait_s = tonumber(ARGV[5]) or 0, tonumber(ARGV[6]) or 1
 local ready_tpl, job_tpl, paused_tpl, tspend_tpl = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
+-- No tenant has a ready job: nothing to dispatch (most rounds a release or an admission starts).
+if redis.call('EXISTS', KEYS[7], KEYS[8]) == 0 then return {} end
 local now = lib.now_ms()
 local today = lib.ymd(math.floor(now / 86400000))
 local cfg = redis.call('HMGET', config_key, 'max_outstanding', 'rate')

@@ -18,13 +18,14 @@
 --       terminal ('1'/'0'), state template ({p}:state:HOLE, for the state read here),
 --       archive ('1': a terminal save the catalogue archives), input (the input JSON of a record
 --       stored split, when it changed; '' unchanged, or a record stored whole in doc; '-' the
---       record is stored whole from now on: doc holds the input, the input field goes)
+--       record is stored whole from now on: doc holds the input, the input field goes),
+--       drop result ('1': the images are in S3, fal's kept result JSON goes in this save)
 -- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
 -- gone, -2 the lease is no longer the caller's.
 local job_key, idem_key, lease_key, batch_key, children_key, ended_key, state_key, inflight_key, unadmitted_key,
       ledger_key, count_key, owner_key = unpack(KEYS)
 local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl,
-      archive, input = unpack(ARGV)
+      archive, input, drop_result = unpack(ARGV)
 ttl = tonumber(ttl)
 
 local cur = redis.call('HMGET', job_key, 'version', 'state')
@@ -42,11 +43,14 @@ if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
 local old = cur[2]
 local moved = old ~= state
 redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
+local gone = {}
 if input == '-' then
-  redis.call('HDEL', job_key, 'input')
+  gone[#gone + 1] = 'input'
 elseif input ~= '' then
   redis.call('HSET', job_key, 'input', input)
 end
+if drop_result == '1' then gone[#gone + 1] = 'result' end
+if #gone > 0 then redis.call('HDEL', job_key, unpack(gone)) end
 if moved then redis.call('ZREM', lib.key(state_tpl, old), id) end
 redis.call('ZADD', state_key, ts, id)
 -- Batches: the batch's counts move from the old state to the new one, and a terminal save adds

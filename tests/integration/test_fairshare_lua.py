@@ -87,6 +87,20 @@ def test_target_is_max_outstanding_plus_headroom(r: redis.Redis, redis_server: s
     assert len(FairShare(r, settings(redis_server, max_outstanding=40, fair_headroom=0.0)).take()) == 3
 
 
+def test_a_round_with_no_ready_tenant_runs_one_command_inside(r: redis.Redis, s: Settings) -> None:
+    # Most rounds (a release, an admission) find nothing ready: they cost the script and one EXISTS.
+    store, fair = JobStore(r), FairShare(r, s)
+    got = enqueue(store, "a", 2)
+    assert sorted(j for j, *_ in fair.take()) == sorted(got)  # the round that empties the ready set
+    r.config_resetstat()
+    assert fair.take() == []
+    stats = r.info("commandstats")
+    inside = sum(v["calls"] for k, v in stats.items() if not k.startswith(("cmdstat_evalsha", "cmdstat_info", "cmdstat_config")))
+    assert inside == 1 and stats["cmdstat_exists"]["calls"] == 1, stats
+    enqueue(store, "a", 1)
+    assert len(fair.take()) == 1  # a tenant with a ready job again: the round dispatches it
+
+
 def test_under_a_rate_limit_about_a_second_of_jobs_waits_for_admission(r: redis.Redis, redis_server: str) -> None:
     from falq.shared.limits.store import Limiter
 

@@ -169,9 +169,28 @@ def test_save_load_and_drop_result(store: JobStore, r: redis.Redis) -> None:
     store.update(rec.id, lambda x: x.walk_to("mirroring"))  # a record save keeps the result
     assert store.load_result(rec.id) == raw
     assert store.get(rec.id).state == "mirroring"
-    store.drop_result(rec.id)
+    failed = store.get(rec.id)
+    failed.move("failed")
+    store.save(failed)  # a failed job keeps fal's result: `falq retry` mirrors it without paying again
+    assert store.load_result(rec.id) == raw
+    done = store.get(rec.id)
+    done.walk_to("completed")  # as a retry that mirrors the kept result does
+    store.save(done, drop_result=True)  # the images are in S3: the result goes in the same save
     assert store.load_result(rec.id) is None
-    assert store.get(rec.id).state == "mirroring"  # the record itself stays
+    assert store.get(rec.id).state == "completed"  # the record itself stays
+
+
+@pytest.mark.timeout(10)
+def test_a_split_record_drops_its_input_field_and_the_result_in_one_terminal_save(
+        store: JobStore, r: redis.Redis) -> None:
+    rec, _ = store.create(_rec())
+    store.save_result(rec.id, b'{"images":[]}')
+    cur = store.get(rec.id)
+    assert r.hexists(store.job_key(rec.id), "input")  # stored split while it runs
+    cur.walk_to("completed")
+    store.save(cur, drop_result=True)
+    assert not r.hexists(store.job_key(rec.id), "input") and not r.hexists(store.job_key(rec.id), "result")
+    assert store.get(rec.id).input == rec.input
 
 
 @pytest.mark.timeout(10)

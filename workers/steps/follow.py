@@ -330,6 +330,7 @@ class FollowPhase(StepBase):
         Only a result error naming an infrastructure ``error_type`` starts a new attempt.
         A user's cancel does not stop this: the output is paid for.
         """
+        self.saved_result = None  # only this call's own save may stand in for a read
         if self.rec.result_saved_at is not None and self.ctx.store.load_result(self.rec.id) is not None:
             return _noted_already
         assert self.rec.response_url
@@ -364,6 +365,7 @@ class FollowPhase(StepBase):
             except PermanentError as exc:  # moderation, start timeout, result gone, a hostile body
                 return self._fail(exc)
         self.ctx.store.save_result(self.rec.id, res.raw)
+        self.saved_result = res.raw
         saved_at = time.time()
         quote = self.ctx.pricing.quote(self.rec.endpoint)  # the account's price (falq.shared.spend.pricing)
 

@@ -23,16 +23,17 @@ from falq.workers.media.copy import TRUNCATED_TRIES, mirror_image
 from falq.workers.steps.step import DONE, WAITED, Outcome, StepBase, _note
 
 
-def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *,
-                       first_try: bool = False) -> tuple[GenerateOutput, list[StoredImage]]:
+def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *, first_try: bool = False,
+                       saved: bytes | None = None) -> tuple[GenerateOutput, list[StoredImage]]:
     """Mirror every image of ``rec``'s result; idempotent.
 
     The result is the one saved beside the record right after COMPLETED (see
     :mod:`falq.workers.steps.follow`), so retries during an S3 outage never ask fal again. A record
     saved before that existed falls back to fal's copy; if fal no longer has it the job
     fails (:class:`~falq.shared.errors.FalResultGone`), it is never resubmitted silently.
+    ``saved``: the result as the calling step itself just saved it (no read back).
     """
-    kept = ctx.store.load_result(rec.id)
+    kept = saved if saved is not None else ctx.store.load_result(rec.id)
     if kept is not None:
         try:
             raw = json.loads(kept)
@@ -78,7 +79,8 @@ class MirrorPhase(StepBase):
 
     def _mirror(self) -> Outcome | None:
         try:
-            output, images = mirror_outputs_for(self.ctx, self.rec, first_try=self.fresh_mirror)
+            output, images = mirror_outputs_for(self.ctx, self.rec, first_try=self.fresh_mirror,
+                                                saved=self.saved_result)
         except RetryableError as exc:
             self.fresh_mirror = False
             if isinstance(exc, FalRequestFailedTransient):
@@ -113,7 +115,7 @@ class MirrorPhase(StepBase):
             if not r.terminal:
                 r.move(end)
 
-        self.commit(completed, allow_terminal=end == "cancelled")
-        self.ctx.store.drop_result(self.rec.id)
+        # fal's kept result JSON goes in the same save: every image is in S3.
+        self.commit(completed, allow_terminal=end == "cancelled", drop_result=True)
         self.ctx.notify_finished(self.rec)
         return DONE

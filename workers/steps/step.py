@@ -88,6 +88,8 @@ class StepBase:
         self.ends_at = time.monotonic() + self.s.visibility_timeout_s / 2
         #: True when this step itself moved the job into ``mirroring`` (no copy can exist yet).
         self.fresh_mirror = False
+        #: fal's result JSON as this step saved it beside the record (the mirror needs no read back).
+        self.saved_result: bytes | None = None
         self._deferred: list[Callable[[JobRecord], object]] = []
 
     # --- persistence ----------------------------------------------------------------------------
@@ -96,7 +98,8 @@ class StepBase:
         be lost if the step ends before that save (a crash): the next step learns it again."""
         self._deferred.append(change)
 
-    def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False) -> None:
+    def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False,
+               drop_result: bool = False) -> None:
         """Apply ``change`` and save; on a concurrent write, reload and apply it again.
 
         While Redis refuses writes at ``maxmemory`` (OOM), the save is retried with backoff
@@ -115,7 +118,7 @@ class StepBase:
                 earlier(self.rec)
             change(self.rec)
             try:
-                self.ctx.store.save(self.rec, fence=fence)
+                self.ctx.store.save(self.rec, fence=fence, drop_result=drop_result)
                 del self._deferred[:len(deferred)]
                 self._notify(old_state, old_errors)
                 return
