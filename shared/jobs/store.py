@@ -181,7 +181,16 @@ class JobStore:
 
     # --- read --------------------------------------------------------------------------------
     def get(self, job_id: str) -> JobRecord:
-        doc, version, inp = self.r.hmget(self.job_key(job_id), "doc", "version", "input")
+        return self.record_of(job_id, self.r.hmget(self.job_key(job_id), "doc", "version", "input"))
+
+    def get_queued(self, pipe: redis.client.Pipeline, job_id: str) -> None:
+        """Queue :meth:`get`'s read on ``pipe``; :meth:`record_of` turns its reply into the record
+        (a worker step reads the record with its other first reads in one round trip)."""
+        pipe.hmget(self.job_key(job_id), "doc", "version", "input")
+
+    def record_of(self, job_id: str, row: list[Any]) -> JobRecord:
+        """The record from a :meth:`get_queued` reply; :class:`JobNotFound` if gone or corrupt."""
+        doc, version, inp = row
         if doc is None:
             raise JobNotFound(f"no job with id {job_id!r} (never enqueued, or its record expired)")
         try:

@@ -47,14 +47,19 @@ class Runner:
         self.s = ctx.settings
 
     def run_step(self, job_id: str) -> Outcome:
+        # One round trip: the record, a cancel asked for, and a sign of life for workers.reaper.
+        pipe = self.ctx.redis.pipeline(transaction=False)
+        self.ctx.store.get_queued(pipe, job_id)
+        pipe.exists(self.ctx.store.cancel_key(job_id))
+        mark_seen(pipe, self.s, job_id)
+        row, cancel, _ = pipe.execute()
         try:
-            rec = self.ctx.store.get(job_id)
+            rec = self.ctx.store.record_of(job_id, row)
         except JobNotFound:
             log.warning("job %s has no record (expired or deleted); dropping its message", job_id)
             return DONE
         if rec.terminal:
             return DONE
-        mark_seen(self.ctx.redis, self.s, job_id)  # a sign of life for workers.reaper
         if self.ctx.reach is not None and self.ctx.reach.bounce(job_id, NEEDS.get(rec.state, "")):
             return Outcome(False, 0.0)  # this host is cut off from what the job needs: hand it on unrun
         lease = self.ctx.leases.acquire(job_id)
@@ -63,7 +68,7 @@ class Runner:
             # still has a message if that worker dies after its own message was requeued.
             return Outcome(False, delay=self.s.lease_ttl_s)
         try:
-            return _Step(self.ctx, rec, lease).run()
+            return _Step(self.ctx, rec, lease, cancel_asked=bool(cancel)).run()
         except JobNotFound:
             log.warning("job %s was deleted while it ran; stopping", job_id)
             return DONE
@@ -90,7 +95,7 @@ class _Step(SubmitPhase, FollowPhase, MirrorPhase):
             raise
 
     def _loop(self) -> Outcome:
-        if (self.ctx.store.cancel_requested(self.rec.id) or self.rec.cancel_requested) and not self.cancel_in_hand():
+        if (self.cancel_asked or self.rec.cancel_requested) and not self.cancel_in_hand():
             out = self._cancel()
             if out is not None:
                 return out

@@ -80,7 +80,7 @@ class StepBase:
         lease: the job's lease, held by this step.
     """
 
-    def __init__(self, ctx: WorkerContext, rec: JobRecord, lease: Lease) -> None:
+    def __init__(self, ctx: WorkerContext, rec: JobRecord, lease: Lease, *, cancel_asked: bool = False) -> None:
         self.ctx = ctx
         self.s: Settings = ctx.settings
         self.rec = rec
@@ -88,6 +88,8 @@ class StepBase:
         self.ends_at = time.monotonic() + self.s.visibility_timeout_s / 2
         #: True when this step itself moved the job into ``mirroring`` (no copy can exist yet).
         self.fresh_mirror = False
+        #: A cancel was asked for when the step's delivery arrived (read with the record).
+        self.cancel_asked = cancel_asked
         #: fal's result JSON as this step saved it beside the record (the mirror needs no read back).
         self.saved_result: bytes | None = None
         self._deferred: list[Callable[[JobRecord], object]] = []
