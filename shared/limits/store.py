@@ -149,6 +149,8 @@ class Limiter:
                       k.limits_sending(kid), k.limits_sent(kid), k.limits_config, k.tenants, k.fair_unadmitted,
                       k.inflight, k.fair_count,
                       k.limits_slot_ep(kid), k.limits_slot_t(kid), k.limits_charges(kid), k.fair_owner]
+        #: Read by answered and release after the block: whether any tenant has a ready job.
+        self._active = [k.fair_active("interactive"), k.fair_active("bulk")]
         self._tpls = [k.limits_slots_ep(kid, HOLE), k.limits_slots_t(kid, HOLE), k.limits_tat_t(kid, HOLE),
                       k.spend(HOLE), k.tenant_spend(HOLE, HOLE), k.fair_paused(HOLE), k.lease(HOLE)]
 
@@ -181,17 +183,26 @@ class Limiter:
         raw = self._confirm(keys=self._keys, args=[*self._tpls, job_id])
         return int(raw[0]), int(raw[1])
 
-    def answered(self, job_id: str, score_ms: int) -> None:
-        """The job's POST came back; it counts until ``score_ms`` + 1 s (see ANSWERED)."""
-        self._answered(keys=self._keys, args=[*self._tpls, job_id, int(score_ms)])
+    def answered(self, job_id: str, score_ms: int) -> bool:
+        """The job's POST came back; it counts until ``score_ms`` + 1 s (see ANSWERED). Returns
+        whether any tenant has a ready job (False: a fair dispatch now would find nothing)."""
+        return bool(self._answered(keys=[*self._keys, *self._active], args=[*self._tpls, job_id, int(score_ms)]))
 
     def hold(self, job_id: str, endpoint: str, tenant: str = "default") -> None:
         """Count a request that is outstanding at fal (a redelivered job that follows again)."""
         self._hold(keys=self._keys, args=[*self._tpls, job_id, endpoint, self.lease_ms, tenant])
 
     def release(self, job_id: str, *, refund: bool) -> bool:
-        """Free the job's slot; with ``refund`` give back the cost reserved at admission."""
-        return bool(self._release(keys=self._keys, args=[*self._tpls, job_id, "1" if refund else "0"]))
+        """Free the job's slot; with ``refund`` give back the cost reserved at admission. Returns
+        whether the job held a slot."""
+        return self.release_and_look(job_id, refund=refund)[0]
+
+    def release_and_look(self, job_id: str, *, refund: bool) -> tuple[bool, bool]:
+        """:meth:`release`, also saying whether any tenant has a ready job (False: a fair
+        dispatch now would find nothing, so the worker skips that round trip)."""
+        held, ready = self._release(keys=[*self._keys, *self._active], args=[*self._tpls, job_id,
+                                                                            "1" if refund else "0"])
+        return bool(held), bool(ready)
 
     def renew(self, job_ids: list[str], owner: str, pipe: Any = None) -> Any:
         """Extend the slots of ``job_ids`` whose job lease ``owner`` holds (see RENEW)."""

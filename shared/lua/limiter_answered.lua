@@ -15,12 +15,13 @@
 --   {b}:slot_ep, {b}:slot_t, {b}:charges, {p}:fair:owner
 -- ARGV[1..7] templates: {b}:slots:ep:HOLE, {b}:slots:t:HOLE, {b}:tat:t:HOLE, {p}:spend:HOLE,
 --   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
+-- KEYS[20..21] {p}:fair:active:{interactive,bulk}: read (does any tenant have a ready job?)
 -- ARGV[8..]: job, score (ms)
--- Returns 1.
+-- Returns how many of the two lanes have a tenant with a ready job (0: a dispatch finds nothing).
 local L, o = lib.limiter_keys(KEYS, ARGV)
 local job, score = ARGV[o], tonumber(ARGV[o + 1])
 if redis.call('ZREM', L.sending, job) == 1 then
   redis.call('ZADD', L.sent, score, job .. '@' .. score)
   redis.call('PEXPIRE', L.sent, 20000)
 end
-return 1
+return redis.call('EXISTS', KEYS[20], KEYS[21])

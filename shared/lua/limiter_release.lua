@@ -14,8 +14,9 @@
 --   {b}:slot_ep, {b}:slot_t, {b}:charges, {p}:fair:owner
 -- ARGV[1..7] templates: {b}:slots:ep:HOLE, {b}:slots:t:HOLE, {b}:tat:t:HOLE, {p}:spend:HOLE,
 --   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
+-- KEYS[20..21] {p}:fair:active:{interactive,bulk}: read (does any tenant have a ready job?)
 -- ARGV[8..]: job, refund ('1'/'0')
--- Returns 1 if the job held a slot.
+-- Returns {1 if the job held a slot, how many of the two lanes have a tenant with a ready job}.
 local L, o = lib.limiter_keys(KEYS, ARGV)
 local job, refund = ARGV[o], ARGV[o + 1] == '1'
 local tenant, ep, day, micro = lib.limiter_entry(L, job)
@@ -38,4 +39,4 @@ if tenant then
     redis.call('DECRBY', lib.key(L.tspend, day, tenant), micro)
   end
 end
-return redis.call('ZREM', L.slots, job)
+return {redis.call('ZREM', L.slots, job), redis.call('EXISTS', KEYS[20], KEYS[21])}

@@ -131,6 +131,24 @@ def test_a_released_slot_frees_the_room_at_once(r: redis.Redis, redis_server: st
     assert r.hget(keys.fair_count, "a") == b"2" and fair.take() == []
 
 
+def test_a_release_and_an_answer_say_whether_a_dispatch_would_find_a_ready_job(
+        r: redis.Redis, redis_server: str) -> None:
+    from falq.shared.limits.store import Limiter
+
+    s = settings(redis_server, max_outstanding=2, fal_key="unit-key-for-fair-tests")
+    store, fair = JobStore(r), FairShare(r, s)
+    enqueue(store, "a", 3)
+    got = [j for j, *_ in fair.take()]  # 2 dispatched (the cap), 1 still ready
+    lim = Limiter(r, s)
+    assert all(lim.acquire(j, EP, "bulk", 0, tenant="a").ok for j in got)
+    assert lim.answered(got[0], 1) is True              # one job of a still waits in its ready set
+    assert lim.release_and_look(got[0], refund=False) == (True, True)
+    assert len(fair.take()) == 1 and fair.take() == []  # the last ready job goes; a is no longer active
+    assert lim.answered(got[1], 1) is False             # nothing ready: the worker skips the dispatch
+    assert lim.release_and_look(got[1], refund=False) == (True, False)
+    assert lim.release_and_look(got[1], refund=False) == (False, False)  # released twice: no slot held
+
+
 def test_weights_are_honoured(r: redis.Redis, s: Settings) -> None:
     store, tenants = JobStore(r), TenantStore(r)
     tenants.put(Tenant(name="a", weight=1))

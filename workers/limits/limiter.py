@@ -19,8 +19,9 @@
 * ``release`` frees the slot; the cost reserved at admission is refunded only when fal never
   accepted the request (no ``request_id``). A request fal accepted stays counted even if it
   later fails: falq cannot tell from the answer whether fal billed it, so the estimate errs
-  high, never low. The release frees the job's fair-dispatch room in the same Lua step, and
-  the worker dispatches the next fair pick at once (:func:`falq.workers.maintenance.dispatcher.room_freed`).
+  high, never low. The release frees the job's fair-dispatch room in the same Lua step and says
+  whether any tenant has a ready job; if one has, the worker dispatches the next fair pick at
+  once (:func:`falq.workers.maintenance.dispatcher.room_freed`).
 
 :class:`SlotKeeper` (one per process, like :class:`falq.workers.lease.LeaseKeeper`) renews the
 slot of every job whose job lease this process holds, every third of ``FALQ_SLOT_LEASE_S``,
@@ -213,18 +214,21 @@ class LimitsAdmission(Admission):
                 return
             time.sleep(wait_ms / 1000)
 
-    def _answered(self, rec: JobRecord, answer_at: float) -> None:
+    def _answered(self, rec: JobRecord, answer_at: float) -> bool | None:
+        """Log the answer of the job's POST; returns whether any tenant has a ready job (None:
+        nothing was logged, nothing is known)."""
         sent = self._sent.pop(rec.id, None)
-        if sent is not None:
-            confirmed_ms, asked = sent
-            # No earlier than the POST's arrival at fal, on Redis' clock: Redis ran the
-            # confirm after `asked`, and the answer was in by `answer_at` (local clock).
-            self.limiter.answered(rec.id, confirmed_ms + math.ceil(max(0.0, answer_at - asked) * 1000) + 1)
+        if sent is None:
+            return None
+        confirmed_ms, asked = sent
+        # No earlier than the POST's arrival at fal, on Redis' clock: Redis ran the
+        # confirm after `asked`, and the answer was in by `answer_at` (local clock).
+        return self.limiter.answered(rec.id, confirmed_ms + math.ceil(max(0.0, answer_at - asked) * 1000) + 1)
 
     def submitted(self, rec: JobRecord) -> None:
         # rec.submitted_at was taken right after fal's answer, before the record was saved.
-        self._answered(rec, rec.submitted_at or time.time())
-        room_freed(self.ctx)  # admitted: under a rate limit, the next job may wait for a token
+        if self._answered(rec, rec.submitted_at or time.time()) is not False:
+            room_freed(self.ctx)  # admitted: under a rate limit, the next job may wait for a token
 
     def following(self, rec: JobRecord) -> None:
         # A slot this process renews is held; counting it again would cost a round trip per job.
@@ -268,8 +272,9 @@ class LimitsAdmission(Admission):
                 self._answered(rec, time.time())
                 if rec.batch_id:
                     self.caps.refund(rec.batch_id, rec.id)
-            self.limiter.release(rec.id, refund=rec.request_id is None)
+            _, ready = self.limiter.release_and_look(rec.id, refund=rec.request_id is None)
         except redis.RedisError as exc:
             log.warning("could not release the slot of %s (%s); it expires by itself", rec.id, type(exc).__name__)
             return
-        room_freed(self.ctx)  # the slot and its dispatch room are free: the next fair pick goes now
+        if ready:
+            room_freed(self.ctx)  # the slot and its dispatch room are free: the next fair pick goes now
