@@ -57,8 +57,10 @@ if t_rate and t_rate <= 0 then t_rate = nil end
 local t_slots = lib.key(L.slots_t, tenant)
 local W = L.waiting
 
+-- The waiting sets a job can be in: its own lane's (a job's lane never changes), budget, locked.
+local mine = {lane, 'budget', 'locked'}
 local function wait_as(why, ttl)
-  for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do
+  for _, w in ipairs(mine) do
     if w ~= why then redis.call('ZREM', W[w], job) end
   end
   redis.call('ZADD', W[why], now + ttl, job)
@@ -169,16 +171,16 @@ redis.call('ZADD', t_slots, expiry, job)
 local day, charge
 if cost > 0 then
   day, charge = today, cost
-  redis.call('INCRBY', spend_key, cost)
-  redis.call('EXPIRE', spend_key, 40 * 86400)
-  redis.call('INCRBY', tspend_key, cost)
-  redis.call('EXPIRE', tspend_key, 40 * 86400)
+  -- The day's first charge creates the key: its expiry is set then, once (only this script
+  -- creates spend keys; a refund decrements a key its admission created).
+  if redis.call('INCRBY', spend_key, cost) == cost then redis.call('EXPIRE', spend_key, 40 * 86400) end
+  if redis.call('INCRBY', tspend_key, cost) == cost then redis.call('EXPIRE', tspend_key, 40 * 86400) end
 else
   local _, _, d, m = lib.ledger_get(L.ledger, job)
   day, charge = d, m
 end
 redis.call('HSET', L.ledger, job, lib.ledger_entry(tenant, ep, day, charge))
-for _, w in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do redis.call('ZREM', W[w], job) end
+for _, w in ipairs(mine) do redis.call('ZREM', W[w], job) end
 -- Fair dispatch (falq.shared.fairshare.scheduler): the job no longer waits for admission.
 redis.call('ZREM', L.unadmitted, job)
 return {'ok', math.floor(delay), math.floor(now + delay)}

@@ -32,7 +32,8 @@ local rate, burst = tonumber(cfg[1]) or 0, math.max(1, tonumber(cfg[2]) or 1)
 if rate <= 0 then return {0, now} end
 redis.call('ZREMRANGEBYSCORE', L.sending, '-inf', now - 10000)  -- a sender that died long ago
 redis.call('ZREMRANGEBYSCORE', L.sent, '-inf', now - 1000)
-redis.call('ZREM', L.sending, job)
+-- The job's own entry is there only if an earlier attempt died on its way: counting it until it
+-- ages out errs on the safe side (a refusal logs nothing, so a retry after one finds none).
 local n_sending = redis.call('ZCARD', L.sending)
 if n_sending + redis.call('ZCARD', L.sent) < math.max(1, math.floor(rate)) + burst - 1 then
   redis.call('ZADD', L.sending, now, job)

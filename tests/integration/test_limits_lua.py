@@ -264,3 +264,36 @@ def test_send_check_counts_requests_on_their_way_and_answered_ones(r: redis.Redi
     sec, usec = r.time()
     now_ms = int(sec) * 1000 + int(usec) // 1000
     assert wait == pytest.approx(base + 10 + 1000 - now_ms + 1, abs=3)
+
+
+def test_the_days_spend_keys_get_their_expiry_with_the_first_charge_only(r: redis.Redis) -> None:
+    from falq.shared.keys import Keys
+
+    lim = make(r)
+    r.config_resetstat()
+    for i in range(3):
+        assert grant(lim, f"c{i}", cost=30_000).ok
+    day, spent = spend_today(r, "falq")
+    assert spent == pytest.approx(0.09)
+    keys = Keys("falq")
+    for key in (keys.spend(day), keys.tenant_spend(day, "default")):
+        assert 39 * 86400 < r.ttl(key) <= 40 * 86400, key
+    assert r.info("commandstats")["cmdstat_expire"]["calls"] == 2  # one a key, not one a charge
+    lim.release("c0", refund=True)
+    assert spend_today(r, "falq")[1] == pytest.approx(0.06) and r.ttl(keys.spend(day)) > 39 * 86400
+
+
+def test_an_admitted_job_leaves_every_waiting_set_of_its_lane(r: redis.Redis) -> None:
+    from falq.shared.keys import Keys
+
+    lim = make(r, max_outstanding=1)
+    keys = Keys("falq")
+    for lane in ("interactive", "bulk"):
+        r.flushall()
+        assert grant(lim, "holder", lane=lane).ok
+        assert not grant(lim, "waiter", lane=lane).ok  # the cap: it waits in its lane's set
+        assert r.zscore(keys.limits_waiting(lim.kid, lane), "waiter") is not None
+        lim.release("holder", refund=False)
+        assert grant(lim, "waiter", lane=lane).ok
+        assert all(r.zscore(keys.limits_waiting(lim.kid, why), "waiter") is None
+                   for why in ("interactive", "bulk", "budget", "locked"))
