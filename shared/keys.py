@@ -27,6 +27,8 @@ key                             type    what
 ``{p}:cancel:{id}``             string  a producer asked to cancel the job
 ``{p}:lease:{id}``              string  the worker step holding the job (``host:pid:token``), TTL
 ``{p}:seen:{id}``               string  a delivery of the job ran recently (the reaper's sign of life)
+``{p}:step_crashes:{id}``       string  steps of the job that crashed in a row (TTL 1 day;
+                                        ``FALQ_MAX_STEP_CRASHES`` of them fail it), :mod:`falq.workers.tasks`
 ``{p}:holders``                 zset    jobs whose lease a worker holds, by when the lease runs out
                                         (Redis' clock, moved on renewal): one past its end with no
                                         lease lost its holder without a release
@@ -191,6 +193,9 @@ class Keys:
 
     def seen(self, job_id: str) -> str:
         return f"{self.prefix}:seen:{job_id}"
+
+    def step_crashes(self, job_id: str) -> str:
+        return f"{self.prefix}:step_crashes:{job_id}"
 
     @property
     def holders(self) -> str:

@@ -55,8 +55,6 @@ def register(app: Celery) -> Task:
             else:
                 log.exception("step of job %s crashed (%s); re-publishing", job_id, type(exc).__name__)
                 outcome = crashed(ctx, job_id, exc)
-        else:
-            steady(ctx, job_id)
         if outcome.done:
             return "done"
         try:
@@ -70,24 +68,12 @@ def register(app: Celery) -> Task:
     return run_job
 
 
-def _crash_key(ctx: WorkerContext, job_id: str) -> str:
-    return f"{ctx.settings.key_prefix}:step_crashes:{job_id}"
-
-
-def steady(ctx: WorkerContext, job_id: str) -> None:
-    """A step of the job ran to its end: its streak of crashes (if any) is over."""
-    try:
-        ctx.redis.delete(_crash_key(ctx, job_id))
-    except Exception:  # Redis trouble: the next crash count is merely one too high
-        log.debug("could not reset the crash count of job %s", job_id, exc_info=True)
-
-
 def crashed(ctx: WorkerContext, job_id: str, exc: Exception) -> Outcome:
     """Count a crashed step; after ``FALQ_MAX_STEP_CRASHES`` in a row the job fails as
     ``step_crashed`` with the error on its record (visible, terminal) instead of looping."""
     later = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
     try:
-        key = _crash_key(ctx, job_id)
+        key = ctx.store.keys.step_crashes(job_id)
         pipe = ctx.redis.pipeline(transaction=False)
         pipe.incr(key)
         pipe.expire(key, 24 * 3600)

@@ -241,3 +241,20 @@ def test_a_renewal_that_rides_once_per_job_runs_once_per_round(keepers: tuple[Le
         time.sleep(0.01)
     _stop_renewing(one)  # lets the round in flight finish
     assert 1 <= slots.calls < 10, slots.calls  # a round every TTL_S / 3 s; 50 a round if each ride counted
+
+
+def test_a_release_after_a_step_that_ran_to_its_end_ends_the_crash_streak(
+        keepers: tuple[LeaseKeeper, LeaseKeeper], clients: tuple[redis.Redis, redis.Redis]) -> None:
+    one, _ = keepers
+    r = clients[0]
+    job = _job()
+    streak = one.keys.step_crashes(job)
+    r.set(streak, 2, ex=3600)  # two crashed steps in a row
+    lease = one.acquire(job)
+    assert lease is not None
+    one.release(lease)  # the step crashed (falq.workers.tasks.crashed counts it): the streak goes on
+    assert r.get(streak) == b"2"
+    lease = one.acquire(job)
+    assert lease is not None
+    one.release(lease, steady=True)  # the step ran to its end: the streak is over, in the same call
+    assert r.get(streak) is None and r.get(one.key(job)) is None

@@ -67,13 +67,16 @@ class Runner:
             # Another live delivery works on it. Come back later as a watchdog, so the job
             # still has a message if that worker dies after its own message was requeued.
             return Outcome(False, delay=self.s.lease_ttl_s)
+        steady = False  # a step that raises crashed: its streak goes on (falq.workers.tasks.crashed)
         try:
-            return _Step(self.ctx, rec, lease, cancel_asked=bool(cancel)).run()
+            outcome = _Step(self.ctx, rec, lease, cancel_asked=bool(cancel)).run()
+            steady = True
+            return outcome
         except JobNotFound:
             log.warning("job %s was deleted while it ran; stopping", job_id)
             return DONE
         finally:
-            self.ctx.leases.release(lease)
+            self.ctx.leases.release(lease, steady=steady)
 
 
 class _Step(SubmitPhase, FollowPhase, MirrorPhase):

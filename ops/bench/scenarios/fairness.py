@@ -10,11 +10,11 @@ and attributed to tenants through the ``X-Falq-Job-Id`` header and the job recor
   share (25/25/50 %). Reference: ``FALQ_FAIR_DISPATCH=false`` (falq before tenants: every job
   published at enqueue, FIFO).
 * **no starvation**: tenant A holds 20,000 queued bulk jobs (quick: 2,000) and is running
-  (latency uniform 1-3 s, so slots free at random times); then five new tenants arrive one after
+  (latency uniform 1-3 s, so slots free at random times); then five new tenants (quick: three) arrive one after
   the other, each with 50 bulk jobs (the rest of them cancelled before the next arrives, so each
   meets A alone). Figure: the mean time from a newcomer's enqueue to its
   first submission at fal, against 2x the mean slot turnover (mean fal latency / cap). Reference:
-  FIFO puts the newcomer behind every queued job of A; it is watched for 20 s (it must get
+  FIFO puts the newcomer behind every queued job of A; it is watched for 20 s (quick: 10 s; it must get
   nothing meanwhile) and its figure is A's queue ahead of it times the measured turnover.
 * **cost**: worker CPU and Redis commands per job (Redis ``INFO`` ``total_commands_processed``
   deltas, the harness' own polling taken out) for three tenants with fair dispatch, beside the
@@ -202,13 +202,13 @@ def run(h: Harness) -> list[Row]:
     n_scale = h.size("fairness.scale_jobs", 20000, 100000)
     lat_shares, lat_starve = 0.3, "uniform:1,3"
     q = " (quick: scaled down)" if quick else ""
-    arrivals = 5
+    arrivals = 3 if quick else 5
 
     dev_fair, rate_fair = _shares(h, n, lat_shares, fifo=False)
     dev_fifo, rate_fifo = _shares(h, n, lat_shares, fifo=True)
     waits, turnover, _, rate2_fair = _starvation(h, n_a, lat_starve, fifo=False, watch_s=60, arrivals=arrivals)
     first_b = sum(waits) / len(waits)
-    watch = 20.0
+    watch = 10.0 if quick else 20.0
     fifo_waits, turnover_fifo, ahead, rate2_fifo = _starvation(h, n_a, lat_starve, fifo=True, watch_s=watch,
                                                                arrivals=1)
     first_fifo = fifo_waits[0]

@@ -6,8 +6,8 @@ first new write to its record (a new delivery working on it). falq takes a job o
 lease expires (``FALQ_LEASE_TTL_S``, 20 s) through the holders sweep (``workers/maintenance/reaper.py``).
 The reference is the same falq with the takeover off (``FALQ_TAKEOVER=false``), which is
 Celery's own behaviour with falq's settings: the dead worker's unacked messages come back
-after the visibility timeout. Both runs use a 60 s visibility timeout (the default is 600 s,
-which would make the reference ten minutes long; falq's figure does not depend on it).
+after the visibility timeout. Both runs use a 60 s visibility timeout (quick: 30 s; the default
+is 600 s, which would make the reference ten minutes long; falq's figure does not depend on it).
 """
 
 from __future__ import annotations
@@ -43,11 +43,12 @@ def _kill_and_measure(h: Harness, n: int, latency: float, env: dict[str, str], t
 
 
 def run(h: Harness) -> list[Row]:
-    n, latency = (30, 6.0) if h.quick else (60, 10.0)
-    env = {"FALQ_VISIBILITY_TIMEOUT_S": "60", "FALQ_LEASE_TTL_S": "20"}
+    n, latency, visibility = (30, 6.0, 30) if h.quick else (60, 10.0, 60)
+    env = {"FALQ_VISIBILITY_TIMEOUT_S": str(visibility), "FALQ_LEASE_TTL_S": "20"}
     falq = _kill_and_measure(h, n, latency, env, 120)
     celery = _kill_and_measure(h, n, latency, {**env, "FALQ_TAKEOVER": "false"}, 200)
-    note = f"{n} jobs, latency {latency:g}s, lease 20 s, visibility 60 s" + (" (quick: scaled down)" if h.quick else "")
+    note = f"{n} jobs, latency {latency:g}s, lease 20 s, visibility {visibility} s" + (
+        " (quick: scaled down)" if h.quick else "")
     return [
         Row(NAME, "p100 recovery after SIGKILL", "s", max(falq), max(celery), REF_CELERY,
             Goal("falq", "<=", 35.0), note + f"; {len(falq)} jobs held at the kill"),
