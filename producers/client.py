@@ -255,7 +255,10 @@ class Falq:
             self._forget([(rec.id, key, rec.tenant) for rec, key in items])
             raise RedisMemoryFull(total=len(items)) from exc
         created = [o == rec.id for o, rec in zip(owners, recs, strict=True)]
-        flags = self.store.published_flags(owners)
+        # A record created now has no message yet; only jobs that existed may have one.
+        older = sorted({o for o, c in zip(owners, created, strict=True) if not c})
+        sent_before = dict(zip(older, self.store.published_flags(older), strict=True)) if older else {}
+        flags = [not c and sent_before[o] for o, c in zip(owners, created, strict=True)]
         to_publish = [(owner, rec) for owner, rec, done in zip(owners, recs, flags, strict=True) if not done]
         if to_publish:
             # A job that already existed keeps its own lane and endpoint.

@@ -30,13 +30,13 @@ redis.call('HSET', job_key, 'version', '1', 'state', first, 'doc', doc, 'input',
 redis.call('ZADD', state_key, created_at, id)
 -- The tenant's own creation index: written with the record, so a tenant's listing never misses
 -- a job. The first record of a Redis with none has no older record to backfill: the per-tenant
--- indexes are complete from here on.
-if redis.call('ZCARD', created_key) == 0 then
+-- indexes are complete from here on. (A Redis with no record has no tenant in tenants_key
+-- either, so only a tenant's first record needs the look.)
+if redis.call('SADD', tenants_key, tenant) == 1 and redis.call('ZCARD', created_key) == 0 then
   redis.call('HSETNX', backfill_key, 'done', created_at)
 end
 redis.call('ZADD', created_key, created_at, id)
 redis.call('ZADD', created_t_key, created_at, id)
-redis.call('SADD', tenants_key, tenant)
 if batch_key ~= '' then
   redis.call('HINCRBY', batch_key, 'n:' .. first, 1)
   redis.call('HINCRBY', batch_key, 'total', 1)

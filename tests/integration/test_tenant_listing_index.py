@@ -220,3 +220,14 @@ def test_a_restored_archived_record_is_in_its_tenants_index(r: redis.Redis) -> N
     assert [x.id for x in store.find(tenant="shop")] == [rec.id]
     assert [x.id for x in store.find("failed", tenant="shop")] == [rec.id]
     assert rec.id not in [x.id for x in store.find(tenant="other")]
+
+
+def test_only_a_tenants_first_record_looks_for_older_records_to_backfill(r: redis.Redis) -> None:
+    store = JobStore(r)
+    _create(store, _records("a", 1, start=time.time()))
+    assert r.hget(store.keys.created_backfill, "done") is not None  # an empty Redis: nothing to backfill
+    r.config_resetstat()
+    _create(store, _records("a", 3, start=time.time()))
+    assert "cmdstat_zcard" not in r.info("commandstats")  # a's later records skip the look
+    _create(store, _records("b", 1, start=time.time()))
+    assert r.info("commandstats")["cmdstat_zcard"]["calls"] == 1  # b's first record looks once
