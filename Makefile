@@ -106,7 +106,7 @@ clean:
 bench: install
 	$(BIN)/python -m falq.ops.bench
 
-## make bench-quick: the same scenarios scaled down, about ten minutes on a 2-core machine.
+## make bench-quick: the same scenarios scaled down, about seven minutes on a 2-core machine.
 bench-quick: install
 	$(BIN)/python -m falq.ops.bench --quick
 
