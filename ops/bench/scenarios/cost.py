@@ -5,8 +5,10 @@ Emulator latency 0, 1 KB images, workers started and idle before the counters ar
 producer CPU is the producing thread's own CPU time (``time.thread_time``, so the
 emulator and S3 threads of this process are not counted), Redis commands from ``INFO``
 (``total_commands_processed``, minus the harness' own polling). Beside falq: reference 3
-(naive Celery: the same fal round trip, no durable state, no S3) and reference 1 (a
-Celery no-op task: the floor of any Celery task).
+(naive Celery: the same fal round trip, no durable state, no S3), reference 1 (a
+Celery no-op task: the floor of any Celery task) and reference 2 (the fal-client asyncio
+script: its process's CPU per job for the same fal requests, polled to COMPLETED by
+``handle.get()``; no durable state, no S3).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 
 from falq.ops.bench import references as ref
 from falq.ops.bench.harness import Harness, children, cpu_s
-from falq.ops.bench.model import REF_NAIVE, REF_NOOP, Row
+from falq.ops.bench.model import REF_FAL_CLIENT, REF_NAIVE, REF_NOOP, Row
 from falq.shared.jobs.records import STATES
 
 NAME = "cost"
@@ -70,10 +72,15 @@ def run(h: Harness) -> list[Row]:
 
     h.reset()
     noop = ref.noop_drain(h, n * 3, 1, 100)
+
+    h.reset()
+    script = ref.fal_client_run(h, n, 100)
     return [
         Row(NAME, "worker CPU per job", "ms", w * 1000 / n, nw * 1000 / n_naive, REF_NAIVE, None, note),
         Row(NAME, "worker CPU per job", "ms", w * 1000 / n, noop["cpu_ms_per_job"], REF_NOOP, None,
             "no-op: 1 gevent worker, drain of a backlog"),
+        Row(NAME, "worker CPU per job", "ms", w * 1000 / n, script["cpu_s"] * 1000 / n, REF_FAL_CLIENT, None,
+            f"fal-client script: {n} jobs, 100 at a time, its process's CPU (no durable state, no S3)"),
         Row(NAME, "producer CPU per job", "ms", p * 1000 / n, np_ * 1000 / n_naive, REF_NAIVE, None,
             "reference: send_task loop"),
         Row(NAME, "Redis commands per job", "cmds", c / n, nc / n_naive, REF_NAIVE),
