@@ -71,6 +71,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 AT_FAL: frozenset[str] = frozenset({"submitting", "in_queue", "in_progress"})
 Lane = Literal["interactive", "bulk"]
 LOGS_TAIL = 20
+#: Errors a record keeps (:meth:`JobRecord.add_error`).
+MAX_ERRORS = 50
 
 
 def path_to(src: str, dst: str) -> list[str] | None:
@@ -312,7 +314,14 @@ class JobRecord(BaseModel):
         kind = exc.kind if isinstance(exc, FalqError) else type(exc).__name__
         retry = retryable if retryable is not None else (isinstance(exc, FalqError) and exc.retryable)
         info = ErrorInfo(type=kind, message=str(exc)[:2000], retryable=retry, attempt=self.attempts)
-        self.errors = [*self.errors, info][-50:]
+        errors = [*self.errors, info]
+        if len(errors) > MAX_ERRORS:
+            # A long run of one kind (a submit outage's edge pages, retried for minutes) must not
+            # push the rarer entries out, such as the interrupted submit that explains an attempt:
+            # the oldest entry of the new one's kind goes, else the oldest.
+            drop = next((i for i, e in enumerate(errors[:-1]) if e.type == info.type), 0)
+            del errors[drop]
+        self.errors = errors
         return info
 
     def add_logs(self, lines: list[str], at: list[float] | None = None) -> None:

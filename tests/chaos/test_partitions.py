@@ -21,7 +21,8 @@ The audit, per case:
   while ``a`` comes back (its saves are fenced by its lease token, see
   :meth:`falq.shared.jobs.store.JobStore.save`); ``stale_writes`` counts changed records;
 * **no leaks**: no live fal slot (``outstanding``) and no lease left; the day's spend equals
-  the submissions' cost (a reservation that leaked would show as more);
+  the submissions' cost at the price falq quoted for them (the account's price from fal's
+  platform API, on each record; a reservation that leaked would show as more);
 * **0 lost**: every job completed.
 
 ``make chaos-net`` runs the full cases (60 s cuts); ``make chaos`` runs the quick variant
@@ -166,6 +167,8 @@ def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
                 figs.notes.append(f"{j}: {rec.state} ({rec.error})")
             n = len(subs.get(j, []))
             figs.submissions += n
+            # At the price falq quoted for it (the account's, from fal's platform API, on the record).
+            figs.submissions_cost_usd += n * (rec.unit_price if rec.unit_price is not None else settings.price_standard)
             figs.extra_submissions += max(0, n - 1)
             if n > rec.attempts:
                 figs.over_attempts += 1
@@ -192,7 +195,7 @@ def run_case(target: str, *, cut_s: float, jobs: int, latency: str) -> Figures:
         figs.leftover_leases = sum(1 for _ in r.scan_iter(match=keys.lease("*"), count=500)) \
             + int(r.zcard(keys.holders))
         figs.spend_usd = round(state.spend_today_usd, 6)
-        figs.submissions_cost_usd = round(figs.submissions * settings.price_standard, 6)
+        figs.submissions_cost_usd = round(figs.submissions_cost_usd, 6)
         figs.fenced_saves_logged = stack.host_log(a).count("lost its lease")
         if figs.taken_over < figs.held_by_cut_host:  # what host a saw, for the failure message
             for j, rec in zip(ids, final, strict=True):

@@ -85,3 +85,20 @@ def test_workers_and_producers_move_one_step_at_a_time() -> None:
     users = [str(p.relative_to(root)) for folder in ("shared", "workers", "producers", "gateway", "cli")
              for p in (root / folder).rglob("*.py") if ".walk_to(" in p.read_text(encoding="utf-8")]
     assert users == [], f"walk_to is for tests and benchmarks that fabricate records: {users}"
+
+
+def test_a_flood_of_one_error_kind_keeps_the_rarer_entries() -> None:
+    from falq.shared.errors import FalIngressError, RetryableError
+    from falq.shared.jobs.records import MAX_ERRORS
+    from falq.workers.steps.submit import SubmitInterrupted
+
+    rec = JobRecord.new(endpoint="fal-ai/qwen-image-2/text-to-image", input={"prompt": "p"})
+    rec.add_error(RetryableError("a blip"))
+    rec.add_error(SubmitInterrupted("attempt 1: the worker stopped during submit"))
+    for i in range(MAX_ERRORS + 10):  # a submit outage: fal's edge answers page after page
+        rec.add_error(FalIngressError(f"edge page {i}"))
+    kinds = [e.type for e in rec.errors]
+    assert len(rec.errors) == MAX_ERRORS
+    assert kinds[:2] == [RetryableError.kind, SubmitInterrupted.kind]  # what explains an attempt stays
+    assert rec.errors[-1].message == f"edge page {MAX_ERRORS + 9}"  # the newest is last
+    assert [e.message for e in rec.errors[2:]] == [f"edge page {i}" for i in range(12, MAX_ERRORS + 10)]
