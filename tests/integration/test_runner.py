@@ -410,3 +410,34 @@ def test_ingress_502_page_on_result_get_costs_no_new_submission(ctx: WorkerConte
     assert intro["total_requests"] == 1
     assert [s["request_id"] for s in submissions_of(emulator, rec.id)] == [done.request_id]
     assert_mirrored(ctx, done, emulator)
+
+
+def test_a_write_off_lost_in_a_redis_restart_is_written_off_again_before_the_next_attempt(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    """A record in `submitting` (a step died around its POST) is written off, then Redis restarts
+    and loses that save (AOF: up to a second): the step's next save meets the older record. The
+    attempt it then counts must still be explained on the record (chaos: "2 submissions, 1 justified")."""
+    rec = new_job(ctx, "interrupted, then rolled back")
+    rec.walk_to("submitting")
+    rec.attempts = 1
+    ctx.store.save(rec)  # attempt 1 went out; its answer never reached Redis
+    key = ctx.store.job_key(rec.id)
+    before_write_off = ctx.redis.hgetall(key)
+    inner = ctx.admission
+
+    class RestartLosesTheWriteOff(type(inner)):  # type: ignore[misc]
+        def admit(self, r: JobRecord) -> float | None:
+            ctx.redis.delete(key)
+            ctx.redis.hset(key, mapping=before_write_off)  # the record as it was before the write-off
+            ctx.admission = inner
+            return inner.admit(r)
+
+    restarted = RestartLosesTheWriteOff.__new__(RestartLosesTheWriteOff)
+    restarted.__dict__.update(inner.__dict__)
+    ctx.admission = restarted
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed", done.errors
+    assert done.attempts == 2
+    kinds = [e.type for e in done.errors]
+    assert kinds.count("submit_interrupted") == 1, kinds  # the attempt counted is explained
+    assert len(submissions_of(emulator, rec.id)) == 1  # this test's own POST (attempt 1 was never sent here)

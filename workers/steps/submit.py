@@ -51,9 +51,7 @@ class SubmitPhase(StepBase):
         if rec.state == "submitting":
 
             def written_off(r: JobRecord) -> None:
-                r.add_error(SubmitInterrupted(
-                    f"attempt {r.attempts}: the worker stopped during submit; outcome unknown, starting a new attempt"
-                ))
+                r.add_error(_interrupted(r))
                 r.move("queued")
 
             self.commit(written_off)
@@ -70,6 +68,12 @@ class SubmitPhase(StepBase):
             return None if waited is WAITED else waited
 
         def start_attempt(r: JobRecord) -> None:
+            if r.state == "submitting" and not r.request_id:
+                # Reloaded after a conflict, the record is back in an attempt of unknown outcome:
+                # the write-off this step saved above was lost (a Redis restart brings back up to
+                # a second of older state). Write that attempt off again, so the attempt counted
+                # next stays explained on the record.
+                r.add_error(_interrupted(r))
             r.attempts += 1
             r.paused = None
             r.request_id = r.status_url = r.response_url = r.cancel_url = None
@@ -184,6 +188,11 @@ class SubmitPhase(StepBase):
                     raise
                 time.sleep(delay)
                 delay = min(5.0, delay * 2)
+
+
+def _interrupted(r: JobRecord) -> SubmitInterrupted:
+    return SubmitInterrupted(
+        f"attempt {r.attempts}: the worker stopped during submit; outcome unknown, starting a new attempt")
 
 
 def _not_an_attempt(exc: Exception) -> Callable[[JobRecord], object]:
