@@ -268,7 +268,13 @@ def _audit(report: Report, stack: DevStack, falq: Any, storage: Any, job_ids: li
         justified = 1 + sum(1 for e in rec.errors if e.type in ("fal_request_failed_transient", "submit_interrupted"))
         if n > justified:
             report.extra_submissions += n - justified
-            report.failures.append(f"{job_id}: {n} submissions, {justified} justified ({[e.type for e in rec.errors]})")
+            # The evidence to tell a second POST from a record that lost its explanation:
+            # fal's request ids and times beside the record's, and every error with its time.
+            at_fal = [(s["request_id"], round(s["submitted_at"], 2)) for s in subs.get(job_id, [])]
+            kept = [(s.request_id, s.attempt, round(s.submitted_at, 2)) for s in rec.submissions]
+            errs = [(e.type, e.attempt, round(e.at, 2), e.message[:60]) for e in rec.errors]
+            report.failures.append(f"{job_id}: {n} submissions, {justified} justified; state {rec.state}, "
+                                   f"attempts {rec.attempts}; at fal {at_fal}; recorded {kept}; errors {errs}")
         if rec.state == "failed" and not (rec.error and rec.error.message):
             report.unexplained_failures += 1
         if rec.state == "failed" and rec.error:

@@ -441,3 +441,56 @@ def test_a_write_off_lost_in_a_redis_restart_is_written_off_again_before_the_nex
     kinds = [e.type for e in done.errors]
     assert kinds.count("submit_interrupted") == 1, kinds  # the attempt counted is explained
     assert len(submissions_of(emulator, rec.id)) == 1  # this test's own POST (attempt 1 was never sent here)
+
+
+def _restart_before_post(ctx: WorkerContext, job_id: str, *, saved: dict[bytes, bytes] | None = None) -> None:
+    """Make the next POST's ``sending`` hook play a Redis restart that loses the record's saves
+    since ``saved`` (AOF: up to a second): the record goes back to ``saved``, or to what it is now."""
+    key = ctx.store.job_key(job_id)
+    before = saved if saved is not None else ctx.redis.hgetall(key)
+    inner = ctx.admission
+
+    class RestartLosesTheAttempt(type(inner)):  # type: ignore[misc]
+        def sending(self, r: JobRecord) -> None:
+            ctx.redis.delete(key)
+            ctx.redis.hset(key, mapping=before)
+            ctx.admission = inner
+            inner.sending(r)
+
+    restarted = RestartLosesTheAttempt.__new__(RestartLosesTheAttempt)
+    restarted.__dict__.update(inner.__dict__)
+    ctx.admission = restarted
+
+
+def test_an_attempt_whose_count_a_redis_restart_lost_still_records_the_request_fal_accepted(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    """The save that counted the attempt is lost between it and the POST: the save of fal's
+    answer meets a record back in `queued`. It must record the request (and count its attempt),
+    never crash and leave the next delivery to pay for a second one (chaos: "2 submissions, 1
+    justified" with nothing on the record to explain it)."""
+    rec = new_job(ctx, "attempt count rolled back")
+    _restart_before_post(ctx, rec.id)
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed", done.errors
+    sent = submissions_of(emulator, rec.id)
+    assert len(sent) == 1, [s["request_id"] for s in sent]
+    assert done.attempts == 1
+    assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]
+
+
+def test_a_write_off_and_an_attempt_both_lost_in_a_redis_restart_still_explain_every_submission(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    """A record in `submitting` (a step died around its POST) is written off and a new attempt
+    counted; a Redis restart loses both saves before fal's answer is saved. The record must end
+    with both attempts and the write-off that explains the first."""
+    rec = new_job(ctx, "write-off and attempt rolled back")
+    rec.walk_to("submitting")
+    rec.attempts = 1
+    ctx.store.save(rec)  # attempt 1 went out; its answer never reached Redis
+    _restart_before_post(ctx, rec.id)
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed", done.errors
+    assert len(submissions_of(emulator, rec.id)) == 1  # this test's own POST
+    assert done.attempts == 2
+    assert [e.type for e in done.errors].count("submit_interrupted") == 1, done.errors
+    assert [s.attempt for s in done.submissions] == [2]

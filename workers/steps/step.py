@@ -20,13 +20,11 @@ import redis
 
 from falq.shared.errors import (
     DeadlineExceeded,
-    FalAccountLocked,
     FalContentPolicy,
     FalqError,
     FalRequestFailedTransient,
     FalStartTimeout,
     JobNotFound,
-    RetryableError,
     is_redis_oom,
 )
 from falq.shared.jobs.records import AT_FAL, JobRecord
@@ -354,23 +352,3 @@ class StepBase:
 
 def _note(exc: Exception) -> Callable[[JobRecord], object]:
     return lambda r: r.add_error(exc)
-
-
-def _requeue_with(exc: Exception) -> Callable[[JobRecord], object]:
-    """Back to ``queued`` after a submit fal answered with ``exc``.
-
-    A retryable ``exc`` created nothing at fal (an edge page, 408/409/429, a connection never
-    made, a locked account): the attempt counted before the POST is given back, and the streak
-    of such answers is timed from ``refused_since``. A locked account also pauses the key."""
-
-    def change(r: JobRecord) -> None:
-        r.add_error(exc)
-        if isinstance(exc, RetryableError):
-            r.attempts -= 1
-        if isinstance(exc, FalAccountLocked):
-            r.paused = "account_locked"  # paused, not timed: the job waits for a top-up
-        elif isinstance(exc, RetryableError) and r.refused_since is None:
-            r.refused_since = r.errors[-1].at
-        r.move("queued")
-
-    return change

@@ -32,7 +32,7 @@ from falq.shared.fal.client import Submitted, request_urls, submit_headers
 from falq.shared.jobs.records import JobRecord, Submission
 from falq.shared.redisconn import replicas_to_wait_for, wait_for_replicas
 from falq.workers.backoff import backoff_delay
-from falq.workers.steps.step import DONE, WAITED, Fenced, Outcome, StepBase, _note, _requeue_with
+from falq.workers.steps.step import DONE, WAITED, Fenced, Outcome, StepBase, _note
 
 log = logging.getLogger("falq.runner")
 
@@ -67,22 +67,9 @@ class SubmitPhase(StepBase):
             waited = self._wait(wait, reason=paused or "limit")
             return None if waited is WAITED else waited
 
-        def start_attempt(r: JobRecord) -> None:
-            if r.state == "submitting" and not r.request_id:
-                # Reloaded after a conflict, the record is back in an attempt of unknown outcome:
-                # the write-off this step saved above was lost (a Redis restart brings back up to
-                # a second of older state). Write that attempt off again, so the attempt counted
-                # next stays explained on the record.
-                r.add_error(_interrupted(r))
-            r.attempts += 1
-            r.paused = None
-            r.request_id = r.status_url = r.response_url = r.cancel_url = None
-            r.submitted_at = None
-            r.move("submitting")
-
         # Persisted before the POST: a crash from here on counts this attempt. On a replica
         # too, so a failover cannot bring back a record with fewer attempts than fal saw.
-        self.commit(start_attempt)
+        self.commit(_start_attempt)
         self._replicated(f"attempt {self.rec.attempts} of job {self.rec.id}")
         attempt = self.rec.attempts
         # A gateway client's own fal headers (falq.gateway.fal.headers) win over falq's defaults.
@@ -101,7 +88,7 @@ class SubmitPhase(StepBase):
                 sub = Submitted(exc.request_id, *request_urls(self.s, self.rec.endpoint, exc.request_id))
             elif self.s.submit_uncertain == "resubmit":
                 self.ctx.admission.release(self.rec)
-                self.commit(_requeue_with(exc))
+                self.commit(_requeue_with(exc, attempt))
                 waited = self._wait(backoff_delay(attempt - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s))
                 return None if waited is WAITED else waited
             else:
@@ -117,12 +104,12 @@ class SubmitPhase(StepBase):
                 self.ctx.admission.account_locked(self.rec, exc)  # the key pauses; no time bound
             since = self.rec.refused_since or time.time()
             if not locked and time.time() - since > self.s.submit_refused_max_s:
-                self.commit(_not_an_attempt(exc))
+                self.commit(_not_an_attempt(exc, attempt))
                 return self._fail(SubmitRefused(
                     f"every submit for {time.time() - since:.0f}s met answers that created nothing at fal "
                     f"(FALQ_SUBMIT_REFUSED_MAX_S={self.s.submit_refused_max_s:.0f}; last: {exc}); nothing was "
                     "created or billed"))
-            self.commit(_requeue_with(exc))
+            self.commit(_requeue_with(exc, attempt))
             streak = sum(1 for e in self.rec.errors if e.at >= since)
             waited = self._wait(backoff_delay(
                 streak - 1, base_s=self.s.retry_base_s, max_s=self.s.retry_max_s, retry_after=exc.retry_after
@@ -134,6 +121,8 @@ class SubmitPhase(StepBase):
         now = time.time()
 
         def accepted(r: JobRecord) -> None:
+            if r.attempts < attempt and not r.terminal:
+                _start_attempt(r)  # the save that counted this attempt was lost (see _start_attempt)
             r.request_id, r.status_url = sub.request_id, sub.status_url
             r.response_url, r.cancel_url = sub.response_url, sub.cancel_url
             r.submitted_at = now
@@ -190,16 +179,58 @@ class SubmitPhase(StepBase):
                 delay = min(5.0, delay * 2)
 
 
+# Every change a submit saves may meet, after a conflict, a record a Redis restart took back by
+# up to a second (AOF everysec) or a failover took back further: the count of this attempt or
+# the write-off before it can be gone. Each change therefore says what the record must show,
+# not what to add to it, so a record that lost a save gains it back instead of a crash (a
+# move the table forbids) that would leave fal's request unrecorded and the next delivery
+# paying for a second one.
+
+
+def _start_attempt(r: JobRecord) -> None:
+    """Count a new attempt and enter ``submitting``; a record still in ``submitting`` without
+    a request id (its write-off was lost) is written off again first, so that the attempt
+    counted stays explained on the record."""
+    if r.state == "submitting" and not r.request_id:
+        r.add_error(_interrupted(r))
+    r.attempts += 1
+    r.paused = None
+    r.request_id = r.status_url = r.response_url = r.cancel_url = None
+    r.submitted_at = None
+    r.move("submitting")
+
+
+def _requeue_with(exc: Exception, attempt: int) -> Callable[[JobRecord], object]:
+    """Back to ``queued`` after attempt ``attempt`` met ``exc`` at submit.
+
+    A retryable ``exc`` created nothing at fal (an edge page, 408/409/429, a connection never
+    made, a locked account): the attempt is given back (the count is set to the one before it,
+    so a record that lost the count is not taken below it), and the streak of such answers is
+    timed from ``refused_since``. A locked account also pauses the key."""
+
+    def change(r: JobRecord) -> None:
+        r.add_error(exc)
+        if isinstance(exc, RetryableError):
+            r.attempts = min(r.attempts, attempt - 1)
+        if isinstance(exc, FalAccountLocked):
+            r.paused = "account_locked"  # paused, not timed: the job waits for a top-up
+        elif isinstance(exc, RetryableError) and r.refused_since is None:
+            r.refused_since = r.errors[-1].at
+        r.move("queued")
+
+    return change
+
+
 def _interrupted(r: JobRecord) -> SubmitInterrupted:
     return SubmitInterrupted(
         f"attempt {r.attempts}: the worker stopped during submit; outcome unknown, starting a new attempt")
 
 
-def _not_an_attempt(exc: Exception) -> Callable[[JobRecord], object]:
-    """Note ``exc`` and give back the attempt its submit counted: fal created nothing."""
+def _not_an_attempt(exc: Exception, attempt: int) -> Callable[[JobRecord], object]:
+    """Note ``exc`` and give back attempt ``attempt``: fal created nothing."""
 
     def change(r: JobRecord) -> None:
         r.add_error(exc)
-        r.attempts -= 1
+        r.attempts = min(r.attempts, attempt - 1)
 
     return change
