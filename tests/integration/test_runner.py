@@ -478,6 +478,39 @@ def test_an_attempt_whose_count_a_redis_restart_lost_still_records_the_request_f
     assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]
 
 
+def test_a_request_id_a_redis_restart_lost_is_written_back_by_the_step_that_follows_it(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    """fal accepted the request and its id was saved, then a Redis restart lost that save: the
+    step's next save meets the record still in `submitting` without the id. The step writes its
+    own record back (never follows on a record that would send the next delivery to pay for a
+    second generation), and the job completes on the one request."""
+    rec = new_job(ctx, "request id rolled back")
+    key = ctx.store.job_key(rec.id)
+    inner = ctx.admission
+    before_answer: dict[bytes, bytes] = {}
+
+    class RestartLosesTheRequestId(type(inner)):  # type: ignore[misc]
+        def sending(self, r: JobRecord) -> None:
+            before_answer.update(ctx.redis.hgetall(key))  # the attempt is counted, the POST not sent
+            inner.sending(r)
+
+        def submitted(self, r: JobRecord) -> None:
+            ctx.redis.delete(key)
+            ctx.redis.hset(key, mapping=before_answer)
+            ctx.admission = inner
+            inner.submitted(r)
+
+    restarted = RestartLosesTheRequestId.__new__(RestartLosesTheRequestId)
+    restarted.__dict__.update(inner.__dict__)
+    ctx.admission = restarted
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed", done.errors
+    sent = submissions_of(emulator, rec.id)
+    assert len(sent) == 1, [s["request_id"] for s in sent]
+    assert done.attempts == 1 and not done.errors, done.errors
+    assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]
+
+
 def test_a_write_off_and_an_attempt_both_lost_in_a_redis_restart_still_explain_every_submission(
         ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
     """A record in `submitting` (a step died around its POST) is written off and a new attempt

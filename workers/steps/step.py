@@ -108,15 +108,24 @@ class StepBase:
 
         Every save is fenced by the step's lease token (checked inside the save's script): a
         step whose lease expired (its host was cut off from Redis longer than the lease) gets
-        :class:`Fenced` instead of overwriting what the job's new holder wrote."""
+        :class:`Fenced` instead of overwriting what the job's new holder wrote.
+
+        A conflict whose reload finds an *older* version than this step saved (versions only
+        grow, so Redis lost saves: a restart brings back up to a second of older state with AOF
+        ``everysec``, a failover what the replica had not received) writes this step's record
+        back, with ``change`` applied once: it holds every save the step made (its attempt
+        count, fal's request id), which the older record lacks and a change re-applied to it
+        would not bring back (a request id lost means a second paid generation)."""
         conflicts, oom_delay = 0, 0.0
         fence = (self.ctx.leases.key(self.rec.id), self.lease.token)
         deferred = list(self._deferred)
+        restoring = False
         while conflicts < 50:
-            old_state, old_errors = self.rec.state, len(self.rec.errors)
-            for earlier in deferred:
-                earlier(self.rec)
-            change(self.rec)
+            if not restoring:
+                old_state, old_errors = self.rec.state, len(self.rec.errors)
+                for earlier in deferred:
+                    earlier(self.rec)
+                change(self.rec)
             try:
                 self.ctx.store.save(self.rec, fence=fence, drop_result=drop_result)
                 del self._deferred[:len(deferred)]
@@ -132,7 +141,15 @@ class StepBase:
                 if not is_redis_oom(exc):
                     raise
                 oom_delay = self._ride_out_oom(exc, oom_delay)
-            self.rec = self.ctx.store.get(self.rec.id)
+            fresh = self.ctx.store.get(self.rec.id)
+            restoring = fresh.version < self.rec.version
+            if restoring:
+                log.warning("job %s: Redis holds version %d of the record, older than this step's %d (a restart "
+                            "or failover lost saves); writing this step's record back", self.rec.id, fresh.version,
+                            self.rec.version)
+                self.rec.version = fresh.version
+                continue
+            self.rec = fresh
             if self.rec.terminal and not allow_terminal:
                 raise Stop() from None
         raise Conflict(self.rec.id)

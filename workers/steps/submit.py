@@ -121,8 +121,6 @@ class SubmitPhase(StepBase):
         now = time.time()
 
         def accepted(r: JobRecord) -> None:
-            if r.attempts < attempt and not r.terminal:
-                _start_attempt(r)  # the save that counted this attempt was lost (see _start_attempt)
             r.request_id, r.status_url = sub.request_id, sub.status_url
             r.response_url, r.cancel_url = sub.response_url, sub.cancel_url
             r.submitted_at = now
@@ -179,20 +177,8 @@ class SubmitPhase(StepBase):
                 delay = min(5.0, delay * 2)
 
 
-# Every change a submit saves may meet, after a conflict, a record a Redis restart took back by
-# up to a second (AOF everysec) or a failover took back further: the count of this attempt or
-# the write-off before it can be gone. Each change therefore says what the record must show,
-# not what to add to it, so a record that lost a save gains it back instead of a crash (a
-# move the table forbids) that would leave fal's request unrecorded and the next delivery
-# paying for a second one.
-
-
 def _start_attempt(r: JobRecord) -> None:
-    """Count a new attempt and enter ``submitting``; a record still in ``submitting`` without
-    a request id (its write-off was lost) is written off again first, so that the attempt
-    counted stays explained on the record."""
-    if r.state == "submitting" and not r.request_id:
-        r.add_error(_interrupted(r))
+    """Count a new attempt and enter ``submitting``."""
     r.attempts += 1
     r.paused = None
     r.request_id = r.status_url = r.response_url = r.cancel_url = None
@@ -204,9 +190,9 @@ def _requeue_with(exc: Exception, attempt: int) -> Callable[[JobRecord], object]
     """Back to ``queued`` after attempt ``attempt`` met ``exc`` at submit.
 
     A retryable ``exc`` created nothing at fal (an edge page, 408/409/429, a connection never
-    made, a locked account): the attempt is given back (the count is set to the one before it,
-    so a record that lost the count is not taken below it), and the streak of such answers is
-    timed from ``refused_since``. A locked account also pauses the key."""
+    made, a locked account): the attempt is given back (the count is set to the one before
+    it, which is also right on a record reloaded after a concurrent save), and the streak of
+    such answers is timed from ``refused_since``. A locked account also pauses the key."""
 
     def change(r: JobRecord) -> None:
         r.add_error(exc)
