@@ -216,7 +216,8 @@ class JobStore:
         return bool(self.r.exists(self.job_key(job_id)))
 
     # --- write ---------------------------------------------------------------------------------
-    def save(self, rec: JobRecord, *, fence: tuple[str, str] | None = None, drop_result: bool = False) -> None:
+    def save(self, rec: JobRecord, *, fence: tuple[str, str] | None = None, drop_result: bool = False,
+             result: bytes | None = None) -> None:
         """Compare-and-set: write ``rec`` if nobody saved since it was read.
 
         Raises :class:`Conflict` on a concurrent change and :class:`JobNotFound` if the
@@ -224,8 +225,9 @@ class JobStore:
         end-of-job entry (``{p}:ended``: archive, callback, children), atomically.
         ``fence`` (``(lease key, token)``, what worker steps pass) makes the save conditional,
         in the same script, on still holding that lease: a stale holder back from a network
-        partition gets :class:`LeaseLost` and writes nothing. ``drop_result``: fal's kept result
-        JSON (:meth:`save_result`) goes in the same save (its images are in S3).
+        partition gets :class:`LeaseLost` and writes nothing. ``result``: fal's output JSON, kept
+        beside the record from this save on (:meth:`save_result`, in the same step as the record
+        that notes it); ``drop_result``: the kept result goes in this save (its images are in S3).
         """
         expected = rec.version
         rec.version = expected + 1
@@ -247,7 +249,7 @@ class JobStore:
                   self.keys.ended, self.keys.state(rec.state), *self._fair_keys],
             args=[expected, rec.version, rec.state, doc, rec.updated_at, rec.id, ttl,
                   callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl,
-                  "1" if archive else "0", input_arg, "1" if drop_result else "0"],
+                  "1" if archive else "0", input_arg, "1" if drop_result else "0", result or b""],
         )
         if res == 1:
             rec._input_json = inp
@@ -276,7 +278,9 @@ class JobStore:
     def save_result(self, job_id: str, raw: bytes) -> None:
         """Keep fal's output JSON with the record: fal expires results (about an hour, 6 min
         at 10 KB or more; ``sync_mode`` ones are never kept), so it is fetched once and an S3
-        outage never needs it from fal again. Raises :class:`JobNotFound` if the record is gone."""
+        outage never needs it from fal again. Raises :class:`JobNotFound` if the record is gone.
+        A worker keeps it with the save that notes it (:meth:`save`'s ``result``); this is for
+        a result that save could not carry (the record turned terminal meanwhile)."""
         if not self._save_result(keys=[self.job_key(job_id)], args=[raw]):
             raise JobNotFound(f"job {job_id} was deleted while it ran")
 

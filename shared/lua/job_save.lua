@@ -19,13 +19,14 @@
 --       archive ('1': a terminal save the catalogue archives), input (the input JSON of a record
 --       stored split, when it changed; '' unchanged, or a record stored whole in doc; '-' the
 --       record is stored whole from now on: doc holds the input, the input field goes),
---       drop result ('1': the images are in S3, fal's kept result JSON goes in this save)
+--       drop result ('1': the images are in S3, fal's kept result JSON goes in this save),
+--       result (fal's output JSON, kept beside the record from this save on; '' none)
 -- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
 -- gone, -2 the lease is no longer the caller's.
 local job_key, idem_key, lease_key, batch_key, children_key, ended_key, state_key, inflight_key, unadmitted_key,
       ledger_key, count_key, owner_key = unpack(KEYS)
 local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl,
-      archive, input, drop_result = unpack(ARGV)
+      archive, input, drop_result, result = unpack(ARGV)
 ttl = tonumber(ttl)
 
 local cur = redis.call('HMGET', job_key, 'version', 'state')
@@ -42,7 +43,11 @@ end
 if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
 local old = cur[2]
 local moved = old ~= state
-redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
+if result ~= '' then
+  redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc, 'result', result)
+else
+  redis.call('HSET', job_key, 'version', new_version, 'state', state, 'doc', doc)
+end
 local gone = {}
 if input == '-' then
   gone[#gone + 1] = 'input'

@@ -527,3 +527,40 @@ def test_a_write_off_and_an_attempt_both_lost_in_a_redis_restart_still_explain_e
     assert done.attempts == 2
     assert [e.type for e in done.errors].count("submit_interrupted") == 1, done.errors
     assert [s.attempt for s in done.submissions] == [2]
+
+
+def test_fals_output_is_kept_with_the_save_that_notes_it_and_kept_alone_when_that_save_cannot_be_made(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    """fal's output JSON is saved in the same step as the record's move to `mirroring`; when the
+    record turned terminal meanwhile (that save is not made), the paid output is still kept
+    beside the record, for `falq retry` to mirror without paying again."""
+    rec = new_job(ctx, "kept with its save")
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed" and done.result_saved_at is not None
+    assert ctx.store.load_result(rec.id) is None  # dropped once the images were in S3
+
+    other = new_job(ctx, "ended while its result was fetched")
+    inner = ctx.pricing
+
+    class EndsTheJob:
+        def quote(self, endpoint: str) -> Any:
+            def end(r: JobRecord) -> None:
+                r.add_error(RuntimeError("ended by hand"))
+                r.move("failed")
+
+            if ctx.store.get(other.id).request_id:  # the quote of the fetched result, not of admission
+                ctx.store.update(other.id, end)  # an unfenced writer (admin) ends the job
+            return inner.quote(endpoint)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(inner, name)
+
+    ctx.pricing = EndsTheJob()  # type: ignore[assignment]
+    try:
+        ended, _ = drive(runner, other.id)
+    finally:
+        ctx.pricing = inner
+    assert ended.state == "failed" and ended.request_id
+    kept = ctx.store.load_result(other.id)
+    assert kept is not None and b"images" in kept
+    assert len(submissions_of(emulator, other.id)) == 1

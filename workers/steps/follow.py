@@ -55,7 +55,7 @@ from falq.shared.fal.client import FalClient, LogEntry, Status, StreamEnd, Strea
 from falq.shared.jobs.records import LOGS_TAIL, JobRecord, State
 from falq.shared.settings import Settings
 from falq.workers.backoff import backoff_delay
-from falq.workers.steps.step import Outcome, StepBase
+from falq.workers.steps.step import Outcome, StepBase, Stop
 
 _STATE_OF = {"IN_QUEUE": "in_queue", "IN_PROGRESS": "in_progress"}
 #: How often a follower waiting on a quiet stream checks cancel, deadline and shutdown.
@@ -302,9 +302,9 @@ class FollowPhase(StepBase):
             return kept
 
         def completed(r: JobRecord) -> None:
-            # What the kept result says (billed units, its time) is saved with the move to
-            # mirroring: one save. A step that ends between the two finds no result_saved_at
-            # and asks fal for the result again (a read, never a new submission).
+            # fal's output and what it says (billed units, its time) are saved with the move to
+            # mirroring: one save. A step that ends before it finds no result_saved_at and asks
+            # fal for the result again (a read, never a new submission).
             kept(r)
             inference = result.metrics.get("inference_time")
             r.inference_time = float(inference) if isinstance(inference, int | float) else None
@@ -313,15 +313,22 @@ class FollowPhase(StepBase):
                 r.fal_outcome = "finished"  # fal completed it despite the cancel: billed, kept
             r.move("mirroring")
 
-        self.commit(completed)
+        fetched = self.saved_result if kept is not _noted_already else None
+        try:
+            self.commit(completed, result=fetched)
+        except Stop:
+            if fetched is not None:  # the record turned terminal meanwhile: keep the paid output for `falq retry`
+                self.ctx.store.save_result(self.rec.id, fetched)
+            raise
         if kept is not _noted_already and self.rec.cost_billed is not None:
             self.ctx.admission.billed(self.rec)  # the batch's reservation becomes what fal billed
         self.fresh_mirror = True
         return None
 
     def _keep_result(self) -> Outcome | Callable[[JobRecord], None]:
-        """Fetch fal's output once and save it beside the record. Saved: returns the change that
-        notes it on the record (billed units, when), for the caller's next save to apply.
+        """Fetch fal's output once (:attr:`saved_result`, for the caller's next save to keep beside
+        the record). Returns the change that notes it on the record (billed units, when), for that
+        same save to apply.
 
         The request COMPLETED without an error: it succeeded and is billed. An answer that
         says nothing about the request (an ingress page, a reset, a 5xx with or without a
@@ -364,7 +371,6 @@ class FollowPhase(StepBase):
                 return self._fail(exc)
             except PermanentError as exc:  # moderation, start timeout, result gone, a hostile body
                 return self._fail(exc)
-        self.ctx.store.save_result(self.rec.id, res.raw)
         self.saved_result = res.raw
         saved_at = time.time()
         quote = self.ctx.pricing.quote(self.rec.endpoint)  # the account's price (falq.shared.spend.pricing)

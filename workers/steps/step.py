@@ -99,7 +99,7 @@ class StepBase:
         self._deferred.append(change)
 
     def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False,
-               drop_result: bool = False) -> None:
+               drop_result: bool = False, result: bytes | None = None) -> None:
         """Apply ``change`` and save; on a concurrent write, reload and apply it again.
 
         While Redis refuses writes at ``maxmemory`` (OOM), the save is retried with backoff
@@ -127,7 +127,7 @@ class StepBase:
                     earlier(self.rec)
                 change(self.rec)
             try:
-                self.ctx.store.save(self.rec, fence=fence, drop_result=drop_result)
+                self.ctx.store.save(self.rec, fence=fence, drop_result=drop_result, result=result)
                 del self._deferred[:len(deferred)]
                 self._notify(old_state, old_errors)
                 return
