@@ -34,7 +34,7 @@ Example::
     ans = lim.acquire(job_id, "fal-ai/qwen-image-2/edit", "bulk", cost_micro=35_000)
     if ans.ok:
         time.sleep(ans.delay_s)             # the reserved token's time
-        wait_ms, at = lim.confirm(job_id)   # (0, ...): POST now; else sleep wait_ms and ask again
+        wait_ms, at = (0, ans.sent_ms) if ans.sent_ms else lim.confirm(job_id)  # (0, ...): POST now
         ...; lim.answered(job_id, at + elapsed_ms); ...; lim.release(job_id, refund=False)
     else: retry after ans.wait_s + random.uniform(0, ans.spread_s)
 """
@@ -89,6 +89,8 @@ class Answer:
     tenant is over its own daily budget), ``priority``, ``slots``, ``endpoint``, ``tenant``
     (the tenant's own outstanding cap), ``rate``. When ``ok``, sleep ``delay_s`` (the reserved token's time) and
     submit. Otherwise ask again after ``wait_s`` plus a random share of ``spread_s``.
+    ``sent_ms``: when ``ok``, the Redis time the send check passed and logged the POST, as
+    :meth:`Limiter.confirm` answers it (0: call :meth:`Limiter.confirm` before the POST).
     """
 
     status: str
@@ -96,6 +98,7 @@ class Answer:
     wait_s: float = 0.0
     spread_s: float = 0.0
     at_ms: int = 0
+    sent_ms: int = 0
 
     @property
     def ok(self) -> bool:
@@ -168,12 +171,12 @@ class Limiter:
         raw = self._acquire(keys=self._keys, args=[
             *self._tpls, job_id, endpoint, lane, int(cost_micro), self.lease_ms,
             float(self.s.rate_headroom), *[d[f] for f in CONFIG_FIELDS], tenant,
-            int(self.s.pause_poll_s * 3000),
+            int(self.s.pause_poll_s * 3000), "1" if self.s.rate_strict else "0",
         ])
         status = text(raw[0])
         a, b = int(raw[1]), int(raw[2])
         if status == "ok":
-            return Answer("ok", delay_s=a / 1000, at_ms=b)
+            return Answer("ok", delay_s=a / 1000, at_ms=b, sent_ms=int(raw[3]) if len(raw) > 3 else 0)
         if status == "locked":
             return Answer("locked", wait_s=a / 1000)
         return Answer(status, wait_s=a / 1000, spread_s=b / 1000)

@@ -144,6 +144,22 @@ function lib.limiter_entry(L, job)
   return tenant, ep, day, micro
 end
 
+-- The send check (the argument is in limiter_confirm's header): drop a long-dead sender's entry
+-- and answers over a second old, then log `job` as on its way if fewer than rate + burst - 1
+-- requests are on their way or were answered within the last second. Returns whether it logged
+-- the job, and how many requests were on their way.
+function lib.log_send(L, job, now, rate, burst)
+  redis.call('ZREMRANGEBYSCORE', L.sending, '-inf', now - 10000)
+  redis.call('ZREMRANGEBYSCORE', L.sent, '-inf', now - 1000)
+  local n_sending = redis.call('ZCARD', L.sending)
+  if n_sending + redis.call('ZCARD', L.sent) < math.max(1, math.floor(rate)) + burst - 1 then
+    redis.call('ZADD', L.sending, now, job)
+    redis.call('PEXPIRE', L.sending, 20000)
+    return true, n_sending
+  end
+  return false, n_sending
+end
+
 -- Drop expired slots (a dead worker's slots end here). The endpoint and tenant slot sets are
 -- counted by live score (lib.live), so their expired entries are only memory: the maintenance
 -- pass trims them (Limiter.trim_expired). The ledger entry stays for the job's next run, which holds or releases it.

@@ -17,9 +17,11 @@
 --   {p}:tspend:HOLE:HOLE, {p}:fair:paused:HOLE, {p}:lease:HOLE
 -- ARGV[8..]: job, endpoint, lane, cost (micro-dollars), lease ms, headroom, the config defaults
 --   (rate, burst, max_outstanding, max_outstanding_per_endpoint, budget_daily), tenant,
---   tenant pause ms
--- Returns {status, a, b}:
---   'ok', delay_ms (sleep this long, then POST: the token is reserved for then), grant time ms
+--   tenant pause ms, strict ('1': make limiter_confirm's send check for the admitted POST now)
+-- Returns {status, a, b[, c]}:
+--   'ok', delay_ms (sleep this long, then POST: the token is reserved for then), grant time ms,
+--   the Redis time (ms) the send check passed and logged the POST, as limiter_confirm's answer
+--   (0: not logged; ask limiter_confirm before the POST)
 --   'locked', pause ttl ms, 0 | 'budget', 0, 0 | 'tenant_budget', 0, 0 (only this tenant
 --   pauses; it is also marked paused for fair dispatch, for the pause ms)
 --   'priority' | 'slots' | 'endpoint' | 'tenant' | 'rate', wait_ms (minimum), spread_ms
@@ -27,7 +29,7 @@ local L, o = lib.limiter_keys(KEYS, ARGV)
 local job, ep, lane, cost, lease, headroom = ARGV[o], ARGV[o + 1], ARGV[o + 2], tonumber(ARGV[o + 3]),
   tonumber(ARGV[o + 4]), tonumber(ARGV[o + 5])
 local defaults = {ARGV[o + 6], ARGV[o + 7], ARGV[o + 8], ARGV[o + 9], ARGV[o + 10]}
-local tenant, tenant_pause_ms = ARGV[o + 11], tonumber(ARGV[o + 12])
+local tenant, tenant_pause_ms, strict = ARGV[o + 11], tonumber(ARGV[o + 12]), ARGV[o + 13] == '1'
 if not tenant or tenant == '' then tenant = 'default' end
 local now = lib.now_ms()
 local today = lib.ymd(math.floor(now / 86400000))
@@ -183,4 +185,8 @@ redis.call('HSET', L.ledger, job, lib.ledger_entry(tenant, ep, day, charge))
 for _, w in ipairs(mine) do redis.call('ZREM', W[w], job) end
 -- Fair dispatch (falq.shared.fairshare.scheduler): the job no longer waits for admission.
 redis.call('ZREM', L.unadmitted, job)
-return {'ok', math.floor(delay), math.floor(now + delay)}
+-- The send check, made now for the POST this admission lets go (a round trip fewer): logged
+-- before the POST leaves, it only counts the request for longer. Without a rate, nothing to log.
+local sent_at = 0
+if strict and (rate <= 0 or lib.log_send(L, job, now, rate, burst)) then sent_at = now end
+return {'ok', math.floor(delay), math.floor(now + delay), sent_at}

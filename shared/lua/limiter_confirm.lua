@@ -8,7 +8,9 @@
 -- Then no 1-second window at fal holds more: of any rate + 1 arrivals, the last to confirm
 -- found each of the others on its way (counted) or answered (counted, unless its score - and so
 -- its arrival - lies a full second before this confirm, and so before this arrival). The
--- argument uses intervals only, so fal's clock need not agree with Redis'.
+-- argument uses intervals only, so fal's clock need not agree with Redis', and holds for a send
+-- logged at any time before its arrival: limiter_acquire logs the send of the request it admits
+-- when the check passes then (lib.log_send), and this script runs only for one it did not log.
 --
 -- The limiter block, first in every limiter script (falq.shared.limits.store.Limiter, unpacked by
 -- lib.limiter_keys), for {b} = {p}:limits:{kid} (kid: short sha256 of the fal key):
@@ -30,16 +32,10 @@ local now = lib.now_ms()
 local cfg = redis.call('HMGET', L.config, 'rate', 'burst')
 local rate, burst = tonumber(cfg[1]) or 0, math.max(1, tonumber(cfg[2]) or 1)
 if rate <= 0 then return {0, now} end
-redis.call('ZREMRANGEBYSCORE', L.sending, '-inf', now - 10000)  -- a sender that died long ago
-redis.call('ZREMRANGEBYSCORE', L.sent, '-inf', now - 1000)
 -- The job's own entry is there only if an earlier attempt died on its way: counting it until it
 -- ages out errs on the safe side (a refusal logs nothing, so a retry after one finds none).
-local n_sending = redis.call('ZCARD', L.sending)
-if n_sending + redis.call('ZCARD', L.sent) < math.max(1, math.floor(rate)) + burst - 1 then
-  redis.call('ZADD', L.sending, now, job)
-  redis.call('PEXPIRE', L.sending, 20000)
-  return {0, now}
-end
+local logged, n_sending = lib.log_send(L, job, now, rate, burst)
+if logged then return {0, now} end
 local wait = 10000
 local oldest = redis.call('ZRANGE', L.sent, 0, 0, 'WITHSCORES')
 if #oldest > 0 then wait = tonumber(oldest[2]) + 1000 - now + 1 end

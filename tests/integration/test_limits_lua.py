@@ -250,8 +250,8 @@ def test_pause_refuses_everyone_until_resumed(r: redis.Redis) -> None:
 
 
 def test_send_check_counts_requests_on_their_way_and_answered_ones(r: redis.Redis) -> None:
+    make(r, rate_per_s=3, rate_strict=False).acquire("seed", EP, "bulk", 0)  # seeds the configuration, logs no send
     lim = make(r, rate_per_s=3)
-    grant(lim, "seed")  # seeds the configuration
     oks = [lim.confirm(f"s{i}") for i in range(3)]
     assert all(wait == 0 for wait, _ in oks)
     wait, _ = lim.confirm("s3")
@@ -264,6 +264,26 @@ def test_send_check_counts_requests_on_their_way_and_answered_ones(r: redis.Redi
     sec, usec = r.time()
     now_ms = int(sec) * 1000 + int(usec) // 1000
     assert wait == pytest.approx(base + 10 + 1000 - now_ms + 1, abs=3)
+
+
+def test_an_admission_makes_the_send_check_and_logs_the_post_it_lets_go(r: redis.Redis) -> None:
+    """Under the strict rate, an admission logs its POST as on its way when the send check passes
+    then (the worker skips limiter_confirm); when the window is full, it still admits, logs
+    nothing and leaves the check to limiter_confirm. Without FALQ_RATE_STRICT nothing is logged."""
+    lim = make(r, rate_per_s=2, rate_headroom=0.0)
+    first = grant(lim, "a")
+    assert first.ok and first.sent_ms > 0
+    assert lim.confirm("x")[0] == 0  # one on its way, room for one more in the window
+    second = grant(lim, "b")  # the token may be reserved ahead (delay); the window is full now
+    assert second.ok and second.sent_ms == 0
+    assert lim.confirm("b")[0] > 0  # the check waits for an answer, as before
+    lim.answered("a", first.sent_ms + 5)
+    lim.answered("x", first.sent_ms + 5)
+    from falq.shared.keys import Keys
+
+    assert r.zrange(Keys("falq").limits_sending(lim.kid), 0, -1) == []  # both answered
+    loose = make(r, rate_per_s=2, rate_strict=False)
+    assert grant(loose, "c").sent_ms == 0
 
 
 def test_the_days_spend_keys_get_their_expiry_with_the_first_charge_only(r: redis.Redis) -> None:

@@ -160,8 +160,12 @@ class LimitsAdmission(Admission):
             if fair_for(self.ctx).free(rec.id):
                 room_freed(self.ctx)
             return self.s.pause_poll_s * random.uniform(0.5, 1.5)
+        self._sent.pop(rec.id, None)  # only this admission's own send check may stand for the POST's
+        asked = time.time()
         ans = self.limiter.acquire(rec.id, rec.endpoint, rec.lane, cost, tenant=rec.tenant)
         if ans.ok:
+            if ans.sent_ms:
+                self._sent[rec.id] = (ans.sent_ms, asked)  # the send check passed with the admission
             self.keeper.track(rec.id)
             if ans.delay_s > 0:
                 time.sleep(ans.delay_s)  # the token is reserved for then (cheap under gevent)
@@ -205,7 +209,10 @@ class LimitsAdmission(Admission):
 
     def sending(self, rec: JobRecord) -> None:
         """The last check, right before the POST: keeps every 1-second window *at fal* within
-        the rate even when a starved worker sends late (see shared/lua/limiter_confirm.lua)."""
+        the rate even when a starved worker sends late (see shared/lua/limiter_confirm.lua). The
+        admission makes it already when it passes then (limiter_acquire): no round trip here."""
+        if rec.id in self._sent:
+            return
         while self.s.rate_strict:
             asked = time.time()
             wait_ms, confirmed_ms = self.limiter.confirm(rec.id)
