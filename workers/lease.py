@@ -87,10 +87,34 @@ class LeaseKeeper:
 
     def acquire(self, job_id: str) -> Lease | None:
         """Take the job's lease, or return None if a live worker holds it."""
-        token = f"{self.owner}:{uuid.uuid4().hex[:8]}"
+        token = self._token()
         if not self._acquire(keys=[self.key(job_id), self.keys.holders],
                              args=[token, self.ttl_ms, job_id]):
             return None
+        return self._taken(job_id, token)
+
+    def acquire_queued(self, pipe: redis.client.Pipeline, job_id: str) -> str:  # type: ignore[type-arg]
+        """Queue :meth:`acquire` on ``pipe`` (a step takes the lease with its first reads, in one
+        round trip); :meth:`acquired` turns the reply into the lease. Returns the token asked for."""
+        token = self._token()
+        pipe.evalsha(self._acquire.sha,  # type: ignore[attr-defined]  # the stubs predate Script.sha
+                    2, self.key(job_id), self.keys.holders, token, self.ttl_ms, job_id)
+        return token
+
+    def acquired(self, job_id: str, token: str, reply: object) -> Lease | None:
+        """The lease from an :meth:`acquire_queued` reply (a pipeline run with
+        ``raise_on_error=False``). Redis without the script (a restart, a failover: EVALSHA
+        answers NOSCRIPT, and a pipeline does not load it) is asked again through :meth:`acquire`."""
+        if isinstance(reply, redis.exceptions.NoScriptError):
+            return self.acquire(job_id)
+        if isinstance(reply, Exception):
+            raise reply
+        return self._taken(job_id, token) if reply else None
+
+    def _token(self) -> str:
+        return f"{self.owner}:{uuid.uuid4().hex[:8]}"
+
+    def _taken(self, job_id: str, token: str) -> Lease:
         with self._lock:
             self._held[job_id] = token
             self._renewed[job_id] = time.monotonic()

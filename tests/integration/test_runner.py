@@ -564,3 +564,17 @@ def test_fals_output_is_kept_with_the_save_that_notes_it_and_kept_alone_when_tha
     kept = ctx.store.load_result(other.id)
     assert kept is not None and b"images" in kept
     assert len(submissions_of(emulator, other.id)) == 1
+
+
+def test_a_step_takes_its_lease_with_its_first_reads_even_after_redis_forgot_its_scripts(
+        ctx: WorkerContext, runner: Runner) -> None:
+    """The lease is taken in the step's first round trip (EVALSHA in a pipeline, which does not
+    load a script Redis lacks): after a restart emptied the script cache the step still runs.
+    A delivery of a finished job gives back the lease it took: no holder is left behind."""
+    rec = new_job(ctx, "scripts forgotten")
+    ctx.redis.script_flush()
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed"
+    assert runner.run_step(rec.id).done  # a late duplicate delivery of the finished job
+    assert not ctx.redis.exists(ctx.leases.key(rec.id))
+    assert ctx.redis.zscore(ctx.leases.keys.holders, rec.id) is None

@@ -47,22 +47,31 @@ class Runner:
         self.s = ctx.settings
 
     def run_step(self, job_id: str) -> Outcome:
-        # One round trip: the record, a cancel asked for, and a sign of life for workers.reaper.
+        # One round trip: the lease, then (so read under it) the record, a cancel asked for, and
+        # a sign of life for workers.reaper. A delivery that will not run (no record, a finished
+        # job, a host cut off) gives the lease back: rare, against a round trip every step.
+        leases = self.ctx.leases
         pipe = self.ctx.redis.pipeline(transaction=False)
+        token = leases.acquire_queued(pipe, job_id)
         self.ctx.store.get_queued(pipe, job_id)
         pipe.exists(self.ctx.store.cancel_key(job_id))
         mark_seen(pipe, self.s, job_id)
-        row, cancel, _ = pipe.execute()
+        got, row, cancel, seen = pipe.execute(raise_on_error=False)
+        for reply in (row, cancel, seen):
+            if isinstance(reply, Exception):
+                raise reply
+        lease = leases.acquired(job_id, token, got)
         try:
             rec = self.ctx.store.record_of(job_id, row)
         except JobNotFound:
             log.warning("job %s has no record (expired or deleted); dropping its message", job_id)
-            return DONE
-        if rec.terminal:
-            return DONE
-        if self.ctx.reach is not None and self.ctx.reach.bounce(job_id, NEEDS.get(rec.state, "")):
-            return Outcome(False, 0.0)  # this host is cut off from what the job needs: hand it on unrun
-        lease = self.ctx.leases.acquire(job_id)
+            rec = None
+        if rec is None or rec.terminal or (
+                self.ctx.reach is not None and self.ctx.reach.bounce(job_id, NEEDS.get(rec.state, ""))):
+            if lease is not None:
+                leases.release(lease)
+            # A host cut off from what the job needs hands it on unrun (workers.reach).
+            return DONE if rec is None or rec.terminal else Outcome(False, 0.0)
         if lease is None:
             # Another live delivery works on it. Come back later as a watchdog, so the job
             # still has a message if that worker dies after its own message was requeued.
