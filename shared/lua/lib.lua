@@ -144,14 +144,14 @@ function lib.limiter_entry(L, job)
   return tenant, ep, day, micro
 end
 
--- The send check (the argument is in limiter_confirm's header): drop a long-dead sender's entry
--- and answers over a second old, then log `job` as on its way if fewer than rate + burst - 1
--- requests are on their way or were answered within the last second. Returns whether it logged
+-- The send check (the argument is in limiter_confirm's header): drop answers over a second old,
+-- then log `job` as on its way if fewer than rate + burst - 1 requests are on their way (a
+-- sender dead for 10 s no longer counts; limiter_state's housekeeping drops its entry) or were
+-- answered within the last second. Returns whether it logged
 -- the job, and how many requests were on their way.
 function lib.log_send(L, job, now, rate, burst)
-  redis.call('ZREMRANGEBYSCORE', L.sending, '-inf', now - 10000)
   redis.call('ZREMRANGEBYSCORE', L.sent, '-inf', now - 1000)
-  local n_sending = redis.call('ZCARD', L.sending)
+  local n_sending = redis.call('ZCOUNT', L.sending, now - 10000, '+inf')
   if n_sending + redis.call('ZCARD', L.sent) < math.max(1, math.floor(rate)) + burst - 1 then
     redis.call('ZADD', L.sending, now, job)
     redis.call('PEXPIRE', L.sending, 20000)
@@ -160,9 +160,10 @@ function lib.log_send(L, job, now, rate, burst)
   return false, n_sending
 end
 
--- Drop expired slots (a dead worker's slots end here). The endpoint and tenant slot sets are
--- counted by live score (lib.live), so their expired entries are only memory: the maintenance
--- pass trims them (Limiter.trim_expired). The ledger entry stays for the job's next run, which holds or releases it.
+-- Drop expired slots. Every slot set is counted by live score (lib.live), so expired entries (a
+-- dead worker's slots) are only memory: the maintenance pass trims them (limiter_state for this
+-- set, Limiter.trim_expired for the endpoint and tenant sets). The ledger entry stays for the
+-- job's next run, which holds or releases it.
 function lib.expire_slots(L, now)
   redis.call('ZREMRANGEBYSCORE', L.slots, '-inf', now)
 end

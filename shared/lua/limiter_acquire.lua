@@ -74,7 +74,6 @@ if pttl > 0 then
   wait_as('locked', pttl + 60000)
   return {'locked', pttl, 0}
 end
-lib.expire_slots(L, now)
 
 -- 2. The daily budget, checked before anything is taken so a refused job holds nothing.
 local spend_key = lib.key(L.spend, today)
@@ -100,7 +99,10 @@ end
 local interval = 0
 if rate > 0 then interval = 1000 * (1 + headroom) / rate end
 local horizon = math.min(1000, math.max(200, 3 * interval))
-local held = redis.call('ZSCORE', L.slots, job)
+-- Slots are counted by live score, like the endpoint's and the tenant's (a dead worker's slot
+-- stops counting when it expires; limiter_state's housekeeping frees its memory).
+local held_until = redis.call('ZSCORE', L.slots, job)
+local held = held_until and tonumber(held_until) > now
 local ep_slots = lib.key(L.slots_ep, ep)
 
 if not held then
@@ -115,7 +117,7 @@ if not held then
   -- 4. Requests outstanding at fal: per key, then per endpoint. Slot waits back off over a
   -- spread that grows with the number of waiters, so polling stays about 40 calls/s in all.
   local cap_ep = tonumber(caps[ep])
-  local out_full = max_out > 0 and redis.call('ZCARD', L.slots) >= max_out
+  local out_full = max_out > 0 and lib.live(L.slots, now) >= max_out
   local ep_full = cap_ep and lib.live(ep_slots, now) >= cap_ep
   local t_full = t_max and lib.live(t_slots, now) >= t_max
   if out_full or ep_full or t_full then

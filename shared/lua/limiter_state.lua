@@ -21,6 +21,7 @@ local now = lib.now_ms()
 local today = lib.ymd(math.floor(now / 86400000))
 lib.expire_slots(L, now)
 lib.expire_waiting(L, now)
+redis.call('ZREMRANGEBYSCORE', L.sending, '-inf', now - 10000)  -- senders dead for 10 s (lib.log_send)
 local W = L.waiting
 return {now, today, redis.call('ZCARD', L.slots), redis.call('ZCARD', W.interactive),
         redis.call('ZCARD', W.bulk), redis.call('ZCARD', W.budget), redis.call('ZCARD', W.locked),

@@ -317,3 +317,19 @@ def test_an_admitted_job_leaves_every_waiting_set_of_its_lane(r: redis.Redis) ->
         assert grant(lim, "waiter", lane=lane).ok
         assert all(r.zscore(keys.limits_waiting(lim.kid, why), "waiter") is None
                    for why in ("interactive", "bulk", "budget", "locked"))
+
+
+def test_an_expired_slot_stops_counting_at_once_and_the_housekeeping_frees_it(r: redis.Redis) -> None:
+    """A dead worker's slot (its lease expired) no longer counts against the outstanding cap the
+    moment it expires, without any trim first; `limiter_state` (the maintenance pass) drops it."""
+    from falq.shared.keys import Keys
+
+    lim = make(r, max_outstanding=1)
+    assert grant(lim, "dead").ok
+    slots = Keys("falq").limits_slots(lim.kid)
+    assert grant(lim, "next").status == "slots"  # the live slot counts
+    sec, usec = r.time()
+    r.zadd(slots, {"dead": int(sec) * 1000 + int(usec) // 1000 - 1})  # its lease ran out
+    assert grant(lim, "next").ok
+    assert r.zscore(slots, "dead") is not None  # only memory now
+    assert lim.state().outstanding == 1 and r.zscore(slots, "dead") is None
