@@ -45,13 +45,12 @@ FLUSH_S = 1.0
 
 
 class _Sums:
-    """A pipeline stand-in that adds up ``HINCRBY``/``HINCRBYFLOAT``/``INCRBYFLOAT``/``EXPIRE``
-    calls, so the same observations can be buffered and written later as one pipeline."""
+    """A pipeline stand-in that adds up ``HINCRBY``/``HINCRBYFLOAT``/``EXPIRE`` calls, so the
+    same observations can be buffered and written later as one pipeline."""
 
     def __init__(self) -> None:
         self.ints: dict[tuple[str, str], int] = {}
         self.floats: dict[tuple[str, str], float] = {}
-        self.totals: dict[str, float] = {}
         self.expiries: dict[str, int] = {}
 
     def hincrby(self, key: str, field: str, n: int) -> None:
@@ -60,34 +59,19 @@ class _Sums:
     def hincrbyfloat(self, key: str, field: str, x: float) -> None:
         self.floats[(key, field)] = self.floats.get((key, field), 0.0) + x
 
-    def incrbyfloat(self, key: str, x: float) -> None:
-        self.totals[key] = self.totals.get(key, 0.0) + x
-
     def expire(self, key: str, seconds: int) -> None:
         self.expiries[key] = seconds
 
     def __bool__(self) -> bool:
-        return bool(self.ints or self.floats or self.totals or self.expiries)
+        return bool(self.ints or self.floats or self.expiries)
 
     def write_to(self, pipe: Any) -> None:
         for (key, field), n in self.ints.items():
             pipe.hincrby(key, field, n)
         for (key, field), x in self.floats.items():
             pipe.hincrbyfloat(key, field, x)
-        for key, x in self.totals.items():
-            pipe.incrbyfloat(key, x)
         for key, seconds in self.expiries.items():
             pipe.expire(key, seconds)
-
-    def add(self, other: _Sums) -> None:
-        """Fold ``other`` back in (a flush Redis refused: counts are only ever added)."""
-        for (key, field), n in other.ints.items():
-            self.hincrby(key, field, n)
-        for (key, field), x in other.floats.items():
-            self.hincrbyfloat(key, field, x)
-        for key, x in other.totals.items():
-            self.incrbyfloat(key, x)
-        self.expiries.update(other.expiries)
 
 
 class MetricsMiddleware(Middleware):
@@ -112,16 +96,16 @@ class MetricsMiddleware(Middleware):
 
     def after_transition(self, rec: JobRecord, old: str, new: str) -> None:
         now = rec.timestamps.get(new, time.time())
+        if new == "mirroring" and rec.cost:  # fal's billed amount when it reported one, else the estimate
+            pipe = self.r.pipeline(transaction=False)
+            pipe.hincrbyfloat(self.counters, f"spend|{rec.endpoint}", rec.cost)
+            pipe.hincrbyfloat(self.counters, f"tenant_spend|{rec.tenant}", rec.cost)
+            day = spend_key(self.prefix, utc_day(now))
+            pipe.incrbyfloat(day, rec.cost)
+            pipe.expire(day, 40 * 86400)
+            self._run(pipe)
         with self._lock:
             sums = self._sums
-            if new == "mirroring" and rec.cost:  # fal's billed amount when it reported one, else the estimate
-                # Summed like every other count (written within FLUSH_S, with the job's `finished`
-                # count at the latest): a display figure; the budget's spend is the limiter's.
-                sums.hincrbyfloat(self.counters, f"spend|{rec.endpoint}", rec.cost)
-                sums.hincrbyfloat(self.counters, f"tenant_spend|{rec.tenant}", rec.cost)
-                day = spend_key(self.prefix, utc_day(now))
-                sums.incrbyfloat(day, rec.cost)
-                sums.expire(day, 40 * 86400)
             sums.hincrby(self.counters, f"transition|{old}|{new}", 1)
             if new == "in_progress" and rec.submitted_at:
                 observe(sums, self.prefix, "queue_wait", rec.endpoint, now - rec.submitted_at)
@@ -165,8 +149,12 @@ class MetricsMiddleware(Middleware):
         pipe = self.r.pipeline(transaction=True)  # all or nothing, so a failed flush can be folded back
         sums.write_to(pipe)
         if not self._run(pipe):
-            with self._lock:
-                self._sums.add(sums)
+            with self._lock:  # fold back in: counts are only ever added
+                for (key, field), n in sums.ints.items():
+                    self._sums.hincrby(key, field, n)
+                for (key, field), x in sums.floats.items():
+                    self._sums.hincrbyfloat(key, field, x)
+                self._sums.expiries.update(sums.expiries)
 
     def _flush_if_due(self) -> None:
         if time.monotonic() - self._flushed >= FLUSH_S:

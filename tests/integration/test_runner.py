@@ -578,3 +578,19 @@ def test_a_step_takes_its_lease_with_its_first_reads_even_after_redis_forgot_its
     assert runner.run_step(rec.id).done  # a late duplicate delivery of the finished job
     assert not ctx.redis.exists(ctx.leases.key(rec.id))
     assert ctx.redis.zscore(ctx.leases.keys.holders, rec.id) is None
+
+
+def test_a_jobs_spend_metric_is_written_when_fal_bills_it_not_with_the_summed_counts(
+        ctx: WorkerContext, runner: Runner) -> None:
+    """Counts are summed in memory for up to a second (a SIGKILL loses them); spend is not: it is
+    in Redis once the job is billed, before any flush of the other counts."""
+    from falq.shared.metrics import counters_key
+
+    metrics = next(m for m in ctx.middleware if isinstance(m, MetricsMiddleware))
+    metrics._flushed = time.monotonic() + 3600  # no flush during this test
+    rec = new_job(ctx, "spend at once")
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed" and done.cost > 0
+    counters = ctx.redis.hgetall(counters_key(ctx.settings.key_prefix))
+    assert float(counters[f"spend|{ENDPOINT}".encode()]) == pytest.approx(done.cost)
+    assert f"finished|completed|{ENDPOINT}".encode() not in counters  # still summed in memory
