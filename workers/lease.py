@@ -111,6 +111,17 @@ class LeaseKeeper:
             raise reply
         return self._taken(job_id, token) if reply else None
 
+    def retake(self, lease: Lease) -> bool:
+        """Take ``lease`` again, with its own token, if nobody holds the job's lease: for a step
+        that knows Redis lost its last writes (a restart, a failover), the lease with them.
+        Returns whether the lease is this step's again."""
+        if not self._acquire(keys=[self.key(lease.job_id), self.keys.holders],
+                             args=[lease.token, self.ttl_ms, lease.job_id]):
+            return False
+        self._taken(lease.job_id, lease.token)
+        log.warning("job %s: its lease was lost with Redis' last writes; taken again", lease.job_id)
+        return True
+
     def _token(self) -> str:
         return f"{self.owner}:{uuid.uuid4().hex[:8]}"
 

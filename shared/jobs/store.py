@@ -212,6 +212,11 @@ class JobStore:
                 out.append(None)
         return out
 
+    def version_of(self, job_id: str) -> int | None:
+        """The saved record's version (None: no record); one HGET."""
+        raw = self.r.hget(self.job_key(job_id), "version")
+        return int(raw) if raw is not None else None
+
     def exists(self, job_id: str) -> bool:
         return bool(self.r.exists(self.job_key(job_id)))
 

@@ -594,3 +594,41 @@ def test_a_jobs_spend_metric_is_written_when_fal_bills_it_not_with_the_summed_co
     counters = ctx.redis.hgetall(counters_key(ctx.settings.key_prefix))
     assert float(counters[f"spend|{ENDPOINT}".encode()]) == pytest.approx(done.cost)
     assert f"finished|completed|{ENDPOINT}".encode() not in counters  # still summed in memory
+
+
+@pytest.mark.parametrize("keeper_first", [False, True], ids=["save-first", "renewal-first"])
+def test_a_lease_a_redis_restart_lost_with_the_request_id_is_taken_again_not_given_up(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer, keeper_first: bool) -> None:
+    """A Redis restart loses the last second: the save of fal's request id and the step's lease,
+    taken within that second. The step's next save meets an older record and no lease: no other
+    worker holds the job (a new holder would have saved a newer record, or would hold the lease),
+    so the step takes its lease again and writes its record back, instead of giving the job up
+    and leaving the next delivery to pay for a second generation. The lease keeper's renewal may
+    find the lease gone first: the step then checks the record before it stops."""
+    rec = new_job(ctx, "lease and request id rolled back")
+    key = ctx.store.job_key(rec.id)
+    inner = ctx.admission
+    before_answer: dict[bytes, bytes] = {}
+
+    class RestartLosesLeaseAndRequestId(type(inner)):  # type: ignore[misc]
+        def sending(self, r: JobRecord) -> None:
+            before_answer.update(ctx.redis.hgetall(key))
+            inner.sending(r)
+
+        def submitted(self, r: JobRecord) -> None:
+            ctx.redis.delete(key, ctx.leases.key(rec.id))
+            ctx.redis.hset(key, mapping=before_answer)
+            if keeper_first:
+                ctx.leases.renew_now()  # finds the lease gone and marks it lost
+                assert rec.id not in ctx.leases._held
+            ctx.admission = inner
+            inner.submitted(r)
+
+    restarted = RestartLosesLeaseAndRequestId.__new__(RestartLosesLeaseAndRequestId)
+    restarted.__dict__.update(inner.__dict__)
+    ctx.admission = restarted
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed", done.errors
+    sent = submissions_of(emulator, rec.id)
+    assert len(sent) == 1, [s["request_id"] for s in sent]
+    assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]

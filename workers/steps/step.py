@@ -115,7 +115,8 @@ class StepBase:
         ``everysec``, a failover what the replica had not received) writes this step's record
         back, with ``change`` applied once: it holds every save the step made (its attempt
         count, fal's request id), which the older record lacks and a change re-applied to it
-        would not bring back (a request id lost means a second paid generation)."""
+        would not bring back (a request id lost means a second paid generation). A lease lost
+        with those writes is taken again when nobody holds it (:meth:`LeaseKeeper.retake`)."""
         conflicts, oom_delay = 0, 0.0
         fence = (self.ctx.leases.key(self.rec.id), self.lease.token)
         deferred = list(self._deferred)
@@ -132,6 +133,11 @@ class StepBase:
                 self._notify(old_state, old_errors)
                 return
             except LeaseLost:
+                # Redis lost its last writes (restoring): the lease may have gone with them, taken
+                # in that same second. A new holder would hold the lease or have saved a newer
+                # record, so with no lease at all the job is still this step's.
+                if restoring and self.ctx.leases.retake(self.lease):
+                    continue
                 log.warning("job %s: this step lost its lease (another worker may hold the job); it stops "
                             "without saving", self.rec.id)
                 raise Fenced(self.rec.id) from None
@@ -189,7 +195,7 @@ class StepBase:
             raise JobNotFound(f"job {self.rec.id} was deleted while it ran")
         if self.ctx.shutting_down.is_set():
             return "shutdown"
-        if not self.ctx.leases.still_held(self.lease):
+        if not self.ctx.leases.still_held(self.lease) and not self._retaken_after_rollback():
             return "lease"
         reach = self.ctx.reach
         if reach is not None and reach.hand_back(NEEDS.get(self.rec.state, "")):
@@ -205,6 +211,17 @@ class StepBase:
             elif sub is not None and time.time() > sub + self.s.job_deadline_s:
                 return "deadline"
         return None
+
+    def _retaken_after_rollback(self) -> bool:
+        """The lease is gone. If Redis holds an older record than this step saved (it lost its
+        last writes, the lease with them), take the lease again: the step's next save writes its
+        record back (:meth:`commit`). Otherwise (a new holder, or a lease that ran out while this
+        host was cut off) the step stops."""
+        try:
+            version = self.ctx.store.version_of(self.rec.id)
+        except redis.RedisError:
+            return False
+        return version is not None and version < self.rec.version and self.ctx.leases.retake(self.lease)
 
     def io_stop_reason(self) -> str | None:
         """:meth:`stop_reason` for work that goes on whatever the user asked (fetching a paid
