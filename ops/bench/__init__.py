@@ -6,7 +6,7 @@ every falq figure beside the same figure of a reference measured in the same run
 (:mod:`falq.ops.bench.references`). The machine is shared and noisy, so the ratio is the
 figure to read; absolute times alone mean little.
 
-    python -m falq.ops.bench --quick            # about seven minutes on 2 cores, scaled down (says so)
+    python -m falq.ops.bench --quick            # about eight minutes on 2 cores, scaled down (says so)
     python -m falq.ops.bench                    # the full run docs/benchmarks.md reports
     python -m falq.ops.bench --only saturation --json /tmp/bench.json
 """

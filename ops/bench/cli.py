@@ -1,7 +1,7 @@
 """The benchmarks' command: ``falq bench`` and ``python -m falq.ops.bench`` run :data:`bench`.
 
 Runs the scenarios, prints the table, draws the chart. Options: ``--quick`` (scaled down,
-about seven minutes on a 2-core machine), ``--only SCENARIO`` (repeatable), ``--out docs/bench.png``, ``--json
+about eight minutes on a 2-core machine), ``--only SCENARIO`` (repeatable), ``--out docs/bench.png``, ``--json
 PATH``. Exit status 0 when every goal checked was met, 1 when one was missed.
 
 Kept light: importing it costs only click, so the CLI's start-up does not pay for the
@@ -31,7 +31,7 @@ SCENARIO_NAMES = ("overhead", "inflight", "saturation", "mirror", "limiter", "en
 
 
 @click.command(name="bench", context_settings=HELP_OPTIONS)
-@click.option("--quick", is_flag=True, help="Scaled-down run, about seven minutes on 2 cores.")
+@click.option("--quick", is_flag=True, help="Scaled-down run, about eight minutes on 2 cores.")
 @click.option("--only", multiple=True, type=click.Choice(SCENARIO_NAMES), metavar="SCENARIO",
               help=f"Run only this scenario (repeatable): {', '.join(SCENARIO_NAMES)}.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -89,7 +89,7 @@ class Harness:
 
     Parameters:
         stack: a started :class:`DevStack`.
-        quick: scale scenarios down (the whole run: about seven minutes on 2 cores).
+        quick: scale scenarios down (the whole run: about eight minutes on 2 cores).
         sizes: overrides of scenario sizes by name (see :meth:`size`), e.g. for tests.
     """
 
