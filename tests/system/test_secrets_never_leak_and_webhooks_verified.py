@@ -175,7 +175,9 @@ def test_secrets_never_appear_anywhere(clean_stack: DevStack, receiver: Receiver
     sources: dict[str, str] = {}
     procs: list[subprocess.Popen[bytes]] = []
     with HostileFal() as fal, open(clean_stack.workdir / "services.log", "wb") as services_log:
-        echo = {"FALQ_FAL_QUEUE_URL": fal.url, "FALQ_MEDIA_HOSTS": fal.netloc,
+        # A deployment of its own (its key prefix and queues) on the same Redis: with one prefix,
+        # either side's dispatch tick could publish the other's jobs to its own queues and fal.
+        echo = {"FALQ_FAL_QUEUE_URL": fal.url, "FALQ_MEDIA_HOSTS": fal.netloc, "FALQ_KEY_PREFIX": "falq-echo",
                 "FALQ_QUEUE_INTERACTIVE": "falq-echo.interactive", "FALQ_QUEUE_BULK": "falq-echo.bulk"}
         try:
             flower_port, metrics_port = free_port(), free_port()
@@ -188,7 +190,8 @@ def test_secrets_never_appear_anywhere(clean_stack: DevStack, receiver: Receiver
             falq = Falq(clean_stack.settings())
             jobs = [falq.generate(f"secret test {i}", seed=i) for i in range(3)]
             jobs.append(falq.generate("secret test callback", callback_url=receiver.url))
-            echoed = Falq(clean_stack.settings(**echo)).generate("case:echo-key quote my key back")
+            echo_falq = Falq(clean_stack.settings(**echo))
+            echoed = echo_falq.generate("case:echo-key quote my key back")
             sources["redis, messages queued"] = redis_text(clean_stack.redis.url)
 
             workers = [clean_stack.start_worker(concurrency=10, loglevel="INFO"),
@@ -214,9 +217,10 @@ def test_secrets_never_appear_anywhere(clean_stack: DevStack, receiver: Receiver
             sources["redis, after the batch"] = redis_text(clean_stack.redis.url)
             sources["falq jobs --json"] = _cli(["jobs", "--json", "--limit", "100"], env)
             sources["falq jobs --state failed --errors"] = _cli(["jobs", "--state", "failed", "--errors"], env)
-            for job_id in (refused.id, echo_rec.id):
-                sources[f"falq status {job_id} --json"] = _cli(["status", job_id, "--json"], env)
-            sources["records"] = json.dumps([falq.job(i).record().public() for i in ids])
+            for job_id, job_env in ((refused.id, env), (echo_rec.id, {**env, **echo})):
+                sources[f"falq status {job_id} --json"] = _cli(["status", job_id, "--json"], job_env)
+            sources["records"] = json.dumps([(echo_falq if i == echo_rec.id else falq).job(i).record().public()
+                                             for i in ids])
             sources["callback deliveries"] = repr(receiver.hits)
             inspect = make_app(clean_stack.settings()).control.inspect(timeout=3)
             sources["celery inspect"] = repr([inspect.conf(), inspect.stats(), inspect.registered()])
