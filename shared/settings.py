@@ -177,15 +177,21 @@ class Settings(BaseSettings):
     )
     queue_interactive: str = Field(
         "falq.interactive",
-        description="Celery queue of the interactive lane.",
+        description=(
+            "Celery queue of the interactive lane (the same on every process of a key prefix: any worker may "
+            "publish any of its jobs)."
+        ),
     )
     queue_bulk: str = Field(
         "falq.bulk",
-        description="Celery queue of the bulk lane.",
+        description="Celery queue of the bulk lane (the same on every process of a key prefix).",
     )
     key_prefix: str = Field(
         "falq",
-        description="Prefix of every Redis key falq writes (one deployment per prefix).",
+        description=(
+            "Prefix of every Redis key falq writes: one deployment per prefix (its processes share queues, fal "
+            "endpoint and limits; a second deployment on the same Redis needs a prefix of its own)."
+        ),
     )
 
     # --- S3 ----------------------------------------------------------------------------
