@@ -47,6 +47,10 @@ class Runner:
         self.s = ctx.settings
 
     def run_step(self, job_id: str) -> Outcome:
+        if not isinstance(job_id, str) or not job_id:
+            # A message no producer of falq writes (its id is a string): drop it, never crash on it.
+            log.warning("dropping a message whose job id is a %s, not a job id", type(job_id).__name__)
+            return DONE
         # One round trip: the lease, then (so read under it) the record, a cancel asked for, and
         # a sign of life for workers.reaper. A delivery that will not run (no record, a finished
         # job, a host cut off) gives the lease back: rare, against a round trip every step.
