@@ -478,39 +478,6 @@ def test_an_attempt_whose_count_a_redis_restart_lost_still_records_the_request_f
     assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]
 
 
-def test_a_request_id_a_redis_restart_lost_is_written_back_by_the_step_that_follows_it(
-        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
-    """fal accepted the request and its id was saved, then a Redis restart lost that save: the
-    step's next save meets the record still in `submitting` without the id. The step writes its
-    own record back (never follows on a record that would send the next delivery to pay for a
-    second generation), and the job completes on the one request."""
-    rec = new_job(ctx, "request id rolled back")
-    key = ctx.store.job_key(rec.id)
-    inner = ctx.admission
-    before_answer: dict[bytes, bytes] = {}
-
-    class RestartLosesTheRequestId(type(inner)):  # type: ignore[misc]
-        def sending(self, r: JobRecord) -> None:
-            before_answer.update(ctx.redis.hgetall(key))  # the attempt is counted, the POST not sent
-            inner.sending(r)
-
-        def submitted(self, r: JobRecord) -> None:
-            ctx.redis.delete(key)
-            ctx.redis.hset(key, mapping=before_answer)
-            ctx.admission = inner
-            inner.submitted(r)
-
-    restarted = RestartLosesTheRequestId.__new__(RestartLosesTheRequestId)
-    restarted.__dict__.update(inner.__dict__)
-    ctx.admission = restarted
-    done, _ = drive(runner, rec.id)
-    assert done.state == "completed", done.errors
-    sent = submissions_of(emulator, rec.id)
-    assert len(sent) == 1, [s["request_id"] for s in sent]
-    assert done.attempts == 1 and not done.errors, done.errors
-    assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]
-
-
 def test_a_write_off_and_an_attempt_both_lost_in_a_redis_restart_still_explain_every_submission(
         ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
     """A record in `submitting` (a step died around its POST) is written off and a new attempt
@@ -596,27 +563,29 @@ def test_a_jobs_spend_metric_is_written_when_fal_bills_it_not_with_the_summed_co
     assert f"finished|completed|{ENDPOINT}".encode() not in counters  # still summed in memory
 
 
-@pytest.mark.parametrize("keeper_first", [False, True], ids=["save-first", "renewal-first"])
-def test_a_lease_a_redis_restart_lost_with_the_request_id_is_taken_again_not_given_up(
-        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer, keeper_first: bool) -> None:
-    """A Redis restart loses the last second: the save of fal's request id and the step's lease,
-    taken within that second. The step's next save meets an older record and no lease: no other
-    worker holds the job (a new holder would have saved a newer record, or would hold the lease),
-    so the step takes its lease again and writes its record back, instead of giving the job up
-    and leaving the next delivery to pay for a second generation. The lease keeper's renewal may
-    find the lease gone first: the step then checks the record before it stops."""
-    rec = new_job(ctx, "lease and request id rolled back")
+@pytest.mark.parametrize(("lose_lease", "keeper_first"), [(False, False), (True, False), (True, True)],
+                         ids=["record", "record-and-lease-save-first", "record-and-lease-renewal-first"])
+def test_a_request_id_a_redis_restart_lost_is_written_back_by_the_step_that_follows_it(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer, lose_lease: bool, keeper_first: bool) -> None:
+    """fal accepted the request and its id was saved, then a Redis restart lost that save (and,
+    taken within that same second, the step's lease). The step's next save meets the record still
+    in `submitting` without the id: it writes its own record back (never follows on a record that
+    would send the next delivery to pay for a second generation). With no lease at all, no other
+    worker holds the job (a new holder would hold the lease, or have saved a newer record), so the
+    step takes its lease again instead of giving the job up, whether its save or the lease
+    keeper's renewal finds the lease gone first. The job completes on its one request."""
+    rec = new_job(ctx, "request id rolled back")
     key = ctx.store.job_key(rec.id)
     inner = ctx.admission
     before_answer: dict[bytes, bytes] = {}
 
-    class RestartLosesLeaseAndRequestId(type(inner)):  # type: ignore[misc]
+    class RestartLosesTheRequestId(type(inner)):  # type: ignore[misc]
         def sending(self, r: JobRecord) -> None:
             before_answer.update(ctx.redis.hgetall(key))
             inner.sending(r)
 
         def submitted(self, r: JobRecord) -> None:
-            ctx.redis.delete(key, ctx.leases.key(rec.id))
+            ctx.redis.delete(key, *([ctx.leases.key(rec.id)] if lose_lease else []))
             ctx.redis.hset(key, mapping=before_answer)
             if keeper_first:
                 ctx.leases.renew_now()  # finds the lease gone and marks it lost
@@ -624,11 +593,12 @@ def test_a_lease_a_redis_restart_lost_with_the_request_id_is_taken_again_not_giv
             ctx.admission = inner
             inner.submitted(r)
 
-    restarted = RestartLosesLeaseAndRequestId.__new__(RestartLosesLeaseAndRequestId)
+    restarted = RestartLosesTheRequestId.__new__(RestartLosesTheRequestId)
     restarted.__dict__.update(inner.__dict__)
     ctx.admission = restarted
     done, _ = drive(runner, rec.id)
     assert done.state == "completed", done.errors
     sent = submissions_of(emulator, rec.id)
     assert len(sent) == 1, [s["request_id"] for s in sent]
+    assert done.attempts == 1 and not done.errors, done.errors
     assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]
