@@ -109,7 +109,9 @@ def render() -> str:
         "falq/shared/lua/*.lua; do not edit (tests/unit/test_redis_layout.py checks it). -->",
         "",
         f"falq keeps **{len(stored(fams))} key families** and runs **{len(names)} Lua scripts** "
-        "(one `.lua` file each, plus the shared `lib.lua`). `{p}` is `FALQ_KEY_PREFIX` (default `falq`).",
+        f"with **{len(scripts.OWNERS)} operations** (one `.lua` file per class that owns Redis state, "
+        "one function per operation, plus the shared `lib.lua`). `{p}` is `FALQ_KEY_PREFIX` "
+        "(default `falq`).",
         "",
         "## Rules",
         "",
@@ -117,9 +119,10 @@ def render() -> str:
         "its caller can name in `KEYS`; a key that depends on something only read inside Redis (the "
         "UTC day from `TIME`, an id read from an index, a tenant read from a record) comes in `ARGV` as "
         "a template made by the same method with `keys.HOLE` in the parts the script fills (`lib.key`).",
-        "- Each script opens with what it reads and writes (KEYS, ARGV, returns) and unpacks ARGV "
-        "into named locals. One loader, `falq.shared.scripts.register`, registers them; Python calls "
-        "each only through the one method listed below.",
+        "- One script per class that owns Redis state; `ARGV[1]` names the operation, and each "
+        "operation is a function of the script, headed by what it reads and writes (KEYS, ARGV, "
+        "returns), that unpacks them into named locals. One loader, `falq.shared.scripts.register`, "
+        "registers them; Python calls each operation only through the one method listed below.",
         "- Shared Lua is `lib.lua`: functions in the table `lib` that take every input as an argument. "
         "Redis scripting has no module system, so the loader prepends `lib.lua` to each script that "
         "calls `lib.`; no script's text is pasted into another.",
@@ -134,12 +137,16 @@ def render() -> str:
     for f in fams:
         what = f.what.replace("|", "\\|").replace("``", "`")
         out.append(f"| `{f.pattern}` | {f.type} | `{f.member}` | {what} |")
-    out += ["", "## Scripts", "", "| script | called by | uses `lib` |", "|---|---|---|"]
+    out += ["", "## Scripts", "", "| script | operations | uses `lib` |", "|---|---|---|"]
     for n in names:
-        out.append(f"| [`{n}`](#{n}) | `{scripts.OWNERS[n]}` | {'yes' if scripts.uses_lib(n) else 'no'} |")
+        ops = ", ".join(f"[`{op}`](#{n}{op})" for op in scripts.operations(n))
+        out.append(f"| [`{n}`](#{n}) | {ops} | {'yes' if scripts.uses_lib(n) else 'no'} |")
     for n in names:
-        out += ["", f"### {n}", "", f"`shared/lua/{n}.lua`, called by `{scripts.OWNERS[n]}`.", "", "```text",
-                scripts.header(n), "```"]
+        out += ["", f"### {n}", "", f"`shared/lua/{n}.lua`", "", "```text", scripts.header(n), "```"]
+        for op in scripts.operations(n):
+            q = f"{n}.{op}"
+            out += ["", f"#### {q}", "", f"Called by `{scripts.OWNERS[q]}`.", "", "```text",
+                    scripts.op_header(q), "```"]
     return "\n".join(out) + "\n"
 
 

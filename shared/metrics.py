@@ -358,7 +358,7 @@ def _budget(configured: Any, settings: Settings) -> float | None:
     return budget if budget > 0 else None
 
 
-#: The limiter's reasons to hold a job back (``{p}:limits:{kid}:waiting:{why}``, shared/lua/limiter_acquire.lua).
+#: The limiter's reasons to hold a job back (``{p}:limits:{kid}:waiting:{why}``, shared/lua/limiter.lua).
 WAIT_REASONS = ("interactive", "bulk", "budget", "locked")
 
 

@@ -73,10 +73,10 @@ class LeaseKeeper:
         self._cancelled: set[str] = set()
         self._deleted: set[str] = set()
         self._lock = threading.Lock()
-        self._renew = register(client, "lease_renew")
-        self._acquire = register(client, "lease_acquire")
-        self._release = register(client, "lease_release")
-        self._claim = register(client, "lease_claim_orphan")
+        self._renew = register(client, "lease.renew")
+        self._acquire = register(client, "lease.acquire")
+        self._release = register(client, "lease.release")
+        self._claim = register(client, "lease.claim_orphan")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: other renewals that ride on this keeper's loop (the limiter's slots): fn, every (s)
@@ -97,8 +97,8 @@ class LeaseKeeper:
         """Queue :meth:`acquire` on ``pipe`` (a step takes the lease with its first reads, in one
         round trip); :meth:`acquired` turns the reply into the lease. Returns the token asked for."""
         token = self._token()
-        pipe.evalsha(self._acquire.sha,  # type: ignore[attr-defined]  # the stubs predate Script.sha
-                    2, self.key(job_id), self.keys.holders, token, self.ttl_ms, job_id)
+        pipe.evalsha(self._acquire.sha, 2, self.key(job_id), self.keys.holders,
+                     *self._acquire.argv([token, self.ttl_ms, job_id]))
         return token
 
     def acquired(self, job_id: str, token: str, reply: object) -> Lease | None:

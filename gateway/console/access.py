@@ -279,8 +279,8 @@ class SignInLimiter:
         self.r = r
         self.keys = Keys(prefix)
         self.per_address, self.per_key, self.window_s = int(per_address), int(per_key), int(window_s)
-        self._acquire = register(r, "signin_acquire")
-        self._release = register(r, "signin_release")
+        self._acquire = register(r, "signin.acquire")
+        self._release = register(r, "signin.release")
 
     def _counts(self, address: str, key: str) -> tuple[list[str], list[int]]:
         names, limits = [self.keys.console_signin_addr(address[:64])], [self.per_address]

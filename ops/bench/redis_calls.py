@@ -58,11 +58,22 @@ def classify(monitor_lines: list[dict[str, Any]], jobs: int) -> Calls:
             calls.inside[current] += 1
             continue
         if words[0].upper() == "EVALSHA" and len(words) > 1:
-            current = names.get(words[1], words[1][:8])
+            current = _script(names, words)
             calls.top[f"script {current}"] += 1
         else:
             calls.top[words[0].upper()] += 1
     return calls
+
+
+def _script(names: dict[str, str], words: list[str]) -> str:
+    """``script.op`` of an ``EVALSHA`` line: the script from its SHA, the operation from the
+    first ARGV (after the keys)."""
+    name = names.get(words[1].strip('"'), words[1].strip('"')[:8])
+    try:
+        op = words[3 + int(words[2].strip('"'))].strip('"')
+    except (IndexError, ValueError):
+        return name
+    return f"{name}.{op}"
 
 
 def in_order(monitor_lines: list[dict[str, Any]]) -> list[str]:
@@ -78,7 +89,7 @@ def in_order(monitor_lines: list[dict[str, Any]]) -> list[str]:
                 out[-1][3] += 1
             continue
         is_script = words[0].upper() == "EVALSHA" and len(words) > 1
-        what = f"script {names.get(words[1], words[1][:8])}" if is_script else words[0].upper()
+        what = f"script {_script(names, words)}" if is_script else words[0].upper()
         first_key = words[3] if is_script and len(words) > 3 else (words[1] if len(words) > 1 else "")
         out.append([line.get("client_port", ""), what, is_script, 0, first_key])
     return [f"{port:>6} {what:28s} {('[' + str(n) + ']') if script else '':>5} {key[:60]}"

@@ -166,7 +166,7 @@ class Chains:
         self.keys = store.keys
         self.runnable = runnable
         self._presign = presign
-        self._link = register(self.r, "chain_link")
+        self._link = register(self.r, "chain.link")
 
     # --- enqueue time ----------------------------------------------------------------------
     def check(self, items: list[tuple[str, dict[int, Ref], int]], tenant_of: Callable[[int], str],

@@ -113,12 +113,12 @@ class Outbox:
         self.store = store
         self.r = store.r
         self.keys = store.keys
-        self._claim = register(self.r, "outbox_claim")
-        self._finish = register(self.r, "outbox_finish")
-        self._redeliver = register(self.r, "outbox_redeliver")
-        self._settle = register(self.r, "outbox_settle")
-        self._append = register(self.r, "outbox_append")
-        self._schedule = register(self.r, "outbox_schedule")
+        self._claim = register(self.r, "outbox.claim")
+        self._finish = register(self.r, "outbox.finish")
+        self._redeliver = register(self.r, "outbox.redeliver")
+        self._settle = register(self.r, "outbox.settle")
+        self._append = register(self.r, "outbox.append")
+        self._schedule = register(self.r, "outbox.schedule")
 
     # --- the delivery loop's side ----------------------------------------------------------------
     def schedule(self, job_id: str, version: str, since: float) -> int:

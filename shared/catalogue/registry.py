@@ -88,7 +88,7 @@ class CatalogueRegistry:
         self.r = client
         self.keys = Keys(prefix)
         self.host = host or socket.gethostname()
-        self._claim = register(client, "catalogue_claim")
+        self._claim = register(client, "catalogue.claim")
 
     def register(self, role: str, identity: str) -> None:
         """Record that ``role`` on this host uses the catalogue ``identity`` (refreshes ``seen``)."""

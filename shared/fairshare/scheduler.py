@@ -12,7 +12,7 @@ most about ``FALQ_FAIR_WAIT_S`` of the rate dispatched and not yet admitted by t
 so its FIFO order no longer matters: the order of dispatch is the order of service.
 
 Which tenant is dispatched next is weighted **stride scheduling**, done in one Lua script
-(``shared/lua/fair_dispatch.lua``): every active tenant (non-empty ready set)
+(``shared/lua/fair.lua``): every active tenant (non-empty ready set)
 has a *pass*; the tenant with the smallest pass is served and its pass grows by ``1 / weight``.
 A tenant that becomes active starts at the lane's virtual time (the pass last served), so it
 neither gets credit for the time it was idle (no burst) nor waits behind the others' history (no
@@ -25,7 +25,7 @@ goes before bulk.
 Guarantees (every step survives SIGKILL anywhere):
 
 * **No record without a ready entry**: the job store's create script adds the record and its
-  ready entry in one step (``shared/lua/job_create.lua``, inside ``JobStore.create``).
+  ready entry in one step (``shared/lua/job.lua``, inside ``JobStore.create``).
 * **Dispatch**: the script pops ids, adds them to ``{p}:inflight`` (with the time) and returns
   them; the caller publishes each message and then marks it ``published``. A caller killed in
   between leaves ``published = 0`` records in ``{p}:inflight``: :func:`recover_dispatched`
@@ -35,7 +35,7 @@ Guarantees (every step survives SIGKILL anywhere):
   and the record's state make it a no-op, so no second fal submission can follow.
 * **Room freed**: the limiter's release (the request is done at fal, or never got there) frees
   the job's room in the same script (``lib.fair_free`` in ``shared/lua/lib.lua``); so does
-  the save that makes a job terminal (``shared/lua/job_save.lua``, inside ``JobStore.save``), so a job
+  the save that makes a job terminal (``shared/lua/job.lua``, inside ``JobStore.save``), so a job
   that ends without a release (cancelled while waiting) leaks nothing. The limiter's admission
   takes the job out of ``{p}:fair:unadmitted``.
 * **Park**: a job refused because its tenant is over its own budget goes back to its ready set
@@ -102,10 +102,10 @@ class FairShare:
         self.s = settings
         self.prefix = settings.key_prefix
         self.keys = Keys(self.prefix)
-        self._ready = register(client, "fair_ready")
-        self._dispatch = register(client, "fair_dispatch")
-        self._free = register(client, "fair_free")
-        self._recount = register(client, "fair_recount")
+        self._ready = register(client, "fair.ready")
+        self._dispatch = register(client, "fair.dispatch")
+        self._free = register(client, "fair.free")
+        self._recount = register(client, "fair.recount")
         k = self.keys
         #: The fair-dispatch room of a job (lib.fair_free).
         self._room = room_keys(k)
@@ -157,7 +157,7 @@ class FairShare:
         return self._make_ready(rec)
 
     def _make_ready(self, rec: JobRecord) -> bool:
-        """``fair_ready``: the job (back) in its tenant's ready set; False if gone or terminal."""
+        """``fair.ready``: the job (back) in its tenant's ready set; False if gone or terminal."""
         tenant = rec.tenant or "default"
         k = self.keys
         keys = [k.job(rec.id), k.fair_ready(rec.lane, tenant), k.fair_active(rec.lane), *self._room]

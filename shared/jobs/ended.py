@@ -1,7 +1,7 @@
 """The end-of-job stream ``{p}:ended``: one entry per job that ended, for every consumer.
 
-The save that makes a job terminal (``shared/lua/job_save.lua``) appends one entry in the same
-script; so does ``chain_link.lua`` for a parent that had ended before its child was linked. Each
+The save that makes a job terminal (``shared/lua/job.lua``) appends one entry in the same
+script; so does ``chain.link`` (``shared/lua/chain.lua``) for a parent that had ended before its child was linked. Each
 consumer reads the stream through its own consumer group (:data:`GROUPS`) and acknowledges
 what it handled, so one slow consumer (a database that is down) never holds up another:
 

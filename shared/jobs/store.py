@@ -89,13 +89,13 @@ class JobStore:
         #: The catalogue is on (``FALQ_CATALOGUE``): terminal saves mark their end-of-job entry for it and
         #: keep the record until the archiver set its short TTL (falq.workers.maintenance.archive).
         self.archive = archive
-        self._create = register(client, "job_create")
-        self._save = register(client, "job_save")
-        self._save_result = register(client, "job_save_result")
-        self._index_owned = register(client, "job_index_owned")
-        self._forget_tenant_if_empty = register(client, "job_forget_tenant")
-        self._forget = register(client, "job_forget_unpublished")
-        self._restore = register(client, "job_restore")
+        self._create = register(client, "job.create")
+        self._save = register(client, "job.save")
+        self._save_result = register(client, "job.save_result")
+        self._index_owned = register(client, "job.index_owned")
+        self._forget_tenant_if_empty = register(client, "job.forget_tenant")
+        self._forget = register(client, "job.forget_unpublished")
+        self._restore = register(client, "job.restore")
         self._job_tpl = self.keys.job(HOLE)
         self._state_tpl = self.keys.state(HOLE)
         #: The save's KEYS[11..15]: the fair-dispatch room a terminal save frees (lib.fair_free).
@@ -136,7 +136,7 @@ class JobStore:
         return self.get(owner_id), False
 
     def _create_call(self, rec: JobRecord, idempotency_key: str | None, fair: bool) -> tuple[list[str], list[Any]]:
-        """KEYS and ARGV of ``job_create`` (shared/lua/job_create.lua)."""
+        """KEYS and ARGV of ``job.create`` (shared/lua/job.lua)."""
         k = self.keys
         tenant = rec.tenant or "default"
         # A queued job enters its tenant's ready set with the record (fair dispatch); a waiting

@@ -137,13 +137,13 @@ class Limiter:
         self.keys = Keys(self.prefix)
         self.kid = kid or key_id(settings.fal_key_value())
         self.lease_ms = int(settings.slot_lease_s * 1000)
-        self._acquire = register(client, "limiter_acquire")
-        self._confirm = register(client, "limiter_confirm")
-        self._answered = register(client, "limiter_answered")
-        self._hold = register(client, "limiter_hold")
-        self._release = register(client, "limiter_release")
-        self._renew = register(client, "limiter_renew")
-        self._state = register(client, "limiter_state")
+        self._acquire = register(client, "limiter.acquire")
+        self._confirm = register(client, "limiter.confirm")
+        self._answered = register(client, "limiter.answered")
+        self._hold = register(client, "limiter.hold")
+        self._release = register(client, "limiter.release")
+        self._renew = register(client, "limiter.renew")
+        self._state = register(client, "limiter.state")
         k, kid = self.keys, self.kid
         #: The block every limiter script takes first (lib.limiter_keys in shared/lua/lib.lua):
         #: KEYS[1..19], then ARGV[1..7] (templates of the keys the scripts fill in).

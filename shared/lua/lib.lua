@@ -144,9 +144,9 @@ function lib.limiter_entry(L, job)
   return tenant, ep, day, micro
 end
 
--- The send check (the argument is in limiter_confirm's header): drop answers over a second old,
+-- The send check (the argument is in limiter.confirm's header): drop answers over a second old,
 -- then log `job` as on its way if fewer than rate + burst - 1 requests are on their way (a
--- sender dead for 10 s no longer counts; limiter_state's housekeeping drops its entry) or were
+-- sender dead for 10 s no longer counts; limiter.state's housekeeping drops its entry) or were
 -- answered within the last second. Returns whether it logged
 -- the job, and how many requests were on their way.
 function lib.log_send(L, job, now, rate, burst)
@@ -161,7 +161,7 @@ function lib.log_send(L, job, now, rate, burst)
 end
 
 -- Drop expired slots. Every slot set is counted by live score (lib.live), so expired entries (a
--- dead worker's slots) are only memory: the maintenance pass trims them (limiter_state for this
+-- dead worker's slots) are only memory: the maintenance pass trims them (limiter.state for this
 -- set, Limiter.trim_expired for the endpoint and tenant sets). The ledger entry stays for the
 -- job's next run, which holds or releases it.
 function lib.expire_slots(L, now)
@@ -176,7 +176,7 @@ end
 
 -- Drop expired waiting entries (a job that stopped waiting without being admitted: cancelled,
 -- or its worker died). Admission counts waiters with lib.live, so this is only memory
--- housekeeping: limiter_state runs it (the maintenance pass calls it every half minute).
+-- housekeeping: limiter.state runs it (the maintenance pass calls it every half minute).
 function lib.expire_waiting(L, now)
   for _, why in ipairs({'interactive', 'bulk', 'budget', 'locked'}) do
     redis.call('ZREMRANGEBYSCORE', L.waiting[why], '-inf', now)

@@ -86,9 +86,9 @@ class BatchCaps:
     def __init__(self, client: redis.Redis, *, prefix: str = "falq") -> None:
         self.r = client
         self.keys = Keys(prefix)
-        self._reserve = register(client, "batch_cap_reserve")
-        self._refund = register(client, "batch_cap_refund")
-        self._settle = register(client, "batch_cap_settle")
+        self._reserve = register(client, "batch_cap.reserve")
+        self._refund = register(client, "batch_cap.refund")
+        self._settle = register(client, "batch_cap.settle")
 
     def set_cap(self, batch_id: str, usd: float | None) -> None:
         """Set (``None``: remove) the batch's cap; waiting jobs go at their next poll if they fit."""

@@ -268,8 +268,8 @@ def test_send_check_counts_requests_on_their_way_and_answered_ones(r: redis.Redi
 
 def test_an_admission_makes_the_send_check_and_logs_the_post_it_lets_go(r: redis.Redis) -> None:
     """Under the strict rate, an admission logs its POST as on its way when the send check passes
-    then (the worker skips limiter_confirm); when the window is full, it still admits, logs
-    nothing and leaves the check to limiter_confirm. Without FALQ_RATE_STRICT nothing is logged."""
+    then (the worker skips limiter.confirm); when the window is full, it still admits, logs
+    nothing and leaves the check to limiter.confirm. Without FALQ_RATE_STRICT nothing is logged."""
     lim = make(r, rate_per_s=2, rate_headroom=0.0)
     first = grant(lim, "a")
     assert first.ok and first.sent_ms > 0
@@ -321,7 +321,7 @@ def test_an_admitted_job_leaves_every_waiting_set_of_its_lane(r: redis.Redis) ->
 
 def test_an_expired_slot_stops_counting_at_once_and_the_housekeeping_frees_it(r: redis.Redis) -> None:
     """A dead worker's slot (its lease expired) no longer counts against the outstanding cap the
-    moment it expires, without any trim first; `limiter_state` (the maintenance pass) drops it."""
+    moment it expires, without any trim first; `limiter.state` (the maintenance pass) drops it."""
     from falq.shared.keys import Keys
 
     lim = make(r, max_outstanding=1)

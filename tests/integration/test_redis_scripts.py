@@ -17,9 +17,13 @@ from falq.shared.keys import HOLE, Keys
 LUA_DIR = Path(scripts.__file__).resolve().parent / "lua"
 
 
-def test_every_lua_file_is_a_known_script_and_every_known_script_has_a_file() -> None:
+def test_every_lua_file_is_a_known_script_and_every_operation_has_an_owner() -> None:
     files = sorted(p.stem for p in LUA_DIR.glob("*.lua") if p.stem != scripts.LIB)
-    assert files == scripts.names() == sorted(scripts.OWNERS)
+    assert files == scripts.names()
+    defined = sorted(f"{n}.{op}" for n in files for op in scripts.operations(n))
+    assert defined == sorted(scripts.OWNERS)
+    owners = {n: {o.rsplit(".", 1)[0] for q, o in scripts.OWNERS.items() if q.split(".")[0] == n} for n in files}
+    assert all(len(classes) == 1 for classes in owners.values()), f"one owner class per script: {owners}"
 
 
 @pytest.mark.parametrize("name", scripts.names())
@@ -28,8 +32,22 @@ def test_script_loads_into_redis_and_documents_its_interface(r: redis.Redis, nam
     assert r.script_exists(sha) == [True]
     head = scripts.header(name)
     assert head.startswith(f"{name}:"), f"{name}.lua must open with '-- {name}: what it does'"
-    for part in ("KEYS", "ARGV", "Returns"):
-        assert part in head, f"{name}.lua's header does not say its {part}"
+    listed = "operations: " + ", ".join(scripts.operations(name)) + "."
+    assert listed in head, f"{name}.lua's header lists its operations"
+    for op in scripts.operations(name):
+        doc = scripts.op_header(f"{name}.{op}")
+        assert doc.startswith(f"{op}:"), f"{name}.lua: operation {op} must open with '-- {op}: what it does'"
+        for part in ("KEYS", "ARGV", "Returns"):
+            assert part in doc, f"{name}.lua's operation {op} does not say its {part}"
+
+
+def test_an_unknown_operation_is_an_error_naming_it(r: redis.Redis) -> None:
+    lease = scripts.register(r, "lease.release")
+    wrong = scripts.Op(lease.script, "nonsense")
+    with pytest.raises(redis.ResponseError, match=r"lease\.lua: no operation nonsense"):
+        wrong(keys=["k1", "k2", ""], args=["t", "id"])
+    with pytest.raises(KeyError, match=r"lease\.nonsense"):
+        scripts.register(r, "lease.nonsense")
 
 
 @pytest.mark.parametrize("name", scripts.names())

@@ -27,7 +27,7 @@ def test_the_wheel_installs_into_a_fresh_venv(tmp_path: Path) -> None:
     (wheel,) = dist.glob("falq-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "falq/__init__.py" in names and "falq/shared/settings.py" in names and "falq/cli/main.py" in names
-    assert "falq/shared/lua/job_save.lua" in names and "falq/shared/lua/lib.lua" in names  # the Redis scripts
+    assert "falq/shared/lua/job.lua" in names and "falq/shared/lua/lib.lua" in names  # the Redis scripts
     assert "falq/testing/stack.py" in names  # what make demo and the benchmarks start
     assert not [n for n in names if n.split("/")[0] in FOLDERS]  # no generic top-level packages
     assert {n.split("/")[0] for n in names} == {"falq", wheel.name.split("-py3")[0] + ".dist-info"}

@@ -209,8 +209,8 @@ class LimitsAdmission(Admission):
 
     def sending(self, rec: JobRecord) -> None:
         """The last check, right before the POST: keeps every 1-second window *at fal* within
-        the rate even when a starved worker sends late (see shared/lua/limiter_confirm.lua). The
-        admission makes it already when it passes then (limiter_acquire): no round trip here."""
+        the rate even when a starved worker sends late (see shared/lua/limiter.lua). The
+        admission makes it already when it passes then (limiter.acquire): no round trip here."""
         if rec.id in self._sent:
             return
         while self.s.rate_strict:

@@ -112,7 +112,7 @@ class Archiver:
         self.claim_idle_ms = int(settings.archive_claim_idle_s * 1000)
         self.ended = GroupReader(self.r, store.keys, GROUP, self.consumer, legacy=self.key, count=self.batch,
                                  claim_idle_ms=self.claim_idle_ms)
-        self._mark = register(self.r, "archive_mark")
+        self._mark = register(self.r, "archive.mark")
         self._schema_ok = False
         self._next_claim = 0.0
         self._next_trim = 0.0
