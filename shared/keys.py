@@ -108,7 +108,6 @@ key                             type    what
                                         the end-of-job stream; group ``chains``
 ``{p}:chain:releasing``         zset    children moved to ``queued`` whose broker message may not
                                         be sent yet, by when (re-driven by the chain sweep)
-``{p}:chain:lock``              string  one chain sweep at a time
 ``{p}:apikey:{sha256}``         hash    a gateway API key, by the sha256 of the key (never the key):
                                         ``tenant``, ``scopes``, ``label``, ``created``, ``last4``
 ``{p}:apikeys:{tenant}``        set     the sha256 of every API key of the tenant (listing, revoking)
@@ -365,10 +364,6 @@ class Keys:
     @property
     def chain_releasing(self) -> str:
         return f"{self.prefix}:chain:releasing"
-
-    @property
-    def chain_lock(self) -> str:
-        return f"{self.prefix}:chain:lock"
 
     @property
     def tenants(self) -> str:

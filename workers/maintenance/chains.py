@@ -2,9 +2,9 @@
 
 Reads the end-of-job stream (:mod:`falq.shared.jobs.ended`) through the consumer group
 ``chains`` (an entry a dead worker read is taken over after ``FALQ_CHAIN_CLAIM_IDLE_S``), evaluates each child
-(:meth:`falq.shared.batches.chains.Chains.evaluate`, idempotent) and only then acknowledges; one worker
-at a time also runs :meth:`~falq.shared.batches.chains.Chains.sweep` every ``FALQ_CHAIN_SWEEP_S``. See
-docs/internals/job-lifecycle.md ("Waiting children and chains").
+(:meth:`falq.shared.batches.chains.Chains.evaluate`, idempotent) and only then acknowledges. The sweep
+of children a crash left waiting (:func:`chain_sweep`, every ``FALQ_CHAIN_SWEEP_S``) is a cleanup of
+the maintenance pass, under its lock. See docs/internals/job-lifecycle.md ("Waiting children and chains").
 
 Example::
 
@@ -73,21 +73,15 @@ class ChainLoop:
         self.ended = GroupReader(store.r, store.keys, GROUP, self.consumer, legacy=store.keys.chain_done,
                                  count=COUNT, claim_idle_ms=int(settings.chain_claim_idle_s * 1000))
         self._last_claim = 0.0
-        self._last_sweep = 0.0
 
     def tick(self, block_ms: int = BLOCK_MS) -> int:
-        """Handle what is due: taken-over entries, new entries, the sweep. Returns entries handled."""
+        """Handle what is due: taken-over entries, then new entries. Returns entries handled."""
         handled = 0
         now = time.monotonic()
         if now - self._last_claim >= self.s.chain_claim_idle_s / 2:
             self._last_claim = now
             handled += self._handle(self.ended.claim_stale())
         handled += self._handle(self.ended.read(block_ms=block_ms or None))  # BLOCK 0 would wait for ever
-        if time.monotonic() - self._last_sweep >= self.s.chain_sweep_s:
-            self._last_sweep = time.monotonic()
-            self.sweep()
-            if self.after_round is not None:
-                self.after_round()
         return handled
 
     def _handle(self, events: list[Ended]) -> int:
@@ -118,17 +112,6 @@ class ChainLoop:
         self.ended.ack(handled)
         return len(handled)
 
-    def sweep(self) -> dict[str, int] | None:
-        """:meth:`Chains.sweep`, by one worker at a time."""
-        lock_ms = max(1000, int(self.s.chain_sweep_s * 900))
-        if not self.r.set(self.keys.chain_lock, self.consumer.encode(), nx=True, px=lock_ms):
-            return None
-        # Children waiting longer than a sweep interval (at most 5 s): a fresh one is the stream's.
-        stats = self.chains.sweep(older_than_s=max(1.0, min(5.0, self.s.chain_sweep_s)))
-        if stats["released"] or stats["ended"] or stats["relinked"] or stats["finished"]:
-            log.warning("chain sweep re-drove waiting children: %s", stats)
-        return stats
-
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
             try:
@@ -145,6 +128,24 @@ def _summary(outcomes: dict[str, str]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
+def chain_sweep(app: Celery, store: JobStore, settings: Settings) -> Callable[[], dict[str, int]]:
+    """The maintenance pass's cleanup for chains (:meth:`Chains.sweep`): children a crash left
+    waiting are released or ended, then dispatched. The pass runs it on one worker at a time."""
+    fair = FairShare(store.r, settings)
+    chains = Chains(store, settings, runnable=make_runnable(app, settings, store, dispatch=False))
+
+    def sweep() -> dict[str, int]:
+        # Children waiting longer than a sweep interval (at most 5 s): a fresh one is the stream's.
+        stats = chains.sweep(older_than_s=max(1.0, min(5.0, settings.chain_sweep_s)))
+        if stats["released"] or stats["ended"] or stats["relinked"] or stats["finished"]:
+            log.warning("chain sweep re-drove waiting children: %s", stats)
+            if fair.enabled:
+                fair.try_dispatch(app)
+        return stats
+
+    return sweep
+
+
 def start_chains(store: JobStore, settings: Settings, app: Celery,
                  stop: threading.Event | None = None, *, into: Consumers | None = None) -> ChainLoop:
     """Run this worker's chain consumer of the end-of-job stream: as a part of the consumer loop ``into`` (reads
@@ -159,4 +160,4 @@ def start_chains(store: JobStore, settings: Settings, app: Celery,
     return loop
 
 
-__all__ = ["ChainLoop", "make_runnable", "start_chains"]
+__all__ = ["ChainLoop", "chain_sweep", "make_runnable", "start_chains"]

@@ -25,6 +25,7 @@ from falq.shared.jobs.ended import GROUPS as ENDED_GROUPS
 from falq.shared.jobs.ended import trim as ended_trim
 from falq.shared.keys import Keys
 from falq.workers.loops import every
+from falq.workers.maintenance.chains import chain_sweep
 from falq.workers.maintenance.dispatcher import dispatch_tick, recount_tick, recover_tick
 from falq.workers.maintenance.reaper import prune_expired, reap_once, takeover_once
 from falq.workers.maintenance.recovery import needs_sweeper, sweep_once
@@ -112,6 +113,8 @@ def build_pass(app: Celery, ctx: WorkerContext) -> MaintenancePass:
     # only where it is on: a group that does not exist yet is created first, never skipped).
     groups = [g for g in ENDED_GROUPS if g != "archivers" or s.catalogue]
     cleanups.append(Cleanup("end-of-job trim", lambda: ended_trim(ctx.redis, store.keys, groups), every_s=10.0))
+    # Chain children a crash left waiting (released, or ended with their parent).
+    cleanups.append(Cleanup("chain sweep", chain_sweep(app, store, s), every_s=float(s.chain_sweep_s)))
     if needs_sweeper(app):  # kombu's unacked messages of dead consumers (Redis brokers)
         interval = float(app.conf.broker_transport_options.get("unacked_restore_interval", UNACKED_EVERY_S))
         cleanups.append(Cleanup("unacked sweep", lambda: sweep_once(app), every_s=interval))
