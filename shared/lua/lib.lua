@@ -144,17 +144,16 @@ function lib.limiter_entry(L, job)
   return tenant, ep, day, micro
 end
 
--- The send check (the argument is in limiter.confirm's header): drop answers over a second old,
--- then log `job` as on its way if fewer than rate + burst - 1 requests are on their way (a
--- sender dead for 10 s no longer counts; limiter.state's housekeeping drops its entry) or were
--- answered within the last second. Returns whether it logged
--- the job, and how many requests were on their way.
+-- The send check (the argument is in limiter.confirm's header): log `job` as on its way if
+-- fewer than rate + burst - 1 requests are on their way (a sender dead for 10 s no longer
+-- counts) or were answered within the last second. Both sets are counted by score, never
+-- trimmed here: limiter.state's housekeeping drops the old entries (memory only). Returns
+-- whether it logged the job, and how many requests were on their way.
 function lib.log_send(L, job, now, rate, burst)
-  redis.call('ZREMRANGEBYSCORE', L.sent, '-inf', now - 1000)
   local n_sending = redis.call('ZCOUNT', L.sending, now - 10000, '+inf')
-  if n_sending + redis.call('ZCARD', L.sent) < math.max(1, math.floor(rate)) + burst - 1 then
+  local n_sent = redis.call('ZCOUNT', L.sent, '(' .. (now - 1000), '+inf')
+  if n_sending + n_sent < math.max(1, math.floor(rate)) + burst - 1 then
     redis.call('ZADD', L.sending, now, job)
-    redis.call('PEXPIRE', L.sending, 20000)
     return true, n_sending
   end
   return false, n_sending

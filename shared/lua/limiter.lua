@@ -245,7 +245,7 @@ function ops.confirm()
   local logged, n_sending = lib.log_send(L, job, now, rate, burst)
   if logged then return {0, now} end
   local wait = 10000
-  local oldest = redis.call('ZRANGE', L.sent, 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGEBYSCORE', L.sent, '(' .. (now - 1000), '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if #oldest > 0 then wait = tonumber(oldest[2]) + 1000 - now + 1 end
   if n_sending > 0 then wait = math.min(wait, 5) end  -- an answer on its way frees a place soon
   return {math.max(1, wait), 0}
@@ -276,7 +276,6 @@ function ops.answered()
   local job, score = ARGV[o], tonumber(ARGV[o + 1])
   if redis.call('ZREM', L.sending, job) == 1 then
     redis.call('ZADD', L.sent, score, job .. '@' .. score)
-    redis.call('PEXPIRE', L.sent, 20000)
   end
   return redis.call('EXISTS', KEYS[20], KEYS[21])
 end
@@ -424,7 +423,10 @@ function ops.state()
   local today = lib.ymd(math.floor(now / 86400000))
   lib.expire_slots(L, now)
   lib.expire_waiting(L, now)
-  redis.call('ZREMRANGEBYSCORE', L.sending, '-inf', now - 10000)  -- senders dead for 10 s (lib.log_send)
+  -- The send log is counted by score (lib.log_send), so its old entries are only memory: senders
+  -- dead for 10 s, answers older than the 1 s window.
+  redis.call('ZREMRANGEBYSCORE', L.sending, '-inf', now - 10000)
+  redis.call('ZREMRANGEBYSCORE', L.sent, '-inf', now - 1000)
   local W = L.waiting
   return {now, today, redis.call('ZCARD', L.slots), redis.call('ZCARD', W.interactive),
           redis.call('ZCARD', W.bulk), redis.call('ZCARD', W.budget), redis.call('ZCARD', W.locked),

@@ -333,3 +333,26 @@ def test_an_expired_slot_stops_counting_at_once_and_the_housekeeping_frees_it(r:
     assert grant(lim, "next").ok
     assert r.zscore(slots, "dead") is not None  # only memory now
     assert lim.state().outstanding == 1 and r.zscore(slots, "dead") is None
+
+
+def test_the_send_log_counts_by_score_and_the_housekeeping_frees_old_entries(r: redis.Redis) -> None:
+    """An answer older than a second stops counting in the send check without a trim first, and
+    the wait the check asks for is measured from the oldest answer still inside the window (never
+    a stale one); `limiter.state` drops what no longer counts (memory only)."""
+    from falq.shared.keys import Keys
+
+    keys = Keys("falq")
+    lim = make(r, rate_per_s=1, rate_burst=1, rate_headroom=0.0)
+    assert grant(make(r, rate_per_s=1, rate_burst=1, rate_strict=False), "seed").ok  # seeds the runtime config
+    sec, usec = r.time()
+    now_ms = int(sec) * 1000 + int(usec) // 1000
+    sent = keys.limits_sent(lim.kid)
+    r.zadd(sent, {"old@1": now_ms - 5000})  # answered long ago: outside the window
+    assert lim.confirm("a")[0] == 0  # counted by score: the stale answer does not hold it back
+    lim.answered("a", now_ms + 2)
+    wait, _ = lim.confirm("b")
+    assert 900 <= wait <= 1003  # from a's answer, not from the stale one (which would give 1 ms)
+    assert r.zscore(sent, "old@1") is not None  # not trimmed by the check
+    lim.state()
+    assert r.zscore(sent, "old@1") is None and r.zcard(sent) == 1
+    assert r.ttl(keys.limits_sending(lim.kid)) == -2 and r.ttl(sent) == -1  # no expiry per call
