@@ -7,7 +7,9 @@ key                             type    what
                                         ``input`` (JSON, written once, while the job runs; a
                                         finished record, or one an older release created,
                                         holds it in ``doc``),
-                                        ``published``, ``result`` (fal's output until mirrored);
+                                        ``published``, ``result`` (fal's output until mirrored),
+                                        ``crashes`` (steps that crashed in a row, until one runs
+                                        to its end; ``FALQ_MAX_STEP_CRASHES`` of them fail the job);
                                         with a callback: ``cb_version`` (the version that saved
                                         the terminal state), ``cb_tries``, ``cb_since``
 ``{p}:state:{state}``           zset    job ids in that state, by last update
@@ -27,8 +29,6 @@ key                             type    what
 ``{p}:cancel:{id}``             string  a producer asked to cancel the job
 ``{p}:lease:{id}``              string  the worker step holding the job (``host:pid:token``), TTL
 ``{p}:seen:{id}``               string  a delivery of the job ran recently (the reaper's sign of life)
-``{p}:step_crashes:{id}``       string  steps of the job that crashed in a row (TTL 1 day;
-                                        ``FALQ_MAX_STEP_CRASHES`` of them fail it), :mod:`falq.workers.tasks`
 ``{p}:holders``                 zset    jobs whose lease a worker holds, by when the lease runs out
                                         (Redis' clock, moved on renewal): one past its end with no
                                         lease lost its holder without a release
@@ -192,9 +192,6 @@ class Keys:
 
     def seen(self, job_id: str) -> str:
         return f"{self.prefix}:seen:{job_id}"
-
-    def step_crashes(self, job_id: str) -> str:
-        return f"{self.prefix}:step_crashes:{job_id}"
 
     @property
     def holders(self) -> str:

@@ -44,6 +44,7 @@ OWNERS: dict[str, str] = {
     "job.create": "falq.shared.jobs.store.JobStore.create",
     "job.save": "falq.shared.jobs.store.JobStore.save",
     "job.save_result": "falq.shared.jobs.store.JobStore.save_result",
+    "job.crashed": "falq.shared.jobs.store.JobStore.count_crash",
     "job.index_owned": "falq.shared.jobs.store.JobStore._index_rows",
     "job.forget_tenant": "falq.shared.jobs.store.JobStore.prune_tenant_indexes",
     "job.restore": "falq.shared.jobs.store.JobStore.restore",

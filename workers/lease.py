@@ -133,8 +133,9 @@ class LeaseKeeper:
         return Lease(job_id, token)
 
     def release(self, lease: Lease, *, steady: bool = False) -> None:
-        """Give the lease back. ``steady``: the step ran to its end, so the job's streak of
-        crashed steps (:func:`falq.workers.tasks.crashed`) ends in the same call."""
+        """Give the lease back. ``steady``: the step ran to its end after steps that crashed, so
+        the job's streak of crashed steps (:func:`falq.workers.tasks.crashed`) ends in the same
+        call (the caller read the streak with the record; none to end, no command for it)."""
         with self._lock:
             if self._held.get(lease.job_id) == lease.token:
                 self._held.pop(lease.job_id, None)
@@ -142,8 +143,8 @@ class LeaseKeeper:
             self._cancelled.discard(lease.job_id)
             self._deleted.discard(lease.job_id)
         try:
-            crashes = self.keys.step_crashes(lease.job_id) if steady else ""
-            self._release(keys=[self.key(lease.job_id), self.keys.holders, crashes],
+            streak = self.keys.job(lease.job_id) if steady else ""
+            self._release(keys=[self.key(lease.job_id), self.keys.holders, streak],
                           args=[lease.token, lease.job_id])
         except redis.RedisError:
             log.warning("could not release lease of %s; it expires by itself", lease.job_id)

@@ -73,11 +73,9 @@ def crashed(ctx: WorkerContext, job_id: str, exc: Exception) -> Outcome:
     ``step_crashed`` with the error on its record (visible, terminal) instead of looping."""
     later = Outcome(False, backoff_delay(3, base_s=1.0, max_s=30.0))
     try:
-        key = ctx.store.keys.step_crashes(job_id)
-        pipe = ctx.redis.pipeline(transaction=False)
-        pipe.incr(key)
-        pipe.expire(key, 24 * 3600)
-        count = int(pipe.execute()[0])
+        count = ctx.store.count_crash(job_id)
+        if count is None:  # the record is gone: nothing left to run
+            return Outcome(True)
         if count < ctx.settings.max_step_crashes:
             return later
         error = StepCrashed(f"a step of this job crashed {count} times in a row; last: "
@@ -92,7 +90,7 @@ def crashed(ctx: WorkerContext, job_id: str, exc: Exception) -> Outcome:
             return True
 
         rec = ctx.store.update(job_id, failed)
-        ctx.redis.delete(key)
+        ctx.store.end_crash_streak(job_id)
         if rec.state == "failed":
             ctx.admission.release(rec)
             ctx.notify_finished(rec)

@@ -92,6 +92,7 @@ class JobStore:
         self._create = register(client, "job.create")
         self._save = register(client, "job.save")
         self._save_result = register(client, "job.save_result")
+        self._crashed = register(client, "job.crashed")
         self._index_owned = register(client, "job.index_owned")
         self._forget_tenant_if_empty = register(client, "job.forget_tenant")
         self._forget = register(client, "job.forget_unpublished")
@@ -184,13 +185,15 @@ class JobStore:
         return self.record_of(job_id, self.r.hmget(self.job_key(job_id), "doc", "version", "input"))
 
     def get_queued(self, pipe: redis.client.Pipeline, job_id: str) -> None:
-        """Queue :meth:`get`'s read on ``pipe``; :meth:`record_of` turns its reply into the record
-        (a worker step reads the record with its other first reads in one round trip)."""
-        pipe.hmget(self.job_key(job_id), "doc", "version", "input")
+        """Queue :meth:`get`'s read on ``pipe``, with the job's streak of crashed steps;
+        :meth:`record_of` and :func:`crash_streak` read the reply (a worker step reads the
+        record with its other first reads in one round trip)."""
+        pipe.hmget(self.job_key(job_id), "doc", "version", "input", "crashes")
 
     def record_of(self, job_id: str, row: list[Any]) -> JobRecord:
-        """The record from a :meth:`get_queued` reply; :class:`JobNotFound` if gone or corrupt."""
-        doc, version, inp = row
+        """The record from a :meth:`get` or :meth:`get_queued` reply; :class:`JobNotFound` if
+        gone or corrupt."""
+        doc, version, inp = row[:3]
         if doc is None:
             raise JobNotFound(f"no job with id {job_id!r} (never enqueued, or its record expired)")
         try:
@@ -288,6 +291,16 @@ class JobStore:
         a result that save could not carry (the record turned terminal meanwhile)."""
         if not self._save_result(keys=[self.job_key(job_id)], args=[raw]):
             raise JobNotFound(f"job {job_id} was deleted while it ran")
+
+    def count_crash(self, job_id: str) -> int | None:
+        """One more step of the job crashed in a row: the streak now (None: the record is gone).
+        The streak is the record's ``crashes`` field; a step that runs to its end clears it
+        (:meth:`falq.workers.lease.LeaseKeeper.release`)."""
+        n = int(self._crashed(keys=[self.job_key(job_id)]))
+        return None if n < 0 else n
+
+    def end_crash_streak(self, job_id: str) -> None:
+        self.r.hdel(self.job_key(job_id), "crashes")
 
     def load_result(self, job_id: str) -> bytes | None:
         raw = self.r.hget(self.job_key(job_id), "result")
@@ -565,6 +578,15 @@ class JobStore:
                   k.created_tenant(owner), k.batch(batch) if batch else "",
                   k.batch_jobs(batch) if batch else ""],
             args=[job_id, self._state_tpl]))
+
+
+def crash_streak(row: list[Any]) -> int:
+    """The job's streak of crashed steps from a :meth:`JobStore.get_queued` reply (0: none)."""
+    raw = row[3] if len(row) > 3 else None
+    try:
+        return int(raw) if raw is not None else 0
+    except ValueError:
+        return 0
 
 
 def record_from(doc: bytes, version: bytes | str | int | None, inp: bytes | None) -> JobRecord:

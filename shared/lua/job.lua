@@ -1,6 +1,7 @@
 -- job: a job's record and what is stored with it: the state and creation indexes, the idempotency
 -- key, batch counts, the fair-dispatch ready entry and the end-of-job event.
--- Owner: JobStore; operations: create, save, save_result, restore, forget_unpublished, index_owned, forget_tenant.
+-- Owner: JobStore; operations: create, save, save_result, crashed, restore, forget_unpublished, index_owned,
+-- forget_tenant.
 --
 -- ARGV[1] names the operation; the operation's own ARGV follow it (ARGV below counts from
 -- there). Each operation is a function below, headed by what it reads and writes.
@@ -168,6 +169,19 @@ function ops.save_result()
   if redis.call('EXISTS', job_key) == 0 then return 0 end
   redis.call('HSET', job_key, 'result', result)
   return 1
+end
+
+-- crashed: one more step of the job crashed in a row; the streak is the record's `crashes`
+-- field, counted only while the record exists (no partial record, and it goes with the record).
+-- A step that runs to its end clears it (lease.release). Caller: JobStore.count_crash.
+--
+-- KEYS[1] job  {p}:job:{id}  hash, field 'crashes' incremented
+-- ARGV: none
+-- Returns the streak, or -1 when the record is gone.
+function ops.crashed()
+  local job_key = KEYS[1]
+  if redis.call('EXISTS', job_key) == 0 then return -1 end
+  return redis.call('HINCRBY', job_key, 'crashes', 1)
 end
 
 -- restore: an archived record written back unchanged, only if Redis holds none

@@ -449,3 +449,21 @@ def test_a_finished_split_record_takes_no_more_memory_than_a_whole_one(store: Jo
         r.hset(key, "doc", finished.model_dump_json())  # the same record as an older release stored it
         whole += int(r.memory_usage(key) or 0)
     assert 0 < split <= whole, (split / 50, whole / 50)
+
+
+def test_the_crash_streak_lives_on_the_record_and_never_makes_one(store: JobStore, r: redis.Redis) -> None:
+    """A crashed step counts on the record (read with it by a step's first round trip); the
+    count of a job whose record is gone writes nothing (no partial record without a TTL)."""
+    from falq.shared.jobs.store import crash_streak
+
+    rec, _ = store.create(_rec())
+    assert store.count_crash(rec.id) == 1 and store.count_crash(rec.id) == 2
+    pipe = r.pipeline(transaction=False)
+    store.get_queued(pipe, rec.id)
+    (row,) = pipe.execute()
+    assert store.record_of(rec.id, row).id == rec.id and crash_streak(row) == 2
+    store.end_crash_streak(rec.id)
+    pipe = r.pipeline(transaction=False)
+    store.get_queued(pipe, rec.id)
+    assert crash_streak(pipe.execute()[0]) == 0
+    assert store.count_crash("gone") is None and not r.exists(store.job_key("gone"))

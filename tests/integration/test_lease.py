@@ -248,13 +248,14 @@ def test_a_release_after_a_step_that_ran_to_its_end_ends_the_crash_streak(
     one, _ = keepers
     r = clients[0]
     job = _job()
-    streak = one.keys.step_crashes(job)
-    r.set(streak, 2, ex=3600)  # two crashed steps in a row
+    record = one.keys.job(job)
+    r.hset(record, mapping={"doc": "{}", "crashes": 2})  # two crashed steps in a row
     lease = one.acquire(job)
     assert lease is not None
     one.release(lease)  # the step crashed (falq.workers.tasks.crashed counts it): the streak goes on
-    assert r.get(streak) == b"2"
+    assert r.hget(record, "crashes") == b"2"
     lease = one.acquire(job)
     assert lease is not None
     one.release(lease, steady=True)  # the step ran to its end: the streak is over, in the same call
-    assert r.get(streak) is None and r.get(one.key(job)) is None
+    assert r.hget(record, "crashes") is None and r.get(one.key(job)) is None
+    assert r.hget(record, "doc") == b"{}"  # only the streak goes

@@ -22,6 +22,7 @@ import logging
 
 from falq.shared.errors import JobNotFound
 from falq.shared.jobs.records import AT_FAL
+from falq.shared.jobs.store import crash_streak
 from falq.workers.context import WorkerContext
 from falq.workers.maintenance.reach import NEEDS
 from falq.workers.maintenance.reaper import mark_seen
@@ -80,10 +81,12 @@ class Runner:
             # Another live delivery works on it. Come back later as a watchdog, so the job
             # still has a message if that worker dies after its own message was requeued.
             return Outcome(False, delay=self.s.lease_ttl_s)
-        steady = False  # a step that raises crashed: its streak goes on (falq.workers.tasks.crashed)
+        # A step that raises crashed: its streak goes on (falq.workers.tasks.crashed); one that
+        # returns ends the streak the record holds, if any.
+        steady = False
         try:
             outcome = _Step(self.ctx, rec, lease, cancel_asked=bool(cancel)).run()
-            steady = True
+            steady = crash_streak(row) > 0
             return outcome
         except JobNotFound:
             log.warning("job %s was deleted while it ran; stopping", job_id)
