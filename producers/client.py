@@ -45,7 +45,7 @@ from falq.shared.jobs.store import JobStore
 from falq.shared.redisconn import redis_client as make_redis
 from falq.shared.settings import Settings, get_settings
 from falq.shared.spend.pricing import Pricing
-from falq.shared.tenants.store import NAME_RULE, Tenant, TenantStore, valid_name
+from falq.shared.tenants.store import NAME_RULE, Tenant, TenantStore, folder_of, valid_name
 
 if TYPE_CHECKING:
     from falq.shared.catalogue.store import Catalogue
@@ -334,6 +334,7 @@ class Falq:
             endpoint=req.endpoint, input=req.input, lane=req.lane, metadata=dict(metadata or {}),
             callback_url=req.callback_url, cost_estimate=quote.cost(n), unit_price=quote.unit_price,
             price_source=quote.source, tenant=tenant, batch_id=req.batch_id, priority=priority,
+            folder=folder_of(owner, tenant),
         )
         parents = parents_of(req.input)
         if parents:  # a chained job waits for its parents (falq.shared.batches.chains)

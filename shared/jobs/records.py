@@ -214,6 +214,10 @@ class JobRecord(BaseModel):
 
     #: The tenant that owns the job (falq.shared.tenants.store); ``default`` when none was named.
     tenant: str = "default"
+    #: The tenant's S3 folder as the producer saw it when it made the job (``s3_prefix_of``), so
+    #: every run of the job writes the same keys; None on a record an older producer made (the
+    #: worker reads the tenant's then).
+    folder: str | None = None
     #: The batch the job belongs to (every ``falq bulk`` run and ``POST /v1/batches``), if any.
     batch_id: str | None = None
     #: Jobs whose outputs this job's input references (``falq:JOB_ID#N``): it waits until they completed.

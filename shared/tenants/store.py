@@ -120,13 +120,18 @@ def dumps(tenants: list[Tenant]) -> str:
 
 
 def s3_prefix_of(store: TenantStore, tenant: str) -> str:
-    """The folder a tenant's images go to under ``FALQ_S3_PREFIX`` ("" keeps the old layout).
+    """The folder a tenant's images go to under ``FALQ_S3_PREFIX`` ("" keeps the old layout),
+    read now (:func:`folder_of` the tenant as stored)."""
+    return folder_of(store.get(tenant), tenant)
+
+
+def folder_of(found: Tenant | None, tenant: str) -> str:
+    """The folder of ``tenant`` given its settings ``found`` (None: no such tenant, or removed).
 
     ``default`` keeps the layout falq always had (no extra folder) unless someone gave it an
     ``s3_prefix``; every other tenant gets its ``s3_prefix`` (default: its name). A tenant
     removed while its job ran still gets its name, so its images never land among another's.
     """
-    found = store.get(tenant)
     if tenant == DEFAULT_TENANT:
         return found.s3_prefix if found is not None else ""
     return found.prefix if found is not None else tenant

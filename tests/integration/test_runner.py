@@ -602,3 +602,24 @@ def test_a_request_id_a_redis_restart_lost_is_written_back_by_the_step_that_foll
     assert len(sent) == 1, [s["request_id"] for s in sent]
     assert done.attempts == 1 and not done.errors, done.errors
     assert [s.request_id for s in done.submissions] == [sent[0]["request_id"]] == [done.request_id]
+
+
+@pytest.mark.timeout(60)
+def test_images_go_to_the_folder_on_the_record_and_an_older_record_reads_its_tenants(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    """The producer writes the tenant's S3 folder on the record, so every run of the job writes
+    the same keys whatever the tenant's settings say later (no Redis read for it in the mirror);
+    a record an older producer made (no folder) gets the tenant's folder as stored now."""
+    from falq.shared.tenants.store import Tenant, TenantStore
+
+    TenantStore(ctx.store.r, prefix=ctx.settings.key_prefix).put(Tenant(name="acme", s3_prefix="acme/renders"))
+    made_then, _ = ctx.store.create(JobRecord.new(endpoint=ENDPOINT, input={"prompt": "a kite"}, tenant="acme",
+                                                  folder="acme/then", cost_estimate=0.035))
+    older, _ = ctx.store.create(JobRecord.new(endpoint=ENDPOINT, input={"prompt": "a boat"}, tenant="acme",
+                                              cost_estimate=0.035))
+    done_then, _ = drive(runner, made_then.id)
+    done_older, _ = drive(runner, older.id)
+    assert done_then.state == done_older.state == "completed"
+    assert "/acme/then/" in done_then.outputs[0].key
+    assert "/acme/renders/" in done_older.outputs[0].key
+    assert_mirrored(ctx, done_then, emulator)

@@ -246,6 +246,10 @@ def test_jobs_get_the_keys_tenant_and_its_endpoints(env: Env) -> None:
     made = env.call("POST", f"/{T2I}", env.keys["submit"], json={"prompt": "x"})
     assert made.status_code == 200
     assert env.shop.store.get(made.json()["request_id"]).tenant == "shop"
+    # each record carries its own tenant's S3 folder, as the producer saw the tenant
+    assert env.shop.store.get(made.json()["request_id"]).folder == "shop"
+    assert env.other.generate("mine").record().folder == "other"
+    assert Falq(env.settings).generate("the default's").record().folder == ""
     # a read-only key cannot create jobs, a submit-only key cannot read them
     assert env.call("POST", f"/{T2I}", env.keys["read"], json={"prompt": "x"}).status_code == 403
     assert env.call("GET", "/v1/jobs", env.keys["submit"]).status_code == 403

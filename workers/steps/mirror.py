@@ -52,7 +52,8 @@ def mirror_outputs_for(ctx: WorkerContext, rec: JobRecord, *, first_try: bool = 
         raise FalBadAnswer("fal's result has no images")
     ctx.ensure_bucket()
     fmt = rec.input.get("output_format", "png")
-    folder = s3_prefix_of(TenantStore(ctx.store.r, prefix=ctx.settings.key_prefix), rec.tenant)
+    folder = rec.folder if rec.folder is not None else s3_prefix_of(
+        TenantStore(ctx.store.r, prefix=ctx.settings.key_prefix), rec.tenant)
     stored = []
     for index, image in enumerate(output.images):
         key = ctx.storage.key_base(rec.endpoint, rec.id, rec.created_at, index, folder)
