@@ -489,7 +489,7 @@ class Falq:
             if self._kept_output(self.store.get(job_id)):
                 rec = self.store.update(job_id, again)
                 if kept["last"] == "saved":
-                    self.redis.delete(self.store.cancel_key(job_id))
+                    self.store.clear_cancel(job_id)
                     publish(self.app, self.settings, rec.id, lane=rec.lane, endpoint=rec.endpoint, tenant=rec.tenant)
                 out.append(rec)
                 continue
@@ -499,7 +499,7 @@ class Falq:
                 continue
             rec = self.store.update(job_id, again)
             if applied["last"]:
-                self.redis.delete(self.store.cancel_key(job_id))
+                self.store.clear_cancel(job_id)
                 self.fair.make_ready(rec, self.app)  # its ready set, or published at once without fair dispatch
                 self.chains.reopen_children(rec.id)  # the children it failed wait for it again
             out.append(rec)

@@ -9,7 +9,8 @@ key                             type    what
                                         holds it in ``doc``),
                                         ``published``, ``result`` (fal's output until mirrored),
                                         ``crashes`` (steps that crashed in a row, until one runs
-                                        to its end; ``FALQ_MAX_STEP_CRASHES`` of them fail the job);
+                                        to its end; ``FALQ_MAX_STEP_CRASHES`` of them fail the job),
+                                        ``cancel`` (someone asked to cancel the job);
                                         with a callback: ``cb_version`` (the version that saved
                                         the terminal state), ``cb_tries``, ``cb_since``
 ``{p}:state:{state}``           zset    job ids in that state, by last update
@@ -26,7 +27,8 @@ key                             type    what
 ``{p}:idem:{key}``              string  idempotency key -> job id (tenant ``default``)
 ``{p}:idem@{tenant}:{key}``     string  idempotency key -> job id of any other tenant (keys of
                                         two tenants never collide; ``default``'s stay as before)
-``{p}:cancel:{id}``             string  a producer asked to cancel the job
+``{p}:cancel:{id}``             string  (read only, until the release after) a cancel asked by a
+                                        producer of the release before the record's ``cancel`` field
 ``{p}:lease:{id}``              string  the worker step holding the job (``host:pid:token``), TTL
 ``{p}:seen:{id}``               string  a delivery of the job ran recently (the reaper's sign of life)
 ``{p}:holders``                 zset    jobs whose lease a worker holds, by when the lease runs out

@@ -45,6 +45,7 @@ OWNERS: dict[str, str] = {
     "job.save": "falq.shared.jobs.store.JobStore.save",
     "job.save_result": "falq.shared.jobs.store.JobStore.save_result",
     "job.crashed": "falq.shared.jobs.store.JobStore.count_crash",
+    "job.cancel": "falq.shared.jobs.store.JobStore.request_cancel",
     "job.index_owned": "falq.shared.jobs.store.JobStore._index_rows",
     "job.forget_tenant": "falq.shared.jobs.store.JobStore.prune_tenant_indexes",
     "job.restore": "falq.shared.jobs.store.JobStore.restore",

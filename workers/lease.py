@@ -237,8 +237,10 @@ class LeaseKeeper:
             self._renew(keys=[*(self.key(j) for j in chunk), self.keys.holders],
                         args=[self.ttl_ms, *[held[j] for j in chunk], *chunk], client=pipe)
         for j in ids:
+            # The record (gone: deleted) with its cancel field; and the cancel key a producer of
+            # the release before wrote (read here only, until that release is gone).
+            pipe.hmget(self.keys.job(j), "state", "cancel")
             pipe.exists(self.keys.cancel(j))
-            pipe.exists(self.keys.job(j))
         results = pipe.execute()
         renewed = [bool(x) for chunk in results[:-2 * len(ids)] for x in chunk]
         flags = results[-2 * len(ids):]
@@ -253,9 +255,10 @@ class LeaseKeeper:
                     self._held.pop(j, None)
                     self._renewed.pop(j, None)
             for i, j in enumerate(ids):
-                if flags[2 * i]:
+                (state, cancel), legacy_cancel = flags[2 * i], flags[2 * i + 1]
+                if cancel is not None or legacy_cancel:
                     self._cancelled.add(j)
-                if not flags[2 * i + 1]:
+                if state is None:
                     self._deleted.add(j)
 
     def stop(self, timeout_s: float = 2.0) -> None:

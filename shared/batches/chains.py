@@ -392,7 +392,7 @@ class Chains:
         after = self.store.update(job_id, change)
         if after.state != "waiting":
             return False
-        self.r.delete(self.store.cancel_key(job_id))
+        self.store.clear_cancel(job_id)
         self.r.hset(self.store.job_key(job_id), "published", "0")
         self.link(job_id, after.parents)
         return True

@@ -93,6 +93,7 @@ class JobStore:
         self._save = register(client, "job.save")
         self._save_result = register(client, "job.save_result")
         self._crashed = register(client, "job.crashed")
+        self._cancel = register(client, "job.cancel")
         self._index_owned = register(client, "job.index_owned")
         self._forget_tenant_if_empty = register(client, "job.forget_tenant")
         self._forget = register(client, "job.forget_unpublished")
@@ -185,10 +186,10 @@ class JobStore:
         return self.record_of(job_id, self.r.hmget(self.job_key(job_id), "doc", "version", "input"))
 
     def get_queued(self, pipe: redis.client.Pipeline, job_id: str) -> None:
-        """Queue :meth:`get`'s read on ``pipe``, with the job's streak of crashed steps;
-        :meth:`record_of` and :func:`crash_streak` read the reply (a worker step reads the
-        record with its other first reads in one round trip)."""
-        pipe.hmget(self.job_key(job_id), "doc", "version", "input", "crashes")
+        """Queue :meth:`get`'s read on ``pipe``, with the job's streak of crashed steps and its
+        cancel request; :meth:`record_of`, :func:`crash_streak` and :func:`cancel_asked` read the
+        reply (a worker step reads the record with its other first reads in one round trip)."""
+        pipe.hmget(self.job_key(job_id), "doc", "version", "input", "crashes", "cancel")
 
     def record_of(self, job_id: str, row: list[Any]) -> JobRecord:
         """The record from a :meth:`get` or :meth:`get_queued` reply; :class:`JobNotFound` if
@@ -307,10 +308,20 @@ class JobStore:
         return bytes(raw) if raw is not None else None
 
     def request_cancel(self, job_id: str) -> None:
-        self.r.set(self.cancel_key(job_id), b"1", ex=max(self.ttl_s, 3600))
+        """Mark the job's record as asked to cancel (the ``cancel`` field; nothing when the
+        record is gone). Read by a step's first round trip and the lease keeper's renewals."""
+        self._cancel(keys=[self.job_key(job_id)])
 
     def cancel_requested(self, job_id: str) -> bool:
-        return bool(self.r.exists(self.cancel_key(job_id)))
+        return bool(self.r.hexists(self.job_key(job_id), "cancel"))
+
+    def clear_cancel(self, job_id: str) -> None:
+        """The job runs again (a retry, a chained job reopened): an earlier cancel no longer
+        applies. Also drops the cancel key a producer of an older release wrote."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hdel(self.job_key(job_id), "cancel")
+        pipe.delete(self.cancel_key(job_id))
+        pipe.execute()
 
     # --- list ----------------------------------------------------------------------------------
     def ids_in_state(self, state: str, *, limit: int = 100, since: float | None = None) -> list[str]:
@@ -578,6 +589,11 @@ class JobStore:
                   k.created_tenant(owner), k.batch(batch) if batch else "",
                   k.batch_jobs(batch) if batch else ""],
             args=[job_id, self._state_tpl]))
+
+
+def cancel_asked(row: list[Any]) -> bool:
+    """Whether a :meth:`JobStore.get_queued` reply shows a cancel request on the record."""
+    return len(row) > 4 and row[4] is not None
 
 
 def crash_streak(row: list[Any]) -> int:

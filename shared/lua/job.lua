@@ -1,7 +1,7 @@
 -- job: a job's record and what is stored with it: the state and creation indexes, the idempotency
 -- key, batch counts, the fair-dispatch ready entry and the end-of-job event.
--- Owner: JobStore; operations: create, save, save_result, crashed, restore, forget_unpublished, index_owned,
--- forget_tenant.
+-- Owner: JobStore; operations: create, save, save_result, crashed, cancel, restore, forget_unpublished,
+-- index_owned, forget_tenant.
 --
 -- ARGV[1] names the operation; the operation's own ARGV follow it (ARGV below counts from
 -- there). Each operation is a function below, headed by what it reads and writes.
@@ -182,6 +182,20 @@ function ops.crashed()
   local job_key = KEYS[1]
   if redis.call('EXISTS', job_key) == 0 then return -1 end
   return redis.call('HINCRBY', job_key, 'crashes', 1)
+end
+
+-- cancel: someone asked to cancel the job: the record's `cancel` field, set only while the
+-- record exists (read with the record by a step's first round trip and by the lease keeper's
+-- renewals). Cleared when the job runs again (JobStore.clear_cancel). Caller: JobStore.request_cancel.
+--
+-- KEYS[1] job  {p}:job:{id}  hash, field 'cancel' written
+-- ARGV: none
+-- Returns 1 asked, 0 the record is gone.
+function ops.cancel()
+  local job_key = KEYS[1]
+  if redis.call('EXISTS', job_key) == 0 then return 0 end
+  redis.call('HSET', job_key, 'cancel', '1')
+  return 1
 end
 
 -- restore: an archived record written back unchanged, only if Redis holds none

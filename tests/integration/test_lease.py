@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from falq.shared.jobs.store import JobStore
 from falq.workers.lease import LeaseKeeper
 
 TTL_S = 0.6
@@ -159,17 +160,19 @@ def test_renewal_reports_cancel_requests_and_deleted_records(
         keepers: tuple[LeaseKeeper, LeaseKeeper], clients: tuple[redis.Redis, redis.Redis]) -> None:
     one, _ = keepers
     r = clients[0]
-    cancelled, deleted, untouched = _job(), _job(), _job()
-    for job in (cancelled, deleted, untouched):
+    cancelled, cancelled_before, deleted, untouched = _job(), _job(), _job(), _job()
+    for job in (cancelled, cancelled_before, deleted, untouched):
         r.hset(f"{PREFIX}:job:{job}", "state", "in_queue")
         assert one.acquire(job) is not None
-    r.set(f"{PREFIX}:cancel:{cancelled}", b"1")
+    JobStore(r, prefix=PREFIX).request_cancel(cancelled)  # the record's cancel field
+    r.set(f"{PREFIX}:cancel:{cancelled_before}", b"1")  # as a producer of the release before asked
     r.delete(f"{PREFIX}:job:{deleted}")
     assert not one.cancel_seen(cancelled)  # cancel_seen never asks Redis itself
 
     one.renew_now()
 
     assert one.cancel_seen(cancelled) and not one.deleted_seen(cancelled)
+    assert one.cancel_seen(cancelled_before) and not one.deleted_seen(cancelled_before)
     assert one.deleted_seen(deleted) and not one.cancel_seen(deleted)
     assert not one.cancel_seen(untouched) and not one.deleted_seen(untouched)
 

@@ -22,7 +22,7 @@ import logging
 
 from falq.shared.errors import JobNotFound
 from falq.shared.jobs.records import AT_FAL
-from falq.shared.jobs.store import crash_streak
+from falq.shared.jobs.store import cancel_asked, crash_streak
 from falq.workers.context import WorkerContext
 from falq.workers.maintenance.reach import NEEDS
 from falq.workers.maintenance.reaper import mark_seen
@@ -52,17 +52,17 @@ class Runner:
             # A message no producer of falq writes (its id is a string): drop it, never crash on it.
             log.warning("dropping a message whose job id is a %s, not a job id", type(job_id).__name__)
             return DONE
-        # One round trip: the lease, then (so read under it) the record, a cancel asked for, and
-        # a sign of life for workers.reaper. A delivery that will not run (no record, a finished
-        # job, a host cut off) gives the lease back: rare, against a round trip every step.
+        # One round trip: the lease, then (so read under it) the record with a cancel asked for
+        # and its crash streak, and a sign of life for workers.reaper. A delivery that will not
+        # run (no record, a finished job, a host cut off) gives the lease back: rare, against a
+        # round trip every step.
         leases = self.ctx.leases
         pipe = self.ctx.redis.pipeline(transaction=False)
         token = leases.acquire_queued(pipe, job_id)
         self.ctx.store.get_queued(pipe, job_id)
-        pipe.exists(self.ctx.store.cancel_key(job_id))
         mark_seen(pipe, self.s, job_id)
-        got, row, cancel, seen = pipe.execute(raise_on_error=False)
-        for reply in (row, cancel, seen):
+        got, row, seen = pipe.execute(raise_on_error=False)
+        for reply in (row, seen):
             if isinstance(reply, Exception):
                 raise reply
         lease = leases.acquired(job_id, token, got)
@@ -85,7 +85,7 @@ class Runner:
         # returns ends the streak the record holds, if any.
         steady = False
         try:
-            outcome = _Step(self.ctx, rec, lease, cancel_asked=bool(cancel)).run()
+            outcome = _Step(self.ctx, rec, lease, cancel_asked=cancel_asked(row)).run()
             steady = crash_streak(row) > 0
             return outcome
         except JobNotFound:
