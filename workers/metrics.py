@@ -43,6 +43,9 @@ log = logging.getLogger("falq.metrics")
 FLUSH_S = 1.0
 """Longest time a count waits in process memory before it is written to Redis."""
 
+SPEND_DAY_TTL_S = 40 * 86400
+"""How long a day's recorded spend (``{p}:metrics:spend:{day}``) is kept after its first spend."""
+
 
 class _Sums:
     """A pipeline stand-in that adds up ``HINCRBY``/``HINCRBYFLOAT``/``EXPIRE`` calls, so the
@@ -74,6 +77,14 @@ class _Sums:
             pipe.expire(key, seconds)
 
 
+def _made_by(reply: Any, amount: float) -> bool:
+    """Whether an ``INCRBYFLOAT`` of ``amount`` answered ``reply`` on a key it created."""
+    try:
+        return abs(float(reply) - amount) < 1e-9
+    except (TypeError, ValueError):
+        return True  # unsure: setting the expiry again costs one command
+
+
 class MetricsMiddleware(Middleware):
     """Writes falq's metrics to Redis; hooks never raise (a metric must not break a job).
 
@@ -93,6 +104,8 @@ class MetricsMiddleware(Middleware):
         self._lock = threading.Lock()
         self._sums = _Sums()
         self._flushed = time.monotonic()
+        #: day spend keys whose expiry Redis refused (set again with the next spend)
+        self._unexpired: set[str] = set()
 
     def after_transition(self, rec: JobRecord, old: str, new: str) -> None:
         now = rec.timestamps.get(new, time.time())
@@ -102,8 +115,11 @@ class MetricsMiddleware(Middleware):
             pipe.hincrbyfloat(self.counters, f"tenant_spend|{rec.tenant}", rec.cost)
             day = spend_key(self.prefix, utc_day(now))
             pipe.incrbyfloat(day, rec.cost)
-            pipe.expire(day, 40 * 86400)
-            self._run(pipe)
+            replies = self._run(pipe)
+            if replies is not None and (_made_by(replies[-1], rec.cost) or day in self._unexpired):
+                # The day's first spend made the key: its expiry, once (as the limiter's day keys;
+                # an expiry Redis refused is tried again with this process's next spend).
+                self._expire(day, SPEND_DAY_TTL_S)
         with self._lock:
             sums = self._sums
             sums.hincrby(self.counters, f"transition|{old}|{new}", 1)
@@ -148,7 +164,7 @@ class MetricsMiddleware(Middleware):
             return
         pipe = self.r.pipeline(transaction=True)  # all or nothing, so a failed flush can be folded back
         sums.write_to(pipe)
-        if not self._run(pipe):
+        if self._run(pipe) is None:
             with self._lock:  # fold back in: counts are only ever added
                 for (key, field), n in sums.ints.items():
                     self._sums.hincrby(key, field, n)
@@ -160,10 +176,18 @@ class MetricsMiddleware(Middleware):
         if time.monotonic() - self._flushed >= FLUSH_S:
             self.flush()
 
-    def _run(self, pipe: redis.client.Pipeline) -> bool:  # type: ignore[type-arg]
+    def _run(self, pipe: redis.client.Pipeline) -> list[Any] | None:  # type: ignore[type-arg]
+        """The pipeline's replies; None when Redis refused it (logged)."""
         try:
-            pipe.execute()
-            return True
+            return list(pipe.execute())
         except redis.RedisError as exc:  # metrics are best effort; the job record is the truth
             log.warning("could not record metrics (%s)", type(exc).__name__)
-            return False
+            return None
+
+    def _expire(self, key: str, seconds: int) -> None:
+        try:
+            self.r.expire(key, seconds)
+            self._unexpired.discard(key)
+        except redis.RedisError as exc:
+            self._unexpired.add(key)
+            log.warning("could not set the expiry of %s (%s)", key, type(exc).__name__)

@@ -563,6 +563,21 @@ def test_a_jobs_spend_metric_is_written_when_fal_bills_it_not_with_the_summed_co
     assert f"finished|completed|{ENDPOINT}".encode() not in counters  # still summed in memory
 
 
+@pytest.mark.timeout(60)
+def test_the_days_spend_key_gets_its_expiry_with_the_days_first_spend_only(
+        ctx: WorkerContext, runner: Runner) -> None:
+    from falq.shared.metrics import spend_key, utc_day
+
+    day = spend_key(ctx.settings.key_prefix, utc_day(time.time()))
+    first, _ = drive(runner, new_job(ctx, "the day's first spend").id)
+    assert first.state == "completed" and first.cost > 0
+    assert 39 * 86400 < ctx.redis.ttl(day) <= 40 * 86400  # set by the spend that made the key
+    ctx.redis.expire(day, 1000)
+    more = [drive(runner, new_job(ctx, f"spend {i}").id)[0] for i in range(2)]
+    assert float(ctx.redis.get(day) or 0) == pytest.approx(first.cost + sum(d.cost for d in more))
+    assert 0 < ctx.redis.ttl(day) <= 1000  # later spends of the day leave the expiry alone
+
+
 @pytest.mark.parametrize(("lose_lease", "keeper_first"), [(False, False), (True, False), (True, True)],
                          ids=["record", "record-and-lease-save-first", "record-and-lease-renewal-first"])
 def test_a_request_id_a_redis_restart_lost_is_written_back_by_the_step_that_follows_it(
