@@ -27,9 +27,10 @@ Example::
 
 from __future__ import annotations
 
+import select
 import time
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -39,6 +40,25 @@ import httpx
 __all__ = ["Budget", "bounded", "install"]
 
 _current: ContextVar[Budget | None] = ContextVar("falq_http_budget", default=None)
+
+
+def _unpatched_poll() -> Callable[[], typing.Any]:
+    """The C library's ``select.poll``, even when gevent has patched the module.
+
+    httpcore asks whether every idle pooled socket is readable on each pool operation (a
+    server's close shows as readable). gevent's patched ``poll`` turns each zero-timeout
+    check into a watcher and a hub switch, about 12x the cost of the system call (14 us
+    against 1.2 us here); a zero-timeout poll never blocks, so the original is safe in a
+    greenlet.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency of the worker
+        return select.poll
+    return typing.cast(Callable[[], typing.Any], monkey.get_original("select", "poll"))
+
+
+_poll = _unpatched_poll()
 
 
 class Budget:
@@ -105,7 +125,21 @@ class _Stream(httpcore.NetworkStream):
         return _Stream(self._inner.start_tls(ssl_context, server_hostname, _clamp(timeout, httpcore.ConnectTimeout)))
 
     def get_extra_info(self, info: str) -> typing.Any:
+        if info == "is_readable":
+            sock = self._inner.get_extra_info("socket")
+            if sock is not None:
+                return _readable(sock)
         return self._inner.get_extra_info(info)
+
+
+def _readable(sock: typing.Any) -> bool:
+    """httpcore's ``is_socket_readable`` with :data:`_poll` (a closed socket reads as readable)."""
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    p = _poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 class _Backend(httpcore.NetworkBackend):

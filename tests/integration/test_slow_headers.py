@@ -209,3 +209,45 @@ def test_budget_does_not_touch_calls_outside_it(trickler: Trickler) -> None:
     with deadline.install(httpx.Client(timeout=httpx.Timeout(5.0, read=0.2))) as http, \
             pytest.raises(httpx.ReadTimeout):
         http.get(trickler.url)  # 0.5 s between bytes > 0.2 s read timeout
+
+
+def test_pooled_connection_closed_by_the_server_is_not_reused() -> None:
+    """The wrapper answers httpcore's "is this idle socket readable" itself (without gevent's
+    patched poll): a keep-alive connection the server closed while idle must still be seen as
+    closed, or the next request would go out on it and fail as "disconnected without a
+    response" (which on a submit is an uncertain outcome)."""
+    from falq.shared import deadline
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _ = srv.accept()
+            accepted.append(conn)
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+            time.sleep(0.1)
+            conn.close()  # the server drops the idle keep-alive connection
+
+    threading.Thread(target=serve, daemon=True).start()
+    with deadline.install(httpx.Client(timeout=5.0)) as http:
+        assert http.get(f"http://127.0.0.1:{port}/").text == "ok"
+        time.sleep(0.5)
+        assert http.get(f"http://127.0.0.1:{port}/").text == "ok"
+    srv.close()
+    assert len(accepted) == 2  # the second request opened a new connection
+
+
+def test_readable_check_sees_data_and_close() -> None:
+    from httpcore._backends.sync import SyncStream
+
+    from falq.shared import deadline
+
+    a, b = socket.socketpair()
+    stream = deadline._Stream(SyncStream(a))
+    assert stream.get_extra_info("is_readable") is False
+    b.close()
+    assert stream.get_extra_info("is_readable") is True
+    a.close()
