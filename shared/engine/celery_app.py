@@ -53,6 +53,14 @@ def make_app(settings: Settings | None = None) -> Celery:
         # A worker killed while holding the restore mutex must not block restores for
         # kombu's default 5 minutes.
         "unacked_mutex_expire": 30,
+        # The channel's Redis connections. kombu's default is 10 and its pool does not wait:
+        # the 11th greenlet to ack at once gets MaxConnectionsError, which Celery takes for a
+        # lost broker connection, cancelling every running step of the worker (their jobs
+        # wait for the visibility timeout). Each running step acks or publishes over at most
+        # one connection at a time, so the worker's concurrency plus the consumer's own
+        # (BRPOP, the restore sweep, heartbeats) can never run out: the size of falq's own
+        # pool (falq.workers.context). Connections open only when used at once.
+        "max_connections": s.worker_concurrency + 64,
         # Sentinel: which master to ask the sentinels for (and their own credentials).
         **sentinel_options,
     }
