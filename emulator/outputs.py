@@ -100,6 +100,10 @@ class OutputMaker:
         if stored.data is not None:
             return stored.data, stored.content_type
         assert stored.spec is not None
-        loop = asyncio.get_running_loop()
-        data = await loop.run_in_executor(self.executor, self.renderer.render, stored.spec)
+        # A rendered image is served at once, as fal's CDN serves a finished file: through the
+        # render pool it would wait behind the renders of other requests completing meanwhile.
+        data = self.renderer.cached(stored.spec)
+        if data is None:
+            loop = asyncio.get_running_loop()
+            data = await loop.run_in_executor(self.executor, self.renderer.render, stored.spec)
         return data, stored.content_type

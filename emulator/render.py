@@ -223,13 +223,19 @@ class Renderer:
         self.hits = 0
         self.misses = 0
 
-    def render(self, spec: RenderSpec) -> bytes:
+    def cached(self, spec: RenderSpec) -> bytes | None:
+        """The rendered bytes if the cache holds them (cheap: callable on the event loop)."""
         with self._lock:
             data = self._cache.get(spec)
             if data is not None:
                 self._cache.move_to_end(spec)
                 self.hits += 1
-                return data
+            return data
+
+    def render(self, spec: RenderSpec) -> bytes:
+        data = self.cached(spec)
+        if data is not None:
+            return data
         data = encode(_render_image(spec), spec.fmt, spec.textured)
         with self._lock:
             self.misses += 1
