@@ -66,6 +66,10 @@ class Conflict(Exception):
     """Someone else saved the record since it was read; reload and reapply."""
 
 
+class CancelAsked(Exception):
+    """A save made ``unless_cancelled`` found a cancel asked for the job: nothing was written."""
+
+
 class LeaseLost(Exception):
     """A fenced save was refused: the caller's lease on the job expired or another worker took
     it over (a host cut off from Redis for longer than the lease). Stop working on the job."""
@@ -226,7 +230,7 @@ class JobStore:
 
     # --- write ---------------------------------------------------------------------------------
     def save(self, rec: JobRecord, *, fence: tuple[str, str] | None = None, drop_result: bool = False,
-             result: bytes | None = None) -> None:
+             result: bytes | None = None, unless_cancelled: bool = False) -> None:
         """Compare-and-set: write ``rec`` if nobody saved since it was read.
 
         Raises :class:`Conflict` on a concurrent change and :class:`JobNotFound` if the
@@ -237,6 +241,8 @@ class JobStore:
         partition gets :class:`LeaseLost` and writes nothing. ``result``: fal's output JSON, kept
         beside the record from this save on (:meth:`save_result`, in the same step as the record
         that notes it); ``drop_result``: the kept result goes in this save (its images are in S3).
+        ``unless_cancelled``: write nothing if a cancel was asked (:meth:`request_cancel`) and
+        raise :class:`CancelAsked`, in the same script (a job's last save asks this way).
         """
         expected = rec.version
         rec.version = expected + 1
@@ -258,7 +264,8 @@ class JobStore:
                   self.keys.ended, self.keys.state(rec.state), *self._fair_keys],
             args=[expected, rec.version, rec.state, doc, rec.updated_at, rec.id, ttl,
                   callback, fence[1] if fence else "", str(billed), terminal, self._state_tpl,
-                  "1" if archive else "0", input_arg, "1" if drop_result else "0", result or b""],
+                  "1" if archive else "0", input_arg, "1" if drop_result else "0", result or b"",
+                  "1" if unless_cancelled else "0"],
         )
         if res == 1:
             rec._input_json = inp
@@ -266,6 +273,8 @@ class JobStore:
         rec.version = expected
         if res == -2:
             raise LeaseLost(rec.id)
+        if res == -3:
+            raise CancelAsked(rec.id)
         if res == -1:
             raise JobNotFound(f"job {rec.id} was deleted while it ran")
         raise Conflict(rec.id)

@@ -83,14 +83,15 @@ end
 --       stored split, when it changed; '' unchanged, or a record stored whole in doc; '-' the
 --       record is stored whole from now on: doc holds the input, the input field goes),
 --       drop result ('1': the images are in S3, fal's kept result JSON goes in this save),
---       result (fal's output JSON, kept beside the record from this save on; '' none)
+--       result (fal's output JSON, kept beside the record from this save on; '' none),
+--       unless cancel ('1': save nothing if a cancel was asked, the record's `cancel` field)
 -- Returns 1 saved (also when this very save was already applied), 0 version conflict, -1 record
--- gone, -2 the lease is no longer the caller's.
+-- gone, -2 the lease is no longer the caller's, -3 a cancel was asked (only with unless cancel).
 function ops.save()
   local job_key, idem_key, lease_key, batch_key, children_key, ended_key, state_key, inflight_key, unadmitted_key,
         ledger_key, count_key, owner_key = unpack(KEYS)
   local expected, new_version, state, doc, ts, id, ttl, callback, token, billed, terminal, state_tpl,
-        archive, input, drop_result, result = unpack(ARGV)
+        archive, input, drop_result, result, unless_cancel = unpack(ARGV)
   ttl = tonumber(ttl)
 
   local cur = redis.call('HMGET', job_key, 'version', 'state')
@@ -105,6 +106,7 @@ function ops.save()
   end
   -- Fencing: a worker step saves only while it still holds the job's lease.
   if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
+  if unless_cancel == '1' and redis.call('HEXISTS', job_key, 'cancel') == 1 then return -3 end
   local old = cur[2]
   local moved = old ~= state
   if result ~= '' then

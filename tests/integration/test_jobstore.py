@@ -12,7 +12,7 @@ import redis
 
 from falq.shared.errors import JobNotFound
 from falq.shared.jobs.records import JobRecord
-from falq.shared.jobs.store import Conflict, JobStore
+from falq.shared.jobs.store import CancelAsked, Conflict, JobStore
 
 ENDPOINT = "fal-ai/qwen-image-2/text-to-image"
 PREFIX = "falqtest"
@@ -467,3 +467,35 @@ def test_the_crash_streak_lives_on_the_record_and_never_makes_one(store: JobStor
     store.get_queued(pipe, rec.id)
     assert crash_streak(pipe.execute()[0]) == 0
     assert store.count_crash("gone") is None and not r.exists(store.job_key("gone"))
+
+
+def test_a_save_unless_cancelled_writes_nothing_once_a_cancel_was_asked(store: JobStore, r: redis.Redis) -> None:
+    """A job's completing save asks for a cancel in its own script: none asked, it saves as any
+    save; one asked, it writes nothing (record, indexes, end-of-job entry) and says so."""
+    def mirroring() -> JobRecord:
+        rec, _ = store.create(_rec())
+        for state in ("submitting", "in_queue", "mirroring"):
+            rec.move(state)
+        store.save(rec)
+        return rec
+
+    plain = mirroring()
+    plain.move("completed")
+    store.save(plain, unless_cancelled=True)
+    assert store.get(plain.id).state == "completed"
+
+    rec = mirroring()
+    store.request_cancel(rec.id)
+    ended_before = r.xlen(f"{PREFIX}:ended")
+    rec.move("completed")
+    with pytest.raises(CancelAsked):
+        store.save(rec, unless_cancelled=True)
+    assert rec.version == 2  # left as read
+    stored = store.get(rec.id)
+    assert stored.state == "mirroring" and stored.version == 2
+    rec = stored
+    assert _members(r, f"{PREFIX}:state:completed") == {plain.id}
+    assert r.xlen(f"{PREFIX}:ended") == ended_before
+    rec.move("cancelled")
+    store.save(rec)  # an ordinary save is not stopped by the cancel it writes down
+    assert store.get(rec.id).state == "cancelled"

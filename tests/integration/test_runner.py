@@ -638,3 +638,26 @@ def test_images_go_to_the_folder_on_the_record_and_an_older_record_reads_its_ten
     assert "/acme/then/" in done_then.outputs[0].key
     assert "/acme/renders/" in done_older.outputs[0].key
     assert_mirrored(ctx, done_then, emulator)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("cancel", [False, True])
+def test_a_cancel_asked_while_the_image_uploads_ends_the_job_cancelled_with_its_output(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch,
+        cancel: bool) -> None:
+    """The completing save asks for a cancel itself (no read of its own before it): a cancel asked
+    after the step's first read, while the image is copied, still ends the job ``cancelled`` with
+    the paid-for output kept; without one the job completes."""
+    rec = new_job(ctx, "a heron")
+    put = ctx.storage.put_fileobj
+
+    def put_then_cancel(*args: Any, **kwargs: Any) -> None:
+        put(*args, **kwargs)
+        if cancel:
+            ctx.store.request_cancel(rec.id)  # what a producer's cancel writes
+
+    monkeypatch.setattr(ctx.storage, "put_fileobj", put_then_cancel)
+    done, _ = drive(runner, rec.id)
+    assert done.state == ("cancelled" if cancel else "completed"), done.errors
+    assert done.outputs and done.fal_outcome == ("finished" if cancel else None)
+    assert_mirrored(ctx, done, emulator)

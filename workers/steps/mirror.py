@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -16,6 +17,7 @@ from falq.shared.errors import (
 )
 from falq.shared.fal.schemas import GenerateOutput
 from falq.shared.jobs.records import JobRecord, State, StoredImage
+from falq.shared.jobs.store import CancelAsked
 from falq.shared.tenants.store import TenantStore, s3_prefix_of
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
@@ -105,18 +107,25 @@ class MirrorPhase(StepBase):
         except PermanentError as exc:
             return self._fail(exc)
         # A job someone cancelled whose output fal made anyway (billed) ends cancelled, with its
-        # output mirrored and listed; `falq retry` then completes it from that output.
-        end: State = "cancelled" if self.user_cancelled() else "completed"
-
-        def completed(r: JobRecord) -> None:
-            r.outputs = images
-            r.seed = output.seed
-            if end == "cancelled":
-                r.fal_outcome = "finished"
-            if not r.terminal:
-                r.move(end)
+        # output mirrored and listed; `falq retry` then completes it from that output. A cancel
+        # the step has not heard of is asked by the completing save itself (unless_cancelled).
+        def ended(end: State) -> Callable[[JobRecord], None]:
+            def change(r: JobRecord) -> None:
+                r.outputs = images
+                r.seed = output.seed
+                if end == "cancelled":
+                    r.fal_outcome = "finished"
+                if not r.terminal:
+                    r.move(end)
+            return change
 
         # fal's kept result JSON goes in the same save: every image is in S3.
-        self.commit(completed, allow_terminal=end == "cancelled", drop_result=True)
+        if self.cancel_known():
+            self.commit(ended("cancelled"), allow_terminal=True, drop_result=True)
+        else:
+            try:
+                self.commit(ended("completed"), drop_result=True, unless_cancelled=True)
+            except CancelAsked:
+                self.commit(ended("cancelled"), allow_terminal=True, drop_result=True)
         self.ctx.notify_finished(self.rec)
         return DONE

@@ -28,7 +28,7 @@ from falq.shared.errors import (
     is_redis_oom,
 )
 from falq.shared.jobs.records import AT_FAL, JobRecord
-from falq.shared.jobs.store import Conflict, LeaseLost
+from falq.shared.jobs.store import CancelAsked, Conflict, LeaseLost
 from falq.shared.settings import Settings
 from falq.workers.backoff import backoff_delay
 from falq.workers.context import WorkerContext
@@ -99,8 +99,11 @@ class StepBase:
         self._deferred.append(change)
 
     def commit(self, change: Callable[[JobRecord], object], *, allow_terminal: bool = False,
-               drop_result: bool = False, result: bytes | None = None) -> None:
+               drop_result: bool = False, result: bytes | None = None, unless_cancelled: bool = False) -> None:
         """Apply ``change`` and save; on a concurrent write, reload and apply it again.
+
+        ``unless_cancelled``: save nothing if a cancel was asked for the job; the step's record
+        is then read again and :class:`~falq.shared.jobs.store.CancelAsked` raised.
 
         While Redis refuses writes at ``maxmemory`` (OOM), the save is retried with backoff
         for as long as the step holds its lease and has time: the job keeps its progress
@@ -128,10 +131,14 @@ class StepBase:
                     earlier(self.rec)
                 change(self.rec)
             try:
-                self.ctx.store.save(self.rec, fence=fence, drop_result=drop_result, result=result)
+                self.ctx.store.save(self.rec, fence=fence, drop_result=drop_result, result=result,
+                                    unless_cancelled=unless_cancelled)
                 del self._deferred[:len(deferred)]
                 self._notify(old_state, old_errors)
                 return
+            except CancelAsked:
+                self.rec = self.ctx.store.get(self.rec.id)  # the change applied to it was not saved
+                raise
             except LeaseLost:
                 # Redis lost its last writes (restoring): the lease may have gone with them, taken
                 # in that same second. A new holder would hold the lease or have saved a newer
@@ -346,9 +353,13 @@ class StepBase:
 
     def user_cancelled(self) -> bool:
         """Whether someone asked to cancel this job (``falq cancel``, a batch cancel, the gateway)."""
+        return self.cancel_known() or self.ctx.store.cancel_requested(self.rec.id)
+
+    def cancel_known(self) -> bool:
+        """:meth:`user_cancelled` from what the step already knows, without asking Redis (a save
+        ``unless_cancelled`` asks in the same round trip)."""
         rec = self.rec
-        return (rec.cancel_requested or rec.fal_cancel_why == "cancel" or self.ctx.leases.cancel_seen(rec.id)
-                or self.ctx.store.cancel_requested(rec.id))
+        return rec.cancel_requested or rec.fal_cancel_why == "cancel" or self.ctx.leases.cancel_seen(rec.id)
 
     def _ended_after_cancel(self, how: Literal["stopped", "removed", "unknown"], detail: str) -> Outcome:
         """fal stopped (or removed) a request falq asked it to cancel, or never said how it
