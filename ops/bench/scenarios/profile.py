@@ -67,6 +67,42 @@ def _inclusive(frame: Any, acc: dict[tuple[str, str], Fn], above: frozenset[tupl
             _inclusive(c, acc, above)
 
 
+#: Libraries a sample is given to (the innermost of them on its stack), by top-level package.
+LIBRARIES = {
+    "httpx": "HTTP (httpx, httpcore, h11)", "httpcore": "HTTP (httpx, httpcore, h11)",
+    "h11": "HTTP (httpx, httpcore, h11)", "httpx_sse": "HTTP (httpx, httpcore, h11)",
+    "botocore": "S3 (boto3, botocore, urllib3)", "boto3": "S3 (boto3, botocore, urllib3)",
+    "urllib3": "S3 (boto3, botocore, urllib3)", "redis": "Redis (redis-py)",
+    "kombu": "Celery (celery, kombu)", "celery": "Celery (celery, kombu)", "billiard": "Celery (celery, kombu)",
+    "vine": "Celery (celery, kombu)", "pydantic": "pydantic", "pydantic_core": "pydantic",
+    "sqlalchemy": "SQL (SQLAlchemy)", "PIL": "Pillow", "gevent": "gevent",
+}
+
+
+def _library(frame: Any, current: str) -> str:
+    """The library a frame's own time goes to: a library's frame names it (gevent only when no
+    other library called it: a socket wait inside redis-py is redis-py's), falq's frame is
+    falq's own code, anything else keeps its caller's."""
+    path = frame.file_path or ""
+    if "site-packages/" in path:
+        lib = LIBRARIES.get(path.split("site-packages/", 1)[1].split("/", 1)[0])
+        if lib == "gevent":
+            return current if current != "other" else lib
+        return lib or current
+    if any(d in (frame.file_path_short or "") for d in FALQ_DIRS):
+        return "profiler" if "/bench/" in path else "falq's own code"
+    return current
+
+
+def _by_library(frame: Any, acc: dict[str, float], current: str = "other") -> None:
+    lib = _library(frame, current)
+    kids = [c for c in frame.children if not c.is_synthetic]
+    if not (frame.function == "run" and "gevent/hub.py" in (frame.file_path or "")):  # the idle hub
+        acc[lib] = acc.get(lib, 0.0) + max(frame.time - sum(c.time for c in kids), 0.0)
+    for c in kids:
+        _by_library(c, acc, lib)
+
+
 def _idle(fn: Fn) -> bool:
     return any(fn.name == name and path in fn.where for name, path in IDLE)
 
@@ -104,6 +140,16 @@ def top_table(session: Any, n_jobs: int, cpu_ms_per_job: float, command: str) ->
     for i, f in enumerate(busy[:TOP], 1):
         share = 100 * f.own_s / busy_s if busy_s else 0.0
         lines.append(f"| {i} | `{f.name}` | `{f.where}` | {f.own_s * 1000 / max(n_jobs, 1):.2f} | {share:.1f} |")
+    libs: dict[str, float] = {}
+    if root is not None:
+        _by_library(root, libs)
+    lib_total = sum(libs.values())
+    lines += ["", "Busy time by library (each sample given to the innermost library on its stack; falq's "
+              "own code where none is):", "", "| library | ms/job | % of busy |", "|---|---:|---:|"]
+    for name, t in sorted(libs.items(), key=lambda kv: kv[1], reverse=True):
+        share = 100 * t / lib_total if lib_total else 0.0
+        if share >= 0.5:
+            lines.append(f"| {name} | {t * 1000 / max(n_jobs, 1):.2f} | {share:.1f} |")
     inc: dict[tuple[str, str], Fn] = {}
     if root is not None:
         _inclusive(root, inc, frozenset())
