@@ -274,7 +274,8 @@ def soak(jobs: int, workers: int, concurrency: int, sample_s: float, warmup: flo
         falq.app.connection_for_write().ensure_connection(max_retries=3)
         time.sleep(4)  # workers up, connected, idle
         idle = [sample_process(w.pid) for w in procs]
-        used0 = int(r.info("memory")["used_memory"])
+        mem0 = r.info("memory")
+        used0, clients0 = int(mem0["used_memory"]), int(mem0.get("mem_clients_normal", 0))
 
         enq: dict[str, Any] = {"enqueued": 0}
         feeder = threading.Thread(target=_enqueue, args=(falq, jobs, batch, enq), daemon=True)
@@ -317,7 +318,8 @@ def soak(jobs: int, workers: int, concurrency: int, sample_s: float, warmup: flo
         final = take()
         counts = falq.store.counts()
         audit, problems = audit_keys(r, p, settings.record_ttl_s)
-        used_end = int(r.info("memory")["used_memory"])
+        mem_end = r.info("memory")
+        used_end, clients_end = int(mem_end["used_memory"]), int(mem_end.get("mem_clients_normal", 0))
         dead = [i for i, w in enumerate(procs) if w.poll() is not None]
         logs_tail = stack.worker_logs()[-2000:] if dead else ""
 
@@ -352,8 +354,13 @@ def soak(jobs: int, workers: int, concurrency: int, sample_s: float, warmup: flo
         print(f"  worker {i}: {lo / 1024:.1f} .. {hi / 1024:.1f} MB (spread {growth:+.1%}) "
               f"{'PASS' if flat else 'FAIL'} (flat within {tolerance:.0%})")
 
+    # Client connections' buffers count in used_memory (16 KB and more each): a worker that opens a
+    # few more connections at a burst would read as more memory per job. The data is the rest.
+    data0, data_end = used0 - clients0, used_end - clients_end
     print(f"\nRedis used_memory: {used0 / 2**20:.1f} MB before, {used_end / 2**20:.1f} MB after the run; "
-          f"{(used_end - used0) / max(1, finished):.0f} bytes per finished job "
+          f"{(data_end - data0) / max(1, finished):.0f} bytes of data per finished job, client buffers "
+          f"({clients0 / 2**10:.0f} KB before, {clients_end / 2**10:.0f} KB after) left out; "
+          f"{(used_end - used0) / max(1, finished):.0f} with them "
           f"(records kept FALQ_RECORD_TTL_S={settings.record_ttl_s} s)")
 
     print("\nkeys left in Redis by kind (count, type, TTL set/unset among up to 50 sampled, longest TTL):")
