@@ -72,6 +72,7 @@ raiser, never raised to a user, so they stay beside that code and outside the tr
     ~ Fenced                             [falq.workers.steps.step]
     ~ Conflict                           [falq.shared.jobs.store]
     ~ LeaseLost                          [falq.shared.jobs.store]
+    ~ CancelAsked                        [falq.shared.jobs.store]
     ~ StreamUnsupported                  [falq.shared.fal.client]
     ~ MalformedMessage                   [falq.shared.engine.broker]
     ~ NoPreview                          [falq.gateway.console.thumbs]
