@@ -48,7 +48,7 @@ def _unpatched_poll() -> Callable[[], typing.Any]:
     httpcore asks whether every idle pooled socket is readable on each pool operation (a
     server's close shows as readable). gevent's patched ``poll`` turns each zero-timeout
     check into a watcher and a hub switch, about 12x the cost of the system call (14 us
-    against 1.2 us here); a zero-timeout poll never blocks, so the original is safe in a
+    against 1.2 us in a one-off timing); a zero-timeout poll never blocks, so the original is safe in a
     greenlet.
     """
     try:
