@@ -251,13 +251,16 @@ class FalClient:
                             read_timeout=read_timeout or self.settings.fal_stream_read_timeout_s)
 
     def stream_status(self, status_url: str, *, logs: bool = True, read_timeout: float | None = None,
-                      on_open: Callable[[httpx.Response], None] | None = None) -> Iterator[Status]:
+                      on_open: Callable[[httpx.Response | None], None] | None = None) -> Iterator[Status]:
         """Yield statuses from one connection to fal's SSE stream until the server closes it.
 
         Comment lines (fal's ``: ping`` heartbeat, about every 15 s) keep the connection
         and are skipped. Raises :class:`FalTransientError` on network trouble or silence
         past ``read_timeout`` (the caller reconnects or falls back to polling) and
         :class:`StreamUnsupported` when the server has no stream.
+
+        ``on_open`` is called with the response once it is open, and with None just before the
+        response is closed: from then on its connection may serve another request of the pool.
         """
         url = status_url.rstrip("/") + "/stream"
         read = read_timeout or self.settings.fal_stream_read_timeout_s
@@ -270,28 +273,11 @@ class FalClient:
                 headers={**self._auth, "Accept": "text/event-stream"},
                 timeout=timeout,
             ) as resp:
-                if on_open is not None:
-                    on_open(resp)
-                if resp.status_code in (404, 405, 501):
-                    raise StreamUnsupported(f"status stream answered {resp.status_code}")
-                if resp.status_code >= 300:
-                    resp.read()
-                    self._raise_for_status(resp)
-                if "text/event-stream" not in resp.headers.get("content-type", ""):
-                    raise StreamUnsupported("status stream is not text/event-stream")
-                data: list[str] = []
-                size = 0
-                for line in bounded_lines(resp.iter_bytes(), _MAX_JSON_BYTES):
-                    if line.startswith("data:"):
-                        data.append(line[5:].lstrip())
-                        size += len(line)
-                        if size > _MAX_JSON_BYTES:
-                            raise FalBadAnswer("status stream sent an oversized event")
-                    elif line == "" and data:
-                        yield self._status_of("\n".join(data))
-                        data, size = [], 0
-                if data:
-                    yield self._status_of("\n".join(data))
+                try:
+                    yield from self._read_stream(resp, on_open)
+                finally:
+                    if on_open is not None:
+                        on_open(None)
         except httpx.ReadTimeout:
             raise FalTransientError(f"status stream was silent for {read:.0f}s (no heartbeat)",
                                     reason="stream_silent") from None
@@ -299,6 +285,32 @@ class FalClient:
             raise FalTransientError(f"status stream: {type(exc).__name__}", reason="transport") from None
         except UnicodeDecodeError:
             raise FalBadAnswer("status stream sent bytes that are not UTF-8") from None
+
+    def _read_stream(self, resp: httpx.Response,
+                     on_open: Callable[[httpx.Response | None], None] | None) -> Iterator[Status]:
+        """The body of an opened status stream, as statuses (see :meth:`stream_status`)."""
+        if on_open is not None:
+            on_open(resp)
+        if resp.status_code in (404, 405, 501):
+            raise StreamUnsupported(f"status stream answered {resp.status_code}")
+        if resp.status_code >= 300:
+            resp.read()
+            self._raise_for_status(resp)
+        if "text/event-stream" not in resp.headers.get("content-type", ""):
+            raise StreamUnsupported("status stream is not text/event-stream")
+        data: list[str] = []
+        size = 0
+        for line in bounded_lines(resp.iter_bytes(), _MAX_JSON_BYTES):
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip())
+                size += len(line)
+                if size > _MAX_JSON_BYTES:
+                    raise FalBadAnswer("status stream sent an oversized event")
+            elif line == "" and data:
+                yield self._status_of("\n".join(data))
+                data, size = [], 0
+        if data:
+            yield self._status_of("\n".join(data))
 
     def result(self, response_url: str) -> Result:
         """GET the output of a finished request.
@@ -605,12 +617,16 @@ class StatusStream:
         self._items: queue.Queue[Status | BaseException | _End] = queue.Queue(maxsize=256)
         self._closed = threading.Event()
         self._resp: httpx.Response | None = None
+        # Held while the socket is shut down and while the response is let go: once closed, the
+        # response's connection is back in the client's pool and may carry another job's request.
+        self._resp_lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, name="falq-status-stream", daemon=True)
         self._thread.start()
 
-    def _opened(self, resp: httpx.Response) -> None:
-        self._resp = resp
-        if self._closed.is_set():
+    def _opened(self, resp: httpx.Response | None) -> None:
+        with self._resp_lock:
+            self._resp = resp
+        if resp is not None and self._closed.is_set():
             self._shutdown()
 
     def _put(self, item: Status | BaseException | _End) -> None:
@@ -647,12 +663,13 @@ class StatusStream:
         return item
 
     def _shutdown(self) -> None:
-        resp = self._resp
-        stream = resp.extensions.get("network_stream") if resp is not None else None
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        with self._resp_lock:
+            resp = self._resp
+            stream = resp.extensions.get("network_stream") if resp is not None else None
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         """Stop reading and drop the connection (idempotent)."""

@@ -109,3 +109,44 @@ def test_status_stream_close_while_only_pings_arrive() -> None:
             assert not stream._thread.is_alive()
         finally:
             fal.close()
+
+
+def test_closing_a_finished_stream_leaves_its_pooled_connection_alone() -> None:
+    """A stream the server ended gives its connection back to the client's pool, where another
+    job's request may take it: closing the stream afterwards must not shut that socket down
+    (seen as a ReadError on another job's result GET in a busy worker)."""
+
+    async def stream(request: Request) -> Response:
+        async def frames() -> AsyncIterator[bytes]:
+            yield f"data: {json.dumps({'status': 'COMPLETED'})}\n\n".encode()
+
+        return StreamingResponse(frames(), media_type="text/event-stream")
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(1.0)
+        return Response(b"{}", media_type="application/json")
+
+    app = Starlette(routes=[Route("/fal-ai/app/requests/r-1/status/stream", stream), Route("/slow", slow)])
+    with BackgroundServer(app, name="ended-sse") as server:
+        fal = FalClient(settings(fal_queue_url=server.url), max_connections=1)
+        try:
+            stream = fal.open_stream(f"{server.url}/fal-ai/app/requests/r-1/status", read_timeout=5)
+            done = stream.next(timeout=5)
+            assert isinstance(done, Status) and done.done
+            assert stream.next(timeout=5) is StreamEnd  # the response is closed: its connection is pooled
+            outcome: list[object] = []
+            other = threading.Thread(target=lambda: outcome.append(_get(fal, f"{server.url}/slow")))
+            other.start()
+            time.sleep(0.3)  # the other request is now waiting for its answer on that connection
+            stream.close()
+            other.join(timeout=10)
+            assert outcome == [200], outcome
+        finally:
+            fal.close()
+
+
+def _get(fal: FalClient, url: str) -> object:
+    try:
+        return fal.http.get(url).status_code
+    except Exception as exc:  # what the caller sees instead of the answer
+        return exc

@@ -66,7 +66,8 @@ def test_result_5xx_with_a_request_id_fetches_the_same_result_again(clean_stack:
     for rec in recs:
         assert rec.state == "completed", (rec.state, rec.errors[-3:])
         assert len(subs[rec.id]) == 1 and rec.attempts == 1  # 0 second submissions
-        assert sum(1 for e in rec.errors if e.type == "fal_result_error") == 3
+        kinds = [(e.type, e.message[:150]) for e in rec.errors]
+        assert sum(1 for e in rec.errors if e.type == "fal_result_error") == 3, kinds
         assert rec.cost_source == "fal_billable_units" and rec.cost_billed == _billed(falq, clean_stack, rec) > 0
         assert _fal_request(clean_stack, rec.request_id)["calls"]["result"] == 4
         _assert_mirrored(falq, rec)
