@@ -248,8 +248,10 @@ def test_slow_answers_are_cut_and_recorded(run: Run) -> None:
 
 
 def test_batch_ended_in_bounded_time(run: Run) -> None:
-    assert all(r.terminal for r in run.records.values()), {n: r.state for n, r in run.records.items()
-                                                           if not r.terminal}
+    unfinished = {n: r for n, r in run.records.items() if not r.terminal}
+    log = run.stack.worker_logs().splitlines()
+    # what the workers said about an unfinished job, to tell a slow machine from a stranded job
+    assert not unfinished, {n: (r.state, [line for line in log if r.id in line][-8:]) for n, r in unfinished.items()}
     assert run.seconds < 60, run.seconds
 
 
