@@ -601,7 +601,8 @@ class StatusStream:
     request needs this one connection for its whole life. The reader thread (a greenlet
     under gevent) blocks on the socket; the caller polls :meth:`next` with a short timeout
     and so notices cancel, deadline and shutdown within that timeout without reconnecting.
-    :meth:`close` shuts the socket down, which wakes the reader at once.
+    :meth:`close` shuts the socket down, which wakes the reader at once; only while the response
+    is open, since a closed one's connection is back in the pool serving other requests.
 
     Example::
 
