@@ -128,8 +128,11 @@ def hostile_env(fal: HostileFal) -> dict[str, str]:
 
 
 def strict_env(fal: HostileFal) -> dict[str, str]:
+    # A deployment of its own (key prefix and queues): with the main worker's prefix, either side's
+    # fair dispatch could publish the other's jobs to its own queues, to be run with the wrong rules.
     return {
         **hostile_env(fal),
+        "FALQ_KEY_PREFIX": "falq-strict",
         "FALQ_ALLOW_PRIVATE_MEDIA": "false",
         "FALQ_MEDIA_HOSTS": f"{fal.netloc},localhost:{fal.port}",
         "FALQ_QUEUE_INTERACTIVE": "falq-strict.interactive",
