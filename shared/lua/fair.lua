@@ -105,11 +105,11 @@ function ops.dispatch()
           touched[best] = true
           local id = popped[1]
           local job_key = lib.key(job_tpl, id)
-          local st = redis.call('HGET', job_key, 'state')
+          local rec = redis.call('HMGET', job_key, 'state', 'doc')
+          local st = rec[1]
           -- A record that is gone or already finished (cancelled while waiting) costs no turn.
           if st and not lib.is_terminal(st) and redis.call('ZADD', inflight, 'NX', now, id) == 1 then
-            local doc = redis.call('HGET', job_key, 'doc') or ''
-            local ep = string.match(doc, '"endpoint":"([^"]*)"') or ''
+            local ep = string.match(rec[2] or '', '"endpoint":"([^"]*)"') or ''
             -- NX: an entry still there keeps the charge its release has yet to settle.
             redis.call('HSETNX', ledger_key, id, lib.ledger_entry(name, ep))
             redis.call('HINCRBY', count_key, name, 1)

@@ -94,7 +94,7 @@ function ops.save()
         archive, input, drop_result, result, unless_cancel = unpack(ARGV)
   ttl = tonumber(ttl)
 
-  local cur = redis.call('HMGET', job_key, 'version', 'state')
+  local cur = redis.call('HMGET', job_key, 'version', 'state', 'cancel')
   if not cur[1] then return -1 end
   if cur[1] ~= expected then
     -- This very save sent again: redis-py re-sends a command whose reply a dropped connection
@@ -106,7 +106,7 @@ function ops.save()
   end
   -- Fencing: a worker step saves only while it still holds the job's lease.
   if lease_key ~= '' and redis.call('GET', lease_key) ~= token then return -2 end
-  if unless_cancel == '1' and redis.call('HEXISTS', job_key, 'cancel') == 1 then return -3 end
+  if unless_cancel == '1' and cur[3] then return -3 end
   local old = cur[2]
   local moved = old ~= state
   if result ~= '' then
