@@ -219,31 +219,40 @@ class FairShare:
             log.warning("fair dispatch: recounted the dispatched jobs of %d tenant(s)", wrong)
         return wrong
 
-    def recover_dispatched(self, app: Celery, *, batch: int = 1000) -> list[str]:
-        """Publish dispatched jobs whose dispatcher died before publishing them, and drop
-        ``{p}:inflight`` entries whose record is gone or finished. Returns the published ids."""
+    def recover_dispatched(self, app: Celery, *, batch: int = 1000, every_dispatched: bool = False) -> list[str]:
+        """Publish dispatched jobs whose dispatcher died before publishing them, and free the room
+        of dispatched jobs whose record is gone or finished. Returns the published ids.
+
+        Reads only jobs dispatched over ``FALQ_FAIR_RECOVER_AFTER_S`` ago that the limiter has not
+        admitted (``{p}:fair:unadmitted``): an admitted job was delivered, so it was published,
+        and a job at fal for minutes is not read again every pass. ``every_dispatched`` reads all
+        of ``{p}:inflight`` instead (the slower sweep, which also finds a job freed or dispatched
+        outside the scripts, such as by a worker of an older release)."""
         sec, usec = self.r.time()
         now_ms = int(sec) * 1000 + int(usec) // 1000
         old = now_ms - int(self.s.fair_recover_after_s * 1000)
-        ids = [text(x) for x in self.r.zrangebyscore(self.keys.inflight, "-inf", old, start=0, num=batch)]
+        scanned = self.keys.inflight if every_dispatched else self.keys.fair_unadmitted
+        ids = [text(x) for x in self.r.zrangebyscore(scanned, "-inf", old, start=0, num=batch)]
         if not ids:
             return []
         pipe = self.r.pipeline(transaction=False)
         for job_id in ids:
-            pipe.hmget(self.keys.job(job_id), "state", "published", "doc", "version", "input")
+            pipe.hmget(self.keys.job(job_id), "state", "published")
         rows = pipe.execute()
         stale, lost = [], []
-        for job_id, (state, published, *raw) in zip(ids, rows, strict=True):
+        for job_id, (state, published) in zip(ids, rows, strict=True):
             if state is None or text(state) in TERMINAL:
                 stale.append(job_id)
             elif published != b"1":
-                lost.append((job_id, raw))
-        if stale:
-            # Gone (expired, deleted) or finished without the terminal save seeing it: free the room.
-            for job_id in stale:
-                self.free(job_id)
+                lost.append(job_id)
+        # Gone (expired, deleted) or finished without the terminal save seeing it: free the room.
+        for job_id in stale:
+            self.free(job_id)
         sent = []
-        for job_id, (doc, version, inp) in lost:
+        for job_id in lost:
+            doc, version, inp = self.r.hmget(self.keys.job(job_id), "doc", "version", "input")
+            if doc is None:
+                continue  # gone since it was looked at: the next look frees its room
             try:
                 rec = record_from(doc, version, inp)
             except Exception:

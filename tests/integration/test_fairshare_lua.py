@@ -276,6 +276,41 @@ def test_crash_between_pop_and_publish_is_recovered(r: redis.Redis, s: Settings,
     assert queue_depth(r, s.queue_bulk) == 0 and not any(store.published_flags(rest))
 
 
+def test_recovery_reads_only_jobs_the_limiter_has_not_admitted(r: redis.Redis, redis_server: str, app: Celery) -> None:
+    """A job at fal for minutes is not read again by every pass: an admitted job was delivered, so
+    it was published. The half-minute sweep still looks at every dispatched job and frees the room
+    of one whose record is gone."""
+    import time
+
+    from falq.shared.limits.store import Limiter
+
+    s = settings(redis_server, max_outstanding=10, fal_key="unit-key-for-fair-tests")
+    store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
+    enqueue(store, "a", 6)
+    got = [j for j, *_ in fair.take()]  # dispatched; the dispatcher dies before publishing
+    admitted, never = got[:4], got[4:]
+    lim = Limiter(r, s)
+    assert all(lim.acquire(j, EP, "bulk", 0, tenant="a").ok for j in admitted)
+    for job_id in admitted:  # these were published after all: their steps run
+        r.hset(keys.job(job_id), "published", "1")
+    time.sleep(0.3)  # past FALQ_FAIR_RECOVER_AFTER_S (0.2 s here)
+
+    def hmgets() -> int:
+        return int(r.info("commandstats").get("cmdstat_hmget", {}).get("calls", 0))
+
+    before = hmgets()
+    assert sorted(fair.recover_dispatched(app)) == sorted(never)
+    # the two unadmitted jobs' state and flag, then their records to publish: no admitted job's
+    assert hmgets() - before == 2 + 2
+    assert queue_depth(r, s.queue_bulk) == 2 and all(store.published_flags(got))
+
+    r.delete(keys.job(admitted[0]))  # its record expired while the job was dispatched
+    assert fair.recover_dispatched(app) == [] and r.zscore(keys.inflight, admitted[0]) is not None
+    assert fair.recover_dispatched(app, every_dispatched=True) == []
+    assert r.zscore(keys.inflight, admitted[0]) is None and r.hget(keys.fair_count, "a") == b"5"
+    assert queue_depth(r, s.queue_bulk) == 2  # nothing published twice
+
+
 def test_park_puts_a_dispatched_job_back_and_frees_its_room(r: redis.Redis, s: Settings, app: Celery) -> None:
     store, fair, keys = JobStore(r), FairShare(r, s), Keys("falq")
     ids = enqueue(store, "a", 3)

@@ -55,13 +55,17 @@ def dispatch_tick(app: Celery, ctx: WorkerContext) -> None:
 
 def recover_tick(app: Celery, ctx: WorkerContext) -> None:
     """Fair dispatch's part of the maintenance pass (one worker at a time): publish
-    dispatched-unpublished jobs and drop stale ``{p}:inflight`` entries, then dispatch."""
+    dispatched-unpublished jobs and free the room of finished ones, then dispatch."""
     fair = fair_for(ctx)
     if fair.recover_dispatched(app):
         fair.try_dispatch(app)
 
 
-def recount_tick(ctx: WorkerContext) -> None:
-    """The tenants' dispatched counts recounted from the ledger (one worker, every half minute)."""
-    fair_for(ctx).recount()
+def recount_tick(app: Celery, ctx: WorkerContext) -> None:
+    """The slower sweep (one worker, every half minute): every dispatched job looked at once
+    (:meth:`FairShare.recover_dispatched` over all of ``{p}:inflight``), then the tenants'
+    dispatched counts recounted from the ledger."""
+    fair = fair_for(ctx)
+    fair.recover_dispatched(app, every_dispatched=True)
+    fair.recount()
 

@@ -100,15 +100,15 @@ def build_pass(app: Celery, ctx: WorkerContext) -> MaintenancePass:
         # Expired leases: read every pass (one ZRANGEBYSCORE when nothing died).
         period = min(period, max(0.2, min(1.0, s.lease_ttl_s / 4)))
         cleanups.append(Cleanup("takeover", lambda: takeover_once(app, store, s, ctx.leases)))
-    # Fair dispatch's stale inflight entries and dispatched-unpublished jobs.
+    # Fair dispatch's dispatched-unpublished jobs (those the limiter has not admitted yet).
     cleanups.append(Cleanup("fair recovery", lambda: recover_tick(app, ctx)))
     # Jobs whose delivery was lost without a lease (the reaper), then index entries of expired records.
     cleanups.append(Cleanup("reaper", lambda: (reap_once(app, store, s), prune_expired(store, s)),
                             every_s=max(2.0, s.visibility_timeout_s / 3)))
     # The limiter's expired waiting and slot entries (memory only: admission counts live entries),
-    # and the tenants' dispatched counts recounted from the ledger.
+    # and every dispatched job looked at (stale entries freed) before the tenants' counts are recounted.
     cleanups.append(Cleanup("limiter housekeeping", lambda: ctx.admission.housekeeping(), every_s=30.0))
-    cleanups.append(Cleanup("ledger recount", lambda: recount_tick(ctx), every_s=30.0))
+    cleanups.append(Cleanup("ledger recount", lambda: recount_tick(app, ctx), every_s=30.0))
     # The end-of-job stream: entries every consumer group acknowledged (the catalogue's group
     # only where it is on: a group that does not exist yet is created first, never skipped).
     groups = [g for g in ENDED_GROUPS if g != "archivers" or s.catalogue]
