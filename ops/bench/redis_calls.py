@@ -96,19 +96,19 @@ def in_order(monitor_lines: list[dict[str, Any]]) -> list[str]:
             for port, what, script, n, key in out]
 
 
-def measure(jobs: int) -> Calls:
+def measure(jobs: int, latency_s: float = 0.0) -> Calls:
     """Run ``jobs`` jobs under ``MONITOR`` on a fresh local stack."""
-    calls, _ = _monitored(jobs)
+    calls, _ = _monitored(jobs, latency_s)
     return calls
 
 
-def _monitored(jobs: int) -> tuple[Calls, list[dict[str, Any]]]:
+def _monitored(jobs: int, latency_s: float = 0.0) -> tuple[Calls, list[dict[str, Any]]]:
     from falq.ops.bench.harness import Harness
     from falq.testing.stack import DevStack
 
     with DevStack() as stack:
         h = Harness(stack, quick=True)
-        h.reset()
+        h.reset(latency=f"fixed:{latency_s:g}" if latency_s else "0")
         h.start_falq_workers(1, 100)
         time.sleep(2.0)  # start-up traffic is not the job's
         seen: list[dict[str, Any]] = []
@@ -129,7 +129,7 @@ def _monitored(jobs: int) -> tuple[Calls, list[dict[str, Any]]]:
         address = str(poller.client_info()["addr"]).rsplit(":", 1)
         completed = Keys(stack.settings().key_prefix).state("completed")
         h.enqueue(jobs, "calls")
-        h.wait_until(lambda: int(poller.zcard(completed)) >= jobs, 300, 0.5, "jobs")
+        h.wait_until(lambda: int(poller.zcard(completed)) >= jobs, 300 + 2 * latency_s, 0.5, "jobs")
         stop.set()
         h.redis.ping()  # one more line so the listener sees the stop
         time.sleep(0.5)
@@ -143,11 +143,14 @@ def _monitored(jobs: int) -> tuple[Calls, list[dict[str, Any]]]:
 @click.command(name="redis-calls", context_settings=HELP_OPTIONS)
 @click.option("--jobs", default=100, show_default=True, type=click.IntRange(1, 10_000), help="Jobs to run.")
 @click.option("--trace", is_flag=True, help="Also print every command in the order Redis ran it (use with --jobs 1).")
-def main_command(jobs: int, trace: bool) -> int:
+@click.option("--latency", "latency_s", default=0.0, show_default=True, type=click.FloatRange(0, 600),
+              help="Seconds each request takes at the emulated fal: what a job costs while it waits there "
+                   "(the background loops' commands of that time are counted too).")
+def main_command(jobs: int, trace: bool, latency_s: float) -> int:
     """Print the Redis commands of one job on the default path, by caller."""
-    flag = " --trace" if trace else ""
+    flag = (" --trace" if trace else "") + (f" --latency {latency_s:g}" if latency_s else "")
     print(f"{jobs} jobs, one worker, every default on (python -m falq.ops.bench.redis_calls --jobs {jobs}{flag})")
-    calls, lines = _monitored(jobs)
+    calls, lines = _monitored(jobs, latency_s)
     if trace:
         print("\n".join(in_order(lines)))
     print(calls.table())
