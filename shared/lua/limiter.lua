@@ -384,12 +384,14 @@ function ops.renew()
     local job = ARGV[i]
     local holder = redis.call('GET', lib.key(L.lease, job))
     local mine = holder and string.sub(holder, 1, #owner) == owner
-    if mine and redis.call('ZSCORE', L.slots, job) then
-      redis.call('ZADD', L.slots, 'XX', now + lease, job)
+    -- XX CH: 1 when the slot was there and moved (a second renewal in the same millisecond
+    -- moves nothing: then the slot's presence is asked).
+    local expiry = now + lease
+    if mine and (redis.call('ZADD', L.slots, 'XX', 'CH', expiry, job) == 1 or redis.call('ZSCORE', L.slots, job)) then
       local tn, ep = lib.limiter_entry(L, job)
       if tn then
-        if ep ~= '' then redis.call('ZADD', lib.key(L.slots_ep, ep), 'XX', now + lease, job) end
-        redis.call('ZADD', lib.key(L.slots_t, tn), 'XX', now + lease, job)
+        if ep ~= '' then redis.call('ZADD', lib.key(L.slots_ep, ep), 'XX', expiry, job) end
+        redis.call('ZADD', lib.key(L.slots_t, tn), 'XX', expiry, job)
       end
       out[#out + 1] = 1
     else
