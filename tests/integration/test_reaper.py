@@ -89,6 +89,18 @@ def test_unfinished_job_without_lease_or_message_is_republished(app: Celery, sto
 
 @pytest.mark.timeout(10)
 @pytest.mark.parametrize("state", ["submitting", "in_queue", "in_progress", "mirroring"])
+def test_a_started_job_whose_published_flag_was_never_set_is_republished(
+        app: Celery, store: JobStore, r: redis.Redis, settings: Settings, state: State) -> None:
+    # Its dispatcher was killed between the publish and the flag; the job ran, then lost its
+    # message (seen in `make chaos`: a job left in `mirroring` with no lease and no message).
+    job = _job(store, state, lane="bulk", published=False)
+
+    assert reap_once(app, store, settings) == [job]
+    assert [m["headers"]["id"] for m in _messages(r, settings.queue_bulk)] == [job]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("state", ["submitting", "in_queue", "in_progress", "mirroring"])
 def test_started_job_is_republished_at_most_once_per_visibility_timeout(
         app: Celery, store: JobStore, r: redis.Redis, settings: Settings, state: State) -> None:
     job = _job(store, state, lane="bulk")

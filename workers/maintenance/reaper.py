@@ -70,7 +70,12 @@ def reap_once(app: Celery, store: JobStore, settings: Settings, *, batch: int = 
         flags = pipe.execute()
         candidates = [j for i, j in enumerate(ids) if not flags[2 * i] and not flags[2 * i + 1]]
         for rec in store.get_many(candidates):
-            if rec is None or rec.state in TERMINAL or not store.is_published(rec.id):
+            if rec is None or rec.state in TERMINAL:
+                continue
+            # An unpublished queued job waits for fair dispatch (its ready set, or the fair
+            # recovery's publish). A job past `queued` ran a step, so it was delivered whatever its
+            # flag says: a dispatcher killed between the publish and the flag leaves it 0.
+            if rec.state == "queued" and not store.is_published(rec.id):
                 continue
             if rec.state == "queued" and depths.get(rec.lane, 0) > 0:
                 continue  # may still be waiting its turn in the backlog
