@@ -190,10 +190,11 @@ class JobStore:
         return self.record_of(job_id, self.r.hmget(self.job_key(job_id), "doc", "version", "input"))
 
     def get_queued(self, pipe: redis.client.Pipeline, job_id: str) -> None:
-        """Queue :meth:`get`'s read on ``pipe``, with the job's streak of crashed steps and its
-        cancel request; :meth:`record_of`, :func:`crash_streak` and :func:`cancel_asked` read the
-        reply (a worker step reads the record with its other first reads in one round trip)."""
-        pipe.hmget(self.job_key(job_id), "doc", "version", "input", "crashes", "cancel")
+        """Queue :meth:`get`'s read on ``pipe``, with the job's streak of crashed steps, its
+        cancel request and its published flag; :meth:`record_of`, :func:`crash_streak`,
+        :func:`cancel_asked` and :func:`unflagged` read the reply (a worker step reads the record
+        with its other first reads in one round trip)."""
+        pipe.hmget(self.job_key(job_id), "doc", "version", "input", "crashes", "cancel", "published")
 
     def record_of(self, job_id: str, row: list[Any]) -> JobRecord:
         """The record from a :meth:`get` or :meth:`get_queued` reply; :class:`JobNotFound` if
@@ -603,6 +604,12 @@ class JobStore:
 def cancel_asked(row: list[Any]) -> bool:
     """Whether a :meth:`JobStore.get_queued` reply shows a cancel request on the record."""
     return len(row) > 4 and row[4] is not None
+
+
+def unflagged(row: list[Any]) -> bool:
+    """Whether a :meth:`JobStore.get_queued` reply shows a record not marked published: its
+    dispatcher died between the publish and the flag (a delivered job has a message)."""
+    return len(row) > 5 and row[0] is not None and row[5] != b"1"
 
 
 def crash_streak(row: list[Any]) -> int:

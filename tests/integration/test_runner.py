@@ -661,3 +661,14 @@ def test_a_cancel_asked_while_the_image_uploads_ends_the_job_cancelled_with_its_
     assert done.state == ("cancelled" if cancel else "completed"), done.errors
     assert done.outputs and done.fal_outcome == ("finished" if cancel else None)
     assert_mirrored(ctx, done, emulator)
+
+
+def test_a_delivered_job_is_marked_published_whatever_its_dispatcher_managed(
+        ctx: WorkerContext, runner: Runner, emulator: EmulatorServer) -> None:
+    # Its dispatcher died between the publish and the flag: the delivery itself marks it, so the
+    # reaper (which skips an unpublished queued record) still covers the job if a message is lost.
+    rec = new_job(ctx, "a flag never set")
+    assert not ctx.store.is_published(rec.id)
+    done, _ = drive(runner, rec.id)
+    assert done.state == "completed", done.errors
+    assert ctx.store.is_published(rec.id)

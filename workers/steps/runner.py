@@ -22,7 +22,7 @@ import logging
 
 from falq.shared.errors import JobNotFound
 from falq.shared.jobs.records import AT_FAL
-from falq.shared.jobs.store import cancel_asked, crash_streak
+from falq.shared.jobs.store import cancel_asked, crash_streak, unflagged
 from falq.workers.context import WorkerContext
 from falq.workers.maintenance.reach import NEEDS
 from falq.workers.maintenance.reaper import mark_seen
@@ -81,6 +81,10 @@ class Runner:
             # Another live delivery works on it. Come back later as a watchdog, so the job
             # still has a message if that worker dies after its own message was requeued.
             return Outcome(False, delay=self.s.lease_ttl_s)
+        if unflagged(row) and rec.state != "waiting":
+            # The reaper skips an unpublished queued record (it waits for fair dispatch): once
+            # delivered, the record says so, or a message lost later would strand it.
+            self.ctx.store.mark_published([job_id])
         # A step that raises crashed: its streak goes on (falq.workers.tasks.crashed); one that
         # returns ends the streak the record holds, if any.
         steady = False
